@@ -1,0 +1,1 @@
+"""The ``mlxd`` command line. It talks to the daemon only over HTTP and never imports MLX."""

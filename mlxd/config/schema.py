@@ -1,0 +1,292 @@
+"""The ``mlxd.toml`` schema: one frozen pydantic-settings model and its sections.
+
+Every field carries a description: the JSON Schema, ``mlxd config init`` and the README
+reference are generated from them. Unknown keys are errors, so typos never pass.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    PlainSerializer,
+    PrivateAttr,
+    SecretStr,
+    field_validator,
+    model_validator,
+)
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from mlxd.config.units import FOREVER, parse_duration, parse_size
+
+#: A Hugging Face repo id, matched in full: ``org/name`` with the Hub's allowed characters.
+REPO_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.\-]{0,95}/[A-Za-z0-9][A-Za-z0-9_.\-]{0,95}")
+#: A revision: a branch or tag of safe characters, or a commit hash.
+REVISION = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.\-/]{0,127}")
+#: Alias names are what requests put in ``model``: no slashes-with-dots tricks, no spaces.
+ALIAS = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:\-]{0,127}")
+#: ``chat_template_kwargs`` keys a config may pass to a chat template.
+CHAT_TEMPLATE_KWARGS = frozenset({"enable_thinking", "reasoning_effort", "add_generation_prompt"})
+
+
+def _duration_text(seconds: float) -> str:
+    return "forever" if seconds == FOREVER else f"{seconds:g}s"
+
+
+def _memory_budget(value: str | int) -> str | int:
+    if isinstance(value, str) and value.strip().endswith("%"):
+        number = value.strip()[:-1]
+        try:
+            pct = float(number)
+        except ValueError:
+            raise ValueError(f"{value!r} is not a percentage such as '75%'") from None
+        if not 0 < pct <= 100:
+            raise ValueError("a percentage of memory must be between 0 and 100")
+        return value.strip()
+    parse_size(value)
+    return value
+
+
+Size = Annotated[int, BeforeValidator(parse_size)]
+Duration = Annotated[
+    float,
+    BeforeValidator(parse_duration),
+    PlainSerializer(_duration_text, return_type=str),
+]
+MemoryBudget = Annotated[str | int, BeforeValidator(_memory_budget)]
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ServerConfig(_Section):
+    """``[server]``: where and how the daemon listens."""
+
+    host: str = Field("127.0.0.1", description="Address to bind. Loopback by default; any other host requires api_key.")
+    port: int = Field(8080, ge=0, le=65535, description="TCP port to listen on.")
+    api_key: SecretStr = Field(
+        SecretStr(""),
+        description='When set, required as "Authorization: Bearer <key>" on every route but /health.',
+    )
+    allowed_hosts: tuple[str, ...] = Field(
+        (), description="Host header values accepted besides localhost, 127.0.0.1 and [::1] (DNS-rebinding guard)."
+    )
+    cors_allow_origins: tuple[str, ...] = Field((), description="Origins allowed to call the API from a browser. No CORS unless listed.")
+    max_request_bytes: Size = Field(4 * 2**20, gt=0, description="Largest request body accepted, in bytes or a size such as '4MiB'.")
+    request_timeout: Duration = Field(
+        30.0, gt=0, description="Deadline for a client to send a request's headers and body (slowloris guard)."
+    )
+    drain_timeout: Duration = Field(
+        30.0, ge=0, description="On stop, how long in-flight requests may run before the daemon exits anyway."
+    )
+    log_prompts: bool = Field(False, description="Write prompts and outputs to the log. Off by default.")
+    log_format: Literal["text", "json"] = Field("text", description="Log line format.")
+    log_level: Literal["debug", "info", "warning", "error"] = Field("info", description="Least severe level written to the log.")
+
+
+class RuntimeConfig(_Section):
+    """``[runtime]``: how many models stay loaded and how requests are scheduled."""
+
+    max_loaded_models: int = Field(2, ge=1, description="Models kept in memory at once; the least recently used idle one is unloaded first.")
+    memory_budget: MemoryBudget = Field("75%", description="Memory models may use: a share of physical memory ('75%') or a size ('24GB').")
+    keep_alive: Duration = Field(900.0, description="Unload a model idle this long: a duration ('15m'), '0' right away, or 'forever'.")
+    max_batch_size: int = Field(16, ge=1, le=512, description="Sequences decoded together per model.")
+    max_queue: int = Field(64, ge=0, description="Requests waiting for a batch slot beyond this get 429 queue_full.")
+    prompt_cache_bytes: Size = Field(2 * 10**9, ge=0, description="Memory for reusing the KV cache of shared prompt prefixes; 0 turns it off.")
+    prefill_step_size: int = Field(
+        256, ge=16, le=8192, description="Prompt tokens processed per step; smaller keeps other streams flowing during a long prefill."
+    )
+
+
+class LimitsConfig(_Section):
+    """``[limits]``: caps on what one request may ask for."""
+
+    max_tokens: int = Field(32768, ge=1, description="Ceiling on max_tokens for any alias (aliases may set a lower max_tokens_limit).")
+    max_n: int = Field(8, ge=1, le=128, description="Largest n (choices per request).")
+    max_stop: int = Field(16, ge=0, description="Most stop strings per request.")
+    max_stop_length: int = Field(256, ge=1, description="Longest stop string, in characters.")
+    max_logit_bias: int = Field(1024, ge=0, description="Most logit_bias entries per request.")
+    max_messages: int = Field(4096, ge=1, description="Most messages in one chat request.")
+
+
+class GenerationDefaults(_Section):
+    """Request defaults: a request field wins over an alias's defaults, which win over ``[defaults]``."""
+
+    max_tokens: int | None = Field(None, ge=1, description="Tokens to generate when a request does not say.")
+    temperature: float | None = Field(None, ge=0, le=2, description="Sampling temperature; 0 is greedy.")
+    top_p: float | None = Field(None, gt=0, le=1, description="Nucleus sampling threshold.")
+    top_k: int | None = Field(None, ge=0, description="Sample among the k most likely tokens; 0 turns it off.")
+    min_p: float | None = Field(None, ge=0, le=1, description="Drop tokens less likely than min_p times the top token.")
+    repetition_penalty: float | None = Field(None, gt=0, description="Multiplicative penalty on recently generated tokens; 1.0 turns it off.")
+    repetition_context_size: int | None = Field(None, ge=1, description="How many recent tokens the repetition penalty looks at.")
+    presence_penalty: float | None = Field(None, ge=-2, le=2, description="Additive penalty on tokens already present.")
+    frequency_penalty: float | None = Field(None, ge=-2, le=2, description="Additive penalty proportional to a token's count.")
+    stop: tuple[str, ...] | None = Field(None, description="Stop strings used when a request gives none.")
+
+
+#: What applies when neither the request nor the config says (the seed's defaults where sensible).
+BUILTIN_DEFAULTS = GenerationDefaults(
+    max_tokens=512,
+    temperature=0.7,
+    top_p=1.0,
+    top_k=0,
+    min_p=0.0,
+    repetition_penalty=1.0,
+    repetition_context_size=20,
+    presence_penalty=0.0,
+    frequency_penalty=0.0,
+    stop=(),
+)
+
+
+class ModelConfig(_Section):
+    """``[models.<alias>]``: one name requests can use, backed by a model and maybe an adapter."""
+
+    model: str = Field(description="Hugging Face repo id, or a local directory (relative to this file).")
+    revision: str | None = Field(None, description="Branch, tag or commit to pin a repo to.")
+    adapter: str | None = Field(
+        None, description="LoRA adapter directory (relative to this file); shares the base weights with other aliases of the same model."
+    )
+    default: bool = Field(False, description="Serve this alias when a request names no model.")
+    preload: bool = Field(False, description="Load at daemon start instead of on first request.")
+    keep_alive: Duration | None = Field(None, description="Per-alias override of [runtime] keep_alive.")
+    aliases: tuple[str, ...] = Field((), description="More names for this alias (e.g. 'gpt-4o-mini').")
+    max_tokens_limit: int | None = Field(None, ge=1, description="Server-side cap on max_tokens, whatever the request says.")
+    context_length: int | None = Field(None, ge=16, description="Override the context length read from the model's config.json.")
+    chat_template_kwargs: dict[str, bool | str | int | float] = Field(
+        default_factory=dict,
+        description="Extra variables for the chat template; only " + ", ".join(sorted(CHAT_TEMPLATE_KWARGS)) + ".",
+    )
+    defaults: GenerationDefaults = Field(default_factory=GenerationDefaults, description="Request defaults for this alias.")
+
+    _base_dir: Path | None = PrivateAttr(default=None)
+
+    @field_validator("revision")
+    @classmethod
+    def _safe_revision(cls, value: str | None) -> str | None:
+        if value is not None and (not REVISION.fullmatch(value) or ".." in value):
+            raise ValueError(f"{value!r} is not a branch, tag or commit")
+        return value
+
+    @field_validator("aliases")
+    @classmethod
+    def _safe_aliases(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        for name in value:
+            if not ALIAS.fullmatch(name):
+                raise ValueError(f"{name!r} is not a valid alias name")
+        return value
+
+    @field_validator("chat_template_kwargs")
+    @classmethod
+    def _allowed_kwargs(cls, value: dict[str, Any]) -> dict[str, Any]:
+        unknown = sorted(set(value) - CHAT_TEMPLATE_KWARGS)
+        if unknown:
+            raise ValueError(f"not allowed: {', '.join(unknown)} (allowed: {', '.join(sorted(CHAT_TEMPLATE_KWARGS))})")
+        return value
+
+    @model_validator(mode="after")
+    def _model_is_repo_or_path(self) -> ModelConfig:
+        if not self.is_local and not REPO_ID.fullmatch(self.model):
+            raise ValueError(
+                f"model {self.model!r} is neither a repo id like 'org/name' nor a local path (start it with ./ or /)"
+            )
+        return self
+
+    @property
+    def is_local(self) -> bool:
+        """True when ``model`` names a directory rather than a Hub repo."""
+        return self.model.startswith(("/", "./", "../", "~")) or (
+            self._base_dir is not None and (self._base_dir / self.model).is_dir()
+        )
+
+    def bind(self, base_dir: Path) -> None:
+        """Remember the config file's directory, against which relative paths resolve."""
+        self._base_dir = base_dir
+
+    @property
+    def local_path(self) -> Path | None:
+        """The model directory, absolute, when ``model`` is a local path."""
+        if not self.is_local:
+            return None
+        return ((self._base_dir or Path.cwd()) / Path(self.model).expanduser()).resolve()
+
+    @property
+    def adapter_path(self) -> Path | None:
+        """The adapter directory, absolute, when an adapter is configured."""
+        if self.adapter is None:
+            return None
+        return ((self._base_dir or Path.cwd()) / Path(self.adapter).expanduser()).resolve()
+
+    @property
+    def source(self) -> str:
+        """What ``/v1/models`` shows as the source: the repo id or the path as written."""
+        return self.model
+
+
+class MlxdConfig(BaseSettings):
+    """The whole ``mlxd.toml``. Environment variables ``MLXD_SECTION__KEY`` override the file."""
+
+    model_config = SettingsConfigDict(
+        extra="forbid",
+        frozen=True,
+        env_prefix="MLXD_",
+        env_nested_delimiter="__",
+        nested_model_default_partial_update=True,
+    )
+
+    server: ServerConfig = Field(default_factory=ServerConfig, description="Where and how the daemon listens.")
+    runtime: RuntimeConfig = Field(default_factory=RuntimeConfig, description="Model residency and scheduling.")
+    limits: LimitsConfig = Field(default_factory=LimitsConfig, description="Caps on what one request may ask for.")
+    defaults: GenerationDefaults = Field(default_factory=GenerationDefaults, description="Request defaults for every alias.")
+    models: dict[str, ModelConfig] = Field(default_factory=dict, description="Aliases requests can name in 'model'.")
+
+    @field_validator("models")
+    @classmethod
+    def _alias_names(cls, value: dict[str, ModelConfig]) -> dict[str, ModelConfig]:
+        seen: dict[str, str] = {}
+        for alias, model in value.items():
+            if not ALIAS.fullmatch(alias):
+                raise ValueError(f"{alias!r} is not a valid alias name (letters, digits, '_', '-', '.', ':')")
+            for name in (alias, *model.aliases):
+                if name in seen and seen[name] != alias:
+                    raise ValueError(f"name {name!r} is used by both {seen[name]!r} and {alias!r}")
+                seen[name] = alias
+        defaults = [alias for alias, model in value.items() if model.default]
+        if len(defaults) > 1:
+            raise ValueError(f"only one alias may set default = true (found {', '.join(defaults)})")
+        return value
+
+    def default_alias(self) -> str | None:
+        """The alias served when a request names no model: the marked one, else the only one."""
+        for alias, model in self.models.items():
+            if model.default:
+                return alias
+        if len(self.models) == 1:
+            return next(iter(self.models))
+        return None
+
+    def find_alias(self, name: str) -> str | None:
+        """The alias a request's ``model`` names: an alias, one of its ``aliases``, or its repo id."""
+        if name in self.models:
+            return name
+        for alias, model in self.models.items():
+            if name in model.aliases:
+                return alias
+        for alias, model in self.models.items():
+            if not model.is_local and model.model == name and model.adapter is None:
+                return alias
+        return None
+
+    def generation_defaults(self, alias: str) -> GenerationDefaults:
+        """Merged defaults for an alias: alias ``defaults`` > ``[defaults]`` > built-in."""
+        merged = BUILTIN_DEFAULTS.model_dump()
+        for layer in (self.defaults, self.models[alias].defaults):
+            merged.update({k: v for k, v in layer.model_dump().items() if v is not None})
+        return GenerationDefaults(**merged)
