@@ -1,0 +1,1 @@
+"""OpenAI wire types shared by the HTTP layer and the CLI."""

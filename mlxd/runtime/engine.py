@@ -1,0 +1,168 @@
+"""The engine interface: what the HTTP layer may ask of the runtime (no MLX here).
+
+The HTTP layer turns a request plus the config into a ``GenerationRequest`` and calls
+``Engine.generate``; it gets back a ``GenerationStream`` of ``GenerationEvent``s.
+Tests wire a fake engine at this seam; the daemon wires ``MlxEngine``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, Protocol
+
+FinishReason = Literal["stop", "length", "cancelled", "error"]
+
+
+@dataclass(frozen=True, slots=True)
+class ModelSpec:
+    """What to load for an alias: base weights (shared by key) plus an optional adapter."""
+
+    source: str
+    revision: str | None = None
+    local_path: Path | None = None
+    adapter_path: Path | None = None
+    context_length: int | None = None
+
+    @property
+    def base_key(self) -> tuple[str, str | None]:
+        """Aliases with equal base keys share one copy of the weights."""
+        return (self.source, self.revision)
+
+    @property
+    def key(self) -> tuple[str, str | None, str | None]:
+        """The loaded unit: base weights plus adapter."""
+        return (self.source, self.revision, str(self.adapter_path) if self.adapter_path else None)
+
+
+@dataclass(frozen=True, slots=True)
+class SamplingParams:
+    """Every sampling field of a request, resolved against the config defaults."""
+
+    temperature: float = 0.0
+    top_p: float = 1.0
+    top_k: int = 0
+    min_p: float = 0.0
+    repetition_penalty: float = 1.0
+    repetition_context_size: int = 20
+    presence_penalty: float = 0.0
+    frequency_penalty: float = 0.0
+    logit_bias: tuple[tuple[int, float], ...] = ()
+    seed: int | None = None
+
+    @property
+    def sampler_key(self) -> tuple[float, float, int, float]:
+        """Requests with equal keys (and no seed) can share one batched sampler."""
+        return (self.temperature, self.top_p, self.top_k, self.min_p)
+
+
+@dataclass(frozen=True, slots=True)
+class ChatPrompt:
+    """A conversation to render with the model's chat template (or ``role_mapping``)."""
+
+    messages: tuple[Mapping[str, Any], ...]
+    role_mapping: Mapping[str, str] | None = None
+    template_kwargs: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class TextPrompt:
+    """A raw prompt: text, or token ids."""
+
+    text: str | None = None
+    tokens: tuple[int, ...] | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class GenerationRequest:
+    """One sequence to generate, fully resolved."""
+
+    request_id: str
+    alias: str
+    spec: ModelSpec
+    prompt: ChatPrompt | TextPrompt
+    max_tokens: int
+    sampling: SamplingParams = SamplingParams()
+    stop: tuple[str, ...] = ()
+    #: ``None``: no logprobs; ``k``: the sampled token's logprob plus the top k alternatives.
+    logprobs: int | None = None
+    #: True when the client set max_tokens itself (then exceeding the context is an error).
+    max_tokens_explicit: bool = False
+    keep_alive: float = 900.0
+
+
+@dataclass(slots=True)
+class TokenInfo:
+    """A generated token with its logprob and the top alternatives (when asked for)."""
+
+    id: int
+    text: str
+    logprob: float
+    top: list[tuple[int, str, float]]
+
+
+@dataclass(slots=True)
+class GenerationEvent:
+    """What one decode step produced for one sequence."""
+
+    text: str = ""
+    tokens: list[TokenInfo] | None = None
+    finish_reason: FinishReason | None = None
+    completion_tokens: int = 0
+    error: str | None = None
+
+
+class GenerationStream(Protocol):
+    """An admitted sequence: iterate it for events; ``cancel`` frees its slot."""
+
+    prompt_tokens: int
+    cached_tokens: int
+
+    def __aiter__(self) -> AsyncIterator[GenerationEvent]: ...
+
+    def cancel(self) -> None: ...
+
+
+@dataclass(slots=True)
+class LoadedModelStatus:
+    """One loaded model as ``/mlxd/status`` shows it."""
+
+    alias: str
+    source: str
+    state: str
+    memory_bytes: int
+    active_sequences: int
+    idle_s: float
+
+
+@dataclass(slots=True)
+class EngineStatus:
+    """A snapshot of the runtime."""
+
+    worker: str
+    models: list[LoadedModelStatus]
+    active_sequences: int
+    queue_depth: int
+    batches: int = 0
+    largest_batch: int = 0
+
+
+class Engine(Protocol):
+    """The runtime as the HTTP layer sees it."""
+
+    async def start(self) -> None: ...
+
+    async def stop(self) -> None: ...
+
+    async def generate(self, request: GenerationRequest) -> GenerationStream: ...
+
+    async def load(self, alias: str, spec: ModelSpec, keep_alive: float) -> None: ...
+
+    async def unload(self, alias: str) -> bool: ...
+
+    def status(self) -> EngineStatus: ...
+
+    def healthy(self) -> bool: ...
+
+    def vocab_size(self, spec: ModelSpec) -> int | None: ...

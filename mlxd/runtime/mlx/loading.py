@@ -1,0 +1,107 @@
+"""Load weights, tokenizers and LoRA adapters with mlx-lm, never running remote code.
+
+An adapted alias reuses the base model's arrays: the adapted model is built as a
+skeleton, given the base's parameters, then wrapped with LoRA layers, so the base
+weights sit in memory once however many adapters use them.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import mlx.core as mx
+from mlx_lm.tuner.utils import load_adapters
+from mlx_lm.utils import load_model, load_tokenizer
+
+from mlxd.errors import ModelLoadError
+
+_CONTEXT_KEYS = ("max_position_embeddings", "max_sequence_length", "n_positions", "seq_length")
+
+
+@dataclass(slots=True)
+class LoadedModel:
+    """A model ready to generate, with what the scheduler needs to know about it."""
+
+    model: Any
+    tokenizer: Any
+    context_length: int
+    vocab_size: int
+    memory_bytes: int
+
+
+def _read_config(path: Path) -> dict[str, Any]:
+    try:
+        config = json.loads((path / "config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise ModelLoadError(f"{path.name}: config.json is missing or not JSON") from exc
+    if not isinstance(config, dict):
+        raise ModelLoadError(f"{path.name}: config.json is not an object")
+    if "model_file" in config:
+        raise ModelLoadError(f"{path.name}: refusing a model that asks to run its own code (model_file)")
+    return config
+
+
+def _context_length(config: dict[str, Any], override: int | None) -> int:
+    if override:
+        return override
+    for key in _CONTEXT_KEYS:
+        value = config.get(key) or config.get("text_config", {}).get(key)
+        if isinstance(value, int) and value > 0:
+            return value
+    return 4096
+
+
+def load_base(path: Path, context_override: int | None = None) -> LoadedModel:
+    """Load a model directory's weights and tokenizer, measuring the memory they take."""
+    config = _read_config(path)
+    before = mx.get_active_memory()
+    try:
+        model, config = load_model(path, lazy=False, strict=True, trust_remote_code=False)
+        tokenizer = load_tokenizer(
+            path, {"trust_remote_code": False}, eos_token_ids=config.get("eos_token_id")
+        )
+    except Exception as exc:  # mlx-lm raises many kinds; none may escape the runtime
+        raise ModelLoadError(f"could not load {path.name}: {type(exc).__name__}: {exc}") from exc
+    mx.eval(model.parameters())
+    vocab = int(config.get("vocab_size") or config.get("text_config", {}).get("vocab_size") or len(tokenizer))
+    return LoadedModel(
+        model=model,
+        tokenizer=tokenizer,
+        context_length=_context_length(config, context_override),
+        vocab_size=vocab,
+        memory_bytes=max(0, mx.get_active_memory() - before),
+    )
+
+
+def load_adapted(base: LoadedModel, base_path: Path, adapter_path: Path) -> LoadedModel:
+    """A LoRA-adapted view of ``base`` that shares its weight arrays."""
+    try:
+        adapter_config = json.loads((adapter_path / "adapter_config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise ModelLoadError(
+            f"adapter {adapter_path.name}: adapter_config.json is missing or not JSON"
+        ) from exc
+    if adapter_config.get("fine_tune_type", "lora") == "full":
+        raise ModelLoadError(f"adapter {adapter_path.name}: full fine-tunes are models, not adapters")
+    before = mx.get_active_memory()
+    try:
+        # lazy=True: the skeleton's own arrays are never evaluated, the base's replace them.
+        skeleton, _ = load_model(base_path, lazy=True, strict=True, trust_remote_code=False)
+        skeleton.update(base.model.parameters())
+        adapted = load_adapters(skeleton, str(adapter_path))
+        adapted.eval()
+        mx.eval(adapted.parameters())
+    except Exception as exc:
+        raise ModelLoadError(
+            f"could not apply adapter {adapter_path.name}: {type(exc).__name__}: {exc}"
+        ) from exc
+    return LoadedModel(
+        model=adapted,
+        tokenizer=base.tokenizer,
+        context_length=base.context_length,
+        vocab_size=base.vocab_size,
+        memory_bytes=max(0, mx.get_active_memory() - before),
+    )

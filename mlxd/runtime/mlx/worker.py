@@ -1,0 +1,400 @@
+"""The one MLX worker thread: loads, prefill and decode for every model, batched.
+
+MLX is not thread-safe and its streams are thread-local, so every MLX call happens
+here. The asyncio side sends commands through a thread-safe queue; the worker answers
+with one ``call_soon_threadsafe`` per decode step carrying the events of every sequence
+(not one hop per token), and resolves ``concurrent.futures.Future``s for loads.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ctypes
+import gc
+import logging
+import queue
+import sys
+import threading
+from collections.abc import Callable
+from concurrent.futures import Future
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+import mlx.core as mx
+from mlx_lm.generate import BatchGenerator
+
+from mlxd.errors import MlxdError, ModelLoadError
+from mlxd.runtime.engine import FinishReason, GenerationEvent, ModelSpec, SamplingParams, TokenInfo
+from mlxd.runtime.mlx.loading import LoadedModel, load_adapted, load_base
+from mlxd.runtime.mlx.sampling import make_processors, make_sampler, top_logprobs
+from mlxd.runtime.stops import StopMatcher
+
+log = logging.getLogger("mlxd.runtime")
+Key = tuple[str, str | None, str | None]
+
+
+class Sink(Protocol):
+    """Where a sequence's events go; called on the event loop."""
+
+    def put(self, event: GenerationEvent) -> None: ...
+
+
+@dataclass(slots=True)
+class Insert:
+    """Add a tokenized sequence to its model's running batch."""
+
+    seq_id: int
+    key: Key
+    tokens: list[int]
+    max_tokens: int
+    sampling: SamplingParams
+    stop: tuple[str, ...]
+    logprobs: int | None
+    sink: Sink
+
+
+@dataclass(slots=True)
+class Cancel:
+    """Drop a sequence (its client left); it leaves the batch before the next step."""
+
+    seq_id: int
+
+
+@dataclass(slots=True)
+class Load:
+    """Load a model unit (base weights, shared, plus an optional adapter)."""
+
+    key: Key
+    spec: ModelSpec
+    path: Path
+    future: Future[LoadedModel]
+
+
+@dataclass(slots=True)
+class Unload:
+    """Free a model unit; its base weights go when no unit uses them."""
+
+    key: Key
+    future: Future[bool]
+
+
+@dataclass(slots=True)
+class Call:
+    """Run a function on the worker thread (tests, introspection)."""
+
+    fn: Callable[[], Any]
+    future: Future[Any]
+
+
+class Shutdown:
+    """Leave the loop and release MLX's thread state."""
+
+
+Command = Insert | Cancel | Load | Unload | Call | Shutdown
+
+
+@dataclass(slots=True)
+class _Sequence:
+    seq_id: int
+    uid: int
+    sink: Sink
+    detokenizer: Any
+    stops: StopMatcher
+    eos: frozenset[int]
+    logprobs: int | None
+    generated: int = 0
+
+
+@dataclass(slots=True)
+class _Runner:
+    loaded: LoadedModel
+    generator: Any
+    base_key: tuple[str, str | None]
+    by_uid: dict[int, _Sequence] = field(default_factory=dict)
+    token_text: dict[int, str] = field(default_factory=dict)
+
+
+def _release_memory() -> None:
+    """Return freed weights to the OS (glibc keeps them otherwise; macOS needs no help)."""
+    gc.collect()
+    mx.clear_cache()
+    if sys.platform == "linux":
+        with contextlib.suppress(OSError, AttributeError):
+            ctypes.CDLL("libc.so.6").malloc_trim(0)
+
+
+class MlxWorker:
+    """Owns the MLX thread, the loaded models and their continuous batches."""
+
+    def __init__(
+        self,
+        loop: asyncio.AbstractEventLoop,
+        *,
+        max_batch_size: int,
+        prefill_step_size: int,
+        on_crash: Callable[[BaseException], None],
+    ) -> None:
+        self.max_batch_size = max_batch_size
+        self.prefill_step_size = prefill_step_size
+        self.alive = False
+        self.steps = 0
+        self.largest_batch = 0
+        self._loop = loop
+        self._on_crash = on_crash
+        self._commands: queue.SimpleQueue[Command] = queue.SimpleQueue()
+        self._runners: dict[Key, _Runner] = {}
+        self._bases: dict[tuple[str, str | None], LoadedModel] = {}
+        self._sequences: dict[int, tuple[_Runner, _Sequence]] = {}
+        self._thread = threading.Thread(target=self._main, name="mlx-worker", daemon=True)
+
+    def start(self) -> None:
+        """Start the thread."""
+        self.alive = True
+        self._thread.start()
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """Ask the thread to finish and wait for it."""
+        if self._thread.is_alive():
+            self._commands.put(Shutdown())
+            self._thread.join(timeout)
+        self.alive = False
+
+    def submit(self, command: Command) -> None:
+        """Queue a command (thread-safe)."""
+        self._commands.put(command)
+
+    # --- the thread -----------------------------------------------------------------
+
+    def _main(self) -> None:
+        try:
+            self._serve()
+        except BaseException as exc:  # the worker itself failed: report it, fail everyone
+            log.exception("the MLX worker crashed")
+            self.alive = False
+            events = [
+                (seq.sink, GenerationEvent(finish_reason="error", error="the engine failed"))
+                for _, seq in self._sequences.values()
+            ]
+            self._sequences.clear()
+            if events:
+                self._loop.call_soon_threadsafe(_deliver, events)
+            self._loop.call_soon_threadsafe(self._on_crash, exc)
+        finally:
+            self._runners.clear()
+            self._bases.clear()
+            # Without this the process can abort at exit (thread-local streams).
+            with contextlib.suppress(Exception):
+                mx.clear_streams()
+
+    def _serve(self) -> None:
+        while True:
+            busy = bool(self._sequences)
+            for command in self._drain(block=not busy):
+                if isinstance(command, Shutdown):
+                    return
+                self._handle(command)
+            if not self._sequences:
+                continue
+            out: list[tuple[Sink, GenerationEvent]] = []
+            for runner in list(self._runners.values()):
+                if runner.by_uid:
+                    self._step(runner, out)
+            if out:
+                self._loop.call_soon_threadsafe(_deliver, out)
+
+    def _drain(self, *, block: bool) -> list[Command]:
+        commands: list[Command] = []
+        if block:
+            commands.append(self._commands.get())
+        while True:
+            try:
+                commands.append(self._commands.get_nowait())
+            except queue.Empty:
+                return commands
+
+    def _handle(self, command: Command) -> None:
+        if isinstance(command, Insert):
+            self._insert(command)
+        elif isinstance(command, Cancel):
+            self._cancel(command.seq_id)
+        elif isinstance(command, Load):
+            _settle(command.future, lambda: self._load(command))
+        elif isinstance(command, Unload):
+            _settle(command.future, lambda: self._unload(command.key))
+        elif isinstance(command, Call):
+            _settle(command.future, command.fn)
+
+    def _load(self, command: Load) -> LoadedModel:
+        if command.key in self._runners:
+            return self._runners[command.key].loaded
+        spec = command.spec
+        base = self._bases.get(spec.base_key)
+        if base is None:
+            base = load_base(command.path, spec.context_length)
+            self._bases[spec.base_key] = base
+        loaded = base
+        if spec.adapter_path is not None:
+            try:
+                loaded = load_adapted(base, command.path, spec.adapter_path)
+            except ModelLoadError:
+                if not any(r.base_key == spec.base_key for r in self._runners.values()):
+                    del self._bases[spec.base_key]
+                raise
+        eos = [[t] for t in sorted(loaded.tokenizer.eos_token_ids)]
+        generator = BatchGenerator(
+            loaded.model,
+            stop_tokens=eos,
+            completion_batch_size=self.max_batch_size,
+            prefill_batch_size=min(8, self.max_batch_size),
+            prefill_step_size=self.prefill_step_size,
+        )
+        self._runners[command.key] = _Runner(loaded, generator, spec.base_key)
+        return loaded
+
+    def _unload(self, key: Key) -> bool:
+        runner = self._runners.pop(key, None)
+        if runner is None:
+            return False
+        events = []
+        for seq in runner.by_uid.values():
+            self._sequences.pop(seq.seq_id, None)
+            events.append((seq.sink, GenerationEvent(finish_reason="error", error="the model was unloaded")))
+        if events:
+            self._loop.call_soon_threadsafe(_deliver, events)
+        runner.generator.close()
+        if not any(r.base_key == runner.base_key for r in self._runners.values()):
+            self._bases.pop(runner.base_key, None)
+        del runner
+        _release_memory()
+        return True
+
+    def _insert(self, command: Insert) -> None:
+        runner = self._runners.get(command.key)
+        if runner is None:
+            event = GenerationEvent(finish_reason="error", error="the model is not loaded")
+            self._loop.call_soon_threadsafe(_deliver, [(command.sink, event)])
+            return
+        try:
+            (uid,) = runner.generator.insert(
+                [command.tokens],
+                max_tokens=[command.max_tokens],
+                samplers=[make_sampler(command.sampling)],
+                logits_processors=[make_processors(command.sampling)],
+            )
+        except Exception as exc:
+            log.exception("could not start a sequence")
+            self._loop.call_soon_threadsafe(
+                _deliver, [(command.sink, GenerationEvent(finish_reason="error", error=str(exc)))]
+            )
+            return
+        tokenizer = runner.loaded.tokenizer
+        seq = _Sequence(
+            seq_id=command.seq_id,
+            uid=uid,
+            sink=command.sink,
+            detokenizer=tokenizer.detokenizer,
+            stops=StopMatcher(command.stop),
+            eos=frozenset(tokenizer.eos_token_ids),
+            logprobs=command.logprobs,
+        )
+        runner.by_uid[uid] = seq
+        self._sequences[command.seq_id] = (runner, seq)
+
+    def _cancel(self, seq_id: int) -> None:
+        found = self._sequences.pop(seq_id, None)
+        if found is None:
+            return
+        runner, seq = found
+        runner.by_uid.pop(seq.uid, None)
+        runner.generator.remove([seq.uid])
+
+    def _step(self, runner: _Runner, out: list[tuple[Sink, GenerationEvent]]) -> None:
+        try:
+            _, responses = runner.generator.next()
+        except Exception as exc:  # the batch itself failed: fail its sequences, keep the model
+            log.exception("a decode step failed")
+            for seq in runner.by_uid.values():
+                self._sequences.pop(seq.seq_id, None)
+                out.append(
+                    (
+                        seq.sink,
+                        GenerationEvent(finish_reason="error", error=f"generation failed: {exc}"),
+                    )
+                )
+            for uid in list(runner.by_uid):
+                with contextlib.suppress(Exception):
+                    runner.generator.remove([uid])
+            runner.by_uid.clear()
+            return
+        if responses:
+            self.steps += 1
+            self.largest_batch = max(self.largest_batch, len(responses))
+        leaving: list[int] = []
+        for response in responses:
+            found = runner.by_uid.get(response.uid)
+            if found is None:
+                continue
+            seq = found
+            try:
+                event = self._advance(runner, seq, response)
+            except Exception as exc:  # one sequence's failure is that sequence's alone
+                log.exception("a sequence failed")
+                event = GenerationEvent(finish_reason="error", error=f"generation failed: {exc}")
+            out.append((seq.sink, event))
+            if event.finish_reason is not None:
+                del runner.by_uid[response.uid]
+                self._sequences.pop(seq.seq_id, None)
+                if response.finish_reason is None:
+                    leaving.append(response.uid)
+        if leaving:
+            runner.generator.remove(leaving)
+
+    def _advance(self, runner: _Runner, seq: _Sequence, response: Any) -> GenerationEvent:
+        token: int = response.token
+        finish: FinishReason | None = response.finish_reason
+        seq.generated += 1
+        detokenizer = seq.detokenizer
+        tokens: list[TokenInfo] | None = None
+        if finish == "stop" and token in seq.eos:
+            detokenizer.finalize()
+        else:
+            detokenizer.add_token(token)
+            if finish is not None:
+                detokenizer.finalize()
+            if seq.logprobs is not None:
+                tokens = [self._token_info(runner, token, response.logprobs, seq.logprobs)]
+        text, stopped = seq.stops.feed(detokenizer.last_segment)
+        if stopped:
+            finish = "stop"
+        elif finish is not None:
+            text += seq.stops.flush()
+        return GenerationEvent(
+            text=text, tokens=tokens, finish_reason=finish, completion_tokens=seq.generated
+        )
+
+    def _token_info(self, runner: _Runner, token: int, logprobs: Any, k: int) -> TokenInfo:
+        top = [(i, self._text(runner, i), v) for i, v in top_logprobs(logprobs, k)]
+        return TokenInfo(token, self._text(runner, token), float(logprobs[token].item()), top)
+
+    def _text(self, runner: _Runner, token: int) -> str:
+        text = runner.token_text.get(token)
+        if text is None:
+            text = runner.token_text[token] = runner.loaded.tokenizer.decode([token])
+        return text
+
+
+def _settle(future: Future[Any], fn: Callable[[], Any]) -> None:
+    try:
+        future.set_result(fn())
+    except MlxdError as exc:
+        future.set_exception(exc)
+    except Exception as exc:
+        log.exception("worker command failed")
+        future.set_exception(ModelLoadError(f"{type(exc).__name__}: {exc}"))
+
+
+def _deliver(events: list[tuple[Sink, GenerationEvent]]) -> None:
+    for sink, event in events:
+        sink.put(event)

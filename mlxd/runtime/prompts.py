@@ -1,0 +1,56 @@
+"""Turn a chat or text prompt into token ids (pure Python; safe off the MLX thread)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from mlxd.errors import RequestError
+from mlxd.runtime.engine import ChatPrompt, TextPrompt
+
+#: The seed server's prompt format for models without a chat template.
+SEED_ROLE_MAPPING: Mapping[str, str] = {
+    "system_prompt": (
+        "A chat between a curious user and an artificial intelligence assistant. "
+        "The assistant follows the user's instructions carefully."
+    ),
+    "system": "ASSISTANT's RULE: ",
+    "user": "USER: ",
+    "assistant": "ASSISTANT: ",
+    "stop": "\n",
+}
+
+
+def render_role_mapping(messages: Sequence[Mapping[str, Any]], mapping: Mapping[str, str]) -> str:
+    """Render messages the way ``mlx_lm.server`` does with ``role_mapping``."""
+    stop = mapping.get("stop", "")
+    parts = [mapping.get("system_prompt", "")]
+    for message in messages:
+        parts.append(f"{mapping.get(str(message['role']), '')}{message.get('content') or ''}{stop}")
+    parts.append(mapping.get("assistant", ""))
+    return "".join(parts).rstrip()
+
+
+def encode_prompt(tokenizer: Any, prompt: ChatPrompt | TextPrompt) -> list[int]:
+    """Token ids for a prompt: the chat template, ``role_mapping``, or plain encoding."""
+    if isinstance(prompt, TextPrompt):
+        if prompt.tokens is not None:
+            return list(prompt.tokens)
+        return list(tokenizer.encode(prompt.text or ""))
+    if prompt.role_mapping is not None or not tokenizer.has_chat_template:
+        mapping = {**SEED_ROLE_MAPPING, **(prompt.role_mapping or {})}
+        return list(tokenizer.encode(render_role_mapping(prompt.messages, mapping)))
+    try:
+        tokens = tokenizer.apply_chat_template(
+            [dict(m) for m in prompt.messages],
+            add_generation_prompt=True,
+            tokenize=True,
+            **dict(prompt.template_kwargs),
+        )
+    except Exception as exc:  # jinja's raise_exception() and friends: the conversation's fault
+        raise RequestError(
+            f"the model's chat template rejected the messages: {exc}", param="messages"
+        ) from exc
+    if isinstance(tokens, Mapping):
+        tokens = tokens["input_ids"]
+    return [int(t) for t in tokens]
