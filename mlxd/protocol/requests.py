@@ -93,7 +93,7 @@ class ChatCompletionRequest(_Sampling, kw_only=True):
 class CompletionRequest(_Sampling, kw_only=True):
     """``POST /v1/completions``."""
 
-    prompt: str | list[str] | list[int]
+    prompt: str | list[str | int]
     logprobs: Annotated[int, msgspec.Meta(ge=0, le=10)] | None = None
     echo: bool = False
     best_of: PositiveInt | None = None

@@ -114,12 +114,13 @@ class GenerationEvent:
 
 
 class GenerationStream(Protocol):
-    """An admitted sequence: iterate it for events; ``cancel`` frees its slot."""
+    """An admitted sequence: iterate it for the events ready so far (the last one
+    carries ``finish_reason``); ``cancel`` frees its slot."""
 
     prompt_tokens: int
     cached_tokens: int
 
-    def __aiter__(self) -> AsyncIterator[GenerationEvent]: ...
+    def __aiter__(self) -> AsyncIterator[list[GenerationEvent]]: ...
 
     def cancel(self) -> None: ...
 
@@ -165,4 +166,4 @@ class Engine(Protocol):
 
     def healthy(self) -> bool: ...
 
-    def vocab_size(self, spec: ModelSpec) -> int | None: ...
+    def retire_unused(self, keys: set[tuple[str, str | None, str | None]]) -> None: ...

@@ -68,31 +68,55 @@ class _Unit:
 
 
 class _Stream:
-    """One admitted sequence: the worker puts events in, the HTTP layer iterates them."""
+    """One admitted sequence: the worker puts events in, the HTTP layer iterates them.
 
-    __slots__ = ("_done", "_engine", "_queue", "_unit", "cached_tokens", "prompt_tokens", "seq_id")
+    Iterating yields every event that is ready at once, so a client that fell behind
+    catches up in one write instead of one per token.
+    """
+
+    __slots__ = (
+        "_buffer",
+        "_done",
+        "_engine",
+        "_unit",
+        "_waiter",
+        "cached_tokens",
+        "prompt_tokens",
+        "seq_id",
+    )
 
     def __init__(self, engine: MlxEngine, unit: _Unit, seq_id: int, prompt_tokens: int) -> None:
         self._engine = engine
         self._unit = unit
-        self._queue: asyncio.Queue[GenerationEvent] = asyncio.Queue()
+        self._buffer: list[GenerationEvent] = []
+        self._waiter: asyncio.Future[None] | None = None
         self._done = False
         self.seq_id = seq_id
         self.prompt_tokens = prompt_tokens
         self.cached_tokens = 0
 
     def put(self, event: GenerationEvent) -> None:
-        if not self._done:
-            self._queue.put_nowait(event)
+        """Called on the event loop by the worker's per-step delivery."""
+        if self._done:
+            return
+        self._buffer.append(event)
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
 
-    async def __aiter__(self) -> AsyncIterator[GenerationEvent]:
+    async def __aiter__(self) -> AsyncIterator[list[GenerationEvent]]:
         try:
             while True:
-                event = await self._queue.get()
-                if event.finish_reason is not None:
+                if not self._buffer:
+                    self._waiter = asyncio.get_running_loop().create_future()
+                    await self._waiter
+                    self._waiter = None
+                events, self._buffer = self._buffer, []
+                final = events[-1].finish_reason is not None
+                if final:
                     self._finish()
-                yield event
-                if event.finish_reason is not None:
+                yield events
+                if final:
                     return
         finally:
             self.cancel()
@@ -348,6 +372,14 @@ class MlxEngine:
                 raise UnavailableError(f"{alias!r} is serving {unit.active} request(s)", retry_after=5)
         return any([await self._unload_unit(u) for u in units])
 
+    def retire_unused(self, keys: set[Key]) -> None:
+        """Units no alias uses any more unload once their last request finishes."""
+        for unit in list(self._units.values()):
+            if unit.key not in keys:
+                unit.keep_alive = 0.0
+                if unit.active == 0 and unit.loaded is not None:
+                    asyncio.get_running_loop().create_task(self._unload_unit(unit))
+
     def set_limits(self, limits: RuntimeLimits) -> None:
         """Apply new limits; batch size and prefill step take effect for new loads."""
         self.limits = replace(limits)
@@ -377,11 +409,6 @@ class MlxEngine:
             batches=worker.steps if worker else 0,
             largest_batch=worker.largest_batch if worker else 0,
         )
-
-    def vocab_size(self, spec: ModelSpec) -> int | None:
-        """The loaded model's vocabulary size, if it is loaded."""
-        unit = self._units.get(spec.key)
-        return unit.loaded.vocab_size if unit and unit.loaded else None
 
 
 def _unit_bytes(unit: _Unit) -> int:

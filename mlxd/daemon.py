@@ -1,0 +1,219 @@
+"""The composition root: config store, runtime, HTTP app, watcher, uvicorn, signals.
+
+SIGTERM/SIGINT drain (new requests get 503, in-flight ones finish up to
+``drain_timeout``, then the server exits 0); SIGHUP reloads the config.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+import time
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+import uvicorn
+
+from mlxd.config.schema import MlxdConfig
+from mlxd.config.store import ConfigStore
+from mlxd.config.units import parse_size
+from mlxd.config.watcher import watch_config
+from mlxd.errors import ConfigError, ModelLoadError
+from mlxd.http.app import create_app
+from mlxd.http.guards import LOOPBACK_NAMES
+from mlxd.http.state import DaemonState
+from mlxd.http.translate import spec_for
+from mlxd.runtime.engine import ModelSpec
+from mlxd.runtime.scheduler import MlxEngine, RuntimeLimits
+
+log = logging.getLogger("mlxd")
+
+
+def physical_memory() -> int:
+    """Bytes of RAM (macOS and Linux both answer sysconf)."""
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        return 16 * 2**30
+
+
+def runtime_limits(config: MlxdConfig) -> RuntimeLimits:
+    """The engine's limits from ``[runtime]``, with the memory budget in bytes."""
+    runtime = config.runtime
+    budget = runtime.memory_budget
+    if isinstance(budget, str) and budget.endswith("%"):
+        budget_bytes = int(physical_memory() * float(budget[:-1]) / 100)
+    else:
+        budget_bytes = parse_size(budget)
+    return RuntimeLimits(
+        max_loaded_models=runtime.max_loaded_models,
+        memory_budget_bytes=budget_bytes,
+        max_batch_size=runtime.max_batch_size,
+        max_queue=runtime.max_queue,
+        prefill_step_size=runtime.prefill_step_size,
+    )
+
+
+def resolve_model_path(spec: ModelSpec) -> Path:
+    """A local model directory, or the cached snapshot of a repo; validated before loading."""
+    from mlxd.hub import resolve_cached_model, validate_model_dir
+
+    if spec.local_path is not None:
+        path = spec.local_path
+        if not path.is_dir():
+            raise ModelLoadError(f"model directory {spec.source!r} does not exist")
+    else:
+        path = resolve_cached_model(spec.source, spec.revision)
+    validate_model_dir(path)
+    if spec.adapter_path is not None and not (spec.adapter_path / "adapter_config.json").is_file():
+        raise ModelLoadError("the adapter directory has no adapter_config.json")
+    return path
+
+
+class _Server(uvicorn.Server):
+    """uvicorn without its own signal handling: the daemon drains first, then stops it."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        yield
+
+
+class Daemon:
+    """Runs the whole daemon in the current process until a signal stops it."""
+
+    def __init__(self, store: ConfigStore, *, host: str | None = None, port: int | None = None) -> None:
+        self.store = store
+        server = store.current.server
+        self.host = host or server.host
+        self.port = port if port is not None else server.port
+        if self.host not in LOOPBACK_NAMES and not server.api_key.get_secret_value():
+            raise ConfigError(
+                f"refusing to listen on {self.host} without an api_key: set [server] api_key "
+                "(or MLXD_SERVER__API_KEY), or bind to 127.0.0.1"
+            )
+        self.engine = MlxEngine(runtime_limits(store.current), resolve_model_path)
+        self.state = DaemonState(store, self.engine, reload=self.reload)
+        self._stop = asyncio.Event()
+        self._server: _Server | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    async def reload(self) -> int:
+        """Re-read the config file (the same path SIGHUP and the watcher take)."""
+        await asyncio.to_thread(self.store.reload)
+        return self.store.generation
+
+    def _on_config(self, old: MlxdConfig, new: MlxdConfig, diff: Any) -> None:
+        """Store subscriber (any thread): apply the new generation on the event loop."""
+        if self._loop is not None:
+            self._loop.call_soon_threadsafe(self._apply, new)
+
+    def _apply(self, config: MlxdConfig) -> None:
+        self.engine.set_limits(runtime_limits(config))
+        self.engine.retire_unused({spec_for(m).key for m in config.models.values()})
+        log.info("config generation %d applied", self.store.generation)
+
+    async def _preload(self) -> None:
+        config = self.store.current
+        for alias, model in config.models.items():
+            if model.preload:
+                keep = model.keep_alive if model.keep_alive is not None else config.runtime.keep_alive
+                try:
+                    await self.engine.load(alias, spec_for(model), keep)
+                except Exception as exc:
+                    log.error("could not preload %s: %s", alias, exc)
+
+    async def _drain_then_exit(self) -> None:
+        if self.state.draining:
+            return
+        self.state.draining = True
+        timeout = self.store.current.server.drain_timeout
+        log.info("draining: finishing in-flight requests (up to %gs)", timeout)
+        deadline = time.monotonic() + timeout
+        while self.engine.status().active_sequences and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        if self._server is not None:
+            self._server.should_exit = True
+        self._stop.set()
+
+    async def serve(self, ready: asyncio.Event | None = None, *, signals: bool = True) -> None:
+        """Start everything, serve until stopped, shut down cleanly.
+
+        ``signals=False`` lets tests run the daemon on a thread (only the main thread
+        may install signal handlers); they stop it with ``request_stop``.
+        """
+        self._loop = asyncio.get_running_loop()
+        self.store.subscribe(self._on_config)
+        await self.engine.start()
+        config = uvicorn.Config(
+            create_app(self.state),
+            host=self.host,
+            port=self.port,
+            log_config=None,
+            access_log=False,
+            lifespan="off",
+            server_header=False,
+            timeout_graceful_shutdown=int(self.store.current.server.drain_timeout) + 1,
+            timeout_keep_alive=30,
+        )
+        self._server = _Server(config)
+        if signals:
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                self._loop.add_signal_handler(sig, self.request_stop)
+            self._loop.add_signal_handler(signal.SIGHUP, lambda: asyncio.ensure_future(self._safe_reload()))
+        watcher = asyncio.create_task(watch_config(self.store, self._stop), name="mlxd-watcher")
+        preload = asyncio.create_task(self._preload(), name="mlxd-preload")
+        serving = asyncio.create_task(self._server.serve(), name="mlxd-uvicorn")
+        if ready is not None:
+            while not self._server.started and not serving.done():
+                await asyncio.sleep(0.01)
+            ready.set()
+        try:
+            await serving
+        finally:
+            self._stop.set()
+            for task in (watcher, preload):
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await task
+            await self.engine.stop()
+            if signals:
+                for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+                    self._loop.remove_signal_handler(sig)
+            log.info("stopped")
+
+    def request_stop(self) -> None:
+        """Drain and stop (thread-safe; what SIGTERM does)."""
+        if self._loop is not None:
+            self._loop.call_soon_threadsafe(lambda: asyncio.ensure_future(self._drain_then_exit()))
+
+    async def _safe_reload(self) -> None:
+        try:
+            await self.reload()
+        except Exception as exc:
+            log.error("reload rejected, the old config keeps serving: %s", exc)
+
+    @property
+    def bound_port(self) -> int | None:
+        """The port actually bound (useful with port 0)."""
+        if self._server is None or not self._server.servers:
+            return None
+        for server in self._server.servers:
+            for sock in server.sockets:
+                return int(sock.getsockname()[1])
+        return None
+
+
+def run(
+    config_path: Path | None,
+    overrides: Mapping[str, Any] | None = None,
+    host: str | None = None,
+    port: int | None = None,
+) -> None:
+    """``mlxd serve``: build the daemon from a config file and serve in the foreground."""
+    store = ConfigStore(config_path, overrides)
+    daemon = Daemon(store, host=host, port=port)
+    asyncio.run(daemon.serve())

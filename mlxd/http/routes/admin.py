@@ -1,0 +1,104 @@
+"""mlxd's own routes: health, status, reload, load and unload."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import time
+from typing import Any
+
+import msgspec
+from litestar import Response, Router, get, post
+
+from mlxd import __version__
+from mlxd.errors import ConfigError, ModelNotFoundError
+from mlxd.http.state import DaemonState
+from mlxd.http.translate import spec_for
+
+_JSON = "application/json"
+
+
+def _json(body: Any, status: int = 200) -> Response[bytes]:
+    return Response(msgspec.json.encode(body), status_code=status, media_type=_JSON)
+
+
+def admin_router(state: DaemonState) -> Router:
+    """``/health`` and ``/mlxd/*`` bound to the daemon's state."""
+
+    @get("/health")
+    async def health() -> Response[bytes]:
+        """Liveness (no auth): 200 while the engine works and the daemon is not draining."""
+        if state.draining:
+            return _json({"status": "draining"}, 503)
+        if not state.engine.healthy():
+            return _json({"status": "unhealthy", "reason": "the MLX worker is restarting"}, 503)
+        return _json({"status": "ok"})
+
+    @get("/mlxd/status")
+    async def status() -> Response[bytes]:
+        """What the daemon runs, with which config, and how busy it is."""
+        engine = state.engine.status()
+        configs = state.configs
+        return _json(
+            {
+                "version": __version__,
+                "pid": os.getpid(),
+                "uptime_s": round(time.time() - state.started_at, 1),
+                "draining": state.draining,
+                "config": {
+                    "path": str(configs.path) if configs.path else None,
+                    "generation": configs.generation,
+                    "last_error": configs.last_error,
+                },
+                "worker": engine.worker,
+                "models": [dataclasses.asdict(m) for m in engine.models],
+                "active_sequences": engine.active_sequences,
+                "queue_depth": engine.queue_depth,
+                "batches": engine.batches,
+                "largest_batch": engine.largest_batch,
+            }
+        )
+
+    @post("/mlxd/reload", status_code=200)
+    async def reload() -> Response[bytes]:
+        """Re-read the config; the old one keeps serving when the new one is invalid."""
+        try:
+            generation = await state.reload()
+        except ConfigError as exc:
+            body = {
+                "error": {
+                    "message": exc.message,
+                    "type": "invalid_request_error",
+                    "param": None,
+                    "code": "invalid_config",
+                    "problems": exc.problems,
+                }
+            }
+            return _json(body, 400)
+        return _json({"generation": generation})
+
+    def _alias(alias: str) -> str:
+        config = state.configs.current
+        found = config.find_alias(alias)
+        if found is None:
+            raise ModelNotFoundError(f"the model {alias!r} does not exist")
+        return found
+
+    @post("/mlxd/models/{alias:str}/load", status_code=200)
+    async def load(alias: str) -> Response[bytes]:
+        """Load an alias now (it then stays until its keep_alive expires)."""
+        name = _alias(alias)
+        config = state.configs.current
+        model = config.models[name]
+        keep_alive = model.keep_alive if model.keep_alive is not None else config.runtime.keep_alive
+        await state.engine.load(name, spec_for(model), keep_alive)
+        return _json({"alias": name, "loaded": True})
+
+    @post("/mlxd/models/{alias:str}/unload", status_code=200)
+    async def unload(alias: str) -> Response[bytes]:
+        """Unload an alias now (409 if it is serving requests)."""
+        name = _alias(alias)
+        unloaded = await state.engine.unload(name)
+        return _json({"alias": name, "unloaded": unloaded})
+
+    return Router(path="/", route_handlers=[health, status, reload, load, unload])

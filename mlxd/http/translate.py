@@ -1,0 +1,244 @@
+"""Turn an OpenAI request plus the config into a ``GenerationRequest``.
+
+Precedence of generation parameters: request field > alias ``defaults`` >
+``[defaults]`` > built-in. Known OpenAI fields mlxd does not honour yet are a 400
+naming the field, never a silent no-op.
+"""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+from typing import Any
+
+from mlxd.config.schema import CHAT_TEMPLATE_KWARGS, MlxdConfig, ModelConfig
+from mlxd.errors import ModelNotFoundError, RequestError
+from mlxd.protocol.requests import AnyRequest, ChatCompletionRequest, CompletionRequest
+from mlxd.runtime.engine import (
+    ChatPrompt,
+    GenerationRequest,
+    ModelSpec,
+    SamplingParams,
+    TextPrompt,
+)
+
+_ROLES = frozenset({"system", "developer", "user", "assistant", "tool"})
+
+
+@dataclass(frozen=True, slots=True)
+class Shape:
+    """How the response reports logprobs: OpenAI chat, the seed's shape, or legacy completions."""
+
+    logprobs: str | None  # "openai", "seed", "legacy" or None
+    echo: str = ""
+
+
+def spec_for(model: ModelConfig) -> ModelSpec:
+    """The runtime's view of an alias's weights."""
+    return ModelSpec(
+        source=model.model,
+        revision=model.revision,
+        local_path=model.local_path,
+        adapter_path=model.adapter_path,
+        context_length=model.context_length,
+    )
+
+
+def resolve_alias(config: MlxdConfig, name: str | None) -> str:
+    """The alias a request names, or the default one; 404 for anything else."""
+    if name is None or name == "":
+        alias = config.default_alias()
+        if alias is None:
+            if not config.models:
+                raise ModelNotFoundError("no models are configured; add one to mlxd.toml")
+            raise RequestError(
+                "model is required: no alias is marked default = true", param="model", code="missing_model"
+            )
+        return alias
+    alias = config.find_alias(name)
+    if alias is None:
+        raise ModelNotFoundError(
+            f"the model {name!r} does not exist; GET /v1/models lists the configured ones"
+        )
+    return alias
+
+
+def _adapter_alias(config: MlxdConfig, alias: str, adapters: str) -> str:
+    """``adapters`` must name an adapter declared in the config (by alias or as written)."""
+    base = config.models[alias]
+    for name, model in config.models.items():
+        if model.adapter is not None and adapters in (name, model.adapter):
+            if (model.model, model.revision) != (base.model, base.revision):
+                raise RequestError(f"adapter {adapters!r} belongs to another base model", param="adapters")
+            return name
+    raise RequestError(
+        f"adapters must name an adapter declared in the config, not {adapters!r}", param="adapters"
+    )
+
+
+def _unsupported(request: AnyRequest) -> None:
+    def reject(param: str, what: str) -> None:
+        raise RequestError(f"{what} is not supported yet", param=param, code="unsupported_parameter")
+
+    if request.n not in (None, 1):
+        reject("n", "n > 1")
+    if request.response_format is not None and request.response_format.type != "text":
+        reject("response_format", f"response_format {request.response_format.type!r}")
+    if isinstance(request, ChatCompletionRequest):
+        if request.tools:
+            reject("tools", "tools")
+        if request.tool_choice not in (None, "none"):
+            reject("tool_choice", "tool_choice other than 'none'")
+        if request.functions:
+            reject("functions", "functions")
+        if request.function_call not in (None, "none"):
+            reject("function_call", "function_call")
+    else:
+        if request.best_of not in (None, 1):
+            reject("best_of", "best_of > 1")
+        if request.suffix:
+            reject("suffix", "suffix")
+        if request.echo and request.logprobs is not None:
+            reject("echo", "echo together with logprobs")
+
+
+def _messages(request: ChatCompletionRequest, max_messages: int) -> tuple[dict[str, Any], ...]:
+    if not request.messages:
+        raise RequestError("messages must not be empty", param="messages")
+    if len(request.messages) > max_messages:
+        raise RequestError(f"at most {max_messages} messages are accepted", param="messages")
+    out = []
+    for i, message in enumerate(request.messages):
+        if message.role not in _ROLES:
+            raise RequestError(f"unknown role {message.role!r}", param=f"messages[{i}].role")
+        content = message.content
+        if isinstance(content, list):
+            texts = []
+            for j, part in enumerate(content):
+                if part.type != "text" or part.text is None:
+                    raise RequestError(
+                        f"content parts of type {part.type!r} are not supported by text models",
+                        param=f"messages[{i}].content[{j}]",
+                    )
+                texts.append(part.text)
+            content = "".join(texts)
+        entry: dict[str, Any] = {
+            "role": "system" if message.role == "developer" else message.role,
+            "content": content or "",
+        }
+        if message.name:
+            entry["name"] = message.name
+        if message.tool_call_id:
+            entry["tool_call_id"] = message.tool_call_id
+        out.append(entry)
+    return tuple(out)
+
+
+def _stop(request: AnyRequest, config: MlxdConfig, default: tuple[str, ...]) -> tuple[str, ...]:
+    if request.stop is None:
+        return default
+    stops = (request.stop,) if isinstance(request.stop, str) else tuple(request.stop)
+    limits = config.limits
+    if len(stops) > limits.max_stop:
+        raise RequestError(f"at most {limits.max_stop} stop strings are accepted", param="stop")
+    for stop in stops:
+        if not stop:
+            raise RequestError("stop strings must not be empty", param="stop")
+        if len(stop) > limits.max_stop_length:
+            raise RequestError(
+                f"stop strings are limited to {limits.max_stop_length} characters", param="stop"
+            )
+    return stops
+
+
+def _logprobs(request: AnyRequest) -> tuple[int | None, str | None]:
+    """(top alternatives to compute, response shape)."""
+    if isinstance(request, CompletionRequest):
+        return (request.logprobs, "legacy") if request.logprobs is not None else (None, None)
+    lp, top = request.logprobs, request.top_logprobs
+    if lp is True:
+        return top or 0, "openai"
+    if lp is None or lp is False:
+        if top:
+            raise RequestError("top_logprobs requires logprobs: true", param="top_logprobs")
+        return None, None
+    return int(lp), "seed"
+
+
+def _prompt(request: AnyRequest, config: MlxdConfig, model: ModelConfig) -> ChatPrompt | TextPrompt:
+    if isinstance(request, ChatCompletionRequest):
+        kwargs = dict(model.chat_template_kwargs)
+        for key, value in (request.chat_template_kwargs or {}).items():
+            if key not in CHAT_TEMPLATE_KWARGS:
+                raise RequestError(
+                    f"chat_template_kwargs may only set {', '.join(sorted(CHAT_TEMPLATE_KWARGS))}",
+                    param="chat_template_kwargs",
+                )
+            kwargs[key] = value
+        return ChatPrompt(_messages(request, config.limits.max_messages), request.role_mapping, kwargs)
+    prompt = request.prompt
+    if isinstance(prompt, str):
+        if not prompt:
+            raise RequestError("prompt must not be empty", param="prompt")
+        return TextPrompt(text=prompt)
+    if not prompt:
+        raise RequestError("prompt must not be empty", param="prompt")
+    if all(isinstance(p, int) for p in prompt):
+        return TextPrompt(tokens=tuple(int(p) for p in prompt))
+    if len(prompt) != 1 or not isinstance(prompt[0], str) or not prompt[0]:
+        raise RequestError(
+            "send one non-empty prompt per request (prompt lists are not supported)", param="prompt"
+        )
+    return TextPrompt(text=str(prompt[0]))
+
+
+def translate(request: AnyRequest, config: MlxdConfig) -> tuple[GenerationRequest, Shape]:
+    """Validate a request against the config and resolve every parameter."""
+    _unsupported(request)
+    alias = resolve_alias(config, request.model)
+    if request.adapters is not None:
+        alias = _adapter_alias(config, alias, request.adapters)
+    model = config.models[alias]
+    defaults = config.generation_defaults(alias)
+    if request.logit_bias and len(request.logit_bias) > config.limits.max_logit_bias:
+        raise RequestError(f"at most {config.limits.max_logit_bias} logit_bias entries", param="logit_bias")
+    requested = getattr(request, "max_completion_tokens", None) or request.max_tokens
+    ceiling = min(model.max_tokens_limit or config.limits.max_tokens, config.limits.max_tokens)
+    max_tokens = min(requested or defaults.max_tokens or 512, ceiling)
+    top, shape = _logprobs(request)
+    prompt = _prompt(request, config, model)
+    echo = ""
+    if isinstance(request, CompletionRequest) and request.echo and isinstance(prompt, TextPrompt):
+        echo = prompt.text or ""
+
+    def pick(value: Any, default: Any) -> Any:
+        return default if value is None else value
+
+    sampling = SamplingParams(
+        temperature=pick(request.temperature, defaults.temperature),
+        top_p=pick(request.top_p, defaults.top_p),
+        top_k=pick(request.top_k, defaults.top_k),
+        min_p=pick(request.min_p, defaults.min_p),
+        repetition_penalty=pick(request.repetition_penalty, defaults.repetition_penalty),
+        repetition_context_size=pick(request.repetition_context_size, defaults.repetition_context_size),
+        presence_penalty=pick(request.presence_penalty, defaults.presence_penalty),
+        frequency_penalty=pick(request.frequency_penalty, defaults.frequency_penalty),
+        logit_bias=tuple(sorted((request.logit_bias or {}).items())),
+        seed=request.seed,
+    )
+    for token_id, _ in sampling.logit_bias:
+        if token_id < 0:
+            raise RequestError("logit_bias token ids cannot be negative", param="logit_bias")
+    generation = GenerationRequest(
+        request_id=uuid.uuid4().hex,
+        alias=alias,
+        spec=spec_for(model),
+        prompt=prompt,
+        max_tokens=max_tokens,
+        sampling=sampling,
+        stop=_stop(request, config, defaults.stop or ()),
+        logprobs=top,
+        max_tokens_explicit=requested is not None and requested <= ceiling,
+        keep_alive=model.keep_alive if model.keep_alive is not None else config.runtime.keep_alive,
+    )
+    return generation, Shape(shape, echo)

@@ -1,0 +1,155 @@
+"""Fixtures shared by the whole suite: tiny models, and a real daemon on 127.0.0.1."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import pytest
+
+
+def free_port() -> int:
+    """A TCP port nobody listens on right now."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny llama with random weights, a real BPE tokenizer and a ChatML template."""
+    from mlxd.runtime.demo_model import build_tiny_model
+
+    return build_tiny_model(tmp_path_factory.mktemp("models") / "tiny")
+
+
+@pytest.fixture(scope="session")
+def plain_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The tiny model without a chat template (role_mapping formats its prompts)."""
+    from mlxd.runtime.demo_model import build_tiny_model
+
+    return build_tiny_model(tmp_path_factory.mktemp("models") / "plain", chat_template=False)
+
+
+@pytest.fixture(scope="session")
+def tiny_adapter_dir(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A LoRA adapter for the tiny model that visibly changes its logits."""
+    from mlxd.runtime.demo_model import build_lora_adapter
+
+    return build_lora_adapter(tiny_model_dir, tmp_path_factory.mktemp("adapters") / "tiny-lora")
+
+
+@dataclass
+class RunningDaemon:
+    """A daemon serving on a thread: its URL, config file and the object itself."""
+
+    url: str
+    config_path: Path
+    daemon: object
+
+    def client(self, **kwargs: object) -> httpx.Client:
+        return httpx.Client(base_url=self.url, timeout=60, **kwargs)  # type: ignore[arg-type]
+
+    def status(self) -> dict[str, object]:
+        with self.client() as http:
+            return http.get("/mlxd/status").json()  # type: ignore[no-any-return]
+
+
+def start_daemon(
+    config_path: Path, overrides: dict[str, object] | None = None
+) -> tuple[RunningDaemon, threading.Thread]:
+    """Start the real daemon (config store, MLX engine, uvicorn) on a thread, port from the file."""
+    from mlxd.config.store import ConfigStore
+    from mlxd.daemon import Daemon
+
+    store = ConfigStore(config_path, overrides)
+    daemon = Daemon(store)
+    ready = threading.Event()
+    failure: list[BaseException] = []
+
+    def run() -> None:
+        async def main() -> None:
+            started = asyncio.Event()
+            task = asyncio.create_task(daemon.serve(started, signals=False))
+            waiter = asyncio.create_task(started.wait())
+            await asyncio.wait({task, waiter}, return_when=asyncio.FIRST_COMPLETED)
+            ready.set()
+            await task
+
+        try:
+            asyncio.run(main())
+        except BaseException as exc:
+            failure.append(exc)
+            ready.set()
+
+    thread = threading.Thread(target=run, name="test-daemon", daemon=True)
+    thread.start()
+    assert ready.wait(60), "the daemon did not start"
+    if failure:
+        raise failure[0]
+    url = f"http://127.0.0.1:{daemon.bound_port}"
+    return RunningDaemon(url, config_path, daemon), thread
+
+
+def stop_daemon(running: RunningDaemon, thread: threading.Thread) -> None:
+    """Drain and stop a daemon started by ``start_daemon``."""
+    running.daemon.request_stop()  # type: ignore[attr-defined]
+    thread.join(60)
+    assert not thread.is_alive(), "the daemon did not stop"
+
+
+def write_config(path: Path, text: str) -> Path:
+    """Write a config file the way editors do: to a temp file, then rename over."""
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(text, encoding="utf-8")
+    tmp.replace(path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def daemon(
+    tiny_model_dir: Path,
+    plain_model_dir: Path,
+    tiny_adapter_dir: Path,
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[RunningDaemon]:
+    """A real daemon serving the tiny model under several aliases (module-scoped)."""
+    root = tmp_path_factory.mktemp("daemon")
+    config = write_config(
+        root / "mlxd.toml",
+        f"""
+[server]
+port = 0
+
+[runtime]
+max_batch_size = 8
+max_queue = 16
+keep_alive = "forever"
+
+[defaults]
+temperature = 0.0
+max_tokens = 32
+
+[models.tiny]
+model = "{tiny_model_dir}"
+default = true
+aliases = ["gpt-4o-mini"]
+max_tokens_limit = 64
+
+[models.tiny-lora]
+model = "{tiny_model_dir}"
+adapter = "{tiny_adapter_dir}"
+
+[models.plain]
+model = "{plain_model_dir}"
+context_length = 128
+""",
+    )
+    running, thread = start_daemon(config)
+    yield running
+    stop_daemon(running, thread)
