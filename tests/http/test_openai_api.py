@@ -86,7 +86,8 @@ def test_raw_stream_ends_with_finish_then_done(daemon: RunningDaemon) -> None:
 def test_text_completion_stream_and_not(client: openai.OpenAI) -> None:
     whole = client.completions.create(model="tiny", prompt="Once upon a time", max_tokens=10, temperature=0)
     assert whole.object == "text_completion"
-    assert whole.usage is not None and whole.usage.completion_tokens == 10
+    assert whole.usage is not None
+    assert whole.usage.completion_tokens == 10
     streamed = "".join(
         c.choices[0].text
         for c in client.completions.create(
@@ -163,7 +164,8 @@ def test_max_tokens_limit_caps_the_request(client: openai.OpenAI) -> None:
 
 def test_max_completion_tokens_is_honoured(client: openai.OpenAI) -> None:
     response = client.chat.completions.create(model="tiny", messages=HELLO, max_completion_tokens=3)
-    assert response.usage is not None and response.usage.completion_tokens == 3
+    assert response.usage is not None
+    assert response.usage.completion_tokens == 3
 
 
 def test_seed_reproduces_sampled_output(client: openai.OpenAI) -> None:
@@ -204,7 +206,8 @@ def test_stop_string_across_token_boundaries(client: openai.OpenAI) -> None:
     assert cut.choices[0].finish_reason == "stop"
     assert cut.choices[0].text == text[: text.index(stop)]
     assert stop not in cut.choices[0].text
-    assert cut.usage is not None and cut.usage.completion_tokens < 30
+    assert cut.usage is not None
+    assert cut.usage.completion_tokens < 30
     streamed = client.completions.create(
         model="tiny", prompt="Once upon a time", max_tokens=30, temperature=0, stop=stop, stream=True
     )
@@ -218,7 +221,8 @@ def test_chat_logprobs_openai_shape(client: openai.OpenAI) -> None:
         model="tiny", messages=HELLO, max_tokens=6, logprobs=True, top_logprobs=3, temperature=0
     )
     content = response.choices[0].logprobs.content  # type: ignore[union-attr]
-    assert content is not None and len(content) == 6
+    assert content is not None
+    assert len(content) == 6
     for entry in content:
         assert entry.logprob <= 0
         assert len(entry.top_logprobs) == 3
@@ -261,7 +265,8 @@ def test_role_mapping_formats_the_prompt(client: openai.OpenAI) -> None:
         max_tokens=4,
         extra_body={"role_mapping": {"system_prompt": "", "user": "Q: ", "assistant": "A: ", "stop": "\n"}},
     )
-    assert default.usage is not None and mapped.usage is not None
+    assert default.usage is not None
+    assert mapped.usage is not None
     # "Q: Say this is a test!\nA:" is far shorter than the seed's default system prompt.
     assert mapped.usage.prompt_tokens < default.usage.prompt_tokens
 
@@ -334,7 +339,8 @@ def test_context_length_is_enforced(client: openai.OpenAI) -> None:
         client.completions.create(model="plain", prompt="hi", max_tokens=200)
     assert error.value.code == "context_length_exceeded"
     ok = client.completions.create(model="plain", prompt="hi", max_tokens=4)
-    assert ok.usage is not None and ok.usage.completion_tokens == 4
+    assert ok.usage is not None
+    assert ok.usage.completion_tokens == 4
 
 
 def test_echo_prepends_the_prompt(client: openai.OpenAI) -> None:
