@@ -8,22 +8,41 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Any, Literal
 
 from pydantic import (
     BaseModel,
-    BeforeValidator,
     ConfigDict,
     Field,
-    PlainSerializer,
     PrivateAttr,
     SecretStr,
     field_validator,
     model_validator,
 )
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
-from mlxd.config.units import FOREVER, parse_duration, parse_size
+from mlxd.config.sources import FileSettingsSource
+from mlxd.config.units import FOREVER, parse_size
+from mlxd.config.values import Duration, MemoryBudget, Size, is_loopback
+
+__all__ = [
+    "ALIAS",
+    "BUILTIN_DEFAULTS",
+    "CHAT_TEMPLATE_KWARGS",
+    "FOREVER",
+    "REPO_ID",
+    "REVISION",
+    "Duration",
+    "GenerationDefaults",
+    "LimitsConfig",
+    "MemoryBudget",
+    "MlxdConfig",
+    "ModelConfig",
+    "RuntimeConfig",
+    "ServerConfig",
+    "Size",
+    "is_loopback",
+]
 
 #: A Hugging Face repo id, matched in full: ``org/name`` with the Hub's allowed characters.
 REPO_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.\-]{0,95}/[A-Za-z0-9][A-Za-z0-9_.\-]{0,95}")
@@ -33,33 +52,17 @@ REVISION = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.\-/]{0,127}")
 ALIAS = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:\-]{0,127}")
 #: ``chat_template_kwargs`` keys a config may pass to a chat template.
 CHAT_TEMPLATE_KWARGS = frozenset({"enable_thinking", "reasoning_effort", "add_generation_prompt"})
+#: How a ``model`` value says it is a local directory rather than a repo id.
+LOCAL_PREFIXES = ("/", "./", "../", "~")
+#: Longest ``model`` / ``adapter`` value accepted; anything longer is a mistake.
+MAX_PATH_LENGTH = 4096
 
 
-def _duration_text(seconds: float) -> str:
-    return "forever" if seconds == FOREVER else f"{seconds:g}s"
-
-
-def _memory_budget(value: str | int) -> str | int:
-    if isinstance(value, str) and value.strip().endswith("%"):
-        number = value.strip()[:-1]
-        try:
-            pct = float(number)
-        except ValueError:
-            raise ValueError(f"{value!r} is not a percentage such as '75%'") from None
-        if not 0 < pct <= 100:
-            raise ValueError("a percentage of memory must be between 0 and 100")
-        return value.strip()
-    parse_size(value)
-    return value
-
-
-Size = Annotated[int, BeforeValidator(parse_size)]
-Duration = Annotated[
-    float,
-    BeforeValidator(parse_duration),
-    PlainSerializer(_duration_text, return_type=str),
-]
-MemoryBudget = Annotated[str | int, BeforeValidator(_memory_budget)]
+def _is_dir(path: Path) -> bool:
+    try:
+        return path.is_dir()
+    except (OSError, ValueError):  # a name too long, a NUL byte: not a directory we can use
+        return False
 
 
 class _Section(BaseModel):
@@ -69,66 +72,143 @@ class _Section(BaseModel):
 class ServerConfig(_Section):
     """``[server]``: where and how the daemon listens."""
 
-    host: str = Field("127.0.0.1", description="Address to bind. Loopback by default; any other host requires api_key.")
-    port: int = Field(8080, ge=0, le=65535, description="TCP port to listen on.")
+    host: str = Field(
+        default="127.0.0.1",
+        description="Address to bind. Loopback by default; any other host requires api_key.",
+    )
+    port: int = Field(default=8080, ge=0, le=65535, description="TCP port to listen on.")
     api_key: SecretStr = Field(
-        SecretStr(""),
+        default=SecretStr(""),
         description='When set, required as "Authorization: Bearer <key>" on every route but /health.',
     )
     allowed_hosts: tuple[str, ...] = Field(
-        (), description="Host header values accepted besides localhost, 127.0.0.1 and [::1] (DNS-rebinding guard)."
+        default=(),
+        description="Host header values accepted besides localhost, 127.0.0.1 and [::1] (DNS-rebinding guard).",
     )
-    cors_allow_origins: tuple[str, ...] = Field((), description="Origins allowed to call the API from a browser. No CORS unless listed.")
-    max_request_bytes: Size = Field(4 * 2**20, gt=0, description="Largest request body accepted, in bytes or a size such as '4MiB'.")
+    cors_allow_origins: tuple[str, ...] = Field(
+        default=(), description="Origins allowed to call the API from a browser. No CORS unless listed."
+    )
+    max_request_bytes: Size = Field(
+        default=4 * 2**20,
+        gt=0,
+        description="Largest request body accepted, in bytes or a size such as '4MiB'.",
+    )
     request_timeout: Duration = Field(
-        30.0, gt=0, description="Deadline for a client to send a request's headers and body (slowloris guard)."
+        default=30.0,
+        gt=0,
+        description="Deadline for a client to send a request's headers and body (slowloris guard).",
     )
     drain_timeout: Duration = Field(
-        30.0, ge=0, description="On stop, how long in-flight requests may run before the daemon exits anyway."
+        default=30.0,
+        ge=0,
+        description="On stop, how long in-flight requests may run before the daemon exits anyway.",
     )
-    log_prompts: bool = Field(False, description="Write prompts and outputs to the log. Off by default.")
-    log_format: Literal["text", "json"] = Field("text", description="Log line format.")
-    log_level: Literal["debug", "info", "warning", "error"] = Field("info", description="Least severe level written to the log.")
+    log_prompts: bool = Field(
+        default=False, description="Write prompts and outputs to the log. Off by default."
+    )
+    log_format: Literal["text", "json"] = Field(default="text", description="Log line format.")
+    log_level: Literal["debug", "info", "warning", "error"] = Field(
+        default="info", description="Least severe level written to the log."
+    )
+
+    @model_validator(mode="after")
+    def _exposed_needs_key(self) -> ServerConfig:
+        if not is_loopback(self.host) and not self.api_key.get_secret_value():
+            raise ValueError(
+                f"host {self.host!r} is reachable from other machines, so api_key must be set"
+                " (in the file or as MLXD_SERVER__API_KEY)"
+            )
+        return self
 
 
 class RuntimeConfig(_Section):
     """``[runtime]``: how many models stay loaded and how requests are scheduled."""
 
-    max_loaded_models: int = Field(2, ge=1, description="Models kept in memory at once; the least recently used idle one is unloaded first.")
-    memory_budget: MemoryBudget = Field("75%", description="Memory models may use: a share of physical memory ('75%') or a size ('24GB').")
-    keep_alive: Duration = Field(900.0, description="Unload a model idle this long: a duration ('15m'), '0' right away, or 'forever'.")
-    max_batch_size: int = Field(16, ge=1, le=512, description="Sequences decoded together per model.")
-    max_queue: int = Field(64, ge=0, description="Requests waiting for a batch slot beyond this get 429 queue_full.")
-    prompt_cache_bytes: Size = Field(2 * 10**9, ge=0, description="Memory for reusing the KV cache of shared prompt prefixes; 0 turns it off.")
-    prefill_step_size: int = Field(
-        256, ge=16, le=8192, description="Prompt tokens processed per step; smaller keeps other streams flowing during a long prefill."
+    max_loaded_models: int = Field(
+        default=2,
+        ge=1,
+        description="Models kept in memory at once; the least recently used idle one is unloaded first.",
     )
+    memory_budget: MemoryBudget = Field(
+        default="75%",
+        description="Memory models may use: a share of physical memory ('75%') or a size ('24GB').",
+    )
+    keep_alive: Duration = Field(
+        default=900.0,
+        description="Unload a model idle this long: a duration ('15m'), '0' right away, or 'forever'.",
+    )
+    max_batch_size: int = Field(default=16, ge=1, le=512, description="Sequences decoded together per model.")
+    max_queue: int = Field(
+        default=64, ge=0, description="Requests waiting for a batch slot beyond this get 429 queue_full."
+    )
+    prompt_cache_bytes: Size = Field(
+        default=2 * 10**9,
+        ge=0,
+        description="Memory for reusing the KV cache of shared prompt prefixes; 0 turns it off.",
+    )
+    prefill_step_size: int = Field(
+        default=256,
+        ge=16,
+        le=8192,
+        description="Prompt tokens processed per step; smaller keeps other streams flowing during a long prefill.",
+    )
+
+    def memory_budget_bytes(self, physical: int) -> int:
+        """The memory budget in bytes, given the machine's physical memory in bytes."""
+        budget = self.memory_budget
+        if isinstance(budget, str) and budget.endswith("%"):
+            return int(physical * float(budget[:-1]) / 100)
+        return parse_size(budget)
 
 
 class LimitsConfig(_Section):
     """``[limits]``: caps on what one request may ask for."""
 
-    max_tokens: int = Field(32768, ge=1, description="Ceiling on max_tokens for any alias (aliases may set a lower max_tokens_limit).")
-    max_n: int = Field(8, ge=1, le=128, description="Largest n (choices per request).")
-    max_stop: int = Field(16, ge=0, description="Most stop strings per request.")
-    max_stop_length: int = Field(256, ge=1, description="Longest stop string, in characters.")
-    max_logit_bias: int = Field(1024, ge=0, description="Most logit_bias entries per request.")
-    max_messages: int = Field(4096, ge=1, description="Most messages in one chat request.")
+    max_tokens: int = Field(
+        default=32768,
+        ge=1,
+        description="Ceiling on max_tokens for any alias (aliases may set a lower max_tokens_limit).",
+    )
+    max_n: int = Field(default=8, ge=1, le=128, description="Largest n (choices per request).")
+    max_stop: int = Field(default=16, ge=0, description="Most stop strings per request.")
+    max_stop_length: int = Field(default=256, ge=1, description="Longest stop string, in characters.")
+    max_logit_bias: int = Field(default=1024, ge=0, description="Most logit_bias entries per request.")
+    max_messages: int = Field(default=4096, ge=1, description="Most messages in one chat request.")
 
 
 class GenerationDefaults(_Section):
     """Request defaults: a request field wins over an alias's defaults, which win over ``[defaults]``."""
 
-    max_tokens: int | None = Field(None, ge=1, description="Tokens to generate when a request does not say.")
-    temperature: float | None = Field(None, ge=0, le=2, description="Sampling temperature; 0 is greedy.")
-    top_p: float | None = Field(None, gt=0, le=1, description="Nucleus sampling threshold.")
-    top_k: int | None = Field(None, ge=0, description="Sample among the k most likely tokens; 0 turns it off.")
-    min_p: float | None = Field(None, ge=0, le=1, description="Drop tokens less likely than min_p times the top token.")
-    repetition_penalty: float | None = Field(None, gt=0, description="Multiplicative penalty on recently generated tokens; 1.0 turns it off.")
-    repetition_context_size: int | None = Field(None, ge=1, description="How many recent tokens the repetition penalty looks at.")
-    presence_penalty: float | None = Field(None, ge=-2, le=2, description="Additive penalty on tokens already present.")
-    frequency_penalty: float | None = Field(None, ge=-2, le=2, description="Additive penalty proportional to a token's count.")
-    stop: tuple[str, ...] | None = Field(None, description="Stop strings used when a request gives none.")
+    max_tokens: int | None = Field(
+        default=None, ge=1, description="Tokens to generate when a request does not say."
+    )
+    temperature: float | None = Field(
+        default=None, ge=0, le=2, description="Sampling temperature; 0 is greedy."
+    )
+    top_p: float | None = Field(default=None, gt=0, le=1, description="Nucleus sampling threshold.")
+    top_k: int | None = Field(
+        default=None, ge=0, description="Sample among the k most likely tokens; 0 turns it off."
+    )
+    min_p: float | None = Field(
+        default=None, ge=0, le=1, description="Drop tokens less likely than min_p times the top token."
+    )
+    repetition_penalty: float | None = Field(
+        default=None,
+        gt=0,
+        description="Multiplicative penalty on recently generated tokens; 1.0 turns it off.",
+    )
+    repetition_context_size: int | None = Field(
+        default=None, ge=1, description="How many recent tokens the repetition penalty looks at."
+    )
+    presence_penalty: float | None = Field(
+        default=None, ge=-2, le=2, description="Additive penalty on tokens already present."
+    )
+    frequency_penalty: float | None = Field(
+        default=None, ge=-2, le=2, description="Additive penalty proportional to a token's count."
+    )
+    stop: tuple[str, ...] | None = Field(
+        default=None, description="Stop strings used when a request gives none."
+    )
 
 
 #: What applies when neither the request nor the config says (the seed's defaults where sensible).
@@ -150,23 +230,57 @@ class ModelConfig(_Section):
     """``[models.<alias>]``: one name requests can use, backed by a model and maybe an adapter."""
 
     model: str = Field(description="Hugging Face repo id, or a local directory (relative to this file).")
-    revision: str | None = Field(None, description="Branch, tag or commit to pin a repo to.")
+    revision: str | None = Field(default=None, description="Branch, tag or commit to pin a repo to.")
     adapter: str | None = Field(
-        None, description="LoRA adapter directory (relative to this file); shares the base weights with other aliases of the same model."
+        default=None,
+        description="LoRA adapter directory (relative to this file); "
+        "shares the base weights with other aliases of the same model.",
     )
-    default: bool = Field(False, description="Serve this alias when a request names no model.")
-    preload: bool = Field(False, description="Load at daemon start instead of on first request.")
-    keep_alive: Duration | None = Field(None, description="Per-alias override of [runtime] keep_alive.")
-    aliases: tuple[str, ...] = Field((), description="More names for this alias (e.g. 'gpt-4o-mini').")
-    max_tokens_limit: int | None = Field(None, ge=1, description="Server-side cap on max_tokens, whatever the request says.")
-    context_length: int | None = Field(None, ge=16, description="Override the context length read from the model's config.json.")
+    default: bool = Field(default=False, description="Serve this alias when a request names no model.")
+    preload: bool = Field(default=False, description="Load at daemon start instead of on first request.")
+    keep_alive: Duration | None = Field(
+        default=None, description="Per-alias override of [runtime] keep_alive."
+    )
+    aliases: tuple[str, ...] = Field(
+        default=(), description="More names for this alias (e.g. 'gpt-4o-mini')."
+    )
+    max_tokens_limit: int | None = Field(
+        default=None, ge=1, description="Server-side cap on max_tokens, whatever the request says."
+    )
+    context_length: int | None = Field(
+        default=None, ge=16, description="Override the context length read from the model's config.json."
+    )
     chat_template_kwargs: dict[str, bool | str | int | float] = Field(
         default_factory=dict,
-        description="Extra variables for the chat template; only " + ", ".join(sorted(CHAT_TEMPLATE_KWARGS)) + ".",
+        description="Extra variables for the chat template; only "
+        + ", ".join(sorted(CHAT_TEMPLATE_KWARGS))
+        + ".",
     )
-    defaults: GenerationDefaults = Field(default_factory=GenerationDefaults, description="Request defaults for this alias.")
+    defaults: GenerationDefaults = Field(
+        default_factory=GenerationDefaults, description="Request defaults for this alias."
+    )
 
     _base_dir: Path | None = PrivateAttr(default=None)
+
+    @field_validator("model", "adapter")
+    @classmethod
+    def _plain_path(cls, value: str | None) -> str | None:
+        if value is None:
+            return value
+        if not value.strip():
+            raise ValueError("must not be empty")
+        if len(value) > MAX_PATH_LENGTH or any(ord(c) < 32 or ord(c) == 127 for c in value):
+            raise ValueError("must be a repo id or a path without control characters")
+        return value
+
+    @field_validator("model")
+    @classmethod
+    def _repo_or_path(cls, value: str) -> str:
+        if not value.startswith(LOCAL_PREFIXES) and not REPO_ID.fullmatch(value):
+            raise ValueError(
+                f"{value!r} is neither a repo id like 'org/name' nor a local path (start it with ./ or /)"
+            )
+        return value
 
     @field_validator("revision")
     @classmethod
@@ -188,22 +302,15 @@ class ModelConfig(_Section):
     def _allowed_kwargs(cls, value: dict[str, Any]) -> dict[str, Any]:
         unknown = sorted(set(value) - CHAT_TEMPLATE_KWARGS)
         if unknown:
-            raise ValueError(f"not allowed: {', '.join(unknown)} (allowed: {', '.join(sorted(CHAT_TEMPLATE_KWARGS))})")
+            allowed = ", ".join(sorted(CHAT_TEMPLATE_KWARGS))
+            raise ValueError(f"not allowed: {', '.join(unknown)} (allowed: {allowed})")
         return value
-
-    @model_validator(mode="after")
-    def _model_is_repo_or_path(self) -> ModelConfig:
-        if not self.is_local and not REPO_ID.fullmatch(self.model):
-            raise ValueError(
-                f"model {self.model!r} is neither a repo id like 'org/name' nor a local path (start it with ./ or /)"
-            )
-        return self
 
     @property
     def is_local(self) -> bool:
         """True when ``model`` names a directory rather than a Hub repo."""
-        return self.model.startswith(("/", "./", "../", "~")) or (
-            self._base_dir is not None and (self._base_dir / self.model).is_dir()
+        return self.model.startswith(LOCAL_PREFIXES) or (
+            self._base_dir is not None and _is_dir(self._base_dir / self.model)
         )
 
     def bind(self, base_dir: Path) -> None:
@@ -241,11 +348,33 @@ class MlxdConfig(BaseSettings):
         nested_model_default_partial_update=True,
     )
 
-    server: ServerConfig = Field(default_factory=ServerConfig, description="Where and how the daemon listens.")
-    runtime: RuntimeConfig = Field(default_factory=RuntimeConfig, description="Model residency and scheduling.")
-    limits: LimitsConfig = Field(default_factory=LimitsConfig, description="Caps on what one request may ask for.")
-    defaults: GenerationDefaults = Field(default_factory=GenerationDefaults, description="Request defaults for every alias.")
-    models: dict[str, ModelConfig] = Field(default_factory=dict, description="Aliases requests can name in 'model'.")
+    server: ServerConfig = Field(
+        default_factory=ServerConfig, description="Where and how the daemon listens."
+    )
+    runtime: RuntimeConfig = Field(
+        default_factory=RuntimeConfig, description="Model residency and scheduling."
+    )
+    limits: LimitsConfig = Field(
+        default_factory=LimitsConfig, description="Caps on what one request may ask for."
+    )
+    defaults: GenerationDefaults = Field(
+        default_factory=GenerationDefaults, description="Request defaults for every alias."
+    )
+    models: dict[str, ModelConfig] = Field(
+        default_factory=dict, description="Aliases requests can name in 'model'."
+    )
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        """Precedence: init kwargs (command-line flags) > ``MLXD_*`` environment > the config file."""
+        return init_settings, env_settings, FileSettingsSource(settings_cls)
 
     @field_validator("models")
     @classmethod
