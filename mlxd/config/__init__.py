@@ -1,6 +1,22 @@
-"""The config: schema, loading, discovery and platform paths."""
+"""The config: schema, loading, discovery, the reloadable store and platform paths.
 
+The file watcher lives in ``mlxd.config.watcher`` (it imports watchfiles, so it is not
+imported here).
+"""
+
+from mlxd.config.diff import AliasChange, ConfigDiff
 from mlxd.config.loader import discover_config_path, load_config
 from mlxd.config.schema import GenerationDefaults, MlxdConfig, ModelConfig
+from mlxd.config.store import ConfigStore, ReloadResult
 
-__all__ = ["GenerationDefaults", "MlxdConfig", "ModelConfig", "discover_config_path", "load_config"]
+__all__ = [
+    "AliasChange",
+    "ConfigDiff",
+    "ConfigStore",
+    "GenerationDefaults",
+    "MlxdConfig",
+    "ModelConfig",
+    "ReloadResult",
+    "discover_config_path",
+    "load_config",
+]

@@ -1,0 +1,151 @@
+"""The config store: the current config and its generation, swapped atomically on reload.
+
+Every reload path (the file watcher, ``SIGHUP``, ``POST /mlxd/reload``) goes through
+``ConfigStore.reload``: read, validate, diff, swap, notify. Any error keeps the old
+config serving and is kept in ``last_error`` for ``mlxd status`` until a valid reload.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, replace
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from mlxd.config.diff import ConfigDiff, diff_configs
+from mlxd.config.loader import describe, load_config
+from mlxd.config.schema import MlxdConfig
+from mlxd.errors import ConfigError
+
+log = logging.getLogger("mlxd.config")
+
+#: Called as ``callback(old, new, diff)`` after a change is applied, on the reloading thread.
+Subscriber = Callable[[MlxdConfig, MlxdConfig, ConfigDiff], None]
+
+
+@dataclass(frozen=True)
+class ReloadResult:
+    """What a reload did: ``changed`` is False when the file said nothing new."""
+
+    changed: bool
+    generation: int
+    diff: ConfigDiff
+    config: MlxdConfig
+
+
+class ConfigStore:
+    """Holds the current ``MlxdConfig`` and its generation (1 at start); thread-safe.
+
+    ``overrides`` (command-line flags) are applied again on every reload. The initial
+    load raises ``ConfigError`` when the config is invalid: the daemon must not start.
+    """
+
+    def __init__(self, path: Path | None, overrides: Mapping[str, Any] | None = None) -> None:
+        self._path = path
+        self._overrides = dict(overrides or {})
+        self._state_lock = threading.Lock()  # guards the (config, generation) pair
+        self._reload_lock = threading.Lock()  # one reload at a time, subscribers in order
+        self._current = load_config(path, self._overrides)
+        self._generation = 1
+        self._last_error: str | None = None
+        self._last_reload_at: datetime | None = None
+        self._subscribers: list[Subscriber] = []
+
+    @property
+    def path(self) -> Path | None:
+        """The config file, or None when running on built-in defaults."""
+        return self._path
+
+    @property
+    def current(self) -> MlxdConfig:
+        """The config in force now."""
+        with self._state_lock:
+            return self._current
+
+    @property
+    def generation(self) -> int:
+        """1 for the config the daemon started with, +1 for every applied change."""
+        with self._state_lock:
+            return self._generation
+
+    def snapshot(self) -> tuple[MlxdConfig, int]:
+        """The current config and its generation, read together."""
+        with self._state_lock:
+            return self._current, self._generation
+
+    @property
+    def last_error(self) -> str | None:
+        """Why the last reload was rejected, or None once a reload succeeded."""
+        with self._state_lock:
+            return self._last_error
+
+    @property
+    def last_reload_at(self) -> datetime | None:
+        """When the last reload was attempted (UTC), or None if there was none yet."""
+        with self._state_lock:
+            return self._last_reload_at
+
+    def subscribe(self, callback: Subscriber) -> Callable[[], None]:
+        """Call ``callback(old, new, diff)`` after each applied change; returns an unsubscribe."""
+        with self._state_lock:
+            self._subscribers.append(callback)
+
+        def unsubscribe() -> None:
+            with self._state_lock:
+                if callback in self._subscribers:
+                    self._subscribers.remove(callback)
+
+        return unsubscribe
+
+    def reload(self) -> ReloadResult:
+        """Re-read the file and apply it, or raise ``ConfigError`` and keep the old config.
+
+        Logs the outcome. ``server.host``/``server.port`` changes are not applied (the
+        daemon keeps its socket) but listed in ``diff.restart_required``.
+        """
+        with self._reload_lock:
+            with self._state_lock:
+                self._last_reload_at = datetime.now(UTC)
+                old = self._current
+            try:
+                loaded = load_config(self._path, self._overrides)
+            except ConfigError as error:
+                message = describe(error)
+                with self._state_lock:
+                    self._last_error = message
+                log.error("config rejected, still serving generation %d: %s", self.generation, message)
+                raise
+            pending = diff_configs(old, loaded).restart_required
+            new = _keep_address(loaded, old) if pending else loaded
+            diff = replace(diff_configs(old, new), restart_required=pending)
+            if pending:
+                log.warning(
+                    "%s changed: restart mlxd to apply (still listening on %s port %d)",
+                    " and ".join(pending),
+                    old.server.host,
+                    old.server.port,
+                )
+            with self._state_lock:
+                self._last_error = None
+                if new == old:
+                    return ReloadResult(False, self._generation, diff, old)
+                self._current = new
+                self._generation += 1
+                generation = self._generation
+                subscribers = list(self._subscribers)
+            log.info("config reloaded, generation %d: %s", generation, diff.summary())
+            for callback in subscribers:
+                try:
+                    callback(old, new, diff)
+                except Exception:
+                    log.exception("a config subscriber failed on generation %d", generation)
+            return ReloadResult(True, generation, diff, new)
+
+
+def _keep_address(new: MlxdConfig, old: MlxdConfig) -> MlxdConfig:
+    """``new`` with ``old``'s host and port: the address stays what the daemon is bound to."""
+    server = new.server.model_copy(update={"host": old.server.host, "port": old.server.port})
+    return new.model_copy(update={"server": server})
