@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import re
 from typing import Any
 
 import msgspec
@@ -89,7 +90,10 @@ def _validation_response(exc: ValidationException) -> Response[bytes]:
         param = str(key) if key else None
     elif exc.detail:
         message = exc.detail
-    if "$." in message:
+    missing = re.search(r"missing required field `([^`]+)`", message)
+    if missing:
+        param = missing.group(1)
+    elif "$." in message:
         param = param or message.rsplit("$.", 1)[-1].split("[")[0].split("`")[0] or None
     return error_response(400, message, "invalid_request_error", "invalid_parameter", param)
 
@@ -100,6 +104,10 @@ def exception_handler(_: Request[Any, Any, Any], exc: Exception) -> Response[byt
         return mlxd_error_response(exc)
     if isinstance(exc, ValidationException):
         return _validation_response(exc)
+    if isinstance(exc, UnicodeDecodeError | msgspec.DecodeError):
+        return error_response(
+            400, "the body is not valid UTF-8 JSON", "invalid_request_error", "invalid_parameter"
+        )
     if isinstance(exc, NotFoundException):
         return error_response(404, "no such route", "invalid_request_error", "not_found")
     if isinstance(exc, MethodNotAllowedException):

@@ -203,6 +203,9 @@ def translate(request: AnyRequest, config: MlxdConfig) -> tuple[GenerationReques
     if request.logit_bias and len(request.logit_bias) > config.limits.max_logit_bias:
         raise RequestError(f"at most {config.limits.max_logit_bias} logit_bias entries", param="logit_bias")
     requested = getattr(request, "max_completion_tokens", None) or request.max_tokens
+    if requested is not None and requested > config.limits.max_tokens:
+        raise RequestError(f"max_tokens must be at most {config.limits.max_tokens}", param="max_tokens")
+    # The alias's max_tokens_limit is a server-side cap: it trims, whatever the request says.
     ceiling = min(model.max_tokens_limit or config.limits.max_tokens, config.limits.max_tokens)
     max_tokens = min(requested or defaults.max_tokens or 512, ceiling)
     top, shape = _logprobs(request)

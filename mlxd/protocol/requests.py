@@ -58,7 +58,7 @@ class _Sampling(msgspec.Struct, forbid_unknown_fields=False, kw_only=True):
     n: PositiveInt | None = None
     presence_penalty: Penalty | None = None
     response_format: ResponseFormat | None = None
-    seed: int | None = None
+    seed: Annotated[int, msgspec.Meta(ge=-(2**63), le=2**63 - 1)] | None = None
     stop: str | list[str] | None = None
     stream: bool = False
     stream_options: StreamOptions | None = None

@@ -29,7 +29,7 @@ def shared_sampler(temperature: float, top_p: float, top_k: int, min_p: float) -
 
 def _seeded_sampler(params: SamplingParams, seed: int) -> Sampler:
     """A sampler with its own random key: the same seed gives the same tokens in any batch."""
-    key = mx.random.key(seed)
+    key = mx.random.key(seed % 2**64)
     filters: list[Callable[[Any], Any]] = []
     if 0 < params.top_p < 1.0:
         filters.append(lambda x: apply_top_p(x, params.top_p))
