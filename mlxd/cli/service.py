@@ -1,9 +1,244 @@
-"""Placeholder: filled in by its own change."""
+"""``mlxd start|stop|restart|status|logs|install|uninstall``: run mlxd in the background.
+
+Thin commands: they turn options into calls on ``lifecycle`` and the service managers
+and print the outcome. Heavy imports happen inside the commands so ``mlxd --help``
+stays fast.
+"""
 
 from __future__ import annotations
 
+import contextlib
+import json
+import subprocess
+import sys
+from enum import StrEnum
+from typing import TYPE_CHECKING, Annotated, NoReturn
+
 import typer
+
+from mlxd.cli.errors import EXIT_NOT_RUNNING, handle_errors, report
+from mlxd.cli.options import ConfigOption, JsonOption
+
+if TYPE_CHECKING:
+    from pathlib import Path
+
+    from mlxd.cli.lifecycle import Outcome, StartFailed
+    from mlxd.cli.target import Target
+
+
+class Manager(StrEnum):
+    """Login services ``mlxd install`` can use."""
+
+    launchd = "launchd"
+    systemd = "systemd"
+
+
+DemoOption = Annotated[
+    bool, typer.Option("--demo", help="Add the `demo` alias (a tiny local model, no download).")
+]
+TimeoutOption = Annotated[
+    float, typer.Option("--timeout", min=0.1, help="Seconds to wait for /health to answer.")
+]
+
+
+def _strict_target(config: Path | None) -> Target:
+    """The target for commands that start a daemon: an invalid config fails here, exit 1."""
+    from mlxd.cli.target import resolve
+    from mlxd.errors import ConfigError
+
+    try:
+        return resolve(config, strict=True)
+    except ConfigError as error:
+        report(error)
+        raise SystemExit(1) from None
+
+
+def _lenient_target(config: Path | None) -> Target:
+    from mlxd.cli.target import resolve
+
+    return resolve(config, strict=False)
+
+
+def _failed(error: StartFailed) -> NoReturn:
+    from mlxd.cli.render import console
+
+    err = console(stderr=True)
+    if error.log_lines:
+        err.print("[dim]last log lines:[/]")
+        for line in error.log_lines:
+            err.print(f"  {line}", markup=False)
+    raise SystemExit(report(error))
+
+
+def _warn(message: str) -> None:
+    typer.echo(f"warning: {message}", err=True)
+
+
+def _say_started(outcome: Outcome) -> None:
+    where = outcome.service + (f", pid {outcome.pid}" if outcome.pid else "")
+    verb = "is already running" if outcome.already_running else "is running"
+    typer.echo(f"mlxd {verb} at {outcome.url} ({where})")
+
+
+@handle_errors
+def start(
+    demo: DemoOption = False,
+    timeout: TimeoutOption = 30.0,
+    config: ConfigOption = None,
+) -> None:
+    """Start the daemon in the background; returns once /health answers."""
+    from mlxd.cli import lifecycle
+
+    target = _strict_target(config)
+    try:
+        outcome = lifecycle.start(target, demo=demo, timeout_s=timeout, warn=_warn)
+    except lifecycle.StartFailed as error:
+        _failed(error)
+    _say_started(outcome)
+
+
+@handle_errors
+def stop(config: ConfigOption = None) -> None:
+    """Stop the daemon gracefully (in-flight requests finish first)."""
+    from mlxd.cli import lifecycle
+
+    stopped = lifecycle.stop(_lenient_target(config))
+    typer.echo("mlxd stopped" if stopped else "mlxd was not running")
+
+
+@handle_errors
+def restart(
+    demo: DemoOption = False,
+    timeout: TimeoutOption = 30.0,
+    config: ConfigOption = None,
+) -> None:
+    """Stop and start the daemon again."""
+    from mlxd.cli import lifecycle
+
+    target = _strict_target(config)
+    try:
+        outcome = lifecycle.restart(target, demo=demo, timeout_s=timeout)
+    except lifecycle.StartFailed as error:
+        _failed(error)
+    _say_started(outcome)
+
+
+@handle_errors
+def status(as_json: JsonOption = False, config: ConfigOption = None) -> None:
+    """Show whether the daemon runs, where, and what it has loaded (exit 3: not running)."""
+    from mlxd.cli.render import console, status_table
+    from mlxd.cli.status_report import collect
+
+    report_ = collect(_lenient_target(config))
+    if as_json:
+        typer.echo(json.dumps(report_.data, indent=2))
+    else:
+        console().print(status_table(report_))
+    if not report_.running:
+        raise typer.Exit(EXIT_NOT_RUNNING)
+
+
+@handle_errors
+def logs(
+    follow: Annotated[bool, typer.Option("--follow", "-f", help="Keep printing new lines.")] = False,
+    lines: Annotated[int, typer.Option("--lines", "-n", min=0, help="Lines to show.")] = 50,
+    config: ConfigOption = None,
+) -> None:
+    """Show the daemon's log (-f follows it until Ctrl-C)."""
+    from mlxd.cli import logfiles
+
+    path = logfiles.daemon_log()
+    if not path.is_file() and logfiles.console_log().is_file():
+        path = logfiles.console_log()  # the daemon never got as far as opening its log
+    if not path.is_file():
+        _journal_or_nothing(lines, follow, path)
+        return
+    for line in logfiles.tail(path, lines):
+        typer.echo(line)
+    if follow:
+        with contextlib.suppress(KeyboardInterrupt):
+            logfiles.follow(path, typer.echo)
+
+
+def _journal_or_nothing(lines: int, follow: bool, expected: Path) -> None:
+    """Under systemd the journal has stdout/stderr even when the log file does not exist."""
+    from mlxd.cli.managers import installed_login_service
+    from mlxd.cli.managers.systemd import SystemdManager
+
+    service = installed_login_service()
+    if isinstance(service, SystemdManager):
+        try:
+            subprocess.run(service.journal_argv(lines, follow), check=False)
+        except FileNotFoundError:
+            pass
+        except KeyboardInterrupt:
+            return
+        else:
+            return
+    typer.echo(f"no log yet (mlxd writes it to {expected})", err=True)
+
+
+@handle_errors
+def install(
+    manager: Annotated[
+        Manager | None,
+        typer.Option("--manager", help="Login service (default: launchd on macOS, systemd on Linux)."),
+    ] = None,
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", help="Print the file it would write; change nothing.")
+    ] = False,
+    config: ConfigOption = None,
+) -> None:
+    """Install mlxd as a login service and start it."""
+    from mlxd.cli import lifecycle
+    from mlxd.cli.managers import login_service, platform_login_service
+    from mlxd.cli.managers.process import ProcessManager
+    from mlxd.errors import ServiceManagerError
+
+    name = manager.value if manager is not None else platform_login_service()
+    if name is None:
+        raise ServiceManagerError(
+            f"no login service is supported on {sys.platform}",
+            hint="run the daemon with `mlxd start`, or pass --manager",
+        )
+    target = _strict_target(config)
+    service = login_service(name)
+    spec = lifecycle.spec_for(target)
+    if dry_run:
+        sys.stdout.write(service.render(spec))
+        return
+    # A detached daemon holds the port the service's daemon needs.
+    detached = ProcessManager()
+    if (pid := detached.live_pid()) is not None:
+        detached.stop(spec.stop_timeout_s)
+        typer.echo(f"stopped the detached daemon (pid {pid}) first")
+    path = service.install(spec, spec.stop_timeout_s)
+    typer.echo(f"installed {path}")
+    config_text = str(spec.config) if spec.config else "built-in defaults"
+    typer.echo(f"the {name} service runs mlxd now and at every login ({target.url}, config: {config_text})")
+    typer.echo("check it with `mlxd status`")
+
+
+@handle_errors
+def uninstall(config: ConfigOption = None) -> None:
+    """Stop mlxd and remove its login service (nothing to do when not installed)."""
+    from mlxd.cli import lifecycle
+    from mlxd.cli.managers import LOGIN_SERVICES, login_service
+
+    timeout_s = lifecycle.stop_timeout(_lenient_target(config))
+    removed = False
+    for name in LOGIN_SERVICES:
+        service = login_service(name)
+        if service.is_installed():
+            path = service.service_file()
+            service.uninstall(timeout_s)
+            typer.echo(f"removed the {name} service ({path})")
+            removed = True
+    if not removed:
+        typer.echo("mlxd is not installed as a login service")
 
 
 def register(app: typer.Typer) -> None:
-    """Add this module's commands to the CLI."""
+    """Add the daemon-control commands to the CLI."""
+    for command in (start, stop, restart, status, logs, install, uninstall):
+        app.command()(command)

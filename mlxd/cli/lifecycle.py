@@ -1,0 +1,195 @@
+"""Start, stop and restart the daemon through whichever manager owns it, and wait on it.
+
+"Started" means ``GET /health`` answers 200, not that a manager accepted a command: the
+daemon can still fail to bind its port or read its config after launchd launched it.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from mlxd import supervision
+from mlxd.cli import logfiles
+from mlxd.cli.client import DaemonClient
+from mlxd.cli.managers import ServiceManager, installed_login_service
+from mlxd.cli.managers.base import ServiceSpec, build_spec
+from mlxd.cli.managers.process import ProcessManager, terminate
+from mlxd.cli.target import Target
+from mlxd.errors import MlxdError
+
+#: Log lines shown when a start fails.
+FAILURE_LINES = 20
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What start/restart achieved, for the one line the command prints."""
+
+    url: str
+    service: str
+    pid: int | None
+    already_running: bool = False
+
+
+class StartFailed(MlxdError):
+    """The daemon did not become healthy; ``log_lines`` says why, in its own words."""
+
+    def __init__(self, message: str, log_lines: list[str]) -> None:
+        super().__init__(message, hint="see the whole log with `mlxd logs`")
+        self.log_lines = log_lines
+
+
+def daemon_pid(client: DaemonClient) -> int | None:
+    """The pid the daemon reports in ``/mlxd/status``, if it answers."""
+    try:
+        pid = client.status().get("pid")
+    except MlxdError:
+        return None
+    return pid if isinstance(pid, int) else None
+
+
+def wait_healthy(
+    client: DaemonClient,
+    timeout_s: float,
+    *,
+    exit_code: Callable[[], int | None] = lambda: None,
+    not_pid: int | None = None,
+    interval_s: float = 0.1,
+) -> str | None:
+    """Poll ``/health`` until it answers 200; return None, or why it never did.
+
+    ``exit_code`` reports a spawned process that died (no point waiting further);
+    ``not_pid`` ignores the old daemon still answering during a restart.
+    """
+    deadline = time.monotonic() + timeout_s
+    while True:
+        if client.is_healthy() and (not_pid is None or daemon_pid(client) != not_pid):
+            return None
+        if (code := exit_code()) is not None:
+            return f"the daemon exited with code {code}"
+        if (reason := supervision.gave_up_reason()) is not None:
+            return f"the daemon gave up: {reason}"
+        if time.monotonic() >= deadline:
+            return f"no answer from {client.base_url}/health within {timeout_s:g}s"
+        time.sleep(interval_s)
+
+
+def _log_offsets() -> dict[Path, int]:
+    return {path: logfiles.size(path) for path in (logfiles.console_log(), logfiles.daemon_log())}
+
+
+def _failure_lines(offsets: dict[Path, int]) -> list[str]:
+    """What the daemon wrote since the attempt began: its console first, else its log."""
+    for path, offset in offsets.items():
+        if lines := logfiles.tail(path, FAILURE_LINES, since=offset):
+            return lines
+    return logfiles.tail(logfiles.daemon_log(), FAILURE_LINES)
+
+
+def spec_for(target: Target, *, demo: bool = False) -> ServiceSpec:
+    """How to run the daemon of ``target`` (absolute paths, its drain timeout)."""
+    drain = target.config.server.drain_timeout
+    return build_spec(target.config_path, demo=demo, drain_timeout_s=drain)
+
+
+def stop_timeout(target: Target) -> float:
+    """How long a graceful stop may take: the drain timeout plus a margin."""
+    return spec_for(target).stop_timeout_s
+
+
+def start(target: Target, *, demo: bool, timeout_s: float, warn: Callable[[str], None]) -> Outcome:
+    """Start the daemon unless it already answers; raise ``StartFailed`` with its log."""
+    client = target.client(timeout=2.0)
+    if client.is_healthy():
+        return Outcome(target.url, service_name(), daemon_pid(client), already_running=True)
+    supervision.clear_breaker()
+    spec = spec_for(target, demo=demo)
+    offsets = _log_offsets()
+    service = installed_login_service()
+    if service is not None:
+        if demo:
+            warn(f"--demo is ignored: the {service.name} service runs the installed command line")
+        service.start(spec)
+        _raise_unless_healthy(wait_healthy(client, timeout_s), offsets)
+        return Outcome(target.url, service.name, daemon_pid(client))
+    manager = ProcessManager()
+    if (pid := manager.live_pid()) is not None:
+        # A detached daemon is already up (maybe still starting, maybe on another port).
+        if (failure := wait_healthy(client, timeout_s)) is not None:
+            raise MlxdError(
+                f"mlxd (pid {pid}) is running but {failure}",
+                hint="if it uses another config, pass --config; else `mlxd restart`",
+            )
+        return Outcome(target.url, manager.name, pid, already_running=True)
+    process = manager.spawn(spec)
+    failure = wait_healthy(client, timeout_s, exit_code=process.poll)
+    if failure is not None:
+        _abandon(process, manager, target)
+        _raise_unless_healthy(failure, offsets)
+    return Outcome(target.url, manager.name, process.pid)
+
+
+def _abandon(process: subprocess.Popen[bytes], manager: ProcessManager, target: Target) -> None:
+    """A start that failed leaves nothing behind, not even a daemon that is merely slow."""
+    if process.poll() is None:
+        terminate(process.pid, stop_timeout(target))
+    process.wait()
+    supervision.remove_pid_file(manager.state_dir, only_pid=process.pid)
+
+
+def _raise_unless_healthy(failure: str | None, offsets: dict[Path, int]) -> None:
+    if failure is not None:
+        raise StartFailed(f"mlxd did not start: {failure}", _failure_lines(offsets))
+
+
+def stop(target: Target) -> bool:
+    """Stop the daemon however it runs; False when it was not running."""
+    timeout_s = stop_timeout(target)
+    stopped = False
+    service = installed_login_service()
+    if service is not None:
+        stopped = service.stop(timeout_s)
+    stopped = ProcessManager().stop(timeout_s) or stopped
+    # Still answering: a daemon no manager knows, e.g. `mlxd serve` in a terminal.
+    client = target.client(timeout=2.0)
+    pid = daemon_pid(client) if client.is_healthy() else None
+    if pid is not None and supervision.is_mlxd_process(pid):
+        terminate(pid, timeout_s)
+        stopped = True
+    return stopped
+
+
+def restart(target: Target, *, demo: bool, timeout_s: float) -> Outcome:
+    """Restart through the login service (``kickstart -k`` / ``restart``), else stop + start."""
+    service = installed_login_service()
+    if service is None:
+        record = ProcessManager().run_record() or {}
+        stop(target)
+        return start(target, demo=demo or bool(record.get("demo")), timeout_s=timeout_s, warn=lambda _: None)
+    client = target.client(timeout=2.0)
+    old_pid = daemon_pid(client)
+    supervision.clear_breaker()
+    offsets = _log_offsets()
+    spec = spec_for(target, demo=demo)
+    service.restart(spec, spec.stop_timeout_s)
+    _raise_unless_healthy(wait_healthy(client, timeout_s, not_pid=old_pid), offsets)
+    return Outcome(target.url, service.name, daemon_pid(client))
+
+
+def service_name() -> str:
+    """``launchd``/``systemd`` when installed, ``process`` when detached, else ``none``."""
+    manager = running_manager()
+    return manager.name if manager is not None else "none"
+
+
+def running_manager() -> ServiceManager | None:
+    """The manager that owns the daemon: the installed login service, or a live detached one."""
+    service = installed_login_service()
+    if service is not None:
+        return service
+    manager = ProcessManager()
+    return manager if manager.live_pid() is not None else None

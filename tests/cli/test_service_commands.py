@@ -1,0 +1,251 @@
+"""The daemon-control commands end to end through the CLI, with no daemon running.
+
+Where a command drives launchctl or systemctl, the recording shim stands in for it (the
+one sanctioned stand-in in this suite: launchd and systemd cannot run on Linux). The
+commands that need a real daemon are in test_process_backend.py.
+"""
+
+from __future__ import annotations
+
+import json
+import plistlib
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from mlxd.cli.app import app
+from mlxd.cli.managers.launchd import LABEL
+from tests.cli.conftest import Home, Shim
+
+runner = CliRunner()
+GUI_TARGET_ARGS = ["print"]
+
+
+def mlxd(*args: str) -> tuple[int, str, str]:
+    result = runner.invoke(app, list(args))
+    return result.exit_code, result.stdout, result.stderr
+
+
+def plist_path(home: Home) -> Path:
+    return Path(home.env["HOME"]) / "Library" / "LaunchAgents" / f"{LABEL}.plist"
+
+
+def launchctl_not_loaded(shim: Shim) -> None:
+    """The GUI domain exists; the job is not loaded; everything else succeeds."""
+    shim.answer(
+        {"args": ["print", f"gui/{_uid()}"], "exit": 0},
+        {"args": ["print"], "exit": 113},
+        {"args": ["bootout"], "exit": 3, "stderr": "Boot-out failed: 3: No such process\n"},
+    )
+
+
+def _uid() -> int:
+    import os
+
+    return os.getuid()
+
+
+# --- install --------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("manager", ["launchd", "systemd"])
+def test_install_dry_run_prints_the_file_and_does_nothing_else(home: Home, shim: Shim, manager: str) -> None:
+    # A real subprocess: `mlxd install --dry-run --manager launchd` must work on Linux too.
+    result = subprocess.run(
+        [sys.executable, "-m", "mlxd", "install", "--dry-run", "--manager", manager],
+        capture_output=True,
+        text=True,
+        env=home.env | {"PATH": "/usr/bin:/bin"},
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    if manager == "launchd":
+        plist = plistlib.loads(result.stdout.encode())
+        assert plist["ProgramArguments"][-2:] == ["--config", str(home.config.resolve())]
+    else:
+        assert f"--config {home.config.resolve()}" in result.stdout
+        assert result.stdout.startswith("#")
+        assert "[Service]" in result.stdout
+    assert shim.calls() == []
+    assert not plist_path(home).exists()
+    assert not (Path(home.env["XDG_CONFIG_HOME"]) / "systemd").exists()
+
+
+def test_install_launchd_writes_and_bootstraps(home: Home, shim: Shim) -> None:
+    launchctl_not_loaded(shim)
+    code, out, err = mlxd("install", "--manager", "launchd")
+    assert code == 0, err
+    assert plist_path(home).is_file()
+    assert "installed" in out
+    assert home.url in out
+    calls = shim.calls()
+    assert calls[-2:] == [
+        ["enable", f"gui/{_uid()}/{LABEL}"],
+        ["bootstrap", f"gui/{_uid()}", str(plist_path(home))],
+    ]
+
+
+def test_install_failure_exits_1_with_the_tools_message(home: Home, shim: Shim) -> None:
+    launchctl_not_loaded(shim)
+    shim.answer(
+        {"args": ["print", f"gui/{_uid()}"], "exit": 0},
+        {"args": ["print"], "exit": 113},
+        {"args": ["bootstrap"], "exit": 5, "stderr": "Bootstrap failed: 5: Input/output error\n"},
+        {"args": ["bootout"], "exit": 3},
+    )
+    code, _, err = mlxd("install", "--manager", "launchd")
+    assert code == 1
+    assert "Input/output error" in err
+    assert "Traceback" not in err
+    assert not plist_path(home).exists()
+
+
+def test_install_without_launchctl_is_one_line(home: Home, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("MLXD_LAUNCHCTL", str(home.root / "no-such-launchctl"))
+    code, _, err = mlxd("install", "--manager", "launchd")
+    assert code == 1
+    assert "launchctl not found" in err
+    assert "mlxd start" in err
+
+
+def test_install_with_an_invalid_config_exits_1(home: Home, shim: Shim) -> None:
+    home.config.write_text("[server]\nport = 'not a port'\n")
+    code, _, err = mlxd("install", "--manager", "systemd", "--dry-run")
+    assert code == 1
+    assert "server.port" in err
+    assert shim.calls() == []
+
+
+# --- status, stop, uninstall with a login service installed ---------------------------
+
+
+def test_status_json_with_launchd_installed_and_not_running(home: Home, shim: Shim) -> None:
+    launchctl_not_loaded(shim)
+    assert mlxd("install", "--manager", "launchd")[0] == 0
+    code, out, _ = mlxd("status", "--json")
+    assert code == 3
+    data = json.loads(out)
+    assert list(data) == [
+        "running",
+        "pid",
+        "url",
+        "uptime_s",
+        "version",
+        "service",
+        "config",
+        "models",
+    ]
+    assert data["running"] is False
+    assert data["service"] == "launchd"
+    assert data["url"] == home.url
+    assert data["config"] == {
+        "path": str(home.config.resolve()),
+        "generation": None,
+        "last_error": None,
+    }
+    assert data["models"] == []
+
+
+def test_status_human_shows_the_breaker_reason(home: Home) -> None:
+    from mlxd import supervision
+
+    supervision.record_gave_up("invalid config: server.port: not a port")
+    code, out, _ = mlxd("status")
+    assert code == 3
+    assert "not running" in out
+    assert "gave up" in out
+    assert "server.port" in out
+    data = json.loads(mlxd("status", "--json")[1])
+    assert data["config"]["last_error"] == "invalid config: server.port: not a port"
+    assert data["service"] == "none"
+
+
+def test_status_works_with_an_invalid_config(home: Home) -> None:
+    home.config.write_text(f"[server]\nport = {home.port}\n[runtime]\nbogus = 1\n")
+    code, out, _ = mlxd("status", "--json")
+    assert code == 3
+    data = json.loads(out)
+    assert data["url"] == home.url  # the [server] section still names the port
+    assert "bogus" in data["config"]["last_error"]
+
+
+def test_stop_through_launchd_when_not_loaded(home: Home, shim: Shim) -> None:
+    launchctl_not_loaded(shim)
+    assert mlxd("install", "--manager", "launchd")[0] == 0
+    shim.reset()
+    code, out, _ = mlxd("stop")
+    assert code == 0
+    assert "was not running" in out
+    assert ["bootout", f"gui/{_uid()}/{LABEL}"] in shim.calls()
+
+
+def test_start_through_launchd_times_out_with_exit_1(home: Home, shim: Shim) -> None:
+    launchctl_not_loaded(shim)
+    assert mlxd("install", "--manager", "launchd")[0] == 0
+    shim.reset()
+    home.log_dir.mkdir(parents=True, exist_ok=True)
+    (home.log_dir / "mlxd.log").write_text("old line\n")
+    code, _, err = mlxd("start", "--timeout", "0.5")
+    assert code == 1
+    assert "did not start" in err
+    assert "/health" in err
+    assert "mlxd logs" in err  # the hint
+    assert ["bootstrap", f"gui/{_uid()}", str(plist_path(home))] in shim.calls()
+
+
+def test_uninstall_then_uninstall_again(home: Home, shim: Shim) -> None:
+    launchctl_not_loaded(shim)
+    assert mlxd("install", "--manager", "launchd")[0] == 0
+    code, out, _ = mlxd("uninstall")
+    assert code == 0
+    assert "removed the launchd service" in out
+    assert not plist_path(home).exists()
+    code, out, _ = mlxd("uninstall")
+    assert code == 0
+    assert "not installed" in out
+
+
+def test_systemd_install_then_status_and_uninstall(home: Home, shim: Shim) -> None:
+    shim.answer({"args": ["--user", "show"], "stdout": "ActiveState=inactive\nMainPID=0\n"})
+    assert mlxd("install", "--manager", "systemd")[0] == 0
+    data = json.loads(mlxd("status", "--json")[1])
+    assert data["service"] == "systemd"
+    code, out, _ = mlxd("uninstall")
+    assert code == 0
+    assert "systemd" in out
+    assert ["--user", "disable", "--now", "mlxd.service"] in shim.calls()
+
+
+# --- nothing running -------------------------------------------------------------------
+
+
+def test_stop_when_nothing_runs(home: Home) -> None:
+    code, out, _ = mlxd("stop")
+    assert code == 0
+    assert "was not running" in out
+
+
+@pytest.mark.parametrize("args", [["ps"], ["ps", "--json"], ["load", "qwen"], ["unload", "qwen"], ["reload"]])
+def test_admin_commands_exit_3_when_not_running(home: Home, args: list[str]) -> None:
+    code, _, err = mlxd(*args)
+    assert code == 3
+    assert "not running" in err
+    assert "mlxd start" in err
+
+
+def test_logs_shows_the_last_lines(home: Home) -> None:
+    home.log_dir.mkdir(parents=True)
+    (home.log_dir / "mlxd.log").write_text("".join(f"line {i}\n" for i in range(100)))
+    code, out, _ = mlxd("logs", "-n", "3")
+    assert code == 0
+    assert out.splitlines() == ["line 97", "line 98", "line 99"]
+
+
+def test_logs_without_a_log_yet(home: Home) -> None:
+    code, _, err = mlxd("logs")
+    assert code == 0
+    assert "no log yet" in err
