@@ -29,6 +29,15 @@ from mlxd.protocol.responses import ErrorBody, ErrorEnvelope
 
 log = logging.getLogger("mlxd.http")
 
+
+class BodyTooLarge(Exception):
+    """The body grew past ``max_request_bytes`` while it was read."""
+
+
+class BodyTimeout(Exception):
+    """The body did not arrive within ``request_timeout`` (slowloris)."""
+
+
 #: error class -> (status, OpenAI type). The first match wins, so subclasses come first.
 ERROR_TABLE: list[tuple[type[MlxdError], int, str]] = [
     (ContextLengthError, 400, "invalid_request_error"),
@@ -104,6 +113,12 @@ def exception_handler(_: Request[Any, Any, Any], exc: Exception) -> Response[byt
         return mlxd_error_response(exc)
     if isinstance(exc, ValidationException):
         return _validation_response(exc)
+    if isinstance(exc, BodyTooLarge):
+        return error_response(413, "the body is too large", "invalid_request_error", "request_too_large")
+    if isinstance(exc, BodyTimeout):
+        return error_response(
+            408, "the request body did not arrive in time", "invalid_request_error", "request_timeout"
+        )
     if isinstance(exc, UnicodeDecodeError | msgspec.DecodeError):
         return error_response(
             400, "the body is not valid UTF-8 JSON", "invalid_request_error", "invalid_parameter"

@@ -13,7 +13,7 @@ import hmac
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 
-from mlxd.http.errors import envelope
+from mlxd.http.errors import BodyTimeout, BodyTooLarge, envelope
 from mlxd.http.state import DaemonState
 
 Scope = MutableMapping[str, Any]
@@ -60,10 +60,6 @@ async def _respond(
         }
     )
     await send({"type": "http.response.body", "body": body})
-
-
-class BodyTooLarge(Exception):
-    """The body grew past ``max_request_bytes`` while it was read."""
 
 
 class Guards:
@@ -167,7 +163,7 @@ class Guards:
                 "request_too_large",
                 cors,
             )
-        except TimeoutError:
+        except BodyTimeout:
             await refuse(
                 408,
                 "the request body did not arrive in time",
@@ -186,8 +182,11 @@ class Guards:
             nonlocal seen, body_done
             if body_done:
                 return await receive()
-            async with asyncio.timeout(timeout):
-                message = await receive()
+            try:
+                async with asyncio.timeout(timeout):
+                    message = await receive()
+            except TimeoutError:
+                raise BodyTimeout from None
             if message["type"] == "http.request":
                 seen += len(message.get("body", b""))
                 if seen > limit:
