@@ -1,0 +1,26 @@
+# Shared by scripts/demo and scripts/check: find Python >= 3.11 and make ./.venv with mlxd in it.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+find_python() {
+  for candidate in "${PYTHON:-}" python3.13 python3.12 python3.11 python3; do
+    [ -n "$candidate" ] || continue
+    if command -v "$candidate" >/dev/null 2>&1 &&
+       "$candidate" -c 'import sys; sys.exit(sys.version_info < (3, 11))' 2>/dev/null; then
+      echo "$candidate"
+      return 0
+    fi
+  done
+  echo "mlxd needs Python 3.11 or newer (on a Mac: brew install python@3.12)" >&2
+  return 1
+}
+
+ensure_venv() {  # $1: the extra to install, e.g. "" or "[dev]"
+  local python
+  python=$(find_python)
+  if [ ! -x .venv/bin/python ]; then
+    "$python" -m venv .venv
+  fi
+  .venv/bin/python -m pip install --quiet --upgrade pip
+  .venv/bin/python -m pip install --quiet -e ".$1"
+}
