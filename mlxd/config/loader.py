@@ -21,7 +21,7 @@ from pydantic import ValidationError
 from pydantic_settings import EnvSettingsSource, SettingsError
 
 from mlxd.config.paths import CONFIG_FILENAME, user_config_file
-from mlxd.config.problems import Layers, format_problems, key_label, locate
+from mlxd.config.problems import Layers, format_problems, key_label, locate, one_line
 from mlxd.config.schema import MlxdConfig
 from mlxd.config.sources import file_layer
 from mlxd.config.toml_lines import key_lines
@@ -132,7 +132,9 @@ def _missing_adapters(config: MlxdConfig, layers: Layers) -> list[str]:
         if not present:
             key = ("models", alias, "adapter")
             where = locate(key, layers)
-            problems.append(f"{key_label(key)}{where}: adapter directory not found: {model.adapter}")
+            problems.append(
+                one_line(f"{key_label(key)}{where}: adapter directory not found: {model.adapter}")
+            )
     return problems
 
 
@@ -143,7 +145,9 @@ def _environment_error(exc: SettingsError) -> ConfigError:
     culprits = ", ".join(names) or "an MLXD_* variable"
     return ConfigError(
         "invalid config in the environment",
-        problems=[f'{culprits}: cannot parse the value; lists and tables must be JSON, e.g. \'["a", "b"]\''],
+        problems=[
+            one_line(f"{culprits}: cannot parse the value; lists and tables must be JSON, e.g. '[\"a\"]'")
+        ],
     )
 
 

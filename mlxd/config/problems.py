@@ -9,6 +9,7 @@ closest valid key.
 from __future__ import annotations
 
 import difflib
+import json
 import os
 import re
 import types
@@ -26,6 +27,7 @@ from mlxd.config.toml_lines import line_of
 Loc = tuple[str | int, ...]
 
 _BARE_KEY = re.compile(r"[A-Za-z0-9_-]+")
+_CONTROL = re.compile(r"[\x00-\x1f\x7f\x85\u2028\u2029]")
 _VALID_PREFIX = "Input should be a valid "
 
 
@@ -46,9 +48,7 @@ def key_label(path: Loc) -> str:
         if isinstance(part, int):
             out += f"[{part}]"
             continue
-        text = (
-            part if _BARE_KEY.fullmatch(part) else '"' + part.replace("\\", "\\\\").replace('"', '\\"') + '"'
-        )
+        text = part if _BARE_KEY.fullmatch(part) else json.dumps(part, ensure_ascii=False)
         out += f".{text}" if out else text
     return out
 
@@ -75,9 +75,14 @@ def format_problems(exc: ValidationError, layers: Layers) -> list[str]:
         path = _data_path(error, merged)
         grouped.setdefault(path, []).append(_message(error, path))
     return [
-        f"{key_label(path) or '(top level)'}{locate(path, layers)}: {_combine(messages)}"
+        one_line(f"{key_label(path) or '(top level)'}{locate(path, layers)}: {_combine(messages)}")
         for path, messages in grouped.items()
     ]
+
+
+def one_line(text: str) -> str:
+    """``text`` with control characters escaped, so a problem is always exactly one line."""
+    return _CONTROL.sub(lambda m: json.dumps(m.group())[1:-1], text)
 
 
 def _data_path(error: ErrorDetails, data: Any) -> Loc:
