@@ -1,0 +1,155 @@
+"""The watcher on a real file with real watchfiles, saved the way editors save (temp + rename)."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+from mlxd.config.store import ConfigStore
+from mlxd.config.watcher import watch_config
+from tests.config.conftest import replace_file
+
+DEADLINE_S = 15.0
+
+
+def config_text(max_tokens: int) -> str:
+    return f'[defaults]\nmax_tokens = {max_tokens}\n\n[models.qwen]\nmodel = "org/name"\n'
+
+
+async def until(condition: Callable[[], bool], timeout: float = DEADLINE_S) -> bool:
+    """Poll ``condition`` until it holds or ``timeout`` passes; True when it held."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if condition():
+            return True
+        await asyncio.sleep(0.02)
+    return condition()
+
+
+@asynccontextmanager
+async def watching(store: ConfigStore) -> AsyncIterator[asyncio.Event]:
+    stop = asyncio.Event()
+    task = asyncio.create_task(watch_config(store, stop, debounce_ms=50))
+    try:
+        yield stop
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, 5)
+
+
+async def edit_until_applied(store: ConfigStore, path: Path, max_tokens: int) -> None:
+    """Save ``max_tokens`` until the store has it: the first save may land before the watch is up."""
+    deadline = time.monotonic() + DEADLINE_S
+    while time.monotonic() < deadline:
+        replace_file(path, config_text(max_tokens))
+        if await until(lambda: store.current.defaults.max_tokens == max_tokens, timeout=1.0):
+            return
+    raise AssertionError(f"the watcher never applied max_tokens = {max_tokens}")
+
+
+def make_store(tmp_path: Path) -> tuple[ConfigStore, Path]:
+    path = tmp_path / "mlxd.toml"
+    path.write_text(config_text(100), encoding="utf-8")
+    return ConfigStore(path), path
+
+
+def test_a_saved_edit_is_applied(tmp_path: Path) -> None:
+    store, path = make_store(tmp_path)
+
+    async def scenario() -> None:
+        async with watching(store):
+            await edit_until_applied(store, path, 200)
+            assert store.generation >= 2
+            generation = store.generation
+            replace_file(path, config_text(300))  # the watch is up now: one save is enough
+            assert await until(lambda: store.current.defaults.max_tokens == 300)
+            assert store.generation == generation + 1
+
+    asyncio.run(scenario())
+
+
+def test_an_invalid_edit_keeps_the_old_config(tmp_path: Path) -> None:
+    store, path = make_store(tmp_path)
+
+    async def scenario() -> None:
+        async with watching(store):
+            await edit_until_applied(store, path, 200)
+            generation = store.generation
+            replace_file(path, config_text(0))  # max_tokens must be >= 1
+            assert await until(lambda: store.last_error is not None)
+            assert "defaults.max_tokens (line 2)" in (store.last_error or "")
+            assert (store.generation, store.current.defaults.max_tokens) == (generation, 200)
+            replace_file(path, config_text(400))
+            assert await until(lambda: store.current.defaults.max_tokens == 400)
+            assert store.last_error is None
+
+    asyncio.run(scenario())
+
+
+def test_survives_delete_and_recreate(tmp_path: Path) -> None:
+    store, path = make_store(tmp_path)
+
+    async def scenario() -> None:
+        async with watching(store):
+            await edit_until_applied(store, path, 200)
+            path.unlink()
+            assert await until(lambda: "not found" in (store.last_error or ""))
+            assert store.current.defaults.max_tokens == 200
+            path.write_text(config_text(500), encoding="utf-8")
+            assert await until(lambda: store.current.defaults.max_tokens == 500)
+            assert store.last_error is None
+
+    asyncio.run(scenario())
+
+
+def test_applies_an_edit_made_before_it_started(tmp_path: Path) -> None:
+    store, path = make_store(tmp_path)
+    replace_file(path, config_text(600))  # e.g. while the daemon was still starting
+
+    async def scenario() -> None:
+        async with watching(store):
+            assert await until(lambda: store.current.defaults.max_tokens == 600)
+
+    asyncio.run(scenario())
+
+
+def test_returns_promptly_when_stopped(tmp_path: Path) -> None:
+    store, path = make_store(tmp_path)
+
+    async def scenario() -> float:
+        stop = asyncio.Event()
+        task = asyncio.create_task(watch_config(store, stop))
+        await edit_until_applied(store, path, 200)  # now it is blocked in its watch
+        started = time.monotonic()
+        stop.set()
+        await asyncio.wait_for(task, 5)
+        return time.monotonic() - started
+
+    assert asyncio.run(scenario()) < 1.0
+
+
+def test_cancelling_does_not_set_the_callers_event(tmp_path: Path) -> None:
+    store, path = make_store(tmp_path)
+
+    async def scenario() -> bool:
+        stop = asyncio.Event()
+        task = asyncio.create_task(watch_config(store, stop))
+        await edit_until_applied(store, path, 200)
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        return stop.is_set()
+
+    assert asyncio.run(scenario()) is False
+
+
+def test_no_file_means_nothing_to_watch() -> None:
+    store = ConfigStore(None)
+
+    async def scenario() -> None:
+        await asyncio.wait_for(watch_config(store, asyncio.Event()), 1)
+
+    asyncio.run(scenario())
+    assert store.last_reload_at is None
