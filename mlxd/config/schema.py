@@ -333,7 +333,10 @@ class ModelConfig(_Section):
 
     @property
     def source(self) -> str:
-        """What ``/v1/models`` shows as the source: the repo id or the path as written."""
+        """What ``/v1/models`` shows: the repo id, or a local path as written (only its
+        last part when absolute, so no response reveals where the user keeps files)."""
+        if self.is_local and Path(self.model).expanduser().is_absolute():
+            return Path(self.model).name
         return self.model
 
 

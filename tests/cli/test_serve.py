@@ -1,0 +1,170 @@
+"""``mlxd serve`` as users run it: a real subprocess, the demo model, signals, exit codes."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import openai
+import pytest
+
+from tests.conftest import free_port
+
+pytestmark = [pytest.mark.mlx, pytest.mark.server]
+
+
+def isolated_env(root: Path, **extra: str) -> dict[str, str]:
+    """An environment whose config, state, data and cache dirs all live under ``root``."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MLXD_")}
+    env.update(
+        HOME=str(root / "home"),
+        XDG_CONFIG_HOME=str(root / "config"),
+        XDG_STATE_HOME=str(root / "state"),
+        XDG_DATA_HOME=str(root / "data"),
+        XDG_CACHE_HOME=str(root / "cache"),
+        HF_HUB_CACHE=str(root / "hf"),
+        HF_HUB_OFFLINE="1",
+        **extra,
+    )
+    return env
+
+
+def wait_healthy(url: str, process: subprocess.Popen[str], seconds: float = 60) -> None:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise AssertionError(f"mlxd serve exited early: {process.communicate()}")
+        try:
+            if httpx.get(url + "/health", timeout=1).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.05)
+    raise AssertionError("mlxd serve never answered /health")
+
+
+@pytest.fixture
+def demo_server(tmp_path: Path) -> Iterator[tuple[str, subprocess.Popen[str]]]:
+    port = free_port()
+    (tmp_path / "mlxd.toml").write_text('[server]\ndrain_timeout = "20s"\n[defaults]\nmax_tokens = 16\n')
+    process = subprocess.Popen(
+        [sys.executable, "-m", "mlxd", "serve", "--demo", "--port", str(port)],
+        cwd=tmp_path,
+        env=isolated_env(tmp_path),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_healthy(url, process)
+        yield url, process
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.communicate()
+
+
+def test_demo_serves_the_openai_api(demo_server: tuple[str, subprocess.Popen[str]]) -> None:
+    url, _ = demo_server
+    client = openai.OpenAI(base_url=url + "/v1", api_key="unused", max_retries=0)
+    assert [m.id for m in client.models.list()] == ["demo"]
+    reply = client.chat.completions.create(model="demo", messages=[{"role": "user", "content": "Hello"}])
+    assert reply.usage is not None
+    assert reply.usage.completion_tokens == 16  # [defaults] max_tokens from ./mlxd.toml
+    models = client.models.list().data
+    assert models[0].source == "demo-1"  # the directory name, never an absolute path
+
+
+def test_sigterm_drains_in_flight_streams_then_exits_0(
+    demo_server: tuple[str, subprocess.Popen[str]],
+) -> None:
+    url, process = demo_server
+    body = {
+        "model": "demo",
+        "messages": [{"role": "user", "content": "x"}],
+        "max_tokens": 400,
+        "stream": True,
+        "temperature": 0,
+    }
+    events: list[str] = []
+    first = threading.Event()
+
+    def stream() -> None:
+        with httpx.stream("POST", url + "/v1/chat/completions", json=body, timeout=60) as response:
+            for line in response.iter_lines():
+                if line:
+                    events.append(line)
+                    first.set()
+
+    reader = threading.Thread(target=stream)
+    reader.start()
+    assert first.wait(30)
+    process.send_signal(signal.SIGTERM)
+    # While draining, new work is refused with 503 and a Retry-After.
+    deadline = time.monotonic() + 5
+    refused = None
+    while time.monotonic() < deadline and refused is None:
+        try:
+            response = httpx.post(url + "/v1/chat/completions", json={**body, "stream": False}, timeout=5)
+        except httpx.HTTPError:
+            break
+        if response.status_code == 503:
+            refused = response
+    reader.join(60)
+    assert process.wait(60) == 0
+    assert events[-1] == "data: [DONE]"
+    finish = json.loads(events[-2].removeprefix("data: "))["choices"][0]["finish_reason"]
+    assert finish == "length"
+    assert refused is not None
+    assert refused.json()["error"]["code"] == "unavailable"
+    assert "retry-after" in refused.headers
+
+
+def test_invalid_config_exits_78_with_one_line(tmp_path: Path) -> None:
+    (tmp_path / "mlxd.toml").write_text("[server]\nprot = 8080\n")
+    result = subprocess.run(
+        [sys.executable, "-m", "mlxd", "serve", "--config", str(tmp_path / "mlxd.toml")],
+        env=isolated_env(tmp_path),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 78
+    assert "server.prot" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_invalid_config_under_a_supervisor_exits_0(tmp_path: Path) -> None:
+    """launchd/systemd would relaunch a failing daemon forever; supervised, it records and exits 0."""
+    (tmp_path / "mlxd.toml").write_text("[server]\nport = 'eighty'\n")
+    result = subprocess.run(
+        [sys.executable, "-m", "mlxd", "serve", "--config", str(tmp_path / "mlxd.toml")],
+        env=isolated_env(tmp_path, MLXD_SUPERVISED="1"),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 0
+    assert "server.port" in result.stderr
+
+
+def test_non_loopback_host_without_api_key_is_refused(tmp_path: Path) -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "mlxd", "serve", "--host", "0.0.0.0", "--port", str(free_port())],
+        cwd=tmp_path,
+        env=isolated_env(tmp_path),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 78
+    assert "api_key" in result.stderr
