@@ -163,7 +163,7 @@ class Daemon:
         if signals:
             for sig in (signal.SIGTERM, signal.SIGINT):
                 self._loop.add_signal_handler(sig, self.request_stop)
-            self._loop.add_signal_handler(signal.SIGHUP, lambda: asyncio.ensure_future(self._safe_reload()))
+            self._loop.add_signal_handler(signal.SIGHUP, self._on_sighup)
         watcher = asyncio.create_task(watch_config(self.store, self._stop), name="mlxd-watcher")
         preload = asyncio.create_task(self._preload(), name="mlxd-preload")
         serving = asyncio.create_task(self._server.serve(), name="mlxd-uvicorn")
@@ -189,6 +189,10 @@ class Daemon:
         """Drain and stop (thread-safe; what SIGTERM does)."""
         if self._loop is not None:
             self._loop.call_soon_threadsafe(lambda: asyncio.ensure_future(self._drain_then_exit()))
+
+    def _on_sighup(self) -> None:
+        log.info("SIGHUP: reloading the config")
+        asyncio.ensure_future(self._safe_reload())
 
     async def _safe_reload(self) -> None:
         try:

@@ -41,6 +41,7 @@ def spec_for(model: ModelConfig) -> ModelSpec:
         local_path=model.local_path,
         adapter_path=model.adapter_path,
         context_length=model.context_length,
+        label=model.source,
     )
 
 

@@ -24,6 +24,8 @@ class ModelSpec:
     local_path: Path | None = None
     adapter_path: Path | None = None
     context_length: int | None = None
+    #: What status output shows (never an absolute path).
+    label: str = ""
 
     @property
     def base_key(self) -> tuple[str, str | None]:
@@ -147,6 +149,7 @@ class EngineStatus:
     queue_depth: int
     batches: int = 0
     largest_batch: int = 0
+    loads: int = 0
 
 
 class Engine(Protocol):

@@ -390,7 +390,7 @@ class MlxEngine:
         models = [
             LoadedModelStatus(
                 alias=", ".join(sorted(u.aliases)),
-                source=u.spec.source,
+                source=u.spec.label or u.spec.source,
                 state="loaded" if u.loaded else "loading",
                 memory_bytes=u.loaded.memory_bytes if u.loaded else 0,
                 active_sequences=u.active,
@@ -408,6 +408,7 @@ class MlxEngine:
             queue_depth=waiting,
             batches=worker.steps if worker else 0,
             largest_batch=worker.largest_batch if worker else 0,
+            loads=self.loads,
         )
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import time
+from datetime import datetime
 from typing import Any
 
 import msgspec
@@ -20,6 +21,10 @@ _JSON = "application/json"
 
 def _json(body: Any, status: int = 200) -> Response[bytes]:
     return Response(msgspec.json.encode(body), status_code=status, media_type=_JSON)
+
+
+def _iso(moment: datetime | None) -> str | None:
+    return moment.isoformat() if moment else None
 
 
 def admin_router(state: DaemonState) -> Router:
@@ -49,6 +54,7 @@ def admin_router(state: DaemonState) -> Router:
                     "path": str(configs.path) if configs.path else None,
                     "generation": configs.generation,
                     "last_error": configs.last_error,
+                    "last_reload_at": _iso(getattr(configs, "last_reload_at", None)),
                 },
                 "worker": engine.worker,
                 "models": [dataclasses.asdict(m) for m in engine.models],
@@ -56,6 +62,7 @@ def admin_router(state: DaemonState) -> Router:
                 "queue_depth": engine.queue_depth,
                 "batches": engine.batches,
                 "largest_batch": engine.largest_batch,
+                "loads": engine.loads,
             }
         )
 
