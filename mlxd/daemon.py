@@ -12,7 +12,7 @@ import logging
 import os
 import signal
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Coroutine, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -100,6 +100,13 @@ class Daemon:
         self._stop = asyncio.Event()
         self._server: _Server | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
+        """Run a background task, keeping a reference so it is not collected mid-flight."""
+        task = asyncio.ensure_future(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
 
     async def reload(self) -> int:
         """Re-read the config file (the same path SIGHUP and the watcher take)."""
@@ -188,11 +195,11 @@ class Daemon:
     def request_stop(self) -> None:
         """Drain and stop (thread-safe; what SIGTERM does)."""
         if self._loop is not None:
-            self._loop.call_soon_threadsafe(lambda: asyncio.ensure_future(self._drain_then_exit()))
+            self._loop.call_soon_threadsafe(lambda: self._spawn(self._drain_then_exit()))
 
     def _on_sighup(self) -> None:
         log.info("SIGHUP: reloading the config")
-        asyncio.ensure_future(self._safe_reload())
+        self._spawn(self._safe_reload())
 
     async def _safe_reload(self) -> None:
         try:
