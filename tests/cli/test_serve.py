@@ -168,3 +168,70 @@ def test_non_loopback_host_without_api_key_is_refused(tmp_path: Path) -> None:
     )
     assert result.returncode == 78
     assert "api_key" in result.stderr
+
+
+@pytest.fixture
+def configured_server(
+    tmp_path: Path, tiny_model_dir: Path
+) -> Iterator[tuple[str, subprocess.Popen[str], Path]]:
+    port = free_port()
+    config = tmp_path / "mlxd.toml"
+    config.write_text(f'[server]\nport = {port}\n[models.tiny]\nmodel = "{tiny_model_dir}"\n')
+    process = subprocess.Popen(
+        [sys.executable, "-m", "mlxd", "serve", "--config", str(config)],
+        env=isolated_env(tmp_path),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_healthy(url, process)
+        yield url, process, config
+    finally:
+        process.terminate()
+        process.communicate(timeout=60)
+
+
+def _config_status(url: str) -> dict[str, object]:
+    return httpx.get(url + "/mlxd/status").json()["config"]  # type: ignore[no-any-return]
+
+
+def test_sighup_reloads(configured_server: tuple[str, subprocess.Popen[str], Path]) -> None:
+    url, process, _ = configured_server
+    before = _config_status(url)["last_reload_at"]
+    process.send_signal(signal.SIGHUP)
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline and _config_status(url)["last_reload_at"] == before:
+        time.sleep(0.05)
+    assert _config_status(url)["last_reload_at"] != before
+    assert httpx.get(url + "/health").status_code == 200
+
+
+def test_mlxd_reload_command(
+    configured_server: tuple[str, subprocess.Popen[str], Path], tmp_path: Path
+) -> None:
+    url, _, config = configured_server
+    env = isolated_env(tmp_path)
+    text = config.read_text()
+
+    def reload() -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "mlxd", "reload", "--config", str(config)],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+
+    config.write_text(text + "[defaults]\nmax_tokens = 3\n")
+    applied = reload()
+    assert applied.returncode == 0, applied.stderr
+    config.write_text(text + "[defaults]\nmax_tokens = 'three'\n")
+    rejected = reload()
+    assert rejected.returncode == 78
+    assert "defaults.max_tokens" in rejected.stderr
+    assert "Traceback" not in rejected.stderr
+    # The old (valid) generation keeps serving.
+    reply = httpx.post(url + "/v1/completions", json={"model": "tiny", "prompt": "x"}, timeout=60).json()
+    assert reply["usage"]["completion_tokens"] == 3
