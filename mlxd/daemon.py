@@ -22,7 +22,7 @@ from mlxd.config.schema import MlxdConfig
 from mlxd.config.store import ConfigStore
 from mlxd.config.units import parse_size
 from mlxd.config.watcher import watch_config
-from mlxd.errors import ConfigError, ModelLoadError
+from mlxd.errors import ConfigError, HubError, ModelLoadError
 from mlxd.http.app import create_app
 from mlxd.http.guards import LOOPBACK_NAMES
 from mlxd.http.state import DaemonState
@@ -62,13 +62,16 @@ def resolve_model_path(spec: ModelSpec) -> Path:
     """A local model directory, or the cached snapshot of a repo; validated before loading."""
     from mlxd.hub import resolve_cached_model, validate_model_dir
 
-    if spec.local_path is not None:
-        path = spec.local_path
-        if not path.is_dir():
-            raise ModelLoadError(f"model directory {spec.source!r} does not exist")
-    else:
-        path = resolve_cached_model(spec.source, spec.revision)
-    validate_model_dir(path)
+    try:
+        if spec.local_path is not None:
+            path = spec.local_path
+            if not path.is_dir():
+                raise ModelLoadError(f"model directory {spec.label or spec.source!r} does not exist")
+        else:
+            path = resolve_cached_model(spec.source, spec.revision)
+        validate_model_dir(path)
+    except HubError as exc:
+        raise ModelLoadError(f"{spec.label or spec.source}: {exc.message}", hint=exc.hint) from exc
     if spec.adapter_path is not None and not (spec.adapter_path / "adapter_config.json").is_file():
         raise ModelLoadError("the adapter directory has no adapter_config.json")
     return path

@@ -1,0 +1,194 @@
+"""The runtime's promises, with real mlx-lm: batching, residency, failures, recovery."""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+import time
+from collections.abc import Iterator
+from concurrent.futures import Future
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.conftest import RunningDaemon, start_daemon, stop_daemon, write_config
+
+pytestmark = [pytest.mark.mlx, pytest.mark.server]
+
+
+@pytest.fixture(scope="module")
+def models(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    from mlxd.runtime.demo_model import build_tiny_model
+
+    root = tmp_path_factory.mktemp("sched-models")
+    second = build_tiny_model(root / "second", seed=5)
+    corrupt = root / "corrupt"
+    shutil.copytree(tiny_model_dir, corrupt)
+    weights = corrupt / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 3])
+    return {"first": tiny_model_dir, "second": second, "corrupt": corrupt}
+
+
+@pytest.fixture
+def runtime_daemon(models: dict[str, Path], tmp_path: Path) -> Iterator[RunningDaemon]:
+    config = write_config(
+        tmp_path / "mlxd.toml",
+        f"""
+[server]
+port = 0
+[runtime]
+max_loaded_models = 1
+max_batch_size = 16
+keep_alive = "forever"
+[defaults]
+temperature = 0.0
+max_tokens = 24
+[models.first]
+model = "{models["first"]}"
+default = true
+[models.second]
+model = "{models["second"]}"
+[models.broken]
+model = "{models["corrupt"]}"
+[models.brief]
+model = "{models["second"]}"
+keep_alive = "1s"
+""",
+    )
+    running, thread = start_daemon(config)
+    yield running
+    stop_daemon(running, thread)
+
+
+async def _post(
+    http: httpx.AsyncClient, body: dict[str, object], path: str = "/v1/completions"
+) -> httpx.Response:
+    return await http.post(path, json=body)
+
+
+def _gather(daemon: RunningDaemon, bodies: list[dict[str, object]]) -> list[httpx.Response]:
+    async def run() -> list[httpx.Response]:
+        async with httpx.AsyncClient(base_url=daemon.url, timeout=120) as http:
+            return list(await asyncio.gather(*[_post(http, b) for b in bodies]))
+
+    return asyncio.run(run())
+
+
+def test_mixed_parameters_share_one_batch_and_keep_their_own(runtime_daemon: RunningDaemon) -> None:
+    forced = 123
+    bodies: list[dict[str, object]] = [
+        {
+            "model": "first",
+            "prompt": f"request {i}",
+            "max_tokens": 48,
+            "temperature": 0.3 * (i % 4),
+            "seed": i,
+            "stop": [f"{i}{i}"],
+            "logprobs": 0,
+        }
+        for i in range(8)
+    ]
+    bodies[3]["logit_bias"] = {str(forced): 100}
+    first = _gather(runtime_daemon, bodies)
+    assert all(r.status_code == 200 for r in first)
+    status = runtime_daemon.status()
+    assert status["largest_batch"] >= 8  # type: ignore[operator]
+    ids = [r.json()["choices"][0]["logprobs"]["token_ids"] for r in first]
+    assert set(ids[3]) == {forced}
+    # Its batch-mates are not forced: their outputs are not all that one token.
+    assert all(set(tokens) != {forced} for i, tokens in enumerate(ids) if i != 3)
+    again = _gather(runtime_daemon, bodies)
+    # Each request's seed reproduces its own output, whoever shares the batch.
+    assert [r.json()["choices"][0]["text"] for r in again] == [r.json()["choices"][0]["text"] for r in first]
+
+
+def test_cold_model_loads_once_for_ten_concurrent_requests(runtime_daemon: RunningDaemon) -> None:
+    before = runtime_daemon.status()["loads"]
+    responses = _gather(
+        runtime_daemon, [{"model": "second", "prompt": f"p{i}", "max_tokens": 4} for i in range(10)]
+    )
+    assert [r.status_code for r in responses] == [200] * 10
+    assert runtime_daemon.status()["loads"] == before + 1  # type: ignore[operator]
+
+
+def test_one_model_at_a_time_alternating_aliases(runtime_daemon: RunningDaemon) -> None:
+    with runtime_daemon.client() as http:
+        outputs: dict[str, set[str]] = {"first": set(), "second": set()}
+        for alias in ["first", "second", "first", "second"]:
+            response = http.post(
+                "/v1/completions", json={"model": alias, "prompt": "same prompt", "max_tokens": 8}
+            )
+            assert response.status_code == 200
+            outputs[alias].add(response.json()["choices"][0]["text"])
+            loaded = runtime_daemon.status()["models"]
+            assert len(loaded) == 1  # type: ignore[arg-type]
+            assert loaded[0]["alias"] == alias  # type: ignore[index]
+    assert len(outputs["first"]) == len(outputs["second"]) == 1  # deterministic per model
+    assert outputs["first"] != outputs["second"]
+
+
+def test_corrupt_weights_fail_clearly_and_others_keep_serving(runtime_daemon: RunningDaemon) -> None:
+    with runtime_daemon.client() as http:
+        assert (
+            http.post("/v1/completions", json={"model": "first", "prompt": "x", "max_tokens": 2}).status_code
+            == 200
+        )
+        broken = http.post("/v1/completions", json={"model": "broken", "prompt": "x", "max_tokens": 2})
+        assert broken.status_code == 503
+        error = broken.json()["error"]
+        assert error["code"] == "model_load_failed"
+        assert "corrupt" in error["message"] or "load" in error["message"]
+        assert "/tmp" not in error["message"]
+        again = http.post("/v1/completions", json={"model": "first", "prompt": "x", "max_tokens": 2})
+        assert again.status_code == 200
+        assert http.get("/health").status_code == 200
+
+
+def test_keep_alive_unloads_an_idle_model(runtime_daemon: RunningDaemon) -> None:
+    with runtime_daemon.client() as http:
+        assert (
+            http.post("/v1/completions", json={"model": "brief", "prompt": "x", "max_tokens": 2}).status_code
+            == 200
+        )
+    assert any(m["alias"] == "brief" for m in runtime_daemon.status()["models"])  # type: ignore[union-attr]
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline and runtime_daemon.status()["models"]:
+        time.sleep(0.1)
+    assert runtime_daemon.status()["models"] == []
+
+
+def test_load_and_unload_on_demand(runtime_daemon: RunningDaemon) -> None:
+    with runtime_daemon.client() as http:
+        assert http.post("/mlxd/models/second/load").json() == {"alias": "second", "loaded": True}
+        assert [m["alias"] for m in runtime_daemon.status()["models"]] == ["second"]  # type: ignore[union-attr]
+        assert http.post("/mlxd/models/second/unload").json() == {"alias": "second", "unloaded": True}
+        assert runtime_daemon.status()["models"] == []
+        assert http.post("/mlxd/models/nope/load").status_code == 404
+
+
+class _WorkerDeath(BaseException):
+    """Escapes every ``except Exception``: what a real bug in the worker loop would look like."""
+
+
+def test_a_dead_worker_is_reported_and_restarted(runtime_daemon: RunningDaemon) -> None:
+    from mlxd.runtime.mlx.worker import Call
+
+    with runtime_daemon.client() as http:
+        assert (
+            http.post("/v1/completions", json={"model": "first", "prompt": "x", "max_tokens": 2}).status_code
+            == 200
+        )
+
+        def die() -> None:
+            raise _WorkerDeath
+
+        runtime_daemon.daemon.engine.worker_submit(Call(die, Future()))  # type: ignore[attr-defined]
+        deadline = time.monotonic() + 10
+        healthy = False
+        while time.monotonic() < deadline and not healthy:
+            response = http.post("/v1/completions", json={"model": "first", "prompt": "x", "max_tokens": 2})
+            healthy = response.status_code == 200 and http.get("/health").status_code == 200
+            time.sleep(0.05)
+        assert healthy
+        assert runtime_daemon.status()["worker"] == "running"
