@@ -9,9 +9,12 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import socket
 import stat
+import subprocess
 import sys
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -122,3 +125,27 @@ def home(tmp_path: Path, shim: Shim, monkeypatch: pytest.MonkeyPatch) -> Home:
     for key in [k for k in os.environ if k.startswith("MLXD_") and k not in env]:
         monkeypatch.delenv(key)  # e.g. MLXD_SUPERVISED or MLXD_SERVER__PORT from the caller
     return Home(tmp_path, env, config, port)
+
+
+def run_mlxd(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    """``python -m mlxd ARGS`` as a real subprocess in the (already isolated) environment."""
+    return subprocess.run(
+        [sys.executable, "-m", "mlxd", *args],
+        capture_output=True,
+        text=True,
+        env=dict(os.environ),
+        timeout=timeout,
+        check=False,
+    )
+
+
+@pytest.fixture
+def stops_daemon(home: Home) -> Iterator[Home]:
+    """``home``, and whatever daemon a test started there is stopped afterwards."""
+    yield home
+    run_mlxd("stop", timeout=60)
+    from mlxd import supervision
+
+    pid = supervision.read_pid_file(home.state_dir)
+    if pid is not None and supervision.is_mlxd_process(pid):
+        os.kill(pid, signal.SIGKILL)

@@ -7,18 +7,21 @@ pin down the pid logic on its own; the ``server`` tests run the real ``mlxd star
 
 from __future__ import annotations
 
+import json
 import signal
+import socket
 import subprocess
 import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import httpx
 import pytest
 
 from mlxd import supervision
 from mlxd.cli.managers.process import ProcessManager, terminate
-from tests.cli.conftest import Home
+from tests.cli.conftest import Home, run_mlxd
 
 SLEEP_FOREVER = "import time; print('ready', flush=True); time.sleep(60)"
 IGNORE_SIGTERM = (
@@ -82,3 +85,144 @@ def test_run_record_belongs_to_the_live_daemon(home: Home, lookalike: subprocess
     supervision.write_pid_file(lookalike.pid, manager.state_dir)
     assert manager.recorded_config() == Path(str(home.config))
     assert manager.run_record() == {"pid": lookalike.pid, "config": str(home.config), "demo": True}
+
+
+# --- the real daemon, through the real CLI --------------------------------------------
+
+
+def health(url: str) -> int:
+    try:
+        return httpx.get(f"{url}/health", timeout=2).status_code
+    except httpx.HTTPError:
+        return 0
+
+
+@pytest.mark.server
+def test_start_status_request_logs_stop(stops_daemon: Home) -> None:
+    home = stops_daemon
+    started = run_mlxd("start", "--demo")
+    assert started.returncode == 0, started.stderr
+    assert home.url in started.stdout
+    pid = supervision.read_pid_file(home.state_dir)
+    assert pid is not None
+    assert supervision.is_mlxd_process(pid)
+
+    assert run_mlxd("status").returncode == 0
+    status = run_mlxd("status", "--json")
+    assert status.returncode == 0
+    data = json.loads(status.stdout)
+    assert data["running"] is True
+    assert data["pid"] == pid
+    assert data["service"] == "process"
+    assert data["url"] == home.url
+    assert data["config"]["path"] == str(home.config.resolve())
+    assert data["config"]["generation"] == 1
+
+    reply = httpx.post(
+        f"{home.url}/v1/chat/completions",
+        json={"model": "demo", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 4},
+        timeout=60,
+    )
+    assert reply.status_code == 200, reply.text
+    assert reply.json()["usage"]["completion_tokens"] >= 1
+    models = json.loads(run_mlxd("status", "--json").stdout)["models"]
+    assert [m["alias"] for m in models] == ["demo"]
+
+    logs = run_mlxd("logs", "-n", "5")
+    assert logs.returncode == 0
+    assert 1 <= len(logs.stdout.splitlines()) <= 5
+
+    stopped = run_mlxd("stop")
+    assert stopped.returncode == 0
+    assert "stopped" in stopped.stdout
+    assert not supervision.is_alive(pid)
+    assert not supervision.pid_file(home.state_dir).exists()
+    assert run_mlxd("status").returncode == 3
+    assert health(home.url) == 0
+
+
+@pytest.mark.server
+def test_start_twice_is_idempotent(stops_daemon: Home) -> None:
+    first = run_mlxd("start")
+    assert first.returncode == 0, first.stderr
+    pid = supervision.read_pid_file(stops_daemon.state_dir)
+    second = run_mlxd("start")
+    assert second.returncode == 0
+    assert "already running" in second.stdout
+    assert supervision.read_pid_file(stops_daemon.state_dir) == pid
+
+
+@pytest.mark.server
+def test_a_stale_pid_file_does_not_block_start(stops_daemon: Home) -> None:
+    home = stops_daemon
+    gone = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    supervision.write_pid_file(int(gone.stdout), home.state_dir)
+    assert run_mlxd("status").returncode == 3
+    started = run_mlxd("start")
+    assert started.returncode == 0, started.stderr
+    pid = supervision.read_pid_file(home.state_dir)
+    assert pid is not None
+    assert pid != int(gone.stdout)
+    assert supervision.is_mlxd_process(pid)
+
+
+@pytest.mark.server
+def test_restart_replaces_the_process(stops_daemon: Home) -> None:
+    assert run_mlxd("start", "--demo").returncode == 0
+    before = supervision.read_pid_file(stops_daemon.state_dir)
+    restarted = run_mlxd("restart")
+    assert restarted.returncode == 0, restarted.stderr
+    after = supervision.read_pid_file(stops_daemon.state_dir)
+    assert after is not None
+    assert after != before
+    assert health(stops_daemon.url) == 200
+    record = json.loads((stops_daemon.state_dir / "process.json").read_text())
+    assert record["demo"] is True  # restart keeps how it was started
+
+
+@pytest.mark.server
+def test_a_start_that_fails_exits_1_with_the_log(stops_daemon: Home) -> None:
+    # Something that is not mlxd holds the port: the daemon cannot bind and exits.
+    with socket.socket() as squatter:
+        squatter.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        squatter.bind(("127.0.0.1", stops_daemon.port))
+        squatter.listen()
+        failed = run_mlxd("start", "--timeout", "60")
+    assert failed.returncode == 1
+    assert "did not start" in failed.stderr
+    assert "exited with code" in failed.stderr
+    assert "last log lines" in failed.stderr
+    assert "Traceback" not in failed.stderr.split("last log lines")[0]
+    assert not supervision.pid_file(stops_daemon.state_dir).exists()
+
+
+@pytest.mark.server
+def test_stop_also_stops_a_foreground_daemon(stops_daemon: Home) -> None:
+    home = stops_daemon
+    serve = subprocess.Popen(
+        [sys.executable, "-m", "mlxd", "serve"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while health(home.url) != 200:
+            assert serve.poll() is None, "mlxd serve exited"
+            assert time.monotonic() < deadline, "mlxd serve did not come up"
+            time.sleep(0.1)
+        data = json.loads(run_mlxd("status", "--json").stdout)
+        assert data["running"] is True
+        assert data["service"] == "none"
+        assert data["pid"] == serve.pid
+        stopped = run_mlxd("stop")
+        assert stopped.returncode == 0
+        assert "stopped" in stopped.stdout
+        assert serve.wait(timeout=30) == 0
+    finally:
+        serve.kill()
+        serve.wait()
