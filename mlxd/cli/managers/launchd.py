@@ -109,7 +109,7 @@ class LaunchdManager(LoginService):
     ) -> None:
         self.label = label
         self._home = home
-        self._uid = os.getuid() if uid is None else uid
+        self._uid = uid
         self.tool = tool or Tool("MLXD_LAUNCHCTL", "launchctl")
         self._domain: str | None = None
 
@@ -121,9 +121,10 @@ class LaunchdManager(LoginService):
     def domain(self) -> str:
         """``gui/$UID``, or ``user/$UID`` when that domain does not exist (an SSH session)."""
         if self._domain is None:
-            gui = f"gui/{self._uid}"
+            uid = os.getuid() if self._uid is None else self._uid
+            gui = f"gui/{uid}"
             ok = self.tool.run("print", gui).returncode == 0
-            self._domain = gui if ok else f"user/{self._uid}"
+            self._domain = gui if ok else f"user/{uid}"
         return self._domain
 
     @property
