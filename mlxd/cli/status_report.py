@@ -12,6 +12,7 @@ from typing import Any
 
 from mlxd import supervision
 from mlxd.cli.lifecycle import running_manager
+from mlxd.cli.managers import ServiceManager, ServiceState
 from mlxd.cli.target import Target
 from mlxd.errors import ConfigError, DaemonNotRunningError, MlxdError
 
@@ -46,6 +47,16 @@ def _config_problem(error: ConfigError) -> str:
     return "; ".join([error.message, *extra])
 
 
+def _manager_state(manager: ServiceManager | None) -> tuple[ServiceState | None, str | None]:
+    """The manager's view, or why it could not be had (status must still answer)."""
+    if manager is None:
+        return None, None
+    try:
+        return manager.state(), None
+    except MlxdError as error:
+        return None, error.message
+
+
 def collect(target: Target) -> StatusReport:
     """Ask the daemon and the service manager; never raises for "not running"."""
     client = target.client(timeout=3.0)
@@ -61,7 +72,7 @@ def collect(target: Target) -> StatusReport:
         client.close()
 
     manager = running_manager()
-    manager_state = manager.state() if manager is not None else None
+    manager_state, manager_problem = _manager_state(manager)
     gave_up = None if running else supervision.gave_up_reason()
     raw_config = info.get("config")
     server_config: dict[str, Any] = raw_config if isinstance(raw_config, dict) else {}
@@ -85,8 +96,8 @@ def collect(target: Target) -> StatusReport:
         },
         "models": loaded_models(info.get("models")),
     }
-    detail = None
-    if manager_state is not None and manager is not None:
+    detail = manager_problem
+    if manager_state is not None:
         detail = manager_state.detail or ("running" if manager_state.running else "stopped")
         if manager_state.pid:
             detail += f", pid {manager_state.pid}"

@@ -150,6 +150,17 @@ def test_status_json_with_launchd_installed_and_not_running(home: Home, shim: Sh
     assert data["models"] == []
 
 
+def test_status_answers_even_when_launchctl_fails(
+    home: Home, shim: Shim, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    launchctl_not_loaded(shim)
+    assert mlxd("install", "--manager", "launchd")[0] == 0
+    monkeypatch.setenv("MLXD_LAUNCHCTL", str(home.root / "no-such-launchctl"))
+    code, out, _ = mlxd("status")
+    assert code == 3
+    assert "launchctl not found" in out
+
+
 def test_status_human_shows_the_breaker_reason(home: Home) -> None:
     from mlxd import supervision
 
