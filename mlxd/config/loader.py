@@ -91,6 +91,11 @@ def load_config(path: Path | None, overrides: Mapping[str, Any] | None = None) -
         lines = key_lines(text)
         _warn_if_key_exposed(path, data)
     overrides = dict(overrides or {})
+    if unknown := [key for key in overrides if key not in MlxdConfig.model_fields]:
+        # Never let a key reach BaseSettings' own "_env_prefix"-style init parameters.
+        raise _invalid(
+            path, [one_line(f"{key_label((key,))} (command line): unknown key") for key in unknown]
+        )
     layers = Layers(file=data, env=environment_layer(), overrides=overrides, lines=lines)
     try:
         with file_layer(data):

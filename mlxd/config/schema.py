@@ -22,27 +22,8 @@ from pydantic import (
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from mlxd.config.sources import FileSettingsSource
-from mlxd.config.units import FOREVER, parse_size
+from mlxd.config.units import parse_size
 from mlxd.config.values import Duration, MemoryBudget, Size, is_loopback
-
-__all__ = [
-    "ALIAS",
-    "BUILTIN_DEFAULTS",
-    "CHAT_TEMPLATE_KWARGS",
-    "FOREVER",
-    "REPO_ID",
-    "REVISION",
-    "Duration",
-    "GenerationDefaults",
-    "LimitsConfig",
-    "MemoryBudget",
-    "MlxdConfig",
-    "ModelConfig",
-    "RuntimeConfig",
-    "ServerConfig",
-    "Size",
-    "is_loopback",
-]
 
 #: A Hugging Face repo id, matched in full: ``org/name`` with the Hub's allowed characters.
 REPO_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.\-]{0,95}/[A-Za-z0-9][A-Za-z0-9_.\-]{0,95}")

@@ -241,3 +241,14 @@ def test_readable_api_key_warns(
     warned = [r for r in caplog.records if "chmod 600" in r.getMessage()]
     assert bool(warned) is warns
     assert all(key not in r.getMessage() for r in warned if key)  # never the key itself
+
+
+def test_overrides_cannot_reach_settings_init_parameters() -> None:
+    [problem] = problems_of(None, overrides={"_env_prefix": "OTHER_"})
+    assert problem == "_env_prefix (command line): unknown key"
+
+
+@pytest.mark.parametrize(("budget", "expected"), [("75%", 12 * 2**30), ("4GiB", 4 * 2**30), (1000, 1000)])
+def test_memory_budget_in_bytes(budget: str | int, expected: int) -> None:
+    config = load_config(None, {"runtime": {"memory_budget": budget}})
+    assert config.runtime.memory_budget_bytes(16 * 2**30) == expected
