@@ -27,6 +27,12 @@ PathArgument = Annotated[
     Path | None,
     typer.Argument(help="Config file (default: --config, $MLXD_CONFIG, then discovery).", dir_okay=False),
 ]
+InitPathArgument = Annotated[
+    Path | None,
+    typer.Argument(
+        help="Where to write it (default: --config, $MLXD_CONFIG, else the user config file).", dir_okay=False
+    ),
+]
 MASK = "********"
 
 
@@ -104,7 +110,7 @@ def path(config: ConfigOption = None, as_json: JsonOption = False) -> None:
 @app.command()
 @handle_errors
 def init(
-    path: PathArgument = None,
+    path: InitPathArgument = None,
     config: ConfigOption = None,
     force: Annotated[bool, typer.Option("--force", "-f", help="Overwrite an existing file.")] = False,
 ) -> None:
