@@ -8,6 +8,7 @@ client, httpx or its successor).
 from __future__ import annotations
 
 import errno
+import re
 
 from mlxd.errors import HubError
 
@@ -71,7 +72,8 @@ def translate(exc: BaseException, repo_id: str, revision: str, endpoint: str) ->
     if isinstance(exc, OSError) and exc.errno in {errno.ENOSPC, errno.EDQUOT}:
         return disk_full()
     if is_network_error(exc):
-        what = "connection refused" if "ConnectError" in names else type(exc).__name__
+        first = (str(exc).strip().splitlines() or [""])[0]
+        what = re.sub(r"^\[Errno -?\d+\]\s*", "", first).strip().lower() or type(exc).__name__
         if "Timeout" in " ".join(names):
             what = "timed out"
         return HubError(

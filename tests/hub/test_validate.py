@@ -213,12 +213,19 @@ def test_hub_errors_map_to_one_line_with_a_hint(make: object, code: str, hint_ha
 def test_network_errors_and_unknown_errors() -> None:
     from httpx2 import ConnectError, ReadTimeout
 
-    refused = translate(ConnectError("refused"), "org/x", "main", "http://hub.invalid")
+    refused = translate(ConnectError("[Errno 111] Connection refused"), "org/x", "main", "http://hub.invalid")
     slow = translate(ReadTimeout("slow"), "org/x", "main", "http://hub.invalid")
     assert (
         getattr(refused, "message", None) == "cannot reach the Hub at http://hub.invalid (connection refused)"
     )
     assert getattr(slow, "message", None) == "cannot reach the Hub at http://hub.invalid (timed out)"
+    unknown_host = translate(
+        ConnectError("[Errno -2] Name or service not known"), "org/x", "main", "http://h"
+    )
+    assert (
+        getattr(unknown_host, "message", None)
+        == "cannot reach the Hub at http://h (name or service not known)"
+    )
     assert translate(ValueError("bug"), "org/x", "main", "http://hub.invalid") is None
 
 
