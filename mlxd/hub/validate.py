@@ -23,6 +23,7 @@ from mlxd.hub.files import CODE_PATTERNS, CONFIG_FILE, INDEX_FILE, WEIGHTS_PATTE
 #: A safetensors header larger than this is corrupt (real ones are a few MB at most).
 MAX_HEADER_BYTES = 100 * 2**20
 _NOT_MLX_HINT = "pick an MLX conversion of the model (mlx-community has most)"
+_PULL_AGAIN = "if it comes from the Hub, run `mlxd models pull` for it again to finish the download"
 
 
 def _mlx_lm_dir() -> Path | None:
@@ -120,7 +121,7 @@ def read_json(path: Path, where: str) -> Any:
     try:
         return json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
-        raise HubError(f"{where}: {path.name} is missing", code="invalid_model") from None
+        raise HubError(f"{where}: {path.name} is missing", code="invalid_model", hint=_PULL_AGAIN) from None
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise HubError(f"{where}: {path.name} is not valid JSON ({exc})", code="invalid_model") from None
 
@@ -139,7 +140,7 @@ def check_safetensors(path: Path, where: str) -> None:
                 raise HubError(f"{where}: {name} has a corrupt safetensors header", code="invalid_model")
             header = json.loads(fh.read(length))
     except FileNotFoundError:
-        raise HubError(f"{where}: {name} is missing", code="invalid_model") from None
+        raise HubError(f"{where}: {name} is missing", code="invalid_model", hint=_PULL_AGAIN) from None
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise HubError(
             f"{where}: {name} has an unreadable safetensors header ({exc})", code="invalid_model"
