@@ -55,6 +55,7 @@ def runtime_limits(config: MlxdConfig) -> RuntimeLimits:
         max_batch_size=runtime.max_batch_size,
         max_queue=runtime.max_queue,
         prefill_step_size=runtime.prefill_step_size,
+        prompt_cache_bytes=runtime.prompt_cache_bytes,
     )
 
 

@@ -52,6 +52,7 @@ class RuntimeLimits:
     max_batch_size: int = 16
     max_queue: int = 64
     prefill_step_size: int = 256
+    prompt_cache_bytes: int = 2 * 10**9
 
 
 @dataclass(slots=True)
@@ -175,6 +176,7 @@ class MlxEngine:
             loop,
             max_batch_size=self.limits.max_batch_size,
             prefill_step_size=self.limits.prefill_step_size,
+            prompt_cache_bytes=self.limits.prompt_cache_bytes,
             on_crash=self._worker_crashed,
         )
         self._worker.start()

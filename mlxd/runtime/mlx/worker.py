@@ -28,6 +28,7 @@ from mlx_lm.generate import BatchGenerator
 from mlxd.errors import MlxdError, ModelLoadError
 from mlxd.runtime.engine import FinishReason, GenerationEvent, ModelSpec, SamplingParams, TokenInfo
 from mlxd.runtime.mlx.loading import LoadedModel, load_adapted, load_base
+from mlxd.runtime.mlx.prompt_cache import PromptCache
 from mlxd.runtime.mlx.sampling import make_processors, make_sampler, top_logprobs
 from mlxd.runtime.stops import StopMatcher
 
@@ -37,6 +38,8 @@ Key = tuple[str, str | None, str | None]
 
 class Sink(Protocol):
     """Where a sequence's events go; called on the event loop."""
+
+    cached_tokens: int
 
     def put(self, event: GenerationEvent) -> None: ...
 
@@ -112,6 +115,7 @@ class _Runner:
     loaded: LoadedModel
     generator: Any
     base_key: tuple[str, str | None]
+    prompt_cache: PromptCache
     by_uid: dict[int, _Sequence] = field(default_factory=dict)
     token_text: dict[int, str] = field(default_factory=dict)
 
@@ -134,10 +138,12 @@ class MlxWorker:
         *,
         max_batch_size: int,
         prefill_step_size: int,
+        prompt_cache_bytes: int,
         on_crash: Callable[[BaseException], None],
     ) -> None:
         self.max_batch_size = max_batch_size
         self.prefill_step_size = prefill_step_size
+        self.prompt_cache_bytes = prompt_cache_bytes
         self.alive = False
         self.steps = 0
         self.largest_batch = 0
@@ -250,7 +256,9 @@ class MlxWorker:
             prefill_batch_size=min(8, self.max_batch_size),
             prefill_step_size=self.prefill_step_size,
         )
-        self._runners[command.key] = _Runner(loaded, generator, spec.base_key)
+        self._runners[command.key] = _Runner(
+            loaded, generator, spec.base_key, PromptCache(self.prompt_cache_bytes)
+        )
         return loaded
 
     def _unload(self, key: Key) -> bool:
@@ -276,10 +284,14 @@ class MlxWorker:
             event = GenerationEvent(finish_reason="error", error="the model is not loaded")
             self._loop.call_soon_threadsafe(_deliver, [(command.sink, event)])
             return
+        tokens = command.tokens
+        cache, reused = runner.prompt_cache.lookup(tokens)
         try:
             (uid,) = runner.generator.insert(
-                [command.tokens],
+                [tokens[reused:]],
                 max_tokens=[command.max_tokens],
+                caches=[cache] if cache is not None else None,
+                all_tokens=[tokens[:reused]] if cache is not None else None,
                 samplers=[make_sampler(command.sampling)],
                 logits_processors=[make_processors(command.sampling)],
             )
@@ -301,6 +313,8 @@ class MlxWorker:
         )
         runner.by_uid[uid] = seq
         self._sequences[command.seq_id] = (runner, seq)
+        # A plain int written before any event of this sequence is delivered to the loop.
+        command.sink.cached_tokens = reused
 
     def _cancel(self, seq_id: int) -> None:
         found = self._sequences.pop(seq_id, None)
@@ -348,8 +362,12 @@ class MlxWorker:
                 self._sequences.pop(seq.seq_id, None)
                 if response.finish_reason is None:
                     leaving.append(response.uid)
+                elif response.prompt_cache is not None:
+                    runner.prompt_cache.store(response.all_tokens, response.prompt_cache)
         if leaving:
-            runner.generator.remove(leaving)
+            caches = runner.generator.remove(leaving, return_prompt_caches=runner.prompt_cache.max_bytes > 0)
+            for layers, tokens in caches.values():
+                runner.prompt_cache.store(list(tokens), layers)
 
     def _advance(self, runner: _Runner, seq: _Sequence, response: Any) -> GenerationEvent:
         token: int = response.token

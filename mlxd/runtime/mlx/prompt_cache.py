@@ -1,0 +1,87 @@
+"""Reuse the KV cache of a shared prompt prefix (multi-turn chats, agents resending history).
+
+Entries are the per-layer caches of finished sequences, keyed by the tokens they hold,
+kept in LRU order under a byte budget. A lookup finds the entry sharing the longest
+prefix with the new prompt and hands out a trimmed *shallow* copy: trimming only moves
+the copy's offset, and ``BatchGenerator`` copies the cache into its batch, so one entry
+can serve many requests without being changed.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections import OrderedDict
+from typing import Any
+
+#: Shorter shared prefixes are not worth a lookup hit.
+MIN_REUSE = 16
+
+
+def _common_prefix(a: tuple[int, ...], b: list[int]) -> int:
+    n = min(len(a), len(b))
+    i = 0
+    while i < n and a[i] == b[i]:
+        i += 1
+    return i
+
+
+class PromptCache:
+    """An LRU of KV caches keyed by token sequences, bounded by ``max_bytes``."""
+
+    def __init__(self, max_bytes: int) -> None:
+        self.max_bytes = max_bytes
+        self.bytes = 0
+        self.hits = 0
+        self._entries: OrderedDict[tuple[int, ...], tuple[list[Any], int]] = OrderedDict()
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def lookup(self, tokens: list[int]) -> tuple[list[Any] | None, int]:
+        """A cache covering the longest reusable prefix of ``tokens`` and its length."""
+        if not self._entries:
+            return None, 0
+        best_key: tuple[int, ...] | None = None
+        best = 0
+        for key in self._entries:
+            shared = _common_prefix(key, tokens)
+            if shared > best:
+                best_key, best = key, shared
+        reuse = min(best, len(tokens) - 1)  # at least one token must go through the model
+        if best_key is None or reuse < MIN_REUSE:
+            return None, 0
+        layers, _ = self._entries[best_key]
+        trim = len(best_key) - reuse
+        if trim and not all(layer.is_trimmable() for layer in layers):
+            return None, 0
+        copies = [copy.copy(layer) for layer in layers]
+        if trim:
+            for layer in copies:
+                layer.trim(trim)
+        self._entries.move_to_end(best_key)
+        self.hits += 1
+        return copies, reuse
+
+    def store(self, tokens: list[int], layers: list[Any]) -> None:
+        """Keep the cache of a finished sequence; entries it extends are dropped."""
+        if self.max_bytes <= 0 or len(tokens) < MIN_REUSE:
+            return
+        size = sum(int(layer.nbytes) for layer in layers)
+        if size > self.max_bytes:
+            return
+        key = tuple(tokens)
+        for old in [k for k in self._entries if len(k) <= len(key) and key[: len(k)] == k]:
+            self._drop(old)
+        self._entries[key] = (layers, size)
+        self.bytes += size
+        while self.bytes > self.max_bytes and self._entries:
+            self._drop(next(iter(self._entries)))
+
+    def clear(self) -> None:
+        """Forget every entry."""
+        self._entries.clear()
+        self.bytes = 0
+
+    def _drop(self, key: tuple[int, ...]) -> None:
+        _, size = self._entries.pop(key)
+        self.bytes -= size

@@ -1,0 +1,79 @@
+"""Prompt cache: a multi-turn chat reuses the KV of its history, and outputs do not change."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import openai
+import pytest
+
+from tests.conftest import RunningDaemon, start_daemon, stop_daemon, write_config
+
+pytestmark = [pytest.mark.mlx, pytest.mark.server]
+
+STORY = " ".join(f"Sentence number {i} tells a little more of the story." for i in range(40))
+
+
+def _daemon(model: Path, root: Path, cache: str) -> tuple[RunningDaemon, object]:
+    config = write_config(
+        root / "mlxd.toml",
+        f'[server]\nport = 0\n[runtime]\nprompt_cache_bytes = "{cache}"\n'
+        f'[defaults]\ntemperature = 0.0\nmax_tokens = 12\n[models.tiny]\nmodel = "{model}"\n',
+    )
+    return start_daemon(config)
+
+
+@pytest.fixture(scope="module")
+def pair(
+    tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[tuple[openai.OpenAI, openai.OpenAI]]:
+    cached, cached_thread = _daemon(tiny_model_dir, tmp_path_factory.mktemp("cache-on"), "1GB")
+    plain, plain_thread = _daemon(tiny_model_dir, tmp_path_factory.mktemp("cache-off"), "0")
+    yield (
+        openai.OpenAI(base_url=cached.url + "/v1", api_key="x", max_retries=0),
+        openai.OpenAI(base_url=plain.url + "/v1", api_key="x", max_retries=0),
+    )
+    stop_daemon(cached, cached_thread)  # type: ignore[arg-type]
+    stop_daemon(plain, plain_thread)  # type: ignore[arg-type]
+
+
+def test_multi_turn_chat_hits_the_cache_with_identical_output(
+    pair: tuple[openai.OpenAI, openai.OpenAI],
+) -> None:
+    cached, plain = pair
+    messages: list[dict[str, str]] = [{"role": "user", "content": STORY}]
+    for turn in range(4):
+        on = cached.chat.completions.create(model="tiny", messages=messages)  # type: ignore[arg-type]
+        off = plain.chat.completions.create(model="tiny", messages=messages)  # type: ignore[arg-type]
+        assert on.choices[0].message.content == off.choices[0].message.content
+        assert on.usage is not None
+        assert off.usage is not None
+        assert on.usage.prompt_tokens == off.usage.prompt_tokens
+        assert off.usage.prompt_tokens_details is not None
+        assert off.usage.prompt_tokens_details.cached_tokens == 0
+        details = on.usage.prompt_tokens_details
+        assert details is not None
+        if turn == 0:
+            assert details.cached_tokens == 0
+        else:
+            # The whole earlier conversation (hundreds of tokens) came from the cache.
+            assert details.cached_tokens > 300
+            assert details.cached_tokens < on.usage.prompt_tokens
+        messages += [
+            {"role": "assistant", "content": on.choices[0].message.content or ""},
+            {"role": "user", "content": f"Go on with part {turn}."},
+        ]
+
+
+def test_a_shared_prefix_serves_different_continuations(pair: tuple[openai.OpenAI, openai.OpenAI]) -> None:
+    cached, plain = pair
+    for i, ending in enumerate(("first ending", "second ending", "first ending")):
+        prompt = STORY + " " + ending
+        on = cached.completions.create(model="tiny", prompt=prompt)
+        off = plain.completions.create(model="tiny", prompt=prompt)
+        assert on.choices[0].text == off.choices[0].text
+        assert on.usage is not None
+        assert on.usage.prompt_tokens_details is not None
+        if i > 0:
+            assert on.usage.prompt_tokens_details.cached_tokens > 300
