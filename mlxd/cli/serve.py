@@ -36,10 +36,10 @@ def _demo_overrides(config_path: Any) -> dict[str, Any]:
 
     path = ensure_demo_model(data_dir())
     base = load_config(config_path)
-    entry: dict[str, Any] = {"model": str(path)}
-    if base.default_alias() is None or not base.models:
-        entry["default"] = True
-    return {"models": {"demo": entry}}
+    # --demo serves the demo model to requests that name none, whatever the file says.
+    models: dict[str, Any] = {alias: {"default": False} for alias, m in base.models.items() if m.default}
+    models["demo"] = {"model": str(path), "default": True}
+    return {"models": models}
 
 
 def serve(

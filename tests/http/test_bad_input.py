@@ -290,7 +290,8 @@ def _wait_active(daemon: RunningDaemon, predicate: Any, seconds: float) -> bool:
 
 
 def test_disconnect_mid_stream_frees_the_sequence(daemon: RunningDaemon) -> None:
-    body = {**GOOD, "max_tokens": 64, "stream": True, "model": "tiny"}
+    # tiny-lora has no max_tokens_limit: 1500 tokens cannot finish before the checks below.
+    body = {**GOOD, "max_tokens": 1500, "stream": True, "model": "tiny-lora"}
     with daemon.client() as http, http.stream("POST", "/v1/chat/completions", json=body) as response:
         lines = response.iter_lines()
         next(lines)
@@ -303,7 +304,7 @@ def test_disconnect_mid_stream_frees_the_sequence(daemon: RunningDaemon) -> None
 def test_disconnect_mid_non_stream_frees_the_sequence(daemon: RunningDaemon) -> None:
     port = int(daemon.url.rsplit(":", 1)[1])
     body = httpx.Request(
-        "POST", daemon.url + "/v1/completions", json={"model": "tiny", "prompt": "x" * 50, "max_tokens": 64}
+        "POST", daemon.url + "/v1/completions", json={"model": "tiny-lora", "prompt": "x" * 50, "max_tokens": 1500}
     ).read()
     sock = socket.create_connection(("127.0.0.1", port), timeout=10)
     head = f"POST /v1/completions HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n"
