@@ -75,21 +75,22 @@ def _pull_one(target: _Target) -> None:
         typer.echo(f"pulled {where}: {result.summary()}")
 
 
-def _guarded(action: Any) -> None:
-    """Run a pull: Ctrl-C becomes one line and exit 130; a foreign error one line, not a traceback."""
+def _guarded(action: Any, what: str = "pull") -> None:
+    """Run a command body: Ctrl-C becomes one line and exit 130; a foreign error one line, not a traceback."""
     try:
         action()
     except KeyboardInterrupt:
-        typer.echo("interrupted: finished files are kept; run the same command again to resume", err=True)
+        done = "finished files are kept; run the same command again to resume" if what == "pull" else what
+        typer.echo(f"interrupted: {done}", err=True)
         raise typer.Exit(EXIT_INTERRUPTED) from None
-    except MlxdError:
+    except (MlxdError, typer.Exit, typer.Abort):
         raise
     except Exception as exc:
         if verbose():
             raise
         first = (str(exc).strip().splitlines() or [""])[0]
         raise HubError(
-            f"pull failed: {type(exc).__name__}: {first}", hint="run again with --verbose for details"
+            f"{what} failed: {type(exc).__name__}: {first}", hint="run again with --verbose for details"
         ) from None
 
 
@@ -233,12 +234,14 @@ def list_models(json_output: JsonOption = False, config: ConfigOption = None) ->
     """Configured aliases (downloaded? loaded?) and other MLX models in the HF cache."""
     from mlxd.hub import HubEnv
 
-    cfg = _config(config)
-    rows = _rows(cfg, HubEnv.from_environ())
-    if json_output:
-        typer.echo(json.dumps([row.__dict__ for row in rows], indent=2))
-        return
-    _print_table(rows)
+    def run() -> None:
+        rows = _rows(_config(config), HubEnv.from_environ())
+        if json_output:
+            typer.echo(json.dumps([row.__dict__ for row in rows], indent=2))
+        else:
+            _print_table(rows)
+
+    _guarded(run, "list")
 
 
 def _print_table(rows: list[_Row]) -> None:
@@ -284,6 +287,10 @@ def remove(
     config: ConfigOption = None,
 ) -> None:
     """Delete a downloaded model from the HF cache (every revision unless --revision)."""
+    _guarded(lambda: _remove(name, revision, yes, config), "rm")
+
+
+def _remove(name: str, revision: str | None, yes: bool, config: Path | None) -> None:
     from mlxd.hub import HubEnv, plan_removal
     from mlxd.hub.progress import human_size
 
