@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 import os
 import sys
 from typing import Annotated, Any
@@ -12,21 +11,6 @@ import typer
 from mlxd.cli.errors import report
 from mlxd.cli.options import ConfigOption
 from mlxd.errors import ConfigError, MlxdError
-
-
-def _setup_logging(level: str, fmt: str) -> None:
-    handler = logging.StreamHandler(sys.stderr)
-    if fmt == "json":
-        handler.setFormatter(
-            logging.Formatter(
-                '{"time":"%(asctime)s","level":"%(levelname)s","logger":"%(name)s","message":%(message)r}'
-            )
-        )
-    else:
-        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)-7s %(name)s: %(message)s"))
-    root = logging.getLogger()
-    root.handlers[:] = [handler]
-    root.setLevel(level.upper())
 
 
 def _demo_overrides(config_path: Any) -> dict[str, Any]:
@@ -55,20 +39,56 @@ def serve(
     """Run the daemon in the foreground."""
     from mlxd.config import discover_config_path, load_config
 
+    supervised = os.environ.get("MLXD_SUPERVISED") == "1"
     path = discover_config_path(config)
     try:
         overrides = _demo_overrides(path) if demo else {}
         from mlxd.daemon import run  # imported here: `mlxd --help` must not load MLX
 
         settings = load_config(path, overrides)
-        _setup_logging(settings.server.log_level, settings.server.log_format)
+        from mlxd.config.paths import log_dir
+        from mlxd.logs import setup_logging
+
+        # In a terminal, log there too; detached or under launchd the file is enough.
+        setup_logging(
+            settings.server.log_level,
+            settings.server.log_format,
+            log_dir(),
+            console=sys.stderr.isatty() and not supervised,
+        )
         run(path, overrides, host=host, port=port)
     except ConfigError as error:
         code = report(error)
-        # Under launchd/systemd a bad config must not cause a relaunch loop.
-        raise SystemExit(0 if os.environ.get("MLXD_SUPERVISED") == "1" else code) from None
+        if supervised:
+            # Under launchd/systemd a bad config must not cause a relaunch loop.
+            _give_up(f"invalid config: {error.message}", at_once=True)
+            raise SystemExit(0) from None
+        raise SystemExit(code) from None
     except MlxdError as error:
-        raise SystemExit(report(error)) from None
+        code = report(error)
+        raise SystemExit(_failed_start(error.message, code, supervised)) from None
+    except SystemExit as exit_:  # uvicorn exits 1 when it cannot bind
+        if exit_.code in (0, None):
+            raise
+        raise SystemExit(_failed_start("the server could not start (see the log)", 1, supervised)) from None
+
+
+def _give_up(reason: str, *, at_once: bool) -> bool:
+    """Record a failed start; True when the crash-loop breaker says to stop retrying."""
+    from mlxd import supervision
+
+    supervision.record_start_failure(reason)
+    if at_once or supervision.should_give_up():
+        supervision.record_gave_up(reason)
+        return True
+    return False
+
+
+def _failed_start(reason: str, code: int, supervised: bool) -> int:
+    """The exit code of a failed start: 0 once a supervisor should stop relaunching us."""
+    if supervised and _give_up(reason, at_once=False):
+        return 0
+    return code
 
 
 def register(app: typer.Typer) -> None:

@@ -84,6 +84,22 @@ def test_demo_serves_the_openai_api(demo_server: tuple[str, subprocess.Popen[str
     assert models[0].source == "demo-1"  # the directory name, never an absolute path
 
 
+def test_daemon_writes_its_own_log_file(
+    demo_server: tuple[str, subprocess.Popen[str]], tmp_path: Path
+) -> None:
+    url, _ = demo_server
+    httpx.post(
+        url + "/v1/completions", json={"model": "demo", "prompt": "zebra canary", "max_tokens": 2}, timeout=60
+    )
+    log = tmp_path / "state" / "mlxd" / "log" / "mlxd.log"
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and "loaded demo" not in (log.read_text() if log.exists() else ""):
+        time.sleep(0.05)
+    text = log.read_text()
+    assert "loaded demo" in text
+    assert "zebra canary" not in text  # prompts stay out of the log
+
+
 def test_sigterm_drains_in_flight_streams_then_exits_0(
     demo_server: tuple[str, subprocess.Popen[str]],
 ) -> None:
@@ -155,6 +171,57 @@ def test_invalid_config_under_a_supervisor_exits_0(tmp_path: Path) -> None:
     )
     assert result.returncode == 0
     assert "server.port" in result.stderr
+    status = subprocess.run(
+        [sys.executable, "-m", "mlxd", "status", "--json", "--config", str(tmp_path / "mlxd.toml")],
+        env=isolated_env(tmp_path),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert status.returncode == 3
+    assert "invalid config" in json.loads(status.stdout)["config"]["last_error"]
+
+
+def test_crash_loop_breaker_gives_up_under_a_supervisor(tmp_path: Path, tiny_model_dir: Path) -> None:
+    """Five failed starts within two minutes: the fifth records the reason and exits 0."""
+    import socket
+
+    env = isolated_env(tmp_path, MLXD_SUPERVISED="1")
+    state = Path(env["XDG_STATE_HOME"]) / "mlxd"
+    from mlxd import supervision
+
+    for _ in range(4):
+        supervision.record_start_failure("earlier failure", state_dir=state)
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        (tmp_path / "mlxd.toml").write_text(
+            f'[server]\nport = {port}\n[models.t]\nmodel = "{tiny_model_dir}"\n'
+        )
+        result = subprocess.run(
+            [sys.executable, "-m", "mlxd", "serve", "--config", str(tmp_path / "mlxd.toml")],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+    assert result.returncode == 0, result.stderr
+    assert supervision.gave_up_reason(state_dir=state) is not None
+    # Without the earlier failures the same start is an ordinary failure (exit 1).
+    supervision.clear_breaker(state_dir=state)
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", port))
+        busy.listen()
+        again = subprocess.run(
+            [sys.executable, "-m", "mlxd", "serve", "--config", str(tmp_path / "mlxd.toml")],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+    assert again.returncode == 1
+    assert supervision.gave_up_reason(state_dir=state) is None
 
 
 def test_non_loopback_host_without_api_key_is_refused(tmp_path: Path) -> None:
