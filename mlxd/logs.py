@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextvars
 import json
 import logging
 import logging.handlers
@@ -9,9 +10,22 @@ import sys
 from datetime import UTC, datetime
 from pathlib import Path
 
+#: The id of the HTTP request being served, put on every log line written meanwhile.
+REQUEST_ID: contextvars.ContextVar[str | None] = contextvars.ContextVar("mlxd_request_id", default=None)
+
 #: The daemon's own log file name, in the platform log directory.
 LOG_FILENAME = "mlxd.log"
-_TEXT = "%(asctime)s %(levelname)-7s %(name)s: %(message)s"
+_TEXT = "%(asctime)s %(levelname)-7s %(name)s%(rid)s: %(message)s"
+
+
+class RequestIdFilter(logging.Filter):
+    """Stamps each record with the current request id (empty outside requests)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        rid = REQUEST_ID.get()
+        record.request_id = rid or ""
+        record.rid = f" [{rid}]" if rid else ""
+        return True
 
 
 class JsonFormatter(logging.Formatter):
@@ -47,6 +61,7 @@ def setup_logging(level: str, fmt: str, log_dir: Path | None, *, console: bool) 
         handlers.append(logging.StreamHandler(sys.stderr))
     for handler in handlers:
         handler.setFormatter(formatter)
+        handler.addFilter(RequestIdFilter())
     root = logging.getLogger()
     root.handlers[:] = handlers
     root.setLevel(level.upper())

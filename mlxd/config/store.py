@@ -52,6 +52,7 @@ class ConfigStore:
         self._generation = 1
         self._last_error: str | None = None
         self._last_reload_at: datetime | None = None
+        self._failures = 0
         self._subscribers: list[Subscriber] = []
 
     @property
@@ -81,6 +82,12 @@ class ConfigStore:
         """Why the last reload was rejected, or None once a reload succeeded."""
         with self._state_lock:
             return self._last_error
+
+    @property
+    def failures(self) -> int:
+        """How many reloads were rejected since start (exported as a metric)."""
+        with self._state_lock:
+            return self._failures
 
     @property
     def last_reload_at(self) -> datetime | None:
@@ -116,6 +123,7 @@ class ConfigStore:
                 message = describe(error)
                 with self._state_lock:
                     self._last_error = message
+                    self._failures += 1
                 log.error("config rejected, still serving generation %d: %s", self.generation, message)
                 raise
             pending = diff_configs(old, loaded).restart_required

@@ -10,6 +10,8 @@ from litestar.openapi import OpenAPIConfig
 from mlxd import __version__
 from mlxd.http.errors import exception_handler
 from mlxd.http.guards import ASGIApp, Guards
+from mlxd.http.metrics import Metrics
+from mlxd.http.observe import Observe
 from mlxd.http.routes.admin import admin_router
 from mlxd.http.routes.openai import openai_router
 from mlxd.http.state import DaemonState
@@ -27,7 +29,7 @@ def create_litestar(state: DaemonState) -> Litestar:
 
 
 def create_app(state: DaemonState) -> ASGIApp:
-    """The daemon's ASGI app: guards in front of the routed Litestar app."""
+    """The daemon's ASGI app: request ids and metrics, then the guards, then the routes."""
+    state.metrics = Metrics(state)
     app = create_litestar(state)
-    app.state.daemon = state
-    return Guards(cast(ASGIApp, app), state)
+    return Observe(Guards(cast(ASGIApp, app), state), state.metrics)

@@ -11,6 +11,7 @@ from typing import Any
 import msgspec
 
 from mlxd import __version__
+from mlxd.http.metrics import Meter
 from mlxd.protocol.responses import (
     AnyLogprobs,
     AssistantMessage,
@@ -161,7 +162,9 @@ def error_frame(message: str) -> bytes:
     return b"data: " + _encode(body) + b"\n\n"
 
 
-async def sse(stream: GenerationStream, renderer: Renderer, include_usage: bool) -> AsyncIterator[bytes]:
+async def sse(
+    stream: GenerationStream, renderer: Renderer, include_usage: bool, meter: Meter | None = None
+) -> AsyncIterator[bytes]:
     """The SSE body: role chunk, content chunks (one per ready batch), finish, usage, [DONE]."""
     completion_tokens = 0
     try:
@@ -175,6 +178,8 @@ async def sse(stream: GenerationStream, renderer: Renderer, include_usage: bool)
             tokens = [t for e in events if e.tokens for t in e.tokens] if renderer.logprobs else None
             completion_tokens = last.completion_tokens
             out = b""
+            if meter is not None:
+                meter.first_token()
             if text or tokens:
                 out = renderer.frame(text, renderer.render_logprobs(tokens) if tokens else None, None)
             if last.finish_reason is not None:
@@ -185,6 +190,8 @@ async def sse(stream: GenerationStream, renderer: Renderer, include_usage: bool)
             yield out
     finally:
         stream.cancel()
+        if meter is not None:
+            meter.done(stream.prompt_tokens, completion_tokens)
 
 
 @dataclass(slots=True)
@@ -198,13 +205,15 @@ class Collected:
     error: str | None = None
 
 
-async def collect(stream: GenerationStream, want_tokens: bool) -> Collected:
+async def collect(stream: GenerationStream, want_tokens: bool, meter: Meter | None = None) -> Collected:
     """Gather every event of a stream."""
     parts: list[str] = []
     tokens: list[TokenInfo] = []
     last = GenerationEvent(finish_reason="error", error="no output")
     try:
         async for events in stream:
+            if meter is not None:
+                meter.first_token()
             for event in events:
                 parts.append(event.text)
                 if want_tokens and event.tokens:
@@ -212,6 +221,8 @@ async def collect(stream: GenerationStream, want_tokens: bool) -> Collected:
             last = events[-1]
     finally:
         stream.cancel()
+        if meter is not None:
+            meter.done(stream.prompt_tokens, last.completion_tokens)
     return Collected(
         "".join(parts), tokens, last.finish_reason or "error", last.completion_tokens, last.error
     )

@@ -6,7 +6,7 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 from mlxd.config.schema import MlxdConfig
 from mlxd.runtime.engine import Engine
@@ -41,4 +41,4 @@ class DaemonState:
     reload: Callable[[], Awaitable[int]] = _no_reload
     started_at: float = field(default_factory=time.time)
     draining: bool = False
-    in_flight: int = 0
+    metrics: Any = None

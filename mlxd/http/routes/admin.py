@@ -108,4 +108,9 @@ def admin_router(state: DaemonState) -> Router:
         unloaded = await state.engine.unload(name)
         return _json({"alias": name, "unloaded": unloaded})
 
-    return Router(path="/", route_handlers=[health, status, reload, load, unload])
+    @get("/metrics")
+    async def metrics() -> Response[bytes]:
+        """Prometheus text format."""
+        return Response(state.metrics.render(), media_type="text/plain; version=0.0.4; charset=utf-8")
+
+    return Router(path="/", route_handlers=[health, status, reload, load, unload, metrics])

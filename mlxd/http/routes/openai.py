@@ -36,13 +36,16 @@ def openai_router(state: DaemonState) -> Router:
         generation, shape = translate(body, config)
         stream = await state.engine.generate(generation)
         renderer = Renderer(chat=chat, model=generation.alias, logprobs=shape.logprobs, echo=shape.echo)
+        meter = state.metrics.meter(generation.alias) if state.metrics is not None else None
         if body.stream:
             include_usage = bool(body.stream_options and body.stream_options.include_usage)
             return Stream(
-                sse(stream, renderer, include_usage), media_type="text/event-stream", headers=_SSE_HEADERS
+                sse(stream, renderer, include_usage, meter),
+                media_type="text/event-stream",
+                headers=_SSE_HEADERS,
             )
         # Not streaming: still stop generating the moment the client leaves.
-        gather = asyncio.ensure_future(collect(stream, shape.logprobs is not None))
+        gather = asyncio.ensure_future(collect(stream, shape.logprobs is not None, meter))
         gone = asyncio.ensure_future(_wait_disconnect(request.receive))
         try:
             await asyncio.wait((gather, gone), return_when=asyncio.FIRST_COMPLETED)
