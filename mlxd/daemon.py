@@ -70,9 +70,9 @@ def resolve_model_path(spec: ModelSpec) -> Path:
                 raise ModelLoadError(f"model directory {spec.label or spec.source!r} does not exist")
         else:
             path = resolve_cached_model(spec.source, spec.revision)
-        validate_model_dir(path)
+        validate_model_dir(path, name=spec.label or spec.source)
     except HubError as exc:
-        raise ModelLoadError(f"{spec.label or spec.source}: {exc.message}", hint=exc.hint) from exc
+        raise ModelLoadError(exc.message, hint=exc.hint) from exc
     if spec.adapter_path is not None and not (spec.adapter_path / "adapter_config.json").is_file():
         raise ModelLoadError("the adapter directory has no adapter_config.json")
     return path
