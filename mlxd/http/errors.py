@@ -84,7 +84,8 @@ def mlxd_error_response(exc: MlxdError) -> Response[bytes]:
     param = exc.param if isinstance(exc, RequestError) else None
     if isinstance(exc, ModelNotFoundError):
         param = "model"
-    return error_response(status, exc.message, type_, exc.code, param, headers)
+    message = f"{exc.message} ({exc.hint})" if exc.hint else exc.message
+    return error_response(status, message, type_, exc.code, param, headers)
 
 
 def _validation_response(exc: ValidationException) -> Response[bytes]:
