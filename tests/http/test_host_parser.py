@@ -7,7 +7,7 @@ from hypothesis import strategies as st
 
 from mlxd.http.guards import LOOPBACK_NAMES, host_name
 
-names = st.sampled_from(sorted(LOOPBACK_NAMES - {"::1"}) + ["mlxd.internal", "example.com"])
+names = st.sampled_from([*sorted(LOOPBACK_NAMES - {"::1"}), "mlxd.internal", "example.com"])
 ports = st.integers(min_value=0, max_value=65535)
 
 
