@@ -1,0 +1,79 @@
+"""schemathesis against the OpenAPI schema Litestar generates: no 5xx, ever, and every
+error in OpenAI's envelope. The cases go to a real daemon running real mlx-lm."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import schemathesis
+from hypothesis import HealthCheck, settings
+
+from mlxd.config import load_config
+from mlxd.http.app import create_litestar
+from mlxd.http.state import DaemonState
+from tests.conftest import RunningDaemon, start_daemon, stop_daemon, write_config
+
+pytestmark = [pytest.mark.mlx, pytest.mark.server]
+
+
+class _SchemaOnly:
+    """Enough of a config source to build the routes (the schema needs no engine)."""
+
+    current = load_config(None)
+    generation = 1
+    last_error = None
+    path = None
+
+
+SCHEMA = schemathesis.openapi.from_dict(
+    create_litestar(DaemonState(_SchemaOnly(), None)).openapi_schema.to_schema()  # type: ignore[arg-type]
+)
+CASES: list[int] = []
+
+
+@pytest.fixture(scope="module")
+def fuzz_daemon(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningDaemon]:
+    root = tmp_path_factory.mktemp("fuzz")
+    config = write_config(
+        root / "mlxd.toml",
+        f"""
+[server]
+port = 0
+[limits]
+max_tokens = 8
+[runtime]
+keep_alive = "forever"
+[models.tiny]
+model = "{tiny_model_dir}"
+aliases = ["gpt-4o-mini"]
+""",
+    )
+    running, thread = start_daemon(config)
+    yield running
+    stop_daemon(running, thread)
+
+
+@SCHEMA.parametrize()
+@settings(max_examples=40, deadline=None, suppress_health_check=list(HealthCheck), derandomize=True)
+def test_no_5xx_and_every_error_in_the_envelope(case: Any, fuzz_daemon: RunningDaemon) -> None:
+    response = case.call(base_url=fuzz_daemon.url, timeout=60)
+    CASES.append(response.status_code)
+    assert response.status_code < 500, (case.method, case.path, case.body, response.text)
+    if response.status_code >= 400:
+        error = response.json()["error"]
+        assert isinstance(error["message"], str)
+        assert error["message"]
+        assert isinstance(error["type"], str)
+        assert "Traceback" not in error["message"]
+
+
+def test_daemon_survived_the_fuzzing(fuzz_daemon: RunningDaemon) -> None:
+    with fuzz_daemon.client() as http:
+        assert http.get("/health").status_code == 200
+        ok = http.post("/v1/completions", json={"model": "tiny", "prompt": "still here", "max_tokens": 2})
+        assert ok.status_code == 200
+    assert not [status for status in CASES if status >= 500]
+    print(f"\nfuzzed {len(CASES)} cases: " + ", ".join(f"{s}: {CASES.count(s)}" for s in sorted(set(CASES))))
