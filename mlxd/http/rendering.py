@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 import uuid
 from collections.abc import AsyncIterator, Sequence
@@ -52,13 +53,13 @@ class Renderer:
     echo: str = ""
     id: str = field(default_factory=lambda: uuid.uuid4().hex)
     created: int = field(default_factory=lambda: int(time.time()))
-    _offset: int = 0
+    _offsets: dict[int, int] = field(default_factory=dict)
 
     @property
     def response_id(self) -> str:
         return ("chatcmpl-" if self.chat else "cmpl-") + self.id
 
-    def render_logprobs(self, tokens: Sequence[TokenInfo]) -> AnyLogprobs | None:
+    def render_logprobs(self, tokens: Sequence[TokenInfo], index: int = 0) -> AnyLogprobs | None:
         """The logprobs of some tokens in the shape the request asked for."""
         if self.logprobs is None:
             return None
@@ -78,9 +79,11 @@ class Renderer:
                 top_logprobs=[[SeedTopLogprob(i, s, v) for i, s, v in t.top] for t in tokens],
             )
         offsets = []
+        offset = self._offsets.get(index, 0)
         for t in tokens:
-            offsets.append(self._offset)
-            self._offset += len(t.text)
+            offsets.append(offset)
+            offset += len(t.text)
+        self._offsets[index] = offset
         return LegacyLogprobs(
             tokens=[t.text for t in tokens],
             token_logprobs=[t.logprob for t in tokens],
@@ -98,17 +101,22 @@ class Renderer:
             prompt_tokens_details=PromptTokensDetails(stream.cached_tokens),
         )
 
-    def complete(
-        self, text: str, tokens: list[TokenInfo], finish: str, usage: Usage
-    ) -> ChatCompletion | TextCompletion:
-        """The non-streaming response body."""
-        logprobs = self.render_logprobs(tokens)
+    def complete(self, results: Sequence[Collected], usage: Usage) -> ChatCompletion | TextCompletion:
+        """The non-streaming response body, one choice per result."""
         if self.chat:
             return ChatCompletion(
                 self.response_id,
                 self.created,
                 self.model,
-                [ChatChoice(0, AssistantMessage(content=text), logprobs, finish)],
+                [
+                    ChatChoice(
+                        i,
+                        AssistantMessage(content=r.text),
+                        self.render_logprobs(r.tokens, i),
+                        r.finish_reason,
+                    )
+                    for i, r in enumerate(results)
+                ],
                 usage,
                 FINGERPRINT,
             )
@@ -116,13 +124,21 @@ class Renderer:
             self.response_id,
             self.created,
             self.model,
-            [TextChoice(0, self.echo + text, logprobs, finish)],
+            [
+                TextChoice(i, self.echo + r.text, self.render_logprobs(r.tokens, i), r.finish_reason)
+                for i, r in enumerate(results)
+            ],
             FINGERPRINT,
             usage=usage,
         )
 
     def frame(
-        self, text: str | None, logprobs: AnyLogprobs | None, finish: str | None, role: bool = False
+        self,
+        text: str | None,
+        logprobs: AnyLogprobs | None,
+        finish: str | None,
+        role: bool = False,
+        index: int = 0,
     ) -> bytes:
         """One SSE ``data:`` frame."""
         if self.chat:
@@ -131,7 +147,7 @@ class Renderer:
                 self.response_id,
                 self.created,
                 self.model,
-                [ChunkChoice(0, delta, logprobs, finish)],
+                [ChunkChoice(index, delta, logprobs, finish)],
                 FINGERPRINT,
             )
         else:
@@ -139,7 +155,7 @@ class Renderer:
                 self.response_id,
                 self.created,
                 self.model,
-                [TextChoice(0, text or "", logprobs, finish)],
+                [TextChoice(index, text or "", logprobs, finish)],
                 FINGERPRINT,
             )
         return b"data: " + _encode(body) + b"\n\n"
@@ -192,6 +208,53 @@ async def sse(
         stream.cancel()
         if meter is not None:
             meter.done(stream.prompt_tokens, completion_tokens)
+
+
+async def sse_choices(
+    streams: Sequence[GenerationStream], renderer: Renderer, include_usage: bool, meter: Meter | None = None
+) -> AsyncIterator[bytes]:
+    """The SSE body for ``n`` > 1: the choices' chunks interleaved as they come, each with its index."""
+    ready: asyncio.Queue[tuple[int, list[GenerationEvent]]] = asyncio.Queue()
+
+    async def pump(index: int, stream: GenerationStream) -> None:
+        async for events in stream:
+            ready.put_nowait((index, events))
+
+    pumps = [asyncio.ensure_future(pump(i, s)) for i, s in enumerate(streams)]
+    completion = [0] * len(streams)
+    try:
+        first = renderer.echo if not renderer.chat else ""
+        yield b"".join(renderer.frame(first, None, None, role=True, index=i) for i in range(len(streams)))
+        remaining = len(streams)
+        while remaining:
+            index, events = await ready.get()
+            last = events[-1]
+            if last.finish_reason == "error":
+                yield error_frame(last.error or "generation failed")
+                return
+            if meter is not None:
+                meter.first_token()
+            text = "".join([e.text for e in events])
+            tokens = [t for e in events if e.tokens for t in e.tokens] if renderer.logprobs else None
+            completion[index] = last.completion_tokens
+            out = b""
+            if text or tokens:
+                logprobs = renderer.render_logprobs(tokens, index) if tokens else None
+                out = renderer.frame(text, logprobs, None, index=index)
+            if last.finish_reason is not None:
+                remaining -= 1
+                out += renderer.frame(None if renderer.chat else "", None, last.finish_reason, index=index)
+            yield out
+        tail = renderer.usage_frame(renderer.usage(streams[0], sum(completion))) if include_usage else b""
+        yield tail + DONE
+    finally:
+        for task in pumps:
+            task.cancel()
+        for stream in streams:
+            stream.cancel()
+        if meter is not None:
+            for i, (stream, tokens_done) in enumerate(zip(streams, completion, strict=True)):
+                meter.done(stream.prompt_tokens if i == 0 else 0, tokens_done)
 
 
 @dataclass(slots=True)

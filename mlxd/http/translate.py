@@ -81,8 +81,6 @@ def _unsupported(request: AnyRequest) -> None:
     def reject(param: str, what: str) -> None:
         raise RequestError(f"{what} is not supported yet", param=param, code="unsupported_parameter")
 
-    if request.n not in (None, 1):
-        reject("n", "n > 1")
     if request.response_format is not None and request.response_format.type != "text":
         reject("response_format", f"response_format {request.response_format.type!r}")
     if isinstance(request, ChatCompletionRequest):
@@ -209,6 +207,9 @@ def translate(request: AnyRequest, config: MlxdConfig) -> tuple[GenerationReques
     # The alias's max_tokens_limit is a server-side cap: it trims, whatever the request says.
     ceiling = min(model.max_tokens_limit or config.limits.max_tokens, config.limits.max_tokens)
     max_tokens = min(requested or defaults.max_tokens or 512, ceiling)
+    n = request.n or 1
+    if n > config.limits.max_n:
+        raise RequestError(f"n must be at most {config.limits.max_n}", param="n")
     top, shape = _logprobs(request)
     prompt = _prompt(request, config, model)
     echo = ""
@@ -244,5 +245,6 @@ def translate(request: AnyRequest, config: MlxdConfig) -> tuple[GenerationReques
         logprobs=top,
         max_tokens_explicit=requested is not None and requested <= ceiling,
         keep_alive=model.keep_alive if model.keep_alive is not None else config.runtime.keep_alive,
+        n=n,
     )
     return generation, Shape(shape, echo)

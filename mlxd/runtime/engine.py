@@ -7,7 +7,7 @@ Tests wire a fake engine at this seam; the daemon wires ``MlxEngine``.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, Protocol
@@ -92,6 +92,8 @@ class GenerationRequest:
     #: True when the client set max_tokens itself (then exceeding the context is an error).
     max_tokens_explicit: bool = False
     keep_alive: float = 900.0
+    #: Choices to generate from the one prompt (they share its prefill and decode together).
+    n: int = 1
 
 
 @dataclass(slots=True)
@@ -150,6 +152,7 @@ class EngineStatus:
     batches: int = 0
     largest_batch: int = 0
     loads: int = 0
+    prompt_tokens_processed: int = 0
 
 
 class Engine(Protocol):
@@ -159,7 +162,7 @@ class Engine(Protocol):
 
     async def stop(self) -> None: ...
 
-    async def generate(self, request: GenerationRequest) -> GenerationStream: ...
+    async def generate(self, request: GenerationRequest) -> Sequence[GenerationStream]: ...
 
     async def load(self, alias: str, spec: ModelSpec, keep_alive: float) -> None: ...
 

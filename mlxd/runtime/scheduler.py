@@ -37,7 +37,7 @@ from mlxd.runtime.engine import (
     TextPrompt,
 )
 from mlxd.runtime.mlx.loading import LoadedModel
-from mlxd.runtime.mlx.worker import Cancel, Insert, Key, Load, MlxWorker, Unload
+from mlxd.runtime.mlx.worker import Cancel, Choice, Insert, Key, Load, MlxWorker, Unload
 from mlxd.runtime.prompts import encode_prompt
 
 log = logging.getLogger("mlxd.runtime")
@@ -151,6 +151,7 @@ class MlxEngine:
         self._tokenize = ThreadPoolExecutor(max_workers=1, thread_name_prefix="mlxd-tokenize")
         self._worker: MlxWorker | None = None
         self._reaper: asyncio.Task[None] | None = None
+        self._loading: set[asyncio.Task[None]] = set()
         self.loads = 0
 
     # --- lifecycle ------------------------------------------------------------------
@@ -197,9 +198,10 @@ class MlxEngine:
 
     # --- requests -------------------------------------------------------------------
 
-    async def generate(self, request: GenerationRequest) -> _Stream:
-        """Admit one sequence: load its model if needed, tokenize, check limits, enqueue."""
-        unit = await self._acquire(request.alias, request.spec, request.keep_alive)
+    async def generate(self, request: GenerationRequest) -> list[_Stream]:
+        """Admit a request's choices: load the model if needed, tokenize, check limits, enqueue."""
+        count = request.n
+        unit = await self._acquire(request.alias, request.spec, request.keep_alive, count)
         try:
             loaded = await self._wait_loaded(unit)
             capacity = self.limits.max_batch_size + self.limits.max_queue
@@ -213,22 +215,21 @@ class MlxEngine:
             )
             max_tokens = self._check(request, loaded, tokens)
         except BaseException:
-            self.release(unit)
+            for _ in range(count):
+                self.release(unit)
             raise
-        stream = _Stream(self, unit, next(self._seq_ids), len(tokens))
-        self.worker_submit(
-            Insert(
-                seq_id=stream.seq_id,
-                key=unit.key,
-                tokens=tokens,
-                max_tokens=max_tokens,
-                sampling=request.sampling,
-                stop=request.stop,
-                logprobs=request.logprobs,
-                sink=stream,
+        streams = [_Stream(self, unit, next(self._seq_ids), len(tokens)) for _ in range(count)]
+        seed = request.sampling.seed
+        choices = [
+            Choice(
+                stream.seq_id,
+                request.sampling if seed is None or i == 0 else replace(request.sampling, seed=seed + i),
+                stream,
             )
-        )
-        return stream
+            for i, stream in enumerate(streams)
+        ]
+        self.worker_submit(Insert(unit.key, tokens, max_tokens, request.stop, request.logprobs, choices))
+        return streams
 
     @staticmethod
     def _check(request: GenerationRequest, loaded: LoadedModel, tokens: list[int]) -> int:
@@ -269,19 +270,20 @@ class MlxEngine:
 
     # --- residency ------------------------------------------------------------------
 
-    async def _acquire(self, alias: str, spec: ModelSpec, keep_alive: float) -> _Unit:
-        """The unit for ``spec``, counted as busy; starts a load (once) if it is cold."""
+    async def _acquire(self, alias: str, spec: ModelSpec, keep_alive: float, count: int = 1) -> _Unit:
+        """The unit for ``spec``, counted ``count`` times busier; starts a load (once) if it is cold."""
         unit = self._units.get(spec.key)
         if unit is None:
             unit = _Unit(spec.key, spec, {alias}, keep_alive)
             self._units[spec.key] = unit
             unit.loading = asyncio.get_running_loop().create_future()
-            unit.active += 1
-            asyncio.get_running_loop().create_task(self._load(unit))
+            task = asyncio.get_running_loop().create_task(self._load(unit))
+            self._loading.add(task)  # keep a reference until it finishes
+            task.add_done_callback(self._loading.discard)
         else:
             unit.aliases.add(alias)
             unit.keep_alive = keep_alive
-            unit.active += 1
+        unit.active += count
         return unit
 
     async def _wait_loaded(self, unit: _Unit) -> LoadedModel:
@@ -411,6 +413,7 @@ class MlxEngine:
             batches=worker.steps if worker else 0,
             largest_batch=worker.largest_batch if worker else 0,
             loads=self.loads,
+            prompt_tokens_processed=worker.prompt_tokens_processed if worker else 0,
         )
 
 

@@ -123,6 +123,7 @@ OUT_OF_RANGE = [
     ("stop", ["x"] * 100, "stop"),
     ("stop", "y" * 10_000, "stop"),
     ("n", 0, "n"),
+    ("n", 9, "n"),
     ("seed", 2**70, "seed"),
 ]
 
@@ -138,7 +139,6 @@ def test_out_of_range(daemon: RunningDaemon, field: str, value: Any, param: str)
 
 
 UNSUPPORTED = [
-    ("n", 2),
     ("tools", [{"type": "function", "function": {"name": "f", "parameters": {}}}]),
     ("tool_choice", "required"),
     ("response_format", {"type": "json_object"}),
@@ -304,7 +304,9 @@ def test_disconnect_mid_stream_frees_the_sequence(daemon: RunningDaemon) -> None
 def test_disconnect_mid_non_stream_frees_the_sequence(daemon: RunningDaemon) -> None:
     port = int(daemon.url.rsplit(":", 1)[1])
     body = httpx.Request(
-        "POST", daemon.url + "/v1/completions", json={"model": "tiny-lora", "prompt": "x" * 50, "max_tokens": 1500}
+        "POST",
+        daemon.url + "/v1/completions",
+        json={"model": "tiny-lora", "prompt": "x" * 50, "max_tokens": 1500},
     ).read()
     sock = socket.create_connection(("127.0.0.1", port), timeout=10)
     head = f"POST /v1/completions HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n"

@@ -350,3 +350,51 @@ def test_echo_prepends_the_prompt(client: openai.OpenAI) -> None:
 
 def test_health(daemon: RunningDaemon) -> None:
     assert httpx.get(daemon.url + "/health").json() == {"status": "ok"}
+
+
+def test_n_choices_share_one_prefill(client: openai.OpenAI, daemon: RunningDaemon) -> None:
+    prompt = "A fresh prompt for n " * 20
+    before = daemon.status()["prompt_tokens_processed"]
+    response = client.completions.create(
+        model="tiny", prompt=prompt, max_tokens=6, n=3, temperature=1.0, seed=11
+    )
+    processed = daemon.status()["prompt_tokens_processed"] - before  # type: ignore[operator]
+    assert [c.index for c in response.choices] == [0, 1, 2]
+    assert response.usage is not None
+    assert response.usage.completion_tokens == 18
+    # One prefill for the three choices (plus each choice's last prompt token), not three.
+    assert processed < 1.5 * response.usage.prompt_tokens
+    assert len({c.text for c in response.choices}) > 1  # each choice samples its own tokens
+    again = client.completions.create(
+        model="tiny", prompt=prompt, max_tokens=6, n=3, temperature=1.0, seed=11
+    )
+    assert [c.text for c in again.choices] == [c.text for c in response.choices]
+
+
+def test_n_choices_stream_with_their_indices(client: openai.OpenAI) -> None:
+    whole = client.chat.completions.create(model="tiny", messages=HELLO, max_tokens=5, n=2, temperature=0)
+    assert [c.message.content for c in whole.choices] == [
+        whole.choices[0].message.content
+    ] * 2  # greedy: equal
+    chunks = list(
+        client.chat.completions.create(
+            model="tiny",
+            messages=HELLO,
+            max_tokens=5,
+            n=2,
+            temperature=0,
+            stream=True,
+            stream_options={"include_usage": True},
+        )
+    )
+    texts = {0: "", 1: ""}
+    finishes = {}
+    for chunk in chunks:
+        for choice in chunk.choices:
+            texts[choice.index] += choice.delta.content or ""
+            if choice.finish_reason:
+                finishes[choice.index] = choice.finish_reason
+    assert texts == {0: whole.choices[0].message.content, 1: whole.choices[1].message.content}
+    assert finishes == {0: "length", 1: "length"}
+    assert chunks[-1].usage is not None
+    assert chunks[-1].usage.completion_tokens == 10

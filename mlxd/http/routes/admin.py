@@ -63,6 +63,7 @@ def admin_router(state: DaemonState) -> Router:
                 "batches": engine.batches,
                 "largest_batch": engine.largest_batch,
                 "loads": engine.loads,
+                "prompt_tokens_processed": engine.prompt_tokens_processed,
             }
         )
 

@@ -11,7 +11,7 @@ from litestar import Request, Response, Router, get, post
 from litestar.response import Stream
 
 from mlxd.errors import GenerationError, ModelNotFoundError
-from mlxd.http.rendering import Renderer, collect, sse
+from mlxd.http.rendering import Renderer, collect, sse, sse_choices
 from mlxd.http.state import DaemonState
 from mlxd.http.translate import resolve_alias, translate
 from mlxd.protocol.requests import AnyRequest, ChatCompletionRequest, CompletionRequest
@@ -34,34 +34,38 @@ def openai_router(state: DaemonState) -> Router:
     ) -> Response[bytes] | Stream:
         config = state.configs.current
         generation, shape = translate(body, config)
-        stream = await state.engine.generate(generation)
+        streams = await state.engine.generate(generation)
         renderer = Renderer(chat=chat, model=generation.alias, logprobs=shape.logprobs, echo=shape.echo)
         meter = state.metrics.meter(generation.alias) if state.metrics is not None else None
         if body.stream:
             include_usage = bool(body.stream_options and body.stream_options.include_usage)
-            return Stream(
-                sse(stream, renderer, include_usage, meter),
-                media_type="text/event-stream",
-                headers=_SSE_HEADERS,
-            )
+            if len(streams) == 1:
+                events = sse(streams[0], renderer, include_usage, meter)
+            else:
+                events = sse_choices(streams, renderer, include_usage, meter)
+            return Stream(events, media_type="text/event-stream", headers=_SSE_HEADERS)
         # Not streaming: still stop generating the moment the client leaves.
-        gather = asyncio.ensure_future(collect(stream, shape.logprobs is not None, meter))
+        want = shape.logprobs is not None
+        gather = asyncio.ensure_future(
+            asyncio.gather(*[collect(s, want, meter if i == 0 else None) for i, s in enumerate(streams)])
+        )
         gone = asyncio.ensure_future(_wait_disconnect(request.receive))
         try:
             await asyncio.wait((gather, gone), return_when=asyncio.FIRST_COMPLETED)
         finally:
             gone.cancel()
             if not gather.done():
-                stream.cancel()
+                for stream in streams:
+                    stream.cancel()
                 gather.cancel()
         if not gather.done() or gather.cancelled():
             return Response(b"", status_code=499)  # nobody is listening any more
-        result = gather.result()
-        if result.error is not None:
-            raise GenerationError(f"generation failed: {result.error}")
-        usage = renderer.usage(stream, result.completion_tokens)
-        payload = renderer.complete(result.text, result.tokens, result.finish_reason, usage)
-        return Response(msgspec.json.encode(payload), media_type=_JSON)
+        results = gather.result()
+        for result in results:
+            if result.error is not None:
+                raise GenerationError(f"generation failed: {result.error}")
+        usage = renderer.usage(streams[0], sum(r.completion_tokens for r in results))
+        return Response(msgspec.json.encode(renderer.complete(results, usage)), media_type=_JSON)
 
     @post("/chat/completions", status_code=200)
     async def chat_completions(

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import copy
 import ctypes
 import gc
 import logging
@@ -24,6 +25,7 @@ from typing import Any, Protocol
 
 import mlx.core as mx
 from mlx_lm.generate import BatchGenerator
+from mlx_lm.models.cache import make_prompt_cache
 
 from mlxd.errors import MlxdError, ModelLoadError
 from mlxd.runtime.engine import FinishReason, GenerationEvent, ModelSpec, SamplingParams, TokenInfo
@@ -45,17 +47,24 @@ class Sink(Protocol):
 
 
 @dataclass(slots=True)
-class Insert:
-    """Add a tokenized sequence to its model's running batch."""
+class Choice:
+    """One sequence of a request: ``n`` choices share the prompt and its prefill."""
 
     seq_id: int
+    sampling: SamplingParams
+    sink: Sink
+
+
+@dataclass(slots=True)
+class Insert:
+    """Add a tokenized prompt's choices to its model's running batch."""
+
     key: Key
     tokens: list[int]
     max_tokens: int
-    sampling: SamplingParams
     stop: tuple[str, ...]
     logprobs: int | None
-    sink: Sink
+    choices: list[Choice]
 
 
 @dataclass(slots=True)
@@ -147,6 +156,7 @@ class MlxWorker:
         self.alive = False
         self.steps = 0
         self.largest_batch = 0
+        self.prompt_tokens_processed = 0
         self._loop = loop
         self._on_crash = on_crash
         self._commands: queue.SimpleQueue[Command] = queue.SimpleQueue()
@@ -281,40 +291,61 @@ class MlxWorker:
     def _insert(self, command: Insert) -> None:
         runner = self._runners.get(command.key)
         if runner is None:
-            event = GenerationEvent(finish_reason="error", error="the model is not loaded")
-            self._loop.call_soon_threadsafe(_deliver, [(command.sink, event)])
+            self._fail(command, "the model is not loaded")
             return
         tokens = command.tokens
-        cache, reused = runner.prompt_cache.lookup(tokens)
+        count = len(command.choices)
+        cache, hit = runner.prompt_cache.lookup(tokens)
+        reused = hit
         try:
-            (uid,) = runner.generator.insert(
-                [tokens[reused:]],
-                max_tokens=[command.max_tokens],
-                caches=[cache] if cache is not None else None,
-                all_tokens=[tokens[:reused]] if cache is not None else None,
-                samplers=[make_sampler(command.sampling)],
-                logits_processors=[make_processors(command.sampling)],
+            if count > 1 and len(tokens) > 1:
+                cache, reused = self._prefill_once(runner, tokens, cache, hit)
+            self.prompt_tokens_processed += (reused - hit) + count * (len(tokens) - reused)
+            uids = runner.generator.insert(
+                [list(tokens[reused:]) for _ in range(count)],
+                max_tokens=[command.max_tokens] * count,
+                caches=[[copy.copy(layer) for layer in cache] for _ in range(count)] if cache else None,
+                all_tokens=[list(tokens[:reused]) for _ in range(count)] if cache else None,
+                samplers=[make_sampler(choice.sampling) for choice in command.choices],
+                logits_processors=[make_processors(choice.sampling) for choice in command.choices],
             )
         except Exception as exc:
             log.exception("could not start a sequence")
-            self._loop.call_soon_threadsafe(
-                _deliver, [(command.sink, GenerationEvent(finish_reason="error", error=str(exc)))]
-            )
+            self._fail(command, str(exc))
             return
         tokenizer = runner.loaded.tokenizer
-        seq = _Sequence(
-            seq_id=command.seq_id,
-            uid=uid,
-            sink=command.sink,
-            detokenizer=tokenizer.detokenizer,
-            stops=StopMatcher(command.stop),
-            eos=frozenset(tokenizer.eos_token_ids),
-            logprobs=command.logprobs,
-        )
-        runner.by_uid[uid] = seq
-        self._sequences[command.seq_id] = (runner, seq)
-        # A plain int written before any event of this sequence is delivered to the loop.
-        command.sink.cached_tokens = reused
+        eos = frozenset(tokenizer.eos_token_ids)
+        for uid, choice in zip(uids, command.choices, strict=True):
+            seq = _Sequence(
+                seq_id=choice.seq_id,
+                uid=uid,
+                sink=choice.sink,
+                detokenizer=tokenizer.detokenizer,
+                stops=StopMatcher(command.stop),
+                eos=eos,
+                logprobs=command.logprobs,
+            )
+            runner.by_uid[uid] = seq
+            self._sequences[choice.seq_id] = (runner, seq)
+            # A plain int written before any event of this sequence is delivered to the loop.
+            choice.sink.cached_tokens = hit
+
+    def _prefill_once(
+        self, runner: _Runner, tokens: list[int], cache: list[Any] | None, hit: int
+    ) -> tuple[list[Any], int]:
+        """Run the prompt (all but its last token) through the model once, for every choice."""
+        model = runner.loaded.model
+        # The cache is extended in place below: never touch a prompt-cache entry's arrays.
+        layers = copy.deepcopy(cache) if cache is not None else make_prompt_cache(model)
+        rest = tokens[hit:-1]
+        for start in range(0, len(rest), self.prefill_step_size):
+            model(mx.array(rest[start : start + self.prefill_step_size])[None], cache=layers)
+            mx.eval([layer.state for layer in layers])
+        return layers, len(tokens) - 1
+
+    def _fail(self, command: Insert, error: str) -> None:
+        events = [(c.sink, GenerationEvent(finish_reason="error", error=error)) for c in command.choices]
+        self._loop.call_soon_threadsafe(_deliver, events)
 
     def _cancel(self, seq_id: int) -> None:
         found = self._sequences.pop(seq_id, None)

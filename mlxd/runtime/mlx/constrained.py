@@ -1,0 +1,238 @@
+"""Constrained decoding: JSON Schema grammars enforced by llguidance as mlx-lm logits processors.
+
+llguidance was the only library that produced schema-valid output every time in our
+measurements. Its own MLX helper is a Metal kernel, which fails on the CPU backend, so the
+token bitmask is applied here with numpy and ``mx.where`` on every platform.
+
+Compiling happens once per (grammar, tokenizer) in a ``GrammarCache``; each sequence then
+gets a cheap copy of the compiled matcher inside its own processor. Processors run on the
+single MLX worker thread; the cache itself is safe to share between threads.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import threading
+import weakref
+from collections import OrderedDict
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+import llguidance
+import llguidance.hf
+import mlx.core as mx
+import numpy as np
+
+from mlxd.errors import RequestError
+
+if TYPE_CHECKING:
+    from llguidance._lib import JsonCompileOptions
+
+MAX_SCHEMA_BYTES = 64 * 1024
+MAX_SCHEMA_DEPTH = 32
+# Compact separators and no free whitespace: with flexible whitespace a model can loop
+# on spaces until max_tokens.
+_JSON_OPTIONS: JsonCompileOptions = {
+    "whitespace_flexible": False,
+    "item_separator": ", ",
+    "key_separator": ": ",
+}
+
+LogitsProcessor = Callable[[mx.array, mx.array], mx.array]
+
+
+class GrammarError(RequestError, ValueError):
+    """A schema that cannot be enforced: too large, too deep, invalid or using unsupported keywords."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, param="response_format", code="invalid_schema")
+
+
+def _too_deep(node: Any, limit: int) -> bool:
+    """Whether the JSON document nests deeper than ``limit`` (stops early, no recursion blow-up)."""
+    if limit < 0:
+        return True
+    if isinstance(node, dict):
+        return any(_too_deep(value, limit - 1) for value in node.values())
+    if isinstance(node, list):
+        return any(_too_deep(value, limit - 1) for value in node)
+    return False
+
+
+def _check_shape(schema: Any) -> str:
+    """The schema serialized, after the size and depth caps that keep compilation cheap."""
+    if not isinstance(schema, dict):
+        raise GrammarError(f"a JSON schema must be an object, not {type(schema).__name__}")
+    if _too_deep(schema, MAX_SCHEMA_DEPTH):
+        raise GrammarError(f"the JSON schema nests deeper than {MAX_SCHEMA_DEPTH} levels")
+    try:
+        text = json.dumps(schema, separators=(",", ":"), allow_nan=False)
+    except (TypeError, ValueError) as exc:
+        raise GrammarError(f"the JSON schema is not serializable JSON: {exc}") from exc
+    if len(text.encode()) > MAX_SCHEMA_BYTES:
+        raise GrammarError(f"the JSON schema is larger than {MAX_SCHEMA_BYTES // 1024} KB")
+    return text
+
+
+def json_grammar(schema: dict[str, Any] | None) -> str:
+    """The llguidance grammar for a JSON Schema, or for any JSON object when ``schema`` is None.
+
+    Raises:
+        GrammarError: the schema is oversized, too deep, invalid or uses unsupported keywords;
+            the message names the problem (e.g. ``Unimplemented keys: ["not"]``).
+    """
+    text = _check_shape({"type": "object"} if schema is None else schema)
+    try:
+        grammar = llguidance.LLMatcher.grammar_from_json_schema(text, overrides=_JSON_OPTIONS)
+    except ValueError as exc:
+        raise GrammarError(f"unsupported JSON schema: {exc}") from exc
+    is_error, messages = llguidance.LLMatcher.validate_grammar_with_warnings(grammar)
+    if is_error:
+        raise GrammarError(f"unsupported JSON schema: {messages[0]}")
+    return grammar
+
+
+def validate_schema(schema: dict[str, Any]) -> None:
+    """Reject a schema before admission, without a tokenizer (a few ms at most).
+
+    Raises:
+        GrammarError: as ``json_grammar``.
+    """
+    json_grammar(schema)
+
+
+def tool_call_schema(tools: list[dict[str, Any]]) -> dict[str, Any]:
+    """A schema for one call of any of the OpenAI-style ``tools``: ``{"name": ..., "arguments": {...}}``.
+
+    Pass it to ``json_grammar`` for ``tool_choice`` "required" or a named function; wrapping
+    the object in a model's own tool-call tags is up to the chat template handling.
+    """
+    options = []
+    for tool in tools:
+        function = tool.get("function", tool)
+        parameters = function.get("parameters") or {"type": "object"}
+        options.append(
+            {
+                "type": "object",
+                "properties": {"name": {"const": function["name"]}, "arguments": parameters},
+                "required": ["name", "arguments"],
+                "additionalProperties": False,
+            }
+        )
+    if not options:
+        raise GrammarError("tool_choice requires at least one tool")
+    return options[0] if len(options) == 1 else {"anyOf": options}
+
+
+class GrammarCache:
+    """Compiled grammars keyed by (grammar hash, tokenizer identity), LRU-bounded.
+
+    Also holds the llguidance tokenizer of each mlx-lm tokenizer (about 1 s to build at a
+    150k vocabulary), for as long as that tokenizer lives.
+    """
+
+    def __init__(self, max_entries: int = 128) -> None:
+        self.max_entries = max_entries
+        self._lock = threading.Lock()
+        # The value keeps its LLTokenizer alive, so the id() in the key cannot be reused.
+        self._compiled: OrderedDict[tuple[int, str], tuple[llguidance.LLTokenizer, llguidance.LLMatcher]]
+        self._compiled = OrderedDict()
+        self._tokenizers: weakref.WeakKeyDictionary[Any, llguidance.LLTokenizer] = weakref.WeakKeyDictionary()
+
+    def __len__(self) -> int:
+        return len(self._compiled)
+
+    def lltokenizer(self, tokenizer: Any) -> llguidance.LLTokenizer:
+        """The llguidance view of an mlx-lm ``TokenizerWrapper``, with every EOS id it knows."""
+        with self._lock:
+            found = self._tokenizers.get(tokenizer)
+        if found is None:
+            eos = sorted(tokenizer.eos_token_ids) or None
+            try:
+                found = llguidance.hf.from_tokenizer(tokenizer._tokenizer, eos_token=eos)
+            except ValueError as exc:
+                raise GrammarError(f"constrained decoding does not support this tokenizer: {exc}") from exc
+            with self._lock:
+                found = self._tokenizers.setdefault(tokenizer, found)
+        return found
+
+    def compiled(self, tokenizer: Any, grammar: str) -> llguidance.LLMatcher:
+        """The shared, never-advanced matcher for ``grammar``; copy it before use."""
+        lltok = self.lltokenizer(tokenizer)
+        key = (id(lltok), hashlib.sha256(grammar.encode()).hexdigest())
+        with self._lock:
+            entry = self._compiled.get(key)
+            if entry is not None:
+                self._compiled.move_to_end(key)
+                return entry[1]
+        matcher = llguidance.LLMatcher(lltok, grammar, log_level=0)
+        if matcher.is_error():
+            raise GrammarError(f"unsupported grammar: {matcher.get_error()}")
+        with self._lock:
+            self._compiled[key] = (lltok, matcher)
+            self._compiled.move_to_end(key)
+            while len(self._compiled) > self.max_entries:
+                self._compiled.popitem(last=False)
+        return matcher
+
+
+class _Constraint:
+    """One sequence's processor: feeds sampled tokens to the matcher and masks the logits."""
+
+    def __init__(self, matcher: llguidance.LLMatcher, n_tokens: int, eos: list[int], width: int) -> None:
+        self._matcher = matcher
+        self._n_tokens = n_tokens
+        self._words = (n_tokens + 31) // 32
+        self._eos = eos
+        self._n_seen = -1
+        self._consumed = 0
+        self._resize(width)
+
+    def _resize(self, width: int) -> None:
+        # The buffer spans the logits width, so ids past the tokenizer (padding) stay 0.
+        self._width = width
+        self._bitmask = np.zeros(max(self._words, (width + 31) // 32), dtype=np.int32)
+        only_eos = np.zeros(width, dtype=np.bool_)
+        only_eos[[t for t in self._eos if t < width]] = True
+        self._only_eos = mx.array(only_eos)
+
+    def __call__(self, tokens: mx.array, logits: mx.array) -> mx.array:
+        if logits.shape[-1] != self._width:
+            self._resize(logits.shape[-1])
+        # The first call's context varies (whole prompt, uncached part, cached + prompt):
+        # only what arrives after it was sampled under this constraint.
+        if self._n_seen < 0:
+            self._n_seen = len(tokens)
+        seen = self._n_seen + self._consumed
+        matcher = self._matcher
+        if len(tokens) < seen and not matcher.is_error():  # speculative decoding rolled back
+            matcher.rollback(seen - len(tokens))
+            self._consumed -= seen - len(tokens)
+        elif len(tokens) > seen:
+            new: list[int] = tokens[seen:].tolist()  # type: ignore[assignment]
+            self._consumed += len(new)
+            matcher.consume_tokens(new)
+        if matcher.is_error() or matcher.is_stopped():
+            # Done, or called once more after EOS: allow only EOS (all -inf would give NaN).
+            return mx.where(self._only_eos, logits, -mx.inf)
+        bitmask = self._bitmask
+        matcher.unsafe_compute_mask_ptr(bitmask.ctypes.data, self._words * 4)
+        allowed = np.unpackbits(bitmask.view(np.uint8), count=self._width, bitorder="little")
+        if matcher.is_error() or not allowed.any():
+            return mx.where(self._only_eos, logits, -mx.inf)
+        return mx.where(mx.array(allowed.view(np.bool_)), logits, -mx.inf)
+
+
+def make_constraint(tokenizer: Any, grammar: str, vocab_size: int, cache: GrammarCache) -> LogitsProcessor:
+    """A fresh per-sequence logits processor enforcing ``grammar`` (from ``json_grammar``).
+
+    ``vocab_size`` is the model's logits width, which may exceed the tokenizer's. The
+    processor ends the sequence with EOS once the grammar is complete.
+
+    Raises:
+        GrammarError: the grammar does not compile for this tokenizer.
+    """
+    lltok = cache.lltokenizer(tokenizer)
+    matcher = cache.compiled(tokenizer, grammar).deep_copy()
+    return _Constraint(matcher, lltok.vocab_size, sorted(lltok.eos_tokens), vocab_size)
