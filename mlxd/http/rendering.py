@@ -33,6 +33,7 @@ from mlxd.protocol.responses import (
     Usage,
 )
 from mlxd.runtime.engine import GenerationEvent, GenerationStream, TokenInfo
+from mlxd.runtime.tool_calls import ToolCallSplitter, ToolFormat, split_tool_calls
 
 FINGERPRINT = f"mlxd-{__version__}"
 _encode = msgspec.json.Encoder().encode
@@ -51,6 +52,8 @@ class Renderer:
     model: str
     logprobs: str | None
     echo: str = ""
+    #: The request's tool definitions, handed to the model's tool-call parser.
+    tools: Any = None
     id: str = field(default_factory=lambda: uuid.uuid4().hex)
     created: int = field(default_factory=lambda: int(time.time()))
     _offsets: dict[int, int] = field(default_factory=dict)
@@ -108,15 +111,7 @@ class Renderer:
                 self.response_id,
                 self.created,
                 self.model,
-                [
-                    ChatChoice(
-                        i,
-                        AssistantMessage(content=r.text),
-                        self.render_logprobs(r.tokens, i),
-                        r.finish_reason,
-                    )
-                    for i, r in enumerate(results)
-                ],
+                [self._chat_choice(i, r) for i, r in enumerate(results)],
                 usage,
                 FINGERPRINT,
             )
@@ -131,6 +126,28 @@ class Renderer:
             FINGERPRINT,
             usage=usage,
         )
+
+    def _chat_choice(self, index: int, result: Collected) -> ChatChoice:
+        logprobs = self.render_logprobs(result.tokens, index)
+        if result.tool_format is None:
+            message = AssistantMessage("assistant", result.text)
+            return ChatChoice(index, message, logprobs, result.finish_reason)
+        content, calls = split_tool_calls(result.tool_format, self.tools, result.text)
+        if not calls:
+            return ChatChoice(index, AssistantMessage("assistant", content), logprobs, result.finish_reason)
+        finish = "tool_calls" if result.finish_reason == "stop" else result.finish_reason
+        return ChatChoice(index, AssistantMessage("assistant", content or None, calls), logprobs, finish)
+
+    def tool_frame(self, calls: list[dict[str, Any]], index: int) -> bytes:
+        """A chunk announcing complete tool calls (name and all arguments at once)."""
+        body = ChatCompletionChunk(
+            self.response_id,
+            self.created,
+            self.model,
+            [ChunkChoice(index, Delta(tool_calls=calls), None, None)],
+            FINGERPRINT,
+        )
+        return b"data: " + _encode(body) + b"\n\n"
 
     def frame(
         self,
@@ -178,11 +195,49 @@ def error_frame(message: str) -> bytes:
     return b"data: " + _encode(body) + b"\n\n"
 
 
+class _Choice:
+    """One choice's stream state: its tool-call splitter and its token count."""
+
+    __slots__ = ("completion_tokens", "index", "splitter", "tool_calls")
+
+    def __init__(self, index: int, stream: GenerationStream, tools: Any) -> None:
+        self.index = index
+        self.completion_tokens = 0
+        self.tool_calls = 0
+        fmt = stream.tool_format
+        self.splitter = ToolCallSplitter(fmt, tools) if fmt is not None else None
+
+    def frames(self, renderer: Renderer, events: list[GenerationEvent]) -> bytes:
+        """The frames for one batch of ready events (content, tool calls, finish)."""
+        last = events[-1]
+        text = "".join([e.text for e in events]) if len(events) > 1 else last.text
+        tokens = [t for e in events if e.tokens for t in e.tokens] if renderer.logprobs else None
+        self.completion_tokens = last.completion_tokens
+        calls: list[dict[str, Any]] = []
+        if self.splitter is not None:
+            text, calls = self.splitter.feed(text)
+            if last.finish_reason is not None:
+                text += self.splitter.flush()
+        out = b""
+        if text or tokens:
+            out = renderer.frame(
+                text, renderer.render_logprobs(tokens, self.index) if tokens else None, None, index=self.index
+            )
+        if calls:
+            numbered = [{"index": self.tool_calls + k, **call} for k, call in enumerate(calls)]
+            self.tool_calls += len(calls)
+            out += renderer.tool_frame(numbered, self.index)
+        if last.finish_reason is not None:
+            finish = "tool_calls" if self.tool_calls and last.finish_reason == "stop" else last.finish_reason
+            out += renderer.frame(None if renderer.chat else "", None, finish, index=self.index)
+        return out
+
+
 async def sse(
     stream: GenerationStream, renderer: Renderer, include_usage: bool, meter: Meter | None = None
 ) -> AsyncIterator[bytes]:
     """The SSE body: role chunk, content chunks (one per ready batch), finish, usage, [DONE]."""
-    completion_tokens = 0
+    choice = _Choice(0, stream, renderer.tools)
     try:
         yield renderer.frame(renderer.echo if not renderer.chat else "", None, None, role=True)
         async for events in stream:
@@ -190,24 +245,18 @@ async def sse(
             if last.finish_reason == "error":
                 yield error_frame(last.error or "generation failed")
                 return
-            text = "".join([e.text for e in events]) if len(events) > 1 else last.text
-            tokens = [t for e in events if e.tokens for t in e.tokens] if renderer.logprobs else None
-            completion_tokens = last.completion_tokens
-            out = b""
             if meter is not None:
                 meter.first_token()
-            if text or tokens:
-                out = renderer.frame(text, renderer.render_logprobs(tokens) if tokens else None, None)
+            out = choice.frames(renderer, events)
             if last.finish_reason is not None:
-                out += renderer.frame(None if renderer.chat else "", None, last.finish_reason)
                 if include_usage:
-                    out += renderer.usage_frame(renderer.usage(stream, completion_tokens))
+                    out += renderer.usage_frame(renderer.usage(stream, choice.completion_tokens))
                 out += DONE
             yield out
     finally:
         stream.cancel()
         if meter is not None:
-            meter.done(stream.prompt_tokens, completion_tokens)
+            meter.done(stream.prompt_tokens, choice.completion_tokens)
 
 
 async def sse_choices(
@@ -221,31 +270,23 @@ async def sse_choices(
             ready.put_nowait((index, events))
 
     pumps = [asyncio.ensure_future(pump(i, s)) for i, s in enumerate(streams)]
-    completion = [0] * len(streams)
+    choices = [_Choice(i, s, renderer.tools) for i, s in enumerate(streams)]
     try:
         first = renderer.echo if not renderer.chat else ""
         yield b"".join(renderer.frame(first, None, None, role=True, index=i) for i in range(len(streams)))
         remaining = len(streams)
         while remaining:
             index, events = await ready.get()
-            last = events[-1]
-            if last.finish_reason == "error":
-                yield error_frame(last.error or "generation failed")
+            if events[-1].finish_reason == "error":
+                yield error_frame(events[-1].error or "generation failed")
                 return
             if meter is not None:
                 meter.first_token()
-            text = "".join([e.text for e in events])
-            tokens = [t for e in events if e.tokens for t in e.tokens] if renderer.logprobs else None
-            completion[index] = last.completion_tokens
-            out = b""
-            if text or tokens:
-                logprobs = renderer.render_logprobs(tokens, index) if tokens else None
-                out = renderer.frame(text, logprobs, None, index=index)
-            if last.finish_reason is not None:
+            if events[-1].finish_reason is not None:
                 remaining -= 1
-                out += renderer.frame(None if renderer.chat else "", None, last.finish_reason, index=index)
-            yield out
-        tail = renderer.usage_frame(renderer.usage(streams[0], sum(completion))) if include_usage else b""
+            yield choices[index].frames(renderer, events)
+        total = sum(c.completion_tokens for c in choices)
+        tail = renderer.usage_frame(renderer.usage(streams[0], total)) if include_usage else b""
         yield tail + DONE
     finally:
         for task in pumps:
@@ -253,8 +294,8 @@ async def sse_choices(
         for stream in streams:
             stream.cancel()
         if meter is not None:
-            for i, (stream, tokens_done) in enumerate(zip(streams, completion, strict=True)):
-                meter.done(stream.prompt_tokens if i == 0 else 0, tokens_done)
+            for choice, stream in zip(choices, streams, strict=True):
+                meter.done(stream.prompt_tokens if choice.index == 0 else 0, choice.completion_tokens)
 
 
 @dataclass(slots=True)
@@ -266,6 +307,7 @@ class Collected:
     finish_reason: str
     completion_tokens: int
     error: str | None = None
+    tool_format: ToolFormat | None = None
 
 
 async def collect(stream: GenerationStream, want_tokens: bool, meter: Meter | None = None) -> Collected:
@@ -286,6 +328,5 @@ async def collect(stream: GenerationStream, want_tokens: bool, meter: Meter | No
         stream.cancel()
         if meter is not None:
             meter.done(stream.prompt_tokens, last.completion_tokens)
-    return Collected(
-        "".join(parts), tokens, last.finish_reason or "error", last.completion_tokens, last.error
-    )
+    finish = last.finish_reason or "error"
+    return Collected("".join(parts), tokens, finish, last.completion_tokens, last.error, stream.tool_format)

@@ -7,6 +7,8 @@ naming the field, never a silent no-op.
 
 from __future__ import annotations
 
+import json
+import re
 import uuid
 from dataclasses import dataclass
 from typing import Any
@@ -23,6 +25,8 @@ from mlxd.runtime.engine import (
 )
 
 _ROLES = frozenset({"system", "developer", "user", "assistant", "tool"})
+MAX_TOOLS = 128
+TOOL_NAME = re.compile(r"[A-Za-z0-9_.\-]{1,64}")
 
 
 @dataclass(frozen=True, slots=True)
@@ -84,10 +88,8 @@ def _unsupported(request: AnyRequest) -> None:
     if request.response_format is not None and request.response_format.type != "text":
         reject("response_format", f"response_format {request.response_format.type!r}")
     if isinstance(request, ChatCompletionRequest):
-        if request.tools:
-            reject("tools", "tools")
-        if request.tool_choice not in (None, "none"):
-            reject("tool_choice", "tool_choice other than 'none'")
+        if request.tool_choice not in (None, "none", "auto"):
+            reject("tool_choice", "tool_choice 'required' or a named function")
         if request.functions:
             reject("functions", "functions")
         if request.function_call not in (None, "none"):
@@ -129,8 +131,51 @@ def _messages(request: ChatCompletionRequest, max_messages: int) -> tuple[dict[s
             entry["name"] = message.name
         if message.tool_call_id:
             entry["tool_call_id"] = message.tool_call_id
+        if message.tool_calls:
+            entry["tool_calls"] = _past_calls(message.tool_calls, f"messages[{i}].tool_calls")
         out.append(entry)
     return tuple(out)
+
+
+def _past_calls(calls: list[dict[str, Any]], param: str) -> list[dict[str, Any]]:
+    """An assistant message's earlier tool calls, with arguments as objects for the template."""
+    out = []
+    for call in calls:
+        function = call.get("function") if isinstance(call, dict) else None
+        if not isinstance(function, dict) or not isinstance(function.get("name"), str):
+            raise RequestError("each tool call needs a function with a name", param=param)
+        arguments = function.get("arguments", "{}")
+        if isinstance(arguments, str):
+            try:
+                arguments = json.loads(arguments or "{}")
+            except ValueError:
+                raise RequestError("tool call arguments must be JSON", param=param) from None
+        out.append({**call, "function": {"name": function["name"], "arguments": arguments}})
+    return out
+
+
+def _tools(request: ChatCompletionRequest) -> tuple[dict[str, Any], ...] | None:
+    """Validated tool definitions, or None when none apply (absent, or tool_choice none)."""
+    if not request.tools or request.tool_choice == "none":
+        return None
+    if len(request.tools) > MAX_TOOLS:
+        raise RequestError(f"at most {MAX_TOOLS} tools are accepted", param="tools")
+    for i, tool in enumerate(request.tools):
+        function = tool.get("function")
+        if tool.get("type") != "function" or not isinstance(function, dict):
+            raise RequestError(
+                "tools must be of type 'function' with a 'function' object", param=f"tools[{i}]"
+            )
+        name = function.get("name")
+        if not isinstance(name, str) or not TOOL_NAME.fullmatch(name):
+            raise RequestError(
+                "a tool name is 1-64 letters, digits, '_', '.' or '-'", param=f"tools[{i}].function.name"
+            )
+        if not isinstance(function.get("parameters", {}), dict):
+            raise RequestError(
+                "tool parameters must be a JSON Schema object", param=f"tools[{i}].function.parameters"
+            )
+    return tuple(request.tools)
 
 
 def _stop(request: AnyRequest, config: MlxdConfig, default: tuple[str, ...]) -> tuple[str, ...]:
@@ -174,7 +219,9 @@ def _prompt(request: AnyRequest, config: MlxdConfig, model: ModelConfig) -> Chat
                     param="chat_template_kwargs",
                 )
             kwargs[key] = value
-        return ChatPrompt(_messages(request, config.limits.max_messages), request.role_mapping, kwargs)
+        return ChatPrompt(
+            _messages(request, config.limits.max_messages), request.role_mapping, kwargs, _tools(request)
+        )
     prompt = request.prompt
     if isinstance(prompt, str):
         if not prompt:

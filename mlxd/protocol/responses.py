@@ -74,11 +74,12 @@ class LegacyLogprobs(msgspec.Struct):
 AnyLogprobs = ChatLogprobs | SeedLogprobs | LegacyLogprobs
 
 
-class AssistantMessage(msgspec.Struct):
-    """The generated message."""
+class AssistantMessage(msgspec.Struct, omit_defaults=True):
+    """The generated message (``content`` is null when the model only called tools)."""
 
-    role: str = "assistant"
-    content: str | None = None
+    role: str
+    content: str | None
+    tool_calls: list[dict[str, Any]] | None = None
 
 
 class ChatChoice(msgspec.Struct):
@@ -107,6 +108,7 @@ class Delta(msgspec.Struct, omit_defaults=True):
 
     role: str | None = None
     content: str | None = None
+    tool_calls: list[dict[str, Any]] | None = None
 
 
 class ChunkChoice(msgspec.Struct):

@@ -12,6 +12,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, Protocol
 
+from mlxd.runtime.tool_calls import ToolFormat
+
 FinishReason = Literal["stop", "length", "cancelled", "error"]
 
 
@@ -66,6 +68,8 @@ class ChatPrompt:
     messages: tuple[Mapping[str, Any], ...]
     role_mapping: Mapping[str, str] | None = None
     template_kwargs: Mapping[str, Any] = field(default_factory=dict)
+    #: OpenAI tool definitions, rendered by the chat template; calls are parsed from the output.
+    tools: tuple[Mapping[str, Any], ...] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -123,6 +127,8 @@ class GenerationStream(Protocol):
 
     prompt_tokens: int
     cached_tokens: int
+    #: How the model writes tool calls, when the request offered tools.
+    tool_format: ToolFormat | None
 
     def __aiter__(self) -> AsyncIterator[list[GenerationEvent]]: ...
 

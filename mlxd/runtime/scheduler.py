@@ -29,6 +29,7 @@ from mlxd.errors import (
     UnavailableError,
 )
 from mlxd.runtime.engine import (
+    ChatPrompt,
     EngineStatus,
     GenerationEvent,
     GenerationRequest,
@@ -39,6 +40,7 @@ from mlxd.runtime.engine import (
 from mlxd.runtime.mlx.loading import LoadedModel
 from mlxd.runtime.mlx.worker import Cancel, Choice, Insert, Key, Load, MlxWorker, Unload
 from mlxd.runtime.prompts import encode_prompt
+from mlxd.runtime.tool_calls import ToolFormat
 
 log = logging.getLogger("mlxd.runtime")
 
@@ -84,6 +86,7 @@ class _Stream:
         "cached_tokens",
         "prompt_tokens",
         "seq_id",
+        "tool_format",
     )
 
     def __init__(self, engine: MlxEngine, unit: _Unit, seq_id: int, prompt_tokens: int) -> None:
@@ -95,6 +98,7 @@ class _Stream:
         self.seq_id = seq_id
         self.prompt_tokens = prompt_tokens
         self.cached_tokens = 0
+        self.tool_format: ToolFormat | None = None
 
     def put(self, event: GenerationEvent) -> None:
         """Called on the event loop by the worker's per-step delivery."""
@@ -214,11 +218,14 @@ class MlxEngine:
                 self._tokenize, encode_prompt, loaded.tokenizer, request.prompt
             )
             max_tokens = self._check(request, loaded, tokens)
+            tool_format = _tool_format(request, loaded)
         except BaseException:
             for _ in range(count):
                 self.release(unit)
             raise
         streams = [_Stream(self, unit, next(self._seq_ids), len(tokens)) for _ in range(count)]
+        for stream in streams:
+            stream.tool_format = tool_format
         seed = request.sampling.seed
         choices = [
             Choice(
@@ -415,6 +422,18 @@ class MlxEngine:
             loads=self.loads,
             prompt_tokens_processed=worker.prompt_tokens_processed if worker else 0,
         )
+
+
+def _tool_format(request: GenerationRequest, loaded: LoadedModel) -> ToolFormat | None:
+    """The model's tool-call format when the request offers tools (400 if it has none)."""
+    if not isinstance(request.prompt, ChatPrompt) or not request.prompt.tools:
+        return None
+    tokenizer = loaded.tokenizer
+    if not tokenizer.has_tool_calling or tokenizer.tool_parser is None:
+        raise RequestError(
+            f"{request.alias!r} has no tool-calling format in its chat template", param="tools"
+        )
+    return ToolFormat(tokenizer.tool_call_start, tokenizer.tool_call_end, tokenizer.tool_parser)
 
 
 def _unit_bytes(unit: _Unit) -> int:

@@ -139,7 +139,6 @@ def test_out_of_range(daemon: RunningDaemon, field: str, value: Any, param: str)
 
 
 UNSUPPORTED = [
-    ("tools", [{"type": "function", "function": {"name": "f", "parameters": {}}}]),
     ("tool_choice", "required"),
     ("response_format", {"type": "json_object"}),
     ("functions", [{"name": "f"}]),

@@ -398,3 +398,75 @@ def test_n_choices_stream_with_their_indices(client: openai.OpenAI) -> None:
     assert finishes == {0: "length", 1: "length"}
     assert chunks[-1].usage is not None
     assert chunks[-1].usage.completion_tokens == 10
+
+
+WEATHER = {
+    "type": "function",
+    "function": {
+        "name": "get_weather",
+        "description": "Weather in a city",
+        "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]},
+    },
+}
+
+
+def test_tools_reach_the_chat_template(client: openai.OpenAI) -> None:
+    plain = client.chat.completions.create(model="tiny", messages=HELLO, max_tokens=2)
+    with_tools = client.chat.completions.create(model="tiny", messages=HELLO, max_tokens=2, tools=[WEATHER])  # type: ignore[list-item]
+    assert plain.usage is not None
+    assert with_tools.usage is not None
+    assert with_tools.usage.prompt_tokens > plain.usage.prompt_tokens + 50
+    assert with_tools.choices[0].message.content is not None  # random weights call no tool by themselves
+    none = client.chat.completions.create(
+        model="tiny", messages=HELLO, max_tokens=2, tools=[WEATHER], tool_choice="none"
+    )  # type: ignore[list-item]
+    assert none.usage is not None
+    assert none.usage.prompt_tokens == plain.usage.prompt_tokens
+
+
+def test_a_tool_round_trip_conversation_is_accepted(client: openai.OpenAI) -> None:
+    messages = [
+        {"role": "user", "content": "Weather in Paris?"},
+        {
+            "role": "assistant",
+            "content": None,
+            "tool_calls": [
+                {
+                    "id": "call_1",
+                    "type": "function",
+                    "function": {"name": "get_weather", "arguments": '{"city": "Paris"}'},
+                }
+            ],
+        },
+        {"role": "tool", "tool_call_id": "call_1", "content": "sunny, 21 C"},
+    ]
+    reply = client.chat.completions.create(model="tiny", messages=messages, tools=[WEATHER], max_tokens=4)  # type: ignore[arg-type, list-item]
+    assert reply.choices[0].finish_reason == "length"
+    assert reply.usage is not None
+    assert reply.usage.prompt_tokens > 100
+
+
+def test_tools_on_a_model_without_a_tool_format_are_refused(client: openai.OpenAI) -> None:
+    with pytest.raises(openai.BadRequestError) as error:
+        client.chat.completions.create(model="plain", messages=HELLO, max_tokens=2, tools=[WEATHER])  # type: ignore[list-item]
+    assert error.value.body["param"] == "tools"  # type: ignore[index]
+
+
+@pytest.mark.parametrize(
+    ("tools", "param"),
+    [
+        ([{"type": "retrieval"}], "tools[0]"),
+        ([{"type": "function", "function": {"name": "bad name!"}}], "tools[0].function.name"),
+        (
+            [{"type": "function", "function": {"name": "f", "parameters": "x"}}],
+            "tools[0].function.parameters",
+        ),
+    ],
+)
+def test_malformed_tools_are_400(daemon: RunningDaemon, tools: list[object], param: str) -> None:
+    with daemon.client() as http:
+        response = http.post(
+            "/v1/chat/completions", json={"model": "tiny", "messages": HELLO, "tools": tools}
+        )
+    assert response.status_code == 400
+    assert response.json()["error"]["param"] == param

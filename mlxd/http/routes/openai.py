@@ -35,7 +35,10 @@ def openai_router(state: DaemonState) -> Router:
         config = state.configs.current
         generation, shape = translate(body, config)
         streams = await state.engine.generate(generation)
-        renderer = Renderer(chat=chat, model=generation.alias, logprobs=shape.logprobs, echo=shape.echo)
+        tools = getattr(body, "tools", None)
+        renderer = Renderer(
+            chat=chat, model=generation.alias, logprobs=shape.logprobs, echo=shape.echo, tools=tools
+        )
         meter = state.metrics.meter(generation.alias) if state.metrics is not None else None
         if body.stream:
             include_usage = bool(body.stream_options and body.stream_options.include_usage)

@@ -2,7 +2,7 @@
 
 llguidance was the only library that produced schema-valid output every time in our
 measurements. Its own MLX helper is a Metal kernel, which fails on the CPU backend, so the
-token bitmask is applied here with numpy and ``mx.where`` on every platform.
+token bitmask is applied here with numpy and an MLX additive bias on every platform.
 
 Compiling happens once per (grammar, tokenizer) in a ``GrammarCache``; each sequence then
 gets a cheap copy of the compiled matcher inside its own processor. Processors run on the
@@ -177,6 +177,20 @@ class GrammarCache:
         return matcher
 
 
+def _mask(logits: mx.array, allowed: mx.array) -> mx.array:
+    """``logits`` where ``allowed`` is 1, about -1e30 elsewhere, in the logits' dtype.
+
+    An additive bias is branchless: on the CPU backend ``mx.where`` is several times slower
+    on fragmented masks (~0.8 ms against ~0.1 ms at a 152k vocabulary), and float32 math
+    avoids slow half-precision overflow paths.
+    """
+    bias = (allowed.astype(mx.float32) - 1.0) * 1e30
+    return (logits.astype(mx.float32) + bias).astype(logits.dtype)
+
+
+_apply_mask: Callable[[mx.array, mx.array], mx.array] = mx.compile(_mask)
+
+
 class _Constraint:
     """One sequence's processor: feeds sampled tokens to the matcher and masks the logits."""
 
@@ -193,8 +207,8 @@ class _Constraint:
         # The buffer spans the logits width, so ids past the tokenizer (padding) stay 0.
         self._width = width
         self._bitmask = np.zeros(max(self._words, (width + 31) // 32), dtype=np.int32)
-        only_eos = np.zeros(width, dtype=np.bool_)
-        only_eos[[t for t in self._eos if t < width]] = True
+        only_eos = np.zeros((1, width), dtype=np.uint8)
+        only_eos[0, [t for t in self._eos if t < width]] = 1
         self._only_eos = mx.array(only_eos)
 
     def __call__(self, tokens: mx.array, logits: mx.array) -> mx.array:
@@ -215,13 +229,13 @@ class _Constraint:
             matcher.consume_tokens(new)
         if matcher.is_error() or matcher.is_stopped():
             # Done, or called once more after EOS: allow only EOS (all -inf would give NaN).
-            return mx.where(self._only_eos, logits, -mx.inf)
+            return _apply_mask(logits, self._only_eos)
         bitmask = self._bitmask
         matcher.unsafe_compute_mask_ptr(bitmask.ctypes.data, self._words * 4)
         allowed = np.unpackbits(bitmask.view(np.uint8), count=self._width, bitorder="little")
         if matcher.is_error() or not allowed.any():
-            return mx.where(self._only_eos, logits, -mx.inf)
-        return mx.where(mx.array(allowed.view(np.bool_)), logits, -mx.inf)
+            return _apply_mask(logits, self._only_eos)
+        return _apply_mask(logits, mx.array(allowed.reshape(1, -1)))
 
 
 def make_constraint(tokenizer: Any, grammar: str, vocab_size: int, cache: GrammarCache) -> LogitsProcessor:
