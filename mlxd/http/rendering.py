@@ -40,10 +40,6 @@ _encode = msgspec.json.Encoder().encode
 DONE = b"data: [DONE]\n\n"
 
 
-def _bytes(text: str) -> list[int]:
-    return list(text.encode("utf-8"))
-
-
 @dataclass(slots=True)
 class Renderer:
     """Renders one request's events in its endpoint's shape."""
@@ -70,7 +66,7 @@ class Renderer:
             return ChatLogprobs(
                 [
                     TokenLogprob(
-                        t.text, t.logprob, _bytes(t.text), [TopLogprob(s, v, _bytes(s)) for _, s, v in t.top]
+                        t.text, t.logprob, list(t.raw), [TopLogprob(s, v, list(r)) for _, s, r, v in t.top]
                     )
                     for t in tokens
                 ]
@@ -79,7 +75,7 @@ class Renderer:
             return SeedLogprobs(
                 token_logprobs=[t.logprob for t in tokens],
                 tokens=[t.id for t in tokens],
-                top_logprobs=[[SeedTopLogprob(i, s, v) for i, s, v in t.top] for t in tokens],
+                top_logprobs=[[SeedTopLogprob(i, s, v) for i, s, _, v in t.top] for t in tokens],
             )
         offsets = []
         offset = self._offsets.get(index, 0)
@@ -90,7 +86,7 @@ class Renderer:
         return LegacyLogprobs(
             tokens=[t.text for t in tokens],
             token_logprobs=[t.logprob for t in tokens],
-            top_logprobs=[{s: v for _, s, v in t.top} for t in tokens],
+            top_logprobs=[{s: v for _, s, _, v in t.top} for t in tokens],
             text_offset=offsets,
             token_ids=[t.id for t in tokens],
         )

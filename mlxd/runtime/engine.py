@@ -106,8 +106,10 @@ class TokenInfo:
 
     id: int
     text: str
+    raw: bytes
     logprob: float
-    top: list[tuple[int, str, float]]
+    #: ``(id, text, raw bytes, logprob)`` of the most likely tokens, most likely first.
+    top: list[tuple[int, str, bytes, float]]
 
 
 @dataclass(slots=True)

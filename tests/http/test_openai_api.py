@@ -470,3 +470,22 @@ def test_malformed_tools_are_400(daemon: RunningDaemon, tools: list[object], par
         )
     assert response.status_code == 400
     assert response.json()["error"]["param"] == param
+
+
+def test_logprob_bytes_rebuild_the_exact_output(client: openai.OpenAI) -> None:
+    """Tokens may split a UTF-8 character; their bytes, joined, must give the text back."""
+    for prompt in ("Once upon a time", "Prices: 5 € and 7 £", "naïve café"):
+        response = client.chat.completions.create(
+            model="tiny",
+            messages=[{"role": "user", "content": prompt}],
+            max_tokens=40,
+            logprobs=True,
+            top_logprobs=2,
+        )
+        content = response.choices[0].logprobs.content  # type: ignore[union-attr]
+        assert content is not None
+        joined = b"".join(bytes(entry.bytes or []) for entry in content)
+        assert joined.decode("utf-8", errors="replace") == response.choices[0].message.content
+        for entry in content:
+            for alternative in entry.top_logprobs:
+                assert alternative.bytes is not None

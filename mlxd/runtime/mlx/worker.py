@@ -33,6 +33,7 @@ from mlxd.runtime.mlx.loading import LoadedModel, load_adapted, load_base
 from mlxd.runtime.mlx.prompt_cache import PromptCache
 from mlxd.runtime.mlx.sampling import make_processors, make_sampler, top_logprobs
 from mlxd.runtime.stops import StopMatcher
+from mlxd.runtime.token_pieces import TokenPieces
 
 log = logging.getLogger("mlxd.runtime")
 Key = tuple[str, str | None, str | None]
@@ -126,7 +127,10 @@ class _Runner:
     base_key: tuple[str, str | None]
     prompt_cache: PromptCache
     by_uid: dict[int, _Sequence] = field(default_factory=dict)
-    token_text: dict[int, str] = field(default_factory=dict)
+    pieces: TokenPieces = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.pieces = TokenPieces(self.loaded.tokenizer)
 
 
 def _release_memory() -> None:
@@ -423,15 +427,11 @@ class MlxWorker:
             text=text, tokens=tokens, finish_reason=finish, completion_tokens=seq.generated
         )
 
-    def _token_info(self, runner: _Runner, token: int, logprobs: Any, k: int) -> TokenInfo:
-        top = [(i, self._text(runner, i), v) for i, v in top_logprobs(logprobs, k)]
-        return TokenInfo(token, self._text(runner, token), float(logprobs[token].item()), top)
-
-    def _text(self, runner: _Runner, token: int) -> str:
-        text = runner.token_text.get(token)
-        if text is None:
-            text = runner.token_text[token] = runner.loaded.tokenizer.decode([token])
-        return text
+    @staticmethod
+    def _token_info(runner: _Runner, token: int, logprobs: Any, k: int) -> TokenInfo:
+        pieces = runner.pieces
+        top = [(i, *pieces(i), v) for i, v in top_logprobs(logprobs, k)]
+        return TokenInfo(token, *pieces(token), float(logprobs[token].item()), top)
 
 
 def _settle(future: Future[Any], fn: Callable[[], Any]) -> None:
