@@ -37,6 +37,14 @@ def plain_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def thinking_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The tiny model as a reasoning model: <think> tags and a template that opens the block."""
+    from mlxd.runtime.demo_model import build_tiny_model
+
+    return build_tiny_model(tmp_path_factory.mktemp("models") / "thinker", thinking=True)
+
+
+@pytest.fixture(scope="session")
 def tiny_adapter_dir(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A LoRA adapter for the tiny model that visibly changes its logits."""
     from mlxd.runtime.demo_model import build_lora_adapter
@@ -116,6 +124,7 @@ def daemon(
     tiny_model_dir: Path,
     plain_model_dir: Path,
     tiny_adapter_dir: Path,
+    thinking_model_dir: Path,
     tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[RunningDaemon]:
     """A real daemon serving the tiny model under several aliases (module-scoped)."""
@@ -148,6 +157,13 @@ adapter = "{tiny_adapter_dir}"
 [models.plain]
 model = "{plain_model_dir}"
 context_length = 128
+
+[models.thinker]
+model = "{thinking_model_dir}"
+
+[models.thinker-fast]
+model = "{thinking_model_dir}"
+chat_template_kwargs = {{ enable_thinking = false }}
 """,
     )
     running, thread = start_daemon(config)

@@ -33,6 +33,7 @@ from mlxd.protocol.responses import (
     Usage,
 )
 from mlxd.runtime.engine import GenerationEvent, GenerationStream, TokenInfo
+from mlxd.runtime.reasoning import ReasoningFormat, ReasoningSplitter, split_reasoning
 from mlxd.runtime.tool_calls import ToolCallSplitter, ToolFormat, split_tool_calls
 
 FINGERPRINT = f"mlxd-{__version__}"
@@ -125,14 +126,33 @@ class Renderer:
 
     def _chat_choice(self, index: int, result: Collected) -> ChatChoice:
         logprobs = self.render_logprobs(result.tokens, index)
+        text, reasoning = result.text, None
+        if result.reasoning_format is not None:
+            thought, text = split_reasoning(result.reasoning_format, text)
+            reasoning = thought or None
         if result.tool_format is None:
-            message = AssistantMessage("assistant", result.text)
+            message = AssistantMessage("assistant", text, reasoning)
             return ChatChoice(index, message, logprobs, result.finish_reason)
-        content, calls = split_tool_calls(result.tool_format, self.tools, result.text)
+        content, calls = split_tool_calls(result.tool_format, self.tools, text)
         if not calls:
-            return ChatChoice(index, AssistantMessage("assistant", content), logprobs, result.finish_reason)
+            return ChatChoice(
+                index, AssistantMessage("assistant", content, reasoning), logprobs, result.finish_reason
+            )
         finish = "tool_calls" if result.finish_reason == "stop" else result.finish_reason
-        return ChatChoice(index, AssistantMessage("assistant", content or None, calls), logprobs, finish)
+        return ChatChoice(
+            index, AssistantMessage("assistant", content or None, reasoning, calls), logprobs, finish
+        )
+
+    def reasoning_frame(self, reasoning: str, index: int) -> bytes:
+        """A chunk of thinking text (``delta.reasoning_content``)."""
+        body = ChatCompletionChunk(
+            self.response_id,
+            self.created,
+            self.model,
+            [ChunkChoice(index, Delta(reasoning_content=reasoning), None, None)],
+            FINGERPRINT,
+        )
+        return b"data: " + _encode(body) + b"\n\n"
 
     def tool_frame(self, calls: list[dict[str, Any]], index: int) -> bytes:
         """A chunk announcing complete tool calls (name and all arguments at once)."""
@@ -194,7 +214,7 @@ def error_frame(message: str) -> bytes:
 class _Choice:
     """One choice's stream state: its tool-call splitter and its token count."""
 
-    __slots__ = ("completion_tokens", "index", "splitter", "tool_calls")
+    __slots__ = ("completion_tokens", "index", "splitter", "thinking", "tool_calls")
 
     def __init__(self, index: int, stream: GenerationStream, tools: Any) -> None:
         self.index = index
@@ -202,6 +222,8 @@ class _Choice:
         self.tool_calls = 0
         fmt = stream.tool_format
         self.splitter = ToolCallSplitter(fmt, tools) if fmt is not None else None
+        thinking = stream.reasoning_format
+        self.thinking = ReasoningSplitter(thinking) if thinking is not None else None
 
     def frames(self, renderer: Renderer, events: list[GenerationEvent]) -> bytes:
         """The frames for one batch of ready events (content, tool calls, finish)."""
@@ -210,13 +232,19 @@ class _Choice:
         tokens = [t for e in events if e.tokens for t in e.tokens] if renderer.logprobs else None
         self.completion_tokens = last.completion_tokens
         calls: list[dict[str, Any]] = []
+        reasoning = ""
+        if self.thinking is not None:
+            reasoning, text = self.thinking.feed(text)
+            if last.finish_reason is not None:
+                more_reasoning, more_text = self.thinking.flush()
+                reasoning, text = reasoning + more_reasoning, text + more_text
         if self.splitter is not None:
             text, calls = self.splitter.feed(text)
             if last.finish_reason is not None:
                 text += self.splitter.flush()
-        out = b""
+        out = renderer.reasoning_frame(reasoning, self.index) if reasoning else b""
         if text or tokens:
-            out = renderer.frame(
+            out += renderer.frame(
                 text, renderer.render_logprobs(tokens, self.index) if tokens else None, None, index=self.index
             )
         if calls:
@@ -304,6 +332,7 @@ class Collected:
     completion_tokens: int
     error: str | None = None
     tool_format: ToolFormat | None = None
+    reasoning_format: ReasoningFormat | None = None
 
 
 async def collect(stream: GenerationStream, want_tokens: bool, meter: Meter | None = None) -> Collected:
@@ -325,4 +354,12 @@ async def collect(stream: GenerationStream, want_tokens: bool, meter: Meter | No
         if meter is not None:
             meter.done(stream.prompt_tokens, last.completion_tokens)
     finish = last.finish_reason or "error"
-    return Collected("".join(parts), tokens, finish, last.completion_tokens, last.error, stream.tool_format)
+    return Collected(
+        "".join(parts),
+        tokens,
+        finish,
+        last.completion_tokens,
+        last.error,
+        stream.tool_format,
+        stream.reasoning_format,
+    )

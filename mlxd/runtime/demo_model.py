@@ -31,6 +31,8 @@ END_OF_TEXT = "<|endoftext|>"
 IM_START = "<|im_start|>"
 IM_END = "<|im_end|>"
 SPECIAL_TOKENS = (END_OF_TEXT, IM_START, IM_END)
+#: A reasoning model's tags (mlx-lm recognises them in the vocabulary).
+THINK_TOKENS = ("<think>", "</think>")
 VOCAB_SIZE = 768
 
 # ChatML, with a Hermes/Qwen-style tools branch (mlx-lm recognises it and picks its JSON
@@ -62,6 +64,14 @@ CHAT_TEMPLATE = (
     "{%- endif %}"
     "{%- endfor %}"
     "{%- if add_generation_prompt %}{{- '<|im_start|>assistant\\n' }}{%- endif %}"
+)
+
+# A reasoning model's template: the assistant turn opens a <think> block unless the
+# request (or the alias) sets enable_thinking = false.
+THINKING_TEMPLATE = CHAT_TEMPLATE.replace(
+    "{%- if add_generation_prompt %}{{- '<|im_start|>assistant\\n' }}{%- endif %}",
+    "{%- if add_generation_prompt %}{{- '<|im_start|>assistant\\n' }}"
+    "{%- if enable_thinking is not defined or enable_thinking %}{{- '<think>\\n' }}{%- endif %}{%- endif %}",
 )
 
 # Original text, written for this module. It gives the BPE trainer common English
@@ -120,7 +130,7 @@ counted cows and lost count after 47. Their father said there were at least 100.
 """
 
 
-def _train_tokenizer() -> Any:
+def _train_tokenizer(thinking: bool = False) -> Any:
     """Train the byte-level BPE tokenizer on the embedded text (deterministic, a few ms)."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
 
@@ -131,7 +141,7 @@ def _train_tokenizer() -> Any:
     tokenizer.post_processor = processors.ByteLevel(trim_offsets=False)
     trainer = trainers.BpeTrainer(
         vocab_size=VOCAB_SIZE,
-        special_tokens=list(SPECIAL_TOKENS),
+        special_tokens=[*SPECIAL_TOKENS, *(THINK_TOKENS if thinking else ())],
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         show_progress=False,
     )
@@ -144,9 +154,9 @@ def _write_json(path: Path, data: dict[str, Any]) -> None:
     path.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n", encoding="utf-8")
 
 
-def _write_tokenizer(dest: Path, *, chat_template: bool, max_length: int) -> Any:
+def _write_tokenizer(dest: Path, *, chat_template: bool, max_length: int, thinking: bool = False) -> Any:
     """Save ``tokenizer.json`` with the configs transformers reads; return the tokenizer."""
-    tokenizer = _train_tokenizer()
+    tokenizer = _train_tokenizer(thinking)
     tokenizer.save(str(dest / "tokenizer.json"))
     specials = {"bos_token": END_OF_TEXT, "eos_token": IM_END, "pad_token": END_OF_TEXT}
     config: dict[str, Any] = {
@@ -158,7 +168,7 @@ def _write_tokenizer(dest: Path, *, chat_template: bool, max_length: int) -> Any
         "model_max_length": max_length,
     }
     if chat_template:
-        config["chat_template"] = CHAT_TEMPLATE
+        config["chat_template"] = THINKING_TEMPLATE if thinking else CHAT_TEMPLATE
     _write_json(dest / "tokenizer_config.json", config)
     _write_json(dest / "special_tokens_map.json", specials)
     return tokenizer
@@ -201,6 +211,7 @@ def build_tiny_model(
     max_position_embeddings: int = 2048,
     chat_template: bool = True,
     tie_word_embeddings: bool = True,
+    thinking: bool = False,
 ) -> Path:
     """Write a loadable mlx-lm model directory (llama, random weights) to dest; return dest.
 
@@ -211,7 +222,9 @@ def build_tiny_model(
 
     dest = Path(dest)
     dest.mkdir(parents=True, exist_ok=True)
-    tokenizer = _write_tokenizer(dest, chat_template=chat_template, max_length=max_position_embeddings)
+    tokenizer = _write_tokenizer(
+        dest, chat_template=chat_template, max_length=max_position_embeddings, thinking=thinking
+    )
     bos_id, eos_id = tokenizer.token_to_id(END_OF_TEXT), tokenizer.token_to_id(IM_END)
     config: dict[str, Any] = {
         "model_type": "llama",
@@ -233,7 +246,9 @@ def build_tiny_model(
         "torch_dtype": "float32",
     }
     model = llama.Model(llama.ModelArgs.from_dict(config))
-    silent = [tokenizer.token_to_id(token) for token in SPECIAL_TOKENS]
+    silent = [
+        tokenizer.token_to_id(token) for token in (*SPECIAL_TOKENS, *(THINK_TOKENS if thinking else ()))
+    ]
     weights = _random_weights(model, seed, silent)
     mx.save_safetensors(str(dest / "model.safetensors"), weights, metadata={"format": "mlx"})
     _write_json(dest / "config.json", config)

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, Protocol
 
+from mlxd.runtime.reasoning import ReasoningFormat
 from mlxd.runtime.tool_calls import ToolFormat
 
 FinishReason = Literal["stop", "length", "cancelled", "error"]
@@ -131,6 +132,8 @@ class GenerationStream(Protocol):
     cached_tokens: int
     #: How the model writes tool calls, when the request offered tools.
     tool_format: ToolFormat | None
+    #: A reasoning model's thinking tags (chat requests only).
+    reasoning_format: ReasoningFormat | None
 
     def __aiter__(self) -> AsyncIterator[list[GenerationEvent]]: ...
 

@@ -40,6 +40,7 @@ from mlxd.runtime.engine import (
 from mlxd.runtime.mlx.loading import LoadedModel
 from mlxd.runtime.mlx.worker import Cancel, Choice, Insert, Key, Load, MlxWorker, Unload
 from mlxd.runtime.prompts import encode_prompt
+from mlxd.runtime.reasoning import ReasoningFormat
 from mlxd.runtime.tool_calls import ToolFormat
 
 log = logging.getLogger("mlxd.runtime")
@@ -85,6 +86,7 @@ class _Stream:
         "_waiter",
         "cached_tokens",
         "prompt_tokens",
+        "reasoning_format",
         "seq_id",
         "tool_format",
     )
@@ -99,6 +101,7 @@ class _Stream:
         self.prompt_tokens = prompt_tokens
         self.cached_tokens = 0
         self.tool_format: ToolFormat | None = None
+        self.reasoning_format: ReasoningFormat | None = None
 
     def put(self, event: GenerationEvent) -> None:
         """Called on the event loop by the worker's per-step delivery."""
@@ -219,6 +222,7 @@ class MlxEngine:
             )
             max_tokens = self._check(request, loaded, tokens)
             tool_format = _tool_format(request, loaded)
+            reasoning = _reasoning_format(request, loaded, tokens)
         except BaseException:
             for _ in range(count):
                 self.release(unit)
@@ -226,6 +230,7 @@ class MlxEngine:
         streams = [_Stream(self, unit, next(self._seq_ids), len(tokens)) for _ in range(count)]
         for stream in streams:
             stream.tool_format = tool_format
+            stream.reasoning_format = reasoning
         seed = request.sampling.seed
         choices = [
             Choice(
@@ -434,6 +439,18 @@ def _tool_format(request: GenerationRequest, loaded: LoadedModel) -> ToolFormat 
             f"{request.alias!r} has no tool-calling format in its chat template", param="tools"
         )
     return ToolFormat(tokenizer.tool_call_start, tokenizer.tool_call_end, tokenizer.tool_parser)
+
+
+def _reasoning_format(
+    request: GenerationRequest, loaded: LoadedModel, tokens: list[int]
+) -> ReasoningFormat | None:
+    """A reasoning model's tags, and whether its template already opened the thinking block."""
+    tokenizer = loaded.tokenizer
+    if not isinstance(request.prompt, ChatPrompt) or not getattr(tokenizer, "has_thinking", False):
+        return None
+    start, end = tokenizer.think_start, tokenizer.think_end
+    tail = tokenizer.decode(tokens[-8:])
+    return ReasoningFormat(start, end, starts_inside=tail.rfind(start) > tail.rfind(end))
 
 
 def _unit_bytes(unit: _Unit) -> int:

@@ -489,3 +489,31 @@ def test_logprob_bytes_rebuild_the_exact_output(client: openai.OpenAI) -> None:
         for entry in content:
             for alternative in entry.top_logprobs:
                 assert alternative.bytes is not None
+
+
+def test_thinking_goes_to_reasoning_content(client: openai.OpenAI) -> None:
+    reply = client.chat.completions.create(model="thinker", messages=HELLO, max_tokens=12)
+    message = reply.choices[0].message
+    reasoning = message.reasoning_content  # type: ignore[attr-defined]
+    assert reasoning  # the template opened <think>; the random model never closes it
+    assert not message.content
+    chunks = list(client.chat.completions.create(model="thinker", messages=HELLO, max_tokens=12, stream=True))
+    streamed = "".join(
+        getattr(c.choices[0].delta, "reasoning_content", None) or "" for c in chunks if c.choices
+    )
+    assert streamed == reasoning
+    assert all(not c.choices[0].delta.content for c in chunks if c.choices)
+
+
+def test_enable_thinking_off_per_request_and_per_alias(client: openai.OpenAI) -> None:
+    per_request = client.chat.completions.create(
+        model="thinker",
+        messages=HELLO,
+        max_tokens=12,
+        extra_body={"chat_template_kwargs": {"enable_thinking": False}},
+    )
+    per_alias = client.chat.completions.create(model="thinker-fast", messages=HELLO, max_tokens=12)
+    for reply in (per_request, per_alias):
+        assert reply.choices[0].message.content
+        assert getattr(reply.choices[0].message, "reasoning_content", None) is None
+    assert per_request.choices[0].message.content == per_alias.choices[0].message.content

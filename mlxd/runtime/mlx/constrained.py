@@ -111,7 +111,12 @@ def tool_call_schema(tools: list[dict[str, Any]]) -> dict[str, Any]:
     options = []
     for tool in tools:
         function = tool.get("function", tool)
-        parameters = function.get("parameters") or {"type": "object"}
+        # As in OpenAI's API, a function without parameters takes an empty object.
+        parameters = function.get("parameters") or {
+            "type": "object",
+            "properties": {},
+            "additionalProperties": False,
+        }
         options.append(
             {
                 "type": "object",
@@ -196,7 +201,6 @@ class _Constraint:
 
     def __init__(self, matcher: llguidance.LLMatcher, n_tokens: int, eos: list[int], width: int) -> None:
         self._matcher = matcher
-        self._n_tokens = n_tokens
         self._words = (n_tokens + 31) // 32
         self._eos = eos
         self._n_seen = -1
@@ -220,10 +224,7 @@ class _Constraint:
             self._n_seen = len(tokens)
         seen = self._n_seen + self._consumed
         matcher = self._matcher
-        if len(tokens) < seen and not matcher.is_error():  # speculative decoding rolled back
-            matcher.rollback(seen - len(tokens))
-            self._consumed -= seen - len(tokens)
-        elif len(tokens) > seen:
+        if len(tokens) > seen:
             new: list[int] = tokens[seen:].tolist()  # type: ignore[assignment]
             self._consumed += len(new)
             matcher.consume_tokens(new)
@@ -242,7 +243,8 @@ def make_constraint(tokenizer: Any, grammar: str, vocab_size: int, cache: Gramma
     """A fresh per-sequence logits processor enforcing ``grammar`` (from ``json_grammar``).
 
     ``vocab_size`` is the model's logits width, which may exceed the tokenizer's. The
-    processor ends the sequence with EOS once the grammar is complete.
+    processor ends the sequence with EOS once the grammar is complete. It assumes every
+    token it sees was sampled under it, so it does not support speculative decoding.
 
     Raises:
         GrammarError: the grammar does not compile for this tokenizer.
