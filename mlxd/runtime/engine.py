@@ -164,6 +164,7 @@ class EngineStatus:
     largest_batch: int = 0
     loads: int = 0
     prompt_tokens_processed: int = 0
+    memory: dict[str, int] = field(default_factory=dict)
 
 
 class Engine(Protocol):

@@ -426,6 +426,13 @@ class MlxEngine:
             largest_batch=worker.largest_batch if worker else 0,
             loads=self.loads,
             prompt_tokens_processed=worker.prompt_tokens_processed if worker else 0,
+            memory=dict(
+                zip(
+                    ("mlx_active_bytes", "mlx_cache_bytes", "prompt_cache_bytes", "prompt_cache_entries"),
+                    worker.memory if worker else (0, 0, 0, 0),
+                    strict=True,
+                )
+            ),
         )
 
 

@@ -77,3 +77,38 @@ def test_a_shared_prefix_serves_different_continuations(pair: tuple[openai.OpenA
         assert on.usage.prompt_tokens_details is not None
         if i > 0:
             assert on.usage.prompt_tokens_details.cached_tokens > 300
+
+
+def test_cached_prompts_hold_only_their_own_bytes(tiny_model_dir: Path, tmp_path: Path) -> None:
+    """Regression: an entry extracted from a batch once kept the whole batch's KV alive."""
+    import asyncio
+
+    import httpx
+
+    running, thread = _daemon(tiny_model_dir, tmp_path, "64MB")
+    try:
+
+        async def burst(round_: int) -> None:
+            async with httpx.AsyncClient(base_url=running.url, timeout=120) as http:
+                await asyncio.gather(
+                    *[
+                        http.post(
+                            "/v1/completions",
+                            json={"model": "tiny", "prompt": f"{STORY} {round_} {i}", "max_tokens": 40},
+                        )
+                        for i in range(8)
+                    ]
+                )
+
+        for round_ in range(4):
+            asyncio.run(burst(round_))
+        status = running.status()
+        memory = status["memory"]
+        model = sum(m["memory_bytes"] for m in status["models"])  # type: ignore[union-attr]
+        assert memory["prompt_cache_entries"] >= 16  # type: ignore[index]
+        # Live arrays at rest: the weights and the cached prompts' own bytes, nothing more
+        # (the bug held each finished batch's whole KV buffer too: ~70% more here).
+        budget = model + 1.1 * memory["prompt_cache_bytes"] + 2**20  # type: ignore[index, operator]
+        assert memory["mlx_active_bytes"] <= budget  # type: ignore[index]
+    finally:
+        stop_daemon(running, thread)  # type: ignore[arg-type]

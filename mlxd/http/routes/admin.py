@@ -64,6 +64,7 @@ def admin_router(state: DaemonState) -> Router:
                 "largest_batch": engine.largest_batch,
                 "loads": engine.loads,
                 "prompt_tokens_processed": engine.prompt_tokens_processed,
+                "memory": engine.memory,
             }
         )
 

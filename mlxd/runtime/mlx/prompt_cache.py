@@ -13,6 +13,8 @@ import copy
 from collections import OrderedDict
 from typing import Any
 
+import mlx.core as mx
+
 #: Shorter shared prefixes are not worth a lookup hit.
 MIN_REUSE = 16
 
@@ -66,6 +68,9 @@ class PromptCache:
         """Keep the cache of a finished sequence; entries it extends are dropped."""
         if self.max_bytes <= 0 or len(tokens) < MIN_REUSE:
             return
+        # A cache extracted from a batch is a lazy slice that keeps the whole batch's KV
+        # buffer alive until it is evaluated: materialise it so only its own bytes stay.
+        mx.eval([layer.state for layer in layers])
         size = sum(int(layer.nbytes) for layer in layers)
         if size > self.max_bytes:
             return

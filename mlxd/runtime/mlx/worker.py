@@ -161,6 +161,9 @@ class MlxWorker:
         self.steps = 0
         self.largest_batch = 0
         self.prompt_tokens_processed = 0
+        #: (MLX active bytes, MLX buffer-cache bytes, prompt-cache bytes, prompt-cache entries),
+        #: refreshed on the worker thread whenever it goes idle.
+        self.memory: tuple[int, int, int, int] = (0, 0, 0, 0)
         self._loop = loop
         self._on_crash = on_crash
         self._commands: queue.SimpleQueue[Command] = queue.SimpleQueue()
@@ -211,6 +214,8 @@ class MlxWorker:
     def _serve(self) -> None:
         while True:
             busy = bool(self._sequences)
+            if not busy:
+                self._measure()
             for command in self._drain(block=not busy):
                 if isinstance(command, Shutdown):
                     return
@@ -223,6 +228,15 @@ class MlxWorker:
                     self._step(runner, out)
             if out:
                 self._loop.call_soon_threadsafe(_deliver, out)
+
+    def _measure(self) -> None:
+        caches = [runner.prompt_cache for runner in self._runners.values()]
+        self.memory = (
+            mx.get_active_memory(),
+            mx.get_cache_memory(),
+            sum(cache.bytes for cache in caches),
+            sum(len(cache) for cache in caches),
+        )
 
     def _drain(self, *, block: bool) -> list[Command]:
         commands: list[Command] = []
