@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import re
 import uuid
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -18,11 +19,13 @@ from mlxd.errors import ModelNotFoundError, RequestError
 from mlxd.protocol.requests import AnyRequest, ChatCompletionRequest, CompletionRequest
 from mlxd.runtime.engine import (
     ChatPrompt,
+    Constraint,
     GenerationRequest,
     ModelSpec,
     SamplingParams,
     TextPrompt,
 )
+from mlxd.runtime.tool_calls import tool_call_schema
 
 _ROLES = frozenset({"system", "developer", "user", "assistant", "tool"})
 MAX_TOOLS = 128
@@ -85,11 +88,7 @@ def _unsupported(request: AnyRequest) -> None:
     def reject(param: str, what: str) -> None:
         raise RequestError(f"{what} is not supported yet", param=param, code="unsupported_parameter")
 
-    if request.response_format is not None and request.response_format.type != "text":
-        reject("response_format", f"response_format {request.response_format.type!r}")
     if isinstance(request, ChatCompletionRequest):
-        if request.tool_choice not in (None, "none", "auto"):
-            reject("tool_choice", "tool_choice 'required' or a named function")
         if request.functions:
             reject("functions", "functions")
         if request.function_call not in (None, "none"):
@@ -178,6 +177,41 @@ def _tools(request: ChatCompletionRequest) -> tuple[dict[str, Any], ...] | None:
     return tuple(request.tools)
 
 
+def _constraint(request: AnyRequest, tools: tuple[Mapping[str, Any], ...] | None) -> Constraint | None:
+    """Structured output the request asks for: a JSON object or schema, or a forced tool call."""
+    format_ = request.response_format
+    choice = request.tool_choice if isinstance(request, ChatCompletionRequest) else None
+    forced = choice == "required" or isinstance(choice, dict)
+    if format_ is not None and format_.type != "text" and forced:
+        raise RequestError(
+            "response_format and a forced tool call cannot be combined", param="response_format"
+        )
+    if forced:
+        if not tools:
+            raise RequestError("tool_choice needs tools", param="tool_choice")
+        if isinstance(choice, dict):
+            name = (choice.get("function") or {}).get("name") if choice.get("type") == "function" else None
+            chosen = [t for t in tools if t["function"]["name"] == name]
+            if not chosen:
+                raise RequestError("tool_choice names no tool of the request", param="tool_choice")
+            return Constraint(tool_call_schema([dict(t) for t in chosen]), tool_call=True)
+        return Constraint(tool_call_schema([dict(t) for t in tools]), tool_call=True)
+    if choice not in (None, "none", "auto"):
+        raise RequestError(
+            "tool_choice must be 'none', 'auto', 'required' or a named function", param="tool_choice"
+        )
+    if format_ is None or format_.type == "text":
+        return None
+    if format_.type == "json_object":
+        return Constraint(None)
+    if format_.type == "json_schema":
+        schema = (format_.json_schema or {}).get("schema")
+        if not isinstance(schema, dict):
+            raise RequestError("response_format json_schema needs a 'schema' object", param="response_format")
+        return Constraint(schema)
+    raise RequestError(f"response_format {format_.type!r} is not supported", param="response_format")
+
+
 def _stop(request: AnyRequest, config: MlxdConfig, default: tuple[str, ...]) -> tuple[str, ...]:
     if request.stop is None:
         return default
@@ -259,6 +293,7 @@ def translate(request: AnyRequest, config: MlxdConfig) -> tuple[GenerationReques
         raise RequestError(f"n must be at most {config.limits.max_n}", param="n")
     top, shape = _logprobs(request)
     prompt = _prompt(request, config, model)
+    constraint = _constraint(request, prompt.tools if isinstance(prompt, ChatPrompt) else None)
     echo = ""
     if isinstance(request, CompletionRequest) and request.echo and isinstance(prompt, TextPrompt):
         echo = prompt.text or ""
@@ -293,5 +328,6 @@ def translate(request: AnyRequest, config: MlxdConfig) -> tuple[GenerationReques
         max_tokens_explicit=requested is not None and requested <= ceiling,
         keep_alive=model.keep_alive if model.keep_alive is not None else config.runtime.keep_alive,
         n=n,
+        constraint=constraint,
     )
     return generation, Shape(shape, echo)

@@ -82,6 +82,15 @@ class TextPrompt:
 
 
 @dataclass(frozen=True, slots=True)
+class Constraint:
+    """Output that must match a JSON schema (``None``: any JSON object), optionally as a tool
+    call wrapped in the model's own tool-call tags."""
+
+    schema: Mapping[str, Any] | None
+    tool_call: bool = False
+
+
+@dataclass(frozen=True, slots=True)
 class GenerationRequest:
     """One sequence to generate, fully resolved."""
 
@@ -99,6 +108,8 @@ class GenerationRequest:
     keep_alive: float = 900.0
     #: Choices to generate from the one prompt (they share its prefill and decode together).
     n: int = 1
+    #: Structured output enforced by constrained decoding.
+    constraint: Constraint | None = None
 
 
 @dataclass(slots=True)

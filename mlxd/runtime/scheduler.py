@@ -30,6 +30,7 @@ from mlxd.errors import (
 )
 from mlxd.runtime.engine import (
     ChatPrompt,
+    Constraint,
     EngineStatus,
     GenerationEvent,
     GenerationRequest,
@@ -37,6 +38,7 @@ from mlxd.runtime.engine import (
     ModelSpec,
     TextPrompt,
 )
+from mlxd.runtime.mlx.constrained import json_grammar, tagged_json_grammar
 from mlxd.runtime.mlx.loading import LoadedModel
 from mlxd.runtime.mlx.worker import Cancel, Choice, Insert, Key, Load, MlxWorker, Unload
 from mlxd.runtime.prompts import encode_prompt
@@ -223,6 +225,11 @@ class MlxEngine:
             max_tokens = self._check(request, loaded, tokens)
             tool_format = _tool_format(request, loaded)
             reasoning = _reasoning_format(request, loaded, tokens)
+            grammar = None
+            if request.constraint is not None:
+                grammar = await asyncio.get_running_loop().run_in_executor(
+                    self._tokenize, _grammar, request.constraint, tool_format
+                )
         except BaseException:
             for _ in range(count):
                 self.release(unit)
@@ -240,7 +247,9 @@ class MlxEngine:
             )
             for i, stream in enumerate(streams)
         ]
-        self.worker_submit(Insert(unit.key, tokens, max_tokens, request.stop, request.logprobs, choices))
+        self.worker_submit(
+            Insert(unit.key, tokens, max_tokens, request.stop, request.logprobs, choices, grammar)
+        )
         return streams
 
     @staticmethod
@@ -446,6 +455,20 @@ def _tool_format(request: GenerationRequest, loaded: LoadedModel) -> ToolFormat 
             f"{request.alias!r} has no tool-calling format in its chat template", param="tools"
         )
     return ToolFormat(tokenizer.tool_call_start, tokenizer.tool_call_end, tokenizer.tool_parser)
+
+
+def _grammar(constraint: Constraint, tool_format: ToolFormat | None) -> str:
+    """The llguidance grammar for a constraint (compiled once here, so a bad schema is a 400)."""
+    schema = dict(constraint.schema) if constraint.schema is not None else None
+    if not constraint.tool_call:
+        return json_grammar(schema)
+    if tool_format is None or not tool_format.json_between_tags:
+        raise RequestError(
+            "tool_choice 'required' or a named function needs a model whose tool calls are JSON "
+            "between tags (Hermes/Qwen style)",
+            param="tool_choice",
+        )
+    return tagged_json_grammar(tool_format.start + "\n", schema or {}, "\n" + tool_format.end)
 
 
 def _reasoning_format(

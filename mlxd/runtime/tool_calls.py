@@ -13,6 +13,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from mlxd.errors import RequestError
+
 Parser = Callable[[str, Any], Any]
 
 
@@ -23,6 +25,39 @@ class ToolFormat:
     start: str
     end: str
     parse: Parser
+
+    @property
+    def json_between_tags(self) -> bool:
+        """True for formats that write a call as ``{"name", "arguments"}`` JSON between the tags."""
+        return getattr(self.parse, "__module__", "").endswith("json_tools")
+
+
+def tool_call_schema(tools: list[dict[str, Any]]) -> dict[str, Any]:
+    """A schema for one call of any of the OpenAI-style ``tools``: ``{"name": ..., "arguments": {...}}``.
+
+    Constrained decoding wraps it in the model's own tool-call tags for ``tool_choice``
+    "required" or a named function.
+    """
+    options = []
+    for tool in tools:
+        function = tool.get("function", tool)
+        # As in OpenAI's API, a function without parameters takes an empty object.
+        parameters = function.get("parameters") or {
+            "type": "object",
+            "properties": {},
+            "additionalProperties": False,
+        }
+        options.append(
+            {
+                "type": "object",
+                "properties": {"name": {"const": function["name"]}, "arguments": parameters},
+                "required": ["name", "arguments"],
+                "additionalProperties": False,
+            }
+        )
+    if not options:
+        raise RequestError("tool_choice requires at least one tool", param="tool_choice")
+    return options[0] if len(options) == 1 else {"anyOf": options}
 
 
 def _openai_call(parsed: Any) -> dict[str, Any] | None:

@@ -125,6 +125,21 @@ OUT_OF_RANGE = [
     ("n", 0, "n"),
     ("n", 9, "n"),
     ("seed", 2**70, "seed"),
+    ("tool_choice", "required", "tool_choice"),
+    ("tool_choice", {"type": "function", "function": {"name": "nope"}}, "tool_choice"),
+    ("tool_choice", "sometimes", "tool_choice"),
+    ("response_format", {"type": "xml"}, "response_format"),
+    ("response_format", {"type": "json_schema"}, "response_format"),
+    (
+        "response_format",
+        {"type": "json_schema", "json_schema": {"schema": {"type": "object", "not": {}}}},
+        "response_format",
+    ),
+    (
+        "response_format",
+        {"type": "json_schema", "json_schema": {"schema": {"$ref": "http://x/s.json"}}},
+        "response_format",
+    ),
 ]
 
 
@@ -139,9 +154,8 @@ def test_out_of_range(daemon: RunningDaemon, field: str, value: Any, param: str)
 
 
 UNSUPPORTED = [
-    ("tool_choice", "required"),
-    ("response_format", {"type": "json_object"}),
     ("functions", [{"name": "f"}]),
+    ("function_call", "auto"),
 ]
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -61,6 +62,8 @@ def openai_router(state: DaemonState) -> Router:
                 for stream in streams:
                     stream.cancel()
                 gather.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await gather
         if not gather.done() or gather.cancelled():
             return Response(b"", status_code=499)  # nobody is listening any more
         results = gather.result()

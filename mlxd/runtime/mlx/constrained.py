@@ -104,32 +104,19 @@ def validate_schema(schema: dict[str, Any]) -> None:
     json_grammar(schema)
 
 
-def tool_call_schema(tools: list[dict[str, Any]]) -> dict[str, Any]:
-    """A schema for one call of any of the OpenAI-style ``tools``: ``{"name": ..., "arguments": {...}}``.
-
-    Pass it to ``json_grammar`` for ``tool_choice`` "required" or a named function; wrapping
-    the object in a model's own tool-call tags is up to the chat template handling.
-    """
-    options = []
-    for tool in tools:
-        function = tool.get("function", tool)
-        # As in OpenAI's API, a function without parameters takes an empty object.
-        parameters = function.get("parameters") or {
-            "type": "object",
-            "properties": {},
-            "additionalProperties": False,
-        }
-        options.append(
-            {
-                "type": "object",
-                "properties": {"name": {"const": function["name"]}, "arguments": parameters},
-                "required": ["name", "arguments"],
-                "additionalProperties": False,
-            }
-        )
-    if not options:
-        raise GrammarError("tool_choice requires at least one tool")
-    return options[0] if len(options) == 1 else {"anyOf": options}
+def tagged_json_grammar(prefix: str, schema: dict[str, Any], suffix: str) -> str:
+    """A grammar for ``prefix``, then JSON matching ``schema``, then ``suffix`` (a tool call in
+    the model's own tags, e.g. ``<tool_call>\\n{...}\\n</tool_call>``)."""
+    text = _check_shape({**schema, "x-guidance": dict(_JSON_OPTIONS)})
+    lark = f"start: {json.dumps(prefix)} body {json.dumps(suffix)}\nbody: %json {text}\n"
+    try:
+        grammar = llguidance.LLMatcher.grammar_from_lark(lark)
+    except ValueError as exc:
+        raise GrammarError(f"unsupported tool parameters schema: {exc}") from exc
+    is_error, messages = llguidance.LLMatcher.validate_grammar_with_warnings(grammar)
+    if is_error:
+        raise GrammarError(f"unsupported tool parameters schema: {messages[0]}")
+    return grammar
 
 
 class GrammarCache:

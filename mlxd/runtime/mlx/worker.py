@@ -29,6 +29,7 @@ from mlx_lm.models.cache import make_prompt_cache
 
 from mlxd.errors import MlxdError, ModelLoadError
 from mlxd.runtime.engine import FinishReason, GenerationEvent, ModelSpec, SamplingParams, TokenInfo
+from mlxd.runtime.mlx.constrained import GrammarCache, make_constraint
 from mlxd.runtime.mlx.loading import LoadedModel, load_adapted, load_base
 from mlxd.runtime.mlx.prompt_cache import PromptCache
 from mlxd.runtime.mlx.sampling import make_processors, make_sampler, top_logprobs
@@ -66,6 +67,8 @@ class Insert:
     stop: tuple[str, ...]
     logprobs: int | None
     choices: list[Choice]
+    #: An llguidance grammar every choice must follow.
+    grammar: str | None = None
 
 
 @dataclass(slots=True)
@@ -171,6 +174,7 @@ class MlxWorker:
         self._bases: dict[tuple[str, str | None], LoadedModel] = {}
         self._sequences: dict[int, tuple[_Runner, _Sequence]] = {}
         self._thread = threading.Thread(target=self._main, name="mlx-worker", daemon=True)
+        self.grammars = GrammarCache()
 
     def start(self) -> None:
         """Start the thread."""
@@ -325,7 +329,9 @@ class MlxWorker:
                 caches=[[copy.copy(layer) for layer in cache] for _ in range(count)] if cache else None,
                 all_tokens=[list(tokens[:reused]) for _ in range(count)] if cache else None,
                 samplers=[make_sampler(choice.sampling) for choice in command.choices],
-                logits_processors=[make_processors(choice.sampling) for choice in command.choices],
+                logits_processors=[
+                    self._processors(runner, choice, command.grammar) for choice in command.choices
+                ],
             )
         except Exception as exc:
             log.exception("could not start a sequence")
@@ -347,6 +353,13 @@ class MlxWorker:
             self._sequences[choice.seq_id] = (runner, seq)
             # A plain int written before any event of this sequence is delivered to the loop.
             choice.sink.cached_tokens = hit
+
+    def _processors(self, runner: _Runner, choice: Choice, grammar: str | None) -> list[Any]:
+        processors = make_processors(choice.sampling)
+        if grammar is not None:
+            loaded = runner.loaded
+            processors.append(make_constraint(loaded.tokenizer, grammar, loaded.vocab_size, self.grammars))
+        return processors
 
     def _prefill_once(
         self, runner: _Runner, tokens: list[int], cache: list[Any] | None, hit: int
