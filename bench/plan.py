@@ -11,7 +11,7 @@ class Plan:
 
     quick: bool = False
     single_tokens: int = 256
-    single_reps: int = 5
+    single_reps: int = 10
     concurrency_levels: tuple[int, ...] = (1, 4, 16, 64)
     concurrency_tokens: int = 128
     concurrency_waves: int = 3
@@ -35,7 +35,7 @@ FULL = Plan()
 QUICK = Plan(
     quick=True,
     single_tokens=64,
-    single_reps=2,
+    single_reps=3,
     concurrency_tokens=32,
     concurrency_waves=1,
     overhead_requests=100,

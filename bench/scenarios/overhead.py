@@ -77,10 +77,14 @@ def _summarize(
         p50, p99 = p50_p99(durations)
         mode = "streaming" if key[1] else "non-streaming"
         errors = sum(load.errors for load in loads)
-        cpu = sum(load.cpu for load in loads) / max(1, sum(len(load.results) for load in loads))
-        table.rows.append(
-            [key[0], mode, fmt(rates[key], 1), fmt_ms(p50), fmt_ms(p99), fmt_ms(cpu), str(errors)]
-        )
+        sent = max(1, sum(len(load.results) for load in loads))
+        cpu = sum(load.cpu for load in loads) / sent
+        client = sum(load.client_cpu for load in loads) / sent
+        row = [key[0], mode, fmt(rates[key], 1), fmt_ms(p50), fmt_ms(p99), fmt_ms(cpu), fmt_ms(client)]
+        table.rows.append([*row, str(errors)])
+        if len(loads) > 1:
+            by_round = ", ".join(fmt(len(load.results) / load.wall, 1) for load in loads)
+            notes.append(f"- {key[0]} {mode}: req/s by round: {by_round}.")
     headlines = [
         Headline(
             "max_tokens=1 req/s: mlxd / mlx_lm.server", ratio(rates[(MLXD, False)], rates[(SEED, False)])

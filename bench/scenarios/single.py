@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import math
 import time
 from collections import defaultdict
 
@@ -22,6 +23,8 @@ and mode, interleaved (the order rotates each repetition). tokens/s = `usage.com
 ~27-token) prefill; "decode tok/s" leaves out the time to the first token. The raw engine
 is `mlx_lm.generate.stream_generate` in its own process, timed from applying the chat
 template to its last token, detokenizing as it goes; it is the floor for both modes.
+Ratios are paired: the median over repetitions of mlxd's rate / the other's rate in the same
+repetition (measured seconds apart), which cancels most of the drift of a shared machine.
 "CPU/token" = user + system CPU time of the server process (all its threads) during the
 mode's requests / tokens generated: less sensitive than wall time to other work on the machine."""
 
@@ -29,7 +32,9 @@ MODES = ((MLXD, "stream"), (MLXD, "whole"), (SEED, "stream"), (SEED, "whole"), (
 
 
 def _rate(result: RequestResult) -> float:
-    return result.tokens / result.duration if result.duration > 0 else float("nan")
+    if result.error is not None or result.duration <= 0:
+        return math.nan
+    return result.tokens / result.duration
 
 
 def _decode_rate(result: RequestResult) -> float:
@@ -64,6 +69,12 @@ async def run(ctx: Context) -> ScenarioResult:
         for client in clients.values():
             await client.aclose()
     return _summarize(samples, cpu, plan.single_tokens, plan.single_reps)
+
+
+def _paired(mine: list[RequestResult], other: list[RequestResult]) -> float:
+    """Median over repetitions of mlxd's rate / the other's rate in the same repetition."""
+    pairs = [ratio(_rate(a), _rate(b)) for a, b in zip(mine, other, strict=False)]
+    return median([p for p in pairs if not math.isnan(p)])
 
 
 def _summarize(
@@ -112,16 +123,11 @@ def _summarize(
         )
     headlines = []
     for mode, label in (("stream", "streaming"), ("whole", "non-streaming")):
-        headlines.append(
-            Headline(
-                f"single {label}: mlxd / raw engine", ratio(rates[(MLXD, mode)], rates[(RAW, "stream")]), 0.95
-            )
-        )
-        headlines.append(
-            Headline(
-                f"single {label}: mlxd / mlx_lm.server", ratio(rates[(MLXD, mode)], rates[(SEED, mode)]), 1.0
-            )
-        )
+        mine = samples[(MLXD, mode)]
+        versus_raw = _paired(mine, samples[(RAW, "stream")])
+        headlines.append(Headline(f"single {label}: mlxd / raw engine", versus_raw, 0.95))
+        versus_seed = _paired(mine, samples[(SEED, mode)])
+        headlines.append(Headline(f"single {label}: mlxd / mlx_lm.server", versus_seed, 1.0))
     for mode, label in (("stream", "streaming"), ("whole", "non-streaming")):
         cost = ratio(cpu_per_token[(MLXD, mode)], cpu_per_token[(RAW, "stream")])
         headlines.append(
