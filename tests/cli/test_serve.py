@@ -16,6 +16,7 @@ import httpx
 import openai
 import pytest
 
+from mlxd.runtime.demo_model import DEMO_VERSION
 from tests.conftest import free_port
 
 pytestmark = [pytest.mark.mlx, pytest.mark.server]
@@ -37,6 +38,32 @@ def isolated_env(root: Path, **extra: str) -> dict[str, str]:
     return env
 
 
+def mlxd(
+    *args: str, env: dict[str, str], cwd: Path | None = None, timeout: float = 120
+) -> subprocess.CompletedProcess[str]:
+    """Run ``python -m mlxd <args>`` to completion."""
+    return subprocess.run(
+        [sys.executable, "-m", "mlxd", *args],
+        env=env,
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+def spawn(*args: str, env: dict[str, str], cwd: Path | None = None) -> subprocess.Popen[str]:
+    """Start ``python -m mlxd <args>`` in the background."""
+    return subprocess.Popen(
+        [sys.executable, "-m", "mlxd", *args],
+        env=env,
+        cwd=cwd,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
 def wait_healthy(url: str, process: subprocess.Popen[str], seconds: float = 60) -> None:
     deadline = time.monotonic() + seconds
     while time.monotonic() < deadline:
@@ -55,14 +82,7 @@ def wait_healthy(url: str, process: subprocess.Popen[str], seconds: float = 60) 
 def demo_server(tmp_path: Path) -> Iterator[tuple[str, subprocess.Popen[str]]]:
     port = free_port()
     (tmp_path / "mlxd.toml").write_text('[server]\ndrain_timeout = "20s"\n[defaults]\nmax_tokens = 16\n')
-    process = subprocess.Popen(
-        [sys.executable, "-m", "mlxd", "serve", "--demo", "--port", str(port)],
-        cwd=tmp_path,
-        env=isolated_env(tmp_path),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    process = spawn("serve", "--demo", "--port", str(port), cwd=tmp_path, env=isolated_env(tmp_path))
     url = f"http://127.0.0.1:{port}"
     try:
         wait_healthy(url, process)
@@ -81,7 +101,7 @@ def test_demo_serves_the_openai_api(demo_server: tuple[str, subprocess.Popen[str
     assert reply.usage is not None
     assert reply.usage.completion_tokens == 16  # [defaults] max_tokens from ./mlxd.toml
     models = client.models.list().data
-    assert models[0].source == "demo-1"  # the directory name, never an absolute path
+    assert models[0].source == f"demo-{DEMO_VERSION}"  # the directory name, never an absolute path
 
 
 def test_daemon_writes_its_own_log_file(
@@ -147,13 +167,7 @@ def test_sigterm_drains_in_flight_streams_then_exits_0(
 
 def test_invalid_config_exits_78_with_one_line(tmp_path: Path) -> None:
     (tmp_path / "mlxd.toml").write_text("[server]\nprot = 8080\n")
-    result = subprocess.run(
-        [sys.executable, "-m", "mlxd", "serve", "--config", str(tmp_path / "mlxd.toml")],
-        env=isolated_env(tmp_path),
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    result = mlxd("serve", "--config", str(tmp_path / "mlxd.toml"), env=isolated_env(tmp_path), timeout=60)
     assert result.returncode == 78
     assert "server.prot" in result.stderr
     assert "Traceback" not in result.stderr
@@ -162,21 +176,17 @@ def test_invalid_config_exits_78_with_one_line(tmp_path: Path) -> None:
 def test_invalid_config_under_a_supervisor_exits_0(tmp_path: Path) -> None:
     """launchd/systemd would relaunch a failing daemon forever; supervised, it records and exits 0."""
     (tmp_path / "mlxd.toml").write_text("[server]\nport = 'eighty'\n")
-    result = subprocess.run(
-        [sys.executable, "-m", "mlxd", "serve", "--config", str(tmp_path / "mlxd.toml")],
+    result = mlxd(
+        "serve",
+        "--config",
+        str(tmp_path / "mlxd.toml"),
         env=isolated_env(tmp_path, MLXD_SUPERVISED="1"),
-        capture_output=True,
-        text=True,
         timeout=60,
     )
     assert result.returncode == 0
     assert "server.port" in result.stderr
-    status = subprocess.run(
-        [sys.executable, "-m", "mlxd", "status", "--json", "--config", str(tmp_path / "mlxd.toml")],
-        env=isolated_env(tmp_path),
-        capture_output=True,
-        text=True,
-        timeout=60,
+    status = mlxd(
+        "status", "--json", "--config", str(tmp_path / "mlxd.toml"), env=isolated_env(tmp_path), timeout=60
     )
     assert status.returncode == 3
     assert "invalid config" in json.loads(status.stdout)["config"]["last_error"]
@@ -199,13 +209,7 @@ def test_crash_loop_breaker_gives_up_under_a_supervisor(tmp_path: Path, tiny_mod
         (tmp_path / "mlxd.toml").write_text(
             f'[server]\nport = {port}\n[models.t]\nmodel = "{tiny_model_dir}"\n'
         )
-        result = subprocess.run(
-            [sys.executable, "-m", "mlxd", "serve", "--config", str(tmp_path / "mlxd.toml")],
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=120,
-        )
+        result = mlxd("serve", "--config", str(tmp_path / "mlxd.toml"), env=env, timeout=120)
     assert result.returncode == 0, result.stderr
     assert supervision.gave_up_reason(state_dir=state) is not None
     # Without the earlier failures the same start is an ordinary failure (exit 1).
@@ -213,24 +217,20 @@ def test_crash_loop_breaker_gives_up_under_a_supervisor(tmp_path: Path, tiny_mod
     with socket.socket() as busy:
         busy.bind(("127.0.0.1", port))
         busy.listen()
-        again = subprocess.run(
-            [sys.executable, "-m", "mlxd", "serve", "--config", str(tmp_path / "mlxd.toml")],
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=120,
-        )
+        again = mlxd("serve", "--config", str(tmp_path / "mlxd.toml"), env=env, timeout=120)
     assert again.returncode == 1
     assert supervision.gave_up_reason(state_dir=state) is None
 
 
 def test_non_loopback_host_without_api_key_is_refused(tmp_path: Path) -> None:
-    result = subprocess.run(
-        [sys.executable, "-m", "mlxd", "serve", "--host", "0.0.0.0", "--port", str(free_port())],
+    result = mlxd(
+        "serve",
+        "--host",
+        "0.0.0.0",
+        "--port",
+        str(free_port()),
         cwd=tmp_path,
         env=isolated_env(tmp_path),
-        capture_output=True,
-        text=True,
         timeout=60,
     )
     assert result.returncode == 78
@@ -244,13 +244,7 @@ def configured_server(
     port = free_port()
     config = tmp_path / "mlxd.toml"
     config.write_text(f'[server]\nport = {port}\n[models.tiny]\nmodel = "{tiny_model_dir}"\n')
-    process = subprocess.Popen(
-        [sys.executable, "-m", "mlxd", "serve", "--config", str(config)],
-        env=isolated_env(tmp_path),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    process = spawn("serve", "--config", str(config), env=isolated_env(tmp_path))
     url = f"http://127.0.0.1:{port}"
     try:
         wait_healthy(url, process)
@@ -283,13 +277,7 @@ def test_mlxd_reload_command(
     text = config.read_text()
 
     def reload() -> subprocess.CompletedProcess[str]:
-        return subprocess.run(
-            [sys.executable, "-m", "mlxd", "reload", "--config", str(config)],
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=60,
-        )
+        return mlxd("reload", "--config", str(config), env=env, timeout=60)
 
     config.write_text(text + "[defaults]\nmax_tokens = 3\n")
     applied = reload()

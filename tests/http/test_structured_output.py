@@ -15,30 +15,10 @@ import openai
 import pytest
 
 from tests.conftest import RunningDaemon
+from tests.schemas import PET
 
 pytestmark = [pytest.mark.mlx, pytest.mark.server]
 
-PET: dict[str, Any] = {
-    "type": "object",
-    "properties": {
-        "name": {"type": "string", "maxLength": 12},
-        "age": {"type": "integer", "minimum": 0, "maximum": 120},
-        "score": {"type": "number", "minimum": -1, "maximum": 1, "multipleOf": 0.01},
-        "kind": {"enum": ["cat", "dog", "bird"]},
-        "tags": {"type": "array", "items": {"type": "string", "maxLength": 6}, "maxItems": 3},
-        "owner": {
-            "type": "object",
-            "properties": {
-                "id": {"type": "integer", "minimum": 1, "maximum": 9999},
-                "verified": {"type": "boolean"},
-            },
-            "required": ["id", "verified"],
-            "additionalProperties": False,
-        },
-    },
-    "required": ["name", "age", "score", "kind", "tags", "owner"],
-    "additionalProperties": False,
-}
 PET_FORMAT = {"type": "json_schema", "json_schema": {"name": "pet", "schema": PET, "strict": True}}
 WEATHER = {
     "type": "function",

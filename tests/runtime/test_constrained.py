@@ -24,31 +24,10 @@ from mlxd.runtime.mlx.constrained import (
     validate_schema,
 )
 from mlxd.runtime.tool_calls import tool_call_schema
+from tests.schemas import PET
 
 pytestmark = pytest.mark.mlx
 
-PET = {
-    "type": "object",
-    "properties": {
-        "name": {"type": "string", "maxLength": 12},
-        "age": {"type": "integer", "minimum": 0, "maximum": 120},
-        "score": {"type": "number", "minimum": -1, "maximum": 1, "multipleOf": 0.01},
-        "kind": {"enum": ["cat", "dog", "bird"]},
-        "tags": {"type": "array", "items": {"type": "string", "maxLength": 6}, "maxItems": 3},
-        "owner": {
-            "type": "object",
-            "properties": {
-                "id": {"type": "integer", "minimum": 1, "maximum": 9999},
-                "verified": {"type": "boolean"},
-            },
-            "required": ["id", "verified"],
-            "additionalProperties": False,
-        },
-        "note": {"type": "string", "maxLength": 20},
-    },
-    "required": ["name", "age", "score", "kind", "tags", "owner"],
-    "additionalProperties": False,
-}
 QUESTIONS = ["Describe a pet as JSON.", "Who owns the cat?", "List three tags.", "Tell me about the dog."]
 
 Row = tuple[Callable[[mx.array, mx.array], mx.array] | None, float, int]
