@@ -12,6 +12,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from mlxd.errors import ModelLoadError
 from tests.conftest import RunningDaemon, start_daemon, stop_daemon, write_config
 
 pytestmark = [pytest.mark.mlx, pytest.mark.server]
@@ -183,7 +184,16 @@ def test_a_dead_worker_is_reported_and_restarted(runtime_daemon: RunningDaemon) 
         def die() -> None:
             raise _WorkerDeath
 
-        runtime_daemon.daemon.engine.worker_submit(Call(die, Future()))  # type: ignore[attr-defined]
+        engine = runtime_daemon.daemon.engine  # type: ignore[attr-defined]
+        dying: Future[None] = Future()
+        queued: Future[None] = Future()
+        engine.worker_submit(Call(die, dying))
+        engine.worker_submit(Call(lambda: None, queued))
+        # Neither the command that killed the worker nor one queued behind it waits forever.
+        with pytest.raises(ModelLoadError):
+            dying.result(timeout=10)
+        with pytest.raises(ModelLoadError):
+            queued.result(timeout=10)
         deadline = time.monotonic() + 10
         healthy = False
         while time.monotonic() < deadline and not healthy:

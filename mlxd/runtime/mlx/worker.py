@@ -170,6 +170,7 @@ class MlxWorker:
         self._loop = loop
         self._on_crash = on_crash
         self._commands: queue.SimpleQueue[Command] = queue.SimpleQueue()
+        self._pending: list[Command] = []  # taken from the queue, not handled yet
         self._runners: dict[Key, _Runner] = {}
         self._bases: dict[tuple[str, str | None], LoadedModel] = {}
         self._sequences: dict[int, tuple[_Runner, _Sequence]] = {}
@@ -200,11 +201,15 @@ class MlxWorker:
         except BaseException as exc:  # the worker itself failed: report it, fail everyone
             log.exception("the MLX worker crashed")
             self.alive = False
-            events = [
-                (seq.sink, GenerationEvent(finish_reason="error", error="the engine failed"))
-                for _, seq in self._sequences.values()
-            ]
+            failed = GenerationEvent(finish_reason="error", error="the engine failed")
+            events = [(seq.sink, failed) for _, seq in self._sequences.values()]
             self._sequences.clear()
+            # Nothing still queued may wait forever: fail it too.
+            for command in [*self._pending, *self._drain(block=False)]:
+                if isinstance(command, Insert):
+                    events.extend((choice.sink, failed) for choice in command.choices)
+                elif isinstance(command, Load | Unload | Call) and not command.future.done():
+                    command.future.set_exception(ModelLoadError("the engine restarted; try again"))
             if events:
                 self._loop.call_soon_threadsafe(_deliver, events)
             self._loop.call_soon_threadsafe(self._on_crash, exc)
@@ -220,7 +225,9 @@ class MlxWorker:
             busy = bool(self._sequences)
             if not busy:
                 self._measure()
-            for command in self._drain(block=not busy):
+            self._pending = self._drain(block=not busy)
+            while self._pending:
+                command = self._pending.pop(0)
                 if isinstance(command, Shutdown):
                     return
                 self._handle(command)
@@ -469,6 +476,10 @@ def _settle(future: Future[Any], fn: Callable[[], Any]) -> None:
     except Exception as exc:
         log.exception("worker command failed")
         future.set_exception(ModelLoadError(f"{type(exc).__name__}: {exc}"))
+    except BaseException:
+        # The worker itself is going down: whoever waits on this command must not hang.
+        future.set_exception(ModelLoadError("the engine restarted; try again"))
+        raise
 
 
 def _deliver(events: list[tuple[Sink, GenerationEvent]]) -> None:
