@@ -290,3 +290,27 @@ def test_mlxd_reload_command(
     # The old (valid) generation keeps serving.
     reply = httpx.post(url + "/v1/completions", json={"model": "tiny", "prompt": "x"}, timeout=60).json()
     assert reply["usage"]["completion_tokens"] == 3
+
+
+def test_log_prompts_puts_prompts_and_outputs_in_the_log(tmp_path: Path, tiny_model_dir: Path) -> None:
+    port = free_port()
+    config = tmp_path / "mlxd.toml"
+    config.write_text(
+        f'[server]\nport = {port}\nlog_prompts = true\n[models.t]\nmodel = "{tiny_model_dir}"\n'
+    )
+    process = spawn("serve", "--config", str(config), env=isolated_env(tmp_path))
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_healthy(url, process)
+        reply = httpx.post(
+            url + "/v1/completions",
+            json={"model": "t", "prompt": "zebra canary", "max_tokens": 3},
+            timeout=60,
+        )
+        text = reply.json()["choices"][0]["text"]
+    finally:
+        process.terminate()
+        process.communicate(timeout=60)
+    log = (tmp_path / "state" / "mlxd" / "log" / "mlxd.log").read_text()
+    assert "zebra canary" in log
+    assert repr([text]) in log

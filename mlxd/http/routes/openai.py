@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -18,7 +19,17 @@ from mlxd.http.translate import resolve_alias, translate
 from mlxd.protocol.requests import AnyRequest, ChatCompletionRequest, CompletionRequest
 from mlxd.protocol.responses import ModelCard, ModelList
 
+log = logging.getLogger("mlxd.prompts")
 _JSON = "application/json"
+_LOGGED_CHARS = 2000
+
+
+def _clip(value: object) -> str:
+    """A prompt or output for the log (only with ``log_prompts``), cut to a sane length."""
+    text = repr(value)
+    return text if len(text) <= _LOGGED_CHARS else text[:_LOGGED_CHARS] + "…"
+
+
 _SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 
 
@@ -35,6 +46,8 @@ def openai_router(state: DaemonState) -> Router:
     ) -> Response[bytes] | Stream:
         config = state.configs.current
         generation, shape = translate(body, config)
+        if config.server.log_prompts:
+            log.info("prompt for %s: %s", generation.alias, _clip(generation.prompt))
         streams = await state.engine.generate(generation)
         tools = getattr(body, "tools", None)
         renderer = Renderer(
@@ -70,6 +83,8 @@ def openai_router(state: DaemonState) -> Router:
         for result in results:
             if result.error is not None:
                 raise GenerationError(f"generation failed: {result.error}")
+        if config.server.log_prompts:
+            log.info("output: %s", _clip([r.text for r in results]))
         usage = renderer.usage(streams[0], sum(r.completion_tokens for r in results))
         return Response(msgspec.json.encode(renderer.complete(results, usage)), media_type=_JSON)
 
