@@ -28,7 +28,12 @@ def models(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> di
     shutil.copytree(tiny_model_dir, corrupt)
     weights = corrupt / "model.safetensors"
     weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 3])
-    return {"first": tiny_model_dir, "second": second, "corrupt": corrupt}
+    escaping = root / "escaping"
+    shutil.copytree(tiny_model_dir, escaping)
+    outside = root / "outside-tokenizer.json"
+    (escaping / "tokenizer.json").rename(outside)
+    (escaping / "tokenizer.json").symlink_to(outside)
+    return {"first": tiny_model_dir, "second": second, "corrupt": corrupt, "escaping": escaping}
 
 
 @pytest.fixture
@@ -52,6 +57,8 @@ default = true
 model = "{models["second"]}"
 [models.broken]
 model = "{models["corrupt"]}"
+[models.escaping]
+model = "{models["escaping"]}"
 [models.brief]
 model = "{models["second"]}"
 keep_alive = "1s"
@@ -202,3 +209,16 @@ def test_a_dead_worker_is_reported_and_restarted(runtime_daemon: RunningDaemon) 
             time.sleep(0.05)
         assert healthy
         assert runtime_daemon.status()["worker"] == "running"
+
+
+def test_a_symlink_out_of_the_model_directory_is_refused(runtime_daemon: RunningDaemon) -> None:
+    with runtime_daemon.client() as http:
+        refused = http.post("/v1/completions", json={"model": "escaping", "prompt": "x", "max_tokens": 2})
+        assert refused.status_code == 503
+        message = refused.json()["error"]["message"]
+        assert "points outside its directory" in message
+        assert "outside-tokenizer" not in message  # the target's path is not revealed
+        assert (
+            http.post("/v1/completions", json={"model": "first", "prompt": "x", "max_tokens": 2}).status_code
+            == 200
+        )
