@@ -109,11 +109,14 @@ async def request(client: httpx.AsyncClient, body: dict[str, Any], origin: float
 
 def _describe(exc: BaseException) -> str:
     """The error and, when it says nothing itself, the low-level error behind it."""
-    text = f"{type(exc).__name__}: {exc}"
+    if str(exc):
+        return f"{type(exc).__name__}: {exc}"
     cause = exc.__cause__ or exc.__context__
-    if not str(exc) and cause is not None:
-        text += f"({type(cause).__name__}: {cause})"
-    return text
+    if cause is not None and str(cause):
+        return f"{type(exc).__name__}: {type(cause).__name__}: {cause}"
+    if isinstance(exc, httpx.ReadError):
+        return "ReadError: the server closed or reset the connection"
+    return type(exc).__name__
 
 
 async def _whole(client: httpx.AsyncClient, body: dict[str, Any], result: RequestResult) -> None:

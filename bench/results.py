@@ -50,7 +50,8 @@ class Headline:
             return "-"
         if self.value >= self.target:
             return "met"
-        return f"missed by {(1 - self.value / self.target) * 100:.0f}%"
+        shortfall = (1 - self.value / self.target) * 100
+        return f"missed by {shortfall:.1f}%" if shortfall < 1 else f"missed by {shortfall:.0f}%"
 
 
 @dataclass
