@@ -14,7 +14,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from mlxd.config.schema import CHAT_TEMPLATE_KWARGS, MlxdConfig, ModelConfig
+from mlxd.config.schema import CHAT_TEMPLATE_KWARGS, GenerationDefaults, MlxdConfig, ModelConfig
 from mlxd.errors import ModelNotFoundError, RequestError
 from mlxd.protocol.requests import AnyRequest, ChatCompletionRequest, CompletionRequest
 from mlxd.runtime.engine import (
@@ -50,6 +50,23 @@ def spec_for(model: ModelConfig) -> ModelSpec:
         context_length=model.context_length,
         label=model.source,
     )
+
+
+class _PerConfig:
+    """What each alias resolves to under one config generation, computed once: resolving
+    paths and merging defaults on every request showed up in the profile."""
+
+    config: MlxdConfig | None = None
+    aliases: dict[str, tuple[ModelSpec, GenerationDefaults]] = {}  # noqa: RUF012 - rebound per config
+
+
+def _alias_view(config: MlxdConfig, alias: str) -> tuple[ModelSpec, GenerationDefaults]:
+    if _PerConfig.config is not config:
+        _PerConfig.config, _PerConfig.aliases = config, {}
+    view = _PerConfig.aliases.get(alias)
+    if view is None:
+        view = _PerConfig.aliases[alias] = (spec_for(config.models[alias]), config.generation_defaults(alias))
+    return view
 
 
 def resolve_alias(config: MlxdConfig, name: str | None) -> str:
@@ -279,7 +296,7 @@ def translate(request: AnyRequest, config: MlxdConfig) -> tuple[GenerationReques
     if request.adapters is not None:
         alias = _adapter_alias(config, alias, request.adapters)
     model = config.models[alias]
-    defaults = config.generation_defaults(alias)
+    spec, defaults = _alias_view(config, alias)
     if request.logit_bias and len(request.logit_bias) > config.limits.max_logit_bias:
         raise RequestError(f"at most {config.limits.max_logit_bias} logit_bias entries", param="logit_bias")
     requested = getattr(request, "max_completion_tokens", None) or request.max_tokens
@@ -319,7 +336,7 @@ def translate(request: AnyRequest, config: MlxdConfig) -> tuple[GenerationReques
     generation = GenerationRequest(
         request_id=uuid.uuid4().hex,
         alias=alias,
-        spec=spec_for(model),
+        spec=spec,
         prompt=prompt,
         max_tokens=max_tokens,
         sampling=sampling,
@@ -329,5 +346,6 @@ def translate(request: AnyRequest, config: MlxdConfig) -> tuple[GenerationReques
         keep_alive=model.keep_alive if model.keep_alive is not None else config.runtime.keep_alive,
         n=n,
         constraint=constraint,
+        incremental=request.stream,
     )
     return generation, Shape(shape, echo)

@@ -110,6 +110,9 @@ class GenerationRequest:
     n: int = 1
     #: Structured output enforced by constrained decoding.
     constraint: Constraint | None = None
+    #: False when the client wants the whole output at once: the runtime then delivers
+    #: it in one piece instead of waking the event loop at every step.
+    incremental: bool = True
 
 
 @dataclass(slots=True)

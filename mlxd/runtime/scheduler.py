@@ -19,7 +19,7 @@ from collections.abc import AsyncIterator, Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from mlxd.errors import (
     CapacityError,
@@ -38,12 +38,13 @@ from mlxd.runtime.engine import (
     ModelSpec,
     TextPrompt,
 )
-from mlxd.runtime.mlx.constrained import json_grammar, tagged_json_grammar
-from mlxd.runtime.mlx.loading import LoadedModel
-from mlxd.runtime.mlx.worker import Cancel, Choice, Insert, Key, Load, MlxWorker, Unload
+from mlxd.runtime.mlx.commands import Cancel, Choice, Insert, Key, Load, Unload, WorkerHandle
 from mlxd.runtime.prompts import encode_prompt
 from mlxd.runtime.reasoning import ReasoningFormat
 from mlxd.runtime.tool_calls import ToolFormat
+
+if TYPE_CHECKING:
+    from mlxd.runtime.mlx.loading import LoadedModel
 
 log = logging.getLogger("mlxd.runtime")
 
@@ -84,6 +85,7 @@ class _Stream:
         "_buffer",
         "_done",
         "_engine",
+        "_loop",
         "_unit",
         "_waiter",
         "cached_tokens",
@@ -98,6 +100,7 @@ class _Stream:
         self._unit = unit
         self._buffer: list[GenerationEvent] = []
         self._waiter: asyncio.Future[None] | None = None
+        self._loop = asyncio.get_running_loop()  # looked up once: it costs a syscall
         self._done = False
         self.seq_id = seq_id
         self.prompt_tokens = prompt_tokens
@@ -118,7 +121,7 @@ class _Stream:
         try:
             while True:
                 if not self._buffer:
-                    self._waiter = asyncio.get_running_loop().create_future()
+                    self._waiter = self._loop.create_future()
                     await self._waiter
                     self._waiter = None
                 events, self._buffer = self._buffer, []
@@ -158,7 +161,7 @@ class MlxEngine:
         self._units: dict[Key, _Unit] = {}
         self._seq_ids = itertools.count(1)
         self._tokenize = ThreadPoolExecutor(max_workers=1, thread_name_prefix="mlxd-tokenize")
-        self._worker: MlxWorker | None = None
+        self._worker: WorkerHandle | None = None
         self._reaper: asyncio.Task[None] | None = None
         self._loading: set[asyncio.Task[None]] = set()
         self.loads = 0
@@ -182,7 +185,7 @@ class MlxEngine:
 
     def _start_worker(self) -> None:
         loop = asyncio.get_running_loop()
-        self._worker = MlxWorker(
+        self._worker = WorkerHandle(
             loop,
             max_batch_size=self.limits.max_batch_size,
             prefill_step_size=self.limits.prefill_step_size,
@@ -248,7 +251,16 @@ class MlxEngine:
             for i, stream in enumerate(streams)
         ]
         self.worker_submit(
-            Insert(unit.key, tokens, max_tokens, request.stop, request.logprobs, choices, grammar)
+            Insert(
+                unit.key,
+                tokens,
+                max_tokens,
+                request.stop,
+                request.logprobs,
+                choices,
+                grammar,
+                buffered=not request.incremental,
+            )
         )
         return streams
 
@@ -431,14 +443,14 @@ class MlxEngine:
             models=models,
             active_sequences=active,
             queue_depth=waiting,
-            batches=worker.steps if worker else 0,
-            largest_batch=worker.largest_batch if worker else 0,
+            batches=worker.stat("steps") if worker else 0,
+            largest_batch=worker.stat("largest_batch") if worker else 0,
             loads=self.loads,
-            prompt_tokens_processed=worker.prompt_tokens_processed if worker else 0,
+            prompt_tokens_processed=worker.stat("prompt_tokens_processed") if worker else 0,
             memory=dict(
                 zip(
                     ("mlx_active_bytes", "mlx_cache_bytes", "prompt_cache_bytes", "prompt_cache_entries"),
-                    worker.memory if worker else (0, 0, 0, 0),
+                    worker.stat("memory", (0, 0, 0, 0)) if worker else (0, 0, 0, 0),
                     strict=True,
                 )
             ),
@@ -459,6 +471,8 @@ def _tool_format(request: GenerationRequest, loaded: LoadedModel) -> ToolFormat 
 
 def _grammar(constraint: Constraint, tool_format: ToolFormat | None) -> str:
     """The llguidance grammar for a constraint (compiled once here, so a bad schema is a 400)."""
+    from mlxd.runtime.mlx.constrained import json_grammar, tagged_json_grammar  # loads llguidance
+
     schema = dict(constraint.schema) if constraint.schema is not None else None
     if not constraint.tool_call:
         return json_grammar(schema)

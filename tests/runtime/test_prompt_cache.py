@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -100,15 +101,30 @@ def test_cached_prompts_hold_only_their_own_bytes(tiny_model_dir: Path, tmp_path
                     ]
                 )
 
-        for round_ in range(4):
+        def settled() -> tuple[int, int, int]:
+            """(live MLX bytes, prompt-cache bytes, entries) once the worker is at rest.
+
+            MLX counts memory per process, and other test daemons may share this one:
+            only differences between two readings are this daemon's doing."""
+            readings = []
+            for _ in range(3):
+                time.sleep(1.2)  # the worker re-measures at least once a second when idle
+                memory = running.status()["memory"]
+                readings.append(
+                    (memory["mlx_active_bytes"], memory["prompt_cache_bytes"], memory["prompt_cache_entries"])
+                )  # type: ignore[index]
+            return min(readings)
+
+        asyncio.run(burst(0))
+        before = settled()
+        for round_ in range(1, 5):
             asyncio.run(burst(round_))
-        status = running.status()
-        memory = status["memory"]
-        model = sum(m["memory_bytes"] for m in status["models"])  # type: ignore[union-attr]
-        assert memory["prompt_cache_entries"] >= 16  # type: ignore[index]
-        # Live arrays at rest: the weights and the cached prompts' own bytes, nothing more
-        # (the bug held each finished batch's whole KV buffer too: ~70% more here).
-        budget = model + 1.1 * memory["prompt_cache_bytes"] + 2**20  # type: ignore[index, operator]
-        assert memory["mlx_active_bytes"] <= budget  # type: ignore[index]
+        after = settled()
+        grown_live, grown_cache = after[0] - before[0], after[1] - before[1]
+        assert after[2] >= 16
+        assert grown_cache > 0
+        # Live arrays grow by the cached prompts' own bytes, nothing more (the bug also
+        # kept each finished batch's whole KV buffer: ~70% more here, steadily).
+        assert grown_live <= 1.1 * grown_cache + 2**20
     finally:
         stop_daemon(running, thread)  # type: ignore[arg-type]

@@ -180,7 +180,7 @@ class _WorkerDeath(BaseException):
 
 
 def test_a_dead_worker_is_reported_and_restarted(runtime_daemon: RunningDaemon) -> None:
-    from mlxd.runtime.mlx.worker import Call
+    from mlxd.runtime.mlx.commands import Call
 
     with runtime_daemon.client() as http:
         assert (

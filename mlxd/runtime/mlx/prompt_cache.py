@@ -28,24 +28,31 @@ def _common_prefix(a: tuple[int, ...], b: list[int]) -> int:
 
 
 class PromptCache:
-    """An LRU of KV caches keyed by token sequences, bounded by ``max_bytes``."""
+    """An LRU of KV caches keyed by token sequences, bounded by ``max_bytes`` and ``max_entries``.
 
-    def __init__(self, max_bytes: int) -> None:
+    Entries are bucketed by their first ``MIN_REUSE`` tokens: a prompt can only reuse an
+    entry that shares at least that much, so a lookup scans one bucket, not every entry.
+    """
+
+    def __init__(self, max_bytes: int, max_entries: int = 1024) -> None:
         self.max_bytes = max_bytes
+        self.max_entries = max_entries
         self.bytes = 0
         self.hits = 0
         self._entries: OrderedDict[tuple[int, ...], tuple[list[Any], int]] = OrderedDict()
+        self._buckets: dict[tuple[int, ...], set[tuple[int, ...]]] = {}
 
     def __len__(self) -> int:
         return len(self._entries)
 
     def lookup(self, tokens: list[int]) -> tuple[list[Any] | None, int]:
         """A cache covering the longest reusable prefix of ``tokens`` and its length."""
-        if not self._entries:
+        bucket = self._buckets.get(tuple(tokens[:MIN_REUSE]))
+        if not bucket:
             return None, 0
         best_key: tuple[int, ...] | None = None
         best = 0
-        for key in self._entries:
+        for key in bucket:
             shared = _common_prefix(key, tokens)
             if shared > best:
                 best_key, best = key, shared
@@ -75,18 +82,26 @@ class PromptCache:
         if size > self.max_bytes:
             return
         key = tuple(tokens)
-        for old in [k for k in self._entries if len(k) <= len(key) and key[: len(k)] == k]:
+        bucket = self._buckets.setdefault(key[:MIN_REUSE], set())
+        for old in [k for k in bucket if len(k) <= len(key) and key[: len(k)] == k]:
             self._drop(old)
         self._entries[key] = (layers, size)
+        self._buckets.setdefault(key[:MIN_REUSE], set()).add(key)
         self.bytes += size
-        while self.bytes > self.max_bytes and self._entries:
+        while (self.bytes > self.max_bytes or len(self._entries) > self.max_entries) and self._entries:
             self._drop(next(iter(self._entries)))
 
     def clear(self) -> None:
         """Forget every entry."""
         self._entries.clear()
+        self._buckets.clear()
         self.bytes = 0
 
     def _drop(self, key: tuple[int, ...]) -> None:
         _, size = self._entries.pop(key)
         self.bytes -= size
+        bucket = self._buckets.get(key[:MIN_REUSE])
+        if bucket is not None:
+            bucket.discard(key)
+            if not bucket:
+                del self._buckets[key[:MIN_REUSE]]

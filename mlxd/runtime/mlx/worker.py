@@ -16,19 +16,18 @@ import gc
 import logging
 import queue
 import sys
-import threading
 from collections.abc import Callable
 from concurrent.futures import Future
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 import mlx.core as mx
 from mlx_lm.generate import BatchGenerator
 from mlx_lm.models.cache import make_prompt_cache
 
 from mlxd.errors import MlxdError, ModelLoadError
-from mlxd.runtime.engine import FinishReason, GenerationEvent, ModelSpec, SamplingParams, TokenInfo
+from mlxd.runtime.engine import FinishReason, GenerationEvent, TokenInfo
+from mlxd.runtime.mlx.commands import Call, Cancel, Choice, Command, Insert, Key, Load, Shutdown, Sink, Unload
 from mlxd.runtime.mlx.constrained import GrammarCache, make_constraint
 from mlxd.runtime.mlx.loading import LoadedModel, load_adapted, load_base
 from mlxd.runtime.mlx.prompt_cache import PromptCache
@@ -37,78 +36,6 @@ from mlxd.runtime.stops import StopMatcher
 from mlxd.runtime.token_pieces import TokenPieces
 
 log = logging.getLogger("mlxd.runtime")
-Key = tuple[str, str | None, str | None]
-
-
-class Sink(Protocol):
-    """Where a sequence's events go; called on the event loop."""
-
-    cached_tokens: int
-
-    def put(self, event: GenerationEvent) -> None: ...
-
-
-@dataclass(slots=True)
-class Choice:
-    """One sequence of a request: ``n`` choices share the prompt and its prefill."""
-
-    seq_id: int
-    sampling: SamplingParams
-    sink: Sink
-
-
-@dataclass(slots=True)
-class Insert:
-    """Add a tokenized prompt's choices to its model's running batch."""
-
-    key: Key
-    tokens: list[int]
-    max_tokens: int
-    stop: tuple[str, ...]
-    logprobs: int | None
-    choices: list[Choice]
-    #: An llguidance grammar every choice must follow.
-    grammar: str | None = None
-
-
-@dataclass(slots=True)
-class Cancel:
-    """Drop a sequence (its client left); it leaves the batch before the next step."""
-
-    seq_id: int
-
-
-@dataclass(slots=True)
-class Load:
-    """Load a model unit (base weights, shared, plus an optional adapter)."""
-
-    key: Key
-    spec: ModelSpec
-    path: Path
-    future: Future[LoadedModel]
-
-
-@dataclass(slots=True)
-class Unload:
-    """Free a model unit; its base weights go when no unit uses them."""
-
-    key: Key
-    future: Future[bool]
-
-
-@dataclass(slots=True)
-class Call:
-    """Run a function on the worker thread (tests, introspection)."""
-
-    fn: Callable[[], Any]
-    future: Future[Any]
-
-
-class Shutdown:
-    """Leave the loop and release MLX's thread state."""
-
-
-Command = Insert | Cancel | Load | Unload | Call | Shutdown
 
 
 @dataclass(slots=True)
@@ -121,6 +48,8 @@ class _Sequence:
     eos: frozenset[int]
     logprobs: int | None
     generated: int = 0
+    #: Output held back until the end, for requests that want it in one piece.
+    held: list[GenerationEvent] | None = None
 
 
 @dataclass(slots=True)
@@ -151,6 +80,7 @@ class MlxWorker:
     def __init__(
         self,
         loop: asyncio.AbstractEventLoop,
+        commands: queue.SimpleQueue[Command],
         *,
         max_batch_size: int,
         prefill_step_size: int,
@@ -160,7 +90,7 @@ class MlxWorker:
         self.max_batch_size = max_batch_size
         self.prefill_step_size = prefill_step_size
         self.prompt_cache_bytes = prompt_cache_bytes
-        self.alive = False
+        self.alive = True
         self.steps = 0
         self.largest_batch = 0
         self.prompt_tokens_processed = 0
@@ -169,29 +99,16 @@ class MlxWorker:
         self.memory: tuple[int, int, int, int] = (0, 0, 0, 0)
         self._loop = loop
         self._on_crash = on_crash
-        self._commands: queue.SimpleQueue[Command] = queue.SimpleQueue()
+        self._commands = commands
         self._pending: list[Command] = []  # taken from the queue, not handled yet
         self._runners: dict[Key, _Runner] = {}
         self._bases: dict[tuple[str, str | None], LoadedModel] = {}
         self._sequences: dict[int, tuple[_Runner, _Sequence]] = {}
-        self._thread = threading.Thread(target=self._main, name="mlx-worker", daemon=True)
         self.grammars = GrammarCache()
 
-    def start(self) -> None:
-        """Start the thread."""
-        self.alive = True
-        self._thread.start()
-
-    def stop(self, timeout: float = 10.0) -> None:
-        """Ask the thread to finish and wait for it."""
-        if self._thread.is_alive():
-            self._commands.put(Shutdown())
-            self._thread.join(timeout)
-        self.alive = False
-
-    def submit(self, command: Command) -> None:
-        """Queue a command (thread-safe)."""
-        self._commands.put(command)
+    def run(self) -> None:
+        """Serve commands on the calling thread (the worker thread) until shut down."""
+        self._main()
 
     # --- the thread -----------------------------------------------------------------
 
@@ -252,7 +169,11 @@ class MlxWorker:
     def _drain(self, *, block: bool) -> list[Command]:
         commands: list[Command] = []
         if block:
-            commands.append(self._commands.get())
+            # Wake up now and then while idle to refresh the memory figures.
+            try:
+                commands.append(self._commands.get(timeout=1.0))
+            except queue.Empty:
+                return commands
         while True:
             try:
                 commands.append(self._commands.get_nowait())
@@ -355,6 +276,7 @@ class MlxWorker:
                 stops=StopMatcher(command.stop),
                 eos=eos,
                 logprobs=command.logprobs,
+                held=[] if command.buffered else None,
             )
             runner.by_uid[uid] = seq
             self._sequences[choice.seq_id] = (runner, seq)
@@ -425,6 +347,11 @@ class MlxWorker:
             except Exception as exc:  # one sequence's failure is that sequence's alone
                 log.exception("a sequence failed")
                 event = GenerationEvent(finish_reason="error", error=f"generation failed: {exc}")
+            if seq.held is not None:
+                seq.held.append(event)
+                if event.finish_reason is None:
+                    continue
+                event = _merge(seq.held)
             out.append((seq.sink, event))
             if event.finish_reason is not None:
                 del runner.by_uid[response.uid]
@@ -466,6 +393,19 @@ class MlxWorker:
         pieces = runner.pieces
         top = [(i, *pieces(i), v) for i, v in top_logprobs(logprobs, k)]
         return TokenInfo(token, *pieces(token), float(logprobs[token].item()), top)
+
+
+def _merge(events: list[GenerationEvent]) -> GenerationEvent:
+    """One event carrying a whole held-back output."""
+    last = events[-1]
+    tokens = [t for e in events if e.tokens for t in e.tokens] if last.tokens is not None else None
+    return GenerationEvent(
+        text="".join(e.text for e in events),
+        tokens=tokens,
+        finish_reason=last.finish_reason,
+        completion_tokens=last.completion_tokens,
+        error=last.error,
+    )
 
 
 def _settle(future: Future[Any], fn: Callable[[], Any]) -> None:
