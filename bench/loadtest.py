@@ -63,6 +63,7 @@ class Tally:
     latencies: list[float] = field(default_factory=list)
     incomplete: int = 0
     transport_errors: list[str] = field(default_factory=list)
+    last: int = 0
 
 
 def _body(rng: random.Random, stream: bool) -> dict[str, Any]:
@@ -89,9 +90,11 @@ async def _one(http: httpx.AsyncClient, rng: random.Random, tally: Tally) -> Non
                 headers={"content-type": "application/json"},
             )
             tally.statuses[response.status_code] += 1
+            tally.last = response.status_code
         elif action.startswith("stream"):
             async with http.stream("POST", "/v1/chat/completions", json=_body(rng, True)) as response:
                 tally.statuses[response.status_code] += 1
+                tally.last = response.status_code
                 if response.status_code == 200:
                     events = 0
                     last = ""
@@ -110,6 +113,7 @@ async def _one(http: httpx.AsyncClient, rng: random.Random, tally: Tally) -> Non
             try:
                 response = await http.post("/v1/chat/completions", json=_body(rng, False), timeout=timeout)
                 tally.statuses[response.status_code] += 1
+                tally.last = response.status_code
                 if response.status_code == 200 and response.json()["choices"][0]["finish_reason"] not in (
                     "stop",
                     "length",
@@ -121,6 +125,8 @@ async def _one(http: httpx.AsyncClient, rng: random.Random, tally: Tally) -> Non
                 action = "whole_abandoned(left)"
         tally.outcomes[action] += 1
         tally.latencies.append(time.perf_counter() - started)
+        if tally.last == 429:
+            await asyncio.sleep(rng.uniform(0.2, 1.0))  # back off, as Retry-After asks
     except httpx.TimeoutException:
         tally.outcomes["hung"] += 1
     except httpx.TransportError as exc:
