@@ -16,7 +16,9 @@ from collections.abc import Coroutine, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
+import h11
 import uvicorn
+from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from mlxd.config.schema import MlxdConfig
 from mlxd.config.store import ConfigStore
@@ -91,6 +93,50 @@ def confine(directory: Path, root: Path, name: str) -> None:
         target = entry.resolve()
         if target != base and base not in target.parents:
             raise ModelLoadError(f"{name}: {entry.name} points outside its directory; refusing to load it")
+
+
+def header_deadline_protocol(seconds: float) -> type[H11Protocol]:
+    """uvicorn's h11 protocol with a deadline for a request's headers (slowloris).
+
+    uvicorn waits forever for a connection that sends nothing or trickles its headers; the
+    body has its own deadline in the guards. The deadline starts when a connection opens
+    and when a kept-alive connection starts its next request, and ends once the headers
+    are in; a connection that misses it is closed.
+    """
+
+    class DeadlineProtocol(H11Protocol):
+        _deadline: asyncio.TimerHandle | None = None
+
+        def connection_made(self, transport: asyncio.BaseTransport) -> None:
+            super().connection_made(transport)  # type: ignore[arg-type]
+            self._arm()
+
+        def data_received(self, data: bytes) -> None:
+            if self.conn.their_state is h11.IDLE:
+                self._arm()
+            super().data_received(data)
+            if self.conn.their_state is not h11.IDLE:
+                self._disarm()
+
+        def connection_lost(self, exc: Exception | None) -> None:
+            self._disarm()
+            super().connection_lost(exc)
+
+        def _arm(self) -> None:
+            if self._deadline is None:
+                self._deadline = self.loop.call_later(seconds, self._too_slow)
+
+        def _disarm(self) -> None:
+            if self._deadline is not None:
+                self._deadline.cancel()
+                self._deadline = None
+
+        def _too_slow(self) -> None:
+            self._deadline = None
+            if self.conn.their_state is h11.IDLE and not self.transport.is_closing():
+                self.transport.close()
+
+    return DeadlineProtocol
 
 
 class _Server(uvicorn.Server):
@@ -184,6 +230,7 @@ class Daemon:
             server_header=False,
             timeout_graceful_shutdown=int(self.store.current.server.drain_timeout) + 1,
             timeout_keep_alive=30,
+            http=header_deadline_protocol(self.store.current.server.request_timeout),
         )
         self._server = _Server(config)
         if signals:

@@ -169,3 +169,39 @@ def test_queue_overflow_is_429_with_retry_after_and_no_resets(guarded: RunningDa
             assert response.json()["error"]["code"] == "queue_full"
             assert response.json()["error"]["type"] == "rate_limit_error"
     still_serving(guarded)
+
+
+def _closed_within(sock: socket.socket, seconds: float) -> bool:
+    """True when the server closes the connection (recv returns b"") before ``seconds``."""
+    sock.settimeout(seconds)
+    try:
+        while sock.recv(4096):
+            pass
+    except TimeoutError:
+        return False
+    return True
+
+
+@pytest.mark.parametrize(
+    "sent",
+    [b"", b"GET /v1/models HTTP/1.1\r\nHost: loc", b"POST /v1/chat/completions HTTP/1.1\r\n"],
+    ids=["silent", "half-a-header", "request-line-only"],
+)
+def test_a_connection_that_never_finishes_its_headers_is_closed(guarded: RunningDaemon, sent: bytes) -> None:
+    port = int(guarded.url.rsplit(":", 1)[1])
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+        sock.sendall(sent)
+        assert _closed_within(sock, 6.0)
+    still_serving(guarded)
+
+
+def test_a_kept_alive_connection_gets_the_same_deadline_for_its_next_request(guarded: RunningDaemon) -> None:
+    port = int(guarded.url.rsplit(":", 1)[1])
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+        sock.sendall(
+            f"GET /health HTTP/1.1\r\nHost: localhost\r\nAuthorization: Bearer {KEY}\r\n\r\n".encode()
+        )
+        assert b" 200 " in sock.recv(4096).split(b"\r\n", 1)[0]
+        sock.sendall(b"GET /v1/models HTTP/1.1\r\nHo")
+        assert _closed_within(sock, 6.0)
+    still_serving(guarded)
