@@ -335,8 +335,10 @@ class Collected:
     reasoning_format: ReasoningFormat | None = None
 
 
-async def collect(stream: GenerationStream, want_tokens: bool, meter: Meter | None = None) -> Collected:
-    """Gather every event of a stream."""
+async def collect(
+    stream: GenerationStream, want_tokens: bool, meter: Meter | None = None, *, first_choice: bool = True
+) -> Collected:
+    """Gather every event of a stream (``first_choice`` counts the shared prompt's tokens)."""
     parts: list[str] = []
     tokens: list[TokenInfo] = []
     last = GenerationEvent(finish_reason="error", error="no output")
@@ -352,7 +354,7 @@ async def collect(stream: GenerationStream, want_tokens: bool, meter: Meter | No
     finally:
         stream.cancel()
         if meter is not None:
-            meter.done(stream.prompt_tokens, last.completion_tokens)
+            meter.done(stream.prompt_tokens if first_choice else 0, last.completion_tokens)
     finish = last.finish_reason or "error"
     return Collected(
         "".join(parts),

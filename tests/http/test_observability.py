@@ -94,3 +94,23 @@ def test_health_and_metrics_scrape_cost_nothing_from_the_model(daemon: RunningDa
     for _ in range(5):
         assert httpx.get(daemon.url + "/metrics").status_code == 200
     assert daemon.status()["loads"] == status_before
+
+
+def test_metrics_count_every_choice_of_n_and_the_prompt_once(daemon: RunningDaemon) -> None:
+    def counts() -> tuple[float, float]:
+        with daemon.client() as http:
+            text = http.get("/metrics").text
+        return (
+            _metric(text, "mlxd_generated_tokens_total", alias="tiny"),
+            _metric(text, "mlxd_prompt_tokens_total", alias="tiny"),
+        )
+
+    with daemon.client() as http:
+        http.post("/v1/completions", json={"model": "tiny", "prompt": "warm", "max_tokens": 1})
+        generated, prompt = counts()
+        reply = http.post(
+            "/v1/completions", json={"model": "tiny", "prompt": "three ways", "max_tokens": 4, "n": 3}
+        ).json()
+    after_generated, after_prompt = counts()
+    assert after_generated - generated == 12
+    assert after_prompt - prompt == reply["usage"]["prompt_tokens"]

@@ -64,7 +64,7 @@ def openai_router(state: DaemonState) -> Router:
         # Not streaming: still stop generating the moment the client leaves.
         want = shape.logprobs is not None
         gather = asyncio.ensure_future(
-            asyncio.gather(*[collect(s, want, meter if i == 0 else None) for i, s in enumerate(streams)])
+            asyncio.gather(*[collect(s, want, meter, first_choice=i == 0) for i, s in enumerate(streams)])
         )
         gone = asyncio.ensure_future(_wait_disconnect(request.receive))
         try:
