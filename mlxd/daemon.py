@@ -228,6 +228,9 @@ class Daemon:
             access_log=False,
             lifespan="off",
             server_header=False,
+            # A loopback daemon trusts no X-Forwarded-* header (uvicorn would, from
+            # 127.0.0.1, and it cost ~12% of the event loop per request).
+            proxy_headers=False,
             timeout_graceful_shutdown=int(self.store.current.server.drain_timeout) + 1,
             timeout_keep_alive=30,
             http=header_deadline_protocol(self.store.current.server.request_timeout),

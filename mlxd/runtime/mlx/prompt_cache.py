@@ -17,6 +17,9 @@ import mlx.core as mx
 
 #: Shorter shared prefixes are not worth a lookup hit.
 MIN_REUSE = 16
+#: Shorter sequences are not kept: re-running them costs less than storing every one-shot
+#: prompt (materialising its KV on the worker thread showed up in the per-request profile).
+MIN_STORE = 64
 
 
 def _common_prefix(a: tuple[int, ...], b: list[int]) -> int:
@@ -73,7 +76,7 @@ class PromptCache:
 
     def store(self, tokens: list[int], layers: list[Any]) -> None:
         """Keep the cache of a finished sequence; entries it extends are dropped."""
-        if self.max_bytes <= 0 or len(tokens) < MIN_REUSE:
+        if self.max_bytes <= 0 or len(tokens) < MIN_STORE:
             return
         # A cache extracted from a batch is a lazy slice that keeps the whole batch's KV
         # buffer alive until it is evaluated: materialise it so only its own bytes stay.
