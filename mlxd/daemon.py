@@ -22,7 +22,6 @@ from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from mlxd.config.schema import MlxdConfig
 from mlxd.config.store import ConfigStore
-from mlxd.config.units import parse_size
 from mlxd.config.watcher import watch_config
 from mlxd.errors import ConfigError, HubError, ModelLoadError
 from mlxd.http.app import create_app
@@ -46,14 +45,9 @@ def physical_memory() -> int:
 def runtime_limits(config: MlxdConfig) -> RuntimeLimits:
     """The engine's limits from ``[runtime]``, with the memory budget in bytes."""
     runtime = config.runtime
-    budget = runtime.memory_budget
-    if isinstance(budget, str) and budget.endswith("%"):
-        budget_bytes = int(physical_memory() * float(budget[:-1]) / 100)
-    else:
-        budget_bytes = parse_size(budget)
     return RuntimeLimits(
         max_loaded_models=runtime.max_loaded_models,
-        memory_budget_bytes=budget_bytes,
+        memory_budget_bytes=runtime.memory_budget_bytes(physical_memory()),
         max_batch_size=runtime.max_batch_size,
         max_queue=runtime.max_queue,
         prefill_step_size=runtime.prefill_step_size,

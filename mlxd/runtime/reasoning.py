@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from mlxd.runtime.stops import partial_suffix
+
 
 @dataclass(frozen=True, slots=True)
 class ReasoningFormat:
@@ -43,7 +45,7 @@ class ReasoningSplitter:
         if self._state == "inside":
             at = self._buffer.find(self.fmt.end)
             if at == -1:
-                keep = _partial_suffix(self._buffer, self.fmt.end)
+                keep = partial_suffix(self._buffer, self.fmt.end)
                 reasoning = self._buffer[: len(self._buffer) - keep]
                 self._buffer = self._buffer[len(self._buffer) - keep :]
                 return reasoning, ""
@@ -63,13 +65,6 @@ class ReasoningSplitter:
         """What is still held when generation ends."""
         rest, self._buffer = self._buffer, ""
         return (rest, "") if self._state == "inside" else ("", rest)
-
-
-def _partial_suffix(text: str, marker: str) -> int:
-    for size in range(min(len(marker) - 1, len(text)), 0, -1):
-        if text.endswith(marker[:size]):
-            return size
-    return 0
 
 
 def split_reasoning(fmt: ReasoningFormat, text: str) -> tuple[str, str]:

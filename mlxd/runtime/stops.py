@@ -7,6 +7,15 @@ shows whether it is; the stop string itself never reaches the client.
 from __future__ import annotations
 
 
+def partial_suffix(text: str, marker: str) -> int:
+    """Length of the longest end of ``text`` that could be the start of ``marker``: text
+    that must be held back until the next piece shows whether the marker follows."""
+    for size in range(min(len(marker) - 1, len(text)), 0, -1):
+        if text.endswith(marker[:size]):
+            return size
+    return 0
+
+
 class StopMatcher:
     """Feed decoded text; get back what may be emitted and whether a stop string matched."""
 
@@ -29,12 +38,7 @@ class StopMatcher:
         if cut != -1:
             self._pending = ""
             return buffer[:cut], True
-        hold = 0
-        for stop in self._stops:
-            for size in range(min(len(stop) - 1, len(buffer)), hold, -1):
-                if buffer.endswith(stop[:size]):
-                    hold = size
-                    break
+        hold = max(partial_suffix(buffer, stop) for stop in self._stops)
         self._pending = buffer[len(buffer) - hold :] if hold else ""
         return buffer[: len(buffer) - hold], False
 

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from mlxd.errors import RequestError
+from mlxd.runtime.stops import partial_suffix
 
 Parser = Callable[[str, Any], Any]
 
@@ -105,7 +106,7 @@ class ToolCallSplitter:
             if not self._inside:
                 at = self._buffer.find(self.fmt.start)
                 if at == -1:
-                    keep = _partial_suffix(self._buffer, self.fmt.start)
+                    keep = partial_suffix(self._buffer, self.fmt.start)
                     content.append(self._buffer[: len(self._buffer) - keep])
                     self._buffer = self._buffer[len(self._buffer) - keep :]
                     break
@@ -131,14 +132,6 @@ class ToolCallSplitter:
         """Whatever is still held (an unfinished call) is content after all."""
         rest, self._buffer, self._inside = self._buffer, "", False
         return rest
-
-
-def _partial_suffix(text: str, marker: str) -> int:
-    """Length of the longest end of ``text`` that could begin ``marker``."""
-    for size in range(min(len(marker) - 1, len(text)), 0, -1):
-        if text.endswith(marker[:size]):
-            return size
-    return 0
 
 
 def split_tool_calls(fmt: ToolFormat, tools: Any, text: str) -> tuple[str, list[dict[str, Any]]]:
