@@ -9,7 +9,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -17,7 +16,7 @@ from typing import Any
 
 import httpx
 
-from bench.servers import _launch, free_port
+from bench.servers import start_mlxd_with
 
 SCHEMA: dict[str, Any] = {
     "type": "object",
@@ -90,11 +89,7 @@ async def _rate(url: str, clients: int, rounds: int, constrained: bool) -> tuple
 
 def run(model: Path, workdir: Path, rounds: int) -> list[dict[str, Any]]:
     """Free and constrained tokens/s at 1 and 16 clients, measured back to back."""
-    port = free_port()
-    workdir.mkdir(parents=True, exist_ok=True)
-    config = workdir / "mlxd.toml"
-    config.write_text(CONFIG.format(port=port, model=model), encoding="utf-8")
-    server = _launch("mlxd", [sys.executable, "-m", "mlxd", "serve", "--config", str(config)], workdir, port)
+    server = start_mlxd_with(CONFIG.format(port="{port}", model=model), workdir)
     rows = []
     try:
         server.wait_healthy()

@@ -14,7 +14,6 @@ import argparse
 import asyncio
 import json
 import random
-import sys
 import tempfile
 import time
 from collections import Counter
@@ -24,7 +23,7 @@ from typing import Any
 
 import httpx
 
-from bench.servers import ServerProcess, _launch, free_port
+from bench.servers import ServerProcess, start_mlxd_with
 from bench.stats import percentile
 
 CONFIG = """\
@@ -153,11 +152,7 @@ def _status(server: ServerProcess) -> dict[str, Any]:
 
 def run(model: Path, clients: int, seconds: float, workdir: Path, cache: str = "256MB") -> dict[str, Any]:
     """Start a daemon, warm it up, load it, and return the figures and the verdicts."""
-    port = free_port()
-    workdir.mkdir(parents=True, exist_ok=True)
-    config = workdir / "mlxd.toml"
-    config.write_text(CONFIG.format(port=port, model=model, cache=cache), encoding="utf-8")
-    server = _launch("mlxd", [sys.executable, "-m", "mlxd", "serve", "--config", str(config)], workdir, port)
+    server = start_mlxd_with(CONFIG.format(port="{port}", model=model, cache=cache), workdir)
     try:
         server.wait_healthy()
         # Warm-up at the same load: batch buffers and caches reach their working size first.

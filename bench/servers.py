@@ -133,7 +133,7 @@ def _environment(workdir: Path) -> dict[str, str]:
     return env
 
 
-def _launch(name: str, argv: list[str], workdir: Path, port: int) -> ServerProcess:
+def launch(name: str, argv: list[str], workdir: Path, port: int) -> ServerProcess:
     workdir.mkdir(parents=True, exist_ok=True)
     log_path = workdir / f"{name}.log"
     with log_path.open("wb") as log:
@@ -172,7 +172,16 @@ def start_mlxd(model_dir: Path, workdir: Path) -> ServerProcess:
     config = workdir / "mlxd.toml"
     config.write_text(mlxd_config(model_dir, port), encoding="utf-8")
     argv = [sys.executable, "-m", "mlxd", "serve", "--config", str(config), "--port", str(port)]
-    return _launch("mlxd", argv, workdir, port)
+    return launch("mlxd", argv, workdir, port)
+
+
+def start_mlxd_with(config: str, workdir: Path) -> ServerProcess:
+    """``mlxd serve`` with a config of the caller's; ``{port}`` in it becomes a free port."""
+    port = free_port()
+    workdir.mkdir(parents=True, exist_ok=True)
+    path = workdir / "mlxd.toml"
+    path.write_text(config.replace("{port}", str(port)), encoding="utf-8")
+    return launch("mlxd", [sys.executable, "-m", "mlxd", "serve", "--config", str(path)], workdir, port)
 
 
 def start_mlx_lm(model_dir: Path, workdir: Path) -> ServerProcess:
@@ -198,7 +207,7 @@ def start_mlx_lm(model_dir: Path, workdir: Path) -> ServerProcess:
         "--prefill-step-size",
         str(PREFILL_STEP_SIZE),
     ]
-    return _launch("mlx_lm.server", argv, workdir, port)
+    return launch("mlx_lm.server", argv, workdir, port)
 
 
 MLX_LM_FLAGS = (
