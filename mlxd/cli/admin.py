@@ -61,7 +61,10 @@ def unload(alias: AliasArgument, config: ConfigOption = None) -> None:
 
 @handle_errors
 def reload(config: ConfigOption = None) -> None:
-    """Make the daemon re-read its config file now (78 when rejected; the old one stays)."""
+    """Make the daemon re-read its config file now.
+
+    Exit status 78 means the new file was rejected and the old config stays.
+    """
     from mlxd.errors import ConfigError
 
     try:

@@ -39,7 +39,10 @@ MASK = "********"
 @app.command()
 @handle_errors
 def check(path: PathArgument = None, config: ConfigOption = None, as_json: JsonOption = False) -> None:
-    """Validate a config file: exit 0 when valid, 78 with every problem when not."""
+    """Validate a config file.
+
+    Exit status 0 when valid, 78 with every problem listed when not.
+    """
     from mlxd.config.loader import discover_config_path, load_config
 
     target = path or discover_config_path(config)
@@ -63,7 +66,10 @@ def check(path: PathArgument = None, config: ConfigOption = None, as_json: JsonO
 @app.command()
 @handle_errors
 def show(config: ConfigOption = None, as_json: JsonOption = False) -> None:
-    """Print the effective config (file, then environment overrides); secrets are masked."""
+    """Print the effective config, with secrets masked.
+
+    Values come from the file, then environment overrides.
+    """
     from mlxd.config.loader import discover_config_path, environment_layer, load_config, read_config_file
     from mlxd.config.problems import environment_variable
 
@@ -114,7 +120,10 @@ def init(
     config: ConfigOption = None,
     force: Annotated[bool, typer.Option("--force", "-f", help="Overwrite an existing file.")] = False,
 ) -> None:
-    """Write a commented starter config (default: the user config file)."""
+    """Write a commented starter config.
+
+    The default target is the user config file.
+    """
     from mlxd.config.paths import user_config_file
     from mlxd.config.template import render_starter
 
@@ -132,7 +141,10 @@ def init(
 @app.command()
 @handle_errors
 def schema(config: ConfigOption = None) -> None:
-    """Print the JSON Schema of mlxd.toml (for editors; docs/mlxd.schema.json holds a copy)."""
+    """Print the JSON Schema of mlxd.toml, for editors.
+
+    docs/mlxd.schema.json holds a copy.
+    """
     from mlxd.config.schema import MlxdConfig
 
     _echo_json(MlxdConfig.model_json_schema())

@@ -104,7 +104,10 @@ def pull(
     all_: Annotated[bool, typer.Option("--all", help="Pull the repo of every configured alias.")] = False,
     config: ConfigOption = None,
 ) -> None:
-    """Download an MLX model from the Hugging Face Hub into the HF cache (resumable)."""
+    """Download an MLX model from the Hugging Face Hub.
+
+    Files go into the HF cache; an interrupted pull resumes.
+    """
     cfg = _config(config)
     if all_ and revision is not None:
         raise HubError("--revision cannot be combined with --all", hint="pin revisions in the config instead")
@@ -231,7 +234,10 @@ def _rows(cfg: MlxdConfig, env: HubEnv) -> list[_Row]:
 @app.command("list")
 @handle_errors
 def list_models(json_output: JsonOption = False, config: ConfigOption = None) -> None:
-    """Configured aliases (downloaded? loaded?) and other MLX models in the HF cache."""
+    """List configured aliases and downloaded MLX models.
+
+    Shows whether each alias is downloaded and loaded, and other MLX models in the HF cache.
+    """
     from mlxd.hub import HubEnv
 
     def run() -> None:
@@ -286,7 +292,10 @@ def remove(
     yes: Annotated[bool, typer.Option("--yes", "-y", help="Do not ask for confirmation.")] = False,
     config: ConfigOption = None,
 ) -> None:
-    """Delete a downloaded model from the HF cache (every revision unless --revision)."""
+    """Delete a downloaded model from the HF cache.
+
+    Every revision goes unless --revision names one.
+    """
     _guarded(lambda: _remove(name, revision, yes, config), "rm")
 
 

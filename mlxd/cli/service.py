@@ -86,7 +86,10 @@ def start(
     timeout: TimeoutOption = 30.0,
     config: ConfigOption = None,
 ) -> None:
-    """Start the daemon in the background; returns once /health answers."""
+    """Start the daemon in the background.
+
+    Returns once /health answers.
+    """
     from mlxd.cli import lifecycle
 
     target = _strict_target(config)
@@ -125,7 +128,10 @@ def restart(
 
 @handle_errors
 def status(as_json: JsonOption = False, config: ConfigOption = None) -> None:
-    """Show whether the daemon runs, where, and what it has loaded (exit 3: not running)."""
+    """Show whether the daemon runs and what it has loaded.
+
+    Exit status 3 means it is not running.
+    """
     from mlxd.cli.render import console, status_table
     from mlxd.cli.status_report import collect
 
@@ -221,7 +227,10 @@ def install(
 
 @handle_errors
 def uninstall(config: ConfigOption = None) -> None:
-    """Stop mlxd and remove its login service (nothing to do when not installed)."""
+    """Stop mlxd and remove its login service.
+
+    Nothing to do when it is not installed.
+    """
     from mlxd.cli import lifecycle
     from mlxd.cli.managers import LOGIN_SERVICES, login_service
 
