@@ -84,6 +84,16 @@ class ServerConfig(_Section):
         ge=0,
         description="On stop, how long in-flight requests may run before the daemon exits anyway.",
     )
+    stream_interval: Duration = Field(
+        default=0.02,
+        ge=0,
+        le=1,
+        description=(
+            "Shortest time between two chunks of one stream: tokens decoded meanwhile go out"
+            " together. The first token and the end are never held back. 0 sends every token"
+            " in its own chunk."
+        ),
+    )
     log_prompts: bool = Field(
         default=False, description="Write prompts and outputs to the log. Off by default."
     )

@@ -144,6 +144,9 @@ class GenerationStream(Protocol):
 
     prompt_tokens: int
     cached_tokens: int
+    #: Shortest time in seconds between two iterations (0: as soon as events are ready);
+    #: the first events and the final ones are never held back.
+    pace: float
     #: How the model writes tool calls, when the request offered tools.
     tool_format: ToolFormat | None
     #: A reasoning model's thinking tags (chat requests only).
