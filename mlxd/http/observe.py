@@ -5,9 +5,9 @@ from __future__ import annotations
 import logging
 import re
 import time
-import uuid
 
 from mlxd.http.guards import ASGIApp, Message, Receive, Scope, Send
+from mlxd.http.ids import new_id
 from mlxd.http.metrics import Metrics
 from mlxd.logs import REQUEST_ID
 
@@ -28,7 +28,7 @@ class Observe:
             await self.app(scope, receive, send)
             return
         given = next((v for k, v in scope["headers"] if k.lower() == b"x-request-id"), b"").decode("latin-1")
-        request_id = given if _CLIENT_ID.fullmatch(given) else uuid.uuid4().hex
+        request_id = given if _CLIENT_ID.fullmatch(given) else new_id()
         token = REQUEST_ID.set(request_id)
         status = 500
         started = time.perf_counter()

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import time
-import uuid
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -12,6 +11,7 @@ from typing import Any
 import msgspec
 
 from mlxd import __version__
+from mlxd.http.ids import new_id
 from mlxd.http.metrics import Meter
 from mlxd.protocol.responses import (
     AnyLogprobs,
@@ -51,7 +51,7 @@ class Renderer:
     echo: str = ""
     #: The request's tool definitions, handed to the model's tool-call parser.
     tools: Any = None
-    id: str = field(default_factory=lambda: uuid.uuid4().hex)
+    id: str = field(default_factory=new_id)
     created: int = field(default_factory=lambda: int(time.time()))
     _offsets: dict[int, int] = field(default_factory=dict)
 

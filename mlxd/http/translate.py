@@ -9,13 +9,13 @@ from __future__ import annotations
 
 import json
 import re
-import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
 from mlxd.config.schema import CHAT_TEMPLATE_KWARGS, GenerationDefaults, MlxdConfig, ModelConfig
 from mlxd.errors import ModelNotFoundError, RequestError
+from mlxd.http.ids import new_id
 from mlxd.protocol.requests import AnyRequest, ChatCompletionRequest, CompletionRequest
 from mlxd.runtime.engine import (
     ChatPrompt,
@@ -334,7 +334,7 @@ def translate(request: AnyRequest, config: MlxdConfig) -> tuple[GenerationReques
         if token_id < 0:
             raise RequestError("logit_bias token ids cannot be negative", param="logit_bias")
     generation = GenerationRequest(
-        request_id=uuid.uuid4().hex,
+        request_id=new_id(),
         alias=alias,
         spec=spec,
         prompt=prompt,
@@ -346,6 +346,6 @@ def translate(request: AnyRequest, config: MlxdConfig) -> tuple[GenerationReques
         keep_alive=model.keep_alive if model.keep_alive is not None else config.runtime.keep_alive,
         n=n,
         constraint=constraint,
-        incremental=request.stream,
+        delivery_interval=config.server.stream_interval if request.stream else None,
     )
     return generation, Shape(shape, echo)

@@ -110,9 +110,11 @@ class GenerationRequest:
     n: int = 1
     #: Structured output enforced by constrained decoding.
     constraint: Constraint | None = None
-    #: False when the client wants the whole output at once: the runtime then delivers
-    #: it in one piece instead of waking the event loop at every step.
-    incremental: bool = True
+    #: How often output reaches the stream, in seconds: ``0`` at every decode step; more
+    #: holds tokens back until that long after the previous delivery (the first and the
+    #: last are never held); ``None`` delivers the whole output in one piece at the end.
+    #: Every delivery wakes the event loop, so fewer of them leave more CPU for decoding.
+    delivery_interval: float | None = 0.0
 
 
 @dataclass(slots=True)
@@ -144,9 +146,6 @@ class GenerationStream(Protocol):
 
     prompt_tokens: int
     cached_tokens: int
-    #: Shortest time in seconds between two iterations (0: as soon as events are ready);
-    #: the first events and the final ones are never held back.
-    pace: float
     #: How the model writes tool calls, when the request offered tools.
     tool_format: ToolFormat | None
     #: A reasoning model's thinking tags (chat requests only).

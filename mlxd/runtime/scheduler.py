@@ -78,8 +78,7 @@ class _Stream:
     """One admitted sequence: the worker puts events in, the HTTP layer iterates them.
 
     Iterating yields every event that is ready at once, so a client that fell behind
-    catches up in one write instead of one per token. With ``pace`` set, two yields are at
-    least that many seconds apart (the first and the final one are never held back).
+    catches up in one write instead of one per token.
     """
 
     __slots__ = (
@@ -90,7 +89,6 @@ class _Stream:
         "_unit",
         "_waiter",
         "cached_tokens",
-        "pace",
         "prompt_tokens",
         "reasoning_format",
         "seq_id",
@@ -107,7 +105,6 @@ class _Stream:
         self.seq_id = seq_id
         self.prompt_tokens = prompt_tokens
         self.cached_tokens = 0
-        self.pace = 0.0
         self.tool_format: ToolFormat | None = None
         self.reasoning_format: ReasoningFormat | None = None
 
@@ -121,19 +118,12 @@ class _Stream:
             waiter.set_result(None)
 
     async def __aiter__(self) -> AsyncIterator[list[GenerationEvent]]:
-        loop = self._loop
-        next_at = 0.0
         try:
             while True:
                 if not self._buffer:
-                    self._waiter = loop.create_future()
+                    self._waiter = self._loop.create_future()
                     await self._waiter
                     self._waiter = None
-                if self.pace:
-                    wait = next_at - loop.time()
-                    if wait > 0 and self._buffer[-1].finish_reason is None:
-                        await asyncio.sleep(wait)
-                    next_at = loop.time() + self.pace
                 events, self._buffer = self._buffer, []
                 final = events[-1].finish_reason is not None
                 if final:
@@ -269,7 +259,7 @@ class MlxEngine:
                 request.logprobs,
                 choices,
                 grammar,
-                buffered=not request.incremental,
+                interval=request.delivery_interval,
             )
         )
         return streams

@@ -62,6 +62,7 @@ def test_request_id_is_echoed_or_generated(daemon: RunningDaemon) -> None:
         assert mine.headers["x-request-id"] == "trace-42"
         generated = http.get("/v1/models")
         assert len(generated.headers["x-request-id"]) == 32
+        assert http.get("/v1/models").headers["x-request-id"] != generated.headers["x-request-id"]
         hostile = http.get("/v1/models", headers={"x-request-id": "a\tb" + "x" * 100})
         assert hostile.headers["x-request-id"] != "a\tb" + "x" * 100
         refused = http.get("/v1/models", headers={"host": "evil.example", "x-request-id": "r-1"})

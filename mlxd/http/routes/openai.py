@@ -56,8 +56,6 @@ def openai_router(state: DaemonState) -> Router:
         meter = state.metrics.meter(generation.alias) if state.metrics is not None else None
         if body.stream:
             include_usage = bool(body.stream_options and body.stream_options.include_usage)
-            for stream in streams:
-                stream.pace = config.server.stream_interval
             if len(streams) == 1:
                 events = sse(streams[0], renderer, include_usage, meter)
             else:

@@ -54,8 +54,8 @@ class Insert:
     choices: list[Choice]
     #: An llguidance grammar every choice must follow.
     grammar: str | None = None
-    #: Deliver each sequence's output once, when it ends (non-streaming requests).
-    buffered: bool = False
+    #: Seconds between two deliveries of a sequence's output (``None``: once, at the end).
+    interval: float | None = 0.0
 
 
 @dataclass(slots=True)

@@ -3,7 +3,9 @@
 MLX is not thread-safe and its streams are thread-local, so every MLX call happens
 here. The asyncio side sends commands through a thread-safe queue; the worker answers
 with one ``call_soon_threadsafe`` per decode step carrying the events of every sequence
-(not one hop per token), and resolves ``concurrent.futures.Future``s for loads.
+whose output is due (not one hop per token; a stream's output waits out its delivery
+interval, a non-streaming request's until it ends), and resolves
+``concurrent.futures.Future``s for loads.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import gc
 import logging
 import queue
 import sys
+import time
 from collections.abc import Callable
 from concurrent.futures import Future
 from dataclasses import dataclass, field
@@ -48,8 +51,12 @@ class _Sequence:
     eos: frozenset[int]
     logprobs: int | None
     generated: int = 0
-    #: Output held back until the end, for requests that want it in one piece.
-    held: list[GenerationEvent] | None = None
+    #: Seconds between two deliveries (0: every step; ``None``: once, at the end).
+    interval: float | None = 0.0
+    #: Output decoded since the last delivery, while ``interval`` holds it back.
+    held: list[GenerationEvent] = field(default_factory=list)
+    #: When held output may go out (``time.monotonic()``; 0: the first one goes at once).
+    due: float = 0.0
 
 
 @dataclass(slots=True)
@@ -276,7 +283,7 @@ class MlxWorker:
                 stops=StopMatcher(command.stop),
                 eos=eos,
                 logprobs=command.logprobs,
-                held=[] if command.buffered else None,
+                interval=command.interval,
             )
             runner.by_uid[uid] = seq
             self._sequences[choice.seq_id] = (runner, seq)
@@ -336,6 +343,7 @@ class MlxWorker:
         if responses:
             self.steps += 1
             self.largest_batch = max(self.largest_batch, len(responses))
+        now = time.monotonic()
         leaving: list[int] = []
         for response in responses:
             found = runner.by_uid.get(response.uid)
@@ -347,11 +355,14 @@ class MlxWorker:
             except Exception as exc:  # one sequence's failure is that sequence's alone
                 log.exception("a sequence failed")
                 event = GenerationEvent(finish_reason="error", error=f"generation failed: {exc}")
-            if seq.held is not None:
+            if seq.interval != 0.0:
                 seq.held.append(event)
-                if event.finish_reason is None:
+                if event.finish_reason is None and (seq.interval is None or now < seq.due):
                     continue
-                event = _merge(seq.held)
+                event = _merge(seq.held) if len(seq.held) > 1 else event
+                seq.held = []
+                if seq.interval is not None:
+                    seq.due = now + seq.interval
             out.append((seq.sink, event))
             if event.finish_reason is not None:
                 del runner.by_uid[response.uid]
