@@ -26,7 +26,7 @@ from typing import Any
 
 import mlx.core as mx
 from mlx_lm.generate import BatchGenerator
-from mlx_lm.models.cache import make_prompt_cache
+from mlx_lm.models.cache import KVCache, make_prompt_cache
 
 from mlxd.errors import MlxdError, ModelLoadError
 from mlxd.runtime.engine import FinishReason, GenerationEvent, TokenInfo
@@ -35,6 +35,7 @@ from mlxd.runtime.mlx.constrained import GrammarCache, make_constraint
 from mlxd.runtime.mlx.loading import LoadedModel, load_adapted, load_base
 from mlxd.runtime.mlx.prompt_cache import PromptCache
 from mlxd.runtime.mlx.sampling import make_processors, make_sampler, top_logprobs
+from mlxd.runtime.mlx.solo import SoloDecoder, private_cache
 from mlxd.runtime.stops import StopMatcher
 from mlxd.runtime.token_pieces import TokenPieces
 
@@ -60,16 +61,33 @@ class _Sequence:
 
 
 @dataclass(slots=True)
+class _Solo:
+    """The one sequence a runner decodes outside its batch (see ``solo.py``)."""
+
+    decoder: SoloDecoder
+    seq: _Sequence
+
+
+@dataclass(slots=True)
 class _Runner:
     loaded: LoadedModel
     generator: Any
     base_key: tuple[str, str | None]
     prompt_cache: PromptCache
     by_uid: dict[int, _Sequence] = field(default_factory=dict)
+    solo: _Solo | None = None
     pieces: TokenPieces = field(init=False)
+    #: Whether a lone sequence may decode outside the batch (the model's caches are plain
+    #: KV caches; sliding-window and recurrent layers always go through the batch).
+    solo_ok: bool = field(init=False)
 
     def __post_init__(self) -> None:
         self.pieces = TokenPieces(self.loaded.tokenizer)
+        self.solo_ok = all(type(layer) is KVCache for layer in make_prompt_cache(self.loaded.model))
+
+    def sequences(self) -> list[_Sequence]:
+        """Every sequence of this model, in the batch or alone."""
+        return [*self.by_uid.values(), *([self.solo.seq] if self.solo is not None else [])]
 
 
 def _release_memory() -> None:
@@ -159,6 +177,11 @@ class MlxWorker:
                 continue
             out: list[tuple[Sink, GenerationEvent]] = []
             for runner in list(self._runners.values()):
+                if runner.solo is not None:
+                    if runner.by_uid:  # company arrived: the lone sequence joins the batch
+                        self._join_batch(runner, runner.solo, out)
+                    else:
+                        self._step_solo(runner, runner.solo, out)
                 if runner.by_uid:
                     self._step(runner, out)
             if out:
@@ -233,7 +256,7 @@ class MlxWorker:
         if runner is None:
             return False
         events = []
-        for seq in runner.by_uid.values():
+        for seq in runner.sequences():
             self._sequences.pop(seq.seq_id, None)
             events.append((seq.sink, GenerationEvent(finish_reason="error", error="the model was unloaded")))
         if events:
@@ -254,6 +277,10 @@ class MlxWorker:
         count = len(command.choices)
         cache, hit = runner.prompt_cache.lookup(tokens)
         reused = hit
+        tokenizer = runner.loaded.tokenizer
+        eos = frozenset(tokenizer.eos_token_ids)
+        if self._start_solo(runner, command, cache, hit, eos):
+            return
         try:
             if count > 1 and len(tokens) > 1:
                 cache, reused = self._prefill_once(runner, tokens, cache, hit)
@@ -272,23 +299,116 @@ class MlxWorker:
             log.exception("could not start a sequence")
             self._fail(command, str(exc))
             return
-        tokenizer = runner.loaded.tokenizer
-        eos = frozenset(tokenizer.eos_token_ids)
         for uid, choice in zip(uids, command.choices, strict=True):
-            seq = _Sequence(
-                seq_id=choice.seq_id,
-                uid=uid,
-                sink=choice.sink,
-                detokenizer=tokenizer.detokenizer,
-                stops=StopMatcher(command.stop),
-                eos=eos,
-                logprobs=command.logprobs,
-                interval=command.interval,
+            runner.by_uid[uid] = self._new_sequence(runner, command, choice, uid, eos, hit)
+
+    def _new_sequence(
+        self, runner: _Runner, command: Insert, choice: Choice, uid: int, eos: frozenset[int], hit: int
+    ) -> _Sequence:
+        seq = _Sequence(
+            seq_id=choice.seq_id,
+            uid=uid,
+            sink=choice.sink,
+            detokenizer=runner.loaded.tokenizer.detokenizer,
+            stops=StopMatcher(command.stop),
+            eos=eos,
+            logprobs=command.logprobs,
+            interval=command.interval,
+        )
+        self._sequences[choice.seq_id] = (runner, seq)
+        # A plain int written before any event of this sequence is delivered to the loop.
+        choice.sink.cached_tokens = hit
+        return seq
+
+    def _start_solo(
+        self, runner: _Runner, command: Insert, cache: list[Any] | None, hit: int, eos: frozenset[int]
+    ) -> bool:
+        """Decode a request alone, outside the batch, when it is the model's only one.
+
+        False (the batch takes it) when other sequences run, for ``n`` > 1, for constrained
+        output, and when the model's or the prompt cache's layers are not plain KV caches.
+        """
+        alone = runner.solo is None and not runner.by_uid
+        if not (alone and runner.solo_ok and len(command.choices) == 1 and command.grammar is None):
+            return False
+        model = runner.loaded.model
+        layers = private_cache(cache, hit) if cache is not None else make_prompt_cache(model)
+        if layers is None:
+            return False
+        choice = command.choices[0]
+        tokens = command.tokens
+        try:
+            decoder = SoloDecoder(
+                model,
+                tokens[hit:],
+                layers,
+                tokens[:hit],
+                sampler=make_sampler(choice.sampling),
+                processors=self._processors(runner, choice, None),
+                max_tokens=command.max_tokens,
+                stop_tokens=eos,
+                prefill_step_size=self.prefill_step_size,
+                stream=runner.generator.stream,
             )
-            runner.by_uid[uid] = seq
-            self._sequences[choice.seq_id] = (runner, seq)
-            # A plain int written before any event of this sequence is delivered to the loop.
-            choice.sink.cached_tokens = hit
+        except Exception as exc:
+            log.exception("could not start a sequence")
+            self._fail(command, str(exc))
+            return True
+        self.prompt_tokens_processed += len(tokens) - hit
+        runner.solo = _Solo(decoder, self._new_sequence(runner, command, choice, -1, eos, hit))
+        return True
+
+    def _step_solo(self, runner: _Runner, solo: _Solo, out: list[tuple[Sink, GenerationEvent]]) -> None:
+        try:
+            response = solo.decoder.step()
+        except Exception as exc:  # this sequence's failure is its alone; the model stays
+            log.exception("a decode step failed")
+            response = None
+            self._end_solo(runner, solo, store=False)
+            out.append(
+                (solo.seq.sink, GenerationEvent(finish_reason="error", error=f"generation failed: {exc}"))
+            )
+        if response is None:
+            return
+        self.steps += 1
+        self.largest_batch = max(self.largest_batch, 1)
+        if self._emit(runner, solo.seq, response, time.monotonic(), out):
+            self._end_solo(runner, solo, store=True)
+
+    def _join_batch(self, runner: _Runner, solo: _Solo, out: list[tuple[Sink, GenerationEvent]]) -> None:
+        """Move the lone sequence into the batch, delivering the token it had in flight."""
+        decoder, seq = solo.decoder, solo.seq
+        try:
+            response, state = decoder.detach()
+            if response is not None and self._emit(runner, seq, response, time.monotonic(), out):
+                self._end_solo(runner, solo, store=True)
+                return
+            if state is None:  # cannot happen: a token that ends the sequence is emitted as final
+                raise RuntimeError("the sequence ended without a final event")
+            fed = bool(state.all_tokens)
+            (uid,) = runner.generator.insert(
+                [state.prompt],
+                max_tokens=[state.max_tokens],
+                caches=[state.cache if fed else None],
+                all_tokens=[state.all_tokens],
+                samplers=[decoder.sampler],
+                logits_processors=[decoder.processors],
+            )
+        except Exception as exc:
+            log.exception("a sequence could not join the batch")
+            self._end_solo(runner, solo, store=False)
+            out.append((seq.sink, GenerationEvent(finish_reason="error", error=f"generation failed: {exc}")))
+            return
+        runner.solo = None
+        seq.uid = uid
+        runner.by_uid[uid] = seq
+
+    def _end_solo(self, runner: _Runner, solo: _Solo, *, store: bool) -> None:
+        runner.solo = None
+        self._sequences.pop(solo.seq.seq_id, None)
+        if store:
+            tokens, layers = solo.decoder.cache_state()
+            runner.prompt_cache.store(list(tokens), layers)
 
     def _processors(self, runner: _Runner, choice: Choice, grammar: str | None) -> list[Any]:
         processors = make_processors(choice.sampling)
@@ -319,6 +439,9 @@ class MlxWorker:
         if found is None:
             return
         runner, seq = found
+        if runner.solo is not None and runner.solo.seq is seq:
+            runner.solo = None
+            return
         runner.by_uid.pop(seq.uid, None)
         runner.generator.remove([seq.uid])
 
@@ -347,34 +470,43 @@ class MlxWorker:
         leaving: list[int] = []
         for response in responses:
             found = runner.by_uid.get(response.uid)
-            if found is None:
+            if found is None or not self._emit(runner, found, response, now, out):
                 continue
-            seq = found
-            try:
-                event = self._advance(runner, seq, response)
-            except Exception as exc:  # one sequence's failure is that sequence's alone
-                log.exception("a sequence failed")
-                event = GenerationEvent(finish_reason="error", error=f"generation failed: {exc}")
-            if seq.interval != 0.0:
-                seq.held.append(event)
-                if event.finish_reason is None and (seq.interval is None or now < seq.due):
-                    continue
-                event = _merge(seq.held) if len(seq.held) > 1 else event
-                seq.held = []
-                if seq.interval is not None:
-                    seq.due = now + seq.interval
-            out.append((seq.sink, event))
-            if event.finish_reason is not None:
-                del runner.by_uid[response.uid]
-                self._sequences.pop(seq.seq_id, None)
-                if response.finish_reason is None:
-                    leaving.append(response.uid)
-                elif response.prompt_cache is not None:
-                    runner.prompt_cache.store(response.all_tokens, response.prompt_cache)
+            del runner.by_uid[response.uid]
+            self._sequences.pop(found.seq_id, None)
+            if response.finish_reason is None:
+                leaving.append(response.uid)
+            elif response.prompt_cache is not None:
+                runner.prompt_cache.store(response.all_tokens, response.prompt_cache)
         if leaving:
             caches = runner.generator.remove(leaving, return_prompt_caches=runner.prompt_cache.max_bytes > 0)
             for layers, tokens in caches.values():
                 runner.prompt_cache.store(list(tokens), layers)
+
+    def _emit(
+        self,
+        runner: _Runner,
+        seq: _Sequence,
+        response: Any,
+        now: float,
+        out: list[tuple[Sink, GenerationEvent]],
+    ) -> bool:
+        """Turn one generated token into output, delivered or held; True when the sequence ended."""
+        try:
+            event = self._advance(runner, seq, response)
+        except Exception as exc:  # one sequence's failure is that sequence's alone
+            log.exception("a sequence failed")
+            event = GenerationEvent(finish_reason="error", error=f"generation failed: {exc}")
+        if seq.interval != 0.0:
+            seq.held.append(event)
+            if event.finish_reason is None and (seq.interval is None or now < seq.due):
+                return False
+            event = _merge(seq.held) if len(seq.held) > 1 else event
+            seq.held = []
+            if seq.interval is not None:
+                seq.due = now + seq.interval
+        out.append((seq.sink, event))
+        return event.finish_reason is not None
 
     def _advance(self, runner: _Runner, seq: _Sequence, response: Any) -> GenerationEvent:
         token: int = response.token
