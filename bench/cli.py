@@ -5,18 +5,19 @@ from __future__ import annotations
 import argparse
 import asyncio
 import shlex
-import subprocess
 import sys
 import tempfile
 import time
 import traceback
+from collections.abc import Mapping
 from pathlib import Path
 
 from rich.console import Console
 
-from bench import report
+from bench import models, report
 from bench.clients import closed_loop, new_client, numbered_bodies
 from bench.machine import RunInfo
+from bench.models import BenchModel
 from bench.plan import Plan, plan_for
 from bench.prompts import request_messages
 from bench.results import ScenarioResult
@@ -24,7 +25,6 @@ from bench.scenarios import ALL, BY_NAME, Context, Scenario
 from bench.targets import Targets, start_targets
 
 DEFAULT_OUT = Path(__file__).resolve().parent / "RESULTS.md"
-_BUILD = "import sys, pathlib; from mlxd.runtime.demo_model import build_tiny_model; build_tiny_model(pathlib.Path(sys.argv[1]))"
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
@@ -36,62 +36,111 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         default=",".join(s.name for s in ALL),
         help=f"comma-separated subset of: {', '.join(BY_NAME)} (default: all)",
     )
+    parser.add_argument(
+        "--models",
+        default=",".join(m.name for m in models.MODELS),
+        help=f"comma-separated subset of: {', '.join(models.BY_NAME)} (default: all); "
+        f"{', '.join(s.name for s in ALL if not s.per_model)} run on the first one only",
+    )
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="where to write the Markdown report")
     parser.add_argument("--tokens", type=int, default=None, help="tokens per single-stream request")
     args = parser.parse_args(argv)
-    names = [n.strip() for n in args.scenarios.split(",") if n.strip()]
-    unknown = [n for n in names if n not in BY_NAME]
-    if unknown or not names:
-        parser.error(
-            f"unknown scenario(s): {', '.join(unknown) or '(none given)'}; choose from {', '.join(BY_NAME)}"
-        )
-    args.selected = [BY_NAME[n] for n in names]
+    args.selected = [BY_NAME[n] for n in _names(parser, args.scenarios, BY_NAME, "scenario")]
+    args.models = [models.BY_NAME[n] for n in _names(parser, args.models, models.BY_NAME, "model")]
     return args
 
 
-def build_model(dest: Path) -> Path:
-    """The tiny model, built in a subprocess so the harness never imports MLX."""
-    subprocess.run([sys.executable, "-c", _BUILD, str(dest)], check=True)
-    return dest
+def _names(parser: argparse.ArgumentParser, given: str, known: Mapping[str, object], kind: str) -> list[str]:
+    """The comma-separated names in ``given``; a parser error for an unknown one or none."""
+    names = [n.strip() for n in given.split(",") if n.strip()]
+    unknown = [n for n in names if n not in known]
+    if unknown or not names:
+        parser.error(
+            f"unknown {kind}(s): {', '.join(unknown) or '(none given)'}; choose from {', '.join(known)}"
+        )
+    return names
 
 
-async def warm_up(targets: Targets) -> None:
-    """Load mlxd's model and exercise every path once on each server and the engine."""
+async def warm_up(targets: Targets, plan: Plan) -> None:
+    """Load the servers' model and exercise every path once on each server and the engine."""
+    clients = max(1, plan.warmup_clients)
     for server in targets.servers:
-        async with new_client(server.url, 16) as client:
+        async with new_client(server.url, clients) as client:
             for stream in (True, False):
-                await closed_loop(client, numbered_bodies(0, 16, stream=stream), 2, 1)
-            await closed_loop(client, numbered_bodies(0, 16, stream=True), 32, 16)
-    targets.raw.batch([request_messages(i) for i in range(16)], 16, 16)
+                bodies = numbered_bodies(0, plan.warmup_tokens, stream=stream)
+                await closed_loop(client, bodies, plan.warmup_requests, 1)
+            if plan.warmup_clients:
+                bodies = numbered_bodies(0, plan.warmup_tokens, stream=True)
+                await closed_loop(client, bodies, 2 * plan.warmup_clients, plan.warmup_clients)
+    targets.raw.batch([request_messages(i) for i in range(clients)], plan.warmup_tokens, clients)
 
 
-async def run_scenarios(
-    selected: list[Scenario], plan: Plan, workdir: Path, console: Console
+async def run_model(
+    model: BenchModel, scenarios: list[Scenario], plan: Plan, workdir: Path, console: Console
 ) -> tuple[list[ScenarioResult], dict[str, str]]:
-    """Run each scenario; one failing does not stop the others."""
+    """Build one model, start the shared targets on it if needed, run the scenarios.
+
+    One scenario failing does not stop the others.
+    """
 
     def say(message: str) -> None:
         console.log(message, style="dim")
 
-    model_dir = build_model(workdir / "tiny")
-    ctx = Context(plan, model_dir, workdir, say)
+    say(f"building the {model.name} model")
+    model_dir = await asyncio.to_thread(model.build, workdir / "model")
+    ctx = Context(plan, model, model_dir, workdir, say)
     results: list[ScenarioResult] = []
     failures: dict[str, str] = {}
     try:
-        if any(s.needs_targets for s in selected):
-            say("starting mlxd, mlx_lm.server and the raw engine")
+        if any(s.needs_targets for s in scenarios):
+            say(f"starting mlxd, mlx_lm.server and the raw engine on the {model.name} model")
             ctx.targets = start_targets(model_dir, workdir / "targets")
-            await warm_up(ctx.targets)
-        for scenario in selected:
-            say(f"scenario: {scenario.title}")
+            await warm_up(ctx.targets, plan)
+        for scenario in scenarios:
+            on = f"{model.name} model" if scenario.uses_model else ""
+            say(f"scenario: {scenario.title}" + (f" ({on})" if on else ""))
+            started = time.perf_counter()
             try:
-                results.append(await scenario.run(ctx))
+                result = await scenario.run(ctx)
             except Exception:
-                failures[scenario.name] = traceback.format_exc(limit=5)
-                console.print(f"[red]{scenario.name} failed[/red]\n{failures[scenario.name]}")
+                name = f"{scenario.name} ({on})" if on else scenario.name
+                failures[name] = traceback.format_exc(limit=5)
+                console.print(f"[red]{name} failed[/red]\n{failures[name]}")
+                continue
+            result.label(model.name if scenario.uses_model else "")
+            result.seconds = time.perf_counter() - started
+            results.append(result)
     finally:
         if ctx.targets is not None:
             ctx.targets.close()
+    return results, failures
+
+
+async def run_scenarios(
+    selected: list[Scenario],
+    run_models: list[BenchModel],
+    quick: bool,
+    tokens: int | None,
+    workdir: Path,
+    console: Console,
+) -> tuple[list[ScenarioResult], dict[str, str]]:
+    """Every model in turn: the per-model scenarios on each, the others on the first only.
+
+    Results come back in report order: by scenario, then by model.
+    """
+    results: list[ScenarioResult] = []
+    failures: dict[str, str] = {}
+    for position, model in enumerate(run_models):
+        scenarios = [s for s in selected if s.per_model or position == 0]
+        if not scenarios:
+            continue
+        plan = plan_for(quick, tokens, model.name)
+        done, failed = await run_model(model, scenarios, plan, workdir / model.name, console)
+        results += done
+        failures.update(failed)
+    order = {s.name: i for i, s in enumerate(ALL)}
+    rank = {m.name: i for i, m in enumerate(run_models)}
+    results.sort(key=lambda r: (order.get(r.name, len(order)), rank.get(r.model, -1)))
     return results, failures
 
 
@@ -100,11 +149,12 @@ def main(argv: list[str] | None = None) -> None:
     argv = sys.argv[1:] if argv is None else argv
     args = parse_args(argv)
     console = Console(stderr=True)
-    info = RunInfo(command=shlex.join(["python", "-m", "bench", *argv]), quick=args.quick)
-    plan = plan_for(args.quick, args.tokens)
+    command = shlex.join(["python", "-m", "bench", *argv])
+    info = RunInfo(command=command, quick=args.quick, models=tuple(args.models))
     started = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="mlxd-bench-") as tmp:
-        results, failures = asyncio.run(run_scenarios(args.selected, plan, Path(tmp), console))
+        run = run_scenarios(args.selected, args.models, args.quick, args.tokens, Path(tmp), console)
+        results, failures = asyncio.run(run)
     info.seconds = time.perf_counter() - started
     report.show(Console(width=None if sys.stdout.isatty() else 160), results)
     report.write(args.out, info, results, failures)

@@ -10,6 +10,8 @@ from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
 
+from bench.models import MODELS, BenchModel
+
 REPO = Path(__file__).resolve().parent.parent
 
 
@@ -69,6 +71,7 @@ class RunInfo:
 
     command: str
     quick: bool
+    models: tuple[BenchModel, ...] = MODELS
     started: dt.datetime = field(default_factory=lambda: dt.datetime.now(dt.UTC))
     load_before: str = field(default_factory=load_average)
     load_after: str = ""

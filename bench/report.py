@@ -35,21 +35,22 @@ chunk, which does not count; mlx_lm.server sends `: keepalive` comments, which a
 SETUP = """\
 ## Setup
 
-- Model: the tiny random-weight llama from `mlxd.runtime.demo_model.build_tiny_model(seed=0)`
-  (2 layers, hidden 64, vocab 768, context 2,048); its special tokens never win at
-  temperature 0, so every request runs to `max_tokens`. Its engine cost is tiny, so server
-  overhead shows directly.
-- mlxd: `python -m mlxd serve --config FILE --port P` with `max_batch_size = 64`,
-  `max_queue = 256`, `prefill_step_size = 256`, `keep_alive = "forever"`, temperature 0,
-  default logging.
+- Models: random-weight llamas from `mlxd.runtime.demo_model`, with the same byte-level BPE
+  tokenizer and ChatML template; their special tokens never win at temperature 0, so every
+  request runs to `max_tokens`.
+{models}
+- mlxd: `python -m mlxd serve --config FILE` with `max_batch_size = 64`, `max_queue = 256`,
+  `prefill_step_size = 256`, `keep_alive = "forever"`, temperature 0, default logging (the
+  switching and prompt-cache-off scenarios change only what they say).
 - mlx_lm.server: `python -m mlx_lm server --model DIR --port P {seed_flags}` (same batch
   and prefill sizes; its prompt cache and request logging at their defaults).
 - Raw engine: mlx-lm in its own process (`stream_generate` for single requests,
   `BatchGenerator` with mlxd's batch settings for concurrent ones), no HTTP.
 - Client: one asyncio process with `httpx.AsyncClient`, on the same machine as the servers
-  (it competes with them for the 2 cores, equally for both). All traffic on 127.0.0.1.
-- Each server and the raw engine run for the whole run (idle when not measured) so their
-  measurements interleave; start time and memory use fresh processes."""
+  (it competes with them for the cores, equally for both). All traffic on 127.0.0.1.
+- Each model is measured in turn. While it is, each server and the raw engine run on it
+  for the whole time (idle when not measured) so their measurements interleave; start time,
+  memory, switching and the prompt-cache-off daemon use fresh processes."""
 
 
 def _md_table(table: Table) -> str:
@@ -59,13 +60,34 @@ def _md_table(table: Table) -> str:
     return "\n".join(lines)
 
 
-def _summary(results: Iterable[ScenarioResult]) -> str:
+def summary_tables(results: Iterable[ScenarioResult]) -> list[Table]:
+    """The headline numbers: those with a goal (and their verdicts), then the others."""
     headlines: list[Headline] = [h for result in results for h in result.headlines]
-    if not headlines:
-        return ""
-    table = Table("Headline numbers", ["measure", "value", "target", "verdict"])
-    table.rows = [[h.label, h.shown, h.goal, h.verdict] for h in headlines]
-    return "## Summary\n\n" + _md_table(table)
+    goals = [h for h in headlines if h.goal is not None]
+    met = sum(1 for h in goals if h.verdict == "met")
+    tables = []
+    if goals:
+        targets = Table(
+            f"Targets: {met} of {len(goals)} met", ["measure", "model", "value", "target", "verdict"]
+        )
+        targets.rows = [[h.label, h.model or "-", h.shown, h.target, h.verdict] for h in goals]
+        tables.append(targets)
+    others = [h for h in headlines if h.goal is None]
+    if others:
+        table = Table("Other headline numbers", ["measure", "model", "value"])
+        table.rows = [[h.label, h.model or "-", h.shown] for h in others]
+        tables.append(table)
+    return tables
+
+
+def _summary(results: Iterable[ScenarioResult]) -> str:
+    tables = summary_tables(results)
+    return "## Summary\n\n" + "\n\n".join(_md_table(t) for t in tables) if tables else ""
+
+
+def heading(result: ScenarioResult) -> str:
+    """A result's section title, naming its model when it has one."""
+    return f"{result.title} ({result.model} model)" if result.model else result.title
 
 
 def read_analysis(path: Path) -> str:
@@ -98,19 +120,26 @@ def render(info: RunInfo, results: list[ScenarioResult], failures: dict[str, str
         "|---|---|",
         *(f"| {k} | {v} |" for k, v in info.machine().items()),
         "",
-        "Ratios are mlxd / other: above 1 mlxd is faster, except for TTFT ratios (lower is better).",
+        f"Models: {', '.join(m.name for m in info.models)} (see Setup); each section and headline names"
+        " the model it ran on.",
+        "",
+        "Ratios are mlxd / other: above 1 mlxd is faster, except for TTFT and latency ratios (lower is"
+        " better).",
         "Absolute numbers drift on shared machines; compare the ratios.",
     ]
     parts = ["\n".join(header), _summary(results)]
     parts.append(f"## Analysis\n\n{ANALYSIS_START}\n{analysis}\n{ANALYSIS_END}")
     for result in results:
-        body = [f"## {result.title}", result.method.replace("\n", " ")]
+        body = [f"## {heading(result)}", result.method.replace("\n", " ")]
         body += [_md_table(table) for table in result.tables]
         body += result.notes
+        if result.seconds:
+            body.append(f"_This section took {result.seconds / 60:.1f} minutes._")
         parts.append("\n\n".join(body))
     for name, error in failures.items():
         parts.append(f"## {name}: failed\n\n```\n{error}\n```")
-    parts.append(SETUP.format(seed_flags=MLX_LM_FLAGS))
+    described = "\n".join(f"  - {m.name}: {m.description}" for m in info.models)
+    parts.append(SETUP.format(models=described, seed_flags=MLX_LM_FLAGS))
     parts.append(COUNTING)
     return "\n\n".join(p for p in parts if p) + "\n"
 
@@ -126,14 +155,13 @@ def show(console: Console, results: list[ScenarioResult]) -> None:
     """Print every table, then the headline numbers."""
     for result in results:
         for table in result.tables:
-            rich = RichTable(*table.columns, title=f"{result.title}: {table.title}", title_justify="left")
-            for row in table.rows:
-                rich.add_row(*row)
-            console.print(rich)
-    headlines = [h for result in results for h in result.headlines]
-    summary = RichTable(
-        "measure", "value", "target", "verdict", title="Headline numbers", title_justify="left"
-    )
-    for h in headlines:
-        summary.add_row(h.label, h.shown, h.goal, h.verdict)
-    console.print(summary)
+            console.print(_rich(table, f"{heading(result)}: {table.title}"))
+    for table in summary_tables(results):
+        console.print(_rich(table, table.title))
+
+
+def _rich(table: Table, title: str) -> RichTable:
+    rich = RichTable(*table.columns, title=title, title_justify="left")
+    for row in table.rows:
+        rich.add_row(*row)
+    return rich

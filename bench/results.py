@@ -5,6 +5,8 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
+from bench.goals import Goal
+
 
 @dataclass
 class Table:
@@ -17,40 +19,46 @@ class Table:
 
 @dataclass
 class Headline:
-    """One number for the summary (a ratio unless ``unit`` says otherwise).
+    """One number for the summary (a ratio unless ``unit`` says otherwise), maybe with a goal.
 
-    ``target`` is the least value that meets the goal.
+    ``model`` names the model it was measured on (the CLI fills it in).
     """
 
     label: str
     value: float
-    target: float | None = None
+    goal: Goal | None = None
     unit: str = "×"
+    model: str = ""
+
+    def _format(self, value: float) -> str:
+        if math.isnan(value):
+            return "n/a"
+        if self.unit == "×":
+            return fmt_ratio(value)
+        if self.unit == "%":
+            return f"{value:+.1f}%"
+        if self.unit in ("MB", "ms"):
+            return f"{value:.1f} {self.unit}"
+        return f"{value:.2f} {self.unit}"
 
     @property
     def shown(self) -> str:
         """The value with its unit."""
-        if math.isnan(self.value):
-            return "n/a"
-        if self.unit == "×":
-            return fmt_ratio(self.value)
-        if self.unit == "%":
-            return f"{self.value:+.1f}%"
-        return f"{self.value:.2f} {self.unit}"
+        return self._format(self.value)
 
     @property
-    def goal(self) -> str:
-        """The target as text, or ``-``."""
-        return "-" if self.target is None else f"≥ {self.target:.2f}{self.unit}"
+    def target(self) -> str:
+        """The goal as text (``≥ 0.97×``, ``≤ 2.00 s``), or ``-``."""
+        return "-" if self.goal is None else f"{self.goal.sign} {self._format(self.goal.bound)}"
 
     @property
     def verdict(self) -> str:
-        """``met``, ``missed by N%`` or ``-`` (no target, or nothing measured)."""
-        if self.target is None or math.isnan(self.value):
+        """``met``, ``missed by N%`` (of the bound) or ``-`` (no goal, or nothing measured)."""
+        if self.goal is None or math.isnan(self.value):
             return "-"
-        if self.value >= self.target:
+        if self.goal.met(self.value):
             return "met"
-        shortfall = (1 - self.value / self.target) * 100
+        shortfall = self.goal.shortfall(self.value)
         return f"missed by {shortfall:.1f}%" if shortfall < 1 else f"missed by {shortfall:.0f}%"
 
 
@@ -64,6 +72,15 @@ class ScenarioResult:
     tables: list[Table] = field(default_factory=list)
     headlines: list[Headline] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    #: The model it ran on ("" when the scenario uses none) and how long it took; the CLI fills them in.
+    model: str = ""
+    seconds: float = 0.0
+
+    def label(self, model: str) -> None:
+        """Record the model on the result and on each of its headlines."""
+        self.model = model
+        for headline in self.headlines:
+            headline.model = model
 
 
 def fmt(value: float, digits: int = 0, unit: str = "") -> str:

@@ -6,6 +6,7 @@ Face cache that stays empty (``HF_HUB_OFFLINE=1``; the model is a local director
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
@@ -144,35 +145,42 @@ def launch(name: str, argv: list[str], workdir: Path, port: int) -> ServerProces
     return ServerProcess(name, process, f"http://{HOST}:{port}", log_path, launched)
 
 
-def mlxd_config(model_dir: Path, port: int) -> str:
-    """The benchmark's mlxd config: one greedy model, batches of up to 64."""
-    return f"""\
-[server]
-port = {port}
-
-[runtime]
-max_batch_size = {MAX_BATCH_SIZE}
-max_queue = 256
-keep_alive = "forever"
-prefill_step_size = {PREFILL_STEP_SIZE}
-
-[defaults]
-temperature = 0.0
-
-[models.tiny]
-model = "{model_dir}"
-default = true
-"""
+def toml_value(value: int | str) -> str:
+    """A TOML integer or basic string (JSON's string escapes are valid TOML)."""
+    return str(value) if isinstance(value, int) else json.dumps(value)
 
 
-def start_mlxd(model_dir: Path, workdir: Path) -> ServerProcess:
-    """``python -m mlxd serve`` with its own config file; the model loads on first use."""
-    port = free_port()
-    workdir.mkdir(parents=True, exist_ok=True)
-    config = workdir / "mlxd.toml"
-    config.write_text(mlxd_config(model_dir, port), encoding="utf-8")
-    argv = [sys.executable, "-m", "mlxd", "serve", "--config", str(config), "--port", str(port)]
-    return launch("mlxd", argv, workdir, port)
+def model_table(alias: str, model_dir: Path, *, adapter: Path | None = None, default: bool = False) -> str:
+    """A ``[models.<alias>]`` table for a local model, maybe with a LoRA adapter."""
+    lines = [f"[models.{alias}]", f"model = {toml_value(str(model_dir))}"]
+    if adapter is not None:
+        lines.append(f"adapter = {toml_value(str(adapter))}")
+    if default:
+        lines.append("default = true")
+    return "\n".join(lines) + "\n"
+
+
+def mlxd_config(models: str, port: int | str = "{port}", **runtime: int | str) -> str:
+    """The benchmark's mlxd config: greedy, batches of up to 64, models never unloaded.
+
+    ``runtime`` adds or overrides ``[runtime]`` keys; ``models`` holds the model tables.
+    """
+    settings: dict[str, int | str] = {
+        "max_batch_size": MAX_BATCH_SIZE,
+        "max_queue": 256,
+        "keep_alive": "forever",
+        "prefill_step_size": PREFILL_STEP_SIZE,
+        **runtime,
+    }
+    lines = ["[server]", f"port = {port}", "", "[runtime]"]
+    lines += [f"{key} = {toml_value(value)}" for key, value in settings.items()]
+    lines += ["", "[defaults]", "temperature = 0.0", ""]
+    return "\n".join(lines) + "\n" + models
+
+
+def start_mlxd(model_dir: Path, workdir: Path, **runtime: int | str) -> ServerProcess:
+    """``python -m mlxd serve`` on one default model; the model loads on first use."""
+    return start_mlxd_with(mlxd_config(model_table("bench", model_dir, default=True), **runtime), workdir)
 
 
 def start_mlxd_with(config: str, workdir: Path) -> ServerProcess:

@@ -1,4 +1,4 @@
-"""What every scenario gets: the plan, the model, a work directory and the targets."""
+"""What every scenario gets: the model and its plan, a work directory and the targets."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from bench.clients import RequestResult
+from bench.models import BenchModel
 from bench.plan import Plan
 from bench.results import ScenarioResult
 from bench.stats import median, percentile
@@ -15,9 +16,10 @@ from bench.targets import Targets
 
 @dataclass
 class Context:
-    """A run's shared state; ``targets`` is None for scenarios that start their own processes."""
+    """One model's share of a run; ``targets`` is None for scenarios that start their own processes."""
 
     plan: Plan
+    model: BenchModel
     model_dir: Path
     workdir: Path
     say: Callable[[str], None]
@@ -32,12 +34,18 @@ class Context:
 
 @dataclass(frozen=True)
 class Scenario:
-    """A named measurement."""
+    """A named measurement.
+
+    A ``per_model`` scenario runs once for every model of the run; the others run once,
+    on the run's first model (or on none, if not ``uses_model``).
+    """
 
     name: str
     title: str
     run: Callable[[Context], Awaitable[ScenarioResult]]
     needs_targets: bool = True
+    per_model: bool = False
+    uses_model: bool = True
 
 
 def ttfts(results: list[RequestResult]) -> list[float]:

@@ -1,7 +1,8 @@
-"""Scenario 2: 1, 4, 16 and 64 concurrent streaming clients; throughput and latency."""
+"""Scenario 2: N concurrent streaming clients (1, 4, 16, 64 on the tiny model); throughput and latency."""
 
 from __future__ import annotations
 
+from bench import goals
 from bench.clients import LoadResult, closed_loop, new_client, numbered_bodies
 from bench.plan import Plan
 from bench.prompts import request_messages
@@ -13,8 +14,9 @@ from bench.targets import MLXD, RAW, SEED
 
 METHOD = """\
 A closed loop: N clients each send a streaming greedy chat request for {tokens} tokens and
-the next one as soon as theirs ends: N × {waves} requests per level (at least 6); every prompt is unique (~27 tokens). Aggregate tok/s = all `usage.completion_tokens`
-/ wall time of the level. TTFT = request sent → first content chunk. ITL = gaps between
+the next one as soon as theirs ends: N × {waves} requests per level (at least {least}); every
+prompt is unique (~27 tokens). Aggregate tok/s = all `usage.completion_tokens` / wall time of
+the level. TTFT = request sent → first content chunk. ITL = gaps between
 content chunks (a chunk can carry several tokens when a server batches its writes, so also
 see TPOT = (last chunk − first chunk) / (tokens − 1), the per-token pace, median over
 requests). The raw engine runs the same closed loop on one `BatchGenerator` in-process
@@ -25,8 +27,8 @@ shares the machine's cores with the server). seqs/step = tokens / decode steps, 
 each engine step advanced (mlxd reports its steps in `/mlxd/status`; mlx_lm.server does not)."""
 
 
-def _total(level: int, waves: int) -> int:
-    return max(level * waves, 6)
+def _total(level: int, plan: Plan) -> int:
+    return max(level * plan.concurrency_waves, plan.concurrency_min_requests)
 
 
 async def _server_level(url: str, level: int, total: int, tokens: int, offset: int) -> LoadResult:
@@ -40,7 +42,7 @@ async def run(ctx: Context) -> ScenarioResult:
     measured: dict[tuple[int, str], LoadResult] = {}
     offset = 100_000
     for level in plan.concurrency_levels:
-        total = _total(level, plan.concurrency_waves)
+        total = _total(level, plan)
         for name, server in ((MLXD, targets.mlxd), (SEED, targets.seed)):
             ctx.say(f"concurrency {level}: {name}, {total} requests")
             before, steps = cpu_seconds(server.pid), server.decode_steps()
@@ -79,18 +81,25 @@ def _summarize(measured: dict[tuple[int, str], LoadResult], plan: Plan) -> Scena
         ],
     )
     ratios = Table(
-        "Concurrency ratios (aggregate tok/s)", ["clients", "mlxd / mlx_lm.server", "mlxd / raw engine"]
+        "Concurrency ratios",
+        [
+            "clients",
+            "agg tok/s: mlxd / mlx_lm.server",
+            "agg tok/s: mlxd / raw engine",
+            "TTFT p99: mlxd / mlx_lm.server",
+        ],
     )
     headlines = []
     notes: list[str] = []
     for level in plan.concurrency_levels:
-        rates = {}
+        rates, ttft_p99 = {}, {}
         for name in (MLXD, SEED, RAW):
             load = measured[(level, name)]
             ok = [r for r in load.results if r.error is None]
             notes += checks(f"{name}, {level} clients", load.results, plan.concurrency_tokens)
             rates[name] = load.tokens / load.wall if load.wall > 0 else float("nan")
             ttft50, ttft99 = p50_p99(ttfts(ok))
+            ttft_p99[name] = ttft99
             itl50, itl99 = p50_p99(gaps(ok))
             chunks = sum(len(r.times) for r in ok) / len(ok) if ok else float("nan")
             table.rows.append(
@@ -111,11 +120,19 @@ def _summarize(measured: dict[tuple[int, str], LoadResult], plan: Plan) -> Scena
                 ]
             )
         vs_seed, vs_raw = ratio(rates[MLXD], rates[SEED]), ratio(rates[MLXD], rates[RAW])
-        ratios.rows.append([str(level), fmt_ratio(vs_seed), fmt_ratio(vs_raw)])
-        headlines.append(Headline(f"{level} clients, agg tok/s: mlxd / mlx_lm.server", vs_seed))
+        p99_vs_seed = ratio(ttft_p99[MLXD], ttft_p99[SEED])
+        ratios.rows.append([str(level), fmt_ratio(vs_seed), fmt_ratio(vs_raw), fmt_ratio(p99_vs_seed)])
+        goal_level = level == goals.CONCURRENT_LEVEL
+        agg_goal = goals.CONCURRENT_VS_SEED if goal_level else None
+        headlines.append(Headline(f"{level} clients, agg tok/s: mlxd / mlx_lm.server", vs_seed, agg_goal))
         headlines.append(Headline(f"{level} clients, agg tok/s: mlxd / raw engine", vs_raw))
-    method = METHOD.format(tokens=plan.concurrency_tokens, waves=plan.concurrency_waves)
+        if goal_level:
+            label = f"{level} clients, TTFT p99: mlxd / mlx_lm.server (lower is better)"
+            headlines.append(Headline(label, p99_vs_seed, goals.CONCURRENT_TTFT_P99_VS_SEED))
+    method = METHOD.format(
+        tokens=plan.concurrency_tokens, waves=plan.concurrency_waves, least=plan.concurrency_min_requests
+    )
     return ScenarioResult("concurrency", "2. Concurrent clients", method, [table, ratios], headlines, notes)
 
 
-SCENARIO = Scenario("concurrency", "1/4/16/64 concurrent streaming clients", run)
+SCENARIO = Scenario("concurrency", "concurrent streaming clients", run, per_model=True)

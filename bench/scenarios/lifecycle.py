@@ -7,6 +7,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
+from bench import goals
 from bench.clients import RequestResult, chat_body, closed_loop, new_client
 from bench.prompts import request_messages
 from bench.results import Headline, ScenarioResult, Table, fmt, fmt_ms
@@ -18,7 +19,7 @@ from bench.targets import MLXD, SEED
 METHOD = """\
 Start: a fresh server process (new work directory) is launched and `GET /health` polled every
 5 ms until it answers 200; median of {reps} start(s). mlxd loads models on first use, so its
-number is the daemon alone; `mlx_lm.server --model` loads the (tiny) model before it listens,
+number is the daemon alone; `mlx_lm.server --model` loads the ({model}) model before it listens,
 so its number includes that load. Idle RSS = VmRSS of the server process 0.5 s after the first
 200. Leak check on another fresh process per row: {warmup} warm-up requests (the model loads),
 then the row's requests from 16 clients, `max_tokens = 1`, alternately streaming and not; RSS
@@ -114,34 +115,38 @@ async def run(ctx: Context) -> ScenarioResult:
     plan = ctx.plan
     start_table = Table("Start and idle memory", ["target", "start → /health 200", "idle RSS", "starts"])
     starts: dict[str, float] = {}
+    idle_kb: dict[str, float] = {}
     for name in (MLXD, SEED):
         ctx.say(f"start time: {name}")
         times, rss = await _starts(ctx, name, plan.start_reps)
-        starts[name] = median(times)
+        starts[name], idle_kb[name] = median(times), median(rss)
         start_table.rows.append(
-            [name, fmt_ms(starts[name]), fmt(median(rss) / 1024, 1, " MB"), str(len(times))]
+            [name, fmt_ms(starts[name]), fmt(idle_kb[name] / 1024, 1, " MB"), str(len(times))]
         )
     leak_table = Table(
         "RSS over many requests",
         ["target", "requests", "RSS after warm-up", "RSS at checkpoints", "growth", "req/s", "errors"],
     )
-    headlines: list[Headline] = []
     notes: list[str] = []
     rows = (
         (MLXD, plan.leak_requests, plan.leak_pool, MLXD),
         (SEED, plan.leak_requests_seed, plan.leak_pool, SEED),
         (MLXD, plan.leak_unique, None, f"{MLXD}, every prompt new"),
     )
+    headlines: list[Headline] = [
+        Headline("mlxd start → /health 200", starts[MLXD], goals.START_SECONDS, unit="s"),
+        Headline("mlxd idle RSS", idle_kb[MLXD] / 1024, goals.IDLE_RSS_MB, unit="MB"),
+    ]
     for name, count, pool, label in rows:
         leak = await _leak(ctx, name, count, pool)
         leak_table.rows.append(leak.row(label))
         notes += checks(f"{label} leak check", leak.results, 1)
-        headlines.append(Headline(f"RSS growth over {count:,} requests: {label}", leak.growth, unit="%"))
-    headlines.insert(0, Headline("mlxd start → /health 200", starts[MLXD], unit="s"))
+        goal = goals.RSS_GROWTH_PERCENT if label == MLXD else None
+        headlines.append(
+            Headline(f"RSS growth over {count:,} requests: {label}", leak.growth, goal, unit="%")
+        )
     method = METHOD.format(
-        reps=plan.start_reps,
-        warmup=plan.leak_warmup,
-        pool=plan.leak_pool,
+        reps=plan.start_reps, warmup=plan.leak_warmup, pool=plan.leak_pool, model=ctx.model.name
     )
     return ScenarioResult(
         "lifecycle", "4. Start, idle memory and leaks", method, [start_table, leak_table], headlines, notes

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from collections import defaultdict
 
+from bench import goals
 from bench.clients import LoadResult, closed_loop, new_client, numbered_bodies
 from bench.prompts import request_messages
-from bench.results import Headline, ScenarioResult, Table, fmt, fmt_ms, fmt_ratio
+from bench.results import Headline, ScenarioResult, Table, fmt, fmt_ms
 from bench.scenarios.base import Context, Scenario, checks, p50_p99
 from bench.servers import cpu_seconds
 from bench.stats import median, ratio
@@ -85,18 +86,22 @@ def _summarize(
         if len(loads) > 1:
             by_round = ", ".join(fmt(len(load.results) / load.wall, 1) for load in loads)
             notes.append(f"- {key[0]} {mode}: req/s by round: {by_round}.")
+    label = f"max_tokens=1 req/s, {clients} clients"
     headlines = [
         Headline(
-            "max_tokens=1 req/s: mlxd / mlx_lm.server", ratio(rates[(MLXD, False)], rates[(SEED, False)])
+            f"{label}: mlxd / mlx_lm.server",
+            ratio(rates[(MLXD, False)], rates[(SEED, False)]),
+            goals.OVERHEAD_VS_SEED,
         ),
-        Headline("max_tokens=1 req/s: mlxd / raw engine", ratio(rates[(MLXD, False)], rates[(RAW, False)])),
+        Headline(f"{label}: mlxd / raw engine", ratio(rates[(MLXD, False)], rates[(RAW, False)])),
         Headline(
-            "max_tokens=1 req/s, streaming: mlxd / mlx_lm.server",
+            f"{label}, streaming: mlxd / mlx_lm.server",
             ratio(rates[(MLXD, True)], rates[(SEED, True)]),
+            goals.OVERHEAD_VS_SEED,
         ),
     ]
-    ratios = Table("Overhead ratios", ["ratio", "value"])
-    ratios.rows = [[h.label, fmt_ratio(h.value)] for h in headlines]
+    ratios = Table("Overhead ratios", ["ratio", "value", "target", "verdict"])
+    ratios.rows = [[h.label, h.shown, h.target, h.verdict] for h in headlines]
     method = METHOD.format(clients=clients, requests=count, rounds=rounds)
     return ScenarioResult("overhead", "3. Per-request overhead", method, [table, ratios], headlines, notes)
 
