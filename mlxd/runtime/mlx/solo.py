@@ -98,7 +98,8 @@ class SoloDecoder:
                 return None
             if self._inflight is None:
                 last, self._unfed = self._unfed, []
-                self._inflight = self._forward(last)
+                self.fed.extend(last)
+                self._inflight = self._forward(mx.array(last))
             return self._take(self._inflight, ahead=True)
 
     def detach(self) -> tuple[SoloResponse | None, Detached | None]:
@@ -125,16 +126,21 @@ class SoloDecoder:
     def _take(self, inflight: tuple[Any, Any], *, ahead: bool) -> SoloResponse:
         token_array, logprobs = inflight
         self._inflight = None
-        token = int(token_array.item())
         self.generated += 1
+        last = self.generated >= self._max_tokens
+        if ahead and not last:
+            # Queue the next step on the sampled token while it is still being computed, so
+            # MLX goes on without waiting for Python (as generate_step does). When this token
+            # turns out to be a stop token, that step is wasted, never delivered.
+            self._inflight = self._forward(token_array)
+        token = int(token_array.item())
+        if self._inflight is not None:
+            self.fed.append(token)
         finish = None
         if token in self._stop_tokens:
             finish = "stop"
-        elif self.generated >= self._max_tokens:
+        elif last:
             finish = "length"
-        if ahead and finish is None:
-            # Start the next step before the caller looks at this token (as generate_step).
-            self._inflight = self._forward([token])
         if self.generated % _CLEAR_EVERY == 0:
             mx.clear_cache()
         return SoloResponse(token, logprobs, finish)
@@ -150,9 +156,8 @@ class SoloDecoder:
             self._context = inputs if self._context is None else mx.concatenate([self._context, inputs])
         mx.clear_cache()
 
-    def _forward(self, tokens: list[int]) -> tuple[Any, Any]:
-        inputs = mx.array(tokens)
-        self.fed.extend(tokens)
+    def _forward(self, inputs: Any) -> tuple[Any, Any]:
+        """Queue one decode step on ``inputs`` (a 1-D array of token ids, maybe not computed yet)."""
         logits = self.model(inputs[None], cache=self.cache)[:, -1, :]
         if self.processors:
             self._context = inputs if self._context is None else mx.concatenate([self._context, inputs])
