@@ -67,6 +67,24 @@ def test_multi_turn_chat_hits_the_cache_with_identical_output(
         ]
 
 
+def test_a_short_first_turn_is_reused_by_the_second(pair: tuple[openai.OpenAI, openai.OpenAI]) -> None:
+    cached, plain = pair
+    messages: list[dict[str, str]] = [{"role": "user", "content": "Hi there!"}]
+    first = cached.chat.completions.create(model="tiny", messages=messages)  # type: ignore[arg-type]
+    assert first.usage is not None
+    assert first.usage.prompt_tokens < 64  # shorter than a batch's threshold for keeping it
+    messages += [
+        {"role": "assistant", "content": first.choices[0].message.content or ""},
+        {"role": "user", "content": "And then?"},
+    ]
+    second = cached.chat.completions.create(model="tiny", messages=messages)  # type: ignore[arg-type]
+    again = plain.chat.completions.create(model="tiny", messages=messages)  # type: ignore[arg-type]
+    assert second.choices[0].message.content == again.choices[0].message.content
+    assert second.usage is not None
+    assert second.usage.prompt_tokens_details is not None
+    assert second.usage.prompt_tokens_details.cached_tokens >= first.usage.prompt_tokens
+
+
 def test_a_shared_prefix_serves_different_continuations(pair: tuple[openai.OpenAI, openai.OpenAI]) -> None:
     cached, plain = pair
     for i, ending in enumerate(("first ending", "second ending", "first ending")):

@@ -17,8 +17,9 @@ import mlx.core as mx
 
 #: Shorter shared prefixes are not worth a lookup hit.
 MIN_REUSE = 16
-#: Shorter sequences are not kept: re-running them costs less than storing every one-shot
-#: prompt (materialising its KV on the worker thread showed up in the per-request profile).
+#: Shorter sequences cut out of a batch are not kept: re-running them costs less than
+#: copying every one-shot prompt's KV out of the batch (it showed in the per-request
+#: profile). A sequence that decoded alone owns its arrays and is kept from ``MIN_REUSE``.
 MIN_STORE = 64
 
 
@@ -74,9 +75,9 @@ class PromptCache:
         self.hits += 1
         return copies, reuse
 
-    def store(self, tokens: list[int], layers: list[Any]) -> None:
+    def store(self, tokens: list[int], layers: list[Any], *, min_tokens: int = MIN_STORE) -> None:
         """Keep the cache of a finished sequence; entries it extends are dropped."""
-        if self.max_bytes <= 0 or len(tokens) < MIN_STORE:
+        if self.max_bytes <= 0 or len(tokens) < max(min_tokens, MIN_REUSE):
             return
         # A cache extracted from a batch is a lazy slice that keeps the whole batch's KV
         # buffer alive until it is evaluated: materialise it so only its own bytes stay.

@@ -33,7 +33,7 @@ from mlxd.runtime.engine import FinishReason, GenerationEvent, TokenInfo
 from mlxd.runtime.mlx.commands import Call, Cancel, Choice, Command, Insert, Key, Load, Shutdown, Sink, Unload
 from mlxd.runtime.mlx.constrained import GrammarCache, make_constraint
 from mlxd.runtime.mlx.loading import LoadedModel, load_adapted, load_base
-from mlxd.runtime.mlx.prompt_cache import PromptCache
+from mlxd.runtime.mlx.prompt_cache import MIN_REUSE, PromptCache
 from mlxd.runtime.mlx.sampling import make_processors, make_sampler, top_logprobs
 from mlxd.runtime.mlx.solo import SoloDecoder, private_cache
 from mlxd.runtime.stops import StopMatcher
@@ -93,20 +93,18 @@ class _Runner:
 def _settle_heap() -> None:
     """Put every object alive now out of the cyclic garbage collector's way.
 
-    The daemon holds a few million long-lived objects (the web stack, transformers, the
-    tokenizers and models): each full collection would walk them all again (about 60 ms
-    on the tiny model's daemon) and the decode loop's allocations trigger collections
-    often. Frozen objects are still freed by reference counting; ``_release_memory``
-    unfreezes them before it collects.
+    The daemon holds over 100,000 long-lived objects (the web stack, transformers, the
+    tokenizers and models): a full collection walked them all (50-75 ms on the tiny
+    model's daemon, several times during the first load). Frozen objects are still freed
+    by reference counting, which is how an unloaded model's arrays go (they form no
+    cycles), and collections only look at what was created since.
     """
-    gc.collect()
     gc.freeze()
 
 
 def _release_memory() -> None:
     """Return freed weights to the OS (glibc keeps them otherwise; macOS needs no help)."""
-    gc.unfreeze()
-    _settle_heap()
+    gc.collect()
     mx.clear_cache()
     if sys.platform == "linux":
         with contextlib.suppress(OSError, AttributeError):
@@ -424,7 +422,7 @@ class MlxWorker:
         self._sequences.pop(solo.seq.seq_id, None)
         if store:
             tokens, layers = solo.decoder.cache_state()
-            runner.prompt_cache.store(list(tokens), layers)
+            runner.prompt_cache.store(list(tokens), layers, min_tokens=MIN_REUSE)
 
     def _processors(self, runner: _Runner, choice: Choice, grammar: str | None) -> list[Any]:
         processors = make_processors(choice.sampling)
