@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from bench.scenarios import cli_help, concurrency, lifecycle, multiturn, overhead, single
+from bench.scenarios import cli_help, concurrency, lifecycle, multiturn, overhead, single, switching
 from bench.scenarios.base import Context, Scenario
 
 ALL: tuple[Scenario, ...] = (
@@ -11,6 +11,7 @@ ALL: tuple[Scenario, ...] = (
     overhead.SCENARIO,
     lifecycle.SCENARIO,
     multiturn.SCENARIO,
+    switching.SCENARIO,
     cli_help.SCENARIO,
 )
 BY_NAME = {scenario.name: scenario for scenario in ALL}

@@ -1,4 +1,4 @@
-"""Scenario 6: wall time of ``mlxd --help`` (the CLI must not import MLX or the server)."""
+"""Scenario 7: wall time of ``mlxd --help`` (the CLI must not import MLX or the server)."""
 
 from __future__ import annotations
 
@@ -42,7 +42,7 @@ async def run(ctx: Context) -> ScenarioResult:
         table.rows.append([label, fmt_ms(times[label]), str(len(runs))])
     headline = Headline("mlxd --help", times[COMMANDS[0][0]], goals.HELP_SECONDS, unit="s")
     return ScenarioResult(
-        "help", "6. `mlxd --help`", METHOD.format(reps=ctx.plan.help_reps), [table], [headline]
+        "help", "7. `mlxd --help`", METHOD.format(reps=ctx.plan.help_reps), [table], [headline]
     )
 
 

@@ -56,6 +56,24 @@ def test_unknown_scenarios_are_refused() -> None:
         parse_args(["--scenarios", "single,nonsense"])
 
 
+@pytest.mark.server
+@pytest.mark.timeout(600)
+def test_quick_switching_run_reports_both_switches(tmp_path: Path) -> None:
+    out = tmp_path / "RESULTS.md"
+    argv = ["--quick", "--scenarios", "switch", "--models", "tiny", "--out", str(out)]
+    done = subprocess.run(
+        [sys.executable, "-m", "bench", *argv], cwd=REPO, capture_output=True, text=True, timeout=600
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    report = out.read_text(encoding="utf-8")
+    assert "## 6. Switching aliases and models (tiny model)" in report
+    for pattern in ("plain, repeated", "adapter, repeated", "model A, repeated", "alternating"):
+        assert f"| {pattern} | mlx_lm.server |" in report
+    assert "adapter switching, latency p50: mlxd / mlx_lm.server" in report
+    assert "model switch cost: mlxd" in report
+    assert "requests failed" not in report
+
+
 def test_models_are_chosen_on_the_command_line() -> None:
     from bench.cli import parse_args
 
