@@ -85,6 +85,19 @@ def test_a_short_first_turn_is_reused_by_the_second(pair: tuple[openai.OpenAI, o
     assert second.usage.prompt_tokens_details.cached_tokens >= first.usage.prompt_tokens
 
 
+def test_a_new_conversation_reuses_the_templates_opening(pair: tuple[openai.OpenAI, openai.OpenAI]) -> None:
+    cached, plain = pair
+    for text in ("Tell me about owls.", "What is the capital of a made-up country?"):
+        messages = [{"role": "user", "content": text}]
+        on = cached.chat.completions.create(model="tiny", messages=messages)  # type: ignore[arg-type]
+        off = plain.chat.completions.create(model="tiny", messages=messages)  # type: ignore[arg-type]
+        assert on.choices[0].message.content == off.choices[0].message.content
+    assert on.usage is not None
+    assert on.usage.prompt_tokens_details is not None
+    # Only the chat template's opening ("<|im_start|>user\n" and the like) is shared.
+    assert 4 <= on.usage.prompt_tokens_details.cached_tokens < 16
+
+
 def test_a_shared_prefix_serves_different_continuations(pair: tuple[openai.OpenAI, openai.OpenAI]) -> None:
     cached, plain = pair
     for i, ending in enumerate(("first ending", "second ending", "first ending")):

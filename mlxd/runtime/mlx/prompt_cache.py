@@ -15,8 +15,13 @@ from typing import Any
 
 import mlx.core as mx
 
-#: Shorter shared prefixes are not worth a lookup hit.
+#: Entries are bucketed by this many first tokens: a longer shared prefix is found by
+#: scanning one bucket.
 MIN_REUSE = 16
+#: A prompt that shares less with every entry of its bucket still reuses a shorter common
+#: opening (a chat template's first turn markers, a short system prompt) from the latest
+#: entry that starts with the same ``SHORT_REUSE`` tokens. Shorter openings are not worth it.
+SHORT_REUSE = 4
 #: Shorter sequences cut out of a batch are not kept: re-running them costs less than
 #: copying every one-shot prompt's KV out of the batch (it showed in the per-request
 #: profile). A sequence that decoded alone owns its arrays and is kept from ``MIN_REUSE``.
@@ -34,8 +39,9 @@ def _common_prefix(a: tuple[int, ...], b: list[int]) -> int:
 class PromptCache:
     """An LRU of KV caches keyed by token sequences, bounded by ``max_bytes`` and ``max_entries``.
 
-    Entries are bucketed by their first ``MIN_REUSE`` tokens: a prompt can only reuse an
-    entry that shares at least that much, so a lookup scans one bucket, not every entry.
+    Entries are bucketed by their first ``MIN_REUSE`` tokens, so finding a long shared
+    prefix scans one bucket, not every entry; for a shorter one, the latest entry with
+    the same first ``SHORT_REUSE`` tokens is the candidate.
     """
 
     def __init__(self, max_bytes: int, max_entries: int = 1024) -> None:
@@ -45,23 +51,26 @@ class PromptCache:
         self.hits = 0
         self._entries: OrderedDict[tuple[int, ...], tuple[list[Any], int]] = OrderedDict()
         self._buckets: dict[tuple[int, ...], set[tuple[int, ...]]] = {}
+        self._latest: dict[tuple[int, ...], tuple[int, ...]] = {}
 
     def __len__(self) -> int:
         return len(self._entries)
 
     def lookup(self, tokens: list[int]) -> tuple[list[Any] | None, int]:
         """A cache covering the longest reusable prefix of ``tokens`` and its length."""
-        bucket = self._buckets.get(tuple(tokens[:MIN_REUSE]))
-        if not bucket:
-            return None, 0
         best_key: tuple[int, ...] | None = None
         best = 0
-        for key in bucket:
+        for key in self._buckets.get(tuple(tokens[:MIN_REUSE]), ()):
             shared = _common_prefix(key, tokens)
             if shared > best:
                 best_key, best = key, shared
+        if best < MIN_REUSE:
+            latest = self._latest.get(tuple(tokens[:SHORT_REUSE]))
+            shared = _common_prefix(latest, tokens) if latest is not None else 0
+            if shared > best:
+                best_key, best = latest, shared
         reuse = min(best, len(tokens) - 1)  # at least one token must go through the model
-        if best_key is None or reuse < MIN_REUSE:
+        if best_key is None or reuse < SHORT_REUSE:
             return None, 0
         layers, _ = self._entries[best_key]
         trim = len(best_key) - reuse
@@ -91,6 +100,7 @@ class PromptCache:
             self._drop(old)
         self._entries[key] = (layers, size)
         self._buckets.setdefault(key[:MIN_REUSE], set()).add(key)
+        self._latest[key[:SHORT_REUSE]] = key
         self.bytes += size
         while (self.bytes > self.max_bytes or len(self._entries) > self.max_entries) and self._entries:
             self._drop(next(iter(self._entries)))
@@ -99,11 +109,14 @@ class PromptCache:
         """Forget every entry."""
         self._entries.clear()
         self._buckets.clear()
+        self._latest.clear()
         self.bytes = 0
 
     def _drop(self, key: tuple[int, ...]) -> None:
         _, size = self._entries.pop(key)
         self.bytes -= size
+        if self._latest.get(key[:SHORT_REUSE]) == key:
+            del self._latest[key[:SHORT_REUSE]]
         bucket = self._buckets.get(key[:MIN_REUSE])
         if bucket is not None:
             bucket.discard(key)
