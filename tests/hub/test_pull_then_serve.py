@@ -47,7 +47,7 @@ def test_pull_then_the_daemon_serves_the_alias(
         pulled = mlxd_env.run("models", "pull", "hubbed", "--config", str(config))
         assert pulled.returncode == 0, pulled.stderr
 
-        reply = client.completions.create(model="hubbed", prompt="hello", max_tokens=4)
+        reply = client.completions.create(model="hubbed", prompt="hello", max_tokens=4, temperature=0)
         assert reply.usage is not None
         assert reply.usage.completion_tokens == 4
         listed = mlxd_env.run("models", "list", "--json", "--config", str(config))
