@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import socket
 import threading
 from collections.abc import Iterator
@@ -111,6 +112,16 @@ def stop_daemon(running: RunningDaemon, thread: threading.Thread) -> None:
     assert not thread.is_alive(), "the daemon did not stop"
 
 
+@contextlib.contextmanager
+def serving(root: Path, config: str) -> Iterator[RunningDaemon]:
+    """A daemon for ``config`` (written to ``root/mlxd.toml``) while the block runs."""
+    running, thread = start_daemon(write_config(root / "mlxd.toml", config))
+    try:
+        yield running
+    finally:
+        stop_daemon(running, thread)
+
+
 def write_config(path: Path, text: str) -> Path:
     """Write a config file the way editors do: to a temp file, then rename over."""
     tmp = path.with_suffix(".tmp")
@@ -129,8 +140,8 @@ def daemon(
 ) -> Iterator[RunningDaemon]:
     """A real daemon serving the tiny model under several aliases (module-scoped)."""
     root = tmp_path_factory.mktemp("daemon")
-    config = write_config(
-        root / "mlxd.toml",
+    with serving(
+        root,
         f"""
 [server]
 port = 0
@@ -165,7 +176,5 @@ model = "{thinking_model_dir}"
 model = "{thinking_model_dir}"
 chat_template_kwargs = {{ enable_thinking = false }}
 """,
-    )
-    running, thread = start_daemon(config)
-    yield running
-    stop_daemon(running, thread)
+    ) as running:
+        yield running

@@ -14,7 +14,7 @@ from hypothesis import HealthCheck, settings
 from mlxd.config import load_config
 from mlxd.http.app import create_litestar
 from mlxd.http.state import DaemonState
-from tests.conftest import RunningDaemon, start_daemon, stop_daemon, write_config
+from tests.conftest import RunningDaemon, serving
 
 pytestmark = [pytest.mark.mlx, pytest.mark.server]
 
@@ -37,8 +37,8 @@ CASES: list[int] = []
 @pytest.fixture(scope="module")
 def fuzz_daemon(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningDaemon]:
     root = tmp_path_factory.mktemp("fuzz")
-    config = write_config(
-        root / "mlxd.toml",
+    with serving(
+        root,
         f"""
 [server]
 port = 0
@@ -50,10 +50,8 @@ keep_alive = "forever"
 model = "{tiny_model_dir}"
 aliases = ["gpt-4o-mini"]
 """,
-    )
-    running, thread = start_daemon(config)
-    yield running
-    stop_daemon(running, thread)
+    ) as running:
+        yield running
 
 
 @SCHEMA.parametrize()

@@ -13,7 +13,7 @@ from pathlib import Path
 import openai
 import pytest
 
-from tests.conftest import RunningDaemon, start_daemon, stop_daemon, write_config
+from tests.conftest import RunningDaemon, serving
 
 pytestmark = [pytest.mark.mlx, pytest.mark.server]
 
@@ -23,8 +23,8 @@ HELLO = [{"role": "user", "content": "Say this is a test!"}]
 @pytest.fixture(scope="module")
 def slow_pace(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningDaemon]:
     root = tmp_path_factory.mktemp("pacing")
-    config = write_config(
-        root / "mlxd.toml",
+    with serving(
+        root,
         f"""
 [server]
 port = 0
@@ -36,10 +36,8 @@ temperature = 0.0
 [models.tiny]
 model = "{tiny_model_dir}"
 """,
-    )
-    running, thread = start_daemon(config)
-    yield running
-    stop_daemon(running, thread)
+    ) as running:
+        yield running
 
 
 def test_a_long_interval_holds_back_all_but_the_first_token_and_the_end(slow_pace: RunningDaemon) -> None:

@@ -13,7 +13,7 @@ import httpx
 import pytest
 
 from mlxd.errors import ModelLoadError
-from tests.conftest import RunningDaemon, start_daemon, stop_daemon, write_config
+from tests.conftest import RunningDaemon, serving
 
 pytestmark = [pytest.mark.mlx, pytest.mark.server]
 
@@ -38,8 +38,8 @@ def models(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> di
 
 @pytest.fixture
 def runtime_daemon(models: dict[str, Path], tmp_path: Path) -> Iterator[RunningDaemon]:
-    config = write_config(
-        tmp_path / "mlxd.toml",
+    with serving(
+        tmp_path,
         f"""
 [server]
 port = 0
@@ -63,10 +63,8 @@ model = "{models["escaping"]}"
 model = "{models["second"]}"
 keep_alive = "1s"
 """,
-    )
-    running, thread = start_daemon(config)
-    yield running
-    stop_daemon(running, thread)
+    ) as running:
+        yield running
 
 
 async def _post(

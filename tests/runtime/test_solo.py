@@ -16,7 +16,7 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.conftest import RunningDaemon, start_daemon, stop_daemon, write_config
+from tests.conftest import RunningDaemon, serving
 
 pytestmark = [pytest.mark.mlx]
 
@@ -153,8 +153,8 @@ def test_joining_a_batch_mid_prefill_keeps_every_token(loaded: tuple[Any, Any, l
 @pytest.fixture(scope="module")
 def solo_daemon(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningDaemon]:
     root = tmp_path_factory.mktemp("solo")
-    config = write_config(
-        root / "mlxd.toml",
+    with serving(
+        root,
         f"""
 [server]
 port = 0
@@ -170,10 +170,8 @@ temperature = 0.0
 [models.tiny]
 model = "{tiny_model_dir}"
 """,
-    )
-    running, thread = start_daemon(config)
-    yield running
-    stop_daemon(running, thread)
+    ) as running:
+        yield running
 
 
 @pytest.mark.server
