@@ -40,8 +40,9 @@ SETUP = """\
   request runs to `max_tokens`.
 {models}
 - mlxd: `python -m mlxd serve --config FILE` with `max_batch_size = 64`, `max_queue = 256`,
-  `prefill_step_size = 256`, `keep_alive = "forever"`, temperature 0, default logging (the
-  switching and prompt-cache-off scenarios change only what they say).
+  `prefill_step_size = 256`, `keep_alive = "forever"`, temperature 0; logging, prompt cache
+  and `stream_interval` (20 ms) at their defaults (the switching and prompt-cache-off
+  scenarios change only what they say).
 - mlx_lm.server: `python -m mlx_lm server --model DIR --port P {seed_flags}` (same batch
   and prefill sizes; its prompt cache and request logging at their defaults).
 - Raw engine: mlx-lm in its own process (`stream_generate` for single requests,
