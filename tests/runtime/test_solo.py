@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import jsonschema_rs
 import pytest
 
 from tests.conftest import RunningDaemon, serving
@@ -39,7 +40,15 @@ def _reference(model: Any, prompt: list[int], sampler: Any) -> list[int]:
     return [int(t) for t, _ in generate_step(mx.array(prompt), model, max_tokens=TOKENS, sampler=sampler)]
 
 
-def _decoder(model: Any, prompt: list[int], sampler: Any, step: int = 256) -> Any:
+def _decoder(
+    model: Any,
+    prompt: list[int],
+    sampler: Any,
+    step: int = 256,
+    processors: list[Any] | None = None,
+    stop_tokens: frozenset[int] = frozenset(),
+    max_tokens: int = TOKENS,
+) -> Any:
     from mlx_lm.generate import generation_stream
     from mlx_lm.models.cache import make_prompt_cache
 
@@ -51,9 +60,9 @@ def _decoder(model: Any, prompt: list[int], sampler: Any, step: int = 256) -> An
         make_prompt_cache(model),
         [],
         sampler=sampler,
-        processors=[],
-        max_tokens=TOKENS,
-        stop_tokens=frozenset(),
+        processors=processors or [],
+        max_tokens=max_tokens,
+        stop_tokens=stop_tokens,
         prefill_step_size=step,
         stream=generation_stream,
     )
@@ -67,7 +76,6 @@ def _run_alone(decoder: Any) -> list[int]:
             continue
         out.append(response.token)
         if response.finish_reason is not None:
-            assert response.finish_reason == "length"
             return out
 
 
@@ -84,7 +92,10 @@ def _continue_in_batch(model: Any, decoder: Any, after_steps: int) -> list[int]:
     if response is not None:
         out.append(response.token)
     assert state is not None
-    generator = BatchGenerator(model, completion_batch_size=4, prefill_batch_size=4, prefill_step_size=256)
+    stop = [[t] for t in sorted(decoder._stop_tokens)]
+    generator = BatchGenerator(
+        model, stop_tokens=stop, completion_batch_size=4, prefill_batch_size=4, prefill_step_size=256
+    )
     (uid,) = generator.insert(
         [state.prompt],
         max_tokens=[state.max_tokens],
@@ -148,6 +159,26 @@ def test_joining_a_batch_mid_prefill_keeps_every_token(loaded: tuple[Any, Any, l
     decoder = _decoder(model, prompt, _greedy(), step=16)
     # Two prefill chunks of 16, then the hand-over with most of the prompt unfed.
     assert _continue_in_batch(model, decoder, 2) == reference
+
+
+def test_constrained_output_survives_the_join(loaded: tuple[Any, Any, list[int]]) -> None:
+    from mlxd.runtime.mlx.constrained import GrammarCache, json_grammar, make_constraint
+    from tests.schemas import PET
+
+    model, tokenizer, _ = loaded
+    prompt = tokenizer.apply_chat_template(
+        [{"role": "user", "content": "A pet as JSON."}], add_generation_prompt=True
+    )
+    grammar, cache, eos = json_grammar(PET), GrammarCache(), frozenset(tokenizer.eos_token_ids)
+
+    def decoder() -> Any:
+        processor = make_constraint(tokenizer, grammar, model.args.vocab_size, cache)
+        return _decoder(model, prompt, _seeded(), processors=[processor], stop_tokens=eos, max_tokens=400)
+
+    alone = _run_alone(decoder())
+    assert alone[-1] in eos  # the grammar completed the object and ended the sequence
+    assert jsonschema_rs.validator_for(PET).is_valid(json.loads(tokenizer.decode(alone[:-1])))
+    assert _continue_in_batch(model, decoder(), 6) == alone
 
 
 @pytest.fixture(scope="module")

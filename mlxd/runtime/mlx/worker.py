@@ -339,11 +339,11 @@ class MlxWorker:
     ) -> bool:
         """Decode a request alone, outside the batch, when it is the model's only one.
 
-        False (the batch takes it) when other sequences run, for ``n`` > 1, for constrained
-        output, and when the model's or the prompt cache's layers are not plain KV caches.
+        False (the batch takes it) when other sequences run, for ``n`` > 1, and when the
+        model's or the prompt cache's layers are not plain KV caches.
         """
         alone = runner.solo is None and not runner.by_uid
-        if not (alone and runner.solo_ok and len(command.choices) == 1 and command.grammar is None):
+        if not (alone and runner.solo_ok and len(command.choices) == 1):
             return False
         model = runner.loaded.model
         layers = private_cache(cache, hit) if cache is not None else make_prompt_cache(model)
@@ -358,7 +358,7 @@ class MlxWorker:
                 layers,
                 tokens[:hit],
                 sampler=make_sampler(choice.sampling),
-                processors=self._processors(runner, choice, None),
+                processors=self._processors(runner, choice, command.grammar),
                 max_tokens=command.max_tokens,
                 stop_tokens=eos,
                 prefill_step_size=self.prefill_step_size,
