@@ -29,12 +29,13 @@ from mlx_lm.generate import BatchGenerator
 from mlx_lm.models.cache import KVCache, make_prompt_cache
 
 from mlxd.errors import MlxdError, ModelLoadError
-from mlxd.runtime.engine import FinishReason, GenerationEvent, TokenInfo
+from mlxd.runtime.engine import GenerationEvent
 from mlxd.runtime.mlx.commands import Call, Cancel, Choice, Command, Insert, Key, Load, Shutdown, Sink, Unload
 from mlxd.runtime.mlx.constrained import GrammarCache, make_constraint
 from mlxd.runtime.mlx.loading import LoadedModel, load_adapted, load_base
 from mlxd.runtime.mlx.prompt_cache import MIN_REUSE, PromptCache
-from mlxd.runtime.mlx.sampling import make_processors, make_sampler, top_logprobs
+from mlxd.runtime.mlx.sampling import make_processors, make_sampler
+from mlxd.runtime.mlx.sequence import Sequence
 from mlxd.runtime.mlx.solo import SoloDecoder, private_cache
 from mlxd.runtime.stops import StopMatcher
 from mlxd.runtime.token_pieces import TokenPieces
@@ -43,29 +44,11 @@ log = logging.getLogger("mlxd.runtime")
 
 
 @dataclass(slots=True)
-class _Sequence:
-    seq_id: int
-    uid: int
-    sink: Sink
-    detokenizer: Any
-    stops: StopMatcher
-    eos: frozenset[int]
-    logprobs: int | None
-    generated: int = 0
-    #: Seconds between two deliveries (0: every step; ``None``: once, at the end).
-    interval: float | None = 0.0
-    #: Output decoded since the last delivery, while ``interval`` holds it back.
-    held: list[GenerationEvent] = field(default_factory=list)
-    #: When held output may go out (``time.monotonic()``; 0: the first one goes at once).
-    due: float = 0.0
-
-
-@dataclass(slots=True)
 class _Solo:
     """The one sequence a runner decodes outside its batch (see ``solo.py``)."""
 
     decoder: SoloDecoder
-    seq: _Sequence
+    seq: Sequence
 
 
 @dataclass(slots=True)
@@ -74,7 +57,7 @@ class _Runner:
     generator: Any
     base_key: tuple[str, str | None]
     prompt_cache: PromptCache
-    by_uid: dict[int, _Sequence] = field(default_factory=dict)
+    by_uid: dict[int, Sequence] = field(default_factory=dict)
     solo: _Solo | None = None
     pieces: TokenPieces = field(init=False)
     #: Whether a lone sequence may decode outside the batch (the model's caches are plain
@@ -85,7 +68,7 @@ class _Runner:
         self.pieces = TokenPieces(self.loaded.tokenizer)
         self.solo_ok = all(type(layer) is KVCache for layer in make_prompt_cache(self.loaded.model))
 
-    def sequences(self) -> list[_Sequence]:
+    def sequences(self) -> list[Sequence]:
         """Every sequence of this model, in the batch or alone."""
         return [*self.by_uid.values(), *([self.solo.seq] if self.solo is not None else [])]
 
@@ -140,7 +123,7 @@ class MlxWorker:
         self._pending: list[Command] = []  # taken from the queue, not handled yet
         self._runners: dict[Key, _Runner] = {}
         self._bases: dict[tuple[str, str | None], LoadedModel] = {}
-        self._sequences: dict[int, tuple[_Runner, _Sequence]] = {}
+        self._sequences: dict[int, tuple[_Runner, Sequence]] = {}
         self.grammars = GrammarCache()
 
     def run(self) -> None:
@@ -318,8 +301,8 @@ class MlxWorker:
 
     def _new_sequence(
         self, runner: _Runner, command: Insert, choice: Choice, uid: int, eos: frozenset[int], hit: int
-    ) -> _Sequence:
-        seq = _Sequence(
+    ) -> Sequence:
+        seq = Sequence(
             seq_id=choice.seq_id,
             uid=uid,
             sink=choice.sink,
@@ -327,6 +310,7 @@ class MlxWorker:
             stops=StopMatcher(command.stop),
             eos=eos,
             logprobs=command.logprobs,
+            pieces=runner.pieces,
             interval=command.interval,
         )
         self._sequences[choice.seq_id] = (runner, seq)
@@ -386,7 +370,7 @@ class MlxWorker:
             return
         self.steps += 1
         self.largest_batch = max(self.largest_batch, 1)
-        if self._emit(runner, solo.seq, response, time.monotonic(), out):
+        if self._emit(solo.seq, response, time.monotonic(), out):
             self._end_solo(runner, solo, store=True)
 
     def _join_batch(self, runner: _Runner, solo: _Solo, out: list[tuple[Sink, GenerationEvent]]) -> None:
@@ -394,7 +378,7 @@ class MlxWorker:
         decoder, seq = solo.decoder, solo.seq
         try:
             response, state = decoder.detach()
-            if response is not None and self._emit(runner, seq, response, time.monotonic(), out):
+            if response is not None and self._emit(seq, response, time.monotonic(), out):
                 self._end_solo(runner, solo, store=True)
                 return
             if state is None:  # cannot happen: a token that ends the sequence is emitted as final
@@ -484,7 +468,7 @@ class MlxWorker:
         leaving: list[int] = []
         for response in responses:
             found = runner.by_uid.get(response.uid)
-            if found is None or not self._emit(runner, found, response, now, out):
+            if found is None or not self._emit(found, response, now, out):
                 continue
             del runner.by_uid[response.uid]
             self._sequences.pop(found.seq_id, None)
@@ -497,72 +481,14 @@ class MlxWorker:
             for layers, tokens in caches.values():
                 runner.prompt_cache.store(list(tokens), layers)
 
-    def _emit(
-        self,
-        runner: _Runner,
-        seq: _Sequence,
-        response: Any,
-        now: float,
-        out: list[tuple[Sink, GenerationEvent]],
-    ) -> bool:
+    @staticmethod
+    def _emit(seq: Sequence, response: Any, now: float, out: list[tuple[Sink, GenerationEvent]]) -> bool:
         """Turn one generated token into output, delivered or held; True when the sequence ended."""
-        try:
-            event = self._advance(runner, seq, response)
-        except Exception as exc:  # one sequence's failure is that sequence's alone
-            log.exception("a sequence failed")
-            event = GenerationEvent(finish_reason="error", error=f"generation failed: {exc}")
-        if seq.interval != 0.0:
-            seq.held.append(event)
-            if event.finish_reason is None and (seq.interval is None or now < seq.due):
-                return False
-            event = _merge(seq.held) if len(seq.held) > 1 else event
-            seq.held = []
-            if seq.interval is not None:
-                seq.due = now + seq.interval
+        event = seq.output(response, now)
+        if event is None:
+            return False
         out.append((seq.sink, event))
         return event.finish_reason is not None
-
-    def _advance(self, runner: _Runner, seq: _Sequence, response: Any) -> GenerationEvent:
-        token: int = response.token
-        finish: FinishReason | None = response.finish_reason
-        seq.generated += 1
-        detokenizer = seq.detokenizer
-        tokens: list[TokenInfo] | None = None
-        if finish == "stop" and token in seq.eos:
-            detokenizer.finalize()
-        else:
-            detokenizer.add_token(token)
-            if finish is not None:
-                detokenizer.finalize()
-            if seq.logprobs is not None:
-                tokens = [self._token_info(runner, token, response.logprobs, seq.logprobs)]
-        text, stopped = seq.stops.feed(detokenizer.last_segment)
-        if stopped:
-            finish = "stop"
-        elif finish is not None:
-            text += seq.stops.flush()
-        return GenerationEvent(
-            text=text, tokens=tokens, finish_reason=finish, completion_tokens=seq.generated
-        )
-
-    @staticmethod
-    def _token_info(runner: _Runner, token: int, logprobs: Any, k: int) -> TokenInfo:
-        pieces = runner.pieces
-        top = [(i, *pieces(i), v) for i, v in top_logprobs(logprobs, k)]
-        return TokenInfo(token, *pieces(token), float(logprobs[token].item()), top)
-
-
-def _merge(events: list[GenerationEvent]) -> GenerationEvent:
-    """One event carrying a whole held-back output."""
-    last = events[-1]
-    tokens = [t for e in events if e.tokens for t in e.tokens] if last.tokens is not None else None
-    return GenerationEvent(
-        text="".join(e.text for e in events),
-        tokens=tokens,
-        finish_reason=last.finish_reason,
-        completion_tokens=last.completion_tokens,
-        error=last.error,
-    )
 
 
 def _settle(future: Future[Any], fn: Callable[[], Any]) -> None:
