@@ -194,6 +194,16 @@ def test_install_without_a_user_bus_fails_with_systemctls_words(
     assert not systemd.service_file().exists()  # start/stop must not pick systemd now
 
 
+def test_a_failed_reinstall_keeps_the_unit_that_was_installed(
+    systemd: SystemdManager, shim: Shim, spec: ServiceSpec
+) -> None:
+    systemd.write_file(spec)
+    shim.answer(rule(exit=1, stderr="Failed to connect to bus: No medium found\n"))
+    with pytest.raises(ServiceManagerError):
+        systemd.install(spec, timeout_s=5)
+    assert systemd.service_file().exists()  # only a file this install created is undone
+
+
 def test_start_stop_restart(systemd: SystemdManager, shim: Shim, spec: ServiceSpec) -> None:
     shim.answer(rule("show", stdout=ACTIVE))
     systemd.start(spec)

@@ -7,6 +7,7 @@ uninstalls. The CLI commands depend on this interface only.
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import math
 import os
@@ -14,7 +15,7 @@ import subprocess
 import sys
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import ClassVar
@@ -238,3 +239,18 @@ class LoginService(ServiceManager):
             directory.mkdir(parents=True, exist_ok=True)
         path.write_text(text, encoding="utf-8")
         return path, existed
+
+    @contextlib.contextmanager
+    def installing(self, spec: ServiceSpec) -> Iterator[Path]:
+        """Write the file for the block's commands; undo a new file if they fail.
+
+        A half-done install must not leave a file that makes start and stop use this
+        service manager; a file that was there before stays.
+        """
+        path, existed = self.write_file(spec)
+        try:
+            yield path
+        except ServiceManagerError:
+            if not existed:
+                path.unlink(missing_ok=True)
+            raise

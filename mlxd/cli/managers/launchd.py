@@ -142,16 +142,11 @@ class LaunchdManager(LoginService):
 
     def install(self, spec: ServiceSpec, timeout_s: float) -> Path:
         """Write the plist and bootstrap it; RunAtLoad starts the daemon."""
-        path, existed = self.write_file(spec)
-        try:
+        with self.installing(spec) as path:
             if self.is_loaded():
                 # launchd keeps the plist it loaded; unload so the new one takes effect.
                 self._bootout(timeout_s)
             self._bootstrap(timeout_s)
-        except ServiceManagerError:
-            if not existed:  # a half-done install must not make start/stop use launchd
-                path.unlink(missing_ok=True)
-            raise
         return path
 
     def start(self, spec: ServiceSpec) -> None:

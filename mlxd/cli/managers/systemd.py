@@ -102,16 +102,11 @@ class SystemdManager(LoginService):
     def install(self, spec: ServiceSpec, timeout_s: float) -> Path:
         """Write the unit, reload systemd, enable and start it (restart if it was running)."""
         was_running = self.state().running
-        path, existed = self.write_file(spec)
-        try:
+        with self.installing(spec) as path:
             self._check(self._ctl("daemon-reload"))
             self._check(self._ctl("enable", "--now", UNIT))
             if was_running:  # enable --now leaves a running daemon on its old command line
                 self._check(self._ctl("restart", UNIT, timeout_s=timeout_s))
-        except ServiceManagerError:
-            if not existed:  # a half-done install must not make start/stop use systemd
-                path.unlink(missing_ok=True)
-            raise
         return path
 
     def uninstall(self, timeout_s: float) -> bool:
