@@ -7,6 +7,7 @@ is the same as without streaming.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -62,6 +63,23 @@ def test_a_long_interval_holds_back_all_but_the_first_token_and_the_end(slow_pac
     assert chunks[-1].usage.completion_tokens == 48
     finishes = [c.choices[0].finish_reason for c in chunks if c.choices and c.choices[0].finish_reason]
     assert finishes == ["length"]
+
+
+def test_streams_sharing_a_batch_are_paced_each(slow_pace: RunningDaemon) -> None:
+    client = openai.AsyncOpenAI(base_url=slow_pace.url + "/v1", api_key="unused", max_retries=0)
+
+    async def one(i: int) -> list[str]:
+        stream = await client.chat.completions.create(
+            model="tiny", messages=[{"role": "user", "content": f"Story {i}"}], max_tokens=48, stream=True
+        )
+        return [c.choices[0].delta.content async for c in stream if c.choices and c.choices[0].delta.content]
+
+    async def run() -> list[list[str]]:
+        return list(await asyncio.gather(*(one(i) for i in range(4))))
+
+    for content in asyncio.run(run()):
+        assert 1 <= len(content) <= 2
+        assert len("".join(content)) > 0
 
 
 def test_the_interval_takes_durations_and_is_bounded() -> None:
