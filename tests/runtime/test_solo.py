@@ -92,14 +92,14 @@ def _continue_in_batch(model: Any, decoder: Any, after_steps: int) -> list[int]:
     if response is not None:
         out.append(response.token)
     assert state is not None
-    stop = [[t] for t in sorted(decoder._stop_tokens)]
+    stop = [[t] for t in sorted(decoder.stop_tokens)]
     generator = BatchGenerator(
         model, stop_tokens=stop, completion_batch_size=4, prefill_batch_size=4, prefill_step_size=256
     )
     (uid,) = generator.insert(
         [state.prompt],
         max_tokens=[state.max_tokens],
-        caches=[state.cache if state.all_tokens else None],
+        caches=[state.cache],
         all_tokens=[state.all_tokens],
         samplers=[decoder.sampler],
         logits_processors=[decoder.processors],

@@ -35,7 +35,8 @@ class Detached:
     """What the batch needs to go on: the unfed prompt, the cache and its tokens."""
 
     prompt: list[int]
-    cache: list[Any]
+    #: ``None`` when nothing was fed yet (the batch makes its own).
+    cache: list[Any] | None
     all_tokens: list[int]
     max_tokens: int
 
@@ -83,7 +84,7 @@ class SoloDecoder:
         self.sampler = sampler
         self.processors = processors
         self._max_tokens = max_tokens
-        self._stop_tokens = stop_tokens
+        self.stop_tokens = stop_tokens
         self._prefill_step_size = prefill_step_size
         self._stream = stream
         self._context: Any = mx.array(self.fed) if processors and self.fed else None
@@ -117,7 +118,8 @@ class SoloDecoder:
                 return response, None
             self._unfed = [response.token]
         remaining = self._max_tokens - self.generated
-        return response, Detached(self._unfed, self.cache, self.fed, remaining)
+        cache = self.cache if self.fed else None
+        return response, Detached(self._unfed, cache, self.fed, remaining)
 
     def cache_state(self) -> tuple[list[int], list[Any]]:
         """The tokens whose keys and values the cache holds (or will, once evaluated), and it."""
@@ -137,7 +139,7 @@ class SoloDecoder:
         if self._inflight is not None:
             self.fed.append(token)
         finish = None
-        if token in self._stop_tokens:
+        if token in self.stop_tokens:
             finish = "stop"
         elif last:
             finish = "length"

@@ -60,12 +60,15 @@ class _Runner:
     by_uid: dict[int, Sequence] = field(default_factory=dict)
     solo: _Solo | None = None
     pieces: TokenPieces = field(init=False)
+    #: The tokenizer's end-of-sequence ids.
+    eos: frozenset[int] = field(init=False)
     #: Whether a lone sequence may decode outside the batch (the model's caches are plain
     #: KV caches; sliding-window and recurrent layers always go through the batch).
     solo_ok: bool = field(init=False)
 
     def __post_init__(self) -> None:
         self.pieces = TokenPieces(self.loaded.tokenizer)
+        self.eos = frozenset(self.loaded.tokenizer.eos_token_ids)
         self.solo_ok = all(type(layer) is KVCache for layer in make_prompt_cache(self.loaded.model))
 
     def sequences(self) -> list[Sequence]:
@@ -274,9 +277,7 @@ class MlxWorker:
         count = len(command.choices)
         cache, hit = runner.prompt_cache.lookup(tokens)
         reused = hit
-        tokenizer = runner.loaded.tokenizer
-        eos = frozenset(tokenizer.eos_token_ids)
-        if self._start_solo(runner, command, cache, hit, eos):
+        if self._start_solo(runner, command, cache, hit):
             return
         try:
             if count > 1 and len(tokens) > 1:
@@ -297,18 +298,16 @@ class MlxWorker:
             self._fail(command, str(exc))
             return
         for uid, choice in zip(uids, command.choices, strict=True):
-            runner.by_uid[uid] = self._new_sequence(runner, command, choice, uid, eos, hit)
+            runner.by_uid[uid] = self._new_sequence(runner, command, choice, uid, hit)
 
-    def _new_sequence(
-        self, runner: _Runner, command: Insert, choice: Choice, uid: int, eos: frozenset[int], hit: int
-    ) -> Sequence:
+    def _new_sequence(self, runner: _Runner, command: Insert, choice: Choice, uid: int, hit: int) -> Sequence:
         seq = Sequence(
             seq_id=choice.seq_id,
             uid=uid,
             sink=choice.sink,
             detokenizer=runner.loaded.tokenizer.detokenizer,
             stops=StopMatcher(command.stop),
-            eos=eos,
+            eos=runner.eos,
             logprobs=command.logprobs,
             pieces=runner.pieces,
             interval=command.interval,
@@ -318,9 +317,7 @@ class MlxWorker:
         choice.sink.cached_tokens = hit
         return seq
 
-    def _start_solo(
-        self, runner: _Runner, command: Insert, cache: list[Any] | None, hit: int, eos: frozenset[int]
-    ) -> bool:
+    def _start_solo(self, runner: _Runner, command: Insert, cache: list[Any] | None, hit: int) -> bool:
         """Decode a request alone, outside the batch, when it is the model's only one.
 
         False (the batch takes it) when other sequences run, for ``n`` > 1, and when the
@@ -344,7 +341,7 @@ class MlxWorker:
                 sampler=make_sampler(choice.sampling),
                 processors=self._processors(runner, choice, command.grammar),
                 max_tokens=command.max_tokens,
-                stop_tokens=eos,
+                stop_tokens=runner.eos,
                 prefill_step_size=self.prefill_step_size,
                 stream=runner.generator.stream,
             )
@@ -353,7 +350,7 @@ class MlxWorker:
             self._fail(command, str(exc))
             return True
         self.prompt_tokens_processed += len(tokens) - hit
-        runner.solo = _Solo(decoder, self._new_sequence(runner, command, choice, -1, eos, hit))
+        runner.solo = _Solo(decoder, self._new_sequence(runner, command, choice, -1, hit))
         return True
 
     def _step_solo(self, runner: _Runner, solo: _Solo, out: list[tuple[Sink, GenerationEvent]]) -> None:
@@ -383,11 +380,10 @@ class MlxWorker:
                 return
             if state is None:  # cannot happen: a token that ends the sequence is emitted as final
                 raise RuntimeError("the sequence ended without a final event")
-            fed = bool(state.all_tokens)
             (uid,) = runner.generator.insert(
                 [state.prompt],
                 max_tokens=[state.max_tokens],
-                caches=[state.cache if fed else None],
+                caches=[state.cache],
                 all_tokens=[state.all_tokens],
                 samplers=[decoder.sampler],
                 logits_processors=[decoder.processors],
