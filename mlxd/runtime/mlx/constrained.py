@@ -87,10 +87,7 @@ def json_grammar(schema: dict[str, Any] | None) -> str:
         grammar = llguidance.LLMatcher.grammar_from_json_schema(text, overrides=_JSON_OPTIONS)
     except ValueError as exc:
         raise GrammarError(f"unsupported JSON schema: {exc}") from exc
-    is_error, messages = llguidance.LLMatcher.validate_grammar_with_warnings(grammar)
-    if is_error:
-        raise GrammarError(f"unsupported JSON schema: {messages[0]}")
-    return grammar
+    return _validated(grammar, "JSON schema")
 
 
 def validate_schema(schema: dict[str, Any]) -> None:
@@ -113,9 +110,14 @@ def tagged_json_grammar(prefix: str, schema: dict[str, Any], suffix: str) -> str
         grammar = llguidance.LLMatcher.grammar_from_lark(lark)
     except ValueError as exc:
         raise GrammarError(f"unsupported tool parameters schema: {exc}") from exc
+    return _validated(grammar, "tool parameters schema")
+
+
+def _validated(grammar: str, what: str) -> str:
+    """``grammar`` once llguidance accepts it; else a ``GrammarError`` naming ``what``."""
     is_error, messages = llguidance.LLMatcher.validate_grammar_with_warnings(grammar)
     if is_error:
-        raise GrammarError(f"unsupported tool parameters schema: {messages[0]}")
+        raise GrammarError(f"unsupported {what}: {messages[0]}")
     return grammar
 
 
