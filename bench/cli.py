@@ -10,11 +10,12 @@ import tempfile
 import time
 import traceback
 from collections.abc import Mapping
+from dataclasses import replace
 from pathlib import Path
 
 from rich.console import Console
 
-from bench import models, report
+from bench import accelerator, models, report
 from bench.clients import closed_loop, new_client, numbered_bodies
 from bench.machine import RunInfo
 from bench.models import BenchModel
@@ -44,9 +45,30 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     )
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="where to write the Markdown report")
     parser.add_argument("--tokens", type=int, default=None, help="tokens per single-stream request")
+    parser.add_argument(
+        "--model-dir",
+        type=Path,
+        action="append",
+        default=[],
+        help="measure this model directory (repeatable) instead of building --models",
+    )
+    parser.add_argument(
+        "--gpu",
+        action="store_true",
+        help="the accelerator comparison (raw BatchGenerator, mlx_lm.server, mlxd at 1/16/64 clients) "
+        "on each --model-dir; writes the GPU section of --out and leaves the rest of it",
+    )
     args = parser.parse_args(argv)
     args.selected = [BY_NAME[n] for n in _names(parser, args.scenarios, BY_NAME, "scenario")]
-    args.models = [models.BY_NAME[n] for n in _names(parser, args.models, models.BY_NAME, "model")]
+    if args.model_dir:
+        try:
+            args.models = [models.BenchModel.from_dir(path) for path in args.model_dir]
+        except ValueError as exc:
+            parser.error(str(exc))
+    else:
+        if args.gpu:
+            parser.error("--gpu needs at least one --model-dir")
+        args.models = [models.BY_NAME[n] for n in _names(parser, args.models, models.BY_NAME, "model")]
     return args
 
 
@@ -144,12 +166,33 @@ async def run_scenarios(
     return results, failures
 
 
+def run_gpu(args: argparse.Namespace, command: str, console: Console) -> None:
+    """The accelerator comparison: its own section of the report, the rest left as it was."""
+    plan = accelerator.GpuPlan.quick() if args.quick else accelerator.GpuPlan()
+    if args.tokens:
+        plan = replace(plan, tokens=args.tokens)
+    info = RunInfo(command=command, quick=args.quick, models=tuple(args.models))
+    started = time.perf_counter()
+    with tempfile.TemporaryDirectory(prefix="mlxd-bench-gpu-") as tmp:
+        dirs = [model.path for model in args.models if model.path is not None]
+        say = lambda message: console.log(message, style="dim")  # noqa: E731
+        reports = asyncio.run(accelerator.run(dirs, Path(tmp), plan, say))
+    info.seconds = time.perf_counter() - started
+    section = accelerator.render(reports, plan, accelerator.describe(info))
+    console.print(section)
+    accelerator.write_section(args.out, section)
+    console.print(f"wrote the GPU section of {args.out}")
+
+
 def main(argv: list[str] | None = None) -> None:
     """Run the benchmark, print the tables, write the report; exit 1 if a scenario failed."""
     argv = sys.argv[1:] if argv is None else argv
     args = parse_args(argv)
     console = Console(stderr=True)
     command = shlex.join(["python", "-m", "bench", *argv])
+    if args.gpu:
+        run_gpu(args, command, console)
+        return
     info = RunInfo(command=command, quick=args.quick, models=tuple(args.models))
     started = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="mlxd-bench-") as tmp:

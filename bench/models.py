@@ -32,11 +32,23 @@ class BenchModel:
     name: str
     builder: str
     description: str
+    #: A model directory made beforehand (``--model-dir``): used as it is, never built.
+    path: Path | None = None
 
     def build(self, dest: Path, seed: int = 0) -> Path:
-        """Write the model (random weights from ``seed``) to ``dest``; return ``dest``."""
+        """Write the model (random weights from ``seed``) to ``dest``; return where it is."""
+        if self.path is not None:
+            return self.path
         subprocess.run([sys.executable, "-c", _BUILD, self.builder, str(dest), str(seed)], check=True)
         return dest
+
+    @classmethod
+    def from_dir(cls, path: Path) -> BenchModel:
+        """A model directory given on the command line, named after its folder."""
+        path = path.expanduser().resolve()
+        if not (path / "config.json").is_file():
+            raise ValueError(f"{path.name} has no config.json: not a model directory")
+        return cls(path.name, "", f"`{path.name}`: a model directory given with `--model-dir`.", path)
 
 
 TINY = BenchModel(

@@ -63,17 +63,49 @@ class RawEngine:
         answer: dict[str, Any] = json.loads(line)
         return answer
 
-    def single(self, messages: list[Message], max_tokens: int, session: str | None = None) -> RequestResult:
+    def single(
+        self, messages: list[Message], max_tokens: int, session: str | None = None, temperature: float = 0.0
+    ) -> RequestResult:
         """One request through ``stream_generate`` (``session`` reuses its KV cache)."""
-        command = {"op": "single", "messages": messages, "max_tokens": max_tokens, "session": session}
+        command = {
+            "op": "single",
+            "messages": messages,
+            "max_tokens": max_tokens,
+            "session": session,
+            "temperature": temperature,
+        }
         return _result(self._call(command))
 
-    def batch(self, requests: list[list[Message]], max_tokens: int, concurrency: int) -> LoadResult:
+    def batch(
+        self,
+        requests: list[list[Message]],
+        max_tokens: int,
+        concurrency: int,
+        *,
+        temperature: float = 0.0,
+        prefill_batch_size: int | None = None,
+    ) -> LoadResult:
         """Requests through one ``BatchGenerator``, ``concurrency`` in flight."""
-        command = {"op": "batch", "requests": requests, "max_tokens": max_tokens, "concurrency": concurrency}
+        command: dict[str, Any] = {
+            "op": "batch",
+            "requests": requests,
+            "max_tokens": max_tokens,
+            "concurrency": concurrency,
+            "temperature": temperature,
+        }
+        if prefill_batch_size is not None:
+            command["prefill_batch_size"] = prefill_batch_size
         answer = self._call(command)
         results = [_result(r) for r in answer["requests"]]
         return LoadResult(float(answer["wall"]), results, steps=float(answer["steps"]))
+
+    def prefill(self, requests: list[list[Message]]) -> float:
+        """Seconds to prefill all ``requests`` in one batch, up to each one's first token."""
+        return float(self._call({"op": "prefill", "requests": requests})["seconds"])
+
+    def memory(self) -> dict[str, int]:
+        """The engine process's MLX memory counters (active, cache, peak bytes)."""
+        return {k: int(v) for k, v in self._call({"op": "memory"}).items()}
 
     def close(self) -> None:
         """Ask the worker to quit, and wait for it."""

@@ -19,6 +19,7 @@ import mlx.core as mx
 from mlx_lm import load
 from mlx_lm.generate import BatchGenerator, stream_generate
 from mlx_lm.models.cache import make_prompt_cache, trim_prompt_cache
+from mlx_lm.sample_utils import make_sampler
 
 #: mlxd's defaults, so the batched floor runs the engine the way mlxd configures it.
 PREFILL_STEP_SIZE = 256
@@ -54,7 +55,11 @@ class RawEngine:
         return list(self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True))
 
     def single(
-        self, messages: list[dict[str, str]], max_tokens: int, session: str | None = None
+        self,
+        messages: list[dict[str, str]],
+        max_tokens: int,
+        session: str | None = None,
+        temperature: float = 0.0,
     ) -> dict[str, Any]:
         """One request through ``stream_generate``; with ``session``, reuse its KV cache."""
         origin = time.perf_counter()
@@ -69,6 +74,7 @@ class RawEngine:
             max_tokens=max_tokens,
             prompt_cache=cache,
             prefill_step_size=PREFILL_STEP_SIZE,
+            sampler=make_sampler(temp=temperature),
         )
         for response in responses:
             timing.times.append(time.perf_counter() - origin)
@@ -94,14 +100,23 @@ class RawEngine:
         return cache, prompt[common:]
 
     def batch(
-        self, requests: list[list[dict[str, str]]], max_tokens: int, concurrency: int
+        self,
+        requests: list[list[dict[str, str]]],
+        max_tokens: int,
+        concurrency: int,
+        temperature: float = 0.0,
+        prefill_batch_size: int = PREFILL_BATCH_SIZE,
     ) -> dict[str, Any]:
-        """Closed loop through one ``BatchGenerator``: ``concurrency`` requests in flight."""
+        """Closed loop through one ``BatchGenerator``: ``concurrency`` requests in flight.
+
+        With ``concurrency == len(requests)`` this is one round: every prompt at once.
+        """
         generator = BatchGenerator(
             self.model,
             stop_tokens=self.eos,
+            sampler=make_sampler(temp=temperature),
             completion_batch_size=concurrency,
-            prefill_batch_size=min(PREFILL_BATCH_SIZE, concurrency),
+            prefill_batch_size=min(prefill_batch_size, concurrency),
             prefill_step_size=PREFILL_STEP_SIZE,
         )
         origin = time.perf_counter()
@@ -134,14 +149,43 @@ class RawEngine:
             generator.close()
         return {"wall": time.perf_counter() - origin, "requests": results, "steps": steps}
 
+    def prefill(self, requests: list[list[dict[str, str]]]) -> dict[str, Any]:
+        """Seconds to prefill every prompt in one batch, until each has its first token."""
+        generator = BatchGenerator(
+            self.model,
+            stop_tokens=self.eos,
+            completion_batch_size=len(requests),
+            prefill_batch_size=len(requests),
+            prefill_step_size=PREFILL_STEP_SIZE,
+        )
+        origin = time.perf_counter()
+        try:
+            generator.insert([self.encode(m) for m in requests], max_tokens=[2] * len(requests))
+            first: set[int] = set()
+            while len(first) < len(requests):
+                _, responses = generator.next()
+                first.update(r.uid for r in responses)
+            return {"seconds": time.perf_counter() - origin}
+        finally:
+            generator.close()
+
+    def memory(self) -> dict[str, Any]:
+        """MLX's own memory counters (bytes)."""
+        return {
+            "active": mx.get_active_memory(),
+            "cache": mx.get_cache_memory(),
+            "peak": mx.get_peak_memory(),
+        }
+
 
 def _serve(engine: RawEngine, commands: TextIO, answers: TextIO) -> None:
+    ops = {"single": engine.single, "batch": engine.batch, "prefill": engine.prefill, "memory": engine.memory}
     for line in commands:
         command = json.loads(line)
         op = command.pop("op")
         if op == "quit":
             return
-        answer = engine.single(**command) if op == "single" else engine.batch(**command)
+        answer = ops[op](**command)
         answers.write(json.dumps(answer) + "\n")
         answers.flush()
 
