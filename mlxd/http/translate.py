@@ -9,13 +9,15 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from mlxd.config.schema import CHAT_TEMPLATE_KWARGS, GenerationDefaults, MlxdConfig, ModelConfig
 from mlxd.errors import ModelNotFoundError, RequestError
+from mlxd.http.dialects.openai.logprobs import LogprobShape
 from mlxd.http.ids import new_id
+from mlxd.output.parser import OutputSpec
+from mlxd.output.tool_calls import tool_call_schema
 from mlxd.protocol.requests import AnyRequest, ChatCompletionRequest, CompletionRequest
 from mlxd.runtime.engine import (
     ChatPrompt,
@@ -25,7 +27,6 @@ from mlxd.runtime.engine import (
     SamplingParams,
     TextPrompt,
 )
-from mlxd.runtime.tool_calls import tool_call_schema
 
 _ROLES = frozenset({"system", "developer", "user", "assistant", "tool"})
 MAX_TOOLS = 128
@@ -34,10 +35,13 @@ TOOL_NAME = re.compile(r"[A-Za-z0-9_.\-]{1,64}")
 
 @dataclass(frozen=True, slots=True)
 class Shape:
-    """How the response reports logprobs: OpenAI chat, the seed's shape, or legacy completions."""
+    """What the response side needs besides the ``GenerationRequest``: the logprobs shape
+    (OpenAI chat, the seed's, or legacy completions), the echoed prompt, and what the
+    output parser must enforce."""
 
-    logprobs: str | None  # "openai", "seed", "legacy" or None
+    logprobs: LogprobShape | None
     echo: str = ""
+    output: OutputSpec = field(default_factory=OutputSpec)
 
 
 def spec_for(model: ModelConfig) -> ModelSpec:
@@ -170,13 +174,13 @@ def _past_calls(calls: list[dict[str, Any]], param: str) -> list[dict[str, Any]]
     return out
 
 
-def _tools(request: ChatCompletionRequest) -> tuple[dict[str, Any], ...] | None:
-    """Validated tool definitions, or None when none apply (absent, or tool_choice none)."""
-    if not request.tools or request.tool_choice == "none":
-        return None
-    if len(request.tools) > MAX_TOOLS:
+Tools = tuple[dict[str, Any], ...]
+
+
+def _valid_tools(tools: list[dict[str, Any]]) -> Tools:
+    if len(tools) > MAX_TOOLS:
         raise RequestError(f"at most {MAX_TOOLS} tools are accepted", param="tools")
-    for i, tool in enumerate(request.tools):
+    for i, tool in enumerate(tools):
         function = tool.get("function")
         if tool.get("type") != "function" or not isinstance(function, dict):
             raise RequestError(
@@ -191,32 +195,91 @@ def _tools(request: ChatCompletionRequest) -> tuple[dict[str, Any], ...] | None:
             raise RequestError(
                 "tool parameters must be a JSON Schema object", param=f"tools[{i}].function.parameters"
             )
-    return tuple(request.tools)
+    return tuple(tools)
 
 
-def _constraint(request: AnyRequest, tools: tuple[Mapping[str, Any], ...] | None) -> Constraint | None:
-    """Structured output the request asks for: a JSON object or schema, or a forced tool call."""
+def _named(tools: Tools, names: list[str]) -> Tools:
+    """The tools with these names (400 when a name is none of the request's tools)."""
+    known = {t["function"]["name"] for t in tools}
+    for name in names:
+        if name not in known:
+            raise RequestError(f"tool_choice names no tool of the request: {name!r}", param="tool_choice")
+    return tuple(t for t in tools if t["function"]["name"] in names)
+
+
+def _allowed_names(choice: dict[str, Any]) -> tuple[str, list[str]]:
+    """``{"type": "allowed_tools", "allowed_tools": {"mode", "tools": [...]}}``: (mode, names)."""
+    allowed = choice.get("allowed_tools")
+    mode = allowed.get("mode") if isinstance(allowed, dict) else None
+    listed = allowed.get("tools") if isinstance(allowed, dict) else None
+    if mode not in ("auto", "required") or not isinstance(listed, list) or not listed:
+        raise RequestError(
+            "allowed_tools needs a mode ('auto' or 'required') and a non-empty list of tools",
+            param="tool_choice",
+        )
+    names = []
+    for entry in listed:
+        function = entry.get("function") if isinstance(entry, dict) else None
+        name = function.get("name") if isinstance(function, dict) else None
+        name = name if name is not None else entry.get("name") if isinstance(entry, dict) else None
+        if not isinstance(name, str):
+            raise RequestError("each allowed tool needs a function name", param="tool_choice")
+        names.append(name)
+    return mode, names
+
+
+def _tool_choice(request: ChatCompletionRequest) -> tuple[Tools | None, Tools | None]:
+    """(the tools the chat template shows, the tools one of which must be called).
+
+    ``none`` shows no tools; ``auto`` shows them all; ``required`` or a named function
+    forces a call; ``allowed_tools`` shows only the listed tools and forces a call of one
+    of them in ``required`` mode.
+    """
+    choice = request.tool_choice
+    if not (
+        choice in (None, "none", "auto", "required")
+        or (isinstance(choice, dict) and choice.get("type") in ("function", "allowed_tools"))
+    ):
+        raise RequestError(
+            "tool_choice must be 'none', 'auto', 'required', a named function or allowed_tools",
+            param="tool_choice",
+        )
+    if not request.tools:
+        if choice in (None, "none", "auto"):
+            return None, None
+        raise RequestError("tool_choice needs tools", param="tool_choice")
+    tools = _valid_tools(request.tools)
+    if choice == "none":
+        return None, None
+    if choice is None or choice == "auto":
+        return tools, None
+    if choice == "required":
+        return tools, tools
+    assert isinstance(choice, dict)
+    if choice["type"] == "function":
+        function = choice.get("function")
+        name = function.get("name") if isinstance(function, dict) else None
+        if not isinstance(name, str):
+            raise RequestError("tool_choice names no tool of the request", param="tool_choice")
+        return tools, _named(tools, [name])
+    mode, names = _allowed_names(choice)
+    allowed = _named(tools, names)
+    return allowed, allowed if mode == "required" else None
+
+
+def _constraint(request: AnyRequest, forced: Tools | None) -> Constraint | None:
+    """Structured output the request asks for: a JSON object or schema, or a forced tool call.
+
+    A forced call's grammar admits exactly one call, so it honours ``parallel_tool_calls:
+    false`` by construction.
+    """
     format_ = request.response_format
-    choice = request.tool_choice if isinstance(request, ChatCompletionRequest) else None
-    forced = choice == "required" or isinstance(choice, dict)
-    if format_ is not None and format_.type != "text" and forced:
-        raise RequestError(
-            "response_format and a forced tool call cannot be combined", param="response_format"
-        )
     if forced:
-        if not tools:
-            raise RequestError("tool_choice needs tools", param="tool_choice")
-        if isinstance(choice, dict):
-            name = (choice.get("function") or {}).get("name") if choice.get("type") == "function" else None
-            chosen = [t for t in tools if t["function"]["name"] == name]
-            if not chosen:
-                raise RequestError("tool_choice names no tool of the request", param="tool_choice")
-            return Constraint(tool_call_schema([dict(t) for t in chosen]), tool_call=True)
-        return Constraint(tool_call_schema([dict(t) for t in tools]), tool_call=True)
-    if choice not in (None, "none", "auto"):
-        raise RequestError(
-            "tool_choice must be 'none', 'auto', 'required' or a named function", param="tool_choice"
-        )
+        if format_ is not None and format_.type != "text":
+            raise RequestError(
+                "response_format and a forced tool call cannot be combined", param="response_format"
+            )
+        return Constraint(tool_call_schema([dict(t) for t in forced]), tool_call=True)
     if format_ is None or format_.type == "text":
         return None
     if format_.type == "json_object":
@@ -246,7 +309,7 @@ def _stop(request: AnyRequest, config: MlxdConfig, default: tuple[str, ...]) -> 
     return stops
 
 
-def _logprobs(request: AnyRequest) -> tuple[int | None, str | None]:
+def _logprobs(request: AnyRequest) -> tuple[int | None, LogprobShape | None]:
     """(top alternatives to compute, response shape)."""
     if isinstance(request, CompletionRequest):
         return (request.logprobs, "legacy") if request.logprobs is not None else (None, None)
@@ -260,7 +323,9 @@ def _logprobs(request: AnyRequest) -> tuple[int | None, str | None]:
     return int(lp), "seed"
 
 
-def _prompt(request: AnyRequest, config: MlxdConfig, model: ModelConfig) -> ChatPrompt | TextPrompt:
+def _prompt(
+    request: AnyRequest, config: MlxdConfig, model: ModelConfig, tools: Tools | None
+) -> ChatPrompt | TextPrompt:
     if isinstance(request, ChatCompletionRequest):
         kwargs = dict(model.chat_template_kwargs)
         for key, value in (request.chat_template_kwargs or {}).items():
@@ -270,9 +335,7 @@ def _prompt(request: AnyRequest, config: MlxdConfig, model: ModelConfig) -> Chat
                     param="chat_template_kwargs",
                 )
             kwargs[key] = value
-        return ChatPrompt(
-            _messages(request, config.limits.max_messages), request.role_mapping, kwargs, _tools(request)
-        )
+        return ChatPrompt(_messages(request, config.limits.max_messages), request.role_mapping, kwargs, tools)
     prompt = request.prompt
     if isinstance(prompt, str):
         if not prompt:
@@ -309,8 +372,10 @@ def translate(request: AnyRequest, config: MlxdConfig) -> tuple[GenerationReques
     if n > config.limits.max_n:
         raise RequestError(f"n must be at most {config.limits.max_n}", param="n")
     top, shape = _logprobs(request)
-    prompt = _prompt(request, config, model)
-    constraint = _constraint(request, prompt.tools if isinstance(prompt, ChatPrompt) else None)
+    tools, forced = _tool_choice(request) if isinstance(request, ChatCompletionRequest) else (None, None)
+    prompt = _prompt(request, config, model, tools)
+    constraint = _constraint(request, forced)
+    single_call = isinstance(request, ChatCompletionRequest) and request.parallel_tool_calls is False
     echo = ""
     if isinstance(request, CompletionRequest) and request.echo and isinstance(prompt, TextPrompt):
         echo = prompt.text or ""
@@ -348,4 +413,6 @@ def translate(request: AnyRequest, config: MlxdConfig) -> tuple[GenerationReques
         constraint=constraint,
         delivery_interval=config.server.stream_interval if request.stream else None,
     )
-    return generation, Shape(shape, echo)
+    # Stop strings are still cut on the worker; the parser cuts reasoning and tool calls.
+    output = OutputSpec(tools=tools, max_tool_calls=1 if single_call else None)
+    return generation, Shape(shape, echo, output)
