@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+
 from mlxd.output.reasoning import ReasoningFormat, ReasoningSplitter, split_reasoning
 
 OPENED = ReasoningFormat("<think>", "</think>", starts_inside=True)

@@ -45,7 +45,11 @@ def test_content_and_calls_come_back_in_the_order_written() -> None:
 def test_streamed_in_any_pieces_gives_the_same_result(size: int) -> None:
     text = "Sure, <tool not a call> " + CALL + " done"
     assert split(text, size) == split(text)
-    assert split(text) == ["Sure, <tool not a call> ", [ParsedCall("get_weather", '{"city": "Paris"}')], " done"]
+    assert split(text) == [
+        "Sure, <tool not a call> ",
+        [ParsedCall("get_weather", '{"city": "Paris"}')],
+        " done",
+    ]
 
 
 def test_text_that_fails_to_parse_stays_content() -> None:
