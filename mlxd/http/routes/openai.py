@@ -69,18 +69,21 @@ def openai_router(state: DaemonState) -> Router:
         # Not streaming: still stop generating the moment the client leaves.
         gather = asyncio.ensure_future(asyncio.gather(*[collect(run, meter) for run in runs]))
         gone = asyncio.ensure_future(_wait_disconnect(request.receive))
+        left = True
         try:
             await asyncio.wait((gather, gone), return_when=asyncio.FIRST_COMPLETED)
+            left = not gather.done()
         finally:
             gone.cancel()
-            if not gather.done():
+            if left:
                 for run in runs:
                     run.stream.cancel()
                 gather.cancel()
+                # A cancelled gather ends with CancelledError as its *exception*: consume it here.
                 with contextlib.suppress(asyncio.CancelledError):
                     await gather
             metered(runs, meter)
-        if not gather.done() or gather.cancelled():
+        if left:
             return Response(b"", status_code=CLIENT_CLOSED)  # nobody is listening any more
         outputs = gather.result()
         for output in outputs:
