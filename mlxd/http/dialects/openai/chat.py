@@ -96,8 +96,12 @@ class ChatEncoder:
 
     def frames(self, index: int, events: Sequence[Event]) -> bytes:
         """The chunks for one delivery of a choice's events, in their order."""
-        if len(events) == 1 and isinstance(only := events[0], TextDelta):  # the common case
-            return self._frame(index, Delta(content=only.text), self._render(only.tokens, index))
+        if len(events) == 1:  # the common cases: one step of answer or of thinking
+            only = events[0]
+            if isinstance(only, TextDelta):
+                return self._frame(index, Delta(content=only.text), self._render(only.tokens, index))
+            if isinstance(only, ReasoningDelta):
+                return self._frame(index, Delta(reasoning_content=only.text))
         out: list[bytes] = []
         text: list[str] = []
         tokens: list[TokenInfo] = []
