@@ -18,6 +18,9 @@ import jsonschema_rs
 _FINISH = ["stop", "length", "tool_calls", "content_filter", "function_call"]
 _REF = "#/components/schemas/"
 
+_FUNCTION = {"type": "object", "properties": {"name": {"type": "string"}, "arguments": {"type": "string"}}}
+_BYTES = {"type": "array", "items": {"type": "integer"}, "nullable": True}
+
 _LOGPROBS: dict[str, Any] = {  # the document's &chat_completion_response_logprobs
     "type": "object",
     "nullable": True,
@@ -124,7 +127,7 @@ COMPONENTS: dict[str, Any] = {
         "properties": {
             "token": {"type": "string"},
             "logprob": {"type": "number"},
-            "bytes": {"type": "array", "items": {"type": "integer"}, "nullable": True},
+            "bytes": _BYTES,
             "top_logprobs": {
                 "type": "array",
                 "items": {
@@ -132,7 +135,7 @@ COMPONENTS: dict[str, Any] = {
                     "properties": {
                         "token": {"type": "string"},
                         "logprob": {"type": "number"},
-                        "bytes": {"type": "array", "items": {"type": "integer"}, "nullable": True},
+                        "bytes": _BYTES,
                     },
                     "required": ["token", "logprob", "bytes"],
                 },
@@ -149,11 +152,7 @@ COMPONENTS: dict[str, Any] = {
         "properties": {
             "id": {"type": "string"},
             "type": {"type": "string", "enum": ["function"]},
-            "function": {
-                "type": "object",
-                "properties": {"name": {"type": "string"}, "arguments": {"type": "string"}},
-                "required": ["name", "arguments"],
-            },
+            "function": {**_FUNCTION, "required": ["name", "arguments"]},
         },
         "required": ["id", "type", "function"],
     },
@@ -163,10 +162,7 @@ COMPONENTS: dict[str, Any] = {
             "index": {"type": "integer"},
             "id": {"type": "string"},
             "type": {"type": "string", "enum": ["function"]},
-            "function": {
-                "type": "object",
-                "properties": {"name": {"type": "string"}, "arguments": {"type": "string"}},
-            },
+            "function": _FUNCTION,
         },
         "required": ["index"],
     },
@@ -177,11 +173,7 @@ COMPONENTS: dict[str, Any] = {
             "refusal": {"type": "string", "nullable": True},
             "tool_calls": {"$ref": _REF + "ChatCompletionMessageToolCalls"},
             "role": {"type": "string", "enum": ["assistant"]},
-            "function_call": {
-                "type": "object",
-                "properties": {"arguments": {"type": "string"}, "name": {"type": "string"}},
-                "required": ["name", "arguments"],
-            },
+            "function_call": {**_FUNCTION, "required": ["name", "arguments"]},
         },
         "required": ["role", "content", "refusal"],
     },
@@ -189,10 +181,7 @@ COMPONENTS: dict[str, Any] = {
         "type": "object",
         "properties": {
             "content": {"type": "string", "nullable": True},
-            "function_call": {
-                "type": "object",
-                "properties": {"arguments": {"type": "string"}, "name": {"type": "string"}},
-            },
+            "function_call": _FUNCTION,
             "tool_calls": {"type": "array", "items": {"$ref": _REF + "ChatCompletionMessageToolCallChunk"}},
             "role": {"type": "string", "enum": ["system", "user", "assistant", "tool"]},
             "refusal": {"type": "string", "nullable": True},

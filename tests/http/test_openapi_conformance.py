@@ -19,24 +19,12 @@ import pytest
 
 from tests.conftest import RunningDaemon, serving
 from tests.http.openai_spec import validator, with_nullable_completion_finish
+from tests.http.test_structured_output import WEATHER
 
 pytestmark = [pytest.mark.mlx, pytest.mark.server]
 
 REPO = "mlx-community/Qwen2.5-0.5B-Instruct-4bit"
 HELLO = [{"role": "user", "content": "Hello"}]
-WEATHER = {
-    "type": "function",
-    "function": {
-        "name": "get_weather",
-        "parameters": {
-            "type": "object",
-            "properties": {"city": {"type": "string", "maxLength": 12}},
-            "required": ["city"],
-            "additionalProperties": False,
-        },
-    },
-}
-
 CHAT = validator("CreateChatCompletionResponse")
 CHAT_CHUNK = validator("CreateChatCompletionStreamResponse")
 COMPLETION = validator("CreateCompletionResponse")

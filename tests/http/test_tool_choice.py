@@ -13,33 +13,10 @@ import pytest
 
 from tests.conftest import RunningDaemon, serving
 from tests.http.test_bad_input import assert_envelope, assert_still_serving, post
+from tests.http.test_structured_output import TIME, WEATHER
 
 pytestmark = [pytest.mark.mlx, pytest.mark.server]
 
-WEATHER: dict[str, Any] = {
-    "type": "function",
-    "function": {
-        "name": "get_weather",
-        "parameters": {
-            "type": "object",
-            "properties": {"city": {"type": "string", "maxLength": 12}},
-            "required": ["city"],
-            "additionalProperties": False,
-        },
-    },
-}
-TIME: dict[str, Any] = {
-    "type": "function",
-    "function": {
-        "name": "get_time",
-        "parameters": {
-            "type": "object",
-            "properties": {"zone": {"enum": ["utc", "local"]}},
-            "required": ["zone"],
-            "additionalProperties": False,
-        },
-    },
-}
 ASK = [{"role": "user", "content": "What time is it in Paris?"}]
 
 
