@@ -95,11 +95,15 @@ class MethodNotAllowed(MlxdError):
     code = "method_not_allowed"
 
 
+#: The code of a framework refusal that only has a status.
+_STATUS_CODES = {400: "invalid_parameter", 413: "request_too_large", 415: "unsupported_media_type"}
+
+
 class HttpStatusError(MlxdError):
     """Any other refusal the web framework raised, with its own status."""
 
     def __init__(self, message: str, status: int) -> None:
-        super().__init__(message, code="invalid_parameter" if status == 400 else None)
+        super().__init__(message, code=_STATUS_CODES.get(status, "internal_error" if status >= 500 else None))
         self.status = status
 
 
