@@ -1,10 +1,21 @@
-"""The one table mapping errors to an HTTP status and OpenAI's error envelope."""
+"""The one map from exceptions to HTTP errors, and each dialect's error envelope.
+
+    exception ──typed()──▶ MlxdError ──ERRORS──▶ HttpError(status, code, message, param, headers)
+                                                     │
+                          dialect_for(path) ─────────┼─▶ OpenAI     {"error": {message, type, param, code}}
+                                                     ├─▶ Anthropic  {"type": "error", "error": {type, message}}
+                                                     └─▶ Ollama     {"error": message}
+
+Every refusal takes this path: Litestar's exception handler, the ASGI guards, the admin
+reload route and the error event of a stream that already started. Foreign exceptions
+(Litestar's, msgspec's) become typed ones first, so one table decides every status.
+"""
 
 from __future__ import annotations
 
 import logging
-import re
-from typing import Any
+from dataclasses import dataclass, field
+from typing import Any, NamedTuple
 
 import msgspec
 from litestar import Request, Response
@@ -18,118 +29,265 @@ from litestar.exceptions import (
 from mlxd.errors import (
     CapacityError,
     ConfigError,
-    ContextLengthError,
+    DaemonNotRunningError,
+    GenerationError,
+    HubError,
     MlxdError,
     ModelLoadError,
     ModelNotFoundError,
     RequestError,
+    ServiceManagerError,
     UnavailableError,
 )
-from mlxd.protocol.responses import ErrorBody, ErrorEnvelope
+from mlxd.http.dialects import Dialect, dialect_for
 
 log = logging.getLogger("mlxd.http")
 
 
-class BodyTooLarge(Exception):
-    """The body grew past ``max_request_bytes`` while it was read."""
+# --- errors of the HTTP layer itself ---------------------------------------------------
 
 
-class BodyTimeout(Exception):
+class HostNotAllowed(MlxdError):
+    """The Host header names no allowed host (DNS rebinding)."""
+
+    code = "host_not_allowed"
+
+
+class OriginNotAllowed(MlxdError):
+    """A browser Origin that is not in ``cors_allow_origins``."""
+
+    code = "origin_not_allowed"
+
+
+class InvalidApiKey(MlxdError):
+    """The API key is missing or wrong."""
+
+    code = "invalid_api_key"
+
+
+class UnsupportedMediaType(MlxdError):
+    """A body that is not ``application/json``."""
+
+    code = "unsupported_media_type"
+
+
+class BodyTooLarge(MlxdError):
+    """The body is (or grew) larger than ``max_request_bytes``."""
+
+    code = "request_too_large"
+
+
+class BodyTimeout(MlxdError):
     """The body did not arrive within ``request_timeout`` (slowloris)."""
 
-
-#: error class -> (status, OpenAI type). The first match wins, so subclasses come first.
-ERROR_TABLE: list[tuple[type[MlxdError], int, str]] = [
-    (ContextLengthError, 400, "invalid_request_error"),
-    (RequestError, 400, "invalid_request_error"),
-    (ConfigError, 400, "invalid_request_error"),
-    (ModelNotFoundError, 404, "invalid_request_error"),
-    (CapacityError, 429, "rate_limit_error"),
-    (UnavailableError, 503, "server_error"),
-    (ModelLoadError, 503, "server_error"),
-    (MlxdError, 500, "server_error"),
-]
+    code = "request_timeout"
 
 
-def envelope(message: str, type_: str, code: str | None, param: str | None = None) -> bytes:
-    """Encode OpenAI's error envelope."""
-    return msgspec.json.encode(ErrorEnvelope(ErrorBody(message=message, type=type_, param=param, code=code)))
+class RouteNotFound(MlxdError):
+    """No route has this path."""
+
+    code = "not_found"
 
 
-def error_response(
-    status: int,
-    message: str,
-    type_: str,
-    code: str | None,
-    param: str | None = None,
-    headers: dict[str, str] | None = None,
-) -> Response[bytes]:
-    """A JSON error response in OpenAI's envelope."""
-    return Response(
-        envelope(message, type_, code, param),
-        status_code=status,
-        media_type="application/json",
-        headers=headers,
-    )
+class MethodNotAllowed(MlxdError):
+    """The route exists, the method does not."""
+
+    code = "method_not_allowed"
 
 
-def mlxd_error_response(exc: MlxdError) -> Response[bytes]:
-    """Map one of our errors through the table."""
-    status, type_ = next((s, t) for kind, s, t in ERROR_TABLE if isinstance(exc, kind))
-    headers = {}
-    if isinstance(exc, CapacityError | UnavailableError):
-        headers["Retry-After"] = str(exc.retry_after)
-    if isinstance(exc, ModelLoadError):
-        headers["Retry-After"] = "5"
-    param = exc.param if isinstance(exc, RequestError) else None
-    if isinstance(exc, ModelNotFoundError):
-        param = "model"
-    message = f"{exc.message} ({exc.hint})" if exc.hint else exc.message
-    return error_response(status, message, type_, exc.code, param, headers)
+#: The code of a framework refusal that only has a status.
+_STATUS_CODES = {400: "invalid_parameter", 413: "request_too_large", 415: "unsupported_media_type"}
 
 
-def _validation_response(exc: ValidationException) -> Response[bytes]:
-    """Litestar's body decoding errors (msgspec) become 400 invalid_parameter naming the field."""
-    message = "the request body is invalid"
+class HttpStatusError(MlxdError):
+    """Any other refusal the web framework raised, with its own status."""
+
+    def __init__(self, message: str, status: int) -> None:
+        super().__init__(message, code=_STATUS_CODES.get(status, "internal_error" if status >= 500 else None))
+        self.status = status
+
+
+# --- the one table ---------------------------------------------------------------------
+
+
+class Rule(NamedTuple):
+    """How one kind of error is answered: its status, and the field it is about."""
+
+    status: int
     param: str | None = None
+
+
+#: Error class -> rule. The most specific class in an exception's MRO wins, so a new
+#: subclass inherits its parent's row until it gets one of its own (one line).
+ERRORS: dict[type[MlxdError], Rule] = {
+    MlxdError: Rule(500),
+    ConfigError: Rule(400),
+    RequestError: Rule(400),
+    ModelNotFoundError: Rule(404, param="model"),
+    CapacityError: Rule(429),
+    UnavailableError: Rule(503),
+    ModelLoadError: Rule(503),
+    GenerationError: Rule(500),
+    DaemonNotRunningError: Rule(500),
+    ServiceManagerError: Rule(500),
+    HubError: Rule(500),
+    HostNotAllowed: Rule(403),
+    OriginNotAllowed: Rule(403),
+    InvalidApiKey: Rule(401),
+    UnsupportedMediaType: Rule(415),
+    BodyTooLarge: Rule(413),
+    BodyTimeout: Rule(408),
+    RouteNotFound: Rule(404),
+    MethodNotAllowed: Rule(405),
+}
+
+#: Seconds a client should wait before retrying a 429 or 503 that does not say.
+DEFAULT_RETRY_AFTER = 5
+
+
+@dataclass(frozen=True, slots=True)
+class HttpError:
+    """An error as HTTP sends it, before a dialect wraps it."""
+
+    status: int
+    code: str | None
+    message: str
+    param: str | None = None
+    headers: dict[str, str] = field(default_factory=dict)
+    #: Extra members of OpenAI's error object (``problems`` of a rejected config).
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def _rule(exc: MlxdError) -> Rule:
+    for kind in type(exc).__mro__:
+        rule = ERRORS.get(kind)
+        if rule is not None:
+            return rule
+    return ERRORS[MlxdError]
+
+
+def typed(exc: BaseException) -> MlxdError:
+    """Our error for any exception a request can raise (unknown ones are internal errors)."""
+    if isinstance(exc, MlxdError):
+        return exc
+    if isinstance(exc, NotFoundException):
+        return RouteNotFound("no such route")
+    if isinstance(exc, MethodNotAllowedException):
+        return MethodNotAllowed("method not allowed")
+    if isinstance(exc, ValidationException):
+        return _validation_error(exc)
+    if isinstance(exc, UnicodeDecodeError | msgspec.DecodeError):
+        return RequestError("the body is not valid UTF-8 JSON", code="invalid_body")
+    if isinstance(exc, HTTPException):
+        return HttpStatusError(exc.detail or "the request was refused", exc.status_code)
+    log.error("unhandled error", exc_info=exc)
+    return MlxdError("internal error; the daemon keeps serving")
+
+
+def _validation_error(exc: ValidationException) -> RequestError:
+    """Litestar's own parameter checks (path and query parameters; bodies are decoded by us)."""
     extra: Any = exc.extra
     if isinstance(extra, list) and extra and isinstance(extra[0], dict):
         detail = extra[0]
-        message = str(detail.get("message") or message)
         key = detail.get("key")
-        param = str(key) if key else None
-    elif exc.detail:
-        message = exc.detail
-    missing = re.search(r"missing required field `([^`]+)`", message)
-    if missing:
-        param = missing.group(1)
-    elif "$." in message:
-        param = param or message.rsplit("$.", 1)[-1].split("[")[0].split("`")[0] or None
-    return error_response(400, message, "invalid_request_error", "invalid_parameter", param)
+        if key == "data" and detail.get("source") == "body":
+            return RequestError("the request body is empty", code="invalid_body")
+        message = str(detail.get("message") or "the request is invalid")
+        return RequestError(f"{key}: {message}" if key else message, param=str(key) if key else None)
+    return RequestError(exc.detail or "the request is invalid")
 
 
-def exception_handler(_: Request[Any, Any, Any], exc: Exception) -> Response[bytes]:
-    """Litestar's handler for every exception: nothing leaves without the envelope."""
-    if isinstance(exc, MlxdError):
-        return mlxd_error_response(exc)
-    if isinstance(exc, ValidationException):
-        return _validation_response(exc)
-    if isinstance(exc, BodyTooLarge):
-        return error_response(413, "the body is too large", "invalid_request_error", "request_too_large")
-    if isinstance(exc, BodyTimeout):
-        return error_response(
-            408, "the request body did not arrive in time", "invalid_request_error", "request_timeout"
-        )
-    if isinstance(exc, UnicodeDecodeError | msgspec.DecodeError):
-        return error_response(
-            400, "the body is not valid UTF-8 JSON", "invalid_request_error", "invalid_parameter"
-        )
-    if isinstance(exc, NotFoundException):
-        return error_response(404, "no such route", "invalid_request_error", "not_found")
-    if isinstance(exc, MethodNotAllowedException):
-        return error_response(405, "method not allowed", "invalid_request_error", "method_not_allowed")
-    if isinstance(exc, HTTPException):
-        code = "invalid_parameter" if exc.status_code == 400 else None
-        return error_response(exc.status_code, exc.detail, "invalid_request_error", code)
-    log.exception("unhandled error")
-    return error_response(500, "internal error; the daemon keeps serving", "server_error", "internal_error")
+def http_error(exc: BaseException) -> HttpError:
+    """Status, code, message, field and headers of any exception."""
+    error = typed(exc)
+    rule = _rule(error)
+    status = error.status if isinstance(error, HttpStatusError) else rule.status
+    headers: dict[str, str] = {}
+    if status in (429, 503):
+        headers["Retry-After"] = str(getattr(error, "retry_after", DEFAULT_RETRY_AFTER))
+    param = getattr(error, "param", None) or rule.param
+    message = f"{error.message} ({error.hint})" if error.hint else error.message
+    extra: dict[str, Any] = {}
+    if isinstance(error, ConfigError):
+        extra["problems"] = error.problems
+    return HttpError(status, error.code, message, param, headers, extra)
+
+
+# --- the envelopes -----------------------------------------------------------------------
+
+
+def openai_type(status: int) -> str:
+    """OpenAI's error ``type`` for a status."""
+    if status >= 500:
+        return "server_error"
+    return {401: "authentication_error", 403: "permission_error", 429: "rate_limit_error"}.get(
+        status, "invalid_request_error"
+    )
+
+
+def anthropic_type(status: int) -> str:
+    """Anthropic's error ``type`` for a status."""
+    return {
+        401: "authentication_error",
+        403: "permission_error",
+        404: "not_found_error",
+        413: "request_too_large",
+        429: "rate_limit_error",
+        503: "overloaded_error",
+        529: "overloaded_error",
+    }.get(status, "api_error" if status >= 500 else "invalid_request_error")
+
+
+#: Ollama answers a full queue with 503 "server busy" rather than 429.
+_OLLAMA_STATUS = {429: 503}
+
+
+def envelope(error: HttpError, dialect: Dialect) -> tuple[int, bytes]:
+    """The status and JSON body of an error in a dialect's own envelope."""
+    if dialect is Dialect.ANTHROPIC:
+        body: Any = {
+            "type": "error",
+            "error": {"type": anthropic_type(error.status), "message": error.message},
+        }
+        return error.status, msgspec.json.encode(body)
+    if dialect is Dialect.OLLAMA:
+        return _OLLAMA_STATUS.get(error.status, error.status), msgspec.json.encode({"error": error.message})
+    inner = {
+        "message": error.message,
+        "type": openai_type(error.status),
+        "param": error.param,
+        "code": error.code,
+        **error.extra,
+    }
+    return error.status, msgspec.json.encode({"error": inner})
+
+
+def error_document(exc: BaseException, dialect: Dialect) -> bytes:
+    """The JSON body alone, for an error event inside a stream that already started."""
+    return envelope(http_error(exc), dialect)[1]
+
+
+def error_response(exc: BaseException, path: str) -> Response[bytes]:
+    """A Litestar response for an exception raised while serving ``path``."""
+    error = http_error(exc)
+    status, body = envelope(error, dialect_for(path))
+    return Response(body, status_code=status, media_type="application/json", headers=error.headers)
+
+
+def exception_handler(request: Request[Any, Any, Any], exc: Exception) -> Response[bytes]:
+    """Litestar's handler for every exception: nothing leaves without its dialect's envelope."""
+    return error_response(exc, request.scope["path"])
+
+
+async def send_error(send: Any, exc: BaseException, path: str, headers: list[tuple[bytes, bytes]]) -> None:
+    """Answer an ASGI request with an error, from outside Litestar (the guards)."""
+    error = http_error(exc)
+    status, body = envelope(error, dialect_for(path))
+    raw = [
+        (b"content-type", b"application/json"),
+        (b"content-length", str(len(body)).encode()),
+        *((k.lower().encode(), v.encode()) for k, v in error.headers.items()),
+        *headers,
+    ]
+    await send({"type": "http.response.start", "status": status, "headers": raw})
+    await send({"type": "http.response.body", "body": body})

@@ -1,9 +1,9 @@
 """A small pure-ASGI layer in front of routing: the daemon's security guards.
 
 In order: draining → Host allow-list (DNS rebinding) → Origin/CORS → API key →
-content type → body size and receive deadline. Each refusal is an OpenAI error
-envelope; nothing here reads ``X-Forwarded-*`` headers, and paths are taken from
-the raw ASGI scope.
+content type → body size and receive deadline. Each refusal is a typed error that
+``mlxd.http.errors`` answers in the envelope of the path's dialect; nothing here
+reads ``X-Forwarded-*`` headers, and paths are taken from the raw ASGI scope.
 """
 
 from __future__ import annotations
@@ -13,7 +13,16 @@ import hmac
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 
-from mlxd.http.errors import BodyTimeout, BodyTooLarge, envelope
+from mlxd.errors import MlxdError, RequestError, UnavailableError
+from mlxd.http.errors import (
+    BodyTimeout,
+    BodyTooLarge,
+    HostNotAllowed,
+    InvalidApiKey,
+    OriginNotAllowed,
+    UnsupportedMediaType,
+    send_error,
+)
 from mlxd.http.state import DaemonState
 
 Scope = MutableMapping[str, Any]
@@ -62,6 +71,13 @@ async def _respond(
     await send({"type": "http.response.body", "body": body})
 
 
+def _key_matches(headers: dict[bytes, bytes], key: bytes) -> bool:
+    """``Authorization: Bearer <key>``, or Anthropic's ``x-api-key: <key>`` (constant time)."""
+    bearer = hmac.compare_digest(headers.get(b"authorization", b""), b"Bearer " + key)
+    api_key = hmac.compare_digest(headers.get(b"x-api-key", b""), key)
+    return bearer or api_key
+
+
 class Guards:
     """Wraps the Litestar app; reads the live config on every request."""
 
@@ -79,27 +95,23 @@ class Guards:
             headers.setdefault(key.lower(), value)
         path: str = scope["path"]
 
-        async def refuse(
-            status: int, message: str, type_: str, code: str, extra: list[tuple[bytes, bytes]] | None = None
-        ) -> None:
-            await _respond(send, status, envelope(message, type_, code), extra)
+        async def refuse(error: MlxdError, extra: list[tuple[bytes, bytes]] | None = None) -> None:
+            await send_error(send, error, path, extra or [])
 
         if self.state.draining and path not in _OPEN_PATHS:
-            await refuse(
-                503, "mlxd is shutting down", "server_error", "unavailable", [(b"retry-after", b"5")]
-            )
+            await refuse(UnavailableError("mlxd is shutting down", retry_after=5))
             return
         name = host_name(headers.get(b"host", b"").decode("latin-1"))
         allowed = LOOPBACK_NAMES | {h.lower() for h in server.allowed_hosts}
         if name is None or name not in allowed:
-            await refuse(403, "Host header not allowed", "permission_error", "host_not_allowed")
+            await refuse(HostNotAllowed("Host header not allowed"))
             return
         origin = headers.get(b"origin", b"").decode("latin-1")
         cors: list[tuple[bytes, bytes]] = []
         if origin:
             origins = server.cors_allow_origins
             if origin not in origins and "*" not in origins:
-                await refuse(403, "Origin not allowed", "permission_error", "origin_not_allowed")
+                await refuse(OriginNotAllowed("Origin not allowed"))
                 return
             cors = [(b"access-control-allow-origin", origin.encode("latin-1")), (b"vary", b"Origin")]
             if scope["method"] == "OPTIONS":
@@ -109,68 +121,43 @@ class Guards:
                     b"",
                     [
                         *cors,
-                        (b"access-control-allow-methods", b"GET, POST, OPTIONS"),
-                        (b"access-control-allow-headers", b"authorization, content-type, x-request-id"),
+                        (b"access-control-allow-methods", b"GET, POST, DELETE, OPTIONS"),
+                        (
+                            b"access-control-allow-headers",
+                            b"authorization, content-type, x-request-id, x-api-key, anthropic-version",
+                        ),
                         (b"access-control-max-age", b"600"),
                     ],
                 )
                 return
         key = server.api_key.get_secret_value()
-        if key and path not in _OPEN_PATHS:
-            given = headers.get(b"authorization", b"")
-            expected = b"Bearer " + key.encode()
-            if not hmac.compare_digest(given, expected):
-                await refuse(401, "missing or wrong API key", "authentication_error", "invalid_api_key", cors)
-                return
+        if key and path not in _OPEN_PATHS and not _key_matches(headers, key.encode()):
+            await refuse(InvalidApiKey("missing or wrong API key"), cors)
+            return
         length_header = headers.get(b"content-length")
         if scope["method"] in ("POST", "PUT", "PATCH"):
             has_body = (length_header not in (None, b"0")) or b"transfer-encoding" in headers
             ctype = headers.get(b"content-type", b"").split(b";")[0].strip().lower()
             if has_body and ctype != b"application/json":
-                await refuse(
-                    415,
-                    "the body must be application/json",
-                    "invalid_request_error",
-                    "unsupported_media_type",
-                    cors,
-                )
+                await refuse(UnsupportedMediaType("the body must be application/json"), cors)
                 return
         limit = server.max_request_bytes
+        too_large = BodyTooLarge(f"the body is larger than {limit} bytes")
         if length_header is not None:
             if not length_header.isdigit():
-                await refuse(
-                    400, "invalid Content-Length", "invalid_request_error", "invalid_parameter", cors
-                )
+                await refuse(RequestError("invalid Content-Length", code="invalid_parameter"), cors)
                 return
             if int(length_header) > limit:
-                await refuse(
-                    413,
-                    f"the body is larger than {limit} bytes",
-                    "invalid_request_error",
-                    "request_too_large",
-                    cors,
-                )
+                await refuse(too_large, cors)
                 return
         receive = self._bounded(receive, limit, server.request_timeout)
         send = self._with_headers(send, cors) if cors else send
         try:
             await self.app(scope, receive, send)
         except BodyTooLarge:
-            await refuse(
-                413,
-                f"the body is larger than {limit} bytes",
-                "invalid_request_error",
-                "request_too_large",
-                cors,
-            )
+            await refuse(too_large, cors)
         except BodyTimeout:
-            await refuse(
-                408,
-                "the request body did not arrive in time",
-                "invalid_request_error",
-                "request_timeout",
-                cors,
-            )
+            await refuse(BodyTimeout("the request body did not arrive in time"), cors)
 
     @staticmethod
     def _bounded(receive: Receive, limit: int, timeout: float) -> Receive:
@@ -186,11 +173,11 @@ class Guards:
                 async with asyncio.timeout(timeout):
                     message = await receive()
             except TimeoutError:
-                raise BodyTimeout from None
+                raise BodyTimeout("the request body did not arrive in time") from None
             if message["type"] == "http.request":
                 seen += len(message.get("body", b""))
                 if seen > limit:
-                    raise BodyTooLarge
+                    raise BodyTooLarge(f"the body is larger than {limit} bytes")
                 body_done = not message.get("more_body", False)
             return message
 

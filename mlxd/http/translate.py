@@ -8,14 +8,16 @@ naming the field, never a silent no-op.
 from __future__ import annotations
 
 import json
-import re
-from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from mlxd.config.schema import CHAT_TEMPLATE_KWARGS, GenerationDefaults, MlxdConfig, ModelConfig
 from mlxd.errors import ModelNotFoundError, RequestError
+from mlxd.http.dialects.openai.logprobs import LogprobShape
 from mlxd.http.ids import new_id
+from mlxd.http.tools import Tools, tool_choice
+from mlxd.output.parser import OutputSpec
+from mlxd.output.tool_calls import tool_call_schema
 from mlxd.protocol.requests import AnyRequest, ChatCompletionRequest, CompletionRequest
 from mlxd.runtime.engine import (
     ChatPrompt,
@@ -25,19 +27,19 @@ from mlxd.runtime.engine import (
     SamplingParams,
     TextPrompt,
 )
-from mlxd.runtime.tool_calls import tool_call_schema
 
 _ROLES = frozenset({"system", "developer", "user", "assistant", "tool"})
-MAX_TOOLS = 128
-TOOL_NAME = re.compile(r"[A-Za-z0-9_.\-]{1,64}")
 
 
 @dataclass(frozen=True, slots=True)
 class Shape:
-    """How the response reports logprobs: OpenAI chat, the seed's shape, or legacy completions."""
+    """What the response side needs besides the ``GenerationRequest``: the logprobs shape
+    (OpenAI chat, the seed's, or legacy completions), the echoed prompt, and what the
+    output parser must enforce."""
 
-    logprobs: str | None  # "openai", "seed", "legacy" or None
+    logprobs: LogprobShape | None
     echo: str = ""
+    output: OutputSpec = field(default_factory=OutputSpec)
 
 
 def spec_for(model: ModelConfig) -> ModelSpec:
@@ -170,53 +172,19 @@ def _past_calls(calls: list[dict[str, Any]], param: str) -> list[dict[str, Any]]
     return out
 
 
-def _tools(request: ChatCompletionRequest) -> tuple[dict[str, Any], ...] | None:
-    """Validated tool definitions, or None when none apply (absent, or tool_choice none)."""
-    if not request.tools or request.tool_choice == "none":
-        return None
-    if len(request.tools) > MAX_TOOLS:
-        raise RequestError(f"at most {MAX_TOOLS} tools are accepted", param="tools")
-    for i, tool in enumerate(request.tools):
-        function = tool.get("function")
-        if tool.get("type") != "function" or not isinstance(function, dict):
-            raise RequestError(
-                "tools must be of type 'function' with a 'function' object", param=f"tools[{i}]"
-            )
-        name = function.get("name")
-        if not isinstance(name, str) or not TOOL_NAME.fullmatch(name):
-            raise RequestError(
-                "a tool name is 1-64 letters, digits, '_', '.' or '-'", param=f"tools[{i}].function.name"
-            )
-        if not isinstance(function.get("parameters", {}), dict):
-            raise RequestError(
-                "tool parameters must be a JSON Schema object", param=f"tools[{i}].function.parameters"
-            )
-    return tuple(request.tools)
+def _constraint(request: AnyRequest, forced: Tools | None) -> Constraint | None:
+    """Structured output the request asks for: a JSON object or schema, or a forced tool call.
 
-
-def _constraint(request: AnyRequest, tools: tuple[Mapping[str, Any], ...] | None) -> Constraint | None:
-    """Structured output the request asks for: a JSON object or schema, or a forced tool call."""
+    A forced call's grammar admits exactly one call, so it honours ``parallel_tool_calls:
+    false`` by construction.
+    """
     format_ = request.response_format
-    choice = request.tool_choice if isinstance(request, ChatCompletionRequest) else None
-    forced = choice == "required" or isinstance(choice, dict)
-    if format_ is not None and format_.type != "text" and forced:
-        raise RequestError(
-            "response_format and a forced tool call cannot be combined", param="response_format"
-        )
     if forced:
-        if not tools:
-            raise RequestError("tool_choice needs tools", param="tool_choice")
-        if isinstance(choice, dict):
-            name = (choice.get("function") or {}).get("name") if choice.get("type") == "function" else None
-            chosen = [t for t in tools if t["function"]["name"] == name]
-            if not chosen:
-                raise RequestError("tool_choice names no tool of the request", param="tool_choice")
-            return Constraint(tool_call_schema([dict(t) for t in chosen]), tool_call=True)
-        return Constraint(tool_call_schema([dict(t) for t in tools]), tool_call=True)
-    if choice not in (None, "none", "auto"):
-        raise RequestError(
-            "tool_choice must be 'none', 'auto', 'required' or a named function", param="tool_choice"
-        )
+        if format_ is not None and format_.type != "text":
+            raise RequestError(
+                "response_format and a forced tool call cannot be combined", param="response_format"
+            )
+        return Constraint(tool_call_schema([dict(t) for t in forced]), tool_call=True)
     if format_ is None or format_.type == "text":
         return None
     if format_.type == "json_object":
@@ -246,7 +214,7 @@ def _stop(request: AnyRequest, config: MlxdConfig, default: tuple[str, ...]) -> 
     return stops
 
 
-def _logprobs(request: AnyRequest) -> tuple[int | None, str | None]:
+def _logprobs(request: AnyRequest) -> tuple[int | None, LogprobShape | None]:
     """(top alternatives to compute, response shape)."""
     if isinstance(request, CompletionRequest):
         return (request.logprobs, "legacy") if request.logprobs is not None else (None, None)
@@ -260,7 +228,9 @@ def _logprobs(request: AnyRequest) -> tuple[int | None, str | None]:
     return int(lp), "seed"
 
 
-def _prompt(request: AnyRequest, config: MlxdConfig, model: ModelConfig) -> ChatPrompt | TextPrompt:
+def _prompt(
+    request: AnyRequest, config: MlxdConfig, model: ModelConfig, tools: Tools | None
+) -> ChatPrompt | TextPrompt:
     if isinstance(request, ChatCompletionRequest):
         kwargs = dict(model.chat_template_kwargs)
         for key, value in (request.chat_template_kwargs or {}).items():
@@ -270,9 +240,7 @@ def _prompt(request: AnyRequest, config: MlxdConfig, model: ModelConfig) -> Chat
                     param="chat_template_kwargs",
                 )
             kwargs[key] = value
-        return ChatPrompt(
-            _messages(request, config.limits.max_messages), request.role_mapping, kwargs, _tools(request)
-        )
+        return ChatPrompt(_messages(request, config.limits.max_messages), request.role_mapping, kwargs, tools)
     prompt = request.prompt
     if isinstance(prompt, str):
         if not prompt:
@@ -309,8 +277,10 @@ def translate(request: AnyRequest, config: MlxdConfig) -> tuple[GenerationReques
     if n > config.limits.max_n:
         raise RequestError(f"n must be at most {config.limits.max_n}", param="n")
     top, shape = _logprobs(request)
-    prompt = _prompt(request, config, model)
-    constraint = _constraint(request, prompt.tools if isinstance(prompt, ChatPrompt) else None)
+    tools, forced = tool_choice(request) if isinstance(request, ChatCompletionRequest) else (None, None)
+    prompt = _prompt(request, config, model, tools)
+    constraint = _constraint(request, forced)
+    single_call = isinstance(request, ChatCompletionRequest) and request.parallel_tool_calls is False
     echo = ""
     if isinstance(request, CompletionRequest) and request.echo and isinstance(prompt, TextPrompt):
         echo = prompt.text or ""
@@ -348,4 +318,6 @@ def translate(request: AnyRequest, config: MlxdConfig) -> tuple[GenerationReques
         constraint=constraint,
         delivery_interval=config.server.stream_interval if request.stream else None,
     )
-    return generation, Shape(shape, echo)
+    # Stop strings are still cut on the worker; the parser cuts reasoning and tool calls.
+    output = OutputSpec(tools=tools, max_tool_calls=1 if single_call else None)
+    return generation, Shape(shape, echo, output)

@@ -1,4 +1,10 @@
-"""OpenAI response bodies and stream chunks, as msgspec Structs (fast to encode)."""
+"""OpenAI response bodies and stream chunks, as msgspec Structs (fast to encode).
+
+They follow OpenAI's published OpenAPI document: fields the document requires are
+always sent (``message.refusal`` and ``logprobs.refusal`` as null), and optional fields
+that may not be null are left out rather than sent as null (``usage`` in stream chunks
+that do not carry it).
+"""
 
 from __future__ import annotations
 
@@ -40,9 +46,10 @@ class TokenLogprob(msgspec.Struct):
 
 
 class ChatLogprobs(msgspec.Struct):
-    """``choices[].logprobs`` for ``logprobs: true``."""
+    """``choices[].logprobs`` for ``logprobs: true`` (a model never refuses here: ``refusal`` is null)."""
 
     content: list[TokenLogprob]
+    refusal: list[TokenLogprob] | None = None
 
 
 class SeedTopLogprob(msgspec.Struct):
@@ -54,7 +61,8 @@ class SeedTopLogprob(msgspec.Struct):
 
 
 class SeedLogprobs(msgspec.Struct):
-    """The seed server's shape, for an integer ``logprobs`` on chat completions."""
+    """The seed server's shape, for an integer ``logprobs`` on chat completions (an mlx_lm.server
+    extension: such a request is outside OpenAI's schema, and so is this answer to it)."""
 
     token_logprobs: list[float]
     tokens: list[int]
@@ -75,10 +83,12 @@ AnyLogprobs = ChatLogprobs | SeedLogprobs | LegacyLogprobs
 
 
 class AssistantMessage(msgspec.Struct, omit_defaults=True):
-    """The generated message (``content`` is null when the model only called tools)."""
+    """The generated message (``content`` is null when the model only called tools;
+    ``refusal``, required by OpenAI's schema, is always null)."""
 
     role: str
     content: str | None
+    refusal: str | None
     reasoning_content: str | None = None
     tool_calls: list[dict[str, Any]] | None = None
 
@@ -131,11 +141,17 @@ class ChatCompletionChunk(msgspec.Struct):
     choices: list[ChunkChoice]
     system_fingerprint: str
     object: str = "chat.completion.chunk"
-    usage: Usage | None = None
+    #: Only the final chunk of ``stream_options.include_usage`` carries it; the others omit it.
+    usage: Usage | msgspec.UnsetType = msgspec.UNSET
 
 
 class TextChoice(msgspec.Struct):
-    """One choice of a text completion (also used in its stream chunks)."""
+    """One choice of a text completion (also used in its stream chunks).
+
+    OpenAI's schema requires ``finish_reason`` and admits no null, yet says streamed
+    chunks share this shape: no value is both valid and true for a chunk that does not
+    end the choice. Like OpenAI's own API, such chunks carry null.
+    """
 
     index: int
     text: str
@@ -152,7 +168,8 @@ class TextCompletion(msgspec.Struct):
     choices: list[TextChoice]
     system_fingerprint: str
     object: str = "text_completion"
-    usage: Usage | None = None
+    #: Always on a whole response; on stream chunks only the final usage chunk has it.
+    usage: Usage | msgspec.UnsetType = msgspec.UNSET
 
 
 class ModelCard(msgspec.Struct):

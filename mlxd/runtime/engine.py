@@ -12,8 +12,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, Protocol
 
-from mlxd.runtime.reasoning import ReasoningFormat
-from mlxd.runtime.tool_calls import ToolFormat
+from mlxd.output.events import TokenInfo
+from mlxd.output.reasoning import ReasoningFormat
+from mlxd.output.tool_calls import ToolFormat
 
 FinishReason = Literal["stop", "length", "cancelled", "error"]
 
@@ -115,18 +116,6 @@ class GenerationRequest:
     #: last are never held); ``None`` delivers the whole output in one piece at the end.
     #: Every delivery wakes the event loop, so fewer of them leave more CPU for decoding.
     delivery_interval: float | None = 0.0
-
-
-@dataclass(slots=True)
-class TokenInfo:
-    """A generated token with its logprob and the top alternatives (when asked for)."""
-
-    id: int
-    text: str
-    raw: bytes
-    logprob: float
-    #: ``(id, text, raw bytes, logprob)`` of the most likely tokens, most likely first.
-    top: list[tuple[int, str, bytes, float]]
 
 
 @dataclass(slots=True)

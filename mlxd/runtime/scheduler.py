@@ -28,6 +28,8 @@ from mlxd.errors import (
     RequestError,
     UnavailableError,
 )
+from mlxd.output.reasoning import ReasoningFormat
+from mlxd.output.tool_calls import ToolFormat
 from mlxd.runtime.engine import (
     ChatPrompt,
     Constraint,
@@ -40,8 +42,6 @@ from mlxd.runtime.engine import (
 )
 from mlxd.runtime.mlx.commands import Cancel, Choice, Insert, Key, Load, Unload, WorkerHandle
 from mlxd.runtime.prompts import encode_prompt
-from mlxd.runtime.reasoning import ReasoningFormat
-from mlxd.runtime.tool_calls import ToolFormat
 
 if TYPE_CHECKING:
     from mlxd.runtime.mlx.loading import LoadedModel

@@ -15,6 +15,7 @@ import pytest
 from mlx_lm.generate import BatchGenerator
 
 from mlxd.errors import RequestError
+from mlxd.output.tool_calls import tool_call_schema
 from mlxd.runtime.mlx.constrained import (
     MAX_SCHEMA_DEPTH,
     GrammarCache,
@@ -23,7 +24,6 @@ from mlxd.runtime.mlx.constrained import (
     make_constraint,
     validate_schema,
 )
-from mlxd.runtime.tool_calls import tool_call_schema
 from tests.schemas import PET
 
 pytestmark = pytest.mark.mlx

@@ -12,7 +12,7 @@ import msgspec
 from litestar import Response, Router, get, post
 
 from mlxd import __version__
-from mlxd.errors import ConfigError, ModelNotFoundError
+from mlxd.errors import ModelNotFoundError
 from mlxd.http.state import DaemonState
 from mlxd.http.translate import spec_for
 
@@ -71,19 +71,8 @@ def admin_router(state: DaemonState) -> Router:
     @post("/mlxd/reload", status_code=200)
     async def reload() -> Response[bytes]:
         """Re-read the config; the old one keeps serving when the new one is invalid."""
-        try:
-            generation = await state.reload()
-        except ConfigError as exc:
-            body = {
-                "error": {
-                    "message": exc.message,
-                    "type": "invalid_request_error",
-                    "param": None,
-                    "code": "invalid_config",
-                    "problems": exc.problems,
-                }
-            }
-            return _json(body, 400)
+        # A rejected config raises ConfigError: the error map answers 400 with its problems.
+        generation = await state.reload()
         return _json({"generation": generation})
 
     def _alias(alias: str) -> str:

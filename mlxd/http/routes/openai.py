@@ -13,15 +13,21 @@ from litestar import Request, Response, Router, get, post
 from litestar.response import Stream
 
 from mlxd.errors import GenerationError, ModelNotFoundError
-from mlxd.http.rendering import Renderer, collect, sse, sse_choices
+from mlxd.http.body import StrictBody
+from mlxd.http.dialects.openai.chat import ChatEncoder
+from mlxd.http.dialects.openai.completions import CompletionEncoder
+from mlxd.http.dialects.openai.stream import sse
+from mlxd.http.pipeline import ChoiceRun, collect, metered, usage
 from mlxd.http.state import DaemonState
-from mlxd.http.translate import resolve_alias, translate
+from mlxd.http.translate import translate
 from mlxd.protocol.requests import AnyRequest, ChatCompletionRequest, CompletionRequest
 from mlxd.protocol.responses import ModelCard, ModelList
 
 log = logging.getLogger("mlxd.prompts")
 _JSON = "application/json"
 _LOGGED_CHARS = 2000
+#: Not a status a client sees (it has gone); the access log and /metrics count it.
+CLIENT_CLOSED = 499
 
 
 def _clip(value: object) -> str:
@@ -49,53 +55,52 @@ def openai_router(state: DaemonState) -> Router:
         if config.server.log_prompts:
             log.info("prompt for %s: %s", generation.alias, _clip(generation.prompt))
         streams = await state.engine.generate(generation)
-        tools = getattr(body, "tools", None)
-        renderer = Renderer(
-            chat=chat, model=generation.alias, logprobs=shape.logprobs, echo=shape.echo, tools=tools
+        runs = [ChoiceRun(i, stream, shape.output) for i, stream in enumerate(streams)]
+        encoder: ChatEncoder | CompletionEncoder = (
+            ChatEncoder(generation.alias, shape.logprobs)
+            if chat
+            else CompletionEncoder(generation.alias, shape.logprobs, shape.echo)
         )
         meter = state.metrics.meter(generation.alias) if state.metrics is not None else None
         if body.stream:
             include_usage = bool(body.stream_options and body.stream_options.include_usage)
-            if len(streams) == 1:
-                events = sse(streams[0], renderer, include_usage, meter)
-            else:
-                events = sse_choices(streams, renderer, include_usage, meter)
+            events = sse(runs, encoder, include_usage, meter)
             return Stream(events, media_type="text/event-stream", headers=_SSE_HEADERS)
         # Not streaming: still stop generating the moment the client leaves.
-        want = shape.logprobs is not None
-        gather = asyncio.ensure_future(
-            asyncio.gather(*[collect(s, want, meter, first_choice=i == 0) for i, s in enumerate(streams)])
-        )
+        gather = asyncio.ensure_future(asyncio.gather(*[collect(run, meter) for run in runs]))
         gone = asyncio.ensure_future(_wait_disconnect(request.receive))
+        left = True
         try:
             await asyncio.wait((gather, gone), return_when=asyncio.FIRST_COMPLETED)
+            left = not gather.done()
         finally:
             gone.cancel()
-            if not gather.done():
-                for stream in streams:
-                    stream.cancel()
+            if left:
+                for run in runs:
+                    run.stream.cancel()
                 gather.cancel()
+                # A cancelled gather ends with CancelledError as its *exception*: consume it here.
                 with contextlib.suppress(asyncio.CancelledError):
                     await gather
-        if not gather.done() or gather.cancelled():
-            return Response(b"", status_code=499)  # nobody is listening any more
-        results = gather.result()
-        for result in results:
-            if result.error is not None:
-                raise GenerationError(f"generation failed: {result.error}")
+            metered(runs, meter)
+        if left:
+            return Response(b"", status_code=CLIENT_CLOSED)  # nobody is listening any more
+        outputs = gather.result()
+        for output in outputs:
+            if output.finish.reason == "error":
+                raise GenerationError(f"generation failed: {output.finish.error}")
         if config.server.log_prompts:
-            log.info("output: %s", _clip([r.text for r in results]))
-        usage = renderer.usage(streams[0], sum(r.completion_tokens for r in results))
-        return Response(msgspec.json.encode(renderer.complete(results, usage)), media_type=_JSON)
+            log.info("output: %s", _clip([o.text for o in outputs]))
+        return Response(msgspec.json.encode(encoder.response(outputs, usage(runs))), media_type=_JSON)
 
-    @post("/chat/completions", status_code=200)
+    @post("/chat/completions", status_code=200, dto=StrictBody[ChatCompletionRequest], return_dto=None)
     async def chat_completions(
         request: Request[Any, Any, Any], data: ChatCompletionRequest
     ) -> Response[bytes] | Stream:
         """OpenAI chat completions, streaming or not."""
         return await complete(request, data, chat=True)
 
-    @post("/completions", status_code=200)
+    @post("/completions", status_code=200, dto=StrictBody[CompletionRequest], return_dto=None)
     async def completions(
         request: Request[Any, Any, Any], data: CompletionRequest
     ) -> Response[bytes] | Stream:
@@ -116,13 +121,18 @@ def openai_router(state: DaemonState) -> Router:
         """The configured aliases (and their extra names)."""
         return Response(msgspec.json.encode(ModelList(cards())), media_type=_JSON)
 
-    @get("/models/{model_id:str}")
+    @get("/models/{model_id:path}")
     async def get_model(model_id: str) -> Response[bytes]:
-        """One configured alias."""
-        alias = resolve_alias(state.configs.current, model_id) if model_id else None
-        for card in cards():
-            if card.id == model_id or card.id == alias:
-                return Response(msgspec.json.encode(card), media_type=_JSON)
-        raise ModelNotFoundError(f"the model {model_id!r} does not exist")
+        """One model by any name a request may use: an alias, one of its ``aliases``, or
+        the repo id of a configured alias (``/`` raw or percent-encoded, as the SDKs send it)."""
+        name = model_id.strip("/")
+        config = state.configs.current
+        alias = config.find_alias(name) if name else None
+        if alias is None:
+            raise ModelNotFoundError(
+                f"the model {name!r} does not exist; GET /v1/models lists the configured ones"
+            )
+        card = ModelCard(id=name, created=int(state.started_at), source=config.models[alias].source)
+        return Response(msgspec.json.encode(card), media_type=_JSON)
 
     return Router(path="/v1", route_handlers=[chat_completions, completions, list_models, get_model])

@@ -10,10 +10,11 @@ import logging
 from dataclasses import dataclass, field
 from typing import Any
 
-from mlxd.runtime.engine import FinishReason, GenerationEvent, TokenInfo
+from mlxd.output.events import TokenInfo
+from mlxd.output.stops import StopMatcher
+from mlxd.runtime.engine import FinishReason, GenerationEvent
 from mlxd.runtime.mlx.commands import Sink
 from mlxd.runtime.mlx.sampling import top_logprobs
-from mlxd.runtime.stops import StopMatcher
 from mlxd.runtime.token_pieces import TokenPieces
 
 log = logging.getLogger("mlxd.runtime")

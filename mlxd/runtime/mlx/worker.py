@@ -29,6 +29,7 @@ from mlx_lm.generate import BatchGenerator
 from mlx_lm.models.cache import KVCache, make_prompt_cache
 
 from mlxd.errors import MlxdError, ModelLoadError
+from mlxd.output.stops import StopMatcher
 from mlxd.runtime.engine import GenerationEvent
 from mlxd.runtime.mlx.commands import Call, Cancel, Choice, Command, Insert, Key, Load, Shutdown, Sink, Unload
 from mlxd.runtime.mlx.constrained import GrammarCache, make_constraint
@@ -37,7 +38,6 @@ from mlxd.runtime.mlx.prompt_cache import MIN_REUSE, PromptCache
 from mlxd.runtime.mlx.sampling import make_processors, make_sampler
 from mlxd.runtime.mlx.sequence import Sequence
 from mlxd.runtime.mlx.solo import SoloDecoder, private_cache
-from mlxd.runtime.stops import StopMatcher
 from mlxd.runtime.token_pieces import TokenPieces
 
 log = logging.getLogger("mlxd.runtime")

@@ -19,11 +19,13 @@ def partial_suffix(text: str, marker: str) -> int:
 class StopMatcher:
     """Feed decoded text; get back what may be emitted and whether a stop string matched."""
 
-    __slots__ = ("_pending", "_stops")
+    __slots__ = ("_pending", "_stops", "matched")
 
     def __init__(self, stops: tuple[str, ...]) -> None:
         self._stops = tuple(s for s in stops if s)
         self._pending = ""
+        #: The stop string that matched, once one did.
+        self.matched: str | None = None
 
     def feed(self, text: str) -> tuple[str, bool]:
         """Return ``(text to emit, stopped)``; after a stop, nothing more should be fed."""
@@ -34,7 +36,7 @@ class StopMatcher:
         for stop in self._stops:
             at = buffer.find(stop)
             if at != -1 and (cut == -1 or at < cut):
-                cut = at
+                cut, self.matched = at, stop
         if cut != -1:
             self._pending = ""
             return buffer[:cut], True

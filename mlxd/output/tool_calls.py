@@ -1,20 +1,20 @@
 """Find tool calls in generated text with the model's own format and parser (pure Python).
 
 A model marks a call with its start/end tags (``<tool_call>`` … ``</tool_call>`` for
-Hermes-style templates); mlx-lm knows the tags and parser of each family. Text that does
-not parse as a call stays content: it is never dropped.
+Hermes-style templates); mlx-lm knows the tags and parser of each family, and the
+runtime hands them over as a ``ToolFormat``. Text that does not parse as a call stays
+content: it is never dropped.
 """
 
 from __future__ import annotations
 
 import json
-import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 from mlxd.errors import RequestError
-from mlxd.runtime.stops import partial_suffix
+from mlxd.output.stops import partial_suffix
 
 Parser = Callable[[str, Any], Any]
 
@@ -33,11 +33,18 @@ class ToolFormat:
         return getattr(self.parse, "__module__", "").endswith("json_tools")
 
 
+@dataclass(frozen=True, slots=True)
+class ParsedCall:
+    """One call the model made: the tool's name and its arguments as JSON text."""
+
+    name: str
+    arguments: str
+
+
 def tool_call_schema(tools: list[dict[str, Any]]) -> dict[str, Any]:
     """A schema for one call of any of the OpenAI-style ``tools``: ``{"name": ..., "arguments": {...}}``.
 
-    Constrained decoding wraps it in the model's own tool-call tags for ``tool_choice``
-    "required" or a named function.
+    Constrained decoding wraps it in the model's own tool-call tags when a call is forced.
     """
     options = []
     for tool in tools:
@@ -61,81 +68,80 @@ def tool_call_schema(tools: list[dict[str, Any]]) -> dict[str, Any]:
     return options[0] if len(options) == 1 else {"anyOf": options}
 
 
-def _openai_call(parsed: Any) -> dict[str, Any] | None:
+def _call(parsed: Any) -> ParsedCall | None:
     if not isinstance(parsed, dict) or not isinstance(parsed.get("name"), str):
         return None
     arguments = parsed.get("arguments", {})
     if not isinstance(arguments, str):
         arguments = json.dumps(arguments, ensure_ascii=False)
-    return {
-        "id": "call_" + uuid.uuid4().hex[:24],
-        "type": "function",
-        "function": {"name": parsed["name"], "arguments": arguments},
-    }
+    return ParsedCall(parsed["name"], arguments)
 
 
-def parse_call(fmt: ToolFormat, body: str, tools: Any) -> list[dict[str, Any]] | None:
-    """OpenAI ``tool_calls`` entries for the text between one pair of tags, or None."""
+def parse_calls(fmt: ToolFormat, body: str, tools: Any) -> list[ParsedCall] | None:
+    """The calls written between one pair of tags, or None when the text is no call."""
     try:
         parsed = fmt.parse(body, tools)
-    except Exception:  # a parser may raise anything on text that is no call
+    except Exception:  # a model's parser may raise anything on text that is no call
         return None
     items = parsed if isinstance(parsed, list) else [parsed]
-    calls = [_openai_call(item) for item in items]
+    calls = [_call(item) for item in items]
     if not calls or any(call is None for call in calls):
         return None
     return [call for call in calls if call is not None]
 
 
+#: What the splitter returns, in the order the model wrote it: content text or calls.
+Piece = str | list[ParsedCall]
+
+
 class ToolCallSplitter:
-    """Feed generated text; get back content to show and tool calls as each one closes."""
+    """Feed generated text; get back content and calls, in order, as soon as each is certain.
+
+    Text that could be the start of the opening tag is held until the next piece
+    shows whether it is; a call is returned once its closing tag arrives.
+    """
+
+    __slots__ = ("_buffer", "_inside", "fmt", "tools")
 
     def __init__(self, fmt: ToolFormat, tools: Any) -> None:
         self.fmt = fmt
         self.tools = tools
         self._buffer = ""
         self._inside = False
-        self.calls = 0
 
-    def feed(self, text: str) -> tuple[str, list[dict[str, Any]]]:
-        """``(content, calls)`` completed by this piece of text."""
-        self._buffer += text
-        content: list[str] = []
-        calls: list[dict[str, Any]] = []
+    def feed(self, text: str) -> list[Piece]:
+        """Content and calls completed by this piece of text."""
+        buffer = self._buffer + text
+        start, end = self.fmt.start, self.fmt.end
+        if not self._inside and start[0] not in buffer:
+            self._buffer = ""
+            return [buffer] if buffer else []  # the common case: plain content
+        pieces: list[Piece] = []
         while True:
             if not self._inside:
-                at = self._buffer.find(self.fmt.start)
+                at = buffer.find(start)
                 if at == -1:
-                    keep = partial_suffix(self._buffer, self.fmt.start)
-                    content.append(self._buffer[: len(self._buffer) - keep])
-                    self._buffer = self._buffer[len(self._buffer) - keep :]
+                    keep = partial_suffix(buffer, start)
+                    if len(buffer) > keep:
+                        pieces.append(buffer[: len(buffer) - keep])
+                    buffer = buffer[len(buffer) - keep :]
                     break
-                content.append(self._buffer[:at])
-                self._buffer = self._buffer[at:]
+                if at:
+                    pieces.append(buffer[:at])
+                buffer = buffer[at:]
                 self._inside = True
-            end = self._buffer.find(self.fmt.end, len(self.fmt.start))
-            if end == -1:
+            close = buffer.find(end, len(start))
+            if close == -1:
                 break
-            raw = self._buffer[: end + len(self.fmt.end)]
-            body = raw[len(self.fmt.start) : -len(self.fmt.end)]
-            self._buffer = self._buffer[len(raw) :]
+            raw = buffer[: close + len(end)]
+            buffer = buffer[len(raw) :]
             self._inside = False
-            parsed = parse_call(self.fmt, body, self.tools)
-            if parsed is None:
-                content.append(raw)
-            else:
-                calls.extend(parsed)
-                self.calls += len(parsed)
-        return "".join(content), calls
+            calls = parse_calls(self.fmt, raw[len(start) : -len(end)], self.tools)
+            pieces.append(raw if calls is None else calls)
+        self._buffer = buffer
+        return pieces
 
     def flush(self) -> str:
         """Whatever is still held (an unfinished call) is content after all."""
         rest, self._buffer, self._inside = self._buffer, "", False
         return rest
-
-
-def split_tool_calls(fmt: ToolFormat, tools: Any, text: str) -> tuple[str, list[dict[str, Any]]]:
-    """Content and tool calls of a whole generation."""
-    splitter = ToolCallSplitter(fmt, tools)
-    content, calls = splitter.feed(text)
-    return content + splitter.flush(), calls

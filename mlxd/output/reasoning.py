@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from mlxd.runtime.stops import partial_suffix
+from mlxd.output.stops import partial_suffix
 
 
 @dataclass(frozen=True, slots=True)

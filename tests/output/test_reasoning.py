@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from mlxd.runtime.reasoning import ReasoningFormat, ReasoningSplitter, split_reasoning
+from mlxd.output.reasoning import ReasoningFormat, ReasoningSplitter, split_reasoning
 
 OPENED = ReasoningFormat("<think>", "</think>", starts_inside=True)
 CLOSED = ReasoningFormat("<think>", "</think>", starts_inside=False)
