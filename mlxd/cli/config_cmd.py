@@ -14,9 +14,9 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from mlxd.cli.errors import exit_code_for, handle_errors
+from mlxd.cli.errors import exit_code_for
 from mlxd.cli.options import ConfigOption, JsonOption
-from mlxd.errors import ConfigError, MlxdError
+from mlxd.errors import ConfigError, HubError, MlxdError
 
 if TYPE_CHECKING:
     from mlxd.config.schema import MlxdConfig
@@ -37,7 +37,6 @@ MASK = "********"
 
 
 @app.command()
-@handle_errors
 def check(path: PathArgument = None, config: ConfigOption = None, as_json: JsonOption = False) -> None:
     """Validate a config file.
 
@@ -55,16 +54,39 @@ def check(path: PathArgument = None, config: ConfigOption = None, as_json: JsonO
             {"valid": False, "path": _text(target), "error": error.message, "problems": error.problems}
         )
         raise SystemExit(exit_code_for(error)) from None
+    warnings = _not_downloaded(loaded)
     if as_json:
-        _echo_json({"valid": True, "path": _text(target), "aliases": list(loaded.models)})
+        _echo_json(
+            {"valid": True, "path": _text(target), "aliases": list(loaded.models), "warnings": warnings}
+        )
         return
     count = len(loaded.models)
     where = str(target) if target is not None else "no config file: built-in defaults"
     typer.echo(f"valid: {count} alias{'' if count == 1 else 'es'} ({where})")
+    for warning in warnings:
+        typer.echo(f"warning: {warning}", err=True)
+
+
+def _not_downloaded(config: MlxdConfig) -> list[str]:
+    """One line per alias whose repo is not in the HF cache yet: valid, but not servable yet.
+
+    (A missing local directory is an error of the config itself: nothing will create it.)
+    """
+    from mlxd.hub import HubEnv, resolve_cached_model
+
+    cache = HubEnv.from_environ().cache_dir
+    lines = []
+    for alias, model in config.models.items():
+        if model.is_local:
+            continue
+        try:
+            resolve_cached_model(model.model, model.revision, alias=alias, cache_dir=cache)
+        except HubError as error:
+            lines.append(f"models.{alias}.model: {error.message}; run `mlxd models pull {alias}`")
+    return lines
 
 
 @app.command()
-@handle_errors
 def show(config: ConfigOption = None, as_json: JsonOption = False) -> None:
     """Print the effective config, with secrets masked.
 
@@ -93,7 +115,6 @@ def show(config: ConfigOption = None, as_json: JsonOption = False) -> None:
 
 
 @app.command()
-@handle_errors
 def path(config: ConfigOption = None, as_json: JsonOption = False) -> None:
     """Print the config file in use, or where mlxd looks for one."""
     from mlxd.config.loader import config_search_paths, discover_config_path
@@ -114,7 +135,6 @@ def path(config: ConfigOption = None, as_json: JsonOption = False) -> None:
 
 
 @app.command()
-@handle_errors
 def init(
     path: InitPathArgument = None,
     config: ConfigOption = None,
@@ -139,7 +159,6 @@ def init(
 
 
 @app.command()
-@handle_errors
 def schema(config: ConfigOption = None) -> None:
     """Print the JSON Schema of mlxd.toml, for editors.
 
