@@ -12,6 +12,7 @@ Two guards keep the log trustworthy:
 
 from __future__ import annotations
 
+import atexit
 import contextvars
 import json
 import logging
@@ -139,6 +140,14 @@ class RepeatLimiter(logging.Filter):
             self._summarise(entry)
         return keep
 
+    def flush(self) -> None:
+        """Sum up what is held back now (at exit: nothing must vanish unsaid)."""
+        with self._lock:
+            due = [self._seen.pop(key) for key in self._pending]  # the next copy starts anew
+            self._pending.clear()
+        for seen in due:
+            self._summarise(seen)
+
     def _expired(self, now: float) -> list[_Seen]:
         """Forget lines whose window ended; return those with suppressed copies to sum up."""
         keys = list(self._seen) if len(self._seen) >= self.MAX_KEYS else list(self._pending)
@@ -171,6 +180,14 @@ class RepeatLimiter(logging.Filter):
         summary.request_id = getattr(last, "request_id", "")
         summary.rid = getattr(last, "rid", "")
         self.handler.handle(summary)
+
+
+@atexit.register  # registered after logging's own shutdown, so it runs before it
+def _flush_limiters() -> None:
+    for handler in logging.getLogger().handlers:
+        for limiter in handler.filters:
+            if isinstance(limiter, RepeatLimiter):
+                limiter.flush()
 
 
 class _NotOnConsole(logging.Filter):
