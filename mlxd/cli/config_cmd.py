@@ -116,18 +116,27 @@ def show(config: ConfigOption = None, as_json: JsonOption = False) -> None:
 
 @app.command()
 def path(config: ConfigOption = None, as_json: JsonOption = False) -> None:
-    """Print the config file in use, or where mlxd looks for one."""
-    from mlxd.config.loader import config_search_paths, discover_config_path
+    """Print the config file in use, or where mlxd looks for one.
 
-    found = discover_config_path(config)
+    A note on stderr says why that file, when ./mlxd.toml shadows the user config.
+    """
+    from mlxd.config.loader import config_search_paths, discover_config
+
+    found, source = discover_config(config)
     searched = [str(p) for p in config_search_paths()]
     if as_json:
         exists = found is not None and found.is_file()
-        _echo_json({"path": _text(found), "exists": exists, "searched": searched})
+        _echo_json({"path": _text(found), "exists": exists, "source": source, "searched": searched})
     elif found is not None:
         typer.echo(str(found.absolute()))
         if not found.is_file():
             typer.echo(f"note: {found} does not exist yet; create it with `mlxd config init`", err=True)
+        elif source == "working directory":
+            typer.echo(
+                f"note: ./mlxd.toml in the current directory is used here; elsewhere it is the "
+                f"user config, {searched[1]} (`mlxd config init` writes it)",
+                err=True,
+            )
     else:
         typer.echo("no config file: using built-in defaults")
         typer.echo("looked for: " + ", ".join(searched))

@@ -39,14 +39,22 @@ def config_search_paths() -> list[Path]:
 
 def discover_config_path(explicit: Path | None = None) -> Path | None:
     """``--config``, then ``$MLXD_CONFIG``, then ``./mlxd.toml``, then the user config dir."""
+    return discover_config(explicit)[0]
+
+
+def discover_config(explicit: Path | None = None) -> tuple[Path | None, str]:
+    """The config file discovery picks, and why: ``option``, ``environment`` (MLXD_CONFIG),
+    ``working directory`` (./mlxd.toml), ``user config`` or ``none``."""
     if explicit is not None:
-        return explicit.expanduser()
+        return explicit.expanduser(), "option"
     if env := os.environ.get("MLXD_CONFIG"):
-        return Path(env).expanduser()  # launchd expands nothing, so a literal "~" may arrive
-    for candidate in config_search_paths():
-        if candidate.is_file():
-            return candidate
-    return None
+        return Path(env).expanduser(), "environment"  # launchd expands nothing: "~" may arrive
+    local, user = config_search_paths()
+    if local.is_file():
+        return local, "working directory"
+    if user.is_file():
+        return user, "user config"
+    return None, "none"
 
 
 def read_config_file(path: Path) -> tuple[dict[str, Any], str]:

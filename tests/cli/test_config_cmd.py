@@ -212,11 +212,19 @@ def test_show_output_is_a_loadable_config(env: dict[str, str], tmp_path: Path) -
 # -- path ----------------------------------------------------------------------------------
 
 
-def test_path_prints_the_discovered_file(env: dict[str, str]) -> None:
+def test_path_prints_the_discovered_file_and_says_why(env: dict[str, str], tmp_path: Path) -> None:
     local = write(Path.cwd() / "mlxd.toml", VALID)
     done = mlxd("path", env=env)
     assert done.returncode == 0
     assert done.stdout.strip() == str(local)
+    # In a directory with its own mlxd.toml (a clone of mlxd), say that it is not the user's.
+    user = tmp_path / "home" / ".config" / "mlxd" / "mlxd.toml"
+    assert done.stderr.startswith("note: ./mlxd.toml in the current directory is used here")
+    assert str(user) in done.stderr
+    write(user, VALID)
+    local.unlink()
+    done = mlxd("path", env=env)
+    assert (done.stdout.strip(), done.stderr) == (str(user), "")
 
 
 def test_path_without_a_file_says_defaults_and_where_it_looked(env: dict[str, str], tmp_path: Path) -> None:
@@ -232,7 +240,7 @@ def test_path_json(env: dict[str, str], tmp_path: Path) -> None:
     code, out = cli("path", "--json")
     assert code == 0
     shown = json.loads(out)
-    assert (shown["path"], shown["exists"]) == (str(user), True)
+    assert (shown["path"], shown["exists"], shown["source"]) == (str(user), True, "user config")
     assert shown["searched"] == [str(Path.cwd() / "mlxd.toml"), str(user)]
 
 
