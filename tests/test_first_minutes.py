@@ -35,6 +35,12 @@ def first_block(language: str) -> str:
     return next(block for block in blocks if "scripts/" not in block)
 
 
+def _as_from_a_terminal() -> None:
+    os.setpgid(0, 0)
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+    signal.signal(signal.SIGQUIT, signal.SIG_DFL)
+
+
 @pytest.fixture(scope="module")
 def demo(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[int, list[str], subprocess.Popen[str]]]:
     if not (ROOT / ".venv" / "bin" / "python").exists():
@@ -56,6 +62,9 @@ def demo(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[int, list[s
         stdout=subprocess.PIPE,
         stderr=subprocess.DEVNULL,
         text=True,
+        # As from a terminal: Ctrl-C reaches it (a shell can neither trap nor receive a
+        # signal it was started with ignored, as background jobs start).
+        preexec_fn=_as_from_a_terminal,
     )
     assert script.stdout is not None
     out: list[str] = []
@@ -70,7 +79,7 @@ def demo(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[int, list[s
         yield port, out, script
     finally:
         if script.poll() is None:
-            script.kill()
+            os.killpg(script.pid, signal.SIGKILL)  # the script and the daemon it started
             script.wait()
 
 
