@@ -20,15 +20,16 @@ import h11
 import uvicorn
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
+from mlxd import supervision
 from mlxd.config.schema import MlxdConfig
 from mlxd.config.store import ConfigStore
 from mlxd.config.watcher import watch_config
-from mlxd.errors import ConfigError, HubError, ModelLoadError
+from mlxd.errors import ConfigError
 from mlxd.http.app import create_app
 from mlxd.http.guards import LOOPBACK_NAMES
 from mlxd.http.state import DaemonState
 from mlxd.http.translate import spec_for
-from mlxd.runtime.engine import ModelSpec
+from mlxd.hub import model_directory
 from mlxd.runtime.scheduler import MlxEngine, RuntimeLimits
 
 log = logging.getLogger("mlxd")
@@ -53,40 +54,6 @@ def runtime_limits(config: MlxdConfig) -> RuntimeLimits:
         prefill_step_size=runtime.prefill_step_size,
         prompt_cache_bytes=runtime.prompt_cache_bytes,
     )
-
-
-def resolve_model_path(spec: ModelSpec) -> Path:
-    """A local model directory, or the cached snapshot of a repo; validated before loading."""
-    from mlxd.hub import resolve_cached_model, validate_model_dir
-
-    name = spec.label or spec.source
-    try:
-        if spec.local_path is not None:
-            path = spec.local_path
-            if not path.is_dir():
-                raise ModelLoadError(f"model directory {name!r} does not exist")
-            confine(path, path, name)
-        else:
-            path = resolve_cached_model(spec.source, spec.revision)
-            # Snapshot files are links into the repo's blobs: they must stay in the repo's folder.
-            confine(path, path.parent.parent, name)
-        validate_model_dir(path, name=name)
-    except HubError as exc:
-        raise ModelLoadError(exc.message, hint=exc.hint) from exc
-    if spec.adapter_path is not None:
-        if not (spec.adapter_path / "adapter_config.json").is_file():
-            raise ModelLoadError("the adapter directory has no adapter_config.json")
-        confine(spec.adapter_path, spec.adapter_path, "the adapter")
-    return path
-
-
-def confine(directory: Path, root: Path, name: str) -> None:
-    """Refuse a directory any of whose entries resolves (through symlinks) outside ``root``."""
-    base = root.resolve()
-    for entry in directory.iterdir():
-        target = entry.resolve()
-        if target != base and base not in target.parents:
-            raise ModelLoadError(f"{name}: {entry.name} points outside its directory; refusing to load it")
 
 
 def header_deadline_protocol(seconds: float) -> type[H11Protocol]:
@@ -154,7 +121,9 @@ class Daemon:
                 f"refusing to listen on {self.host} without an api_key: set [server] api_key "
                 "(or MLXD_SERVER__API_KEY), or bind to 127.0.0.1"
             )
-        self.engine = MlxEngine(runtime_limits(store.current), resolve_model_path)
+        self.engine = MlxEngine(
+            runtime_limits(store.current), lambda spec: model_directory(spec, store.current)
+        )
         self.state = DaemonState(store, self.engine, reload=self.reload)
         self._stop = asyncio.Event()
         self._server: _Server | None = None
@@ -237,9 +206,11 @@ class Daemon:
         watcher = asyncio.create_task(watch_config(self.store, self._stop), name="mlxd-watcher")
         preload = asyncio.create_task(self._preload(), name="mlxd-preload")
         serving = asyncio.create_task(self._server.serve(), name="mlxd-uvicorn")
+        while not self._server.started and not serving.done():
+            await asyncio.sleep(0.01)
+        if signals and self._server.started:  # the process's own daemon (not a test's thread)
+            supervision.write_run_record(self.host, self.bound_port or self.port, self.store.path)
         if ready is not None:
-            while not self._server.started and not serving.done():
-                await asyncio.sleep(0.01)
             ready.set()
         try:
             await serving
@@ -251,6 +222,7 @@ class Daemon:
                     await task
             await self.engine.stop()
             if signals:
+                supervision.remove_run_record(only_pid=os.getpid())
                 for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
                     self._loop.remove_signal_handler(sig)
             log.info("stopped")

@@ -2,6 +2,10 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
+step() {  # one line of progress, so a first run never sits silent
+  printf '==> %s\n' "$*" >&2
+}
+
 find_python() {
   for candidate in "${PYTHON:-}" python3.13 python3.12 python3.11 python3; do
     [ -n "$candidate" ] || continue
@@ -16,11 +20,21 @@ find_python() {
 }
 
 ensure_venv() {  # $1: the extra to install, e.g. "" or "[dev]"
-  local python
+  local python stamp want
   python=$(find_python)
   if [ ! -x .venv/bin/python ]; then
+    step "creating ./.venv with $("$python" --version)"
     "$python" -m venv .venv
   fi
+  # Reinstall only when pyproject.toml changed (the dev install covers the plain one):
+  # a second run starts in a second.
+  stamp=.venv/.mlxd-installed
+  sum=$(cksum < pyproject.toml)
+  case "$(cat "$stamp" 2>/dev/null)" in
+    "$1 $sum" | "[dev] $sum") return 0 ;;
+  esac
+  step "installing mlxd$1 and its dependencies into ./.venv (about a minute the first time)"
   .venv/bin/python -m pip install --quiet --upgrade pip
   .venv/bin/python -m pip install --quiet -e ".$1"
+  printf '%s' "$1 $sum" > "$stamp"
 }

@@ -104,10 +104,30 @@ def test_breaker_gave_up_and_clear(tmp_path: Path) -> None:
     assert record is not None
     assert record["gave_up"]["reason"] == "invalid config: server.port"
     assert supervision.gave_up_reason(tmp_path) == "invalid config: server.port"
-    assert json.loads(supervision.breaker_file(tmp_path).read_text())["failures"]
+    assert record["failures"]
+    assert supervision.breaker_file(tmp_path).stat().st_mode & 0o777 == 0o600
     supervision.clear_breaker(tmp_path)
     supervision.clear_breaker(tmp_path)  # twice is fine
     assert supervision.read_breaker(tmp_path) is None
+    assert not supervision.breaker_file(tmp_path).exists()
+
+
+def test_breaker_records_are_kept_per_config_file(tmp_path: Path) -> None:
+    mine, other = tmp_path / "a" / "mlxd.toml", tmp_path / "b" / "mlxd.toml"
+    for _ in range(5):
+        supervision.record_start_failure("port in use", config=other, state_dir=tmp_path)
+    supervision.record_gave_up("port in use", config=other, state_dir=tmp_path)
+    assert supervision.should_give_up(config=other, state_dir=tmp_path)
+    assert not supervision.should_give_up(config=mine, state_dir=tmp_path)
+    assert supervision.gave_up_reason(tmp_path, config=mine) is None
+    assert supervision.gave_up_reason(tmp_path, config=None) is None  # built-in defaults are a key too
+    # The same file named another way is the same record.
+    relative = Path(tmp_path / "b" / ".." / "b" / "mlxd.toml")
+    assert supervision.gave_up_reason(tmp_path, config=relative) == "port in use"
+    supervision.record_start_failure("other", config=mine, state_dir=tmp_path)
+    supervision.clear_breaker(tmp_path, config=other)
+    assert supervision.gave_up_reason(tmp_path, config=other) is None
+    assert supervision.read_breaker(tmp_path, config=mine) is not None
 
 
 def test_corrupt_breaker_file_reads_as_none(tmp_path: Path) -> None:
@@ -124,3 +144,90 @@ def test_default_state_dir_comes_from_platform_paths(tmp_path: Path, monkeypatch
     supervision.record_gave_up("why")
     assert supervision.breaker_file() == paths.state_dir() / "breaker.json"
     assert supervision.gave_up_reason() == "why"
+
+
+# --- the run record ---------------------------------------------------------------------
+
+
+@pytest.fixture
+def lookalike() -> Iterator[subprocess.Popen[bytes]]:
+    """A live process whose command line reads ``mlxd serve``."""
+    code = "import time; print('ready', flush=True); time.sleep(60)"
+    process = subprocess.Popen([sys.executable, "-c", code, "mlxd", "serve"], stdout=subprocess.PIPE)
+    assert process.stdout is not None
+    assert process.stdout.readline() == b"ready\n"
+    yield process
+    process.kill()
+    process.wait()
+
+
+def _as_pid(state_dir: Path, pid: int) -> None:
+    """Make the record name ``pid`` (write_run_record always records the calling process)."""
+    path = supervision.run_record_file(state_dir)
+    data = json.loads(path.read_text())
+    path.write_text(json.dumps({**data, "pid": pid}))
+
+
+def test_run_record_round_trip_is_private(tmp_path: Path, lookalike: subprocess.Popen[bytes]) -> None:
+    config = tmp_path / "conf" / "mlxd.toml"
+    written = supervision.write_run_record("0.0.0.0", 9123, config, state_dir=tmp_path)
+    path = supervision.run_record_file(tmp_path)
+    assert path == tmp_path / "run.json"
+    assert path.stat().st_mode & 0o777 == 0o600
+    assert written.url == "http://127.0.0.1:9123"  # bound to every address: connect through loopback
+    assert written.config == str(config.resolve())
+    _as_pid(tmp_path, lookalike.pid)
+    record = supervision.read_run_record(tmp_path)
+    assert record is not None
+    assert record.pid == lookalike.pid
+    assert record.url == "http://127.0.0.1:9123"
+    assert record.config_path == config.resolve()
+    assert record.version
+    assert record.supervised is False
+    # Only the daemon that wrote it removes it.
+    supervision.remove_run_record(tmp_path, only_pid=lookalike.pid + 1)
+    assert path.exists()
+    supervision.remove_run_record(tmp_path, only_pid=lookalike.pid)
+    assert not path.exists()
+
+
+def test_run_record_of_a_dead_process_is_stale(tmp_path: Path) -> None:
+    gone = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True, check=True
+    )
+    supervision.write_run_record("127.0.0.1", 8080, None, state_dir=tmp_path)
+    _as_pid(tmp_path, int(gone.stdout))
+    assert supervision.read_run_record(tmp_path) is None
+    assert not supervision.run_record_file(tmp_path).exists()
+
+
+def test_run_record_of_a_reused_pid_is_stale(tmp_path: Path, sleeper: subprocess.Popen[bytes]) -> None:
+    supervision.write_run_record("127.0.0.1", 8080, None, state_dir=tmp_path)
+    _as_pid(tmp_path, sleeper.pid)
+    assert supervision.read_run_record(tmp_path) is None
+    assert not supervision.run_record_file(tmp_path).exists()
+
+
+@pytest.mark.parametrize("text", ["{not json", "[]", '{"pid": "12", "url": "x"}', '{"url": "x"}'])
+def test_a_garbled_run_record_is_removed(tmp_path: Path, text: str) -> None:
+    supervision.run_record_file(tmp_path).write_text(text)
+    assert supervision.read_run_record(tmp_path) is None
+    assert not supervision.run_record_file(tmp_path).exists()
+
+
+def test_connect_url() -> None:
+    assert supervision.connect_url("::", 80) == "http://127.0.0.1:80"
+    assert supervision.connect_url("::1", 80) == "http://[::1]:80"
+    assert supervision.connect_url("localhost", 8080) == "http://localhost:8080"
+
+
+def test_listening_pid_names_the_listener() -> None:
+    import os
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        sock.listen()
+        port = sock.getsockname()[1]
+        assert supervision.listening_pid(port) == os.getpid()
+    assert supervision.listening_pid(port) is None

@@ -11,7 +11,6 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from mlxd.cli.errors import handle_errors
 from mlxd.cli.options import ConfigOption, JsonOption
 
 if TYPE_CHECKING:
@@ -23,20 +22,19 @@ AliasArgument = Annotated[str, typer.Argument(help="A configured model alias.")]
 
 
 def _client(config: Path | None) -> DaemonClient:
-    """A client for the daemon; an invalid config file still names its port."""
+    """A client for the running daemon (found from its run record, whatever its file says)."""
     from mlxd.cli.target import resolve
 
     # Loading a model can take a while: wait longer than for a status call.
     return resolve(config, strict=False).client(timeout=600.0)
 
 
-@handle_errors
 def ps(as_json: JsonOption = False, config: ConfigOption = None) -> None:
     """List the models loaded in the running daemon."""
     from mlxd.cli.render import console, models_table
     from mlxd.cli.status_report import loaded_models
 
-    models = loaded_models(_client(config).status().get("models"))
+    models = loaded_models(_client(config).status().models)
     if as_json:
         typer.echo(json.dumps(models, indent=2))
     elif models:
@@ -45,21 +43,18 @@ def ps(as_json: JsonOption = False, config: ConfigOption = None) -> None:
         typer.echo("no models loaded")
 
 
-@handle_errors
 def load(alias: AliasArgument, config: ConfigOption = None) -> None:
     """Load a model now and keep it until its idle time-to-live."""
-    _client(config).load_model(alias)
-    typer.echo(f"loaded {alias}")
+    result = _client(config).load_model(alias)
+    typer.echo(f"loaded {result.alias}")
 
 
-@handle_errors
 def unload(alias: AliasArgument, config: ConfigOption = None) -> None:
     """Unload a model now (after its in-flight requests finish)."""
-    _client(config).unload_model(alias)
-    typer.echo(f"unloaded {alias}")
+    result = _client(config).unload_model(alias)
+    typer.echo(f"unloaded {result.alias}" if result.unloaded else f"{result.alias} was not loaded")
 
 
-@handle_errors
 def reload(config: ConfigOption = None) -> None:
     """Make the daemon re-read its config file now.
 
@@ -68,15 +63,11 @@ def reload(config: ConfigOption = None) -> None:
     from mlxd.errors import ConfigError
 
     try:
-        body = _client(config).reload()
+        result = _client(config).reload()
     except ConfigError as error:
         error.hint = "the daemon keeps serving the old config; fix the file and reload again"
         raise
-    generation = body.get("generation")
-    if generation is None and isinstance(body.get("config"), dict):
-        generation = body["config"].get("generation")
-    suffix = f" (generation {generation})" if generation is not None else ""
-    typer.echo(f"config reloaded{suffix}")
+    typer.echo(f"config reloaded (generation {result.generation})")
 
 
 def register(app: typer.Typer) -> None:

@@ -1,24 +1,29 @@
-"""The CLI's HTTP client for a running daemon (the CLI never imports the daemon)."""
+"""The CLI's HTTP client for a running daemon (the CLI never imports the daemon).
+
+Answers are decoded strictly into the wire types the daemon encodes
+(``mlxd.protocol.admin``); error answers become the ``mlxd.errors`` class their code
+names, so the CLI's one error table applies to them as to any other error.
+"""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, TypeVar
 from urllib.parse import quote
 
 import httpx
+import msgspec
 
 from mlxd.config.schema import MlxdConfig
-from mlxd.errors import ConfigError, DaemonNotRunningError, MlxdError, ModelNotFoundError
+from mlxd.errors import ConfigError, DaemonNotRunningError, MlxdError, error_for_code
+from mlxd.protocol.admin import DaemonStatus, LoadResult, ReloadResult, UnloadResult
+from mlxd.supervision import connect_url
+
+T = TypeVar("T")
 
 
 def daemon_url(config: MlxdConfig) -> str:
     """The base URL the daemon of this config listens on (loopback when bound to all)."""
-    host = config.server.host
-    if host in {"0.0.0.0", "::", ""}:  # noqa: S104 - we connect, we do not bind
-        host = "127.0.0.1"
-    if ":" in host and not host.startswith("["):
-        host = f"[{host}]"
-    return f"http://{host}:{config.server.port}"
+    return connect_url(config.server.host, config.server.port)
 
 
 class DaemonClient:
@@ -28,11 +33,6 @@ class DaemonClient:
         headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
         self.base_url = base_url
         self._http = httpx.Client(base_url=base_url, headers=headers, timeout=timeout)
-
-    @classmethod
-    def for_config(cls, config: MlxdConfig, timeout: float = 10.0) -> DaemonClient:
-        """A client for the daemon that ``config`` describes."""
-        return cls(daemon_url(config), config.server.api_key.get_secret_value(), timeout)
 
     def request(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
         """Send a request; a refused connection becomes ``DaemonNotRunningError``."""
@@ -50,52 +50,36 @@ class DaemonClient:
         except MlxdError:
             return False
 
-    def json(self, method: str, path: str, **kwargs: Any) -> Any:
-        """Send a request and return its JSON body, raising the server's error message on 4xx/5xx."""
-        response = self.request(method, path, **kwargs)
-        body = response.json() if response.content else None
+    def call(self, method: str, path: str, kind: type[T]) -> T:
+        """Send a request and decode its answer as ``kind``; an error answer is raised as
+        the ``mlxd.errors`` class its code names (``ConfigError`` with one problem per line
+        for a rejected config)."""
+        response = self.request(method, path)
         if response.status_code >= 400:
-            error = (body or {}).get("error", {}) if isinstance(body, dict) else {}
-            raise MlxdError(error.get("message") or f"HTTP {response.status_code}", code=error.get("code"))
-        return body
+            raise error_from_body(_body(response), response.status_code)
+        try:
+            return msgspec.json.decode(response.content, type=kind, strict=True)
+        except msgspec.DecodeError as exc:
+            raise MlxdError(
+                f"unexpected answer from {self.base_url}{path}: {exc}",
+                hint="the daemon may run another mlxd version; `mlxd restart` runs this one",
+            ) from None
 
-    def call(self, method: str, path: str, **kwargs: Any) -> Any:
-        """Like ``json``, but server errors become their ``mlxd.errors`` class.
-
-        ``model_not_found`` becomes ``ModelNotFoundError``; a rejected config (the 400 of
-        ``POST /mlxd/reload``) becomes ``ConfigError`` with one problem per line.
-        """
-        response = self.request(method, path, **kwargs)
-        body = _body(response)
-        if response.status_code < 400:
-            return body
-        raise error_from_body(body, response.status_code)
-
-    def status(self) -> dict[str, Any]:
+    def status(self) -> DaemonStatus:
         """``GET /mlxd/status``."""
-        body = self.call("GET", "/mlxd/status")
-        return body if isinstance(body, dict) else {}
+        return self.call("GET", "/mlxd/status", DaemonStatus)
 
-    def load_model(self, alias: str) -> Any:
+    def load_model(self, alias: str) -> LoadResult:
         """``POST /mlxd/models/{alias}/load``."""
-        return self.call("POST", f"/mlxd/models/{quote(alias, safe='')}/load")
+        return self.call("POST", f"/mlxd/models/{quote(alias, safe='')}/load", LoadResult)
 
-    def unload_model(self, alias: str) -> Any:
+    def unload_model(self, alias: str) -> UnloadResult:
         """``POST /mlxd/models/{alias}/unload``."""
-        return self.call("POST", f"/mlxd/models/{quote(alias, safe='')}/unload")
+        return self.call("POST", f"/mlxd/models/{quote(alias, safe='')}/unload", UnloadResult)
 
-    def reload(self) -> dict[str, Any]:
+    def reload(self) -> ReloadResult:
         """``POST /mlxd/reload``: the new generation, or ``ConfigError`` when rejected (400)."""
-        response = self.request("POST", "/mlxd/reload")
-        body = _body(response)
-        if response.status_code == 400:
-            error = error_from_body(body, 400)
-            if isinstance(error, ConfigError):
-                raise error
-            raise ConfigError(error.message, problems=_problems(body) or None)
-        if response.status_code > 400:
-            raise error_from_body(body, response.status_code)
-        return body if isinstance(body, dict) else {}
+        return self.call("POST", "/mlxd/reload", ReloadResult)
 
     def close(self) -> None:
         """Close the connection pool."""
@@ -109,31 +93,20 @@ def _body(response: httpx.Response) -> Any:
         return None
 
 
-def _problems(body: Any) -> list[str]:
-    """Config problems from an error body, wherever the server put the list."""
-    if not isinstance(body, dict):
+def _problems(error: dict[str, Any]) -> list[str]:
+    """The config problems an error body lists, one line each."""
+    items = error.get("problems")
+    if not isinstance(items, list):
         return []
-    error = body.get("error")
-    for source in (error if isinstance(error, dict) else {}, body):
-        for key in ("problems", "errors", "details"):
-            items = source.get(key)
-            if isinstance(items, list) and items:
-                return [_problem_text(item) for item in items]
-    return []
-
-
-def _problem_text(item: Any) -> str:
-    return str(item.get("message", item)) if isinstance(item, dict) else str(item)
+    return [str(item.get("message", item)) if isinstance(item, dict) else str(item) for item in items]
 
 
 def error_from_body(body: Any, status: int) -> MlxdError:
     """The ``mlxd.errors`` exception for an OpenAI-style error body."""
-    body = body if isinstance(body, dict) else {}
-    error = body.get("error") if isinstance(body.get("error"), dict) else {}
+    error = body.get("error") if isinstance(body, dict) else None
+    error = error if isinstance(error, dict) else {}
     message = str(error.get("message") or f"HTTP {status}")
-    code = error.get("code")
-    if code == "model_not_found":
-        return ModelNotFoundError(message)
-    if code in {"invalid_config", "config_error"}:
-        return ConfigError(message, problems=_problems(body) or None)
-    return MlxdError(message, code=code if isinstance(code, str) else None)
+    exc = error_for_code(error.get("code"), message)
+    if isinstance(exc, ConfigError):
+        exc.problems = _problems(error) or [message]
+    return exc

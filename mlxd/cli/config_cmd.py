@@ -14,9 +14,9 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from mlxd.cli.errors import exit_code_for, handle_errors
+from mlxd.cli.errors import exit_code_for
 from mlxd.cli.options import ConfigOption, JsonOption
-from mlxd.errors import ConfigError, MlxdError
+from mlxd.errors import ConfigError, HubError, MlxdError
 
 if TYPE_CHECKING:
     from mlxd.config.schema import MlxdConfig
@@ -37,7 +37,6 @@ MASK = "********"
 
 
 @app.command()
-@handle_errors
 def check(path: PathArgument = None, config: ConfigOption = None, as_json: JsonOption = False) -> None:
     """Validate a config file.
 
@@ -55,16 +54,39 @@ def check(path: PathArgument = None, config: ConfigOption = None, as_json: JsonO
             {"valid": False, "path": _text(target), "error": error.message, "problems": error.problems}
         )
         raise SystemExit(exit_code_for(error)) from None
+    warnings = _not_downloaded(loaded)
     if as_json:
-        _echo_json({"valid": True, "path": _text(target), "aliases": list(loaded.models)})
+        _echo_json(
+            {"valid": True, "path": _text(target), "aliases": list(loaded.models), "warnings": warnings}
+        )
         return
     count = len(loaded.models)
     where = str(target) if target is not None else "no config file: built-in defaults"
     typer.echo(f"valid: {count} alias{'' if count == 1 else 'es'} ({where})")
+    for warning in warnings:
+        typer.echo(f"warning: {warning}", err=True)
+
+
+def _not_downloaded(config: MlxdConfig) -> list[str]:
+    """One line per alias whose repo is not in the HF cache yet: valid, but not servable yet.
+
+    (A missing local directory is an error of the config itself: nothing will create it.)
+    """
+    from mlxd.hub import HubEnv, resolve_cached_model
+
+    cache = HubEnv.from_environ().cache_dir
+    lines = []
+    for alias, model in config.models.items():
+        if model.is_local:
+            continue
+        try:
+            resolve_cached_model(model.model, model.revision, alias=alias, cache_dir=cache)
+        except HubError as error:
+            lines.append(f"models.{alias}.model: {error.message}; run `mlxd models pull {alias}`")
+    return lines
 
 
 @app.command()
-@handle_errors
 def show(config: ConfigOption = None, as_json: JsonOption = False) -> None:
     """Print the effective config, with secrets masked.
 
@@ -93,20 +115,28 @@ def show(config: ConfigOption = None, as_json: JsonOption = False) -> None:
 
 
 @app.command()
-@handle_errors
 def path(config: ConfigOption = None, as_json: JsonOption = False) -> None:
-    """Print the config file in use, or where mlxd looks for one."""
-    from mlxd.config.loader import config_search_paths, discover_config_path
+    """Print the config file in use, or where mlxd looks for one.
 
-    found = discover_config_path(config)
+    A note on stderr says why that file, when ./mlxd.toml shadows the user config.
+    """
+    from mlxd.config.loader import config_search_paths, discover_config
+
+    found, source = discover_config(config)
     searched = [str(p) for p in config_search_paths()]
     if as_json:
         exists = found is not None and found.is_file()
-        _echo_json({"path": _text(found), "exists": exists, "searched": searched})
+        _echo_json({"path": _text(found), "exists": exists, "source": source, "searched": searched})
     elif found is not None:
         typer.echo(str(found.absolute()))
         if not found.is_file():
             typer.echo(f"note: {found} does not exist yet; create it with `mlxd config init`", err=True)
+        elif source == "working directory":
+            typer.echo(
+                f"note: ./mlxd.toml in the current directory is used here; elsewhere it is the "
+                f"user config, {searched[1]} (`mlxd config init` writes it)",
+                err=True,
+            )
     else:
         typer.echo("no config file: using built-in defaults")
         typer.echo("looked for: " + ", ".join(searched))
@@ -114,7 +144,6 @@ def path(config: ConfigOption = None, as_json: JsonOption = False) -> None:
 
 
 @app.command()
-@handle_errors
 def init(
     path: InitPathArgument = None,
     config: ConfigOption = None,
@@ -139,7 +168,6 @@ def init(
 
 
 @app.command()
-@handle_errors
 def schema(config: ConfigOption = None) -> None:
     """Print the JSON Schema of mlxd.toml, for editors.
 

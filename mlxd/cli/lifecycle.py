@@ -9,12 +9,13 @@ from __future__ import annotations
 import subprocess
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from mlxd import supervision
 from mlxd.cli import logfiles
 from mlxd.cli.client import DaemonClient
+from mlxd.cli.errors import StartFailed
 from mlxd.cli.managers import ServiceManager, installed_login_service
 from mlxd.cli.managers.base import ServiceSpec, build_spec
 from mlxd.cli.managers.process import ProcessManager, terminate
@@ -35,27 +36,19 @@ class Outcome:
     already_running: bool = False
 
 
-class StartFailed(MlxdError):
-    """The daemon did not become healthy; ``log_lines`` says why, in its own words."""
-
-    def __init__(self, message: str, log_lines: list[str]) -> None:
-        super().__init__(message, hint="see the whole log with `mlxd logs`")
-        self.log_lines = log_lines
-
-
 def daemon_pid(client: DaemonClient) -> int | None:
     """The pid the daemon reports in ``/mlxd/status``, if it answers."""
     try:
-        pid = client.status().get("pid")
+        return client.status().pid
     except MlxdError:
         return None
-    return pid if isinstance(pid, int) else None
 
 
 def wait_healthy(
     client: DaemonClient,
     timeout_s: float,
     *,
+    config: Path | None = None,
     exit_code: Callable[[], int | None] = lambda: None,
     not_pid: int | None = None,
     interval_s: float = 0.1,
@@ -63,7 +56,8 @@ def wait_healthy(
     """Poll ``/health`` until it answers 200; return None, or why it never did.
 
     ``exit_code`` reports a spawned process that died (no point waiting further);
-    ``not_pid`` ignores the old daemon still answering during a restart.
+    ``config``'s crash-loop record says a supervised daemon gave up; ``not_pid`` ignores
+    the old daemon still answering during a restart.
     """
     deadline = time.monotonic() + timeout_s
     while True:
@@ -71,7 +65,7 @@ def wait_healthy(
             return None
         if (code := exit_code()) is not None:
             return f"the daemon exited with code {code}"
-        if (reason := supervision.gave_up_reason()) is not None:
+        if (reason := supervision.gave_up_reason(config=config)) is not None:
             return f"the daemon gave up: {reason}"
         if time.monotonic() >= deadline:
             return f"no answer from {client.base_url}/health within {timeout_s:g}s"
@@ -106,7 +100,9 @@ def start(target: Target, *, demo: bool, timeout_s: float, warn: Callable[[str],
     client = target.client(timeout=2.0)
     if client.is_healthy():
         return Outcome(target.url, service_name(), daemon_pid(client), already_running=True)
-    supervision.clear_breaker()
+    target = _as_configured(target)
+    client = target.client(timeout=2.0)
+    supervision.clear_breaker(config=target.config_path)
     spec = spec_for(target, demo=demo)
     offsets = _log_offsets()
     service = installed_login_service()
@@ -114,19 +110,19 @@ def start(target: Target, *, demo: bool, timeout_s: float, warn: Callable[[str],
         if demo:
             warn(f"--demo is ignored: the {service.name} service runs the installed command line")
         service.start(spec)
-        _raise_unless_healthy(wait_healthy(client, timeout_s), offsets)
+        _raise_unless_healthy(wait_healthy(client, timeout_s, config=target.config_path), offsets)
         return Outcome(target.url, service.name, daemon_pid(client))
     manager = ProcessManager()
     if (pid := manager.live_pid()) is not None:
         # A detached daemon is already up (maybe still starting, maybe on another port).
-        if (failure := wait_healthy(client, timeout_s)) is not None:
+        if (failure := wait_healthy(client, timeout_s, config=target.config_path)) is not None:
             raise MlxdError(
                 f"mlxd (pid {pid}) is running but {failure}",
                 hint="if it uses another config, pass --config; else `mlxd restart`",
             )
         return Outcome(target.url, manager.name, pid, already_running=True)
     process = manager.spawn(spec)
-    failure = wait_healthy(client, timeout_s, exit_code=process.poll)
+    failure = wait_healthy(client, timeout_s, config=target.config_path, exit_code=process.poll)
     if failure is not None:
         _abandon(process, manager, target)
         _raise_unless_healthy(failure, offsets)
@@ -154,30 +150,47 @@ def stop(target: Target) -> bool:
     if service is not None:
         stopped = service.stop(timeout_s)
     stopped = ProcessManager().stop(timeout_s) or stopped
-    # Still answering: a daemon no manager knows, e.g. `mlxd serve` in a terminal.
-    client = target.client(timeout=2.0)
-    pid = daemon_pid(client) if client.is_healthy() else None
-    if pid is not None and supervision.is_mlxd_process(pid):
+    # Still running: a daemon no manager knows, e.g. `mlxd serve` in a terminal.
+    pid = _unmanaged_pid(target)
+    if pid is not None:
         terminate(pid, timeout_s)
         stopped = True
     return stopped
+
+
+def _unmanaged_pid(target: Target) -> int | None:
+    """The pid of the target's daemon if it still runs: from its run record, else from its
+    answer (a daemon of another state directory, or of a ``--config`` it does not run)."""
+    if target.record is not None and supervision.is_mlxd_process(target.record.pid):
+        return target.record.pid
+    client = target.client(timeout=2.0)
+    pid = daemon_pid(client) if client.is_healthy() else None
+    return pid if pid is not None and supervision.is_mlxd_process(pid) else None
 
 
 def restart(target: Target, *, demo: bool, timeout_s: float) -> Outcome:
     """Restart through the login service (``kickstart -k`` / ``restart``), else stop + start."""
     service = installed_login_service()
     if service is None:
-        record = ProcessManager().run_record() or {}
+        again = demo or (target.record is not None and target.record.demo)
         stop(target)
-        return start(target, demo=demo or bool(record.get("demo")), timeout_s=timeout_s, warn=lambda _: None)
+        return start(_as_configured(target), demo=again, timeout_s=timeout_s, warn=lambda _: None)
+    old_pid = daemon_pid(target.client(timeout=2.0))
+    target = _as_configured(target)
     client = target.client(timeout=2.0)
-    old_pid = daemon_pid(client)
-    supervision.clear_breaker()
+    supervision.clear_breaker(config=target.config_path)
     offsets = _log_offsets()
     spec = spec_for(target, demo=demo)
     service.restart(spec, spec.stop_timeout_s)
-    _raise_unless_healthy(wait_healthy(client, timeout_s, not_pid=old_pid), offsets)
+    _raise_unless_healthy(
+        wait_healthy(client, timeout_s, config=target.config_path, not_pid=old_pid), offsets
+    )
     return Outcome(target.url, service.name, daemon_pid(client))
+
+
+def _as_configured(target: Target) -> Target:
+    """The target of a daemon about to start: the URL its config names, not an old record's."""
+    return replace(target, record=None)
 
 
 def service_name() -> str:

@@ -10,11 +10,11 @@ import json
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from mlxd.cli.errors import handle_errors, report, verbose
+from mlxd.cli.errors import Interrupted, report
 from mlxd.cli.options import ConfigOption, JsonOption
 from mlxd.errors import HubError, MlxdError, ModelNotFoundError
 
@@ -23,9 +23,6 @@ if TYPE_CHECKING:
     from mlxd.hub import CachedRepo, HubEnv
 
 app = typer.Typer(help="Download, list and remove models.", no_args_is_help=True)
-
-#: Exit code of a command stopped by Ctrl-C (128 + SIGINT), as shells report it.
-EXIT_INTERRUPTED = 130
 
 RevisionOption = Annotated[
     str | None,
@@ -67,7 +64,10 @@ def _target(cfg: MlxdConfig, name: str, revision: str | None) -> _Target | str:
 def _pull_one(target: _Target) -> None:
     from mlxd.hub import pull_model, reporter_for
 
-    result = pull_model(target.repo_id, target.revision, reporter=reporter_for(sys.stdout))
+    try:
+        result = pull_model(target.repo_id, target.revision, reporter=reporter_for(sys.stdout))
+    except KeyboardInterrupt:
+        raise Interrupted("finished files are kept; run the same command again to resume") from None
     where = f"{target.repo_id} at {result.revision} (commit {result.commit[:12]})"
     if result.offline:
         typer.echo(f"{where} is already in the cache (offline)")
@@ -75,27 +75,7 @@ def _pull_one(target: _Target) -> None:
         typer.echo(f"pulled {where}: {result.summary()}")
 
 
-def _guarded(action: Any, what: str = "pull") -> None:
-    """Run a command body: Ctrl-C becomes one line and exit 130; a foreign error one line, not a traceback."""
-    try:
-        action()
-    except KeyboardInterrupt:
-        done = "finished files are kept; run the same command again to resume" if what == "pull" else what
-        typer.echo(f"interrupted: {done}", err=True)
-        raise typer.Exit(EXIT_INTERRUPTED) from None
-    except (MlxdError, typer.Exit, typer.Abort):
-        raise
-    except Exception as exc:
-        if verbose():
-            raise
-        first = (str(exc).strip().splitlines() or [""])[0]
-        raise HubError(
-            f"{what} failed: {type(exc).__name__}: {first}", hint="run again with --verbose for details"
-        ) from None
-
-
 @app.command("pull")
-@handle_errors
 def pull(
     name: Annotated[
         str | None, typer.Argument(help="A configured alias or a repo id such as org/name.")
@@ -121,7 +101,7 @@ def pull(
         if isinstance(target, str):
             typer.echo(target)
             return
-        _guarded(lambda: _pull_one(target))
+        _pull_one(target)
         return
     failed = 0
     seen: set[tuple[str, str | None]] = set()
@@ -134,7 +114,9 @@ def pull(
             continue
         seen.add((target.repo_id, target.revision))
         try:
-            _guarded(lambda t=target: _pull_one(t))
+            _pull_one(target)
+        except Interrupted:
+            raise
         except MlxdError as error:
             failed += 1
             report(error)
@@ -158,18 +140,14 @@ class _Row:
     problem: str | None = None
 
 
-def _loaded_aliases(cfg: MlxdConfig) -> set[str]:
+def _loaded_aliases(config: Path | None) -> set[str]:
     """Aliases the running daemon has loaded; empty (silently) when it does not answer."""
-    import httpx
+    from mlxd.cli.target import resolve
 
-    from mlxd.cli.client import DaemonClient
-
-    client = DaemonClient.for_config(cfg, timeout=2.0)
+    client = resolve(config, strict=False).client(timeout=2.0)
     try:
-        status = client.json("GET", "/mlxd/status")
-        models = status.get("models", []) if isinstance(status, dict) else []
-        return {str(m["alias"]) for m in models if isinstance(m, dict) and "alias" in m}
-    except (MlxdError, httpx.HTTPError, ValueError):
+        return {m.alias for m in client.status().models}
+    except MlxdError:
         return set()
     finally:
         client.close()
@@ -179,11 +157,12 @@ def _dir_size(path: Path) -> int:
     return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
 
 
-def _check(path: Path, name: str) -> str | None:
+def _check(path: Path, name: str, *, local: bool = False) -> str | None:
+    """What is wrong with a model directory, in one line that starts with ``name``."""
     from mlxd.hub import validate_model_dir
 
     try:
-        validate_model_dir(path, name=name)
+        validate_model_dir(path, name=name, local=local)
     except HubError as error:
         return error.message
     return None
@@ -199,7 +178,7 @@ def _alias_row(alias: str, model: ModelConfig, repos: dict[str, CachedRepo], loa
         path = model.local_path
         if path is not None and path.is_dir():
             row.size_bytes = _dir_size(path)
-            row.problem = _check(path, alias)
+            row.problem = _check(path, alias, local=True)
             row.downloaded = row.problem is None
         return row
     repo = repos.get(model.model)
@@ -209,16 +188,16 @@ def _alias_row(alias: str, model: ModelConfig, repos: dict[str, CachedRepo], loa
     rev = repo.find(model.revision)
     if rev is not None:
         row.size_bytes = rev.size_bytes
-        row.problem = _check(rev.path, model.model)
+        row.problem = _check(rev.path, alias)
         row.downloaded = row.problem is None
     return row
 
 
-def _rows(cfg: MlxdConfig, env: HubEnv) -> list[_Row]:
+def _rows(cfg: MlxdConfig, env: HubEnv, config: Path | None) -> list[_Row]:
     from mlxd.hub import cached_repos
 
     repos = {r.repo_id: r for r in cached_repos(env.cache_dir)}
-    loaded = _loaded_aliases(cfg) if cfg.models else set()
+    loaded = _loaded_aliases(config) if cfg.models else set()
     rows = [_alias_row(alias, model, repos, loaded) for alias, model in cfg.models.items()]
     configured = {m.model for m in cfg.models.values() if not m.is_local}
     for repo in repos.values():
@@ -232,7 +211,6 @@ def _rows(cfg: MlxdConfig, env: HubEnv) -> list[_Row]:
 
 
 @app.command("list")
-@handle_errors
 def list_models(json_output: JsonOption = False, config: ConfigOption = None) -> None:
     """List configured aliases and downloaded MLX models.
 
@@ -240,19 +218,17 @@ def list_models(json_output: JsonOption = False, config: ConfigOption = None) ->
     """
     from mlxd.hub import HubEnv
 
-    def run() -> None:
-        rows = _rows(_config(config), HubEnv.from_environ())
-        if json_output:
-            typer.echo(json.dumps([row.__dict__ for row in rows], indent=2))
-        else:
-            _print_table(rows)
-
-    _guarded(run, "list")
+    rows = _rows(_config(config), HubEnv.from_environ(), config)
+    if json_output:
+        typer.echo(json.dumps([row.__dict__ for row in rows], indent=2))
+    else:
+        _print_table(rows)
 
 
 def _print_table(rows: list[_Row]) -> None:
     from rich.console import Console
     from rich.table import Table
+    from rich.text import Text
 
     from mlxd.hub.progress import human_size
 
@@ -279,11 +255,10 @@ def _print_table(rows: list[_Row]) -> None:
     console.print(table)
     for row in rows:
         if row.problem and row.alias:
-            console.print(f"[yellow]{row.alias}:[/] {row.problem}", highlight=False)
+            console.print(Text(row.problem, style="yellow"))  # it starts with the alias
 
 
 @app.command("rm")
-@handle_errors
 def remove(
     name: Annotated[str, typer.Argument(help="A configured alias or a repo id such as org/name.")],
     revision: Annotated[
@@ -296,10 +271,6 @@ def remove(
 
     Every revision goes unless --revision names one.
     """
-    _guarded(lambda: _remove(name, revision, yes, config), "rm")
-
-
-def _remove(name: str, revision: str | None, yes: bool, config: Path | None) -> None:
     from mlxd.hub import HubEnv, plan_removal
     from mlxd.hub.progress import human_size
 

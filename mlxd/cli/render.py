@@ -56,7 +56,12 @@ def status_table(report: StatusReport) -> Table:
     """``mlxd status`` for people."""
     data = report.data
     table = _grid()
-    state = Text("running", style="green") if report.running else Text("not running", style="red")
+    if not report.running:
+        state = Text("not running", style="red")
+    elif report.config_error:
+        state = Text.assemble(("running", "green"), ", ", ("config error: ", "yellow"), report.config_error)
+    else:
+        state = Text("running", style="green")
     table.add_row("mlxd", state)
     table.add_row("url", data["url"])
     if report.running:
@@ -74,8 +79,8 @@ def status_table(report: StatusReport) -> Table:
     table.add_row("config", where)
     if report.gave_up:
         table.add_row("gave up", Text(report.gave_up, style="red"))
-    elif config["last_error"]:
-        table.add_row("config error", Text(str(config["last_error"]), style="yellow"))
+    elif report.config_error and not report.running:
+        table.add_row("config error", Text(report.config_error, style="yellow"))
     if report.running:
         names = [str(m.get("alias")) for m in data["models"]]
         table.add_row("models", ", ".join(names) if names else "none loaded")

@@ -1,16 +1,25 @@
-"""``mlxd serve``: run the daemon in the foreground (what launchd and systemd run)."""
+"""``mlxd serve``: run the daemon in the foreground (what launchd and systemd run).
+
+Every way it can fail to start ends in one line with what to change, on stderr (the
+CLI's error map prints it) and in the daemon's log, which is all a user of ``mlxd start``
+or of the login service gets to read. Under a supervisor (``MLXD_SUPERVISED=1``) a
+failure is also recorded for the crash-loop breaker, and once it says stop, ``serve``
+exits 0 so launchd or systemd leave it down (``GaveUp``).
+"""
 
 from __future__ import annotations
 
+import logging
 import os
 import sys
+from pathlib import Path
 from typing import Annotated, Any
 
 import typer
 
-from mlxd.cli.errors import report
+from mlxd.cli.errors import GaveUp
 from mlxd.cli.options import ConfigOption
-from mlxd.errors import ConfigError, MlxdError
+from mlxd.errors import ConfigError, MlxdError, StartupError
 
 
 def _demo_overrides(config_path: Any) -> dict[str, Any]:
@@ -37,58 +46,74 @@ def serve(
     ] = False,
 ) -> None:
     """Run the daemon in the foreground."""
-    from mlxd.config import discover_config_path, load_config
+    from mlxd.config import discover_config_path
 
     supervised = os.environ.get("MLXD_SUPERVISED") == "1"
     path = discover_config_path(config)
     try:
-        overrides = _demo_overrides(path) if demo else {}
-        from mlxd.daemon import run  # imported here: `mlxd --help` must not load MLX
+        _serve(path, host, port, demo, supervised)
+    except MlxdError as error:
+        raise _failed_start(error, path, supervised) from None
 
-        settings = load_config(path, overrides)
+
+def _serve(path: Path | None, host: str | None, port: int | None, demo: bool, supervised: bool) -> None:
+    from mlxd.cli.ports import check_listenable
+    from mlxd.config import load_config
+    from mlxd.config.paths import log_dir
+    from mlxd.logs import setup_logging
+
+    settings = load_config(path)
+    # In a terminal, log there too; detached or under launchd the file is enough.
+    setup_logging(
+        settings.server.log_level,
+        settings.server.log_format,
+        log_dir(),
+        console=sys.stderr.isatty() and not supervised,
+    )
+    check_listenable(host or settings.server.host, port if port is not None else settings.server.port)
+    overrides = _demo_overrides(path) if demo else {}
+    from mlxd.daemon import run  # imported here: `mlxd --help` must not load MLX
+
+    try:
+        run(path, overrides, host=host, port=port)
+    except SystemExit as exit_:  # uvicorn exits 1 when it cannot bind after all (a race)
+        if exit_.code in (0, None):
+            raise
+        raise StartupError("the server could not start listening (see the lines above in the log)") from None
+
+
+def _failed_start(error: MlxdError, path: Path | None, supervised: bool) -> MlxdError:
+    """Log the failure, feed the crash-loop breaker when supervised; the error to report."""
+    from mlxd.cli.errors import details, hint_for
+
+    reason = "; ".join([error.message, *details(error)])
+    _log(f"could not start: {reason}" + (f" (hint: {hint})" if (hint := hint_for(error)) else ""))
+    if not supervised:
+        return error
+    from mlxd import supervision
+
+    supervision.record_start_failure(reason, config=path)
+    # A bad config fails the same way every time: no point in being relaunched at all.
+    if isinstance(error, ConfigError) or supervision.should_give_up(config=path):
+        supervision.record_gave_up(reason, config=path)
+        return GaveUp(error)
+    return error
+
+
+def _log(line: str) -> None:
+    """Put a line in the daemon's log (set up with defaults if the config never got that
+    far); not on the console, where the CLI's error map prints the failure itself."""
+    from mlxd.logs import FILE_ONLY
+
+    if not logging.getLogger().handlers:
         from mlxd.config.paths import log_dir
         from mlxd.logs import setup_logging
 
-        # In a terminal, log there too; detached or under launchd the file is enough.
-        setup_logging(
-            settings.server.log_level,
-            settings.server.log_format,
-            log_dir(),
-            console=sys.stderr.isatty() and not supervised,
-        )
-        run(path, overrides, host=host, port=port)
-    except ConfigError as error:
-        code = report(error)
-        if supervised:
-            # Under launchd/systemd a bad config must not cause a relaunch loop.
-            _give_up(f"invalid config: {error.message}", at_once=True)
-            raise SystemExit(0) from None
-        raise SystemExit(code) from None
-    except MlxdError as error:
-        code = report(error)
-        raise SystemExit(_failed_start(error.message, code, supervised)) from None
-    except SystemExit as exit_:  # uvicorn exits 1 when it cannot bind
-        if exit_.code in (0, None):
-            raise
-        raise SystemExit(_failed_start("the server could not start (see the log)", 1, supervised)) from None
-
-
-def _give_up(reason: str, *, at_once: bool) -> bool:
-    """Record a failed start; True when the crash-loop breaker says to stop retrying."""
-    from mlxd import supervision
-
-    supervision.record_start_failure(reason)
-    if at_once or supervision.should_give_up():
-        supervision.record_gave_up(reason)
-        return True
-    return False
-
-
-def _failed_start(reason: str, code: int, supervised: bool) -> int:
-    """The exit code of a failed start: 0 once a supervisor should stop relaunching us."""
-    if supervised and _give_up(reason, at_once=False):
-        return 0
-    return code
+        try:
+            setup_logging("info", "text", log_dir(), console=False)
+        except OSError:
+            return  # no log directory: stderr is all there is
+    logging.getLogger("mlxd").error("%s", line, extra={FILE_ONLY: True})
 
 
 def register(app: typer.Typer) -> None:

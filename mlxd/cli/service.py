@@ -12,17 +12,17 @@ import json
 import subprocess
 import sys
 from enum import StrEnum
-from typing import TYPE_CHECKING, Annotated, NoReturn
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from mlxd.cli.errors import EXIT_NOT_RUNNING, handle_errors, report
+from mlxd.cli.errors import EXIT_NOT_RUNNING
 from mlxd.cli.options import ConfigOption, JsonOption
 
 if TYPE_CHECKING:
     from pathlib import Path
 
-    from mlxd.cli.lifecycle import Outcome, StartFailed
+    from mlxd.cli.lifecycle import Outcome
     from mlxd.cli.target import Target
 
 
@@ -42,32 +42,17 @@ TimeoutOption = Annotated[
 
 
 def _strict_target(config: Path | None) -> Target:
-    """The target for commands that start a daemon: an invalid config fails here, exit 1."""
+    """The target for commands that start a daemon: an invalid config fails here (exit 78,
+    as ``mlxd serve`` exits for the same file)."""
     from mlxd.cli.target import resolve
-    from mlxd.errors import ConfigError
 
-    try:
-        return resolve(config, strict=True)
-    except ConfigError as error:
-        report(error)
-        raise SystemExit(1) from None
+    return resolve(config, strict=True)
 
 
 def _lenient_target(config: Path | None) -> Target:
     from mlxd.cli.target import resolve
 
     return resolve(config, strict=False)
-
-
-def _failed(error: StartFailed) -> NoReturn:
-    from mlxd.cli.render import console
-
-    err = console(stderr=True)
-    if error.log_lines:
-        err.print("[dim]last log lines:[/]")
-        for line in error.log_lines:
-            err.print(f"  {line}", markup=False)
-    raise SystemExit(report(error))
 
 
 def _warn(message: str) -> None:
@@ -80,7 +65,6 @@ def _say_started(outcome: Outcome) -> None:
     typer.echo(f"mlxd {verb} at {outcome.url} ({where})")
 
 
-@handle_errors
 def start(
     demo: DemoOption = False,
     timeout: TimeoutOption = 30.0,
@@ -92,15 +76,10 @@ def start(
     """
     from mlxd.cli import lifecycle
 
-    target = _strict_target(config)
-    try:
-        outcome = lifecycle.start(target, demo=demo, timeout_s=timeout, warn=_warn)
-    except lifecycle.StartFailed as error:
-        _failed(error)
+    outcome = lifecycle.start(_strict_target(config), demo=demo, timeout_s=timeout, warn=_warn)
     _say_started(outcome)
 
 
-@handle_errors
 def stop(config: ConfigOption = None) -> None:
     """Stop the daemon gracefully (in-flight requests finish first)."""
     from mlxd.cli import lifecycle
@@ -109,7 +88,6 @@ def stop(config: ConfigOption = None) -> None:
     typer.echo("mlxd stopped" if stopped else "mlxd was not running")
 
 
-@handle_errors
 def restart(
     demo: DemoOption = False,
     timeout: TimeoutOption = 30.0,
@@ -118,15 +96,10 @@ def restart(
     """Stop and start the daemon again."""
     from mlxd.cli import lifecycle
 
-    target = _strict_target(config)
-    try:
-        outcome = lifecycle.restart(target, demo=demo, timeout_s=timeout)
-    except lifecycle.StartFailed as error:
-        _failed(error)
+    outcome = lifecycle.restart(_strict_target(config), demo=demo, timeout_s=timeout)
     _say_started(outcome)
 
 
-@handle_errors
 def status(as_json: JsonOption = False, config: ConfigOption = None) -> None:
     """Show whether the daemon runs and what it has loaded.
 
@@ -144,7 +117,6 @@ def status(as_json: JsonOption = False, config: ConfigOption = None) -> None:
         raise typer.Exit(EXIT_NOT_RUNNING)
 
 
-@handle_errors
 def logs(
     follow: Annotated[bool, typer.Option("--follow", "-f", help="Keep printing new lines.")] = False,
     lines: Annotated[int, typer.Option("--lines", "-n", min=0, help="Lines to show.")] = 50,
@@ -184,7 +156,6 @@ def _journal_or_nothing(lines: int, follow: bool, expected: Path) -> None:
     typer.echo(f"no log yet (mlxd writes it to {expected})", err=True)
 
 
-@handle_errors
 def install(
     manager: Annotated[
         Manager | None,
@@ -225,7 +196,6 @@ def install(
     typer.echo("check it with `mlxd status`")
 
 
-@handle_errors
 def uninstall(config: ConfigOption = None) -> None:
     """Stop mlxd and remove its login service.
 

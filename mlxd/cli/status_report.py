@@ -1,8 +1,9 @@
 """What ``mlxd status`` reports: the daemon's own ``/mlxd/status`` plus the manager's view.
 
-The ``--json`` document has exactly the keys of the contract. When the daemon is not
-running, ``config.last_error`` carries why, if known: the crash-loop breaker's reason,
-else the problem with the config file the CLI found.
+The ``--json`` document has exactly the keys of the contract. ``config.last_error`` is
+why the config in use is not the file as it stands: while the daemon runs, the problem
+it reports itself (else the one the CLI found reading the file); when it is not running,
+the crash-loop breaker's reason for this config file, else the problem with the file.
 """
 
 from __future__ import annotations
@@ -10,11 +11,14 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+import msgspec
+
 from mlxd import supervision
 from mlxd.cli.lifecycle import running_manager
 from mlxd.cli.managers import ServiceManager, ServiceState
 from mlxd.cli.target import Target
 from mlxd.errors import ConfigError, DaemonNotRunningError, MlxdError
+from mlxd.protocol.admin import DaemonStatus, ModelStatus
 
 #: Model states that do not hold memory; everything else counts as loaded.
 NOT_LOADED_STATES = frozenset({"unloaded", "not_loaded", "available", "downloaded"})
@@ -33,12 +37,16 @@ class StatusReport:
         """Whether the daemon answered."""
         return bool(self.data["running"])
 
+    @property
+    def config_error(self) -> str | None:
+        """Why the config in use is not the file as it stands, if it is not."""
+        error = self.data["config"]["last_error"]
+        return str(error) if error else None
 
-def loaded_models(models: object) -> list[dict[str, Any]]:
-    """The entries of ``/mlxd/status`` ``models`` that are in memory (or on their way)."""
-    if not isinstance(models, list):
-        return []
-    return [m for m in models if isinstance(m, dict) and m.get("state") not in NOT_LOADED_STATES]
+
+def loaded_models(models: list[ModelStatus]) -> list[dict[str, Any]]:
+    """The models of ``/mlxd/status`` that are in memory (or on their way), as JSON objects."""
+    return [msgspec.to_builtins(m) for m in models if m.state not in NOT_LOADED_STATES]
 
 
 def _config_problem(error: ConfigError) -> str:
@@ -57,44 +65,47 @@ def _manager_state(manager: ServiceManager | None) -> tuple[ServiceState | None,
         return None, error.message
 
 
-def collect(target: Target) -> StatusReport:
-    """Ask the daemon and the service manager; never raises for "not running"."""
+def _ask(target: Target) -> tuple[bool, DaemonStatus | None]:
+    """Whether the daemon answers, and its status when it gives one."""
     client = target.client(timeout=3.0)
-    info: dict[str, Any] = {}
     try:
-        info = client.status()
-        running = True
+        return True, client.status()
     except DaemonNotRunningError:
-        running = False
+        return False, None
     except MlxdError:
-        running = client.is_healthy()  # e.g. a wrong API key: alive, but no details
+        return client.is_healthy(), None  # e.g. a wrong API key: alive, but no details
     finally:
         client.close()
 
+
+def collect(target: Target) -> StatusReport:
+    """Ask the daemon and the service manager; never raises for "not running"."""
+    running, info = _ask(target)
     manager = running_manager()
     manager_state, manager_problem = _manager_state(manager)
-    gave_up = None if running else supervision.gave_up_reason()
-    raw_config = info.get("config")
-    server_config: dict[str, Any] = raw_config if isinstance(raw_config, dict) else {}
-    last_error = server_config.get("last_error") if running else None
-    if not running:
-        last_error = gave_up or (_config_problem(target.error) if target.error else None)
-    pid = info.get("pid") if running else None
-    if running and pid is None and manager_state is not None:
-        pid = manager_state.pid
+    file_problem = _config_problem(target.error) if target.error else None
+    gave_up = None if running else supervision.gave_up_reason(config=target.config_path)
+    if running:
+        last_error = (info.config.last_error if info else None) or file_problem
+    else:
+        last_error = gave_up or file_problem
+    pid = info.pid if info else None
+    if running and pid is None:
+        pid = target.record.pid if target.record else manager_state.pid if manager_state else None
+    path = info.config.path if info else None
     data: dict[str, Any] = {
         "running": running,
         "pid": pid,
         "url": target.url,
-        "uptime_s": info.get("uptime_s"),
-        "version": info.get("version"),
+        "uptime_s": info.uptime_s if info else None,
+        "version": info.version if info else None,
         "service": manager.name if manager is not None else "none",
         "config": {
-            "path": server_config.get("path") or (str(target.config_path) if target.config_path else None),
-            "generation": server_config.get("generation"),
+            "path": path or (str(target.config_path) if target.config_path else None),
+            "generation": info.config.generation if info else None,
             "last_error": last_error,
         },
-        "models": loaded_models(info.get("models")),
+        "models": loaded_models(info.models) if info else [],
     }
     detail = manager_problem
     if manager_state is not None:

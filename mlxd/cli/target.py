@@ -1,10 +1,15 @@
 """Which daemon a command talks to: its config file, its URL, a client for it.
 
-The config is, in order: ``--config`` / ``$MLXD_CONFIG``; the one the installed login
-service or the running detached daemon was started with (so ``mlxd status`` run from
-another directory still finds it); then the usual discovery. Commands that only talk
-to a running daemon accept an invalid file, because the daemon keeps serving its last
-good config and ``mlxd status`` is where the user learns what is wrong.
+The running daemon's own run record comes first (``mlxd.supervision.run_record``): it
+names the URL the daemon actually bound and the config file it runs, so the daemon is
+found even when that file has since become invalid or unreadable. It is used unless
+``--config`` / ``$MLXD_CONFIG`` names another file. Without a record the config is, in
+order: ``--config`` / ``$MLXD_CONFIG``; the one the installed login service runs; then
+the usual discovery, and the URL comes from that file.
+
+Commands that only talk to a running daemon accept an invalid file, because the daemon
+keeps serving its last good config and ``mlxd status`` is where the user learns what is
+wrong; commands that start one (``strict``) refuse it.
 """
 
 from __future__ import annotations
@@ -13,9 +18,11 @@ import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 
+from mlxd import supervision
 from mlxd.cli.client import DaemonClient, daemon_url
 from mlxd.config import MlxdConfig, discover_config_path, load_config
 from mlxd.errors import ConfigError
+from mlxd.supervision import RunRecord
 
 
 @dataclass(frozen=True)
@@ -26,39 +33,51 @@ class Target:
     config: MlxdConfig
     #: Set when the file is invalid and only its ``[server]`` section (or defaults) was used.
     error: ConfigError | None = None
+    #: The running daemon's record, when the command talks to that daemon.
+    record: RunRecord | None = None
 
     @property
     def url(self) -> str:
-        """The daemon's base URL."""
-        return daemon_url(self.config)
+        """The daemon's base URL: the one it bound, else the one its config names."""
+        return self.record.url if self.record is not None else daemon_url(self.config)
 
     def client(self, timeout: float = 10.0) -> DaemonClient:
         """An HTTP client for the daemon, with the API key when one is set."""
-        return DaemonClient.for_config(self.config, timeout=timeout)
+        return DaemonClient(self.url, self.config.server.api_key.get_secret_value(), timeout)
 
 
 def recorded_config() -> Path | None:
-    """The config the installed login service, or the running detached daemon, uses."""
+    """The config the installed login service runs with (its plist or unit names it)."""
     from mlxd.cli.managers import installed_login_service
-    from mlxd.cli.managers.process import ProcessManager
 
     service = installed_login_service()
-    if service is not None and (path := service.recorded_config()) is not None:
-        return path
-    return ProcessManager().recorded_config()
+    return service.recorded_config() if service is not None else None
+
+
+def running_daemon(explicit: Path | None) -> RunRecord | None:
+    """The running daemon's record, unless ``explicit`` names a config file it does not run."""
+    record = supervision.read_run_record()
+    if record is None or explicit is None:
+        return record
+    same = supervision.config_key(explicit) == supervision.config_key(record.config_path)
+    return record if same else None
 
 
 def resolve(explicit: Path | None, *, strict: bool) -> Target:
     """The target for a command; ``strict`` raises on an invalid config file."""
-    path = explicit or recorded_config() or discover_config_path(None)
+    record = running_daemon(explicit)
+    if record is not None:
+        path = record.config_path
+    else:
+        path = explicit or recorded_config() or discover_config_path(None)
     if path is not None:
         path = path.expanduser().resolve()
     try:
-        return Target(path, load_config(path))
+        return Target(path, load_config(path), record=record)
     except ConfigError as error:
         if strict:
             raise
-        return Target(path, _server_section_only(path, error), error)
+        return Target(path, _server_section_only(path, error), error, record)
 
 
 def _server_section_only(path: Path | None, error: ConfigError) -> MlxdConfig:
@@ -67,7 +86,7 @@ def _server_section_only(path: Path | None, error: ConfigError) -> MlxdConfig:
     if path is not None:
         try:
             server = tomllib.loads(path.read_text(encoding="utf-8")).get("server")
-        except (OSError, tomllib.TOMLDecodeError):
+        except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError):
             server = None
     attempts = [{"server": server}] if isinstance(server, dict) else []
     for overrides in [*attempts, {}]:

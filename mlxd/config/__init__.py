@@ -5,7 +5,7 @@ imported here).
 """
 
 from mlxd.config.diff import AliasChange, ConfigDiff
-from mlxd.config.loader import discover_config_path, load_config
+from mlxd.config.loader import discover_config, discover_config_path, load_config
 from mlxd.config.schema import GenerationDefaults, MlxdConfig, ModelConfig
 from mlxd.config.store import ConfigStore, ReloadResult
 
@@ -17,6 +17,7 @@ __all__ = [
     "MlxdConfig",
     "ModelConfig",
     "ReloadResult",
+    "discover_config",
     "discover_config_path",
     "load_config",
 ]

@@ -39,14 +39,22 @@ def config_search_paths() -> list[Path]:
 
 def discover_config_path(explicit: Path | None = None) -> Path | None:
     """``--config``, then ``$MLXD_CONFIG``, then ``./mlxd.toml``, then the user config dir."""
+    return discover_config(explicit)[0]
+
+
+def discover_config(explicit: Path | None = None) -> tuple[Path | None, str]:
+    """The config file discovery picks, and why: ``option``, ``environment`` (MLXD_CONFIG),
+    ``working directory`` (./mlxd.toml), ``user config`` or ``none``."""
     if explicit is not None:
-        return explicit.expanduser()
+        return explicit.expanduser(), "option"
     if env := os.environ.get("MLXD_CONFIG"):
-        return Path(env).expanduser()  # launchd expands nothing, so a literal "~" may arrive
-    for candidate in config_search_paths():
-        if candidate.is_file():
-            return candidate
-    return None
+        return Path(env).expanduser(), "environment"  # launchd expands nothing: "~" may arrive
+    local, user = config_search_paths()
+    if local.is_file():
+        return local, "working directory"
+    if user.is_file():
+        return user, "user config"
+    return None, "none"
 
 
 def read_config_file(path: Path) -> tuple[dict[str, Any], str]:
@@ -107,7 +115,7 @@ def load_config(path: Path | None, overrides: Mapping[str, Any] | None = None) -
     base = path.parent.resolve() if path is not None else Path.cwd()
     for model in config.models.values():
         model.bind(base)
-    if problems := _missing_adapters(config, layers):
+    if problems := _missing_directories(config, layers):
         raise _invalid(path, problems)
     return config
 
@@ -124,23 +132,28 @@ def _invalid(path: Path | None, problems: list[str]) -> ConfigError:
     return ConfigError(where, problems=problems)
 
 
-def _missing_adapters(config: MlxdConfig, layers: Layers) -> list[str]:
-    """Adapters are never generated on the fly, so a missing directory is a config error."""
+def _missing_directories(config: MlxdConfig, layers: Layers) -> list[str]:
+    """Local model and adapter directories are never made on the fly, so a missing one is a
+    config error (a repo id not downloaded yet is not: ``mlxd models pull`` fetches it)."""
     problems = []
     for alias, model in config.models.items():
-        if model.adapter is None:
-            continue
-        try:
-            present = model.adapter_path is not None and model.adapter_path.is_dir()
-        except (OSError, RuntimeError, ValueError):
-            present = False
-        if not present:
-            key = ("models", alias, "adapter")
-            where = locate(key, layers)
-            problems.append(
-                one_line(f"{key_label(key)}{where}: adapter directory not found: {model.adapter}")
-            )
+        for key, value, path in (
+            ("model", model.model, model.local_path),
+            ("adapter", model.adapter, model.adapter_path),
+        ):
+            if value is None or path is None or _is_dir(path):
+                continue
+            where = locate(("models", alias, key), layers)
+            label = key_label(("models", alias, key))
+            problems.append(one_line(f"{label}{where}: {key} directory not found: {value}"))
     return problems
+
+
+def _is_dir(path: Path) -> bool:
+    try:
+        return path.is_dir()
+    except (OSError, RuntimeError, ValueError):
+        return False
 
 
 def _environment_error(exc: SettingsError) -> ConfigError:

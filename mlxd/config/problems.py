@@ -12,7 +12,6 @@ import difflib
 import json
 import os
 import re
-import types
 import typing
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -22,13 +21,20 @@ from pydantic import BaseModel, ValidationError
 from pydantic_core import ErrorDetails
 
 from mlxd.config.schema import MlxdConfig
+from mlxd.config.sources import model_in
 from mlxd.config.toml_lines import line_of
+from mlxd.errors import one_line
+
+__all__ = ["Layers", "environment_variable", "format_problems", "key_label", "locate", "one_line"]
 
 Loc = tuple[str | int, ...]
 
 _BARE_KEY = re.compile(r"[A-Za-z0-9_-]+")
-_CONTROL = re.compile(r"[\x00-\x1f\x7f\x85\u2028\u2029]")
 _VALID_PREFIX = "Input should be a valid "
+#: Type errors of strict validation, where saying what was given helps.
+_STRICT_TYPES = frozenset({"int_type", "bool_type", "float_type", "string_type", "tuple_type", "dict_type"})
+#: Keys whose values never appear in a message (it may reach the log).
+_SECRETS = frozenset({"api_key"})
 
 
 @dataclass(frozen=True)
@@ -80,11 +86,6 @@ def format_problems(exc: ValidationError, layers: Layers) -> list[str]:
     ]
 
 
-def one_line(text: str) -> str:
-    """``text`` with control characters escaped, so a problem is always exactly one line."""
-    return _CONTROL.sub(lambda m: json.dumps(m.group())[1:-1], text)
-
-
 def _data_path(error: ErrorDetails, data: Any) -> Loc:
     """The part of an error's location that names keys of the input (not union branch tags)."""
     loc = error["loc"]
@@ -111,8 +112,21 @@ def _message(error: ErrorDetails, path: Loc) -> str:
         return "unknown key" + _suggestion(path)
     if kind == "missing":
         return "required key is missing"
-    message = error["msg"]
-    return message.removeprefix("Value error, ")
+    message = error["msg"].removeprefix("Value error, ")
+    if kind == "tuple_type":  # TOML says array, and the user wrote neither
+        message = "Input should be a list"
+    if kind in _STRICT_TYPES and path and path[-1] not in _SECRETS:
+        return f"{message}, not {_given(error['input'])}"
+    return message
+
+
+def _given(value: Any) -> str:
+    """What a wrong-typed value was, as TOML spells it: ``"16"`` (a string), ``1.0``, ``true``."""
+    kind = {bool: "a boolean", int: "an integer", float: "a number", str: "a string"}.get(type(value))
+    if kind is None:
+        return "a list" if isinstance(value, list | tuple) else "a table"
+    text = json.dumps(value, ensure_ascii=False)
+    return f"{kind}: {text if len(text) <= 40 else text[:37] + '...'}"
 
 
 def _combine(messages: list[str]) -> str:
@@ -146,21 +160,11 @@ def _known_keys(path: Loc) -> list[str]:
         if typing.get_origin(annotation) is dict:
             annotation = typing.get_args(annotation)[1]
             expect_key = True
-        annotation = _model_in(annotation)
+        annotation = model_in(annotation)
         if annotation is None:
             return []
         model = annotation
     return [] if expect_key else list(model.model_fields)
-
-
-def _model_in(annotation: Any) -> type[BaseModel] | None:
-    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
-        return annotation
-    if typing.get_origin(annotation) in (typing.Union, types.UnionType):
-        for arg in typing.get_args(annotation):
-            if (found := _model_in(arg)) is not None:
-                return found
-    return None
 
 
 def _has(data: Mapping[str, Any], path: Loc) -> bool:

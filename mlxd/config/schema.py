@@ -1,7 +1,10 @@
 """The ``mlxd.toml`` schema: one frozen pydantic-settings model and its sections.
 
 Every field carries a description: the JSON Schema, ``mlxd config init`` and the README
-reference are generated from them. Unknown keys are errors, so typos never pass.
+reference are generated from them. Unknown keys are errors, so typos never pass, and
+values are strict: ``max_queue = 1.0``, ``preload = 1`` or ``log_prompts = "off"`` are
+errors, not guesses (sizes and durations still take their string spellings, and lists
+arrive from TOML as arrays of strings).
 """
 
 from __future__ import annotations
@@ -21,9 +24,9 @@ from pydantic import (
 )
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
-from mlxd.config.sources import FileSettingsSource
+from mlxd.config.sources import FileSettingsSource, TypedEnvSource
 from mlxd.config.units import parse_size
-from mlxd.config.values import Duration, MemoryBudget, Size, is_loopback
+from mlxd.config.values import Duration, MemoryBudget, Size, Strings, is_loopback
 
 #: A Hugging Face repo id, matched in full: ``org/name`` with the Hub's allowed characters.
 REPO_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.\-]{0,95}/[A-Za-z0-9][A-Za-z0-9_.\-]{0,95}")
@@ -47,7 +50,7 @@ def _is_dir(path: Path) -> bool:
 
 
 class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
 
 
 class ServerConfig(_Section):
@@ -62,11 +65,11 @@ class ServerConfig(_Section):
         default=SecretStr(""),
         description='When set, required as "Authorization: Bearer <key>" on every route but /health.',
     )
-    allowed_hosts: tuple[str, ...] = Field(
+    allowed_hosts: Strings = Field(
         default=(),
         description="Host header values accepted besides localhost, 127.0.0.1 and [::1] (DNS-rebinding guard).",
     )
-    cors_allow_origins: tuple[str, ...] = Field(
+    cors_allow_origins: Strings = Field(
         default=(), description="Origins allowed to call the API from a browser. No CORS unless listed."
     )
     max_request_bytes: Size = Field(
@@ -197,9 +200,7 @@ class GenerationDefaults(_Section):
     frequency_penalty: float | None = Field(
         default=None, ge=-2, le=2, description="Additive penalty proportional to a token's count."
     )
-    stop: tuple[str, ...] | None = Field(
-        default=None, description="Stop strings used when a request gives none."
-    )
+    stop: Strings | None = Field(default=None, description="Stop strings used when a request gives none.")
 
 
 #: What applies when neither the request nor the config says (the seed's defaults where sensible).
@@ -232,9 +233,7 @@ class ModelConfig(_Section):
     keep_alive: Duration | None = Field(
         default=None, description="Per-alias override of [runtime] keep_alive."
     )
-    aliases: tuple[str, ...] = Field(
-        default=(), description="More names for this alias (e.g. 'gpt-4o-mini')."
-    )
+    aliases: Strings = Field(default=(), description="More names for this alias (e.g. 'gpt-4o-mini').")
     max_tokens_limit: int | None = Field(
         default=None, ge=1, description="Server-side cap on max_tokens, whatever the request says."
     )
@@ -337,6 +336,7 @@ class MlxdConfig(BaseSettings):
     model_config = SettingsConfigDict(
         extra="forbid",
         frozen=True,
+        strict=True,
         env_prefix="MLXD_",
         env_nested_delimiter="__",
         nested_model_default_partial_update=True,
@@ -368,7 +368,7 @@ class MlxdConfig(BaseSettings):
         file_secret_settings: PydanticBaseSettingsSource,
     ) -> tuple[PydanticBaseSettingsSource, ...]:
         """Precedence: init kwargs (command-line flags) > ``MLXD_*`` environment > the config file."""
-        return init_settings, env_settings, FileSettingsSource(settings_cls)
+        return init_settings, TypedEnvSource(settings_cls), FileSettingsSource(settings_cls)
 
     @field_validator("models")
     @classmethod

@@ -9,7 +9,7 @@ from __future__ import annotations
 import ipaddress
 from typing import Annotated
 
-from pydantic import BeforeValidator, PlainSerializer, WithJsonSchema
+from pydantic import BeforeValidator, PlainSerializer, Strict, WithJsonSchema
 
 from mlxd.config.units import format_duration, parse_duration, parse_size
 
@@ -70,3 +70,7 @@ MemoryBudget = Annotated[
         }
     ),
 ]
+
+#: A list of strings: TOML and JSON have arrays, not tuples, so the container is taken as
+#: it comes; its items must still be strings.
+Strings = Annotated[tuple[Annotated[str, Strict()], ...], Strict(False)]

@@ -4,7 +4,8 @@ No mlx import anywhere in this package, and huggingface_hub only inside function
 importing it is cheap. What the daemon needs:
 
 - ``resolve_cached_model(repo_id, revision)``: the snapshot directory, without network;
-- ``validate_model_dir(path)``: refuse incomplete, code-carrying or non-MLX directories.
+- ``validate_model_dir(path)``: refuse incomplete, code-carrying or non-MLX directories;
+- ``model_directory(spec)``: both for an alias's model, raising the typed load errors.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from mlxd.hub.cache import (
     resolve_cached_model,
 )
 from mlxd.hub.env import HubEnv
+from mlxd.hub.locate import model_directory, pull_command
 from mlxd.hub.progress import NullReporter, PlainReporter, PullReporter, RichReporter, reporter_for
 from mlxd.hub.pull import PullResult, pull_model
 from mlxd.hub.validate import supported_model_types, validate_model_dir
@@ -37,7 +39,9 @@ __all__ = [
     "cached_repos",
     "check_repo_id",
     "check_revision",
+    "model_directory",
     "plan_removal",
+    "pull_command",
     "pull_model",
     "reporter_for",
     "resolve_cached_model",

@@ -24,6 +24,7 @@ from mlxd.hub.files import CODE_PATTERNS, CONFIG_FILE, INDEX_FILE, WEIGHTS_PATTE
 MAX_HEADER_BYTES = 100 * 2**20
 _NOT_MLX_HINT = "pick an MLX conversion of the model (mlx-community has most)"
 _PULL_AGAIN = "if it comes from the Hub, run `mlxd models pull` for it again to finish the download"
+_LOCAL_REPAIR = "the directory holds an incomplete or damaged copy: copy the complete model into it again"
 
 
 def _mlx_lm_dir() -> Path | None:
@@ -189,14 +190,23 @@ def _weight_names(model_dir: Path, where: str) -> list[str]:
     return sorted(p.name for p in model_dir.glob(WEIGHTS_PATTERN))
 
 
-def validate_model_dir(path: Path, *, name: str | None = None) -> None:
+def validate_model_dir(path: Path, *, name: str | None = None, local: bool = False) -> None:
     """Raise ``HubError`` unless ``path`` is a complete, code-free MLX model directory.
 
     Pure Python, no mlx: the daemon calls it before loading a cached repo or a local path.
     ``name`` (e.g. the repo id) is what error messages call the model; the directory's
-    name by default, so no absolute path reaches a message.
+    name by default, so no absolute path reaches a message. A ``local`` directory is the
+    user's own: its hints never suggest the cache commands (``mlxd models rm`` refuses it).
     """
-    where = name or path.name
+    try:
+        _validate(path, name or path.name)
+    except HubError as exc:
+        if local and exc.code == "invalid_model":
+            exc.hint = _LOCAL_REPAIR
+        raise
+
+
+def _validate(path: Path, where: str) -> None:
     if not path.is_dir():
         raise HubError(f"{where}: model directory not found", code="invalid_model")
     code = sorted(

@@ -40,13 +40,13 @@ def encode_prompt(tokenizer: Any, prompt: ChatPrompt | TextPrompt) -> list[int]:
     if prompt.role_mapping is not None or not tokenizer.has_chat_template:
         mapping = {**SEED_ROLE_MAPPING, **(prompt.role_mapping or {})}
         return list(tokenizer.encode(render_role_mapping(prompt.messages, mapping)))
-    kwargs = dict(prompt.template_kwargs)
+    # The assistant's turn is opened unless the request or the alias says otherwise
+    # (``add_generation_prompt`` is one of the allowed chat_template_kwargs).
+    kwargs: dict[str, Any] = {"add_generation_prompt": True, **prompt.template_kwargs}
     if prompt.tools:
         kwargs["tools"] = [dict(tool) for tool in prompt.tools]
     try:
-        tokens = tokenizer.apply_chat_template(
-            [dict(m) for m in prompt.messages], add_generation_prompt=True, tokenize=True, **kwargs
-        )
+        tokens = tokenizer.apply_chat_template([dict(m) for m in prompt.messages], tokenize=True, **kwargs)
     except Exception as exc:  # jinja's raise_exception() and friends: the conversation's fault
         raise RequestError(
             f"the model's chat template rejected the messages: {exc}", param="messages"

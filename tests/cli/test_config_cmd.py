@@ -81,6 +81,27 @@ def test_check_invalid_exits_78_with_each_problem_on_its_line(env: dict[str, str
     assert done.stdout == ""
 
 
+def test_check_treats_missing_files_the_same_way_for_models_and_adapters(
+    env: dict[str, str], tmp_path: Path
+) -> None:
+    """A local directory nothing will create is an error; a repo not pulled yet only a warning."""
+    (tmp_path / "adapters" / "sql").mkdir(parents=True)
+    hub_only = write(tmp_path / "hub.toml", '[models.qwen]\nmodel = "org/name"\nadapter = "adapters/sql"\n')
+    done = mlxd("check", str(hub_only), env=env)
+    assert done.returncode == 0, done.stderr
+    assert done.stderr.splitlines() == [
+        "warning: models.qwen.model: org/name is not downloaded; run `mlxd models pull qwen`"
+    ]
+    for key, text in [
+        ("model", '[models.mine]\nmodel = "./models/mine"\n'),
+        ("adapter", '[models.mine]\nmodel = "org/name"\nadapter = "adapters/gone"\n'),
+    ]:
+        done = mlxd("check", str(write(tmp_path / f"{key}.toml", text)), env=env)
+        assert done.returncode == 78
+        assert f"models.mine.{key} (line " in done.stderr
+        assert f"{key} directory not found" in done.stderr
+
+
 def test_check_syntax_error_names_the_line(env: dict[str, str], tmp_path: Path) -> None:
     path = write(tmp_path / "mlxd.toml", "[server]\nport = 8080\nport 8081\n")
     done = mlxd("check", str(path), env=env)
@@ -126,7 +147,15 @@ def test_check_json(env: dict[str, str], tmp_path: Path) -> None:
     bad = write(tmp_path / "bad.toml", INVALID)
     code, out = cli("check", str(good), "--json")
     assert code == 0
-    assert json.loads(out) == {"valid": True, "path": str(good), "aliases": ["qwen", "small"]}
+    assert json.loads(out) == {
+        "valid": True,
+        "path": str(good),
+        "aliases": ["qwen", "small"],
+        "warnings": [
+            "models.qwen.model: org/name is not downloaded; run `mlxd models pull qwen`",
+            "models.small.model: org/small is not downloaded; run `mlxd models pull small`",
+        ],
+    }
     done = mlxd("check", str(bad), "--json", env=env)
     assert done.returncode == 78
     report = json.loads(done.stdout)
@@ -183,11 +212,19 @@ def test_show_output_is_a_loadable_config(env: dict[str, str], tmp_path: Path) -
 # -- path ----------------------------------------------------------------------------------
 
 
-def test_path_prints_the_discovered_file(env: dict[str, str]) -> None:
+def test_path_prints_the_discovered_file_and_says_why(env: dict[str, str], tmp_path: Path) -> None:
     local = write(Path.cwd() / "mlxd.toml", VALID)
     done = mlxd("path", env=env)
     assert done.returncode == 0
     assert done.stdout.strip() == str(local)
+    # In a directory with its own mlxd.toml (a clone of mlxd), say that it is not the user's.
+    user = tmp_path / "home" / ".config" / "mlxd" / "mlxd.toml"
+    assert done.stderr.startswith("note: ./mlxd.toml in the current directory is used here")
+    assert str(user) in done.stderr
+    write(user, VALID)
+    local.unlink()
+    done = mlxd("path", env=env)
+    assert (done.stdout.strip(), done.stderr) == (str(user), "")
 
 
 def test_path_without_a_file_says_defaults_and_where_it_looked(env: dict[str, str], tmp_path: Path) -> None:
@@ -203,7 +240,7 @@ def test_path_json(env: dict[str, str], tmp_path: Path) -> None:
     code, out = cli("path", "--json")
     assert code == 0
     shown = json.loads(out)
-    assert (shown["path"], shown["exists"]) == (str(user), True)
+    assert (shown["path"], shown["exists"], shown["source"]) == (str(user), True, "user config")
     assert shown["searched"] == [str(Path.cwd() / "mlxd.toml"), str(user)]
 
 

@@ -14,7 +14,6 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
-from pathlib import Path
 
 import httpx
 import pytest
@@ -76,15 +75,16 @@ def test_terminate_kills_what_ignores_sigterm() -> None:
     assert time.monotonic() - started < 5
 
 
-def test_run_record_belongs_to_the_live_daemon(home: Home, lookalike: subprocess.Popen[bytes]) -> None:
+def test_recorded_config_comes_from_the_live_daemons_run_record(
+    home: Home, lookalike: subprocess.Popen[bytes]
+) -> None:
     manager = ProcessManager()
-    record = manager.state_dir / "process.json"
-    record.parent.mkdir(parents=True, exist_ok=True)
-    record.write_text(f'{{"pid": {lookalike.pid}, "config": "{home.config}", "demo": true}}')
-    assert manager.recorded_config() is None  # no pid file: not the running daemon's record
+    supervision.write_run_record("127.0.0.1", home.port, home.config, state_dir=manager.state_dir)
+    path = supervision.run_record_file(manager.state_dir)
+    path.write_text(json.dumps({**json.loads(path.read_text()), "pid": lookalike.pid}))
+    assert manager.recorded_config() is None  # no pid file: not the detached daemon's record
     supervision.write_pid_file(lookalike.pid, manager.state_dir)
-    assert manager.recorded_config() == Path(str(home.config))
-    assert manager.run_record() == {"pid": lookalike.pid, "config": str(home.config), "demo": True}
+    assert manager.recorded_config() == home.config.resolve()
 
 
 # --- the real daemon, through the real CLI --------------------------------------------
@@ -181,8 +181,10 @@ def test_restart_replaces_the_process(stops_daemon: Home) -> None:
     assert after is not None
     assert after != before
     assert health(stops_daemon.url) == 200
-    record = json.loads((stops_daemon.state_dir / "process.json").read_text())
-    assert record["demo"] is True  # restart keeps how it was started
+    record = supervision.read_run_record(stops_daemon.state_dir)
+    assert record is not None
+    assert record.pid == after
+    assert record.demo is True  # restart keeps how it was started
 
 
 @pytest.mark.server

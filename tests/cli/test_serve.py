@@ -203,26 +203,65 @@ def test_crash_loop_breaker_gives_up_under_a_supervisor(tmp_path: Path, tiny_mod
     state = Path(env["XDG_STATE_HOME"]) / "mlxd"
     from mlxd import supervision
 
+    config = tmp_path / "mlxd.toml"
+    # Four failures of another config file's daemon count for nothing here.
     for _ in range(4):
-        supervision.record_start_failure("earlier failure", state_dir=state)
+        supervision.record_start_failure("earlier failure", config=tmp_path / "other.toml", state_dir=state)
     with socket.socket() as busy:
         busy.bind(("127.0.0.1", 0))
         busy.listen()
         port = busy.getsockname()[1]
-        (tmp_path / "mlxd.toml").write_text(
-            f'[server]\nport = {port}\n[models.t]\nmodel = "{tiny_model_dir}"\n'
-        )
-        result = mlxd("serve", "--config", str(tmp_path / "mlxd.toml"), env=env, timeout=120)
-    assert result.returncode == 0, result.stderr
-    assert supervision.gave_up_reason(state_dir=state) is not None
-    # Without the earlier failures the same start is an ordinary failure (exit 1).
-    supervision.clear_breaker(state_dir=state)
+        config.write_text(f'[server]\nport = {port}\n[models.t]\nmodel = "{tiny_model_dir}"\n')
+        first = mlxd("serve", "--config", str(config), env=env, timeout=120)
+    assert first.returncode == 1
+    assert supervision.gave_up_reason(state_dir=state, config=config) is None
+    for _ in range(3):
+        supervision.record_start_failure("earlier failure", config=config, state_dir=state)
     with socket.socket() as busy:
         busy.bind(("127.0.0.1", port))
         busy.listen()
-        again = mlxd("serve", "--config", str(tmp_path / "mlxd.toml"), env=env, timeout=120)
+        result = mlxd("serve", "--config", str(config), env=env, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert f"port {port} is in use" in str(supervision.gave_up_reason(state_dir=state, config=config))
+    assert supervision.gave_up_reason(state_dir=state, config=tmp_path / "other.toml") is None
+    # Without the earlier failures the same start is an ordinary failure (exit 1).
+    supervision.clear_breaker(state_dir=state, config=config)
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", port))
+        busy.listen()
+        again = mlxd("serve", "--config", str(config), env=env, timeout=120)
     assert again.returncode == 1
-    assert supervision.gave_up_reason(state_dir=state) is None
+    assert supervision.gave_up_reason(state_dir=state, config=config) is None
+
+
+def test_a_port_in_use_is_one_line_on_stderr_and_in_the_log(tmp_path: Path) -> None:
+    """No terminal (as under `mlxd start` or launchd): the reason still reaches both."""
+    import os
+    import socket
+
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        (tmp_path / "mlxd.toml").write_text(f"[server]\nport = {port}\n")
+        result = mlxd("serve", "--config", str(tmp_path / "mlxd.toml"), env=isolated_env(tmp_path))
+    assert result.returncode == 1
+    expected = f"port {port} is in use by pid {os.getpid()}: set [server] port or stop it"
+    assert result.stderr.splitlines() == [f"error: {expected}"]
+    log = (tmp_path / "state" / "mlxd" / "log" / "mlxd.log").read_text()
+    assert expected in log
+    assert len(log.splitlines()) == 1
+
+
+def test_an_invalid_config_is_in_the_log_too(tmp_path: Path) -> None:
+    (tmp_path / "mlxd.toml").write_text("[runtime]\nmax_queue = 1.0\n")
+    result = mlxd("serve", "--config", str(tmp_path / "mlxd.toml"), env=isolated_env(tmp_path))
+    assert result.returncode == 78
+    assert "runtime.max_queue (line 2)" in result.stderr
+    log = (tmp_path / "state" / "mlxd" / "log" / "mlxd.log").read_text()
+    assert "could not start: invalid config" in log
+    assert "runtime.max_queue (line 2)" in log
+    assert "mlxd config check" in log  # the hint
 
 
 def test_non_loopback_host_without_api_key_is_refused(tmp_path: Path) -> None:

@@ -112,10 +112,17 @@ def test_install_without_launchctl_is_one_line(home: Home, monkeypatch: pytest.M
     assert "mlxd start" in err
 
 
-def test_install_with_an_invalid_config_exits_1(home: Home, shim: Shim) -> None:
+@pytest.mark.parametrize(
+    "command", [["install", "--manager", "systemd", "--dry-run"], ["start"], ["restart"]]
+)
+def test_commands_that_start_a_daemon_exit_78_on_an_invalid_config(
+    home: Home, shim: Shim, command: list[str]
+) -> None:
+    # 78 as `mlxd serve` exits for the same file: one answer for one mistake.
     home.config.write_text("[server]\nport = 'not a port'\n")
-    code, _, err = mlxd("install", "--manager", "systemd", "--dry-run")
-    assert code == 1
+    code, _, err = mlxd(*command)
+    assert code == 78
+    assert err.count("server.port") == 1
     assert "server.port" in err
     assert shim.calls() == []
 
@@ -164,7 +171,7 @@ def test_status_answers_even_when_launchctl_fails(
 def test_status_human_shows_the_breaker_reason(home: Home) -> None:
     from mlxd import supervision
 
-    supervision.record_gave_up("invalid config: server.port: not a port")
+    supervision.record_gave_up("invalid config: server.port: not a port", config=home.config)
     code, out, _ = mlxd("status")
     assert code == 3
     assert "not running" in out
@@ -173,6 +180,17 @@ def test_status_human_shows_the_breaker_reason(home: Home) -> None:
     data = json.loads(mlxd("status", "--json")[1])
     assert data["config"]["last_error"] == "invalid config: server.port: not a port"
     assert data["service"] == "none"
+
+
+def test_status_ignores_a_breaker_reason_recorded_for_another_config(home: Home) -> None:
+    from mlxd import supervision
+
+    other = home.root / "elsewhere" / "mlxd.toml"
+    supervision.record_gave_up("invalid config: the other file's problem", config=other)
+    code, out, _ = mlxd("status", "--json")
+    assert code == 3
+    assert json.loads(out)["config"]["last_error"] is None
+    assert supervision.gave_up_reason(config=other) is not None  # still there for that file
 
 
 def test_status_works_with_an_invalid_config(home: Home) -> None:

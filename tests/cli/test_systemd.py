@@ -22,7 +22,7 @@ from mlxd.cli.managers.base import ServiceSpec, build_spec
 from mlxd.cli.managers.systemd import UNIT, SystemdManager, parse_show, render_unit
 from mlxd.cli.managers.templates import template_path
 from mlxd.errors import ServiceManagerError
-from tests.cli.conftest import Home, Shim
+from tests.cli.conftest import Home, Shim, run_mlxd
 
 SHOW = ["--user", "show", "-p", "ActiveState,SubState,MainPID,NRestarts", UNIT]
 ACTIVE = "ActiveState=active\nSubState=running\nMainPID=4242\nNRestarts=2\n"
@@ -189,9 +189,24 @@ def test_install_without_a_user_bus_fails_with_systemctls_words(
 ) -> None:
     no_bus = "Failed to connect to bus: No medium found\n"
     shim.answer(rule(exit=1, stderr=no_bus))
-    with pytest.raises(ServiceManagerError, match="Failed to connect to bus"):
+    with pytest.raises(ServiceManagerError, match="Failed to connect to bus") as caught:
         systemd.install(spec, timeout_s=5)
     assert not systemd.service_file().exists()  # start/stop must not pick systemd now
+    assert caught.value.hint is not None
+    assert "loginctl enable-linger" in caught.value.hint
+
+
+def test_install_without_a_user_bus_tells_what_to_do(home: Home, shim: Shim) -> None:
+    # The message systemctl gives on this very machine (no user session bus).
+    shim.answer(rule(exit=1, stderr="Failed to connect to bus: No medium found\n"))
+    done = run_mlxd("install", "--manager", "systemd")
+    assert done.returncode == 1
+    lines = done.stderr.splitlines()
+    assert lines[0] == "error: `--user daemon-reload` failed: Failed to connect to bus: No medium found"
+    assert lines[1].startswith("hint: systemd user services need your login session")
+    assert "loginctl enable-linger $USER" in lines[1]
+    assert "mlxd start" in lines[1]
+    assert len(lines) == 2
 
 
 def test_a_failed_reinstall_keeps_the_unit_that_was_installed(

@@ -252,3 +252,132 @@ def test_overrides_cannot_reach_settings_init_parameters() -> None:
 def test_memory_budget_in_bytes(budget: str | int, expected: int) -> None:
     config = load_config(None, {"runtime": {"memory_budget": budget}})
     assert config.runtime.memory_budget_bytes(16 * 2**30) == expected
+
+
+# -- strict values: a typo of type must not pass -------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("text", "problem"),
+    [
+        (
+            '[runtime]\nmax_batch_size = "16"\n',
+            'runtime.max_batch_size (line 2): Input should be a valid integer, not a string: "16"',
+        ),
+        (
+            "[runtime]\nmax_queue = 1.0\n",
+            "runtime.max_queue (line 2): Input should be a valid integer, not a number: 1.0",
+        ),
+        (
+            '[server]\nlog_prompts = "off"\n',
+            'server.log_prompts (line 2): Input should be a valid boolean, not a string: "off"',
+        ),
+        (
+            '[models.a]\nmodel = "o/n"\ndefault = "yes"\n',
+            'models.a.default (line 3): Input should be a valid boolean, not a string: "yes"',
+        ),
+        (
+            '[models.a]\nmodel = "o/n"\npreload = 1\n',
+            "models.a.preload (line 3): Input should be a valid boolean, not an integer: 1",
+        ),
+        (
+            "[defaults]\ntemperature = true\n",
+            "defaults.temperature (line 2): Input should be a valid number, not a boolean: true",
+        ),
+        (
+            '[server]\nallowed_hosts = ["a", 2]\n',
+            "server.allowed_hosts[1] (line 2): Input should be a valid string, not an integer: 2",
+        ),
+        (
+            '[server]\nallowed_hosts = "a"\n',
+            'server.allowed_hosts (line 2): Input should be a list, not a string: "a"',
+        ),
+    ],
+)
+def test_wrong_types_are_errors_not_coerced(tmp_path: Path, text: str, problem: str) -> None:
+    assert problems_of(write(tmp_path / "mlxd.toml", text)) == [problem]
+
+
+def test_a_wrong_typed_api_key_is_not_echoed(tmp_path: Path) -> None:
+    [problem] = problems_of(write(tmp_path / "mlxd.toml", "[server]\napi_key = 987654321\n"))
+    assert problem.startswith("server.api_key (line 2): Input should be a valid string")
+    assert "987654321" not in problem
+
+
+def test_human_spellings_and_natural_types_still_pass(tmp_path: Path) -> None:
+    text = """\
+[server]
+max_request_bytes = "4MiB"
+request_timeout = "10s"
+drain_timeout = 5
+allowed_hosts = ["mlxd.local"]
+[runtime]
+memory_budget = "24GB"
+keep_alive = 0
+prompt_cache_bytes = 1000000
+[defaults]
+temperature = 1
+stop = ["###"]
+[models.a]
+model = "o/n"
+aliases = ["b"]
+keep_alive = "forever"
+chat_template_kwargs = { enable_thinking = false, reasoning_effort = "low" }
+"""
+    config = load_config(write(tmp_path / "mlxd.toml", text))
+    assert config.server.max_request_bytes == 4 * 2**20
+    assert config.server.request_timeout == 10.0
+    assert config.server.drain_timeout == 5.0
+    assert config.server.allowed_hosts == ("mlxd.local",)
+    assert config.runtime.keep_alive == 0.0
+    assert config.defaults.temperature == 1.0
+    assert config.defaults.stop == ("###",)
+    assert config.models["a"].aliases == ("b",)
+    assert config.models["a"].keep_alive == float("inf")
+
+
+def test_environment_strings_are_converted_to_each_keys_type(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name, value in {
+        "MLXD_SERVER__PORT": "9000",
+        "MLXD_SERVER__LOG_PROMPTS": "true",
+        "MLXD_SERVER__MAX_REQUEST_BYTES": "1MiB",
+        "MLXD_RUNTIME__KEEP_ALIVE": "15m",
+        "MLXD_RUNTIME__MAX_QUEUE": "0",
+        "MLXD_RUNTIME__MEMORY_BUDGET": "50%",
+        "MLXD_DEFAULTS__TOP_P": "0.5",
+        "MLXD_SERVER__ALLOWED_HOSTS": '["a.local"]',
+    }.items():
+        monkeypatch.setenv(name, value)
+    config = load_config(None)
+    assert config.server.port == 9000
+    assert config.server.log_prompts is True
+    assert config.server.max_request_bytes == 2**20
+    assert config.runtime.keep_alive == 900.0
+    assert config.runtime.max_queue == 0
+    assert config.runtime.memory_budget == "50%"
+    assert config.defaults.top_p == 0.5
+    assert config.server.allowed_hosts == ("a.local",)
+
+
+@pytest.mark.parametrize(
+    ("name", "value", "says"),
+    [
+        ("MLXD_SERVER__PORT", "9.5", "valid integer"),
+        ("MLXD_SERVER__PORT", "99999", "less than or equal to 65535"),
+        ("MLXD_SERVER__LOG_PROMPTS", "maybe", "valid boolean"),
+        ("MLXD_RUNTIME__MAX_BATCH_SIZE", "0", "greater than or equal to 1"),
+    ],
+)
+def test_environment_values_are_parsed_strictly(
+    monkeypatch: pytest.MonkeyPatch, name: str, value: str, says: str
+) -> None:
+    monkeypatch.setenv(name, value)
+    [problem] = problems_of(None)
+    assert problem.startswith(f"{name.removeprefix('MLXD_').lower().replace('__', '.')} (from {name}): ")
+    assert says in problem
+
+
+def test_a_missing_local_model_directory_is_an_error(tmp_path: Path) -> None:
+    text = '[models.local]\nmodel = "./models/gone"\n[models.hub]\nmodel = "org/not-pulled-yet"\n'
+    [problem] = problems_of(write(tmp_path / "mlxd.toml", text))
+    assert problem == "models.local.model (line 2): model directory not found: ./models/gone"

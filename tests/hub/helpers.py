@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import socket
 import struct
 import subprocess
@@ -125,7 +126,9 @@ class MlxdEnv:
         return [sys.executable, "-m", "mlxd", *args]
 
     def popen(self, *args: str, **extra: str) -> subprocess.Popen[str]:
-        """Start ``mlxd <args>`` in the background."""
+        """Start ``mlxd <args>`` in the background, as from a terminal: Ctrl-C (SIGINT)
+        reaches it even when the tests themselves run as a background job, which starts
+        with SIGINT ignored (and Python keeps a signal ignored at startup ignored)."""
         return subprocess.Popen(
             self.command(*args),
             env={**self.env, **extra},
@@ -133,6 +136,7 @@ class MlxdEnv:
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,
+            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
         )
 
     def run(self, *args: str, timeout: float = 120, **extra: str) -> subprocess.CompletedProcess[str]:

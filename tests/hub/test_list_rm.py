@@ -13,8 +13,10 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+import msgspec
 import pytest
 
+from mlxd.protocol.admin import ConfigStatus, DaemonStatus, ModelStatus
 from tests.hub.helpers import MakeRepo, MlxdEnv
 
 pytestmark = pytest.mark.hub
@@ -40,11 +42,27 @@ def listing(mlxd_env: MlxdEnv, config: Path) -> dict[str, dict[str, Any]]:
     return {row["alias"] or row["source"]: row for row in rows}
 
 
+LOADED_TINY = DaemonStatus(
+    version="0",
+    pid=1,
+    uptime_s=1.0,
+    draining=False,
+    config=ConfigStatus(path=None, generation=1, last_error=None),
+    worker="running",
+    models=[
+        ModelStatus(alias="tiny", source="x", state="loaded", memory_bytes=1, active_sequences=0, idle_s=0)
+    ],
+    active_sequences=0,
+    queue_depth=0,
+)
+
+
 @contextmanager
 def status_server(port: int) -> Iterator[None]:
     """Answer GET /mlxd/status on ``port`` as a daemon with alias ``tiny`` loaded would.
 
-    A stand-in for the daemon: ``models list`` only reads this one endpoint.
+    A stand-in for the daemon: ``models list`` only reads this one endpoint, in the wire
+    type the daemon itself encodes.
     """
 
     class Handler(http.server.BaseHTTPRequestHandler):
@@ -52,7 +70,7 @@ def status_server(port: int) -> Iterator[None]:
             pass
 
         def do_GET(self) -> None:
-            body = json.dumps({"models": [{"alias": "tiny", "state": "loaded"}]}).encode()
+            body = msgspec.json.encode(LOADED_TINY)
             self.send_response(200 if self.path == "/mlxd/status" else 404)
             self.send_header("Content-Type", "application/json")
             self.send_header("Content-Length", str(len(body)))

@@ -37,11 +37,11 @@ def test_pull_then_the_daemon_serves_the_alias(
             except httpx.HTTPError:
                 time.sleep(0.05)
         client = openai.OpenAI(base_url=url + "/v1", api_key="x", max_retries=0)
-        # Not downloaded yet: a clear 503 that says how to get it, and no download attempt.
+        # Not downloaded yet: an error that says how to get it, and no download attempt.
         with pytest.raises(openai.APIStatusError) as missing:
             client.completions.create(model="hubbed", prompt="x", max_tokens=2)
-        assert missing.value.status_code == 503
-        assert "mlxd models pull" in str(missing.value.body)
+        assert missing.value.code == "model_not_downloaded"
+        assert "run `mlxd models pull hubbed`" in missing.value.message
         assert not mlxd_env.storage(f"org/{repo_name}").joinpath("snapshots").exists()
 
         pulled = mlxd_env.run("models", "pull", "hubbed", "--config", str(config))

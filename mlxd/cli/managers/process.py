@@ -7,21 +7,16 @@ state directory. Nothing restarts it after a crash; that is what ``mlxd install`
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import subprocess
-import time
 from pathlib import Path
-from typing import Any
 
 from mlxd import supervision
 from mlxd.cli.logfiles import CONSOLE_LOG
 from mlxd.cli.managers.base import ServiceManager, ServiceSpec, ServiceState, poll_until
 from mlxd.errors import ServiceManagerError
 
-#: Beside the pid file: how the detached daemon was started, so restart can repeat it.
-RUN_RECORD = "process.json"
 #: After SIGKILL, how long to wait for the kernel to reap the process.
 _KILL_WAIT_S = 5.0
 
@@ -105,14 +100,6 @@ class ProcessManager(ServiceManager):
                 close_fds=True,
             )
         supervision.write_pid_file(process.pid, self.state_dir)
-        record = {
-            "pid": process.pid,
-            "argv": spec.argv(),
-            "config": str(spec.config) if spec.config else None,
-            "demo": spec.demo,
-            "started_at": time.time(),
-        }
-        (self.state_dir / RUN_RECORD).write_text(json.dumps(record, indent=2) + "\n")
         return process
 
     def stop(self, timeout_s: float) -> bool:
@@ -134,16 +121,8 @@ class ProcessManager(ServiceManager):
         pid = self.live_pid()
         return ServiceState(loaded=pid is not None, running=pid is not None, pid=pid)
 
-    def run_record(self) -> dict[str, Any] | None:
-        """How the running detached daemon was started, or None when none runs."""
-        pid = self.live_pid()
-        try:
-            record = json.loads((self.state_dir / RUN_RECORD).read_text(encoding="utf-8"))
-        except (OSError, ValueError):
-            return None
-        return record if isinstance(record, dict) and record.get("pid") == pid else None
-
     def recorded_config(self) -> Path | None:
-        """The config the running detached daemon was started with."""
-        record = self.run_record()
-        return Path(record["config"]) if record and record.get("config") else None
+        """The config the running detached daemon runs, from its own run record."""
+        pid = self.live_pid()
+        record = supervision.read_run_record(self.state_dir)
+        return record.config_path if record is not None and record.pid == pid else None

@@ -28,6 +28,14 @@ UNIT = "mlxd.service"
 NOT_LOADED = 5
 SHOW_PROPERTIES = "ActiveState,SubState,MainPID,NRestarts"
 
+#: What ``systemctl --user`` says without a user session bus (su, sudo, a cron job, a
+#: container, SSH without lingering).
+_NO_USER_BUS = ("Failed to connect to bus", "DBUS_SESSION_BUS_ADDRESS", "XDG_RUNTIME_DIR")
+_NO_USER_BUS_HINT = (
+    "systemd user services need your login session: run this from a login shell (not su or sudo), "
+    "and `loginctl enable-linger $USER` to keep mlxd running after you log out; "
+    "or run it without a service with `mlxd start`"
+)
 _PLACEHOLDER = re.compile(r"@([A-Z_]+)@")
 _NEEDS_QUOTES = re.compile(r"[\s\"'\\;]")
 
@@ -179,4 +187,5 @@ class SystemdManager(LoginService):
 
     def _check(self, result: ToolResult) -> None:
         if result.returncode != 0:
-            raise ServiceManagerError(result.message())
+            no_bus = any(sign in result.stderr for sign in _NO_USER_BUS)
+            raise ServiceManagerError(result.message(), hint=_NO_USER_BUS_HINT if no_bus else None)

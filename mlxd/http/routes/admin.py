@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import os
 import time
 from datetime import datetime
@@ -15,6 +14,14 @@ from mlxd import __version__
 from mlxd.errors import ModelNotFoundError
 from mlxd.http.state import DaemonState
 from mlxd.http.translate import spec_for
+from mlxd.protocol.admin import (
+    ConfigStatus,
+    DaemonStatus,
+    LoadResult,
+    ModelStatus,
+    ReloadResult,
+    UnloadResult,
+)
 
 _JSON = "application/json"
 
@@ -45,27 +52,37 @@ def admin_router(state: DaemonState) -> Router:
         engine = state.engine.status()
         configs = state.configs
         return _json(
-            {
-                "version": __version__,
-                "pid": os.getpid(),
-                "uptime_s": round(time.time() - state.started_at, 1),
-                "draining": state.draining,
-                "config": {
-                    "path": str(configs.path) if configs.path else None,
-                    "generation": configs.generation,
-                    "last_error": configs.last_error,
-                    "last_reload_at": _iso(getattr(configs, "last_reload_at", None)),
-                },
-                "worker": engine.worker,
-                "models": [dataclasses.asdict(m) for m in engine.models],
-                "active_sequences": engine.active_sequences,
-                "queue_depth": engine.queue_depth,
-                "batches": engine.batches,
-                "largest_batch": engine.largest_batch,
-                "loads": engine.loads,
-                "prompt_tokens_processed": engine.prompt_tokens_processed,
-                "memory": engine.memory,
-            }
+            DaemonStatus(
+                version=__version__,
+                pid=os.getpid(),
+                uptime_s=round(time.time() - state.started_at, 1),
+                draining=state.draining,
+                config=ConfigStatus(
+                    path=str(configs.path) if configs.path else None,
+                    generation=configs.generation,
+                    last_error=configs.last_error,
+                    last_reload_at=_iso(getattr(configs, "last_reload_at", None)),
+                ),
+                worker=engine.worker,
+                models=[
+                    ModelStatus(
+                        alias=m.alias,
+                        source=m.source,
+                        state=m.state,
+                        memory_bytes=m.memory_bytes,
+                        active_sequences=m.active_sequences,
+                        idle_s=m.idle_s,
+                    )
+                    for m in engine.models
+                ],
+                active_sequences=engine.active_sequences,
+                queue_depth=engine.queue_depth,
+                batches=engine.batches,
+                largest_batch=engine.largest_batch,
+                loads=engine.loads,
+                prompt_tokens_processed=engine.prompt_tokens_processed,
+                memory=engine.memory,
+            )
         )
 
     @post("/mlxd/reload", status_code=200)
@@ -73,7 +90,7 @@ def admin_router(state: DaemonState) -> Router:
         """Re-read the config; the old one keeps serving when the new one is invalid."""
         # A rejected config raises ConfigError: the error map answers 400 with its problems.
         generation = await state.reload()
-        return _json({"generation": generation})
+        return _json(ReloadResult(generation=generation))
 
     def _alias(alias: str) -> str:
         config = state.configs.current
@@ -90,14 +107,14 @@ def admin_router(state: DaemonState) -> Router:
         model = config.models[name]
         keep_alive = model.keep_alive if model.keep_alive is not None else config.runtime.keep_alive
         await state.engine.load(name, spec_for(model), keep_alive)
-        return _json({"alias": name, "loaded": True})
+        return _json(LoadResult(alias=name, loaded=True))
 
     @post("/mlxd/models/{alias:str}/unload", status_code=200)
     async def unload(alias: str) -> Response[bytes]:
         """Unload an alias now (409 if it is serving requests)."""
         name = _alias(alias)
         unloaded = await state.engine.unload(name)
-        return _json({"alias": name, "unloaded": unloaded})
+        return _json(UnloadResult(alias=name, unloaded=unloaded))
 
     @get("/metrics")
     async def metrics() -> Response[bytes]:

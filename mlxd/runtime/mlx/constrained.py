@@ -11,13 +11,14 @@ single MLX worker thread; the cache itself is safe to share between threads.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import threading
 import weakref
 from collections import OrderedDict
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import llguidance
 import llguidance.hf
@@ -114,11 +115,40 @@ def tagged_json_grammar(prefix: str, schema: dict[str, Any], suffix: str) -> str
 
 
 def _validated(grammar: str, what: str) -> str:
-    """``grammar`` once llguidance accepts it; else a ``GrammarError`` naming ``what``."""
+    """``grammar`` once llguidance accepts it and it admits some output; else a
+    ``GrammarError`` naming ``what``."""
     is_error, messages = llguidance.LLMatcher.validate_grammar_with_warnings(grammar)
     if is_error:
         raise GrammarError(f"unsupported {what}: {messages[0]}")
+    # A grammar that admits nothing (e.g. a $ref that only refers to itself) allows no
+    # first byte: decoding under it could only end the output at once, empty.
+    bytes_tokenizer = _byte_tokenizer()
+    matcher = llguidance.LLMatcher(bytes_tokenizer, grammar, log_level=0)
+    words = (bytes_tokenizer.vocab_size + 31) // 32
+    mask = np.zeros(words, dtype=np.int32)
+    matcher.unsafe_compute_mask_ptr(mask.ctypes.data, words * 4)
+    first = np.unpackbits(mask.view(np.uint8), count=_Bytes.eos_token_id, bitorder="little")
+    if not first.any() and not matcher.is_accepting():
+        raise GrammarError(f"unsatisfiable {what}: no output can match it")
     return grammar
+
+
+class _Bytes:
+    """A tokenizer whose tokens are the 256 bytes (and an end token): every output is
+    reachable with it, so what it cannot start, no model's tokenizer can."""
+
+    eos_token_id: ClassVar[int] = 256
+    bos_token_id: ClassVar[int | None] = None
+    tokens: ClassVar[list[bytes]] = [bytes([i]) for i in range(256)] + [b"</s>"]
+    special_token_ids: ClassVar[list[int]] = [256]
+
+    def __call__(self, text: bytes) -> list[int]:
+        return list(text)
+
+
+@functools.cache
+def _byte_tokenizer() -> llguidance.LLTokenizer:
+    return llguidance.LLTokenizer(llguidance.TokenizerWrapper(_Bytes()))
 
 
 class GrammarCache:
