@@ -1,6 +1,7 @@
 """The CLI's one error map: every ``MlxdError`` has an exit code and reads as one line.
 
-The walk covers every subclass in the package (they are all imported first), so a new
+The walk covers every subclass in the package (they are all imported first) but the HTTP
+layer's own refusals, which never reach the CLI (it never imports ``mlxd.http``), so a new
 error class fails here until someone decides what the CLI does with it.
 """
 
@@ -26,7 +27,8 @@ def _all_subclasses() -> list[type[MlxdError]]:
     pending = [MlxdError]
     while pending:
         for sub in pending.pop().__subclasses__():
-            found.append(sub)
+            if not sub.__module__.startswith("mlxd.http."):
+                found.append(sub)
             pending.append(sub)
     return found
 
@@ -36,6 +38,7 @@ EXIT_CODES = {
     "MlxdError": 1,
     "ConfigError": 78,
     "RequestError": 1,
+    "BodyError": 1,
     "ContextLengthError": 1,
     "GrammarError": 1,
     "ModelNotFoundError": 1,

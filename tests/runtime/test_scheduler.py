@@ -213,7 +213,9 @@ def test_a_dead_worker_is_reported_and_restarted(runtime_daemon: RunningDaemon) 
 def test_a_symlink_out_of_the_model_directory_is_refused(runtime_daemon: RunningDaemon) -> None:
     with runtime_daemon.client() as http:
         refused = http.post("/v1/completions", json={"model": "escaping", "prompt": "x", "max_tokens": 2})
-        assert refused.status_code == 503
+        # Only a person can fix the directory: a status clients do not retry.
+        assert refused.status_code == 422
+        assert refused.json()["error"]["code"] == "model_unsupported"
         message = refused.json()["error"]["message"]
         assert "points outside its directory" in message
         assert "outside-tokenizer" not in message  # the target's path is not revealed
