@@ -181,9 +181,10 @@ async def _single(
 
 def _decode_rate(result: RequestResult) -> float:
     """Tokens/s after the first token (the prefill of a short prompt left out)."""
-    if result.error is not None or len(result.times) < 2 or result.tokens < 2:
+    span = result.times[-1] - result.times[0] if result.times else 0.0
+    if result.error is not None or result.tokens < 2 or span <= 0:
         return math.nan
-    return (result.tokens - 1) / (result.times[-1] - result.times[0])
+    return (result.tokens - 1) / span
 
 
 async def _levels(

@@ -39,9 +39,10 @@ def _rate(result: RequestResult) -> float:
 
 
 def _decode_rate(result: RequestResult) -> float:
-    if len(result.times) < 2 or result.tokens < 2:
-        return float("nan")
-    return (result.tokens - 1) / (result.times[-1] - result.times[0])
+    span = result.times[-1] - result.times[0] if result.times else 0.0
+    if result.tokens < 2 or span <= 0:
+        return float("nan")  # one chunk (or two read at once): no decode pace to see
+    return (result.tokens - 1) / span
 
 
 async def run(ctx: Context) -> ScenarioResult:
