@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import contextvars
 import json
 import logging
 import logging.handlers
 import sys
+from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -16,6 +18,17 @@ REQUEST_ID: contextvars.ContextVar[str | None] = contextvars.ContextVar("mlxd_re
 #: The daemon's own log file name, in the platform log directory.
 LOG_FILENAME = "mlxd.log"
 _TEXT = "%(asctime)s %(levelname)-7s %(name)s%(rid)s: %(message)s"
+
+
+@contextlib.contextmanager
+def tagged(request_id: str | None) -> Iterator[None]:
+    """Log lines written inside the block carry ``request_id``, on whichever thread runs it
+    (the MLX worker sets it while it handles one request's sequences)."""
+    token = REQUEST_ID.set(request_id)
+    try:
+        yield
+    finally:
+        REQUEST_ID.reset(token)
 
 
 class RequestIdFilter(logging.Filter):

@@ -70,14 +70,15 @@ class RunningDaemon:
 
 
 def start_daemon(
-    config_path: Path, overrides: dict[str, object] | None = None
+    config_path: Path, overrides: dict[str, object] | None = None, engine: object | None = None
 ) -> tuple[RunningDaemon, threading.Thread]:
-    """Start the real daemon (config store, MLX engine, uvicorn) on a thread, port from the file."""
+    """Start the real daemon (config store, uvicorn) on a thread, port from the file, with the
+    MLX engine ``mlxd serve`` runs or the ``engine`` given (a fake one)."""
     from mlxd.config.store import ConfigStore
-    from mlxd.daemon import Daemon
+    from mlxd.daemon import Daemon, mlx_engine
 
     store = ConfigStore(config_path, overrides)
-    daemon = Daemon(store)
+    daemon = Daemon(store, engine if engine is not None else mlx_engine(store.current))  # type: ignore[arg-type]
     ready = threading.Event()
     failure: list[BaseException] = []
 

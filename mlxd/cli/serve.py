@@ -14,6 +14,8 @@ from mlxd.errors import ConfigError, MlxdError
 
 
 def _demo_overrides(config_path: Any) -> dict[str, Any]:
+    """An alias ``demo`` that requests naming no model get (the file is read to know which
+    of its aliases to un-default)."""
     from mlxd.config import load_config
     from mlxd.config.paths import data_dir
     from mlxd.runtime.demo_model import ensure_demo_model
@@ -37,26 +39,29 @@ def serve(
     ] = False,
 ) -> None:
     """Run the daemon in the foreground."""
-    from mlxd.config import discover_config_path, load_config
+    from mlxd.config import discover_config_path
 
     supervised = os.environ.get("MLXD_SUPERVISED") == "1"
     path = discover_config_path(config)
     try:
         overrides = _demo_overrides(path) if demo else {}
-        from mlxd.daemon import run  # imported here: `mlxd --help` must not load MLX
-
-        settings = load_config(path, overrides)
+        # Flags are overrides like any other: the schema's rules (a non-loopback host
+        # needs an api_key) check them, and every reload applies them again.
+        address = {k: v for k, v in (("host", host), ("port", port)) if v is not None}
+        if address:
+            overrides["server"] = address
         from mlxd.config.paths import log_dir
+        from mlxd.config.store import ConfigStore
+        from mlxd.daemon import run  # imported here: `mlxd --help` must not load MLX
         from mlxd.logs import setup_logging
 
+        store = ConfigStore(path, overrides)  # the one load of the config
+        settings = store.current.server
         # In a terminal, log there too; detached or under launchd the file is enough.
         setup_logging(
-            settings.server.log_level,
-            settings.server.log_format,
-            log_dir(),
-            console=sys.stderr.isatty() and not supervised,
+            settings.log_level, settings.log_format, log_dir(), console=sys.stderr.isatty() and not supervised
         )
-        run(path, overrides, host=host, port=port)
+        run(store)
     except ConfigError as error:
         code = report(error)
         if supervised:

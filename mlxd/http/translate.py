@@ -25,6 +25,7 @@ from mlxd.runtime.engine import (
     SamplingParams,
     TextPrompt,
 )
+from mlxd.runtime.from_config import spec_for
 from mlxd.runtime.tool_calls import tool_call_schema
 
 _ROLES = frozenset({"system", "developer", "user", "assistant", "tool"})
@@ -38,18 +39,6 @@ class Shape:
 
     logprobs: str | None  # "openai", "seed", "legacy" or None
     echo: str = ""
-
-
-def spec_for(model: ModelConfig) -> ModelSpec:
-    """The runtime's view of an alias's weights."""
-    return ModelSpec(
-        source=model.model,
-        revision=model.revision,
-        local_path=model.local_path,
-        adapter_path=model.adapter_path,
-        context_length=model.context_length,
-        label=model.source,
-    )
 
 
 class _PerConfig:
