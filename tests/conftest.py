@@ -1,4 +1,5 @@
-"""Fixtures shared by the whole suite: tiny models, and a real daemon on 127.0.0.1."""
+"""Fixtures shared by the whole suite: tiny models, and real daemons on 127.0.0.1 serving
+real MLX (``daemon``) or the fake engine (``fake_daemon``, for what HTTP alone decides)."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -60,6 +62,11 @@ class RunningDaemon:
     url: str
     config_path: Path
     daemon: object
+
+    @property
+    def engine(self) -> Any:
+        """The engine the daemon serves (``MlxEngine``, or a ``FakeEngine``)."""
+        return self.daemon.engine  # type: ignore[attr-defined]
 
     def client(self, **kwargs: object) -> httpx.Client:
         return httpx.Client(base_url=self.url, timeout=60, **kwargs)  # type: ignore[arg-type]
@@ -114,9 +121,10 @@ def stop_daemon(running: RunningDaemon, thread: threading.Thread) -> None:
 
 
 @contextlib.contextmanager
-def serving(root: Path, config: str) -> Iterator[RunningDaemon]:
-    """A daemon for ``config`` (written to ``root/mlxd.toml``) while the block runs."""
-    running, thread = start_daemon(write_config(root / "mlxd.toml", config))
+def serving(root: Path, config: str, engine: object | None = None) -> Iterator[RunningDaemon]:
+    """A daemon for ``config`` (written to ``root/mlxd.toml``) while the block runs, on real
+    MLX or on ``engine``."""
+    running, thread = start_daemon(write_config(root / "mlxd.toml", config), engine=engine)
     try:
         yield running
     finally:
@@ -178,4 +186,54 @@ model = "{thinking_model_dir}"
 chat_template_kwargs = {{ enable_thinking = false }}
 """,
     ) as running:
+        yield running
+
+
+def fake_engine(config_text: str, root: Path, **kwargs: Any) -> Any:
+    """A ``FakeEngine`` with the ``[runtime]`` settings of ``config_text``."""
+    from mlxd.config import load_config
+    from mlxd.runtime.from_config import runtime_settings
+    from tests.fakes import FakeEngine
+
+    path = write_config(root / "engine.toml", config_text)
+    return FakeEngine(runtime_settings(load_config(path)), **kwargs)
+
+
+FAKE_CONFIG = """
+[server]
+port = 0
+
+[runtime]
+max_batch_size = 8
+max_queue = 16
+keep_alive = "forever"
+
+[defaults]
+temperature = 0.0
+max_tokens = 32
+
+[models.tiny]
+model = "org/tiny"
+default = true
+aliases = ["gpt-4o-mini"]
+max_tokens_limit = 64
+
+[models.tiny-lora]
+model = "org/tiny"
+adapter = "adapters/tiny-lora"
+
+[models.plain]
+model = "org/plain"
+context_length = 128
+"""
+
+
+@pytest.fixture(scope="module")
+def fake_daemon(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningDaemon]:
+    """A real daemon (config, guards, HTTP, residency, admission) on the fake engine: the
+    aliases of ``daemon``, a token every millisecond, a 32k context, no MLX (module-scoped)."""
+    root = tmp_path_factory.mktemp("fake-daemon")
+    (root / "adapters" / "tiny-lora").mkdir(parents=True)
+    engine = fake_engine(FAKE_CONFIG, root, token_delay=0.001, context_length=32768)
+    with serving(root, FAKE_CONFIG, engine) as running:
         yield running
