@@ -231,6 +231,8 @@ class Residency(Generic[M]):
         except BaseException as exc:
             if self._units.get(unit.key) is unit:
                 del self._units[unit.key]
+            if isinstance(exc, Exception):
+                log.warning("could not load %s: %s", ", ".join(sorted(unit.aliases)), exc)
             unit.loading.set_exception(exc)
             unit.loading.exception()  # waiters re-raise it; do not warn when there are none
             return

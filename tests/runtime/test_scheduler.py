@@ -186,14 +186,14 @@ def test_a_dead_worker_is_reported_and_restarted(runtime_daemon: RunningDaemon) 
             == 200
         )
 
-        def die() -> None:
+        def die(worker: object) -> None:
             raise _WorkerDeath
 
         engine = runtime_daemon.daemon.engine  # type: ignore[attr-defined]
         dying: Future[None] = Future()
         queued: Future[None] = Future()
         engine.submit(Call(die, dying))
-        engine.submit(Call(lambda: None, queued))
+        engine.submit(Call(lambda worker: None, queued))
         # Neither the command that killed the worker nor one queued behind it waits forever.
         with pytest.raises(ModelLoadError):
             dying.result(timeout=10)

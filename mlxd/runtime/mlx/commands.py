@@ -89,9 +89,9 @@ class Configure:
 
 @dataclass(slots=True)
 class Call:
-    """Run a function on the worker thread (tests, introspection)."""
+    """Run ``fn(worker)`` on the worker thread (tests, introspection)."""
 
-    fn: Callable[[], Any]
+    fn: Callable[[Any], Any]
     future: Future[Any]
 
 

@@ -84,6 +84,7 @@ class ModelRunner:
         """Start a request's choices: alone when it is the model's only one, else in the batch."""
         tokens, count = command.tokens, len(command.choices)
         cache, hit = self.prompt_cache.lookup(tokens)
+        log.debug("starting %d sequence(s): %d prompt tokens, %d cached", count, len(tokens), hit)
         try:
             if self._start_solo(command, cache, hit):
                 return

@@ -80,6 +80,11 @@ class MlxWorker:
         self._weights = WeightStore()
         self._grammars = GrammarCache()
 
+    @property
+    def runners(self) -> dict[UnitKey, ModelRunner]:
+        """The loaded units' runners (read them on this thread only)."""
+        return self._runners
+
     def run(self) -> None:
         """Serve commands on the calling thread (the worker thread) until shut down."""
         _settle_heap()
@@ -177,17 +182,13 @@ class MlxWorker:
         elif isinstance(command, Unload):
             _settle(command.future, lambda: self._unload(command.key, out))
         elif isinstance(command, Call):
-            _settle(command.future, command.fn)
+            _settle(command.future, lambda: command.fn(self))
 
     def _load(self, command: Load) -> LoadedModel:
         runner = self._runners.get(command.key)
         if runner is not None:
             return runner.loaded
-        try:
-            loaded = self._weights.open(command.spec, command.path)
-        except MlxdError as exc:
-            log.warning("could not load %s: %s", command.spec.label or command.spec.source, exc.message)
-            raise
+        loaded = self._weights.open(command.spec, command.path)
         try:
             self._runners[command.key] = ModelRunner(
                 loaded, command.spec.base_key, self._settings, self.stats, self._grammars
