@@ -26,8 +26,9 @@ from mlxd.runtime.engine import EngineStatus, GenerationRequest, ModelSpec, Runt
 from mlxd.runtime.mlx.commands import Cancel, Choice, Command, Configure, Insert, Load, Unload
 from mlxd.runtime.mlx.handle import WorkerHandle
 from mlxd.runtime.mlx.stats import WorkerStats
-from mlxd.runtime.residency import LoadPlan, Residency
+from mlxd.runtime.residency import Residency
 from mlxd.runtime.streams import Stream
+from mlxd.runtime.units import LoadPlan
 
 if TYPE_CHECKING:
     from mlxd.runtime.mlx.loading import LoadedModel

@@ -31,9 +31,10 @@ from mlxd.runtime.engine import (
     TokenInfo,
     UnitKey,
 )
-from mlxd.runtime.residency import LoadPlan, Residency
+from mlxd.runtime.residency import Residency
 from mlxd.runtime.stops import StopMatcher
 from mlxd.runtime.streams import Stream
+from mlxd.runtime.units import LoadPlan
 
 #: What the fake model says: every token is one of these words and a space.
 WORDS = ("alpha", "bravo", "charlie", "delta", "echo", "foxtrot", "golf", "hotel", "india", "juliet")
