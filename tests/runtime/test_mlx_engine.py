@@ -1,4 +1,5 @@
-"""The runtime's promises, with real mlx-lm: batching, residency, failures, recovery."""
+"""``MlxEngine``'s promises with real mlx-lm: batching, residency on the real worker,
+failures, recovery. (Residency's rules alone: ``test_residency.py``, in milliseconds.)"""
 
 from __future__ import annotations
 
