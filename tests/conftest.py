@@ -7,7 +7,8 @@ import asyncio
 import contextlib
 import socket
 import threading
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -139,19 +140,10 @@ def write_config(path: Path, text: str) -> Path:
     return path
 
 
-@pytest.fixture(scope="module")
-def daemon(
-    tiny_model_dir: Path,
-    plain_model_dir: Path,
-    tiny_adapter_dir: Path,
-    thinking_model_dir: Path,
-    tmp_path_factory: pytest.TempPathFactory,
-) -> Iterator[RunningDaemon]:
-    """A real daemon serving the tiny model under several aliases (module-scoped)."""
-    root = tmp_path_factory.mktemp("daemon")
-    with serving(
-        root,
-        f"""
+def aliases_config(tiny: object, adapter: object, plain: object, extra: str = "") -> str:
+    """The config of ``daemon`` and ``fake_daemon``: the same aliases over real model
+    directories or over names the fake engine makes up."""
+    return f"""
 [server]
 port = 0
 
@@ -165,27 +157,40 @@ temperature = 0.0
 max_tokens = 32
 
 [models.tiny]
-model = "{tiny_model_dir}"
+model = "{tiny}"
 default = true
 aliases = ["gpt-4o-mini"]
 max_tokens_limit = 64
 
 [models.tiny-lora]
-model = "{tiny_model_dir}"
-adapter = "{tiny_adapter_dir}"
+model = "{tiny}"
+adapter = "{adapter}"
 
 [models.plain]
-model = "{plain_model_dir}"
+model = "{plain}"
 context_length = 128
+{extra}"""
 
+
+@pytest.fixture(scope="module")
+def daemon(
+    tiny_model_dir: Path,
+    plain_model_dir: Path,
+    tiny_adapter_dir: Path,
+    thinking_model_dir: Path,
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[RunningDaemon]:
+    """A real daemon serving the tiny model under several aliases (module-scoped)."""
+    thinkers = f"""
 [models.thinker]
 model = "{thinking_model_dir}"
 
 [models.thinker-fast]
 model = "{thinking_model_dir}"
 chat_template_kwargs = {{ enable_thinking = false }}
-""",
-    ) as running:
+"""
+    config = aliases_config(tiny_model_dir, tiny_adapter_dir, plain_model_dir, thinkers)
+    with serving(tmp_path_factory.mktemp("daemon"), config) as running:
         yield running
 
 
@@ -199,41 +204,23 @@ def fake_engine(config_text: str, root: Path, **kwargs: Any) -> Any:
     return FakeEngine(runtime_settings(load_config(path)), **kwargs)
 
 
-FAKE_CONFIG = """
-[server]
-port = 0
-
-[runtime]
-max_batch_size = 8
-max_queue = 16
-keep_alive = "forever"
-
-[defaults]
-temperature = 0.0
-max_tokens = 32
-
-[models.tiny]
-model = "org/tiny"
-default = true
-aliases = ["gpt-4o-mini"]
-max_tokens_limit = 64
-
-[models.tiny-lora]
-model = "org/tiny"
-adapter = "adapters/tiny-lora"
-
-[models.plain]
-model = "org/plain"
-context_length = 128
-"""
-
-
 @pytest.fixture(scope="module")
 def fake_daemon(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningDaemon]:
     """A real daemon (config, guards, HTTP, residency, admission) on the fake engine: the
     aliases of ``daemon``, a token every millisecond, a 32k context, no MLX (module-scoped)."""
     root = tmp_path_factory.mktemp("fake-daemon")
     (root / "adapters" / "tiny-lora").mkdir(parents=True)
-    engine = fake_engine(FAKE_CONFIG, root, token_delay=0.001, context_length=32768)
-    with serving(root, FAKE_CONFIG, engine) as running:
+    config = aliases_config("org/tiny", "adapters/tiny-lora", "org/plain")
+    engine = fake_engine(config, root, token_delay=0.001, context_length=32768)
+    with serving(root, config, engine) as running:
         yield running
+
+
+def eventually(check: Callable[[], bool], seconds: float = 3.0) -> bool:
+    """Poll ``check`` until it holds (True) or ``seconds`` pass (False)."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if check():
+            return True
+        time.sleep(0.02)
+    return False

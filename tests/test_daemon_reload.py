@@ -6,14 +6,14 @@ import asyncio
 import json
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 
-from tests.conftest import RunningDaemon, start_daemon, stop_daemon, write_config
+from tests.conftest import RunningDaemon, eventually, start_daemon, stop_daemon, write_config
 
 pytestmark = [pytest.mark.mlx, pytest.mark.server]
 
@@ -52,15 +52,6 @@ def live(tiny_model_dir: Path, tmp_path: Path) -> Iterator[RunningDaemon]:
     running, thread = start_daemon(path)
     yield running
     stop_daemon(running, thread)
-
-
-def eventually(check: Callable[[], bool], seconds: float) -> bool:
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        if check():
-            return True
-        time.sleep(0.05)
-    return False
 
 
 def chat(daemon: RunningDaemon, **body: Any) -> httpx.Response:

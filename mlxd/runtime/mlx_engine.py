@@ -1,17 +1,14 @@
-"""``MlxEngine``: the ``Engine`` the daemon serves, composed of its parts.
+"""``MlxEngine``: the ``Engine`` the daemon serves, ``EngineCore`` over the MLX worker.
 
 ``Residency`` decides which units are loaded and ``MlxBackend`` carries that out on the
-worker; ``Admission`` tokenizes and checks each request; a ``Stream`` per sequence
-carries the worker's events to the HTTP layer. Every MLX call happens on the worker
-thread behind ``WorkerHandle``; nothing here imports MLX.
+worker; admission and streams come with ``EngineCore``. Every MLX call happens on the
+worker thread behind ``WorkerHandle``; nothing here imports MLX.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
-import itertools
 import logging
 import time
 from collections.abc import Callable, Collection, Mapping
@@ -21,12 +18,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from mlxd.logs import REQUEST_ID
-from mlxd.runtime.admission import Admission, check_capacity
-from mlxd.runtime.engine import EngineStatus, GenerationRequest, ModelSpec, RuntimeSettings, UnitKey
+from mlxd.runtime.engine import GenerationRequest, ModelSpec, RuntimeSettings, UnitKey
+from mlxd.runtime.engine_core import EngineCore
 from mlxd.runtime.mlx.commands import Cancel, Choice, Command, Configure, Insert, Load, Unload
 from mlxd.runtime.mlx.handle import WorkerHandle
-from mlxd.runtime.mlx.stats import WorkerStats
-from mlxd.runtime.residency import Residency
 from mlxd.runtime.streams import Stream
 from mlxd.runtime.units import LoadPlan
 
@@ -74,7 +69,7 @@ class MlxBackend:
         return await asyncio.wrap_future(future)
 
 
-class MlxEngine:
+class MlxEngine(EngineCore["LoadedModel"]):
     """The runtime behind the HTTP layer, backed by one MLX worker thread."""
 
     def __init__(
@@ -84,17 +79,8 @@ class MlxEngine:
         estimate_bytes: Callable[[Path], int] = safetensors_bytes,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
-        self.settings = settings
-        self._stats = WorkerStats()
+        super().__init__(settings, MlxBackend(self.submit, resolve_path, estimate_bytes), clock)
         self._worker: WorkerHandle | None = None
-        self._residency: Residency[LoadedModel] = Residency(
-            MlxBackend(self.submit, resolve_path, estimate_bytes),
-            max_loaded_models=settings.max_loaded_models,
-            memory_budget_bytes=settings.memory_budget_bytes,
-            clock=clock,
-        )
-        self._admission = Admission()
-        self._seq_ids = itertools.count(1)
         self._reaper: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
@@ -110,22 +96,22 @@ class MlxEngine:
                 await self._reaper
         if self._worker is not None:
             await asyncio.to_thread(self._worker.stop)
-        self._admission.close()
+        await self.close()
 
     def _start_worker(self) -> None:
         loop = asyncio.get_running_loop()
-        self._worker = WorkerHandle(loop, self.settings, self._stats, self._worker_crashed)
+        self._worker = WorkerHandle(loop, self.settings, self.stats, self._worker_crashed)
         self._worker.start()
 
     def _worker_crashed(self, exc: BaseException) -> None:
         log.error("restarting the MLX worker after a crash: %s", exc)
-        self._residency.clear()
+        self.residency.clear()
         self._start_worker()
 
     async def _reap(self) -> None:
         while True:
             await asyncio.sleep(1.0)
-            await self._residency.expire()
+            await self.residency.expire()
 
     def healthy(self) -> bool:
         """True while the worker thread runs."""
@@ -136,33 +122,14 @@ class MlxEngine:
         if self._worker is not None:
             self._worker.submit(command)
 
-    def _cancel(self, seq_id: int) -> None:
+    def cancel(self, seq_id: int) -> None:
+        """Drop a sequence before the worker's next step."""
         self.submit(Cancel(seq_id))
 
     async def generate(self, request: GenerationRequest) -> list[Stream]:
-        """Admit a request's choices: load the model if needed, tokenize, check, enqueue."""
-        count = request.n
-        residency = self._residency
-        unit = residency.acquire(request.alias, request.spec, request.keep_alive, count)
-        try:
-            loaded = await residency.ready(unit)
-            check_capacity(request.alias, unit.active, self.settings)
-            admitted = await self._admission.admit(request, loaded)
-        except BaseException:
-            residency.release(unit, count)
-            raise
-        end = functools.partial(residency.release, unit)
-        streams = [
-            Stream(
-                next(self._seq_ids),
-                len(admitted.tokens),
-                self._cancel,
-                end,
-                admitted.tool_format,
-                admitted.reasoning_format,
-            )
-            for _ in range(count)
-        ]
+        """Admit a request's choices (loading the model if needed) and start them on the worker."""
+        unit, admitted = await self.admit(request)
+        streams = self.streams(unit, admitted, request.n)
         seed = request.sampling.seed
         choices = [
             Choice(
@@ -186,39 +153,8 @@ class MlxEngine:
         self.submit(insert)
         return streams
 
-    async def load(self, alias: str, spec: ModelSpec, keep_alive: float) -> None:
-        """Load (or keep) the unit behind ``alias`` now."""
-        await self._residency.load(alias, spec, keep_alive)
-
-    async def unload(self, alias: str) -> bool:
-        """Unload every idle unit ``alias`` uses; False when none was loaded."""
-        return await self._residency.unload(alias)
-
-    def retire_unused(self, keys: set[UnitKey]) -> None:
-        """Units no alias uses any more unload once their last request finishes."""
-        self._residency.retire(keys)
-
     def configure(self, settings: RuntimeSettings, units: Mapping[UnitKey, Collection[str]]) -> None:
-        """Apply a config generation: limits now, batch and cache settings from the worker's
-        next step, and retirement of the units no alias names any more."""
-        self.settings = settings
-        self._residency.set_limits(settings.max_loaded_models, settings.memory_budget_bytes)
-        self._residency.retire(units.keys(), units)
+        """Apply a config generation: limits and retirement now, batch size, prefill step
+        and prompt-cache budget on the worker before its next step."""
+        super().configure(settings, units)
         self.submit(Configure(settings))
-
-    def status(self) -> EngineStatus:
-        """What is loaded and how busy it is."""
-        models = self._residency.status()
-        batch = self.settings.max_batch_size
-        stats = self._stats
-        return EngineStatus(
-            worker="running" if self.healthy() else "down",
-            models=models,
-            active_sequences=sum(m.active_sequences for m in models),
-            queue_depth=sum(max(0, m.active_sequences - batch) for m in models),
-            batches=stats.steps,
-            largest_batch=stats.largest_batch,
-            loads=self._residency.loads,
-            prompt_tokens_processed=stats.prompt_tokens_processed,
-            memory=stats.memory(),
-        )

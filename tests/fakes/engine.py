@@ -1,8 +1,8 @@
 """A fake ``Engine`` for HTTP tests: scripted tokens, latency and failures, no MLX.
 
-Only the MLX worker is fake. Residency (the real rules, over ``FakeBackend``), admission
-(the real checks, over ``FakeTokenizer``) and the per-sequence ``Stream`` are the
-runtime's own, so a 429, a 503 ``model_loading`` or a 400 ``context_length_exceeded``
+Only the MLX worker is fake. ``EngineCore`` is the runtime's own: residency (the real
+rules, over ``FakeBackend``), admission (the real checks, over ``FakeTokenizer``) and the
+per-sequence ``Stream``, so a 429, a 503 ``model_loading`` or a 400 ``context_length_exceeded``
 seen through HTTP here is the daemon's real answer. Each sequence "decodes" a token every
 ``token_delay`` seconds: words picked by a hash of the prompt, the choice and the seed,
 so equal requests get equal output. ``faults`` scripts failures.
@@ -12,17 +12,14 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-import itertools
 import time
-from collections.abc import Callable, Collection, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from mlxd.errors import MlxdError, ModelLoadError
-from mlxd.runtime.admission import Admission, check_capacity
 from mlxd.runtime.engine import (
     Engine,
-    EngineStatus,
     FinishReason,
     GenerationEvent,
     GenerationRequest,
@@ -31,7 +28,7 @@ from mlxd.runtime.engine import (
     TokenInfo,
     UnitKey,
 )
-from mlxd.runtime.residency import Residency
+from mlxd.runtime.engine_core import EngineCore
 from mlxd.runtime.stops import StopMatcher
 from mlxd.runtime.streams import Stream
 from mlxd.runtime.units import LoadPlan
@@ -120,7 +117,7 @@ class FakeBackend:
         return True
 
 
-class FakeEngine:
+class FakeEngine(EngineCore[FakeModel]):
     """The ``Engine`` the HTTP tests run against."""
 
     def __init__(
@@ -132,22 +129,11 @@ class FakeEngine:
         token_delay: float = 0.0,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
-        self.settings = settings or RuntimeSettings()
         self.faults = Faults()
-        self.token_delay = token_delay
         self.backend = FakeBackend(sizes or {}, context_length, self.faults)
-        self.residency: Residency[FakeModel] = Residency(
-            self.backend,
-            max_loaded_models=self.settings.max_loaded_models,
-            memory_budget_bytes=self.settings.memory_budget_bytes,
-            clock=clock,
-        )
-        self._admission = Admission()
-        self._seq_ids = itertools.count(1)
+        super().__init__(settings or RuntimeSettings(), self.backend, clock)
+        self.token_delay = token_delay
         self._producers: dict[int, asyncio.Task[None]] = {}
-        self.requests: list[GenerationRequest] = []
-        self.steps = 0
-        self.largest_batch = 0
 
     async def start(self) -> None:
         pass
@@ -155,45 +141,26 @@ class FakeEngine:
     async def stop(self) -> None:
         for task in self._producers.values():
             task.cancel()
-        self._admission.close()
+        await self.close()
 
     def healthy(self) -> bool:
         return not self.faults.dead
 
-    async def generate(self, request: GenerationRequest) -> Sequence[Stream]:
-        self.requests.append(request)
-        if self.faults.refuse is not None:
-            raise self.faults.refuse
-        unit = self.residency.acquire(request.alias, request.spec, request.keep_alive, request.n)
-        try:
-            model = await self.residency.ready(unit)
-            check_capacity(request.alias, unit.active, self.settings)
-            admitted = await self._admission.admit(request, model)
-        except BaseException:
-            self.residency.release(unit, request.n)
-            raise
-        streams = []
-        for choice in range(request.n):
-            seq_id = next(self._seq_ids)
-            stream = Stream(
-                seq_id,
-                len(admitted.tokens),
-                self._cancel,
-                lambda: self.residency.release(unit),
-                admitted.tool_format,
-                admitted.reasoning_format,
-            )
-            seed = (request.sampling.seed or 0) + choice
-            words = _script(admitted.tokens, seed, admitted.max_tokens)
-            self._producers[seq_id] = asyncio.create_task(self._produce(stream, request, words))
-            streams.append(stream)
-        self.largest_batch = max(self.largest_batch, len(self._producers))
-        return streams
-
-    def _cancel(self, seq_id: int) -> None:
+    def cancel(self, seq_id: int) -> None:
         task = self._producers.pop(seq_id, None)
         if task is not None:
             task.cancel()
+
+    async def generate(self, request: GenerationRequest) -> Sequence[Stream]:
+        if self.faults.refuse is not None:
+            raise self.faults.refuse
+        unit, admitted = await self.admit(request)
+        streams = self.streams(unit, admitted, request.n)
+        for choice, stream in enumerate(streams):
+            words = _script(admitted.tokens, (request.sampling.seed or 0) + choice, admitted.max_tokens)
+            self._producers[stream.seq_id] = asyncio.create_task(self._produce(stream, request, words))
+        self.stats.largest_batch = max(self.stats.largest_batch, len(self._producers))
+        return streams
 
     async def _produce(self, stream: Stream, request: GenerationRequest, words: list[str]) -> None:
         """What the worker does for one sequence: a token per step, stops cut, output held
@@ -203,7 +170,7 @@ class FakeEngine:
         try:
             for count, word in enumerate(words, start=1):
                 await asyncio.sleep(self.token_delay)
-                self.steps += 1
+                self.stats.steps += 1
                 if self.faults.error_after is not None and count > self.faults.error_after:
                     event = GenerationEvent(
                         finish_reason="error", error="generation failed: scripted failure"
@@ -227,32 +194,6 @@ class FakeEngine:
                     return
         finally:
             self._producers.pop(stream.seq_id, None)
-
-    async def load(self, alias: str, spec: ModelSpec, keep_alive: float) -> None:
-        await self.residency.load(alias, spec, keep_alive)
-
-    async def unload(self, alias: str) -> bool:
-        return await self.residency.unload(alias)
-
-    def retire_unused(self, keys: set[UnitKey]) -> None:
-        self.residency.retire(keys)
-
-    def configure(self, settings: RuntimeSettings, units: Mapping[UnitKey, Collection[str]]) -> None:
-        self.settings = settings
-        self.residency.set_limits(settings.max_loaded_models, settings.memory_budget_bytes)
-        self.residency.retire(units.keys(), units)
-
-    def status(self) -> EngineStatus:
-        models = self.residency.status()
-        return EngineStatus(
-            worker="down" if self.faults.dead else "running",
-            models=models,
-            active_sequences=sum(m.active_sequences for m in models),
-            queue_depth=sum(max(0, m.active_sequences - self.settings.max_batch_size) for m in models),
-            batches=self.steps,
-            largest_batch=self.largest_batch,
-            loads=self.residency.loads,
-        )
 
 
 def _script(prompt: list[int], seed: int, count: int) -> list[str]:

@@ -11,13 +11,12 @@ from __future__ import annotations
 
 import socket
 import threading
-import time
 from typing import Any
 
 import httpx
 import pytest
 
-from tests.conftest import RunningDaemon
+from tests.conftest import RunningDaemon, eventually
 
 pytestmark = [pytest.mark.server]
 
@@ -298,15 +297,6 @@ def _active(daemon: RunningDaemon) -> int:
     return int(daemon.status()["active_sequences"])  # type: ignore[call-overload]
 
 
-def _wait_active(daemon: RunningDaemon, predicate: Any, seconds: float) -> bool:
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        if predicate(_active(daemon)):
-            return True
-        time.sleep(0.02)
-    return False
-
-
 #: Both engines: the fake one shows the HTTP side lets go; real MLX, that the worker does.
 #: The token counts cannot finish before the checks (tiny-lora has no max_tokens_limit).
 ENGINES = [("fake_daemon", 20000), pytest.param("daemon", 1500, marks=pytest.mark.mlx, id="mlx")]
@@ -323,7 +313,7 @@ def test_disconnect_mid_stream_frees_the_sequence(
         next(lines)
         assert _active(daemon) >= 1
     # The client left after the first event: the sequence must be gone within a second.
-    assert _wait_active(daemon, lambda n: n == 0, 1.0)
+    assert eventually(lambda: _active(daemon) == 0, 1.0)
     assert_still_serving(daemon)
 
 
@@ -341,9 +331,9 @@ def test_disconnect_mid_non_stream_frees_the_sequence(
     sock = socket.create_connection(("127.0.0.1", port), timeout=10)
     head = f"POST /v1/completions HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n"
     sock.sendall(head.encode() + body)
-    assert _wait_active(daemon, lambda n: n >= 1, 5.0)
+    assert eventually(lambda: _active(daemon) >= 1, 5.0)
     sock.close()
-    assert _wait_active(daemon, lambda n: n == 0, 1.0)
+    assert eventually(lambda: _active(daemon) == 0, 1.0)
     assert_still_serving(daemon)
 
 

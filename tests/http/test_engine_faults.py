@@ -9,8 +9,7 @@ from __future__ import annotations
 import contextlib
 import json
 import threading
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +18,7 @@ import openai
 import pytest
 
 from mlxd.errors import CapacityError, UnavailableError
-from tests.conftest import RunningDaemon, fake_engine, serving, write_config
+from tests.conftest import RunningDaemon, eventually, fake_engine, serving, write_config
 from tests.fakes import FakeEngine
 
 pytestmark = [pytest.mark.server]
@@ -61,15 +60,6 @@ def faked(root: Path, text: str, token_delay: float = 0.0) -> Iterator[RunningDa
     engine = fake_engine(text, root, sizes=SIZES, token_delay=token_delay)
     with serving(root, text, engine) as running:
         yield running
-
-
-def eventually(check: Callable[[], bool], seconds: float = 3.0) -> bool:
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        if check():
-            return True
-        time.sleep(0.02)
-    return False
 
 
 def still_serving(daemon: RunningDaemon) -> None:

@@ -5,44 +5,17 @@ file read back (JSON lines), real MLX."""
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import subprocess
-import sys
-import time
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 
+from tests.cli.test_serve import isolated_env, spawn, wait_healthy
 from tests.conftest import free_port
 
 pytestmark = [pytest.mark.mlx, pytest.mark.server]
-
-
-def serve(root: Path, config: Path) -> subprocess.Popen[bytes]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("MLXD_")}
-    env.update(HOME=str(root), XDG_STATE_HOME=str(root / "state"), XDG_CONFIG_HOME=str(root / "config"))
-    return subprocess.Popen(
-        [sys.executable, "-m", "mlxd", "serve", "--config", str(config)],
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-
-
-def wait_healthy(url: str, process: subprocess.Popen[bytes]) -> None:
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        assert process.poll() is None, "mlxd serve exited early"
-        try:
-            if httpx.get(url + "/health", timeout=1).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.05)
-    raise AssertionError("mlxd serve never answered /health")
 
 
 def test_every_line_about_a_request_carries_its_id_on_any_thread(
@@ -60,27 +33,21 @@ def test_every_line_about_a_request_carries_its_id_on_any_thread(
         f'[server]\nport = {port}\nlog_format = "json"\nlog_level = "debug"\n'
         f'[models.tiny]\nmodel = "{tiny_model_dir}"\n[models.broken]\nmodel = "{broken}"\n'
     )
-    process = serve(tmp_path, config)
+    process = spawn("serve", "--config", str(config), env=isolated_env(tmp_path))
     url = f"http://127.0.0.1:{port}"
     try:
         wait_healthy(url, process)
-        ok = httpx.post(
-            url + "/v1/completions",
-            json={"model": "tiny", "prompt": "hello there", "max_tokens": 3},
-            headers={"x-request-id": "trace-tiny-1"},
-            timeout=60,
-        )
-        assert ok.status_code == 200
-        failed = httpx.post(
-            url + "/v1/completions",
-            json={"model": "broken", "prompt": "hello", "max_tokens": 3},
-            headers={"x-request-id": "trace-broken-2"},
-            timeout=60,
-        )
-        assert failed.status_code == 503
+        for model, request_id, status in (("tiny", "trace-tiny-1", 200), ("broken", "trace-broken-2", 503)):
+            reply = httpx.post(
+                url + "/v1/completions",
+                json={"model": model, "prompt": "hello there", "max_tokens": 3},
+                headers={"x-request-id": request_id},
+                timeout=60,
+            )
+            assert reply.status_code == status
     finally:
         process.terminate()
-        process.wait(60)
+        process.communicate(timeout=60)
     lines = [
         json.loads(line)
         for line in (tmp_path / "state" / "mlxd" / "log" / "mlxd.log").read_text().splitlines()
