@@ -220,7 +220,7 @@ def burst(daemon: RunningDaemon, count: int, tag: str) -> None:
 
 def settled_cache(daemon: RunningDaemon) -> tuple[int, int]:
     """(prompt-cache bytes, entries) as the worker measured them once idle."""
-    time.sleep(1.2)  # the worker measures when it goes idle, and at least once a second
+    time.sleep(0.3)  # the worker measures the moment it goes idle (and then once a second)
     memory = daemon.status()["memory"]
     return memory["prompt_cache_bytes"], memory["prompt_cache_entries"]  # type: ignore[index]
 
