@@ -31,7 +31,7 @@ api_key = "{KEY}"
 allowed_hosts = ["mlxd.internal"]
 cors_allow_origins = ["http://localhost:3000"]
 max_request_bytes = 4096
-request_timeout = "1s"
+request_timeout = "500ms"
 
 [runtime]
 max_batch_size = 1
