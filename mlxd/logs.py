@@ -13,6 +13,7 @@ Two guards keep the log trustworthy:
 from __future__ import annotations
 
 import atexit
+import contextlib
 import contextvars
 import json
 import logging
@@ -20,7 +21,7 @@ import logging.handlers
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -35,6 +36,17 @@ LOG_FILENAME = "mlxd.log"
 #: ``extra={FILE_ONLY: True}`` keeps a record off the console (the CLI prints it itself).
 FILE_ONLY = "file_only"
 _TEXT = "%(asctime)s %(levelname)-7s %(name)s%(rid)s: %(message)s"
+
+
+@contextlib.contextmanager
+def tagged(request_id: str | None) -> Iterator[None]:
+    """Log lines written inside the block carry ``request_id``, on whichever thread runs it
+    (the MLX worker sets it while it handles one request's sequences)."""
+    token = REQUEST_ID.set(request_id)
+    try:
+        yield
+    finally:
+        REQUEST_ID.reset(token)
 
 
 class RequestIdFilter(logging.Filter):

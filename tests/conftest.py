@@ -1,14 +1,18 @@
-"""Fixtures shared by the whole suite: tiny models, and a real daemon on 127.0.0.1."""
+"""Fixtures shared by the whole suite: tiny models, and real daemons on 127.0.0.1 serving
+real MLX (``daemon``) or the fake engine (``fake_daemon``, for what HTTP alone decides)."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import socket
+import ssl
 import threading
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -53,6 +57,11 @@ def tiny_adapter_dir(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFact
     return build_lora_adapter(tiny_model_dir, tmp_path_factory.mktemp("adapters") / "tiny-lora")
 
 
+#: One TLS context for every test client: httpx builds a new one for each client otherwise
+#: (~20 ms, reading the CA bundle), and the tests only speak plain HTTP on loopback.
+LOOPBACK_TLS = ssl.create_default_context()
+
+
 @dataclass
 class RunningDaemon:
     """A daemon serving on a thread: its URL, config file and the object itself."""
@@ -61,8 +70,13 @@ class RunningDaemon:
     config_path: Path
     daemon: object
 
+    @property
+    def engine(self) -> Any:
+        """The engine the daemon serves (``MlxEngine``, or a ``FakeEngine``)."""
+        return self.daemon.engine  # type: ignore[attr-defined]
+
     def client(self, **kwargs: object) -> httpx.Client:
-        return httpx.Client(base_url=self.url, timeout=60, **kwargs)  # type: ignore[arg-type]
+        return httpx.Client(base_url=self.url, timeout=60, verify=LOOPBACK_TLS, **kwargs)  # type: ignore[arg-type]
 
     def status(self) -> dict[str, object]:
         with self.client() as http:
@@ -70,14 +84,15 @@ class RunningDaemon:
 
 
 def start_daemon(
-    config_path: Path, overrides: dict[str, object] | None = None
+    config_path: Path, overrides: dict[str, object] | None = None, engine: object | None = None
 ) -> tuple[RunningDaemon, threading.Thread]:
-    """Start the real daemon (config store, MLX engine, uvicorn) on a thread, port from the file."""
+    """Start the real daemon (config store, uvicorn) on a thread, port from the file, with the
+    MLX engine ``mlxd serve`` runs or the ``engine`` given (a fake one)."""
     from mlxd.config.store import ConfigStore
-    from mlxd.daemon import Daemon
+    from mlxd.daemon import Daemon, mlx_engine
 
     store = ConfigStore(config_path, overrides)
-    daemon = Daemon(store)
+    daemon = Daemon(store, engine if engine is not None else mlx_engine(store))  # type: ignore[arg-type]
     ready = threading.Event()
     failure: list[BaseException] = []
 
@@ -113,9 +128,10 @@ def stop_daemon(running: RunningDaemon, thread: threading.Thread) -> None:
 
 
 @contextlib.contextmanager
-def serving(root: Path, config: str) -> Iterator[RunningDaemon]:
-    """A daemon for ``config`` (written to ``root/mlxd.toml``) while the block runs."""
-    running, thread = start_daemon(write_config(root / "mlxd.toml", config))
+def serving(root: Path, config: str, engine: object | None = None) -> Iterator[RunningDaemon]:
+    """A daemon for ``config`` (written to ``root/mlxd.toml``) while the block runs, on real
+    MLX or on ``engine``."""
+    running, thread = start_daemon(write_config(root / "mlxd.toml", config), engine=engine)
     try:
         yield running
     finally:
@@ -130,19 +146,10 @@ def write_config(path: Path, text: str) -> Path:
     return path
 
 
-@pytest.fixture(scope="module")
-def daemon(
-    tiny_model_dir: Path,
-    plain_model_dir: Path,
-    tiny_adapter_dir: Path,
-    thinking_model_dir: Path,
-    tmp_path_factory: pytest.TempPathFactory,
-) -> Iterator[RunningDaemon]:
-    """A real daemon serving the tiny model under several aliases (module-scoped)."""
-    root = tmp_path_factory.mktemp("daemon")
-    with serving(
-        root,
-        f"""
+def aliases_config(tiny: object, adapter: object, plain: object, extra: str = "") -> str:
+    """The config of ``daemon`` and ``fake_daemon``: the same aliases over real model
+    directories or over names the fake engine makes up."""
+    return f"""
 [server]
 port = 0
 
@@ -156,25 +163,70 @@ temperature = 0.0
 max_tokens = 32
 
 [models.tiny]
-model = "{tiny_model_dir}"
+model = "{tiny}"
 default = true
 aliases = ["gpt-4o-mini"]
 max_tokens_limit = 64
 
 [models.tiny-lora]
-model = "{tiny_model_dir}"
-adapter = "{tiny_adapter_dir}"
+model = "{tiny}"
+adapter = "{adapter}"
 
 [models.plain]
-model = "{plain_model_dir}"
+model = "{plain}"
 context_length = 128
+{extra}"""
 
+
+@pytest.fixture(scope="module")
+def daemon(
+    tiny_model_dir: Path,
+    plain_model_dir: Path,
+    tiny_adapter_dir: Path,
+    thinking_model_dir: Path,
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[RunningDaemon]:
+    """A real daemon serving the tiny model under several aliases (module-scoped)."""
+    thinkers = f"""
 [models.thinker]
 model = "{thinking_model_dir}"
 
 [models.thinker-fast]
 model = "{thinking_model_dir}"
 chat_template_kwargs = {{ enable_thinking = false }}
-""",
-    ) as running:
+"""
+    config = aliases_config(tiny_model_dir, tiny_adapter_dir, plain_model_dir, thinkers)
+    with serving(tmp_path_factory.mktemp("daemon"), config) as running:
         yield running
+
+
+def fake_engine(config_text: str, root: Path, **kwargs: Any) -> Any:
+    """A ``FakeEngine`` with the ``[runtime]`` settings of ``config_text``."""
+    from mlxd.config import load_config
+    from mlxd.runtime.from_config import runtime_settings
+    from tests.fakes import FakeEngine
+
+    path = write_config(root / "engine.toml", config_text)
+    return FakeEngine(runtime_settings(load_config(path)), **kwargs)
+
+
+@pytest.fixture(scope="module")
+def fake_daemon(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningDaemon]:
+    """A real daemon (config, guards, HTTP, residency, admission) on the fake engine: the
+    aliases of ``daemon``, a token every millisecond, a 32k context, no MLX (module-scoped)."""
+    root = tmp_path_factory.mktemp("fake-daemon")
+    (root / "adapters" / "tiny-lora").mkdir(parents=True)
+    config = aliases_config("org/tiny", "adapters/tiny-lora", "org/plain")
+    engine = fake_engine(config, root, token_delay=0.001, context_length=32768)
+    with serving(root, config, engine) as running:
+        yield running
+
+
+def eventually(check: Callable[[], bool], seconds: float = 3.0) -> bool:
+    """Poll ``check`` until it holds (True) or ``seconds`` pass (False)."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if check():
+            return True
+        time.sleep(0.02)
+    return False

@@ -2,17 +2,18 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 
-from tests.conftest import RunningDaemon, start_daemon, stop_daemon, write_config
+from tests.conftest import RunningDaemon, eventually, start_daemon, stop_daemon, write_config
 
 pytestmark = [pytest.mark.mlx, pytest.mark.server]
 
@@ -51,15 +52,6 @@ def live(tiny_model_dir: Path, tmp_path: Path) -> Iterator[RunningDaemon]:
     running, thread = start_daemon(path)
     yield running
     stop_daemon(running, thread)
-
-
-def eventually(check: Callable[[], bool], seconds: float) -> bool:
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        if check():
-            return True
-        time.sleep(0.05)
-    return False
 
 
 def chat(daemon: RunningDaemon, **body: Any) -> httpx.Response:
@@ -189,3 +181,85 @@ def test_twenty_edits_during_four_streams_drop_nothing(live: RunningDaemon, tiny
         usage = json.loads(out[-2].removeprefix("data: "))["usage"]
         assert usage["completion_tokens"] == 200
     assert live.status()["config"]["last_error"] is None  # type: ignore[index]
+
+
+def runtime_text(model: Path, *, batch: int, cache: str, prefill: int) -> str:
+    return f"""
+[server]
+port = 0
+stream_interval = 0
+
+[runtime]
+keep_alive = "forever"
+max_batch_size = {batch}
+prompt_cache_bytes = "{cache}"
+prefill_step_size = {prefill}
+
+[defaults]
+temperature = 0.0
+
+[models.a]
+model = "{model}"
+default = true
+"""
+
+
+def burst(daemon: RunningDaemon, count: int, tag: str) -> None:
+    """``count`` requests at once, each with its own long prompt (kept in the prompt cache)."""
+
+    async def run() -> None:
+        async with httpx.AsyncClient(base_url=daemon.url, timeout=120) as http:
+            bodies = [
+                {"prompt": f"{tag} {i} " + "words to remember " * 40, "max_tokens": 24} for i in range(count)
+            ]
+            replies = await asyncio.gather(*[http.post("/v1/completions", json=body) for body in bodies])
+        assert [r.status_code for r in replies] == [200] * count
+
+    asyncio.run(run())
+
+
+def settled_cache(daemon: RunningDaemon) -> tuple[int, int]:
+    """(prompt-cache bytes, entries) as the worker measured them once idle."""
+    time.sleep(0.3)  # the worker measures the moment it goes idle (and then once a second)
+    memory = daemon.status()["memory"]
+    return memory["prompt_cache_bytes"], memory["prompt_cache_entries"]  # type: ignore[index]
+
+
+def prefill_steps(daemon: RunningDaemon) -> list[int]:
+    """The prefill step each loaded model's batch runs with, read on the worker thread."""
+    from concurrent.futures import Future
+
+    from mlxd.runtime.mlx.commands import Call
+
+    future: Future[list[int]] = Future()
+    daemon.engine.submit(
+        Call(lambda worker: [r.batch.generator.prefill_step_size for r in worker.runners.values()], future)
+    )
+    return future.result(timeout=10)
+
+
+def test_runtime_settings_reach_the_worker_on_an_edit(tiny_model_dir: Path, tmp_path: Path) -> None:
+    """max_batch_size, prompt_cache_bytes and prefill_step_size apply without a restart."""
+    path = write_config(
+        tmp_path / "mlxd.toml", runtime_text(tiny_model_dir, batch=2, cache="64MB", prefill=64)
+    )
+    live, thread = start_daemon(path)
+    try:
+        burst(live, 6, "first")
+        assert live.status()["largest_batch"] == 2  # six at once, two per step
+        assert prefill_steps(live) == [64]
+        cached, entries = settled_cache(live)
+        assert entries >= 3
+        smaller = cached // 3
+        write_config(path, runtime_text(tiny_model_dir, batch=6, cache=str(smaller), prefill=128))
+        assert eventually(lambda: live.status()["config"]["generation"] == 2, 3.0)  # type: ignore[index]
+        # The edit shrank the prompt cache at once (evicting), and the prefill step changed.
+        shrunk, kept = settled_cache(live)
+        assert shrunk <= smaller
+        assert kept < entries
+        assert prefill_steps(live) == [128]
+        burst(live, 6, "second")
+        assert 2 < int(live.status()["largest_batch"]) <= 6  # type: ignore[call-overload]
+        assert settled_cache(live)[0] <= smaller
+    finally:
+        stop_daemon(live, thread)

@@ -23,6 +23,8 @@ from mlxd.errors import ConfigError, MlxdError, StartupError
 
 
 def _demo_overrides(config_path: Any) -> dict[str, Any]:
+    """An alias ``demo`` that requests naming no model get (the file is read to know which
+    of its aliases to un-default)."""
     from mlxd.config import load_config
     from mlxd.config.paths import data_dir
     from mlxd.runtime.demo_model import ensure_demo_model
@@ -58,24 +60,27 @@ def serve(
 
 def _serve(path: Path | None, host: str | None, port: int | None, demo: bool, supervised: bool) -> None:
     from mlxd.cli.ports import check_listenable
-    from mlxd.config import load_config
     from mlxd.config.paths import log_dir
+    from mlxd.config.store import ConfigStore
     from mlxd.logs import setup_logging
 
-    settings = load_config(path)
+    overrides = _demo_overrides(path) if demo else {}
+    # Flags are overrides like any other: the schema's rules (a non-loopback host needs an
+    # api_key) check them, and every reload applies them again.
+    address = {k: v for k, v in (("host", host), ("port", port)) if v is not None}
+    if address:
+        overrides["server"] = address
+    store = ConfigStore(path, overrides)  # the one load of the config
+    settings = store.current.server
     # In a terminal, log there too; detached or under launchd the file is enough.
     setup_logging(
-        settings.server.log_level,
-        settings.server.log_format,
-        log_dir(),
-        console=sys.stderr.isatty() and not supervised,
+        settings.log_level, settings.log_format, log_dir(), console=sys.stderr.isatty() and not supervised
     )
-    check_listenable(host or settings.server.host, port if port is not None else settings.server.port)
-    overrides = _demo_overrides(path) if demo else {}
+    check_listenable(settings.host, settings.port)
     from mlxd.daemon import run  # imported here: `mlxd --help` must not load MLX
 
     try:
-        run(path, overrides, host=host, port=port)
+        run(store)
     except SystemExit as exit_:  # uvicorn exits 1 when it cannot bind after all (a race)
         if exit_.code in (0, None):
             raise

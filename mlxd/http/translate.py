@@ -27,6 +27,7 @@ from mlxd.runtime.engine import (
     SamplingParams,
     TextPrompt,
 )
+from mlxd.runtime.from_config import keep_alive_for, spec_for
 
 _ROLES = frozenset({"system", "developer", "user", "assistant", "tool"})
 
@@ -40,18 +41,6 @@ class Shape:
     logprobs: LogprobShape | None
     echo: str = ""
     output: OutputSpec = field(default_factory=OutputSpec)
-
-
-def spec_for(model: ModelConfig) -> ModelSpec:
-    """The runtime's view of an alias's weights."""
-    return ModelSpec(
-        source=model.model,
-        revision=model.revision,
-        local_path=model.local_path,
-        adapter_path=model.adapter_path,
-        context_length=model.context_length,
-        label=model.source,
-    )
 
 
 class _PerConfig:
@@ -313,7 +302,7 @@ def translate(request: AnyRequest, config: MlxdConfig) -> tuple[GenerationReques
         stop=_stop(request, config, defaults.stop or ()),
         logprobs=top,
         max_tokens_explicit=requested is not None and requested <= ceiling,
-        keep_alive=model.keep_alive if model.keep_alive is not None else config.runtime.keep_alive,
+        keep_alive=keep_alive_for(config, alias),
         n=n,
         constraint=constraint,
         delivery_interval=config.server.stream_interval if request.stream else None,

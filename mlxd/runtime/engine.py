@@ -2,12 +2,12 @@
 
 The HTTP layer turns a request plus the config into a ``GenerationRequest`` and calls
 ``Engine.generate``; it gets back a ``GenerationStream`` of ``GenerationEvent``s.
-Tests wire a fake engine at this seam; the daemon wires ``MlxEngine``.
+Tests wire a fake engine at this seam (``tests/fakes``); the daemon wires ``MlxEngine``.
 """
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, Protocol
@@ -17,6 +17,24 @@ from mlxd.output.reasoning import ReasoningFormat
 from mlxd.output.tool_calls import ToolFormat
 
 FinishReason = Literal["stop", "length", "cancelled", "error"]
+#: A loaded model unit: (source, revision, adapter path).
+UnitKey = tuple[str, str | None, str | None]
+
+
+@dataclass(frozen=True, slots=True)
+class RuntimeSettings:
+    """The ``[runtime]`` settings the engine applies (memory budget already in bytes).
+
+    A config edit hands the engine a new instance: the limits apply at once, the batch
+    size and prefill step at the next decode step, the prompt-cache budget at once
+    (shrinking evicts)."""
+
+    max_loaded_models: int = 2
+    memory_budget_bytes: int = 2**40
+    max_batch_size: int = 16
+    max_queue: int = 64
+    prefill_step_size: int = 256
+    prompt_cache_bytes: int = 2 * 10**9
 
 
 @dataclass(frozen=True, slots=True)
@@ -37,7 +55,7 @@ class ModelSpec:
         return (self.source, self.revision)
 
     @property
-    def key(self) -> tuple[str, str | None, str | None]:
+    def key(self) -> UnitKey:
         """The loaded unit: base weights plus adapter."""
         return (self.source, self.revision, str(self.adapter_path) if self.adapter_path else None)
 
@@ -95,6 +113,8 @@ class Constraint:
 class GenerationRequest:
     """One sequence to generate, fully resolved."""
 
+    #: The id log lines about this request carry, on any thread (the runtime prefers the
+    #: HTTP request's ``X-Request-Id`` when one is being served).
     request_id: str
     alias: str
     spec: ModelSpec
@@ -189,4 +209,9 @@ class Engine(Protocol):
 
     def healthy(self) -> bool: ...
 
-    def retire_unused(self, keys: set[tuple[str, str | None, str | None]]) -> None: ...
+    def retire_unused(self, keys: set[UnitKey]) -> None: ...
+
+    def configure(self, settings: RuntimeSettings, units: Mapping[UnitKey, Collection[str]]) -> None:
+        """Apply a config generation: new runtime settings, and the aliases that now name
+        each unit (units no alias names retire once idle)."""
+        ...

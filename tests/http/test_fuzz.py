@@ -1,10 +1,10 @@
 """schemathesis against the OpenAPI schema Litestar generates: no 5xx, ever, and every
-error in OpenAI's envelope. The cases go to a real daemon running real mlx-lm."""
+error in OpenAI's envelope. The cases go to a real daemon; its engine is the fake one, whose
+admission (prompt checks, grammar compilation) is the runtime's own."""
 
 from __future__ import annotations
 
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -14,9 +14,9 @@ from hypothesis import HealthCheck, settings
 from mlxd.config import load_config
 from mlxd.http.app import create_litestar
 from mlxd.http.state import DaemonState
-from tests.conftest import RunningDaemon, serving
+from tests.conftest import RunningDaemon, fake_engine, serving
 
-pytestmark = [pytest.mark.mlx, pytest.mark.server]
+pytestmark = [pytest.mark.server]
 
 
 class _SchemaOnly:
@@ -34,12 +34,7 @@ SCHEMA = schemathesis.openapi.from_dict(
 CASES: list[int] = []
 
 
-@pytest.fixture(scope="module")
-def fuzz_daemon(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningDaemon]:
-    root = tmp_path_factory.mktemp("fuzz")
-    with serving(
-        root,
-        f"""
+FUZZ_CONFIG = """
 [server]
 port = 0
 [limits]
@@ -47,10 +42,15 @@ max_tokens = 8
 [runtime]
 keep_alive = "forever"
 [models.tiny]
-model = "{tiny_model_dir}"
+model = "org/tiny"
 aliases = ["gpt-4o-mini"]
-""",
-    ) as running:
+"""
+
+
+@pytest.fixture(scope="module")
+def fuzz_daemon(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningDaemon]:
+    root = tmp_path_factory.mktemp("fuzz")
+    with serving(root, FUZZ_CONFIG, fake_engine(FUZZ_CONFIG, root)) as running:
         yield running
 
 

@@ -1,4 +1,8 @@
-"""Security guards and backpressure against a real daemon with an API key and tight limits."""
+"""Security guards and backpressure against a real daemon with an API key and tight limits.
+
+Everything here is decided before or around the engine, so the daemon runs the fake one
+(its residency and admission, the queue limit among them, are the runtime's own).
+"""
 
 from __future__ import annotations
 
@@ -6,34 +10,28 @@ import asyncio
 import socket
 import time
 from collections.abc import Iterator
-from pathlib import Path
 
 import httpx
 import openai
 import pytest
 
-from tests.conftest import RunningDaemon, start_daemon, stop_daemon, write_config
+from tests.conftest import RunningDaemon, fake_engine, start_daemon, stop_daemon, write_config
 
-pytestmark = [pytest.mark.mlx, pytest.mark.server]
+pytestmark = [pytest.mark.server]
 
 KEY = "s3cret-key"
 GOOD = {"model": "tiny", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 2}
 AUTH = {"authorization": f"Bearer {KEY}"}
 
 
-@pytest.fixture(scope="module")
-def guarded(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningDaemon]:
-    root = tmp_path_factory.mktemp("guarded")
-    config = write_config(
-        root / "mlxd.toml",
-        f"""
+GUARDED = f"""
 [server]
 port = 0
 api_key = "{KEY}"
 allowed_hosts = ["mlxd.internal"]
 cors_allow_origins = ["http://localhost:3000"]
 max_request_bytes = 4096
-request_timeout = "1s"
+request_timeout = "500ms"
 
 [runtime]
 max_batch_size = 1
@@ -41,11 +39,17 @@ max_queue = 1
 keep_alive = "forever"
 
 [models.tiny]
-model = "{tiny_model_dir}"
-""",
-    )
+model = "org/tiny"
+"""
+
+
+@pytest.fixture(scope="module")
+def guarded(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningDaemon]:
+    root = tmp_path_factory.mktemp("guarded")
+    config = write_config(root / "mlxd.toml", GUARDED)
     config.chmod(0o600)
-    running, thread = start_daemon(config)
+    # A token every 10 ms: six requests of 48 tokens overlap, so the queue overflows.
+    running, thread = start_daemon(config, engine=fake_engine(GUARDED, root, token_delay=0.01))
     yield running
     stop_daemon(running, thread)
 

@@ -1,4 +1,6 @@
-"""Metrics, request ids and log lines, against a real daemon."""
+"""Metrics, request ids and log lines, against a real daemon on the fake engine (what is
+counted and echoed is the HTTP layer's doing; ``tests/runtime/test_request_ids.py`` reads
+the log lines the MLX worker writes)."""
 
 from __future__ import annotations
 
@@ -11,7 +13,7 @@ import pytest
 from mlxd.logs import REQUEST_ID, JsonFormatter, RequestIdFilter
 from tests.conftest import RunningDaemon
 
-pytestmark = [pytest.mark.mlx, pytest.mark.server]
+pytestmark = [pytest.mark.server]
 
 
 def _metric(text: str, name: str, **labels: str) -> float:
@@ -21,8 +23,8 @@ def _metric(text: str, name: str, **labels: str) -> float:
     raise AssertionError(f"{name} {labels} not exported")
 
 
-def test_metrics_count_requests_tokens_and_latency(daemon: RunningDaemon) -> None:
-    with daemon.client() as http:
+def test_metrics_count_requests_tokens_and_latency(fake_daemon: RunningDaemon) -> None:
+    with fake_daemon.client() as http:
         before = http.get("/metrics").text
         base_tokens = (
             _metric(before, "mlxd_generated_tokens_total", alias="tiny") if 'alias="tiny"' in before else 0.0
@@ -48,7 +50,7 @@ def test_metrics_count_requests_tokens_and_latency(daemon: RunningDaemon) -> Non
     assert _metric(text, "mlxd_loaded_models") >= 1
     assert "mlxd_model_memory_bytes" in text
     # Unknown paths are grouped so a scanner cannot blow up the label space.
-    with daemon.client() as http:
+    with fake_daemon.client() as http:
         http.get("/random/path/1")
         http.get("/random/path/2")
         text = http.get("/metrics").text
@@ -56,8 +58,8 @@ def test_metrics_count_requests_tokens_and_latency(daemon: RunningDaemon) -> Non
     assert _metric(text, "mlxd_requests_total", route="other", status="404") >= 2
 
 
-def test_request_id_is_echoed_or_generated(daemon: RunningDaemon) -> None:
-    with daemon.client() as http:
+def test_request_id_is_echoed_or_generated(fake_daemon: RunningDaemon) -> None:
+    with fake_daemon.client() as http:
         mine = http.get("/v1/models", headers={"x-request-id": "trace-42"})
         assert mine.headers["x-request-id"] == "trace-42"
         generated = http.get("/v1/models")
@@ -90,23 +92,23 @@ def test_log_records_carry_the_request_id() -> None:
     assert "request_id" not in json.loads(JsonFormatter().format(plain))
 
 
-def test_health_and_metrics_scrape_cost_nothing_from_the_model(daemon: RunningDaemon) -> None:
-    status_before = daemon.status()["loads"]
+def test_health_and_metrics_scrape_cost_nothing_from_the_model(fake_daemon: RunningDaemon) -> None:
+    status_before = fake_daemon.status()["loads"]
     for _ in range(5):
-        assert httpx.get(daemon.url + "/metrics").status_code == 200
-    assert daemon.status()["loads"] == status_before
+        assert httpx.get(fake_daemon.url + "/metrics").status_code == 200
+    assert fake_daemon.status()["loads"] == status_before
 
 
-def test_metrics_count_every_choice_of_n_and_the_prompt_once(daemon: RunningDaemon) -> None:
+def test_metrics_count_every_choice_of_n_and_the_prompt_once(fake_daemon: RunningDaemon) -> None:
     def counts() -> tuple[float, float]:
-        with daemon.client() as http:
+        with fake_daemon.client() as http:
             text = http.get("/metrics").text
         return (
             _metric(text, "mlxd_generated_tokens_total", alias="tiny"),
             _metric(text, "mlxd_prompt_tokens_total", alias="tiny"),
         )
 
-    with daemon.client() as http:
+    with fake_daemon.client() as http:
         http.post("/v1/completions", json={"model": "tiny", "prompt": "warm", "max_tokens": 1})
         generated, prompt = counts()
         reply = http.post(

@@ -13,7 +13,6 @@ from litestar import Response, Router, get, post
 from mlxd import __version__
 from mlxd.errors import ModelNotFoundError
 from mlxd.http.state import DaemonState
-from mlxd.http.translate import spec_for
 from mlxd.protocol.admin import (
     ConfigStatus,
     DaemonStatus,
@@ -22,6 +21,7 @@ from mlxd.protocol.admin import (
     ReloadResult,
     UnloadResult,
 )
+from mlxd.runtime.from_config import keep_alive_for, spec_for
 
 _JSON = "application/json"
 
@@ -104,9 +104,7 @@ def admin_router(state: DaemonState) -> Router:
         """Load an alias now (it then stays until its keep_alive expires)."""
         name = _alias(alias)
         config = state.configs.current
-        model = config.models[name]
-        keep_alive = model.keep_alive if model.keep_alive is not None else config.runtime.keep_alive
-        await state.engine.load(name, spec_for(model), keep_alive)
+        await state.engine.load(name, spec_for(config.models[name]), keep_alive_for(config, name))
         return _json(LoadResult(alias=name, loaded=True))
 
     @post("/mlxd/models/{alias:str}/unload", status_code=200)

@@ -1,28 +1,21 @@
-"""The commands the event loop sends to the MLX worker thread (light: no MLX import).
+"""The commands the event loop sends to the MLX worker thread: plain data, no MLX.
 
-The scheduler imports only this module and ``WorkerHandle``; the worker module, and with
-it mlx-lm and transformers, is imported on the worker thread itself, so the daemon
-answers ``/health`` while MLX is still loading.
+Both sides import this module and it imports neither of them, so the asyncio side never
+imports the worker (whose module loads mlx-lm) and there is no import cycle.
 """
 
 from __future__ import annotations
 
-import asyncio
-import queue
-import threading
 from collections.abc import Callable
 from concurrent.futures import Future
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
-from mlxd.runtime.engine import GenerationEvent, ModelSpec, SamplingParams
+from mlxd.runtime.engine import GenerationEvent, ModelSpec, RuntimeSettings, SamplingParams, UnitKey
 
 if TYPE_CHECKING:
     from mlxd.runtime.mlx.loading import LoadedModel
-    from mlxd.runtime.mlx.worker import MlxWorker
-
-Key = tuple[str, str | None, str | None]
 
 
 class Sink(Protocol):
@@ -46,7 +39,7 @@ class Choice:
 class Insert:
     """Add a tokenized prompt's choices to its model's running batch."""
 
-    key: Key
+    key: UnitKey
     tokens: list[int]
     max_tokens: int
     stop: tuple[str, ...]
@@ -56,6 +49,8 @@ class Insert:
     grammar: str | None = None
     #: Seconds between two deliveries of a sequence's output (``None``: once, at the end).
     interval: float | None = 0.0
+    #: The request's id: log lines the worker writes about these sequences carry it.
+    request_id: str | None = None
 
 
 @dataclass(slots=True)
@@ -69,25 +64,34 @@ class Cancel:
 class Load:
     """Load a model unit (base weights, shared, plus an optional adapter)."""
 
-    key: Key
+    key: UnitKey
     spec: ModelSpec
     path: Path
     future: Future[LoadedModel]
+    #: The request that needed the model (None for preload and ``mlxd load``).
+    request_id: str | None = None
 
 
 @dataclass(slots=True)
 class Unload:
     """Free a model unit; its base weights go when no unit uses them."""
 
-    key: Key
+    key: UnitKey
     future: Future[bool]
 
 
 @dataclass(slots=True)
-class Call:
-    """Run a function on the worker thread (tests, introspection)."""
+class Configure:
+    """New ``[runtime]`` settings: every runner applies them before its next step."""
 
-    fn: Callable[[], Any]
+    settings: RuntimeSettings
+
+
+@dataclass(slots=True)
+class Call:
+    """Run ``fn(worker)`` on the worker thread (tests, introspection)."""
+
+    fn: Callable[[Any], Any]
     future: Future[Any]
 
 
@@ -95,60 +99,4 @@ class Shutdown:
     """Leave the loop and release MLX's thread state."""
 
 
-Command = Insert | Cancel | Load | Unload | Call | Shutdown
-
-
-class WorkerHandle:
-    """Starts the worker thread, which imports MLX and then runs ``MlxWorker``; until then
-    commands simply wait in the queue."""
-
-    def __init__(
-        self,
-        loop: asyncio.AbstractEventLoop,
-        *,
-        max_batch_size: int,
-        prefill_step_size: int,
-        prompt_cache_bytes: int,
-        on_crash: Callable[[BaseException], None],
-    ) -> None:
-        self.commands: queue.SimpleQueue[Command] = queue.SimpleQueue()
-        self.worker: MlxWorker | None = None
-        self._settings = (loop, max_batch_size, prefill_step_size, prompt_cache_bytes, on_crash)
-        self._thread = threading.Thread(target=self._run, name="mlx-worker", daemon=True)
-
-    def start(self) -> None:
-        """Start the thread (returns at once)."""
-        self._thread.start()
-
-    def _run(self) -> None:
-        from mlxd.runtime.mlx.worker import MlxWorker  # mlx-lm loads here, off the event loop
-
-        loop, batch, prefill, cache, on_crash = self._settings
-        self.worker = MlxWorker(
-            loop,
-            self.commands,
-            max_batch_size=batch,
-            prefill_step_size=prefill,
-            prompt_cache_bytes=cache,
-            on_crash=on_crash,
-        )
-        self.worker.run()
-
-    def submit(self, command: Command) -> None:
-        """Queue a command (thread-safe)."""
-        self.commands.put(command)
-
-    def stop(self, timeout: float = 10.0) -> None:
-        """Ask the thread to finish and wait for it."""
-        if self._thread.is_alive():
-            self.commands.put(Shutdown())
-            self._thread.join(timeout)
-
-    @property
-    def alive(self) -> bool:
-        """True while the thread runs (also while it is still importing MLX)."""
-        return self._thread.is_alive() and (self.worker is None or self.worker.alive)
-
-    def stat(self, name: str, default: Any = 0) -> Any:
-        """A counter of the running worker (``default`` before it exists)."""
-        return getattr(self.worker, name, default)
+Command = Insert | Cancel | Load | Unload | Configure | Call | Shutdown

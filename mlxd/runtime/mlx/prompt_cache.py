@@ -102,8 +102,12 @@ class PromptCache:
         self._buckets.setdefault(key[:MIN_REUSE], set()).add(key)
         self._latest[key[:SHORT_REUSE]] = key
         self.bytes += size
-        while (self.bytes > self.max_bytes or len(self._entries) > self.max_entries) and self._entries:
-            self._drop(next(iter(self._entries)))
+        self._evict()
+
+    def resize(self, max_bytes: int) -> None:
+        """A new byte budget (a config edit); a smaller one evicts the oldest entries now."""
+        self.max_bytes = max_bytes
+        self._evict()
 
     def clear(self) -> None:
         """Forget every entry."""
@@ -111,6 +115,10 @@ class PromptCache:
         self._buckets.clear()
         self._latest.clear()
         self.bytes = 0
+
+    def _evict(self) -> None:
+        while (self.bytes > self.max_bytes or len(self._entries) > self.max_entries) and self._entries:
+            self._drop(next(iter(self._entries)))
 
     def _drop(self, key: tuple[int, ...]) -> None:
         _, size = self._entries.pop(key)

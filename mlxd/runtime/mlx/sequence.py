@@ -10,6 +10,7 @@ import logging
 from dataclasses import dataclass, field
 from typing import Any
 
+from mlxd.logs import tagged
 from mlxd.output.events import TokenInfo
 from mlxd.output.stops import StopMatcher
 from mlxd.runtime.engine import FinishReason, GenerationEvent
@@ -41,6 +42,8 @@ class Sequence:
     held: list[GenerationEvent] = field(default_factory=list)
     #: When held output may go out (``time.monotonic()``; 0: the first one goes at once).
     due: float = 0.0
+    #: The request's id, carried by every log line about this sequence.
+    request_id: str | None = None
 
     def output(self, response: Any, now: float) -> GenerationEvent | None:
         """The event to deliver for one generated token, or ``None`` while it is held.
@@ -51,7 +54,8 @@ class Sequence:
         try:
             event = self._advance(response)
         except Exception as exc:
-            log.exception("a sequence failed")
+            with tagged(self.request_id):
+                log.exception("a sequence failed")
             event = GenerationEvent(finish_reason="error", error=f"generation failed: {exc}")
         if self.interval == 0.0:
             return event

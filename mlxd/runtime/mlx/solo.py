@@ -59,6 +59,15 @@ def private_cache(layers: list[Any], length: int) -> list[Any] | None:
     return out
 
 
+def prefill(model: Any, tokens: list[int], layers: list[Any], step: int) -> list[Any]:
+    """Run ``tokens`` through ``model`` into ``layers``, ``step`` tokens at a time (the
+    shared prefill of ``n`` choices, before the batch copies the cache for each)."""
+    for start in range(0, len(tokens), step):
+        model(mx.array(tokens[start : start + step])[None], cache=layers)
+        mx.eval([layer.state for layer in layers])
+    return layers
+
+
 class SoloDecoder:
     """Prefill in chunks, then decode one token per ``step``, the next step in flight."""
 

@@ -1,4 +1,5 @@
-"""The runtime's promises, with real mlx-lm: batching, residency, failures, recovery."""
+"""``MlxEngine``'s promises with real mlx-lm: batching, residency on the real worker,
+failures, recovery. (Residency's rules alone: ``test_residency.py``, in milliseconds.)"""
 
 from __future__ import annotations
 
@@ -187,14 +188,14 @@ def test_a_dead_worker_is_reported_and_restarted(runtime_daemon: RunningDaemon) 
             == 200
         )
 
-        def die() -> None:
+        def die(worker: object) -> None:
             raise _WorkerDeath
 
         engine = runtime_daemon.daemon.engine  # type: ignore[attr-defined]
         dying: Future[None] = Future()
         queued: Future[None] = Future()
-        engine.worker_submit(Call(die, dying))
-        engine.worker_submit(Call(lambda: None, queued))
+        engine.submit(Call(die, dying))
+        engine.submit(Call(lambda worker: None, queued))
         # Neither the command that killed the worker nor one queued behind it waits forever.
         with pytest.raises(ModelLoadError):
             dying.result(timeout=10)

@@ -1,0 +1,154 @@
+"""Admission: whether a request may join its model's batch, and what the worker needs for it.
+
+Off the MLX thread: the prompt is tokenized (chat template included) and a grammar
+compiled on a small executor of their own, then checked against the model (context
+length, vocabulary) and the queue. Everything a request can get wrong is a 400 here,
+before the worker sees it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+import math
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any, Protocol, TypeVar
+
+from mlxd.errors import CapacityError, ContextLengthError, RequestError
+from mlxd.output.reasoning import ReasoningFormat
+from mlxd.output.tool_calls import ToolFormat
+from mlxd.runtime.engine import ChatPrompt, Constraint, GenerationRequest, RuntimeSettings, TextPrompt
+from mlxd.runtime.prompts import encode_prompt
+
+T = TypeVar("T")
+
+
+class ModelFacts(Protocol):
+    """What admission reads of a loaded model."""
+
+    @property
+    def tokenizer(self) -> Any: ...
+
+    @property
+    def context_length(self) -> int: ...
+
+    @property
+    def vocab_size(self) -> int: ...
+
+
+@dataclass(frozen=True, slots=True)
+class Admitted:
+    """A request that passed every check, ready to become an ``Insert``."""
+
+    tokens: list[int]
+    #: ``max_tokens``, trimmed to the room the context leaves.
+    max_tokens: int
+    tool_format: ToolFormat | None
+    reasoning_format: ReasoningFormat | None
+    grammar: str | None
+
+
+def check_capacity(alias: str, active: int, settings: RuntimeSettings) -> None:
+    """429 once more sequences run or wait for a model than its batch plus the queue hold."""
+    capacity = settings.max_batch_size + settings.max_queue
+    if active > capacity:
+        raise CapacityError(
+            f"too many requests for {alias!r}: {capacity} running or waiting",
+            retry_after=max(1, math.ceil(active / max(1, settings.max_batch_size))),
+        )
+
+
+def check_limits(request: GenerationRequest, model: ModelFacts, tokens: list[int]) -> int:
+    """The request against its model's context and vocabulary; returns the ``max_tokens`` to use."""
+    if not tokens:
+        raise RequestError("the prompt is empty", param="prompt")
+    context = model.context_length
+    if len(tokens) >= context:
+        raise ContextLengthError(
+            f"the prompt has {len(tokens)} tokens but {request.alias!r} has a context of {context}",
+            param="messages",
+        )
+    room = context - len(tokens)
+    if request.max_tokens_explicit and request.max_tokens > room:
+        raise ContextLengthError(
+            f"the prompt ({len(tokens)} tokens) plus max_tokens ({request.max_tokens}) exceed "
+            f"the context of {context}",
+            param="max_tokens",
+        )
+    vocab = model.vocab_size
+    for token_id, _ in request.sampling.logit_bias:
+        if not 0 <= token_id < vocab:
+            raise RequestError(
+                f"logit_bias token {token_id} is outside the vocabulary (0..{vocab - 1})", param="logit_bias"
+            )
+    if request.sampling.top_k > vocab:
+        raise RequestError(f"top_k exceeds the vocabulary size ({vocab})", param="top_k")
+    given = request.prompt.tokens if isinstance(request.prompt, TextPrompt) else None
+    if given is not None and any(not 0 <= t < vocab for t in given):
+        raise RequestError("a prompt token id is outside the vocabulary", param="prompt")
+    return min(request.max_tokens, room)
+
+
+def tool_format(request: GenerationRequest, tokenizer: Any) -> ToolFormat | None:
+    """The model's tool-call format when the request offers tools (400 if it has none)."""
+    if not isinstance(request.prompt, ChatPrompt) or not request.prompt.tools:
+        return None
+    if not tokenizer.has_tool_calling or tokenizer.tool_parser is None:
+        raise RequestError(
+            f"{request.alias!r} has no tool-calling format in its chat template", param="tools"
+        )
+    return ToolFormat(tokenizer.tool_call_start, tokenizer.tool_call_end, tokenizer.tool_parser)
+
+
+def reasoning_format(request: GenerationRequest, tokenizer: Any, tokens: list[int]) -> ReasoningFormat | None:
+    """A reasoning model's tags, and whether its template already opened the thinking block."""
+    if not isinstance(request.prompt, ChatPrompt) or not getattr(tokenizer, "has_thinking", False):
+        return None
+    start, end = tokenizer.think_start, tokenizer.think_end
+    tail = tokenizer.decode(tokens[-8:])
+    return ReasoningFormat(start, end, starts_inside=tail.rfind(start) > tail.rfind(end))
+
+
+def compile_grammar(constraint: Constraint, tools: ToolFormat | None) -> str:
+    """The llguidance grammar for a constraint (compiled here, so a bad schema is a 400)."""
+    from mlxd.runtime.mlx.constrained import json_grammar, tagged_json_grammar  # loads llguidance
+
+    schema = dict(constraint.schema) if constraint.schema is not None else None
+    if not constraint.tool_call:
+        return json_grammar(schema)
+    if tools is None or not tools.json_between_tags:
+        raise RequestError(
+            "tool_choice 'required' or a named function needs a model whose tool calls are JSON "
+            "between tags (Hermes/Qwen style)",
+            param="tool_choice",
+        )
+    return tagged_json_grammar(tools.start + "\n", schema or {}, "\n" + tools.end)
+
+
+class Admission:
+    """Tokenizes and checks requests on a thread of its own (never the MLX worker)."""
+
+    def __init__(self) -> None:
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="mlxd-tokenize")
+
+    async def admit(self, request: GenerationRequest, model: ModelFacts) -> Admitted:
+        """Tokenize, check and compile; raises the 400 a request deserves."""
+        tokens = await self._off_loop(encode_prompt, model.tokenizer, request.prompt)
+        max_tokens = check_limits(request, model, tokens)
+        tools = tool_format(request, model.tokenizer)
+        reasoning = reasoning_format(request, model.tokenizer, tokens)
+        grammar = None
+        if request.constraint is not None:
+            grammar = await self._off_loop(compile_grammar, request.constraint, tools)
+        return Admitted(tokens, max_tokens, tools, reasoning, grammar)
+
+    async def _off_loop(self, fn: Callable[..., T], *args: Any) -> T:
+        # The request's context (its id, for log lines) comes along to the executor.
+        context = contextvars.copy_context()
+        return await asyncio.get_running_loop().run_in_executor(self._executor, context.run, fn, *args)
+
+    def close(self) -> None:
+        """Stop the executor (queued work is dropped)."""
+        self._executor.shutdown(wait=False, cancel_futures=True)

@@ -1,0 +1,127 @@
+"""What every engine does above its worker: residency, admission and streams composed.
+
+``MlxEngine`` puts the MLX worker thread under it; the tests' fake engine a scripted one.
+Both admit requests, hand out streams, load and unload models, apply config edits and
+report their status through this one class, so a fake-engine test exercises the same
+rules as the daemon.
+"""
+
+from __future__ import annotations
+
+import functools
+import itertools
+import time
+from collections.abc import Callable, Collection, Mapping
+from typing import Generic, Protocol, TypeVar
+
+from mlxd.runtime.admission import Admission, Admitted, ModelFacts, check_capacity
+from mlxd.runtime.engine import EngineStatus, GenerationRequest, ModelSpec, RuntimeSettings, UnitKey
+from mlxd.runtime.mlx.stats import WorkerStats
+from mlxd.runtime.residency import Residency
+from mlxd.runtime.streams import Stream
+from mlxd.runtime.units import ResidencyBackend, Resident, Unit
+
+
+class Servable(Resident, ModelFacts, Protocol):
+    """A loaded model as an engine needs it: its memory for residency, its facts for admission."""
+
+
+M = TypeVar("M", bound=Servable)
+
+
+class EngineCore(Generic[M]):
+    """Residency over a backend, admission, and the bookkeeping of admitted sequences."""
+
+    def __init__(
+        self,
+        settings: RuntimeSettings,
+        backend: ResidencyBackend[M],
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.settings = settings
+        self.residency: Residency[M] = Residency(
+            backend,
+            max_loaded_models=settings.max_loaded_models,
+            memory_budget_bytes=settings.memory_budget_bytes,
+            clock=clock,
+        )
+        self.admission = Admission()
+        #: The worker's counters (kept across worker restarts).
+        self.stats = WorkerStats()
+        self._seq_ids = itertools.count(1)
+
+    def healthy(self) -> bool:
+        """True while the worker runs (each engine knows its own)."""
+        raise NotImplementedError
+
+    def cancel(self, seq_id: int) -> None:
+        """Tell the worker to drop a sequence (its client left)."""
+        raise NotImplementedError
+
+    async def admit(self, request: GenerationRequest) -> tuple[Unit[M], Admitted]:
+        """The request's unit (loaded, or loading it first) with room for its ``n`` choices,
+        and the request tokenized and checked; raises the error its client should get."""
+        unit = self.residency.acquire(request.alias, request.spec, request.keep_alive, request.n)
+        try:
+            model = await self.residency.ready(unit)
+            check_capacity(request.alias, unit.active, self.settings)
+            admitted = await self.admission.admit(request, model)
+        except BaseException:
+            self.residency.release(unit, request.n)
+            raise
+        return unit, admitted
+
+    def streams(self, unit: Unit[M], admitted: Admitted, count: int) -> list[Stream]:
+        """One stream per choice; each frees its share of ``unit`` when it ends."""
+        end = functools.partial(self.residency.release, unit)
+        return [
+            Stream(
+                next(self._seq_ids),
+                len(admitted.tokens),
+                self.cancel,
+                end,
+                admitted.tool_format,
+                admitted.reasoning_format,
+            )
+            for _ in range(count)
+        ]
+
+    async def load(self, alias: str, spec: ModelSpec, keep_alive: float) -> None:
+        """Load (or keep) the unit behind ``alias`` now."""
+        await self.residency.load(alias, spec, keep_alive)
+
+    async def unload(self, alias: str) -> bool:
+        """Unload every idle unit ``alias`` uses; False when none was loaded."""
+        return await self.residency.unload(alias)
+
+    def retire_unused(self, keys: set[UnitKey]) -> None:
+        """Units no alias uses any more unload once their last request finishes."""
+        self.residency.retire(keys)
+
+    def configure(self, settings: RuntimeSettings, units: Mapping[UnitKey, Collection[str]]) -> None:
+        """Apply a config generation: the limits now, and retirement of the units no alias
+        names any more (an engine passes the rest on to its worker)."""
+        self.settings = settings
+        self.residency.set_limits(settings.max_loaded_models, settings.memory_budget_bytes)
+        self.residency.retire(units.keys(), units)
+
+    def status(self) -> EngineStatus:
+        """What is loaded and how busy it is."""
+        models = self.residency.status()
+        batch = self.settings.max_batch_size
+        stats = self.stats
+        return EngineStatus(
+            worker="running" if self.healthy() else "down",
+            models=models,
+            active_sequences=sum(m.active_sequences for m in models),
+            queue_depth=sum(max(0, m.active_sequences - batch) for m in models),
+            batches=stats.steps,
+            largest_batch=stats.largest_batch,
+            loads=self.residency.loads,
+            prompt_tokens_processed=stats.prompt_tokens_processed,
+            memory=stats.memory(),
+        )
+
+    async def close(self) -> None:
+        """Stop admitting (its executor goes)."""
+        self.admission.close()

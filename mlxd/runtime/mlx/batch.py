@@ -1,0 +1,124 @@
+"""A model's continuous batch: mlx-lm's ``BatchGenerator`` and the sequences decoding in it.
+
+Sequences join between decode steps and leave when they finish, are cancelled, or hit a
+stop string (which mlx-lm does not know about). A finished sequence's KV cache goes to
+the model's prompt cache.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import time
+from collections.abc import Callable
+from typing import Any
+
+from mlx_lm.generate import BatchGenerator
+
+from mlxd.logs import tagged
+from mlxd.runtime.engine import GenerationEvent, RuntimeSettings
+from mlxd.runtime.mlx.commands import Sink
+from mlxd.runtime.mlx.prompt_cache import PromptCache
+from mlxd.runtime.mlx.sequence import Sequence
+from mlxd.runtime.mlx.stats import WorkerStats
+
+log = logging.getLogger("mlxd.runtime")
+
+#: Events to deliver to the event loop after this pass of the worker loop.
+Out = list[tuple[Sink, GenerationEvent]]
+
+
+def failed(exc: BaseException | str) -> GenerationEvent:
+    """The final event of a sequence that failed."""
+    message = exc if isinstance(exc, str) else f"generation failed: {exc}"
+    return GenerationEvent(finish_reason="error", error=message)
+
+
+def emit(seq: Sequence, response: Any, now: float, out: Out) -> bool:
+    """Turn one generated token into output, delivered or held; True when the sequence ended."""
+    event = seq.output(response, now)
+    if event is None:
+        return False
+    out.append((seq.sink, event))
+    return event.finish_reason is not None
+
+
+class Batch:
+    """The sequences one ``BatchGenerator`` decodes together."""
+
+    def __init__(
+        self, model: Any, eos: frozenset[int], prompt_cache: PromptCache, stats: WorkerStats
+    ) -> None:
+        self.generator: Any = BatchGenerator(model, stop_tokens=[[t] for t in sorted(eos)])
+        self._prompt_cache = prompt_cache
+        self._stats = stats
+        self._by_uid: dict[int, Sequence] = {}
+
+    def __bool__(self) -> bool:
+        return bool(self._by_uid)
+
+    @property
+    def stream(self) -> Any:
+        """The MLX stream the batch decodes on (the solo decoder uses it too)."""
+        return self.generator.stream
+
+    def configure(self, settings: RuntimeSettings) -> None:
+        """Batch size and prefill step for the next steps."""
+        generator = self.generator
+        generator.prefill_batch_size = min(8, settings.max_batch_size)
+        generator.completion_batch_size = settings.max_batch_size
+        generator.prefill_step_size = settings.prefill_step_size
+        # mlx-lm keeps a copy in its running prompt batch, which chunks again with it.
+        generator._prompt_batch.prefill_step_size = settings.prefill_step_size
+
+    def add(self, sequences: list[Sequence], **insert: Any) -> None:
+        """Insert sequences (``insert``: the arguments of ``BatchGenerator.insert``)."""
+        uids = self.generator.insert(**insert)
+        for uid, seq in zip(uids, sequences, strict=True):
+            seq.uid = uid
+            self._by_uid[uid] = seq
+
+    def remove(self, seq: Sequence) -> None:
+        """Drop a sequence before the next step."""
+        if self._by_uid.pop(seq.uid, None) is not None:
+            self.generator.remove([seq.uid])
+
+    def step(self, out: Out, ended: Callable[[Sequence], None]) -> None:
+        """One decode step; every sequence that leaves the batch is passed to ``ended``."""
+        try:
+            _, responses = self.generator.next()
+        except Exception as exc:  # the batch itself failed: fail its sequences, keep the model
+            log.exception("a decode step failed")
+            for seq in self._by_uid.values():
+                with tagged(seq.request_id):
+                    log.error("generation failed: %s", exc)
+                out.append((seq.sink, failed(exc)))
+                ended(seq)
+                with contextlib.suppress(Exception):
+                    self.generator.remove([seq.uid])
+            self._by_uid.clear()
+            return
+        if responses:
+            self._stats.stepped(len(responses))
+        now = time.monotonic()
+        cache = self._prompt_cache
+        leaving: list[int] = []
+        for response in responses:
+            found = self._by_uid.get(response.uid)
+            if found is None or not emit(found, response, now, out):
+                continue
+            del self._by_uid[response.uid]
+            ended(found)
+            if response.finish_reason is None:  # a stop string ended it: mlx-lm does not know
+                leaving.append(response.uid)
+            elif response.prompt_cache is not None:
+                cache.store(response.all_tokens, response.prompt_cache)
+        if leaving:
+            caches = self.generator.remove(leaving, return_prompt_caches=cache.max_bytes > 0)
+            for layers, tokens in caches.values():
+                cache.store(list(tokens), layers)
+
+    def close(self) -> None:
+        """Free the batch (its sequences are the runner's to fail)."""
+        self._by_uid.clear()
+        self.generator.close()

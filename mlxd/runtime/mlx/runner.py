@@ -1,0 +1,247 @@
+"""One loaded model unit on the worker thread: its batch, its prompt cache, its solo decoder.
+
+A runner owns mlx-lm's ``BatchGenerator`` for its model. A request that is the model's
+only one decodes alone (``solo.py``: no batch machinery) and moves into the batch, token
+for token unchanged, when company arrives. Finished sequences leave their KV cache in the
+runner's prompt cache. New ``[runtime]`` settings apply before the next step.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from mlx_lm.models.cache import KVCache, make_prompt_cache
+
+from mlxd.logs import tagged
+from mlxd.output.stops import StopMatcher
+from mlxd.runtime.engine import RuntimeSettings
+from mlxd.runtime.mlx.batch import Batch, Out, emit, failed
+from mlxd.runtime.mlx.commands import Choice, Insert
+from mlxd.runtime.mlx.constrained import GrammarCache, make_constraint
+from mlxd.runtime.mlx.loading import LoadedModel
+from mlxd.runtime.mlx.prompt_cache import MIN_REUSE, PromptCache
+from mlxd.runtime.mlx.sampling import make_processors, make_sampler
+from mlxd.runtime.mlx.sequence import Sequence
+from mlxd.runtime.mlx.solo import SoloDecoder, prefill, private_cache
+from mlxd.runtime.mlx.stats import WorkerStats
+from mlxd.runtime.token_pieces import TokenPieces
+
+log = logging.getLogger("mlxd.runtime")
+
+
+@dataclass(slots=True)
+class _Solo:
+    """The one sequence decoding outside the batch."""
+
+    decoder: SoloDecoder
+    seq: Sequence
+
+
+class ModelRunner:
+    """Inserts, steps and cancels the sequences of one model unit."""
+
+    def __init__(
+        self,
+        loaded: LoadedModel,
+        base_key: tuple[str, str | None],
+        settings: RuntimeSettings,
+        stats: WorkerStats,
+        grammars: GrammarCache,
+    ) -> None:
+        self.loaded = loaded
+        #: The shared base weights this unit uses (see ``WeightStore``).
+        self.base_key = base_key
+        self._stats = stats
+        self._grammars = grammars
+        self.eos = frozenset(loaded.tokenizer.eos_token_ids)
+        self.prompt_cache = PromptCache(settings.prompt_cache_bytes)
+        self.batch = Batch(loaded.model, self.eos, self.prompt_cache, stats)
+        self._pieces = TokenPieces(loaded.tokenizer)
+        # Sliding-window and recurrent layers always go through the batch.
+        self._solo_ok = all(type(layer) is KVCache for layer in make_prompt_cache(loaded.model))
+        self._by_seq: dict[int, Sequence] = {}
+        self._solo: _Solo | None = None
+        self._prefill_step = settings.prefill_step_size
+        self.configure(settings)
+
+    @property
+    def busy(self) -> bool:
+        """True while any sequence of this model is generating."""
+        return bool(self._by_seq)
+
+    def configure(self, settings: RuntimeSettings) -> None:
+        """Apply new ``[runtime]`` settings: batch size and prefill step from the next step
+        on, the prompt-cache budget now (a smaller one evicts)."""
+        self.batch.configure(settings)
+        self._prefill_step = settings.prefill_step_size
+        self.prompt_cache.resize(settings.prompt_cache_bytes)
+
+    def insert(self, command: Insert, out: Out) -> None:
+        """Start a request's choices: alone when it is the model's only one, else in the batch."""
+        tokens, count = command.tokens, len(command.choices)
+        cache, hit = self.prompt_cache.lookup(tokens)
+        log.debug("starting %d sequence(s): %d prompt tokens, %d cached", count, len(tokens), hit)
+        try:
+            if self._start_solo(command, cache, hit):
+                return
+            reused = hit
+            if count > 1 and len(tokens) > 1:  # n choices: prefill the prompt once for all
+                model = self.loaded.model
+                # Extended in place: never touch a prompt-cache entry's own arrays.
+                layers = copy.deepcopy(cache) if cache is not None else make_prompt_cache(model)
+                cache, reused = prefill(model, tokens[hit:-1], layers, self._prefill_step), len(tokens) - 1
+            self._stats.prompt_tokens_processed += (reused - hit) + count * (len(tokens) - reused)
+            sequences = [self._new_sequence(command, choice, hit) for choice in command.choices]
+            try:
+                self.batch.add(
+                    sequences,
+                    prompts=[list(tokens[reused:]) for _ in range(count)],
+                    max_tokens=[command.max_tokens] * count,
+                    caches=[[copy.copy(layer) for layer in cache] for _ in range(count)] if cache else None,
+                    all_tokens=[list(tokens[:reused]) for _ in range(count)] if cache else None,
+                    samplers=[make_sampler(choice.sampling) for choice in command.choices],
+                    logits_processors=[self._processors(c, command.grammar) for c in command.choices],
+                )
+            except BaseException:
+                for seq in sequences:
+                    del self._by_seq[seq.seq_id]
+                raise
+        except Exception as exc:
+            log.exception("could not start a sequence")
+            out.extend((choice.sink, failed(str(exc))) for choice in command.choices)
+
+    def step(self, out: Out) -> None:
+        """One decode step of the lone sequence and of the batch, their output into ``out``."""
+        solo = self._solo
+        if solo is not None:
+            if self.batch:  # company arrived: the lone sequence joins the batch
+                self._join_batch(solo, out)
+            else:
+                self._step_solo(solo, out)
+        if self.batch:
+            self.batch.step(out, self._ended)
+
+    def _ended(self, seq: Sequence) -> None:
+        del self._by_seq[seq.seq_id]
+
+    def cancel(self, seq_id: int) -> bool:
+        """Drop a sequence (its client left); False when it is not this runner's."""
+        seq = self._by_seq.pop(seq_id, None)
+        if seq is None:
+            return False
+        if self._solo is not None and self._solo.seq is seq:
+            self._solo = None
+        else:
+            self.batch.remove(seq)
+        return True
+
+    def close(self) -> list[Sequence]:
+        """Free the batch; the sequences still generating are returned, to be failed."""
+        left = list(self._by_seq.values())
+        self._by_seq.clear()
+        self._solo = None
+        self.batch.close()
+        return left
+
+    def _new_sequence(self, command: Insert, choice: Choice, hit: int) -> Sequence:
+        seq = Sequence(
+            seq_id=choice.seq_id,
+            uid=-1,
+            sink=choice.sink,
+            detokenizer=self.loaded.tokenizer.detokenizer,
+            stops=StopMatcher(command.stop),
+            eos=self.eos,
+            logprobs=command.logprobs,
+            pieces=self._pieces,
+            interval=command.interval,
+            request_id=command.request_id,
+        )
+        self._by_seq[choice.seq_id] = seq
+        # A plain int written before any event of this sequence is delivered to the loop.
+        choice.sink.cached_tokens = hit
+        return seq
+
+    def _start_solo(self, command: Insert, cache: list[Any] | None, hit: int) -> bool:
+        """Decode a request alone when it is the model's only one and has one choice (False:
+        the batch takes it, also when the model's or the cache's layers are not plain KV)."""
+        if self._by_seq or not self._solo_ok or len(command.choices) != 1:
+            return False
+        layers = private_cache(cache, hit) if cache is not None else make_prompt_cache(self.loaded.model)
+        if layers is None:
+            return False
+        choice, tokens = command.choices[0], command.tokens
+        decoder = SoloDecoder(
+            self.loaded.model,
+            tokens[hit:],
+            layers,
+            tokens[:hit],
+            sampler=make_sampler(choice.sampling),
+            processors=self._processors(choice, command.grammar),
+            max_tokens=command.max_tokens,
+            stop_tokens=self.eos,
+            prefill_step_size=self._prefill_step,
+            stream=self.batch.stream,
+        )
+        self._stats.prompt_tokens_processed += len(tokens) - hit
+        self._solo = _Solo(decoder, self._new_sequence(command, choice, hit))
+        return True
+
+    def _step_solo(self, solo: _Solo, out: Out) -> None:
+        try:
+            response = solo.decoder.step()
+        except Exception as exc:  # this sequence's failure is its alone; the model stays
+            with tagged(solo.seq.request_id):
+                log.exception("a decode step failed")
+            self._end_solo(solo, store=False)
+            out.append((solo.seq.sink, failed(exc)))
+            return
+        if response is None:  # a prefill chunk
+            return
+        self._stats.stepped(1)
+        if emit(solo.seq, response, time.monotonic(), out):
+            self._end_solo(solo, store=True)
+
+    def _join_batch(self, solo: _Solo, out: Out) -> None:
+        """Move the lone sequence into the batch, delivering the token it had in flight."""
+        decoder, seq = solo.decoder, solo.seq
+        try:
+            response, state = decoder.detach()
+            if response is not None and emit(seq, response, time.monotonic(), out):
+                self._end_solo(solo, store=True)
+                return
+            if state is None:  # cannot happen: a token that ends the sequence is emitted as final
+                raise RuntimeError("the sequence ended without a final event")
+            self.batch.add(
+                [seq],
+                prompts=[state.prompt],
+                max_tokens=[state.max_tokens],
+                caches=[state.cache],
+                all_tokens=[state.all_tokens],
+                samplers=[decoder.sampler],
+                logits_processors=[decoder.processors],
+            )
+        except Exception as exc:
+            with tagged(seq.request_id):
+                log.exception("a sequence could not join the batch")
+            self._end_solo(solo, store=False)
+            out.append((seq.sink, failed(exc)))
+            return
+        self._solo = None
+
+    def _end_solo(self, solo: _Solo, *, store: bool) -> None:
+        self._solo = None
+        self._by_seq.pop(solo.seq.seq_id, None)
+        if store:
+            tokens, layers = solo.decoder.cache_state()
+            self.prompt_cache.store(list(tokens), layers, min_tokens=MIN_REUSE)
+
+    def _processors(self, choice: Choice, grammar: str | None) -> list[Any]:
+        processors = make_processors(choice.sampling)
+        if grammar is not None:
+            loaded = self.loaded
+            processors.append(make_constraint(loaded.tokenizer, grammar, loaded.vocab_size, self._grammars))
+        return processors

@@ -1,0 +1,42 @@
+"""The worker's counters: written on the MLX thread, read by ``/mlxd/status`` and metrics.
+
+Each field is a plain int that one thread writes and others read; a reader may see one
+step's figures mixed with the next one's, never a torn value.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(slots=True)
+class WorkerStats:
+    """What the worker did since it started (it survives a worker restart)."""
+
+    #: Decode steps that produced tokens (a batch step or a solo step).
+    steps: int = 0
+    #: Most sequences decoded in one step.
+    largest_batch: int = 0
+    #: Prompt tokens run through a model (cached prefixes excluded).
+    prompt_tokens_processed: int = 0
+    #: MLX's live array bytes and buffer-cache bytes, refreshed when the worker is idle.
+    mlx_active_bytes: int = 0
+    mlx_cache_bytes: int = 0
+    #: The prompt caches of every loaded model, refreshed with the memory figures.
+    prompt_cache_bytes: int = 0
+    prompt_cache_entries: int = 0
+
+    def stepped(self, rows: int) -> None:
+        """Count one decode step of ``rows`` sequences."""
+        self.steps += 1
+        if rows > self.largest_batch:
+            self.largest_batch = rows
+
+    def memory(self) -> dict[str, int]:
+        """The memory figures as ``/mlxd/status`` shows them."""
+        return {
+            "mlx_active_bytes": self.mlx_active_bytes,
+            "mlx_cache_bytes": self.mlx_cache_bytes,
+            "prompt_cache_bytes": self.prompt_cache_bytes,
+            "prompt_cache_entries": self.prompt_cache_entries,
+        }

@@ -1,0 +1,67 @@
+"""The base weights in memory, shared by every unit over the same model (worker thread only).
+
+Units are keyed by (source, revision, adapter); their base weights by (source,
+revision). Aliases that differ only by defaults or by a LoRA adapter therefore hold the
+base arrays once; the base goes when the last unit over it is closed.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+
+from mlxd.errors import ModelLoadError
+from mlxd.runtime.engine import ModelSpec
+from mlxd.runtime.mlx.loading import LoadedModel, load_adapted, load_base
+
+log = logging.getLogger("mlxd.runtime")
+
+BaseKey = tuple[str, str | None]
+
+
+class WeightStore:
+    """Loads base weights once per base key and counts the units that use them."""
+
+    def __init__(self) -> None:
+        self._bases: dict[BaseKey, LoadedModel] = {}
+        self._users: dict[BaseKey, int] = {}
+
+    def open(self, spec: ModelSpec, path: Path) -> LoadedModel:
+        """The unit's model: the shared base, adapted when the spec has an adapter."""
+        key = spec.base_key
+        base = self._bases.get(key)
+        started = time.perf_counter()
+        if base is None:
+            log.info("reading the weights of %s", spec.label or spec.source)
+            base = self._bases[key] = load_base(path, spec.context_length)
+        loaded = base
+        if spec.adapter_path is not None:
+            try:
+                loaded = load_adapted(base, path, spec.adapter_path)
+            except ModelLoadError:
+                if not self._users.get(key):
+                    del self._bases[key]
+                raise
+        self._users[key] = self._users.get(key, 0) + 1
+        log.info(
+            "%s ready in %.2fs (%d MB)",
+            spec.label or spec.source,
+            time.perf_counter() - started,
+            loaded.memory_bytes // 2**20,
+        )
+        return loaded
+
+    def close(self, key: BaseKey) -> None:
+        """One unit over ``key`` is gone; the base weights go with the last one."""
+        users = self._users.get(key, 0) - 1
+        if users > 0:
+            self._users[key] = users
+            return
+        self._users.pop(key, None)
+        self._bases.pop(key, None)
+
+    def clear(self) -> None:
+        """Forget every base (the worker is going down)."""
+        self._bases.clear()
+        self._users.clear()

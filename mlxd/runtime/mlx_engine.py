@@ -1,0 +1,160 @@
+"""``MlxEngine``: the ``Engine`` the daemon serves, ``EngineCore`` over the MLX worker.
+
+``Residency`` decides which units are loaded and ``MlxBackend`` carries that out on the
+worker; admission and streams come with ``EngineCore``. Every MLX call happens on the
+worker thread behind ``WorkerHandle``; nothing here imports MLX.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Callable, Collection, Mapping
+from concurrent.futures import Future
+from dataclasses import replace
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from mlxd.logs import REQUEST_ID
+from mlxd.runtime.engine import GenerationRequest, ModelSpec, RuntimeSettings, UnitKey
+from mlxd.runtime.engine_core import EngineCore
+from mlxd.runtime.mlx.commands import Cancel, Choice, Command, Configure, Insert, Load, Unload
+from mlxd.runtime.mlx.handle import WorkerHandle
+from mlxd.runtime.streams import Stream
+from mlxd.runtime.units import LoadPlan
+
+if TYPE_CHECKING:
+    from mlxd.runtime.mlx.loading import LoadedModel
+
+log = logging.getLogger("mlxd.runtime")
+
+
+def safetensors_bytes(path: Path) -> int:
+    """Weights on disk: the best estimate of memory before a load."""
+    return sum(f.stat().st_size for f in path.glob("*.safetensors"))
+
+
+class MlxBackend:
+    """Residency's backend in the daemon: files checked off the loop, loads on the worker."""
+
+    def __init__(
+        self,
+        submit: Callable[[Command], None],
+        resolve_path: Callable[[ModelSpec], Path],
+        estimate_bytes: Callable[[Path], int] = safetensors_bytes,
+    ) -> None:
+        self._submit = submit
+        self._resolve_path = resolve_path
+        self._estimate = estimate_bytes
+
+    async def prepare(self, spec: ModelSpec, shares_base: bool) -> LoadPlan:
+        """Resolve and validate the unit's directory; estimate what it adds to memory."""
+        path = await asyncio.to_thread(self._resolve_path, spec)
+        weights = spec.adapter_path if shares_base and spec.adapter_path else path
+        return LoadPlan(await asyncio.to_thread(self._estimate, weights), path)
+
+    async def load(self, key: UnitKey, spec: ModelSpec, plan: LoadPlan) -> LoadedModel:
+        """Load on the worker (the request that needed it names the worker's log lines)."""
+        assert plan.path is not None
+        future: Future[LoadedModel] = Future()
+        self._submit(Load(key, spec, plan.path, future, REQUEST_ID.get()))
+        return await asyncio.wrap_future(future)
+
+    async def unload(self, key: UnitKey) -> bool:
+        """Free the unit on the worker."""
+        future: Future[bool] = Future()
+        self._submit(Unload(key, future))
+        return await asyncio.wrap_future(future)
+
+
+class MlxEngine(EngineCore["LoadedModel"]):
+    """The runtime behind the HTTP layer, backed by one MLX worker thread."""
+
+    def __init__(
+        self,
+        settings: RuntimeSettings,
+        resolve_path: Callable[[ModelSpec], Path],
+        estimate_bytes: Callable[[Path], int] = safetensors_bytes,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        super().__init__(settings, MlxBackend(self.submit, resolve_path, estimate_bytes), clock)
+        self._worker: WorkerHandle | None = None
+        self._reaper: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        """Start the worker thread and the keep_alive reaper."""
+        self._start_worker()
+        self._reaper = asyncio.create_task(self._reap(), name="mlxd-reaper")
+
+    async def stop(self) -> None:
+        """Stop the reaper and the worker thread."""
+        if self._reaper is not None:
+            self._reaper.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._reaper
+        if self._worker is not None:
+            await asyncio.to_thread(self._worker.stop)
+        await self.close()
+
+    def _start_worker(self) -> None:
+        loop = asyncio.get_running_loop()
+        self._worker = WorkerHandle(loop, self.settings, self.stats, self._worker_crashed)
+        self._worker.start()
+
+    def _worker_crashed(self, exc: BaseException) -> None:
+        log.error("restarting the MLX worker after a crash: %s", exc)
+        self.residency.clear()
+        self._start_worker()
+
+    async def _reap(self) -> None:
+        while True:
+            await asyncio.sleep(1.0)
+            await self.residency.expire()
+
+    def healthy(self) -> bool:
+        """True while the worker thread runs."""
+        return self._worker is not None and self._worker.alive
+
+    def submit(self, command: Command) -> None:
+        """Hand a command to the worker thread."""
+        if self._worker is not None:
+            self._worker.submit(command)
+
+    def cancel(self, seq_id: int) -> None:
+        """Drop a sequence before the worker's next step."""
+        self.submit(Cancel(seq_id))
+
+    async def generate(self, request: GenerationRequest) -> list[Stream]:
+        """Admit a request's choices (loading the model if needed) and start them on the worker."""
+        unit, admitted = await self.admit(request)
+        streams = self.streams(unit, admitted, request.n)
+        seed = request.sampling.seed
+        choices = [
+            Choice(
+                stream.seq_id,
+                request.sampling if seed is None or i == 0 else replace(request.sampling, seed=seed + i),
+                stream,
+            )
+            for i, stream in enumerate(streams)
+        ]
+        insert = Insert(
+            unit.key,
+            admitted.tokens,
+            admitted.max_tokens,
+            request.stop,
+            request.logprobs,
+            choices,
+            admitted.grammar,
+            interval=request.delivery_interval,
+            request_id=REQUEST_ID.get() or request.request_id,
+        )
+        self.submit(insert)
+        return streams
+
+    def configure(self, settings: RuntimeSettings, units: Mapping[UnitKey, Collection[str]]) -> None:
+        """Apply a config generation: limits and retirement now, batch size, prefill step
+        and prompt-cache budget on the worker before its next step."""
+        super().configure(settings, units)
+        self.submit(Configure(settings))

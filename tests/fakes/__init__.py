@@ -1,0 +1,5 @@
+"""Test doubles that stand in at the runtime's seams (see ``engine.py``)."""
+
+from tests.fakes.engine import FakeEngine, Faults
+
+__all__ = ["FakeEngine", "Faults"]
