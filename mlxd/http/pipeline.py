@@ -1,9 +1,10 @@
-"""The HTTP side of the output pipeline: engine streams through per-choice parsers.
+"""The HTTP side of the output pipeline: each choice's typed events, as the engine delivers them.
 
-Each choice of a request is a ``ChoiceRun``: the engine's stream of decoded text, fed to
-a ``ChoiceParser`` that turns it into typed events. Every dialect's encoder consumes
-those events, streaming (``events``, ``interleaved``) or whole (``collect``), so
-reasoning and tool calls are cut in one place for all of them.
+Each choice of a request is a ``ChoiceRun`` over its engine stream. The stream already
+carries typed events (the choice's output parser runs on the MLX worker, where stop
+strings, reasoning and tool calls are cut in one place for every dialect), so a run only
+counts tokens and hands the events on. Every dialect's encoder consumes them, streaming
+(``events``, ``interleaved``) or whole (``collect``).
 """
 
 from __future__ import annotations
@@ -14,43 +15,30 @@ from collections.abc import AsyncIterator, Sequence
 from mlxd.http.metrics import Meter
 from mlxd.output.collect import ChoiceOutput, Collector
 from mlxd.output.events import Event, Usage
-from mlxd.output.parser import ChoiceParser, OutputSpec
 from mlxd.runtime.engine import GenerationStream
 
 
 class ChoiceRun:
-    """One choice of a request: its engine stream and the parser of its output."""
+    """One choice of a request: its engine stream, and the tokens it has generated so far."""
 
-    __slots__ = ("completion_tokens", "index", "parser", "stream")
+    __slots__ = ("completion_tokens", "index", "stream")
 
-    def __init__(self, index: int, stream: GenerationStream, spec: OutputSpec) -> None:
+    def __init__(self, index: int, stream: GenerationStream) -> None:
         self.index = index
         self.stream = stream
-        self.parser = ChoiceParser(spec, reasoning=stream.reasoning_format, tool_format=stream.tool_format)
         self.completion_tokens = 0
 
     async def events(self) -> AsyncIterator[list[Event]]:
-        """The choice's events, one list per delivery of the engine; the last ends with ``Finish``."""
-        stream, parser = self.stream, self.parser
+        """The choice's events, one list per wake-up of the stream; the last ends with ``Finish``."""
+        stream = self.stream
         try:
-            async for batch in stream:
-                last = batch[-1]
-                if len(batch) == 1:
-                    text, tokens = last.text, last.tokens
-                else:
-                    text = "".join([e.text for e in batch])
-                    tokens = [t for e in batch if e.tokens for t in e.tokens] or None
+            async for deliveries in stream:
+                last = deliveries[-1]
                 self.completion_tokens = last.completion_tokens
-                events = parser.feed(text, tokens)
-                if last.finish_reason is not None:
-                    events += parser.finish(last.finish_reason, last.completion_tokens, last.error)
-                elif parser.done:
-                    # A stop string or the last allowed tool call: no more tokens are needed.
-                    stream.cancel()
-                    events += parser.finish("stop", last.completion_tokens)
+                events = last.events if len(deliveries) == 1 else [e for d in deliveries for e in d.events]
                 if events:
                     yield events
-                if parser.done:
+                if last.finish is not None:
                     return
         finally:
             stream.cancel()

@@ -8,7 +8,7 @@ naming the field, never a silent no-op.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from mlxd.config.schema import CHAT_TEMPLATE_KWARGS, GenerationDefaults, MlxdConfig, ModelConfig
@@ -16,7 +16,6 @@ from mlxd.errors import ModelNotFoundError, RequestError
 from mlxd.http.dialects.openai.logprobs import LogprobShape
 from mlxd.http.ids import new_id
 from mlxd.http.tools import Tools, tool_choice
-from mlxd.output.parser import OutputSpec
 from mlxd.output.tool_calls import tool_call_schema
 from mlxd.protocol.requests import AnyRequest, ChatCompletionRequest, CompletionRequest
 from mlxd.runtime.engine import (
@@ -35,12 +34,10 @@ _ROLES = frozenset({"system", "developer", "user", "assistant", "tool"})
 @dataclass(frozen=True, slots=True)
 class Shape:
     """What the response side needs besides the ``GenerationRequest``: the logprobs shape
-    (OpenAI chat, the seed's, or legacy completions), the echoed prompt, and what the
-    output parser must enforce."""
+    (OpenAI chat, the seed's, or legacy completions) and the echoed prompt."""
 
     logprobs: LogprobShape | None
     echo: str = ""
-    output: OutputSpec = field(default_factory=OutputSpec)
 
 
 class _PerConfig:
@@ -300,6 +297,7 @@ def translate(request: AnyRequest, config: MlxdConfig) -> tuple[GenerationReques
         max_tokens=max_tokens,
         sampling=sampling,
         stop=_stop(request, config, defaults.stop or ()),
+        max_tool_calls=1 if single_call else None,
         logprobs=top,
         max_tokens_explicit=requested is not None and requested <= ceiling,
         keep_alive=keep_alive_for(config, alias),
@@ -307,6 +305,4 @@ def translate(request: AnyRequest, config: MlxdConfig) -> tuple[GenerationReques
         constraint=constraint,
         delivery_interval=config.server.stream_interval if request.stream else None,
     )
-    # Stop strings are still cut on the worker; the parser cuts reasoning and tool calls.
-    output = OutputSpec(tools=tools, max_tool_calls=1 if single_call else None)
-    return generation, Shape(shape, echo, output)
+    return generation, Shape(shape, echo)

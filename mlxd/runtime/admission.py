@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol, TypeVar
 
 from mlxd.errors import CapacityError, ContextLengthError, RequestError
+from mlxd.output.parser import OutputSpec
 from mlxd.output.reasoning import ReasoningFormat
 from mlxd.output.tool_calls import ToolFormat
 from mlxd.runtime.engine import ChatPrompt, Constraint, GenerationRequest, RuntimeSettings, TextPrompt
@@ -48,6 +49,8 @@ class Admitted:
     tool_format: ToolFormat | None
     reasoning_format: ReasoningFormat | None
     grammar: str | None
+    #: What the output parser of each choice enforces.
+    output: OutputSpec
 
 
 def check_capacity(alias: str, active: int, settings: RuntimeSettings) -> None:
@@ -142,7 +145,9 @@ class Admission:
         grammar = None
         if request.constraint is not None:
             grammar = await self._off_loop(compile_grammar, request.constraint, tools)
-        return Admitted(tokens, max_tokens, tools, reasoning, grammar)
+        offered = request.prompt.tools if isinstance(request.prompt, ChatPrompt) else None
+        output = OutputSpec(request.stop, offered, request.max_tool_calls)
+        return Admitted(tokens, max_tokens, tools, reasoning, grammar, output)
 
     async def _off_loop(self, fn: Callable[..., T], *args: Any) -> T:
         # The request's context (its id, for log lines) comes along to the executor.

@@ -10,13 +10,10 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, Protocol
+from typing import Any, Protocol
 
-from mlxd.output.events import TokenInfo
-from mlxd.output.reasoning import ReasoningFormat
-from mlxd.output.tool_calls import ToolFormat
+from mlxd.output.events import Event, Finish
 
-FinishReason = Literal["stop", "length", "cancelled", "error"]
 #: A loaded model unit: (source, revision, adapter path).
 UnitKey = tuple[str, str | None, str | None]
 
@@ -122,6 +119,9 @@ class GenerationRequest:
     max_tokens: int
     sampling: SamplingParams = SamplingParams()
     stop: tuple[str, ...] = ()
+    #: At most this many tool calls (``parallel_tool_calls: false`` is 1): a choice ends as
+    #: soon as its last allowed call closes.
+    max_tool_calls: int | None = None
     #: ``None``: no logprobs; ``k``: the sampled token's logprob plus the top k alternatives.
     logprobs: int | None = None
     #: True when the client set max_tokens itself (then exceeding the context is an error).
@@ -140,25 +140,32 @@ class GenerationRequest:
 
 @dataclass(slots=True)
 class GenerationEvent:
-    """What one decode step produced for one sequence."""
+    """One delivery of a sequence's output: the typed output events ready now, cut by the
+    sequence's output parser on the worker (stop strings, reasoning, tool calls), and how
+    many tokens the sequence has generated. A ``Finish`` is always the last event."""
 
-    text: str = ""
-    tokens: list[TokenInfo] | None = None
-    finish_reason: FinishReason | None = None
+    events: list[Event]
     completion_tokens: int = 0
-    error: str | None = None
+
+    @property
+    def finish(self) -> Finish | None:
+        """The sequence's ``Finish`` when this delivery ends it."""
+        events = self.events
+        last = events[-1] if events else None
+        return last if isinstance(last, Finish) else None
+
+    @classmethod
+    def failure(cls, message: str, completion_tokens: int = 0) -> GenerationEvent:
+        """The last delivery of a sequence that failed."""
+        return cls([Finish("error", completion_tokens, message)], completion_tokens)
 
 
 class GenerationStream(Protocol):
-    """An admitted sequence: iterate it for the events ready so far (the last one
-    carries ``finish_reason``); ``cancel`` frees its slot."""
+    """An admitted sequence: iterate it for the deliveries ready so far (the last one ends
+    with a ``Finish``); ``cancel`` frees its slot."""
 
     prompt_tokens: int
     cached_tokens: int
-    #: How the model writes tool calls, when the request offered tools.
-    tool_format: ToolFormat | None
-    #: A reasoning model's thinking tags (chat requests only).
-    reasoning_format: ReasoningFormat | None
 
     def __aiter__(self) -> AsyncIterator[list[GenerationEvent]]: ...
 

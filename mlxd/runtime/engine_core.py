@@ -74,17 +74,7 @@ class EngineCore(Generic[M]):
     def streams(self, unit: Unit[M], admitted: Admitted, count: int) -> list[Stream]:
         """One stream per choice; each frees its share of ``unit`` when it ends."""
         end = functools.partial(self.residency.release, unit)
-        return [
-            Stream(
-                next(self._seq_ids),
-                len(admitted.tokens),
-                self.cancel,
-                end,
-                admitted.tool_format,
-                admitted.reasoning_format,
-            )
-            for _ in range(count)
-        ]
+        return [Stream(next(self._seq_ids), len(admitted.tokens), self.cancel, end) for _ in range(count)]
 
     async def load(self, alias: str, spec: ModelSpec, keep_alive: float) -> None:
         """Load (or keep) the unit behind ``alias`` now."""

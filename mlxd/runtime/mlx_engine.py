@@ -143,12 +143,14 @@ class MlxEngine(EngineCore["LoadedModel"]):
             unit.key,
             admitted.tokens,
             admitted.max_tokens,
-            request.stop,
+            admitted.output,
             request.logprobs,
             choices,
             admitted.grammar,
             interval=request.delivery_interval,
             request_id=REQUEST_ID.get() or request.request_id,
+            tool_format=admitted.tool_format,
+            reasoning_format=admitted.reasoning_format,
         )
         self.submit(insert)
         return streams

@@ -1,12 +1,10 @@
-"""The per-sequence async stream: the worker puts events in, the HTTP layer iterates them."""
+"""The per-sequence async stream: the worker puts deliveries in, the HTTP layer iterates them."""
 
 from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator, Callable
 
-from mlxd.output.reasoning import ReasoningFormat
-from mlxd.output.tool_calls import ToolFormat
 from mlxd.runtime.engine import GenerationEvent
 
 
@@ -28,9 +26,7 @@ class Stream:
         "_waiter",
         "cached_tokens",
         "prompt_tokens",
-        "reasoning_format",
         "seq_id",
-        "tool_format",
     )
 
     def __init__(
@@ -39,8 +35,6 @@ class Stream:
         prompt_tokens: int,
         on_cancel: Callable[[int], None],
         on_end: Callable[[], None],
-        tool_format: ToolFormat | None = None,
-        reasoning_format: ReasoningFormat | None = None,
     ) -> None:
         self._buffer: list[GenerationEvent] = []
         self._waiter: asyncio.Future[None] | None = None
@@ -51,14 +45,12 @@ class Stream:
         self.seq_id = seq_id
         self.prompt_tokens = prompt_tokens
         self.cached_tokens = 0
-        self.tool_format = tool_format
-        self.reasoning_format = reasoning_format
 
-    def put(self, event: GenerationEvent) -> None:
+    def put(self, delivery: GenerationEvent) -> None:
         """Called on the event loop by the worker's per-step delivery."""
         if self._done:
             return
-        self._buffer.append(event)
+        self._buffer.append(delivery)
         waiter = self._waiter
         if waiter is not None and not waiter.done():
             waiter.set_result(None)
@@ -71,7 +63,7 @@ class Stream:
                     await self._waiter
                     self._waiter = None
                 events, self._buffer = self._buffer, []
-                final = events[-1].finish_reason is not None
+                final = events[-1].finish is not None
                 if final:
                     self._finish()
                 yield events

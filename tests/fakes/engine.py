@@ -19,10 +19,10 @@ from typing import Any
 
 from mlxd.errors import MlxdError, ModelLoadError
 from mlxd.output.events import TokenInfo
-from mlxd.output.stops import StopMatcher
+from mlxd.output.parser import ChoiceParser, OutputSpec
 from mlxd.runtime.engine import (
+    ChatPrompt,
     Engine,
-    FinishReason,
     GenerationEvent,
     GenerationRequest,
     ModelSpec,
@@ -163,34 +163,33 @@ class FakeEngine(EngineCore[FakeModel]):
         return streams
 
     async def _produce(self, stream: Stream, request: GenerationRequest, words: list[str]) -> None:
-        """What the worker does for one sequence: a token per step, stops cut, output held
-        for ``delivery_interval`` (all of it, when ``None``)."""
-        stops = StopMatcher(request.stop)
+        """What the worker does for one sequence: a token per step through the same output
+        parser (stop strings cut), output held for ``delivery_interval`` (all of it, when
+        ``None``)."""
+        offered = request.prompt.tools if isinstance(request.prompt, ChatPrompt) else None
+        parser = ChoiceParser(OutputSpec(request.stop, offered, request.max_tool_calls))
         held: list[GenerationEvent] = []
         try:
             for count, word in enumerate(words, start=1):
                 await asyncio.sleep(self.token_delay)
                 self.stats.steps += 1
                 if self.faults.error_after is not None and count > self.faults.error_after:
-                    event = GenerationEvent(
-                        finish_reason="error", error="generation failed: scripted failure"
-                    )
+                    delivery = GenerationEvent.failure("generation failed: scripted failure", count)
                 else:
-                    text, stopped = stops.feed(word + " ")
-                    finish: FinishReason | None = (
-                        "stop" if stopped else "length" if count == len(words) else None
-                    )
-                    if finish == "length":
-                        text += stops.flush()
                     tokens = _token(word, request.logprobs) if request.logprobs is not None else None
-                    event = GenerationEvent(text, tokens, finish, count)
-                if request.delivery_interval is None and event.finish_reason is None:
-                    held.append(event)
+                    events = parser.feed(word + " ", tokens)
+                    if parser.done:
+                        events += parser.finish("stop", count)
+                    elif count == len(words):
+                        events += parser.finish("length", count)
+                    delivery = GenerationEvent(events, count)
+                if request.delivery_interval is None and delivery.finish is None:
+                    held.append(delivery)
                     continue
-                for pending in [*held, event]:
+                for pending in [*held, delivery]:
                     stream.put(pending)
                 held = []
-                if event.finish_reason is not None:
+                if delivery.finish is not None:
                     return
         finally:
             self._producers.pop(stream.seq_id, None)

@@ -11,15 +11,14 @@ from mlxd.http.dialects.openai.completions import CompletionEncoder
 from mlxd.http.dialects.openai.logprobs import LogprobsRenderer
 from mlxd.http.dialects.openai.stream import sse
 from mlxd.http.pipeline import ChoiceRun, collect
-from mlxd.output.events import TokenInfo
-from mlxd.output.parser import OutputSpec
+from mlxd.output.events import Finish, TextDelta, TokenInfo
 from mlxd.runtime.engine import GenerationEvent
 from tests.http.test_pipeline import ScriptedStream, drain, frames
 
 
 def test_a_chat_stream_is_role_content_finish_usage_done() -> None:
     stream = ScriptedStream(["Hel", "lo", "!"], finish="length")
-    body = asyncio.run(drain(sse([ChoiceRun(0, stream, OutputSpec())], ChatEncoder("tiny", None), True)))
+    body = asyncio.run(drain(sse([ChoiceRun(0, stream)], ChatEncoder("tiny", None), True)))
     out = frames(body)
     assert out[0]["choices"][0]["delta"] == {"role": "assistant", "content": ""}
     contents = [f["choices"][0]["delta"].get("content") for f in out[1:-2] if f["choices"]]
@@ -42,7 +41,7 @@ def test_a_chat_stream_is_role_content_finish_usage_done() -> None:
 def test_text_completion_frames_carry_text_and_echo() -> None:
     stream = ScriptedStream(["x", "y"])
     encoder = CompletionEncoder("tiny", None, echo="say: ")
-    out = frames(asyncio.run(drain(sse([ChoiceRun(0, stream, OutputSpec())], encoder, False))))
+    out = frames(asyncio.run(drain(sse([ChoiceRun(0, stream)], encoder, False))))
     assert out[0]["object"] == "text_completion"
     assert out[0]["choices"][0]["text"] == "say: "
     assert "".join(f["choices"][0]["text"] for f in out[1:-1]) == "xy"
@@ -53,12 +52,17 @@ def test_text_completion_frames_carry_text_and_echo() -> None:
 def test_collect_gathers_text_tokens_and_the_finish() -> None:
     info = TokenInfo(7, "x", b"x", -0.1, [])
     stream = ScriptedStream(["x", "y"])
-    stream.batches = [[GenerationEvent("x", [info], None, 1), GenerationEvent("y", [info], "stop", 2)]]
-    result = asyncio.run(collect(ChoiceRun(0, stream, OutputSpec())))
+    stream.batches = [
+        [
+            GenerationEvent([TextDelta("x", [info])], 1),
+            GenerationEvent([TextDelta("y", [info]), Finish("stop", 2)], 2),
+        ]
+    ]
+    result = asyncio.run(collect(ChoiceRun(0, stream)))
     assert (result.text, result.finish.reason, result.finish.completion_tokens) == ("xy", "stop", 2)
     assert len(result.tokens) == 2
     failed = ScriptedStream([""], finish="error", error="no room")
-    out = asyncio.run(collect(ChoiceRun(0, failed, OutputSpec())))
+    out = asyncio.run(collect(ChoiceRun(0, failed)))
     assert (out.finish.reason, out.finish.error) == ("error", "no room")
 
 

@@ -55,7 +55,7 @@ def openai_router(state: DaemonState) -> Router:
         if config.server.log_prompts:
             log.info("prompt for %s: %s", generation.alias, _clip(generation.prompt))
         streams = await state.engine.generate(generation)
-        runs = [ChoiceRun(i, stream, shape.output) for i, stream in enumerate(streams)]
+        runs = [ChoiceRun(i, stream) for i, stream in enumerate(streams)]
         encoder: ChatEncoder | CompletionEncoder = (
             ChatEncoder(generation.alias, shape.logprobs)
             if chat

@@ -1,7 +1,7 @@
 """A model's continuous batch: mlx-lm's ``BatchGenerator`` and the sequences decoding in it.
 
-Sequences join between decode steps and leave when they finish, are cancelled, or hit a
-stop string (which mlx-lm does not know about). A finished sequence's KV cache goes to
+Sequences join between decode steps and leave when they finish, are cancelled, or their
+output parser ends them (a stop string, the last allowed tool call: mlx-lm knows neither). A finished sequence's KV cache goes to
 the model's prompt cache.
 """
 
@@ -29,18 +29,18 @@ Out = list[tuple[Sink, GenerationEvent]]
 
 
 def failed(exc: BaseException | str) -> GenerationEvent:
-    """The final event of a sequence that failed."""
-    message = exc if isinstance(exc, str) else f"generation failed: {exc}"
-    return GenerationEvent(finish_reason="error", error=message)
+    """The last delivery of a sequence that failed."""
+    return GenerationEvent.failure(exc if isinstance(exc, str) else f"generation failed: {exc}")
 
 
 def emit(seq: Sequence, response: Any, now: float, out: Out) -> bool:
-    """Turn one generated token into output, delivered or held; True when the sequence ended."""
-    event = seq.output(response, now)
-    if event is None:
+    """Turn one generated token into output, delivered or held; True when the sequence ended
+    (its end token or length, a stop string, or its last allowed tool call)."""
+    delivery = seq.output(response, now)
+    if delivery is None:
         return False
-    out.append((seq.sink, event))
-    return event.finish_reason is not None
+    out.append((seq.sink, delivery))
+    return delivery.finish is not None
 
 
 class Batch:
@@ -109,7 +109,7 @@ class Batch:
                 continue
             del self._by_uid[response.uid]
             ended(found)
-            if response.finish_reason is None:  # a stop string ended it: mlx-lm does not know
+            if response.finish_reason is None:  # its parser ended it: mlx-lm does not know
                 leaving.append(response.uid)
             elif response.prompt_cache is not None:
                 cache.store(response.all_tokens, response.prompt_cache)

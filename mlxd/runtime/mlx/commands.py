@@ -12,6 +12,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
+from mlxd.output.parser import OutputSpec
+from mlxd.output.reasoning import ReasoningFormat
+from mlxd.output.tool_calls import ToolFormat
 from mlxd.runtime.engine import GenerationEvent, ModelSpec, RuntimeSettings, SamplingParams, UnitKey
 
 if TYPE_CHECKING:
@@ -23,7 +26,7 @@ class Sink(Protocol):
 
     cached_tokens: int
 
-    def put(self, event: GenerationEvent) -> None: ...
+    def put(self, delivery: GenerationEvent) -> None: ...
 
 
 @dataclass(slots=True)
@@ -42,7 +45,8 @@ class Insert:
     key: UnitKey
     tokens: list[int]
     max_tokens: int
-    stop: tuple[str, ...]
+    #: What each choice's output parser enforces: stop strings, tools, a tool-call limit.
+    output: OutputSpec
     logprobs: int | None
     choices: list[Choice]
     #: An llguidance grammar every choice must follow.
@@ -51,6 +55,10 @@ class Insert:
     interval: float | None = 0.0
     #: The request's id: log lines the worker writes about these sequences carry it.
     request_id: str | None = None
+    #: How the model writes tool calls, when the request offered tools.
+    tool_format: ToolFormat | None = None
+    #: A reasoning model's thinking tags, and whether the prompt opened the block.
+    reasoning_format: ReasoningFormat | None = None
 
 
 @dataclass(slots=True)

@@ -17,7 +17,7 @@ from typing import Any
 from mlx_lm.models.cache import KVCache, make_prompt_cache
 
 from mlxd.logs import tagged
-from mlxd.output.stops import StopMatcher
+from mlxd.output.parser import ChoiceParser
 from mlxd.runtime.engine import RuntimeSettings
 from mlxd.runtime.mlx.batch import Batch, Out, emit, failed
 from mlxd.runtime.mlx.commands import Choice, Insert
@@ -153,7 +153,9 @@ class ModelRunner:
             uid=-1,
             sink=choice.sink,
             detokenizer=self.loaded.tokenizer.detokenizer,
-            stops=StopMatcher(command.stop),
+            parser=ChoiceParser(
+                command.output, reasoning=command.reasoning_format, tool_format=command.tool_format
+            ),
             eos=self.eos,
             logprobs=command.logprobs,
             pieces=self._pieces,

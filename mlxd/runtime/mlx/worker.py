@@ -104,7 +104,7 @@ class MlxWorker:
 
     def _fail_everything(self) -> None:
         """Nothing running or still queued may wait forever once the worker is gone."""
-        failed = GenerationEvent(finish_reason="error", error="the engine failed")
+        failed = GenerationEvent.failure("the engine failed")
         out: Out = []
         for runner in self._runners.values():
             with contextlib.suppress(Exception):
@@ -164,7 +164,7 @@ class MlxWorker:
             with tagged(command.request_id):
                 if runner is None:
                     log.warning("a request arrived for a model that is not loaded")
-                    failed = GenerationEvent(finish_reason="error", error="the model is not loaded")
+                    failed = GenerationEvent.failure("the model is not loaded")
                     out.extend((choice.sink, failed) for choice in command.choices)
                 else:
                     runner.insert(command, out)
@@ -203,7 +203,7 @@ class MlxWorker:
         runner = self._runners.pop(key, None)
         if runner is None:
             return False
-        unloaded = GenerationEvent(finish_reason="error", error="the model was unloaded")
+        unloaded = GenerationEvent.failure("the model was unloaded")
         out.extend((seq.sink, unloaded) for seq in runner.close())
         self._weights.close(runner.base_key)
         del runner
