@@ -133,12 +133,16 @@ async def _load_model(server: ServerProcess) -> None:
         response.raise_for_status()
 
 
-async def measure_model(name: str, model_dir: Path, workdir: Path, plan: GpuPlan, say: Any) -> ModelReport:
-    """Start the three targets on ``model_dir`` and run every measurement on them."""
+async def measure_model(
+    name: str, model_dir: Path, workdir: Path, plan: GpuPlan, say: Any, profile: Path | None = None
+) -> ModelReport:
+    """Start the three targets on ``model_dir`` and run every measurement on them (mlxd under
+    the sampling profiler when ``profile`` names a folder for its stacks)."""
     report = ModelReport(name)
     numbers = itertools.count(1_000_000)
     say(f"{name}: starting mlxd, mlx_lm.server and the raw engine")
-    targets = start_targets(model_dir, workdir)
+    folded = profile / f"mlxd-{name}.folded" if profile is not None else None
+    targets = start_targets(model_dir, workdir, profile=folded)
     try:
         # The first users after a start: load the model, then a full round at once.
         await _load_model(targets.mlxd)
@@ -364,10 +368,14 @@ def describe(info: RunInfo) -> str:
     )
 
 
-async def run(model_dirs: list[Path], workdir: Path, plan: GpuPlan, say: Any) -> list[ModelReport]:
+async def run(
+    model_dirs: list[Path], workdir: Path, plan: GpuPlan, say: Any, profile: Path | None = None
+) -> list[ModelReport]:
     """Measure each model in turn."""
+    if profile is not None:
+        profile.mkdir(parents=True, exist_ok=True)
     reports = []
     for model_dir in model_dirs:
         name = model_dir.name
-        reports.append(await measure_model(name, model_dir, workdir / name, plan, say))
+        reports.append(await measure_model(name, model_dir, workdir / name, plan, say, profile))
     return reports

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from rich.console import Console
 
-from bench import accelerator, models, report
+from bench import accelerator, gpu_models, models, report
 from bench.clients import closed_loop, new_client, numbered_bodies
 from bench.machine import RunInfo
 from bench.models import BenchModel
@@ -56,7 +56,20 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         "--gpu",
         action="store_true",
         help="the accelerator comparison (raw BatchGenerator, mlx_lm.server, mlxd at 1/16/64 clients) "
-        "on each --model-dir; writes the GPU section of --out and leaves the rest of it",
+        "on each --model-dir and --gpu-model; writes the GPU section of --out and leaves the rest of it",
+    )
+    parser.add_argument(
+        "--gpu-model",
+        action="append",
+        default=[],
+        choices=sorted(gpu_models.PRESETS),
+        help="with --gpu: build this random bf16 model on the machine and measure it (repeatable)",
+    )
+    parser.add_argument(
+        "--profile",
+        type=Path,
+        default=None,
+        help="with --gpu: run mlxd under the sampling profiler, its folded stacks into this folder",
     )
     args = parser.parse_args(argv)
     args.selected = [BY_NAME[n] for n in _names(parser, args.scenarios, BY_NAME, "scenario")]
@@ -65,9 +78,11 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
             args.models = [models.BenchModel.from_dir(path) for path in args.model_dir]
         except ValueError as exc:
             parser.error(str(exc))
+    elif args.gpu:
+        if not args.gpu_model:
+            parser.error("--gpu needs at least one --model-dir or --gpu-model")
+        args.models = []
     else:
-        if args.gpu:
-            parser.error("--gpu needs at least one --model-dir")
         args.models = [models.BY_NAME[n] for n in _names(parser, args.models, models.BY_NAME, "model")]
     return args
 
@@ -175,8 +190,11 @@ def run_gpu(args: argparse.Namespace, command: str, console: Console) -> None:
     started = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="mlxd-bench-gpu-") as tmp:
         dirs = [model.path for model in args.models if model.path is not None]
+        for preset in args.gpu_model:
+            console.log(f"building the {preset} model", style="dim")
+            dirs.append(gpu_models.build_in_subprocess(Path(tmp) / preset, preset))
         say = lambda message: console.log(message, style="dim")  # noqa: E731
-        reports = asyncio.run(accelerator.run(dirs, Path(tmp), plan, say))
+        reports = asyncio.run(accelerator.run(dirs, Path(tmp), plan, say, profile=args.profile))
     info.seconds = time.perf_counter() - started
     section = accelerator.render(reports, plan, accelerator.describe(info))
     console.print(section)

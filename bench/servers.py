@@ -118,9 +118,15 @@ class ServerProcess:
                 self.process.wait(timeout)
 
 
+#: The checkout, so a server process can import ``bench`` (the profiler) from its own folder.
+REPO = Path(__file__).resolve().parent.parent
+
+
 def _environment(workdir: Path) -> dict[str, str]:
     env = dict(os.environ)
+    path = os.environ.get("PYTHONPATH")
     env.update(
+        PYTHONPATH=f"{REPO}{os.pathsep}{path}" if path else str(REPO),
         HOME=str(workdir),
         XDG_CONFIG_HOME=str(workdir / "config"),
         XDG_DATA_HOME=str(workdir / "data"),
@@ -178,18 +184,28 @@ def mlxd_config(models: str, port: int | str = "{port}", **runtime: int | str) -
     return "\n".join(lines) + "\n" + models
 
 
-def start_mlxd(model_dir: Path, workdir: Path, **runtime: int | str) -> ServerProcess:
+def start_mlxd(
+    model_dir: Path, workdir: Path, *, profile: Path | None = None, **runtime: int | str
+) -> ServerProcess:
     """``python -m mlxd serve`` on one default model; the model loads on first use."""
-    return start_mlxd_with(mlxd_config(model_table("bench", model_dir, default=True), **runtime), workdir)
+    config = mlxd_config(model_table("bench", model_dir, default=True), **runtime)
+    return start_mlxd_with(config, workdir, profile=profile)
 
 
-def start_mlxd_with(config: str, workdir: Path) -> ServerProcess:
-    """``mlxd serve`` with a config of the caller's; ``{port}`` in it becomes a free port."""
+def start_mlxd_with(config: str, workdir: Path, *, profile: Path | None = None) -> ServerProcess:
+    """``mlxd serve`` with a config of the caller's; ``{port}`` in it becomes a free port.
+
+    With ``profile``, mlxd runs under ``bench.profiled``, which writes its folded stacks
+    there when the daemon stops.
+    """
     port = free_port()
     workdir.mkdir(parents=True, exist_ok=True)
     path = workdir / "mlxd.toml"
     path.write_text(config.replace("{port}", str(port)), encoding="utf-8")
-    return launch("mlxd", [sys.executable, "-m", "mlxd", "serve", "--config", str(path)], workdir, port)
+    argv = ["mlxd", "serve", "--config", str(path)]
+    if profile is None:
+        return launch("mlxd", [sys.executable, "-m", *argv], workdir, port)
+    return launch("mlxd", [sys.executable, "-m", "bench.profiled", str(profile), "--", *argv], workdir, port)
 
 
 def start_mlx_lm(model_dir: Path, workdir: Path) -> ServerProcess:

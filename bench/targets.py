@@ -37,9 +37,9 @@ class Targets:
         self.raw.close()
 
 
-def start_targets(model_dir: Path, workdir: Path) -> Targets:
-    """Start all three; the caller warms the servers up."""
-    mlxd = start_mlxd(model_dir, workdir / "mlxd")
+def start_targets(model_dir: Path, workdir: Path, *, profile: Path | None = None) -> Targets:
+    """Start all three; the caller warms the servers up (``profile``: see ``start_mlxd``)."""
+    mlxd = start_mlxd(model_dir, workdir / "mlxd", profile=profile)
     seed = start_mlx_lm(model_dir, workdir / "mlx_lm")
     try:
         mlxd.wait_healthy()
