@@ -1,42 +1,103 @@
-"""Samplers, logits processors and logprob extraction built from ``SamplingParams``."""
+"""Samplers, logits processors and logprob extraction built from ``SamplingParams``.
+
+The samplers are plain MLX operations, deliberately not ``mx.compile``d: a compiled
+function is traced again for every new input shape and every new constant, and a
+continuous batch changes its row count at almost every admission. On a GPU each new
+trace cost a request seconds of time to first token (measured with ``python -m
+bench.probe``), for a fusion of a handful of element-wise operations worth microseconds.
+"""
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from functools import lru_cache
 from typing import Any
 
 import mlx.core as mx
-from mlx_lm.sample_utils import (
-    apply_min_p,
-    apply_top_k,
-    apply_top_p,
-    make_logits_processors,
-)
-from mlx_lm.sample_utils import make_sampler as mlx_make_sampler
+from mlx_lm.sample_utils import make_logits_processors
 
 from mlxd.runtime.engine import SamplingParams
 
 Sampler = Callable[[Any], Any]
 LogitsProcessor = Callable[[Any, Any], Any]
+Filter = Callable[[Any], Any]
+
+
+def _keep_at_least(logprobs: Any, threshold: Any) -> Any:
+    return mx.where(logprobs >= threshold, logprobs, -mx.inf)
+
+
+def top_p_filter(top_p: float) -> Filter:
+    """Keep the most likely tokens whose probabilities sum to ``top_p`` (nucleus sampling)."""
+
+    def apply(logprobs: Any) -> Any:
+        order = mx.argsort(-logprobs, axis=-1)
+        ranked = mx.take_along_axis(logprobs, order, axis=-1)
+        probs = mx.exp(ranked)
+        before = mx.cumsum(probs, axis=-1) - probs  # mass of the more likely tokens
+        cutoff = mx.min(mx.where(before < top_p, ranked, mx.inf), axis=-1, keepdims=True)
+        return _keep_at_least(logprobs, cutoff)
+
+    return apply
+
+
+def min_p_filter(min_p: float) -> Filter:
+    """Drop tokens less likely than ``min_p`` times the most likely one."""
+    scale = math.log(min_p)
+
+    def apply(logprobs: Any) -> Any:
+        return _keep_at_least(logprobs, mx.max(logprobs, axis=-1, keepdims=True) + scale)
+
+    return apply
+
+
+def top_k_filter(top_k: int) -> Filter:
+    """Keep the ``top_k`` most likely tokens."""
+
+    def apply(logprobs: Any) -> Any:
+        k = min(top_k, logprobs.shape[-1])
+        kth = mx.min(mx.topk(logprobs, k, axis=-1), axis=-1, keepdims=True)
+        return _keep_at_least(logprobs, kth)
+
+    return apply
+
+
+def _filters(top_p: float, top_k: int, min_p: float) -> list[Filter]:
+    filters: list[Filter] = []
+    if 0 < top_p < 1.0:
+        filters.append(top_p_filter(top_p))
+    if min_p > 0:
+        filters.append(min_p_filter(min_p))
+    if top_k > 0:
+        filters.append(top_k_filter(top_k))
+    return filters
+
+
+def _greedy(logprobs: Any) -> Any:
+    return mx.argmax(logprobs, axis=-1)
 
 
 @lru_cache(maxsize=256)
 def shared_sampler(temperature: float, top_p: float, top_k: int, min_p: float) -> Sampler:
     """One sampler object per parameter set, so equal rows sample in one batched call."""
-    return mlx_make_sampler(temp=temperature, top_p=top_p, top_k=top_k, min_p=min_p)  # type: ignore[no-any-return]
+    if temperature == 0:
+        return _greedy
+    filters = _filters(top_p, top_k, min_p)
+    inverse_temperature = 1.0 / temperature
+
+    def sample(logprobs: Any) -> Any:
+        for apply in filters:
+            logprobs = apply(logprobs)
+        return mx.random.categorical(logprobs * inverse_temperature)
+
+    return sample
 
 
 def _seeded_sampler(params: SamplingParams, seed: int) -> Sampler:
     """A sampler with its own random key: the same seed gives the same tokens in any batch."""
     key = mx.random.key(seed % 2**64)
-    filters: list[Callable[[Any], Any]] = []
-    if 0 < params.top_p < 1.0:
-        filters.append(lambda x: apply_top_p(x, params.top_p))
-    if params.min_p > 0:
-        filters.append(lambda x: apply_min_p(x, params.min_p))
-    if params.top_k > 0:
-        filters.append(lambda x: apply_top_k(x, params.top_k))
+    filters = _filters(params.top_p, params.top_k, params.min_p)
     inverse_temperature = 1.0 / params.temperature
 
     def sample(logprobs: Any) -> Any:

@@ -22,6 +22,8 @@ class WorkerStats:
     #: MLX's live array bytes and buffer-cache bytes, refreshed when the worker is idle.
     mlx_active_bytes: int = 0
     mlx_cache_bytes: int = 0
+    #: The bound on MLX's buffer cache (a share of the memory budget).
+    mlx_cache_limit_bytes: int = 0
     #: The prompt caches of every loaded model, refreshed with the memory figures.
     prompt_cache_bytes: int = 0
     prompt_cache_entries: int = 0
@@ -37,6 +39,7 @@ class WorkerStats:
         return {
             "mlx_active_bytes": self.mlx_active_bytes,
             "mlx_cache_bytes": self.mlx_cache_bytes,
+            "mlx_cache_limit_bytes": self.mlx_cache_limit_bytes,
             "prompt_cache_bytes": self.prompt_cache_bytes,
             "prompt_cache_entries": self.prompt_cache_entries,
         }

@@ -37,6 +37,16 @@ from mlxd.runtime.mlx.weights import WeightStore
 log = logging.getLogger("mlxd.runtime")
 
 
+#: MLX's buffer cache may hold at most this share of the memory budget: freed buffers are
+#: reused for the next allocations (fast), but without a bound it grew to many GB on a GPU.
+CACHE_SHARE = 8
+
+
+def cache_limit(settings: RuntimeSettings) -> int:
+    """Bytes of freed buffers MLX may keep for reuse under ``settings``."""
+    return max(256 * 2**20, settings.memory_budget_bytes // CACHE_SHARE)
+
+
 def _settle_heap() -> None:
     """Put every object alive now out of the cyclic garbage collector's way.
 
@@ -85,9 +95,15 @@ class MlxWorker:
         """The loaded units' runners (read them on this thread only)."""
         return self._runners
 
+    def _bound_cache(self) -> None:
+        limit = cache_limit(self._settings)
+        mx.set_cache_limit(limit)
+        self.stats.mlx_cache_limit_bytes = limit
+
     def run(self) -> None:
         """Serve commands on the calling thread (the worker thread) until shut down."""
         _settle_heap()
+        self._bound_cache()
         try:
             self._serve()
         except BaseException as exc:  # the worker itself failed: report it, fail everyone
@@ -174,6 +190,7 @@ class MlxWorker:
                     break
         elif isinstance(command, Configure):
             self._settings = command.settings
+            self._bound_cache()
             for runner in self._runners.values():
                 runner.configure(command.settings)
         elif isinstance(command, Load):

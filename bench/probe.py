@@ -1,0 +1,135 @@
+"""``python -m bench.probe MODEL_DIR``: where an accelerator spends the first call of a shape.
+
+Diagnostics behind the GPU section of the benchmark, printed as plain lines:
+
+- for batch sizes a continuous batch visits, the first and the second call of one decode
+  step (the model forward), of mlx-lm's compiled categorical sampler and of an uncompiled
+  one: a first call much slower than the second is a cost the first users of that batch
+  size pay (kernel compilation, allocation);
+- one stream decoded by mlx-lm's ``stream_generate`` and by mlxd's own solo decoder with
+  its per-token output work (detokenizing, the output parser), in-process, so the gap
+  between them is mlxd's engine-side overhead and not HTTP.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+BATCHES = (1, 2, 3, 4, 5, 8, 12, 16, 24, 31, 32, 48, 63, 64)
+TOKENS = 128
+TEMPERATURE = 0.7
+
+
+def _timed(fn: Any, *args: Any, **kwargs: Any) -> float:
+    """Seconds for ``fn(*args, **kwargs)`` and the evaluation of what it returns."""
+    import mlx.core as mx
+
+    started = time.perf_counter()
+    mx.eval(fn(*args, **kwargs))
+    return time.perf_counter() - started
+
+
+def shapes(model: Any, vocab: int) -> None:
+    """First and second call per batch size: forward, compiled and uncompiled sampling."""
+    import mlx.core as mx
+    from mlx_lm.models.cache import make_prompt_cache
+    from mlx_lm.sample_utils import make_sampler
+
+    compiled = make_sampler(temp=TEMPERATURE)
+    inverse = 1.0 / TEMPERATURE
+    print(
+        "batch | forward first/second ms | compiled sampler first/second ms | plain sampler first/second ms"
+    )
+    for batch in BATCHES:
+        cache = make_prompt_cache(model)
+        mx.eval(model(mx.zeros((batch, 16), dtype=mx.int32), cache=cache))
+        step = mx.zeros((batch, 1), dtype=mx.int32)
+        forward = [_timed(model, step, cache=cache) for _ in range(2)]
+        logits = mx.random.normal((batch, vocab))
+        mx.eval(logits)
+        sample = [_timed(compiled, logits) for _ in range(2)]
+        plain = [_timed(mx.random.categorical, logits * inverse) for _ in range(2)]
+        cells = [f"{a * 1000:.1f}/{b * 1000:.1f}" for a, b in (forward, sample, plain)]
+        print(f"{batch} | " + " | ".join(cells), flush=True)
+
+
+def single(model: Any, tokenizer: Any) -> None:
+    """One stream: ``stream_generate`` against mlxd's solo decoder plus its output work."""
+    import mlx.core as mx
+    from mlx_lm.generate import stream_generate
+    from mlx_lm.models.cache import make_prompt_cache
+    from mlx_lm.sample_utils import make_sampler
+
+    from mlxd.output.parser import ChoiceParser, OutputSpec
+    from mlxd.runtime.mlx.sequence import Sequence
+    from mlxd.runtime.mlx.solo import SoloDecoder
+    from mlxd.runtime.token_pieces import TokenPieces
+
+    prompt = tokenizer.apply_chat_template(
+        [{"role": "user", "content": "tell me a long story"}], add_generation_prompt=True, tokenize=True
+    )
+    eos = frozenset(tokenizer.eos_token_ids)
+    stream = mx.new_stream(mx.default_device())
+    for _ in range(3):
+        started = time.perf_counter()
+        count = sum(
+            1
+            for _ in stream_generate(
+                model, tokenizer, prompt, max_tokens=TOKENS, sampler=make_sampler(temp=TEMPERATURE)
+            )
+        )
+        raw = count / (time.perf_counter() - started)
+        decoder = SoloDecoder(
+            model,
+            list(prompt),
+            make_prompt_cache(model),
+            [],
+            sampler=make_sampler(temp=TEMPERATURE),
+            processors=[],
+            max_tokens=TOKENS,
+            stop_tokens=eos,
+            prefill_step_size=256,
+            stream=stream,
+        )
+        seq = Sequence(
+            1, -1, None, tokenizer.detokenizer, ChoiceParser(OutputSpec()), eos, None, TokenPieces(tokenizer)
+        )  # type: ignore[arg-type]
+        started = time.perf_counter()
+        generated = 0
+        while True:
+            response = decoder.step()
+            if response is None:
+                continue
+            generated += 1
+            delivery = seq.output(
+                SimpleNamespace(
+                    token=response.token, logprobs=response.logprobs, finish_reason=response.finish_reason
+                ),
+                time.monotonic(),
+            )
+            if delivery is not None and delivery.finish is not None:
+                break
+        solo = generated / (time.perf_counter() - started)
+        print(
+            f"single stream: stream_generate {raw:.1f} tok/s, mlxd solo decoder {solo:.1f} tok/s ({solo / raw:.2f}x)",
+            flush=True,
+        )
+
+
+def main() -> None:
+    """Load the model, then print both probes."""
+    from mlx_lm import load
+
+    model, tokenizer = load(sys.argv[1])
+    vocab = model.args.vocab_size
+    shapes(model, vocab)
+    single(model, tokenizer)
+    print(f"probed {Path(sys.argv[1]).name}")
+
+
+if __name__ == "__main__":
+    main()
