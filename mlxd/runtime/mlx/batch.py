@@ -10,9 +10,12 @@ from __future__ import annotations
 import contextlib
 import logging
 import time
+import types
 from collections.abc import Callable
 from typing import Any
 
+import mlx.core as mx
+import mlx_lm.generate
 from mlx_lm.generate import BatchGenerator
 
 from mlxd.logs import tagged
@@ -23,6 +26,22 @@ from mlxd.runtime.mlx.sequence import Sequence
 from mlxd.runtime.mlx.stats import WorkerStats
 
 log = logging.getLogger("mlxd.runtime")
+
+
+def _keep_buffers() -> None:
+    """mlx-lm's batch code empties MLX's buffer cache after every prefill chunk and every
+    512 steps. The worker bounds that cache instead (``mx.set_cache_limit``), and an empty
+    cache makes the next decode steps allocate every buffer anew: on a GPU that cost the
+    steps after each admission time that the batch paid as a whole. So mlx-lm's generation
+    module sees ``mlx.core`` with a ``clear_cache`` that keeps the buffers; the worker still
+    clears the cache itself where it frees memory for good (a model unloaded)."""
+    shim = types.ModuleType(mx.__name__)
+    shim.__dict__.update(mx.__dict__)
+    shim.clear_cache = lambda: None  # type: ignore[attr-defined]
+    mlx_lm.generate.mx = shim
+
+
+_keep_buffers()
 
 #: Events to deliver to the event loop after this pass of the worker loop.
 Out = list[tuple[Sink, GenerationEvent]]

@@ -28,6 +28,7 @@ from mlxd.runtime.mlx.sampling import make_processors, make_sampler
 from mlxd.runtime.mlx.sequence import Sequence
 from mlxd.runtime.mlx.solo import SoloDecoder, prefill, private_cache
 from mlxd.runtime.mlx.stats import WorkerStats
+from mlxd.runtime.mlx.warmup import warm_up
 from mlxd.runtime.token_pieces import TokenPieces
 
 log = logging.getLogger("mlxd.runtime")
@@ -67,6 +68,7 @@ class ModelRunner:
         self._solo: _Solo | None = None
         self._prefill_step = settings.prefill_step_size
         self.configure(settings)
+        warm_up(loaded.model, self.batch.generator, loaded.vocab_size)
 
     @property
     def busy(self) -> bool:

@@ -17,9 +17,6 @@ from mlx_lm.models.cache import KVCache
 
 from mlxd.runtime.mlx.sampling import LogitsProcessor, Sampler
 
-#: Steps between two returns of MLX's freed buffers to its cache (as mlx-lm does).
-_CLEAR_EVERY = 256
-
 
 @dataclass(slots=True)
 class SoloResponse:
@@ -152,8 +149,6 @@ class SoloDecoder:
             finish = "stop"
         elif last:
             finish = "length"
-        if self.generated % _CLEAR_EVERY == 0:
-            mx.clear_cache()
         return SoloResponse(token, logprobs, finish)
 
     def _prefill_chunk(self) -> None:
@@ -165,7 +160,6 @@ class SoloDecoder:
         self.fed.extend(chunk)
         if self.processors:
             self._context = inputs if self._context is None else mx.concatenate([self._context, inputs])
-        mx.clear_cache()
 
     def _forward(self, inputs: Any) -> tuple[Any, Any]:
         """Queue one decode step on ``inputs`` (a 1-D array of token ids, maybe not computed yet)."""

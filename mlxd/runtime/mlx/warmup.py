@@ -1,0 +1,47 @@
+"""Warm a freshly loaded model up before anyone waits for it.
+
+On a GPU, MLX compiles many kernels the first time they run, for each data type: the
+sampler's random numbers, argmax, sorting for top-p, and the model's own forward. The
+first request after a start paid it all (14 to 30 seconds to the first token on MLX's
+CUDA backend, measured with ``python -m bench --gpu``). A load now runs one tiny request
+through every path a request can take (a lone decode, a batch of two, each sampler kind)
+and throws it away, so that cost is paid while the model loads.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any
+
+import mlx.core as mx
+from mlx_lm.models.cache import make_prompt_cache
+
+from mlxd.runtime.engine import SamplingParams
+from mlxd.runtime.mlx.sampling import make_sampler
+
+log = logging.getLogger("mlxd.runtime")
+
+#: Every kind of sampler a request can get: greedy, plain, filtered, seeded.
+_SAMPLERS = (
+    SamplingParams(),
+    SamplingParams(temperature=0.7),
+    SamplingParams(temperature=0.7, top_p=0.9, top_k=40, min_p=0.05),
+    SamplingParams(temperature=0.7, seed=0),
+)
+
+
+def warm_up(model: Any, generator: Any, vocab_size: int) -> None:
+    """Run throwaway decodes through ``model`` alone and through its ``BatchGenerator``."""
+    started = time.perf_counter()
+    prompt = [t % vocab_size for t in (1, 2, 3, 4)]
+    logits = model(mx.array([prompt]), cache=make_prompt_cache(model))[:, -1, :]
+    logprobs = logits - mx.logsumexp(logits, axis=-1, keepdims=True)
+    mx.eval([make_sampler(params)(logprobs) for params in _SAMPLERS])
+    mx.eval(mx.argpartition(-logprobs[0], kth=0))  # top logprobs
+    uids = generator.insert([prompt, prompt[:3]], max_tokens=[2, 2])
+    left = set(uids)
+    while left:
+        _, responses = generator.next()
+        left -= {r.uid for r in responses if r.finish_reason is not None}
+    log.debug("warmed the model up in %.2fs", time.perf_counter() - started)
