@@ -66,6 +66,12 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         help="with --gpu: build this random bf16 model on the machine and measure it (repeatable)",
     )
     parser.add_argument(
+        "--memory-rounds",
+        type=int,
+        default=None,
+        help="with --gpu: rounds mlxd runs at the top level, its memory read after each (default 20)",
+    )
+    parser.add_argument(
         "--profile",
         type=Path,
         default=None,
@@ -186,6 +192,8 @@ def run_gpu(args: argparse.Namespace, command: str, console: Console) -> None:
     plan = accelerator.GpuPlan.quick() if args.quick else accelerator.GpuPlan()
     if args.tokens:
         plan = replace(plan, tokens=args.tokens)
+    if args.memory_rounds:
+        plan = replace(plan, memory_rounds=args.memory_rounds)
     info = RunInfo(command=command, quick=args.quick, models=tuple(args.models))
     started = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="mlxd-bench-gpu-") as tmp:
