@@ -144,6 +144,10 @@ class Admission:
             grammar = await self._off_loop(compile_grammar, request.constraint, tools)
         return Admitted(tokens, max_tokens, tools, reasoning, grammar)
 
+    async def count(self, request: GenerationRequest, model: ModelFacts) -> int:
+        """The prompt's length in tokens (chat template and tools included), unchecked."""
+        return len(await self._off_loop(encode_prompt, model.tokenizer, request.prompt))
+
     async def _off_loop(self, fn: Callable[..., T], *args: Any) -> T:
         # The request's context (its id, for log lines) comes along to the executor.
         context = contextvars.copy_context()
