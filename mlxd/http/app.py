@@ -16,6 +16,7 @@ from mlxd.http.routes.admin import admin_router
 from mlxd.http.routes.anthropic import anthropic_router
 from mlxd.http.routes.ollama import ollama_router, root_router
 from mlxd.http.routes.openai import openai_router
+from mlxd.http.routes.responses import responses_router
 from mlxd.http.state import DaemonState
 
 
@@ -24,6 +25,7 @@ def create_litestar(state: DaemonState) -> Litestar:
     return Litestar(
         route_handlers=[
             openai_router(state),
+            responses_router(state),
             anthropic_router(state),
             ollama_router(state),
             root_router(),

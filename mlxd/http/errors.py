@@ -107,6 +107,12 @@ class Refused(MlxdError):
     code = "not_allowed"
 
 
+class UnknownId(MlxdError):
+    """An id that names nothing stored (a forgotten or deleted response)."""
+
+    code = "not_found"
+
+
 class NotAvailable(MlxdError):
     """A route of a dialect that mlxd does not serve yet."""
 
@@ -164,6 +170,7 @@ ERRORS: dict[type[MlxdError], Rule] = {
     RouteNotFound: Rule(404),
     MethodNotAllowed: Rule(405),
     Refused: Rule(403),
+    UnknownId: Rule(404),
     NotAvailable: Rule(501),
 }
 
