@@ -146,7 +146,7 @@ def records() -> Iterator[_Records]:
 def _requests(daemon: RunningDaemon, status: str) -> float:
     with daemon.client() as http:
         text = http.get("/metrics").text
-    prefix = 'mlxd_requests_total{route="/v1/completions",status="' + status + '"}'
+    prefix = 'mlxd_requests_total{dialect="openai",route="/v1/completions",status="' + status + '"}'
     return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines() if line.startswith(prefix))
 
 
