@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -22,6 +22,7 @@ from mlxd.errors import GenerationError
 from mlxd.http.metrics import Meter
 from mlxd.http.pipeline import ChoiceRun, collect, interleaved, metered, usage
 from mlxd.http.state import DaemonState
+from mlxd.http.translate import dialect_names
 from mlxd.output.collect import ChoiceOutput
 from mlxd.output.events import Event, Usage
 from mlxd.output.parser import OutputSpec
@@ -55,12 +56,16 @@ class Generation:
         return usage(self.runs)
 
 
-async def start(state: DaemonState, request: GenerationRequest, output: OutputSpec) -> Generation:
-    """Admit the request (the engine raises the error its client should get)."""
+async def start(
+    state: DaemonState, request: GenerationRequest, output: OutputSpec, names: Mapping[str, str] | None = None
+) -> Generation:
+    """Admit the request (the engine raises the error its client should get, naming the
+    field as the dialect's ``names`` spell it)."""
     log_prompts = state.configs.current.server.log_prompts
     if log_prompts:
         log.info("prompt for %s: %s", request.alias, _clip(request.prompt))
-    streams = await state.engine.generate(request)
+    with dialect_names(names or {}):
+        streams = await state.engine.generate(request)
     runs = [ChoiceRun(i, stream, output) for i, stream in enumerate(streams)]
     meter = state.metrics.meter(request.alias) if state.metrics is not None else None
     return Generation(request.alias, runs, meter, log_prompts)

@@ -11,8 +11,9 @@ name the field the way the request's own dialect spells it (``CommonRequest.name
 
 from __future__ import annotations
 
+import contextlib
 import json
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -228,14 +229,23 @@ def resolve(request: CommonRequest, config: MlxdConfig) -> tuple[GenerationReque
     Returns the ``GenerationRequest`` for the engine and what the output parser must
     enforce. Raises the 400/404 the request deserves, its ``param`` in the request's dialect.
     """
-    try:
+    with dialect_names(request.names):
         return _resolve(request, config)
+
+
+@contextlib.contextmanager
+def dialect_names(names: Mapping[str, str]) -> Iterator[None]:
+    """Errors raised inside name the field as the dialect spells it: the rules (here and in
+    the engine's admission) speak of ``max_tokens`` or ``messages``, the client of
+    ``num_predict`` or ``input``."""
+    try:
+        yield
     except RequestError as exc:
-        if exc.param and request.names:
+        if exc.param and names:
             head = exc.param.split("[", 1)[0].split(".", 1)[0]
-            if head in request.names:
-                exc.param = request.names[head] + exc.param[len(head) :]
-                exc.message = exc.message.replace(head, request.names[head], 1)
+            if head in names:
+                exc.param = names[head] + exc.param[len(head) :]
+                exc.message = exc.message.replace(head, names[head], 1)
         raise
 
 

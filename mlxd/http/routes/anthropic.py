@@ -11,10 +11,10 @@ from litestar.response import Stream
 
 from mlxd.http.body import StrictBody
 from mlxd.http.dialects.anthropic.encode import MessageEncoder
-from mlxd.http.dialects.anthropic.translate import common, translate
+from mlxd.http.dialects.anthropic.translate import NAMES, common, translate
 from mlxd.http.generation import CLIENT_CLOSED, STREAM_HEADERS, Generation, start, streamed, whole
 from mlxd.http.state import DaemonState
-from mlxd.http.translate import resolve
+from mlxd.http.translate import dialect_names, resolve
 from mlxd.protocol.anthropic import CountTokensRequest, MessagesRequest
 
 _JSON = "application/json"
@@ -33,7 +33,7 @@ def anthropic_router(state: DaemonState) -> Router:
     async def messages(request: Request[Any, Any, Any], data: MessagesRequest) -> Response[bytes] | Stream:
         """Anthropic Messages, streaming or not."""
         generation_request, output = translate(data, state.configs.current)
-        generation = await start(state, generation_request, output)
+        generation = await start(state, generation_request, output, NAMES)
         encoder = MessageEncoder(generation.alias)
         if data.stream:
             return Stream(
@@ -49,7 +49,8 @@ def anthropic_router(state: DaemonState) -> Router:
     async def count_tokens(data: CountTokensRequest) -> Response[bytes]:
         """The prompt's length in tokens, from the model's own chat template."""
         generation_request, _ = resolve(common(data), state.configs.current)
-        count = await state.engine.count_tokens(generation_request)
+        with dialect_names(NAMES):
+            count = await state.engine.count_tokens(generation_request)
         return Response(msgspec.json.encode({"input_tokens": count}), media_type=_JSON)
 
     return Router(path="/v1", route_handlers=[messages, count_tokens])

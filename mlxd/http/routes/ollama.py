@@ -23,7 +23,7 @@ from mlxd.http.dialects.ollama.models import ModelFacts, details, digest, model_
 from mlxd.http.errors import NotAvailable, Refused
 from mlxd.http.generation import CLIENT_CLOSED, STREAM_HEADERS, Generation, start, streamed, whole
 from mlxd.http.state import DaemonState
-from mlxd.http.translate import resolve_alias
+from mlxd.http.translate import dialect_names, resolve_alias
 from mlxd.output.parser import OutputSpec
 from mlxd.protocol.ollama import ChatRequest, GenerateRequest, ShowRequest
 from mlxd.runtime.engine import GenerationRequest
@@ -72,13 +72,14 @@ def ollama_router(state: DaemonState) -> Router:
         request, output = resolved
         if num_ctx is not None:
             # num_ctx narrows the window; the model's own context still bounds it (admission).
-            prompt = await state.engine.count_tokens(request)
+            with dialect_names(translate.NAMES):
+                prompt = await state.engine.count_tokens(request)
             if prompt >= num_ctx:
                 raise ContextLengthError(
                     f"the prompt has {prompt} tokens but num_ctx is {num_ctx}", param="num_ctx"
                 )
             request = replace(request, max_tokens=min(request.max_tokens, num_ctx - prompt))
-        generation = await start(state, request, output)
+        generation = await start(state, request, output, translate.NAMES)
         encoder = OllamaEncoder(generation.alias, chat, started)
         encoder.admitted = time.perf_counter()
         if stream:

@@ -11,7 +11,7 @@ from litestar import Request, Response, Router, delete, get, post
 from litestar.response import Stream
 
 from mlxd.http.body import StrictBody
-from mlxd.http.dialects.openai.responses_in import translate
+from mlxd.http.dialects.openai.responses_in import NAMES, translate
 from mlxd.http.dialects.openai.responses_out import ResponseEncoder, wire_usage
 from mlxd.http.dialects.openai.responses_store import Stored
 from mlxd.http.generation import CLIENT_CLOSED, STREAM_HEADERS, Generation, start, streamed, whole
@@ -77,7 +77,7 @@ def responses_router(state: DaemonState) -> Router:
             stored = state.responses.get(data.previous_response_id, "previous_response_id")
             previous = tuple(dict(m) for m in stored.conversation)
         resolved, output, conversation = translate(data, config, previous)
-        generation = await start(state, resolved, output)
+        generation = await start(state, resolved, output, NAMES)
         encoder = ResponseEncoder(generation.alias, data)
         if data.stream:
             body = events(data, resolved, generation, encoder, conversation)

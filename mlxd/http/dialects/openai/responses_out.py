@@ -295,15 +295,7 @@ class ResponseEncoder:
         text = "".join(
             part["text"] for item in self.items if item["type"] == "message" for part in item["content"]
         )
-        calls = [
-            {
-                "id": item["call_id"],
-                "type": "function",
-                "function": {"name": item["name"], "arguments": item["arguments"]},
-            }
-            for item in self.items
-            if item["type"] == "function_call"
-        ]
+        calls = [_past(item) for item in self.items if item["type"] == "function_call"]
         if not text and not calls:
             return None
         message: dict[str, Any] = {"role": "assistant", "content": text}
