@@ -89,7 +89,7 @@ class MessageEncoder:
         content: list[dict[str, Any]] = []
         if out.reasoning:
             content.append({"type": "thinking", "thinking": out.reasoning, "signature": ""})
-        if out.text or not out.calls:
+        if out.text or not (out.calls or out.reasoning):  # as the stream: no empty blocks
             content.append({"type": "text", "text": out.text})
         for call in out.calls:
             content.append(

@@ -152,7 +152,7 @@ class ResponseEncoder:
         status = "incomplete" if out.finish.reason == "length" else "completed"
         if out.reasoning:
             self.items.append(_reasoning(item_id("rs"), out.reasoning, status))
-        if out.text or not out.calls:
+        if out.text or not (out.calls or out.reasoning):  # as the stream: no empty items
             self.items.append(_message(item_id("msg"), out.text, status))
         for call in out.calls:
             self.items.append(_call(item_id("fc"), call.id, call.name, call.arguments, "completed"))
