@@ -49,22 +49,39 @@ def _ollama(payload: dict[str, Any]) -> int | None:
 
 
 #: name -> (path, body for messages and a token count, what reports the tokens, NDJSON?)
-Dialect = tuple[str, Callable[[list[dict[str, str]], int], dict[str, Any]], Callable[[dict[str, Any]], int | None], bool]
+Dialect = tuple[
+    str, Callable[[list[dict[str, str]], int], dict[str, Any]], Callable[[dict[str, Any]], int | None], bool
+]
 DIALECTS: dict[str, Dialect] = {
     "chat completions": (
         "/v1/chat/completions",
-        lambda m, n: {"messages": m, "max_tokens": n, "stream": True, "stream_options": {"include_usage": True}},
+        lambda m, n: {
+            "messages": m,
+            "max_tokens": n,
+            "stream": True,
+            "stream_options": {"include_usage": True},
+        },
         _chat,
         False,
     ),
-    "responses": ("/v1/responses", lambda m, n: {"input": m, "max_output_tokens": n, "stream": True}, _responses, False),
+    "responses": (
+        "/v1/responses",
+        lambda m, n: {"input": m, "max_output_tokens": n, "stream": True},
+        _responses,
+        False,
+    ),
     "anthropic messages": (
         "/v1/messages",
         lambda m, n: {"model": "bench", "messages": m, "max_tokens": n, "stream": True},
         _anthropic,
         False,
     ),
-    "ollama /api/chat": ("/api/chat", lambda m, n: {"model": "bench", "messages": m, "options": {"num_predict": n}}, _ollama, True),
+    "ollama /api/chat": (
+        "/api/chat",
+        lambda m, n: {"model": "bench", "messages": m, "options": {"num_predict": n}},
+        _ollama,
+        True,
+    ),
     "ollama /api/generate": (
         "/api/generate",
         lambda m, n: {"model": "bench", "prompt": m[-1]["content"], "options": {"num_predict": n}},
@@ -110,7 +127,9 @@ def main(argv: list[str] | None = None) -> None:
                 for rep in range(args.reps):
                     order = names[rep % len(names) :] + names[: rep % len(names)]
                     for name in order:
-                        rates[name].append(one(client, DIALECTS[name], request_messages(rep + 1), args.tokens))
+                        rates[name].append(
+                            one(client, DIALECTS[name], request_messages(rep + 1), args.tokens)
+                        )
         finally:
             server.stop()
     base = rates["chat completions"]
