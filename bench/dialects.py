@@ -3,7 +3,8 @@
 ``python -m bench.dialects [--tokens N] [--reps R]`` builds the tiny model, starts
 ``mlxd serve`` on it, and sends one greedy streamed request at a time through Chat
 Completions, Responses, Anthropic Messages, Ollama ``/api/chat`` and ``/api/generate``,
-interleaved (the order rotates each repetition). tokens/s = the tokens the response
+interleaved (the order rotates each repetition), each with a prompt of its own (no
+prompt-cache hits) that renders to the same template for every dialect. tokens/s = the tokens the response
 itself reports / wall time from sending to the last byte; the ratio to Chat Completions
 is paired (the median over repetitions of the two rates measured seconds apart). It
 prints a Markdown table for ``bench/RESULTS.md``.
@@ -12,6 +13,7 @@ prints a Markdown table for ``bench/RESULTS.md``.
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import statistics
 import tempfile
@@ -121,15 +123,15 @@ def main(argv: list[str] | None = None) -> None:
             server.wait_healthy()
             rates: dict[str, list[float]] = {name: [] for name in DIALECTS}
             names = list(DIALECTS)
+            numbers = itertools.count(1)
             with httpx.Client(base_url=server.url, timeout=120) as client:
                 for name in names:  # warm up every route once
                     one(client, DIALECTS[name], request_messages(0), 8)
                 for rep in range(args.reps):
                     order = names[rep % len(names) :] + names[: rep % len(names)]
                     for name in order:
-                        rates[name].append(
-                            one(client, DIALECTS[name], request_messages(rep + 1), args.tokens)
-                        )
+                        messages = request_messages(next(numbers))  # unique: no prompt-cache hits
+                        rates[name].append(one(client, DIALECTS[name], messages, args.tokens))
         finally:
             server.stop()
     base = rates["chat completions"]
