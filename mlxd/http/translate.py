@@ -160,6 +160,18 @@ def past_call(call_id: str | None, name: Any, arguments: Any, param: str) -> dic
     return call
 
 
+def past_calls(calls: list[dict[str, Any]], param: str) -> list[dict[str, Any]]:
+    """A message's earlier calls in OpenAI's shape (``{"id"?, "function": {"name", "arguments"}}``,
+    which Ollama's messages share), as the chat template takes them."""
+    out = []
+    for call in calls:
+        function = call.get("function") if isinstance(call, dict) else None
+        if not isinstance(function, dict):
+            raise RequestError("each tool call needs a function with a name", param=param)
+        out.append(past_call(call.get("id"), function.get("name"), function.get("arguments"), param))
+    return out
+
+
 def _constraint(request: CommonRequest, forced: Tools | None) -> Constraint | None:
     """Structured output the request asks for: a JSON object or schema, or a forced tool call.
 

@@ -66,6 +66,17 @@ class Dialect:
         return body
 
 
+OLLAMA_FIELDS = {
+    "model": "model",
+    "messages": "messages",
+    "max_tokens": "options.num_predict",
+    "temperature": "options.temperature",
+    "top_p": "options.top_p",
+    "top_k": "options.top_k",
+    "stop": "options.stop",
+    "stream": "stream",
+    "format": "format",
+}
 DIALECTS = [
     Dialect(
         "responses",
@@ -102,34 +113,14 @@ DIALECTS = [
         "ollama-chat",
         "/api/chat",
         {"model": "tiny", "messages": HI, "stream": False, "options": {"num_predict": 2}},
-        {
-            "model": "model",
-            "messages": "messages",
-            "max_tokens": "options.num_predict",
-            "temperature": "options.temperature",
-            "top_p": "options.top_p",
-            "top_k": "options.top_k",
-            "stop": "options.stop",
-            "stream": "stream",
-            "format": "format",
-        },
+        OLLAMA_FIELDS,
         ollama_envelope,
     ),
     Dialect(
         "ollama-generate",
         "/api/generate",
         {"model": "tiny", "prompt": "hi", "stream": False, "options": {"num_predict": 2}},
-        {
-            "model": "model",
-            "messages": "prompt",
-            "max_tokens": "options.num_predict",
-            "temperature": "options.temperature",
-            "top_p": "options.top_p",
-            "top_k": "options.top_k",
-            "stop": "options.stop",
-            "stream": "stream",
-            "format": "format",
-        },
+        {**OLLAMA_FIELDS, "messages": "prompt"},
         ollama_envelope,
     ),
 ]

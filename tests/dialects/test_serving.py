@@ -7,9 +7,7 @@ layer's doing.
 
 from __future__ import annotations
 
-import logging
 import socket
-from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
@@ -17,37 +15,22 @@ import ollama
 import openai
 import pytest
 
-from tests.conftest import RunningDaemon, fake_engine, free_port, serving, start_daemon, write_config
+from tests.conftest import (
+    LogRecords,
+    RunningDaemon,
+    fake_engine,
+    free_port,
+    serving,
+    start_daemon,
+    write_config,
+)
 
 pytestmark = [pytest.mark.server]
 
 HI = [{"role": "user", "content": "hi"}]
 
 
-class _Lines(logging.Handler):
-    def __init__(self) -> None:
-        super().__init__(logging.INFO)
-        self.lines: list[str] = []
-
-    def emit(self, record: logging.LogRecord) -> None:
-        self.lines.append(record.getMessage())
-
-
-@pytest.fixture
-def access_log() -> Iterator[_Lines]:
-    handler = _Lines()
-    logger = logging.getLogger("mlxd.access")
-    level = logger.level
-    logger.addHandler(handler)
-    logger.setLevel(logging.INFO)
-    try:
-        yield handler
-    finally:
-        logger.removeHandler(handler)
-        logger.setLevel(level)
-
-
-def test_metrics_and_the_access_log_name_the_dialect(fake_daemon: RunningDaemon, access_log: _Lines) -> None:
+def test_metrics_and_the_access_log_name_the_dialect(fake_daemon: RunningDaemon, records: LogRecords) -> None:
     calls = [
         ("/v1/chat/completions", {"model": "tiny", "messages": HI, "max_tokens": 2}, "openai"),
         ("/v1/responses", {"model": "tiny", "input": "hi", "max_output_tokens": 2}, "openai"),
@@ -64,10 +47,9 @@ def test_metrics_and_the_access_log_name_the_dialect(fake_daemon: RunningDaemon,
     for path, _, dialect in calls:
         assert f'mlxd_requests_total{{dialect="{dialect}",route="{path}",status="200"}}' in metrics
     assert 'mlxd_requests_total{dialect="ollama",route="/api/chat",status="404"}' in metrics
+    lines = [r.getMessage() for r in records.records if r.name == "mlxd.access"]
     for path, _, dialect in calls:
-        assert any(
-            line.startswith(f"POST {path} 200 ") and line.endswith(f" {dialect}") for line in access_log.lines
-        )
+        assert any(line.startswith(f"POST {path} 200 ") and line.endswith(f" {dialect}") for line in lines)
 
 
 def test_a_second_listener_serves_the_same_app(tmp_path: Path) -> None:

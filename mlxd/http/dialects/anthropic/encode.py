@@ -10,7 +10,6 @@ after the start is one ``error`` event.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -18,6 +17,7 @@ import msgspec
 
 from mlxd.errors import GenerationError
 from mlxd.http.dialects import Dialect
+from mlxd.http.dialects.calls import arguments_object
 from mlxd.http.errors import error_document
 from mlxd.http.ids import new_id
 from mlxd.output.collect import ChoiceOutput
@@ -59,14 +59,6 @@ def wire_usage(usage: Usage) -> dict[str, int]:
     }
 
 
-def _arguments(text: str) -> Any:
-    try:
-        value = json.loads(text or "{}")
-    except ValueError:
-        return {}
-    return value if isinstance(value, dict) else {}
-
-
 def event(name: str, body: Any) -> bytes:
     """One SSE event: its name and its JSON."""
     return b"event: " + name.encode() + b"\ndata: " + _encode(body) + b"\n\n"
@@ -97,7 +89,7 @@ class MessageEncoder:
                     "type": "tool_use",
                     "id": tool_id(call.id),
                     "name": call.name,
-                    "input": _arguments(call.arguments),
+                    "input": arguments_object(call.arguments),
                 }
             )
         return {

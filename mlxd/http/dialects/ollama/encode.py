@@ -9,7 +9,6 @@ one ``{"error": …}`` line.
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
@@ -17,6 +16,7 @@ from typing import Any
 
 import msgspec
 
+from mlxd.http.dialects.calls import arguments_object
 from mlxd.output.collect import ChoiceOutput
 from mlxd.output.events import (
     Event,
@@ -37,16 +37,8 @@ def now_iso() -> str:
     return datetime.now(UTC).isoformat().replace("+00:00", "Z")
 
 
-def _arguments(text: str) -> Any:
-    try:
-        value = json.loads(text or "{}")
-    except ValueError:
-        return {}
-    return value if isinstance(value, dict) else {}
-
-
 def _call(name: str, arguments: str) -> dict[str, Any]:
-    return {"function": {"name": name, "arguments": _arguments(arguments)}}
+    return {"function": {"name": name, "arguments": arguments_object(arguments)}}
 
 
 class OllamaEncoder:

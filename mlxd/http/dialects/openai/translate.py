@@ -12,7 +12,7 @@ from typing import Any
 from mlxd.config.schema import MlxdConfig
 from mlxd.errors import RequestError
 from mlxd.http.dialects.openai.logprobs import LogprobShape
-from mlxd.http.translate import CommonRequest, past_call, resolve
+from mlxd.http.translate import CommonRequest, past_calls, resolve
 from mlxd.output.parser import OutputSpec
 from mlxd.protocol.requests import AnyRequest, ChatCompletionRequest, ChatMessage, CompletionRequest
 from mlxd.runtime.engine import GenerationRequest
@@ -68,14 +68,7 @@ def _message(message: ChatMessage, i: int) -> dict[str, Any]:
     if message.tool_call_id:
         entry["tool_call_id"] = message.tool_call_id
     if message.tool_calls:
-        param = f"messages[{i}].tool_calls"
-        calls = []
-        for call in message.tool_calls:
-            function = call.get("function") if isinstance(call, dict) else None
-            if not isinstance(function, dict):
-                raise RequestError("each tool call needs a function with a name", param=param)
-            calls.append(past_call(call.get("id"), function.get("name"), function.get("arguments"), param))
-        entry["tool_calls"] = calls
+        entry["tool_calls"] = past_calls(message.tool_calls, f"messages[{i}].tool_calls")
     return entry
 
 
