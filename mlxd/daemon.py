@@ -104,6 +104,8 @@ class Daemon:
             port=server.port,
             request_timeout=server.request_timeout,
             drain_timeout=server.drain_timeout,
+            # Apps hard-wired to Ollama's port get the same app on loopback.
+            extra=(("127.0.0.1", server.ollama_port),) if server.ollama_port else (),
         )
         handlers = signal_handlers(self._loop, self.request_stop, self._on_sighup)
         with handlers if signals else contextlib.nullcontext():

@@ -1,4 +1,5 @@
-"""The HTTP server under the daemon: uvicorn, a header deadline, draining and signals.
+"""The HTTP server under the daemon: uvicorn, a header deadline, draining and signals, and
+the optional second listener (``[server] ollama_port``) for the same app.
 
 The daemon decides when to stop (it drains first), so uvicorn's own signal handling is
 off; the daemon installs its handlers with ``signal_handlers``.
@@ -8,7 +9,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import signal
+import socket
+import sys
 import time
 from collections.abc import Callable, Iterator
 
@@ -17,6 +21,8 @@ import uvicorn
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from mlxd.http.guards import ASGIApp
+
+log = logging.getLogger("mlxd")
 
 
 def header_deadline_protocol(seconds: float) -> type[H11Protocol]:
@@ -64,18 +70,53 @@ def header_deadline_protocol(seconds: float) -> type[H11Protocol]:
 
 
 class _Uvicorn(uvicorn.Server):
-    """uvicorn without its own signal handling: the daemon drains first, then stops it."""
+    """uvicorn without its own signal handling (the daemon drains first, then stops it), and
+    with more listening addresses for the same app if asked.
+
+    Extra listeners share everything with the main one: the app and its guards, the
+    connection bookkeeping, graceful shutdown. Only the socket differs.
+    """
+
+    extra: tuple[tuple[str, int], ...] = ()
 
     @contextlib.contextmanager
     def capture_signals(self) -> Iterator[None]:
         yield
+
+    async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+        await super().startup(sockets)
+        loop = asyncio.get_running_loop()
+        config = self.config
+
+        def protocol() -> asyncio.Protocol:
+            return config.http_protocol_class(  # type: ignore[call-arg]
+                config=config, server_state=self.server_state, app_state=self.lifespan.state, _loop=loop
+            )
+
+        for host, port in self.extra:
+            try:
+                server = await loop.create_server(protocol, host=host, port=port, backlog=config.backlog)
+            except OSError as exc:
+                log.error("could not listen on %s:%d as well: %s", host, port, exc)
+                for started in self.servers:
+                    started.close()
+                sys.exit(1)  # as uvicorn itself does when the main address is taken
+            self.servers.append(server)
+            log.info("also listening on http://%s:%d", host, port)
 
 
 class HttpServer:
     """uvicorn serving one ASGI app on one address until ``exit``."""
 
     def __init__(
-        self, app: ASGIApp, *, host: str, port: int, request_timeout: float, drain_timeout: float
+        self,
+        app: ASGIApp,
+        *,
+        host: str,
+        port: int,
+        request_timeout: float,
+        drain_timeout: float,
+        extra: tuple[tuple[str, int], ...] = (),
     ) -> None:
         config = uvicorn.Config(
             app,
@@ -93,6 +134,7 @@ class HttpServer:
             http=header_deadline_protocol(request_timeout),
         )
         self._server = _Uvicorn(config)
+        self._server.extra = extra
 
     async def serve(self, ready: asyncio.Event | None = None) -> None:
         """Serve until ``exit``; ``ready`` is set once the socket listens (or serving failed)."""
@@ -110,10 +152,13 @@ class HttpServer:
     @property
     def bound_port(self) -> int | None:
         """The port actually bound (useful with port 0)."""
-        for server in self._server.servers:
-            for sock in server.sockets:
-                return int(sock.getsockname()[1])
-        return None
+        ports = self.bound_ports
+        return ports[0] if ports else None
+
+    @property
+    def bound_ports(self) -> list[int]:
+        """Every port listened on: the main one first, then the extra ones."""
+        return [int(sock.getsockname()[1]) for server in self._server.servers for sock in server.sockets]
 
 
 async def drain(in_flight: Callable[[], int], timeout: float) -> None:

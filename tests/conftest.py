@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import socket
 import ssl
 import threading
@@ -220,6 +221,32 @@ def fake_daemon(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningDae
     engine = fake_engine(config, root, token_delay=0.001, context_length=32768)
     with serving(root, config, engine) as running:
         yield running
+
+
+class LogRecords(logging.Handler):
+    """Every record of the ``mlxd`` loggers while a test runs (the daemon's threads included)."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.DEBUG)
+        self.records: list[logging.LogRecord] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.records.append(record)
+
+
+@pytest.fixture
+def records() -> Iterator[LogRecords]:
+    """The ``mlxd`` log records written during the test (INFO and above)."""
+    handler = LogRecords()
+    logger = logging.getLogger("mlxd")
+    level = logger.level
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    try:
+        yield handler
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(level)
 
 
 def eventually(check: Callable[[], bool], seconds: float = 3.0) -> bool:

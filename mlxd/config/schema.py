@@ -97,6 +97,24 @@ class ServerConfig(_Section):
             " in its own chunk."
         ),
     )
+    ollama_port: int | None = Field(
+        default=None,
+        ge=1,
+        le=65535,
+        description=(
+            "A second loopback listener for apps hard-wired to Ollama's port (11434): the same"
+            " app, routes and guards. Off unless set."
+        ),
+    )
+    responses_store_size: int = Field(
+        default=256,
+        ge=0,
+        le=100_000,
+        description=(
+            "Responses kept in memory for GET /v1/responses/{id} and previous_response_id"
+            " (least recently used first out); 0 keeps none."
+        ),
+    )
     log_prompts: bool = Field(
         default=False, description="Write prompts and outputs to the log. Off by default."
     )

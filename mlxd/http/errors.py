@@ -100,6 +100,25 @@ class MethodNotAllowed(MlxdError):
     code = "method_not_allowed"
 
 
+class Refused(MlxdError):
+    """A route that exists in a dialect but that mlxd refuses on purpose (a request never
+    downloads, creates or deletes a model)."""
+
+    code = "not_allowed"
+
+
+class UnknownId(MlxdError):
+    """An id that names nothing stored (a forgotten or deleted response)."""
+
+    code = "not_found"
+
+
+class NotAvailable(MlxdError):
+    """A route of a dialect that mlxd does not serve yet."""
+
+    code = "not_implemented"
+
+
 #: The code of a framework refusal that only has a status.
 _STATUS_CODES = {400: "invalid_parameter", 413: "request_too_large", 415: "unsupported_media_type"}
 
@@ -150,6 +169,9 @@ ERRORS: dict[type[MlxdError], Rule] = {
     BodyTimeout: Rule(408),
     RouteNotFound: Rule(404),
     MethodNotAllowed: Rule(405),
+    Refused: Rule(403),
+    UnknownId: Rule(404),
+    NotAvailable: Rule(501),
 }
 
 #: Seconds a client should wait before retrying a 429 or 503 that does not say.

@@ -23,6 +23,16 @@ ROUTES = frozenset(
         "/mlxd/status",
         "/mlxd/reload",
         "/metrics",
+        "/v1/responses",
+        "/v1/messages",
+        "/v1/messages/count_tokens",
+        "/api/chat",
+        "/api/generate",
+        "/api/tags",
+        "/api/show",
+        "/api/ps",
+        "/api/version",
+        "/",
     }
 )
 
@@ -33,6 +43,8 @@ def route_label(path: str) -> str:
         return path
     if path.startswith("/v1/models/"):
         return "/v1/models/{id}"
+    if path.startswith("/v1/responses/"):
+        return "/v1/responses/{id}"
     if path.startswith("/mlxd/models/") and path.endswith(("/load", "/unload")):
         return "/mlxd/models/{alias}/" + path.rsplit("/", 1)[1]
     return "other"
@@ -114,12 +126,15 @@ class Metrics:
     def __init__(self, state: DaemonState) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
         self.requests = Counter(
-            "mlxd_requests", "HTTP requests by route and status.", ["route", "status"], registry=self.registry
+            "mlxd_requests",
+            "HTTP requests by API dialect, route and status.",
+            ["dialect", "route", "status"],
+            registry=self.registry,
         )
         self.latency = Histogram(
             "mlxd_request_duration_seconds",
             "End-to-end request time.",
-            ["route"],
+            ["dialect", "route"],
             buckets=_LATENCY_BUCKETS,
             registry=self.registry,
         )
@@ -149,11 +164,11 @@ class Metrics:
         """A meter for one generation request."""
         return Meter(self, alias)
 
-    def observe(self, path: str, status: int, seconds: float) -> None:
+    def observe(self, dialect: str, path: str, status: int, seconds: float) -> None:
         """Count one finished HTTP request."""
         route = route_label(path)
-        self.requests.labels(route, str(status)).inc()
-        self.latency.labels(route).observe(seconds)
+        self.requests.labels(dialect, route, str(status)).inc()
+        self.latency.labels(dialect, route).observe(seconds)
 
     def render(self) -> bytes:
         """The Prometheus text exposition."""

@@ -1,4 +1,5 @@
-"""The outermost ASGI layer: request ids, one access-log line per request, HTTP metrics."""
+"""The outermost ASGI layer: request ids, one access-log line per request, HTTP metrics (each
+labelled with the API dialect its path belongs to)."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ import logging
 import re
 import time
 
+from mlxd.http.dialects import dialect_for
 from mlxd.http.guards import ASGIApp, Message, Receive, Scope, Send
 from mlxd.http.ids import new_id
 from mlxd.http.metrics import Metrics
@@ -44,6 +46,7 @@ class Observe:
             await self.app(scope, receive, sending)
         finally:
             elapsed = time.perf_counter() - started
-            self.metrics.observe(scope["path"], status, elapsed)
-            log.info("%s %s %d %.3fs", scope["method"], scope["path"], status, elapsed)
+            dialect = dialect_for(scope["path"]).value
+            self.metrics.observe(dialect, scope["path"], status, elapsed)
+            log.info("%s %s %d %.3fs %s", scope["method"], scope["path"], status, elapsed, dialect)
             REQUEST_ID.reset(token)

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from mlxd.config.schema import MlxdConfig
+from mlxd.http.dialects.openai.responses_store import ResponseStore
 from mlxd.runtime.engine import Engine
 
 
@@ -42,3 +43,5 @@ class DaemonState:
     started_at: float = field(default_factory=time.time)
     draining: bool = False
     metrics: Any = None
+    #: Stored Responses (``previous_response_id``, ``GET /v1/responses/{id}``).
+    responses: ResponseStore = field(default_factory=ResponseStore)

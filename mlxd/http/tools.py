@@ -7,16 +7,25 @@ forced call then admits exactly one call of one of the forced tools.
 from __future__ import annotations
 
 import re
-from typing import Any
+from typing import Any, Protocol
 
 from mlxd.errors import RequestError
-from mlxd.protocol.requests import ChatCompletionRequest
 
 MAX_TOOLS = 128
 TOOL_NAME = re.compile(r"[A-Za-z0-9_.\-]{1,64}")
 
 #: Validated OpenAI-style tool definitions, ``{"type": "function", "function": {...}}``.
 Tools = tuple[dict[str, Any], ...]
+
+
+class ToolRequest(Protocol):
+    """What ``tool_choice`` reads of a request, in any dialect (OpenAI-style values)."""
+
+    @property
+    def tools(self) -> list[dict[str, Any]] | None: ...
+
+    @property
+    def tool_choice(self) -> str | dict[str, Any] | None: ...
 
 
 def valid_tools(tools: list[dict[str, Any]]) -> Tools:
@@ -71,7 +80,7 @@ def _allowed_names(choice: dict[str, Any]) -> tuple[str, list[str]]:
     return mode, names
 
 
-def tool_choice(request: ChatCompletionRequest) -> tuple[Tools | None, Tools | None]:
+def tool_choice(request: ToolRequest) -> tuple[Tools | None, Tools | None]:
     """(the tools the chat template shows, the tools one of which must be called).
 
     ``none`` shows no tools; ``auto`` shows them all; ``required`` or a named function

@@ -1,23 +1,28 @@
-"""Turn an OpenAI request plus the config into a ``GenerationRequest``.
+"""The dialect-neutral request core: what every API's request comes down to, resolved
+against the config into a ``GenerationRequest``.
 
-Precedence of generation parameters: request field > alias ``defaults`` >
-``[defaults]`` > built-in. Known OpenAI fields mlxd does not honour yet are a 400
-naming the field, never a silent no-op.
+Each dialect's translator maps its own fields onto one ``CommonRequest`` and calls
+``resolve``, so alias resolution (the default alias, ``adapters``), limits and caps, the
+precedence of defaults (request field > alias ``defaults`` > ``[defaults]`` >
+built-in), stop strings, tools and ``tool_choice``, structured output, the
+``max_tokens`` ceiling and ``keep_alive`` are decided here once for all of them. Errors
+name the field the way the request's own dialect spells it (``CommonRequest.names``).
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
-from dataclasses import dataclass
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
-from mlxd.config.schema import CHAT_TEMPLATE_KWARGS, GenerationDefaults, MlxdConfig, ModelConfig
+from mlxd.config.schema import CHAT_TEMPLATE_KWARGS, GenerationDefaults, MlxdConfig
 from mlxd.errors import ModelNotFoundError, RequestError
-from mlxd.http.dialects.openai.logprobs import LogprobShape
 from mlxd.http.ids import new_id
 from mlxd.http.tools import Tools, tool_choice
 from mlxd.output.tool_calls import tool_call_schema
-from mlxd.protocol.requests import AnyRequest, ChatCompletionRequest, CompletionRequest
+from mlxd.protocol.requests import ResponseFormat
 from mlxd.runtime.engine import (
     ChatPrompt,
     Constraint,
@@ -28,16 +33,51 @@ from mlxd.runtime.engine import (
 )
 from mlxd.runtime.from_config import keep_alive_for, spec_for
 
-_ROLES = frozenset({"system", "developer", "user", "assistant", "tool"})
+_ROLES = frozenset({"system", "user", "assistant", "tool"})
 
 
-@dataclass(frozen=True, slots=True)
-class Shape:
-    """What the response side needs besides the ``GenerationRequest``: the logprobs shape
-    (OpenAI chat, the seed's, or legacy completions) and the echoed prompt."""
+@dataclass(frozen=True, slots=True, kw_only=True)
+class CommonRequest:
+    """One generation request in no dialect's terms: what each translator fills in.
 
-    logprobs: LogprobShape | None
-    echo: str = ""
+    ``messages`` are OpenAI-style dicts (``role``, ``content`` text, ``tool_calls`` with
+    object arguments, ``tool_call_id``, ``name``) for the chat template; ``prompt`` is raw
+    text or token ids instead. ``None`` means the request did not say.
+    """
+
+    model: str | None = None
+    adapters: str | None = None
+    messages: tuple[Mapping[str, Any], ...] | None = None
+    prompt: str | tuple[int, ...] | None = None
+    role_mapping: Mapping[str, str] | None = None
+    chat_template_kwargs: Mapping[str, Any] | None = None
+    max_tokens: int | None = None
+    n: int | None = None
+    stop: str | Sequence[str] | None = None
+    temperature: float | None = None
+    top_p: float | None = None
+    top_k: int | None = None
+    min_p: float | None = None
+    repetition_penalty: float | None = None
+    repetition_context_size: int | None = None
+    presence_penalty: float | None = None
+    frequency_penalty: float | None = None
+    logit_bias: Mapping[int, float] | None = None
+    seed: int | None = None
+    #: Top alternatives per token (``None``: no logprobs).
+    logprobs: int | None = None
+    #: OpenAI-style function tools and ``tool_choice`` (``none``, ``auto``, ``required``,
+    #: a named function or ``allowed_tools``).
+    tools: list[dict[str, Any]] | None = None
+    tool_choice: str | dict[str, Any] | None = None
+    parallel_tool_calls: bool | None = None
+    response_format: ResponseFormat | None = None
+    stream: bool = False
+    #: Seconds the model stays loaded after this request (the alias's keep_alive otherwise).
+    keep_alive: float | None = None
+    #: The dialect's name of each neutral field, for error messages (``max_tokens`` is
+    #: ``max_output_tokens`` in Responses, ``num_predict`` in Ollama).
+    names: Mapping[str, str] = field(default_factory=dict)
 
 
 class _PerConfig:
@@ -89,76 +129,49 @@ def _adapter_alias(config: MlxdConfig, alias: str, adapters: str) -> str:
     )
 
 
-def _unsupported(request: AnyRequest) -> None:
-    def reject(param: str, what: str) -> None:
-        raise RequestError(f"{what} is not supported yet", param=param, code="unsupported_parameter")
-
-    if isinstance(request, ChatCompletionRequest):
-        if request.functions:
-            reject("functions", "functions")
-        if request.function_call not in (None, "none"):
-            reject("function_call", "function_call")
-    else:
-        if request.best_of not in (None, 1):
-            reject("best_of", "best_of > 1")
-        if request.suffix:
-            reject("suffix", "suffix")
-        if request.echo and request.logprobs is not None:
-            reject("echo", "echo together with logprobs")
-
-
-def _messages(request: ChatCompletionRequest, max_messages: int) -> tuple[dict[str, Any], ...]:
-    if not request.messages:
+def _messages(request: CommonRequest, max_messages: int) -> tuple[Mapping[str, Any], ...]:
+    messages = request.messages or ()
+    if not messages:
         raise RequestError("messages must not be empty", param="messages")
-    if len(request.messages) > max_messages:
+    if len(messages) > max_messages:
         raise RequestError(f"at most {max_messages} messages are accepted", param="messages")
-    out = []
-    for i, message in enumerate(request.messages):
-        if message.role not in _ROLES:
-            raise RequestError(f"unknown role {message.role!r}", param=f"messages[{i}].role")
-        content = message.content
-        if isinstance(content, list):
-            texts = []
-            for j, part in enumerate(content):
-                if part.type != "text" or part.text is None:
-                    raise RequestError(
-                        f"content parts of type {part.type!r} are not supported by text models",
-                        param=f"messages[{i}].content[{j}]",
-                    )
-                texts.append(part.text)
-            content = "".join(texts)
-        entry: dict[str, Any] = {
-            "role": "system" if message.role == "developer" else message.role,
-            "content": content or "",
-        }
-        if message.name:
-            entry["name"] = message.name
-        if message.tool_call_id:
-            entry["tool_call_id"] = message.tool_call_id
-        if message.tool_calls:
-            entry["tool_calls"] = _past_calls(message.tool_calls, f"messages[{i}].tool_calls")
-        out.append(entry)
-    return tuple(out)
+    for i, message in enumerate(messages):
+        if message.get("role") not in _ROLES:
+            raise RequestError(f"unknown role {message.get('role')!r}", param=f"messages[{i}].role")
+    return messages
 
 
-def _past_calls(calls: list[dict[str, Any]], param: str) -> list[dict[str, Any]]:
-    """An assistant message's earlier tool calls, with arguments as objects for the template."""
+def past_call(call_id: str | None, name: Any, arguments: Any, param: str) -> dict[str, Any]:
+    """An earlier tool call of the assistant, as the chat template takes it (arguments as
+    an object, whether the dialect sent them as JSON text or as an object)."""
+    if not isinstance(name, str) or not name:
+        raise RequestError("each tool call needs a function name", param=param)
+    if isinstance(arguments, str):
+        try:
+            arguments = json.loads(arguments or "{}")
+        except ValueError:
+            raise RequestError("tool call arguments must be JSON", param=param) from None
+    if arguments is None:
+        arguments = {}
+    call: dict[str, Any] = {"type": "function", "function": {"name": name, "arguments": arguments}}
+    if call_id:
+        call["id"] = call_id
+    return call
+
+
+def past_calls(calls: list[dict[str, Any]], param: str) -> list[dict[str, Any]]:
+    """A message's earlier calls in OpenAI's shape (``{"id"?, "function": {"name", "arguments"}}``,
+    which Ollama's messages share), as the chat template takes them."""
     out = []
     for call in calls:
         function = call.get("function") if isinstance(call, dict) else None
-        if not isinstance(function, dict) or not isinstance(function.get("name"), str):
+        if not isinstance(function, dict):
             raise RequestError("each tool call needs a function with a name", param=param)
-        arguments = function.get("arguments", "{}")
-        if isinstance(arguments, str):
-            try:
-                arguments = json.loads(arguments or "{}")
-            except ValueError:
-                raise RequestError("tool call arguments must be JSON", param=param) from None
-        out.append({**call, "function": {"name": function["name"], "arguments": arguments}})
+        out.append(past_call(call.get("id"), function.get("name"), function.get("arguments"), param))
     return out
 
 
-def _constraint(request: AnyRequest, forced: Tools | None) -> Constraint | None:
+def _constraint(request: CommonRequest, forced: Tools | None) -> Constraint | None:
     """Structured output the request asks for: a JSON object or schema, or a forced tool call.
 
     A forced call's grammar admits exactly one call, so it honours ``parallel_tool_calls:
@@ -183,7 +196,7 @@ def _constraint(request: AnyRequest, forced: Tools | None) -> Constraint | None:
     raise RequestError(f"response_format {format_.type!r} is not supported", param="response_format")
 
 
-def _stop(request: AnyRequest, config: MlxdConfig, default: tuple[str, ...]) -> tuple[str, ...]:
+def _stop(request: CommonRequest, config: MlxdConfig, default: tuple[str, ...]) -> tuple[str, ...]:
     if request.stop is None:
         return default
     stops = (request.stop,) if isinstance(request.stop, str) else tuple(request.stop)
@@ -200,76 +213,74 @@ def _stop(request: AnyRequest, config: MlxdConfig, default: tuple[str, ...]) -> 
     return stops
 
 
-def _logprobs(request: AnyRequest) -> tuple[int | None, LogprobShape | None]:
-    """(top alternatives to compute, response shape)."""
-    if isinstance(request, CompletionRequest):
-        return (request.logprobs, "legacy") if request.logprobs is not None else (None, None)
-    lp, top = request.logprobs, request.top_logprobs
-    if lp is True:
-        return top or 0, "openai"
-    if lp is None or lp is False:
-        if top:
-            raise RequestError("top_logprobs requires logprobs: true", param="top_logprobs")
-        return None, None
-    return int(lp), "seed"
-
-
 def _prompt(
-    request: AnyRequest, config: MlxdConfig, model: ModelConfig, tools: Tools | None
+    request: CommonRequest, config: MlxdConfig, alias: str, tools: Tools | None
 ) -> ChatPrompt | TextPrompt:
-    if isinstance(request, ChatCompletionRequest):
-        kwargs = dict(model.chat_template_kwargs)
-        for key, value in (request.chat_template_kwargs or {}).items():
-            if key not in CHAT_TEMPLATE_KWARGS:
-                raise RequestError(
-                    f"chat_template_kwargs may only set {', '.join(sorted(CHAT_TEMPLATE_KWARGS))}",
-                    param="chat_template_kwargs",
-                )
-            kwargs[key] = value
-        return ChatPrompt(_messages(request, config.limits.max_messages), request.role_mapping, kwargs, tools)
-    prompt = request.prompt
-    if isinstance(prompt, str):
-        if not prompt:
+    if request.messages is None and request.prompt is not None:
+        if not request.prompt:
             raise RequestError("prompt must not be empty", param="prompt")
-        return TextPrompt(text=prompt)
-    if not prompt:
-        raise RequestError("prompt must not be empty", param="prompt")
-    if all(isinstance(p, int) for p in prompt):
-        return TextPrompt(tokens=tuple(int(p) for p in prompt))
-    if len(prompt) != 1 or not isinstance(prompt[0], str) or not prompt[0]:
-        raise RequestError(
-            "send one non-empty prompt per request (prompt lists are not supported)", param="prompt"
-        )
-    return TextPrompt(text=str(prompt[0]))
+        if isinstance(request.prompt, str):
+            return TextPrompt(text=request.prompt)
+        return TextPrompt(tokens=request.prompt)
+    kwargs = dict(config.models[alias].chat_template_kwargs)
+    for key, value in (request.chat_template_kwargs or {}).items():
+        if key not in CHAT_TEMPLATE_KWARGS:
+            raise RequestError(
+                f"chat_template_kwargs may only set {', '.join(sorted(CHAT_TEMPLATE_KWARGS))}",
+                param="chat_template_kwargs",
+            )
+        kwargs[key] = value
+    messages = _messages(request, config.limits.max_messages)
+    return ChatPrompt(messages, request.role_mapping, kwargs, tools)
 
 
-def translate(request: AnyRequest, config: MlxdConfig) -> tuple[GenerationRequest, Shape]:
-    """Validate a request against the config and resolve every parameter."""
-    _unsupported(request)
+def resolve(request: CommonRequest, config: MlxdConfig) -> GenerationRequest:
+    """Validate a request against the config and resolve every parameter.
+
+    Returns the ``GenerationRequest`` for the engine (its output parser on the worker
+    enforces the stop strings, the tools and the tool-call limit). Raises the 400/404 the request deserves, its ``param`` in the request's dialect.
+    """
+    with dialect_names(request.names):
+        return _resolve(request, config)
+
+
+@contextlib.contextmanager
+def dialect_names(names: Mapping[str, str]) -> Iterator[None]:
+    """Errors raised inside name the field as the dialect spells it: the rules (here and in
+    the engine's admission) speak of ``max_tokens`` or ``messages``, the client of
+    ``num_predict`` or ``input``."""
+    try:
+        yield
+    except RequestError as exc:
+        if exc.param and names:
+            head = exc.param.split("[", 1)[0].split(".", 1)[0]
+            if head in names:
+                exc.param = names[head] + exc.param[len(head) :]
+                exc.message = exc.message.replace(head, names[head], 1)
+        raise
+
+
+def _resolve(request: CommonRequest, config: MlxdConfig) -> GenerationRequest:
     alias = resolve_alias(config, request.model)
     if request.adapters is not None:
         alias = _adapter_alias(config, alias, request.adapters)
     model = config.models[alias]
     spec, defaults = _alias_view(config, alias)
-    if request.logit_bias and len(request.logit_bias) > config.limits.max_logit_bias:
-        raise RequestError(f"at most {config.limits.max_logit_bias} logit_bias entries", param="logit_bias")
-    requested = getattr(request, "max_completion_tokens", None) or request.max_tokens
-    if requested is not None and requested > config.limits.max_tokens:
-        raise RequestError(f"max_tokens must be at most {config.limits.max_tokens}", param="max_tokens")
+    limits = config.limits
+    if request.logit_bias and len(request.logit_bias) > limits.max_logit_bias:
+        raise RequestError(f"at most {limits.max_logit_bias} logit_bias entries", param="logit_bias")
+    requested = request.max_tokens
+    if requested is not None and requested > limits.max_tokens:
+        raise RequestError(f"max_tokens must be at most {limits.max_tokens}", param="max_tokens")
     # The alias's max_tokens_limit is a server-side cap: it trims, whatever the request says.
-    ceiling = min(model.max_tokens_limit or config.limits.max_tokens, config.limits.max_tokens)
+    ceiling = min(model.max_tokens_limit or limits.max_tokens, limits.max_tokens)
     max_tokens = min(requested or defaults.max_tokens or 512, ceiling)
     n = request.n or 1
-    if n > config.limits.max_n:
-        raise RequestError(f"n must be at most {config.limits.max_n}", param="n")
-    top, shape = _logprobs(request)
-    tools, forced = tool_choice(request) if isinstance(request, ChatCompletionRequest) else (None, None)
-    prompt = _prompt(request, config, model, tools)
+    if n > limits.max_n:
+        raise RequestError(f"n must be at most {limits.max_n}", param="n")
+    tools, forced = tool_choice(request) if request.messages is not None else (None, None)
+    prompt = _prompt(request, config, alias, tools)
     constraint = _constraint(request, forced)
-    single_call = isinstance(request, ChatCompletionRequest) and request.parallel_tool_calls is False
-    echo = ""
-    if isinstance(request, CompletionRequest) and request.echo and isinstance(prompt, TextPrompt):
-        echo = prompt.text or ""
 
     def pick(value: Any, default: Any) -> Any:
         return default if value is None else value
@@ -289,7 +300,7 @@ def translate(request: AnyRequest, config: MlxdConfig) -> tuple[GenerationReques
     for token_id, _ in sampling.logit_bias:
         if token_id < 0:
             raise RequestError("logit_bias token ids cannot be negative", param="logit_bias")
-    generation = GenerationRequest(
+    return GenerationRequest(
         request_id=new_id(),
         alias=alias,
         spec=spec,
@@ -297,12 +308,11 @@ def translate(request: AnyRequest, config: MlxdConfig) -> tuple[GenerationReques
         max_tokens=max_tokens,
         sampling=sampling,
         stop=_stop(request, config, defaults.stop or ()),
-        max_tool_calls=1 if single_call else None,
-        logprobs=top,
+        max_tool_calls=1 if request.parallel_tool_calls is False else None,
+        logprobs=request.logprobs,
         max_tokens_explicit=requested is not None and requested <= ceiling,
-        keep_alive=keep_alive_for(config, alias),
+        keep_alive=keep_alive_for(config, alias) if request.keep_alive is None else request.keep_alive,
         n=n,
         constraint=constraint,
         delivery_interval=config.server.stream_interval if request.stream else None,
     )
-    return generation, Shape(shape, echo)

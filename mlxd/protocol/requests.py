@@ -13,9 +13,15 @@ from typing import Annotated, Any, Literal
 
 import msgspec
 
+# The ranges of the sampling fields, shared by every dialect's wire types.
 Probability = Annotated[float, msgspec.Meta(ge=0.0, le=1.0)]
 Penalty = Annotated[float, msgspec.Meta(ge=-2.0, le=2.0)]
 PositiveInt = Annotated[int, msgspec.Meta(ge=1)]
+Temperature = Annotated[float, msgspec.Meta(ge=0.0, le=2.0)]
+TopK = Annotated[int, msgspec.Meta(ge=0)]
+Seed = Annotated[int, msgspec.Meta(ge=-(2**63), le=2**63 - 1)]
+RepetitionPenalty = Annotated[float, msgspec.Meta(gt=0.0, le=10.0)]
+RepetitionContext = Annotated[int, msgspec.Meta(ge=1, le=8192)]
 
 
 class TextPart(msgspec.Struct, forbid_unknown_fields=False):
@@ -58,17 +64,17 @@ class _Sampling(msgspec.Struct, forbid_unknown_fields=False, kw_only=True):
     n: PositiveInt | None = None
     presence_penalty: Penalty | None = None
     response_format: ResponseFormat | None = None
-    seed: Annotated[int, msgspec.Meta(ge=-(2**63), le=2**63 - 1)] | None = None
+    seed: Seed | None = None
     stop: str | list[str] | None = None
     stream: bool = False
     stream_options: StreamOptions | None = None
-    temperature: Annotated[float, msgspec.Meta(ge=0.0, le=2.0)] | None = None
+    temperature: Temperature | None = None
     top_p: Probability | None = None
     user: str | None = None
     # mlx_lm.server's extras
-    repetition_penalty: Annotated[float, msgspec.Meta(gt=0.0, le=10.0)] | None = None
-    repetition_context_size: Annotated[int, msgspec.Meta(ge=1, le=8192)] | None = None
-    top_k: Annotated[int, msgspec.Meta(ge=0)] | None = None
+    repetition_penalty: RepetitionPenalty | None = None
+    repetition_context_size: RepetitionContext | None = None
+    top_k: TopK | None = None
     min_p: Probability | None = None
     adapters: str | None = None
 

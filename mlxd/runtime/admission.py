@@ -149,6 +149,10 @@ class Admission:
         output = OutputSpec(request.stop, offered, request.max_tool_calls)
         return Admitted(tokens, max_tokens, tools, reasoning, grammar, output)
 
+    async def count(self, request: GenerationRequest, model: ModelFacts) -> int:
+        """The prompt's length in tokens (chat template and tools included), unchecked."""
+        return len(await self._off_loop(encode_prompt, model.tokenizer, request.prompt))
+
     async def _off_loop(self, fn: Callable[..., T], *args: Any) -> T:
         # The request's context (its id, for log lines) comes along to the executor.
         context = contextvars.copy_context()

@@ -71,6 +71,16 @@ class EngineCore(Generic[M]):
             raise
         return unit, admitted
 
+    async def count_tokens(self, request: GenerationRequest) -> int:
+        """How many tokens the request's prompt is, by the model's own template (the model
+        loads first if it must; nothing is generated)."""
+        unit = self.residency.acquire(request.alias, request.spec, request.keep_alive)
+        try:
+            model = await self.residency.ready(unit)
+            return await self.admission.count(request, model)
+        finally:
+            self.residency.release(unit)
+
     def streams(self, unit: Unit[M], admitted: Admitted, count: int) -> list[Stream]:
         """One stream per choice; each frees its share of ``unit`` when it ends."""
         end = functools.partial(self.residency.release, unit)

@@ -44,8 +44,11 @@ from mlxd.http.errors import (
     HttpStatusError,
     InvalidApiKey,
     MethodNotAllowed,
+    NotAvailable,
     OriginNotAllowed,
+    Refused,
     RouteNotFound,
+    UnknownId,
     UnsupportedMediaType,
     envelope,
     http_error,
@@ -81,6 +84,9 @@ EXPECTED: dict[type[MlxdError], int] = {
     BodyTimeout: 408,
     RouteNotFound: 404,
     MethodNotAllowed: 405,
+    Refused: 403,
+    UnknownId: 404,
+    NotAvailable: 501,
     HttpStatusError: 500,
 }
 

@@ -20,6 +20,7 @@ from mlx_lm.tool_parsers import json_tools
 from mlxd.http.dialects.openai.chat import ChatEncoder
 from mlxd.http.dialects.openai.completions import CompletionEncoder
 from mlxd.http.dialects.openai.stream import sse
+from mlxd.http.generation import Generation
 from mlxd.http.pipeline import ChoiceRun, collect, usage
 from mlxd.output.parser import ChoiceParser, OutputSpec
 from mlxd.output.reasoning import ReasoningFormat
@@ -137,7 +138,7 @@ def test_one_call_at_most_stops_the_stream_after_it() -> None:
 
 def test_a_failure_mid_stream_is_one_error_event_in_the_envelope() -> None:
     stream = ScriptedStream(["Hello", " wor"], finish="error", error="the worker died")
-    body = asyncio.run(drain(sse([ChoiceRun(0, stream)], ChatEncoder("m", None), True)))
+    body = asyncio.run(drain(sse(Generation("m", [ChoiceRun(0, stream)]), ChatEncoder("m", None), True)))
     events = frames(body)
     assert events[0]["choices"][0]["delta"] == {"role": "assistant", "content": ""}
     assert events[1]["choices"][0]["delta"] == {"content": "Hello"}
@@ -158,7 +159,7 @@ def test_reasoning_text_and_calls_stream_in_the_order_written() -> None:
     stream = ScriptedStream(
         ["plan</think>\n\nok " + call("a", x=1)], tool_format=HERMES, reasoning_format=think
     )
-    body = asyncio.run(drain(sse([ChoiceRun(0, stream)], ChatEncoder("m", None), False)))
+    body = asyncio.run(drain(sse(Generation("m", [ChoiceRun(0, stream)]), ChatEncoder("m", None), False)))
     deltas = [e["choices"][0]["delta"] for e in frames(body)[:-1]]
     assert deltas[1] == {"reasoning_content": "plan"}
     assert deltas[2] == {"content": "ok "}
@@ -172,7 +173,7 @@ def test_reasoning_text_and_calls_stream_in_the_order_written() -> None:
 def test_n_choices_interleave_then_usage_then_done() -> None:
     streams = [ScriptedStream(["a", "b", "c"]), ScriptedStream(["x", "y"], finish="length")]
     runs = [ChoiceRun(i, s) for i, s in enumerate(streams)]
-    events = frames(asyncio.run(drain(sse(runs, CompletionEncoder("m", None), True))))
+    events = frames(asyncio.run(drain(sse(Generation("m", runs), CompletionEncoder("m", None), True))))
     assert events[-1] == "[DONE]"
     assert events[-2]["usage"] == {
         "prompt_tokens": 10,

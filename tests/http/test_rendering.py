@@ -10,6 +10,7 @@ from mlxd.http.dialects.openai.chat import ChatEncoder
 from mlxd.http.dialects.openai.completions import CompletionEncoder
 from mlxd.http.dialects.openai.logprobs import LogprobsRenderer
 from mlxd.http.dialects.openai.stream import sse
+from mlxd.http.generation import Generation
 from mlxd.http.pipeline import ChoiceRun, collect
 from mlxd.output.events import Finish, TextDelta, TokenInfo
 from mlxd.runtime.engine import GenerationEvent
@@ -18,7 +19,7 @@ from tests.http.test_pipeline import ScriptedStream, drain, frames
 
 def test_a_chat_stream_is_role_content_finish_usage_done() -> None:
     stream = ScriptedStream(["Hel", "lo", "!"], finish="length")
-    body = asyncio.run(drain(sse([ChoiceRun(0, stream)], ChatEncoder("tiny", None), True)))
+    body = asyncio.run(drain(sse(Generation("m", [ChoiceRun(0, stream)]), ChatEncoder("tiny", None), True)))
     out = frames(body)
     assert out[0]["choices"][0]["delta"] == {"role": "assistant", "content": ""}
     contents = [f["choices"][0]["delta"].get("content") for f in out[1:-2] if f["choices"]]
@@ -41,7 +42,7 @@ def test_a_chat_stream_is_role_content_finish_usage_done() -> None:
 def test_text_completion_frames_carry_text_and_echo() -> None:
     stream = ScriptedStream(["x", "y"])
     encoder = CompletionEncoder("tiny", None, echo="say: ")
-    out = frames(asyncio.run(drain(sse([ChoiceRun(0, stream)], encoder, False))))
+    out = frames(asyncio.run(drain(sse(Generation("m", [ChoiceRun(0, stream)]), encoder, False))))
     assert out[0]["object"] == "text_completion"
     assert out[0]["choices"][0]["text"] == "say: "
     assert "".join(f["choices"][0]["text"] for f in out[1:-1]) == "xy"

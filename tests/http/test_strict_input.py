@@ -6,14 +6,13 @@ from __future__ import annotations
 import logging
 import socket
 import time
-from collections.abc import Iterator
 from typing import Any
 
 import httpx
 import openai
 import pytest
 
-from tests.conftest import RunningDaemon
+from tests.conftest import LogRecords, RunningDaemon
 from tests.http.test_bad_input import GOOD, assert_envelope, assert_still_serving, post
 
 pytestmark = [pytest.mark.mlx, pytest.mark.server]
@@ -120,37 +119,14 @@ def test_a_missing_field_is_named(daemon: RunningDaemon) -> None:
     assert_still_serving(daemon)
 
 
-class _Records(logging.Handler):
-    def __init__(self) -> None:
-        super().__init__(logging.DEBUG)
-        self.records: list[logging.LogRecord] = []
-
-    def emit(self, record: logging.LogRecord) -> None:
-        self.records.append(record)
-
-
-@pytest.fixture
-def records() -> Iterator[_Records]:
-    handler = _Records()
-    logger = logging.getLogger("mlxd")
-    level = logger.level
-    logger.addHandler(handler)
-    logger.setLevel(logging.INFO)
-    try:
-        yield handler
-    finally:
-        logger.removeHandler(handler)
-        logger.setLevel(level)
-
-
 def _requests(daemon: RunningDaemon, status: str) -> float:
     with daemon.client() as http:
         text = http.get("/metrics").text
-    prefix = 'mlxd_requests_total{route="/v1/completions",status="' + status + '"}'
+    prefix = 'mlxd_requests_total{dialect="openai",route="/v1/completions",status="' + status + '"}'
     return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines() if line.startswith(prefix))
 
 
-def test_a_client_that_hangs_up_is_a_499_in_one_line(daemon: RunningDaemon, records: _Records) -> None:
+def test_a_client_that_hangs_up_is_a_499_in_one_line(daemon: RunningDaemon, records: LogRecords) -> None:
     before = _requests(daemon, "499")
     port = int(daemon.url.rsplit(":", 1)[1])
     body = httpx.Request(

@@ -15,7 +15,7 @@ import pytest
 from mlxd.config import load_config
 from mlxd.config.schema import MlxdConfig
 from mlxd.errors import ModelNotFoundError, RequestError
-from mlxd.http.translate import translate
+from mlxd.http.dialects.openai.translate import translate
 from mlxd.protocol.requests import ChatCompletionRequest, CompletionRequest
 from mlxd.runtime.engine import ChatPrompt, TextPrompt
 

@@ -8,8 +8,7 @@ from typing import Protocol
 from mlxd.errors import GenerationError
 from mlxd.http.dialects import Dialect
 from mlxd.http.errors import error_document
-from mlxd.http.metrics import Meter
-from mlxd.http.pipeline import ChoiceRun, interleaved, metered, usage
+from mlxd.http.generation import Generation, streamed
 from mlxd.output.events import Event, Finish, Usage
 
 DONE = b"data: [DONE]\n\n"
@@ -30,29 +29,20 @@ def error_event(message: str) -> bytes:
     return b"data: " + error_document(GenerationError(message), Dialect.OPENAI) + b"\n\n"
 
 
-async def sse(
-    runs: Sequence[ChoiceRun], encoder: StreamEncoder, include_usage: bool, meter: Meter | None = None
-) -> AsyncIterator[bytes]:
+async def sse(generation: Generation, encoder: StreamEncoder, include_usage: bool) -> AsyncIterator[bytes]:
     """The body: an opening chunk per choice, their chunks as they come, usage, ``[DONE]``."""
-    try:
-        yield encoder.opening(len(runs))
-        remaining = len(runs)
-        async for index, events in interleaved(runs):
-            if meter is not None:
-                meter.first_token()
-            last = events[-1]
-            if isinstance(last, Finish):
-                if last.reason == "error":
-                    yield encoder.frames(index, events[:-1]) + error_event(last.error or "generation failed")
-                    return
-                remaining -= 1
-            out = encoder.frames(index, events)
-            if not remaining:
-                if include_usage:
-                    out += encoder.usage_frame(usage(runs))
-                out += DONE
-            yield out
-    finally:
-        for run in runs:
-            run.stream.cancel()
-        metered(runs, meter)
+    yield encoder.opening(len(generation.runs))
+    remaining = len(generation.runs)
+    async for index, events in streamed(generation):
+        last = events[-1]
+        if isinstance(last, Finish):
+            if last.reason == "error":
+                yield encoder.frames(index, events[:-1]) + error_event(last.error or "generation failed")
+                return
+            remaining -= 1
+        out = encoder.frames(index, events)
+        if not remaining:
+            if include_usage:
+                out += encoder.usage_frame(generation.usage())
+            out += DONE
+        yield out

@@ -1,0 +1,145 @@
+"""Chat Completions and Completions in: an OpenAI request onto the common request core.
+
+Known OpenAI fields mlxd does not honour yet are a 400 naming the field, never a silent
+no-op; everything else is ``mlxd.http.translate``'s to decide, as for every dialect.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from mlxd.config.schema import MlxdConfig
+from mlxd.errors import RequestError
+from mlxd.http.dialects.openai.logprobs import LogprobShape
+from mlxd.http.translate import CommonRequest, past_calls, resolve
+from mlxd.protocol.requests import AnyRequest, ChatCompletionRequest, ChatMessage, CompletionRequest
+from mlxd.runtime.engine import GenerationRequest
+
+
+@dataclass(frozen=True, slots=True)
+class Shape:
+    """What the response side needs besides the ``GenerationRequest``: the logprobs shape
+    (OpenAI chat, the seed's, or legacy completions) and the echoed prompt."""
+
+    logprobs: LogprobShape | None
+    echo: str = ""
+
+
+def _unsupported(request: AnyRequest) -> None:
+    def reject(param: str, what: str) -> None:
+        raise RequestError(f"{what} is not supported yet", param=param, code="unsupported_parameter")
+
+    if isinstance(request, ChatCompletionRequest):
+        if request.functions:
+            reject("functions", "functions")
+        if request.function_call not in (None, "none"):
+            reject("function_call", "function_call")
+    else:
+        if request.best_of not in (None, 1):
+            reject("best_of", "best_of > 1")
+        if request.suffix:
+            reject("suffix", "suffix")
+        if request.echo and request.logprobs is not None:
+            reject("echo", "echo together with logprobs")
+
+
+def _message(message: ChatMessage, i: int) -> dict[str, Any]:
+    content = message.content
+    if isinstance(content, list):
+        texts = []
+        for j, part in enumerate(content):
+            if part.type != "text" or part.text is None:
+                raise RequestError(
+                    f"content parts of type {part.type!r} are not supported by text models",
+                    param=f"messages[{i}].content[{j}]",
+                )
+            texts.append(part.text)
+        content = "".join(texts)
+    entry: dict[str, Any] = {
+        "role": "system" if message.role == "developer" else message.role,
+        "content": content or "",
+    }
+    if message.name:
+        entry["name"] = message.name
+    if message.tool_call_id:
+        entry["tool_call_id"] = message.tool_call_id
+    if message.tool_calls:
+        entry["tool_calls"] = past_calls(message.tool_calls, f"messages[{i}].tool_calls")
+    return entry
+
+
+def _logprobs(request: AnyRequest) -> tuple[int | None, LogprobShape | None]:
+    """(top alternatives to compute, response shape)."""
+    if isinstance(request, CompletionRequest):
+        return (request.logprobs, "legacy") if request.logprobs is not None else (None, None)
+    lp, top = request.logprobs, request.top_logprobs
+    if lp is True:
+        return top or 0, "openai"
+    if lp is None or lp is False:
+        if top:
+            raise RequestError("top_logprobs requires logprobs: true", param="top_logprobs")
+        return None, None
+    return int(lp), "seed"
+
+
+def _text_prompt(request: CompletionRequest) -> str | tuple[int, ...]:
+    prompt = request.prompt
+    if isinstance(prompt, str):
+        return prompt
+    if not prompt:
+        raise RequestError("prompt must not be empty", param="prompt")
+    if all(isinstance(p, int) for p in prompt):
+        return tuple(int(p) for p in prompt)
+    if len(prompt) != 1 or not isinstance(prompt[0], str) or not prompt[0]:
+        raise RequestError(
+            "send one non-empty prompt per request (prompt lists are not supported)", param="prompt"
+        )
+    return str(prompt[0])
+
+
+def translate(request: AnyRequest, config: MlxdConfig) -> tuple[GenerationRequest, Shape]:
+    """Validate an OpenAI request against the config and resolve every parameter."""
+    _unsupported(request)
+    top, shape = _logprobs(request)
+    common: dict[str, Any] = {}
+    echo = ""
+    if isinstance(request, ChatCompletionRequest):
+        common.update(
+            messages=tuple(_message(m, i) for i, m in enumerate(request.messages)),
+            role_mapping=request.role_mapping,
+            chat_template_kwargs=request.chat_template_kwargs,
+            max_tokens=request.max_completion_tokens or request.max_tokens,
+            tools=request.tools,
+            tool_choice=request.tool_choice,
+            parallel_tool_calls=request.parallel_tool_calls,
+        )
+    else:
+        prompt = _text_prompt(request)
+        common.update(prompt=prompt, max_tokens=request.max_tokens)
+        if request.echo and isinstance(prompt, str):
+            echo = prompt
+    generation = resolve(
+        CommonRequest(
+            model=request.model,
+            adapters=request.adapters,
+            n=request.n,
+            stop=request.stop,
+            temperature=request.temperature,
+            top_p=request.top_p,
+            top_k=request.top_k,
+            min_p=request.min_p,
+            repetition_penalty=request.repetition_penalty,
+            repetition_context_size=request.repetition_context_size,
+            presence_penalty=request.presence_penalty,
+            frequency_penalty=request.frequency_penalty,
+            logit_bias=request.logit_bias,
+            seed=request.seed,
+            logprobs=top,
+            response_format=request.response_format,
+            stream=request.stream,
+            **common,
+        ),
+        config,
+    )
+    return generation, Shape(shape, echo)
