@@ -6,6 +6,7 @@ report keeps whatever the previous file held there (re-check it against new numb
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -145,9 +146,25 @@ def render(info: RunInfo, results: list[ScenarioResult], failures: dict[str, str
     return "\n\n".join(p for p in parts if p) + "\n"
 
 
+#: A section other runs wrote (``python -m bench --gpu``, ``bench.dialects``, a before/after
+#: comparison) sits between ``<!-- NAME:start -->`` and ``<!-- NAME:end -->``.
+_KEPT = re.compile(r"<!-- (?P<name>[a-z0-9-]+):start -->.*?<!-- (?P=name):end -->", re.S)
+
+
+def kept_sections(path: Path) -> list[str]:
+    """The marked sections of an existing report (the analysis aside): a rerun keeps them."""
+    if not path.exists():
+        return []
+    text = path.read_text(encoding="utf-8")
+    return [m.group(0) for m in _KEPT.finditer(text) if m.group("name") != "analysis"]
+
+
 def write(path: Path, info: RunInfo, results: list[ScenarioResult], failures: dict[str, str]) -> None:
-    """Write the report, keeping the analysis of the previous one."""
+    """Write the report, keeping the analysis and the marked sections of the previous one."""
+    kept = kept_sections(path)
     text = render(info, results, failures, read_analysis(path))
+    if kept:
+        text = text.rstrip("\n") + "\n\n" + "\n\n".join(kept) + "\n"
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(text, encoding="utf-8")
 

@@ -42,6 +42,26 @@ def test_a_rerun_keeps_the_written_analysis(tmp_path: Path) -> None:
     assert "Where the time goes: here." in out.read_text(encoding="utf-8")
 
 
+def test_a_rerun_keeps_the_sections_other_runs_wrote(tmp_path: Path) -> None:
+    from bench import report
+    from bench.accelerator import GPU_END, GPU_START
+    from bench.machine import RunInfo
+
+    out = tmp_path / "RESULTS.md"
+    info = RunInfo(command="python -m bench", quick=True)
+    gpu = f"{GPU_START}\n## On a GPU\nmeasured there\n{GPU_END}"
+    dialects = "<!-- dialects:start -->\n## Dialects\nall within 3%\n<!-- dialects:end -->"
+    out.write_text(
+        report.render(info, [], {}, "kept") + "\n" + dialects + "\n\n" + gpu + "\n", encoding="utf-8"
+    )
+    report.write(out, info, [], {})
+    text = out.read_text(encoding="utf-8")
+    assert text.count(GPU_START) == 1
+    assert "measured there" in text
+    assert "all within 3%" in text
+    assert text.count("<!-- analysis:start -->") == 1
+
+
 def test_percentiles_interpolate() -> None:
     from bench.stats import median, percentile
 
