@@ -115,6 +115,8 @@ def load_config(path: Path | None, overrides: Mapping[str, Any] | None = None) -
     base = path.parent.resolve() if path is not None else Path.cwd()
     for model in config.models.values():
         model.bind(base)
+    if config.distributed is not None:
+        config.distributed.bind(base)
     if problems := _missing_directories(config, layers):
         raise _invalid(path, problems)
     return config

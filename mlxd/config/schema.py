@@ -24,6 +24,7 @@ from pydantic import (
 )
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
+from mlxd.config.distributed import DistributedConfig, Parallel
 from mlxd.config.sources import FileSettingsSource, TypedEnvSource
 from mlxd.config.units import parse_size
 from mlxd.config.values import Duration, MemoryBudget, Size, Strings, is_loopback
@@ -267,6 +268,11 @@ class ModelConfig(_Section):
     defaults: GenerationDefaults = Field(
         default_factory=GenerationDefaults, description="Request defaults for this alias."
     )
+    parallel: Parallel = Field(
+        default="tensor",
+        description="With [distributed]: split the model's layers over the ranks (tensor) or give each "
+        "rank a run of whole layers (pipeline; only for families mlx-lm can pipeline).",
+    )
 
     _base_dir: Path | None = PrivateAttr(default=None)
 
@@ -375,6 +381,10 @@ class MlxdConfig(BaseSettings):
     models: dict[str, ModelConfig] = Field(
         default_factory=dict, description="Aliases requests can name in 'model'."
     )
+    distributed: DistributedConfig | None = Field(
+        default=None,
+        description="Several processes or Macs serving every alias with MLX's distributed runtime.",
+    )
 
     @classmethod
     def settings_customise_sources(
@@ -403,6 +413,19 @@ class MlxdConfig(BaseSettings):
         if len(defaults) > 1:
             raise ValueError(f"only one alias may set default = true (found {', '.join(defaults)})")
         return value
+
+    @model_validator(mode="after")
+    def _distributable(self) -> MlxdConfig:
+        """What several ranks cannot serve is refused up front, naming the alias."""
+        if self.distributed is None:
+            return self
+        for alias, model in self.models.items():
+            if model.adapter is not None:
+                raise ValueError(
+                    f"models.{alias}.adapter: LoRA adapters are not served across several ranks"
+                    " (remove [distributed] or the adapter)"
+                )
+        return self
 
     def default_alias(self) -> str | None:
         """The alias served when a request names no model: the marked one, else the only one."""

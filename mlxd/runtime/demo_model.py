@@ -1,8 +1,9 @@
 """Build tiny random-weight models locally: for tests, ``mlxd serve --demo`` and the benchmark.
 
 Nothing can be downloaded here, so one builder writes a real mlx-lm model directory: a
-``llama`` architecture from ``mlx_lm.models`` with seeded random weights and a real
-byte-level BPE tokenizer (``demo_tokenizer``) trained on a short English text. The output is
+``llama`` architecture from ``mlx_lm.models`` (or ``ministral3``, a family mlx-lm can
+split as a pipeline over several ranks) with seeded random weights and a real byte-level
+BPE tokenizer (``demo_tokenizer``) trained on a short English text. The output is
 bit-identical for a given seed, so it doubles as a cache key (``DEMO_VERSION``).
 
 Random weights make gibberish. Two deliberate properties help tests: the output rows of
@@ -22,7 +23,7 @@ import shutil
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from mlxd.runtime.demo_tokenizer import (
     END_OF_TEXT,
@@ -34,6 +35,8 @@ from mlxd.runtime.demo_tokenizer import (
 )
 
 DEMO_VERSION = "2"
+#: The architectures the builder writes: ``ministral3`` can also be loaded as a pipeline.
+Family = Literal["llama", "ministral3"]
 
 
 def _random_weights(model: Any, seed: int, silent_rows: list[int]) -> dict[str, Any]:
@@ -74,13 +77,15 @@ def build_tiny_model(
     chat_template: bool = True,
     tie_word_embeddings: bool = True,
     thinking: bool = False,
+    family: Family = "llama",
 ) -> Path:
-    """Write a loadable mlx-lm model directory (llama, random weights) to dest; return dest.
+    """Write a loadable mlx-lm model directory (random weights) to dest; return dest.
 
-    The same arguments always give byte-identical files.
+    The same arguments always give byte-identical files. ``ministral3`` models also get
+    the ``model.safetensors.index.json`` a pipeline load reads.
     """
     import mlx.core as mx
-    from mlx_lm.models import llama
+    from mlx_lm.models import llama, ministral3
 
     dest = Path(dest)
     dest.mkdir(parents=True, exist_ok=True)
@@ -107,12 +112,26 @@ def build_tiny_model(
         "pad_token_id": bos_id,
         "torch_dtype": "float32",
     }
-    model = llama.Model(llama.ModelArgs.from_dict(config))
+    if family == "ministral3":
+        config["model_type"] = "ministral3"
+        config["architectures"] = ["Ministral3ForCausalLM"]
+        config["rope_parameters"] = {
+            "rope_type": "default",
+            "rope_theta": config.pop("rope_theta"),
+            "llama_4_scaling_beta": 0.1,
+            "original_max_position_embeddings": max_position_embeddings,
+        }
+        model = ministral3.Model(ministral3.ModelArgs.from_dict(config))
+    else:
+        model = llama.Model(llama.ModelArgs.from_dict(config))
     silent = [
         tokenizer.token_to_id(token) for token in (*SPECIAL_TOKENS, *(THINK_TOKENS if thinking else ()))
     ]
     weights = _random_weights(model, seed, silent)
     mx.save_safetensors(str(dest / "model.safetensors"), weights, metadata={"format": "mlx"})
+    if family != "llama":
+        index = {"metadata": {}, "weight_map": dict.fromkeys(sorted(weights), "model.safetensors")}
+        write_json(dest / "model.safetensors.index.json", index)
     write_json(dest / "config.json", config)
     generation = {"bos_token_id": bos_id, "eos_token_id": config["eos_token_id"]}
     write_json(dest / "generation_config.json", generation)

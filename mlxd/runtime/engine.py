@@ -45,16 +45,20 @@ class ModelSpec:
     context_length: int | None = None
     #: What status output shows (never an absolute path).
     label: str = ""
+    #: How the weights split over the ranks of a distributed daemon ("tensor" or "pipeline").
+    parallel: str = "tensor"
 
     @property
     def base_key(self) -> tuple[str, str | None]:
-        """Aliases with equal base keys share one copy of the weights."""
-        return (self.source, self.revision)
+        """Aliases with equal base keys share one copy of the weights (a pipeline's shards
+        are other arrays than a tensor split's, so they are another copy)."""
+        source = self.source if self.parallel == "tensor" else f"{self.source} ({self.parallel})"
+        return (source, self.revision)
 
     @property
     def key(self) -> UnitKey:
         """The loaded unit: base weights plus adapter."""
-        return (self.source, self.revision, str(self.adapter_path) if self.adapter_path else None)
+        return (*self.base_key, str(self.adapter_path) if self.adapter_path else None)
 
 
 @dataclass(frozen=True, slots=True)
@@ -197,6 +201,8 @@ class EngineStatus:
     loads: int = 0
     prompt_tokens_processed: int = 0
     memory: dict[str, int] = field(default_factory=dict)
+    #: A distributed daemon's seconds per decode pass of each rank (empty in one process).
+    rank_step_seconds: list[float] = field(default_factory=list)
 
 
 class Engine(Protocol):

@@ -21,6 +21,7 @@ def spec_for(model: ModelConfig) -> ModelSpec:
         adapter_path=model.adapter_path,
         context_length=model.context_length,
         label=model.source,
+        parallel=model.parallel,
     )
 
 

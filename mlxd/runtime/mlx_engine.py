@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import logging
 import time
+import weakref
 from collections.abc import Callable, Collection, Mapping
 from concurrent.futures import Future
 from dataclasses import replace
@@ -18,7 +19,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from mlxd.logs import REQUEST_ID
-from mlxd.runtime.engine import GenerationRequest, ModelSpec, RuntimeSettings, UnitKey
+from mlxd.runtime.cluster import ClusterSpec
+from mlxd.runtime.engine import GenerationEvent, GenerationRequest, ModelSpec, RuntimeSettings, UnitKey
 from mlxd.runtime.engine_core import EngineCore
 from mlxd.runtime.mlx.commands import Cancel, Choice, Command, Configure, Insert, Load, Unload
 from mlxd.runtime.mlx.handle import WorkerHandle
@@ -70,7 +72,12 @@ class MlxBackend:
 
 
 class MlxEngine(EngineCore["LoadedModel"]):
-    """The runtime behind the HTTP layer, backed by one MLX worker thread."""
+    """The runtime behind the HTTP layer, backed by one MLX worker thread.
+
+    With ``cluster`` the worker is rank 0 of a distributed daemon; the engine passes it
+    on unread. A worker that fails then cannot be restarted alone (the other ranks would
+    not know): ``on_fatal`` is told instead, and ends the daemon.
+    """
 
     def __init__(
         self,
@@ -78,10 +85,16 @@ class MlxEngine(EngineCore["LoadedModel"]):
         resolve_path: Callable[[ModelSpec], Path],
         estimate_bytes: Callable[[Path], int] = safetensors_bytes,
         clock: Callable[[], float] = time.monotonic,
+        cluster: ClusterSpec | None = None,
+        on_fatal: Callable[[str], None] | None = None,
     ) -> None:
         super().__init__(settings, MlxBackend(self.submit, resolve_path, estimate_bytes), clock)
         self._worker: WorkerHandle | None = None
         self._reaper: asyncio.Task[None] | None = None
+        self._cluster = cluster
+        self._on_fatal = on_fatal
+        #: Every stream not finished yet, to fail them all at once if the engine dies.
+        self._live: weakref.WeakSet[Stream] = weakref.WeakSet()
 
     async def start(self) -> None:
         """Start the worker thread and the keep_alive reaper."""
@@ -100,10 +113,13 @@ class MlxEngine(EngineCore["LoadedModel"]):
 
     def _start_worker(self) -> None:
         loop = asyncio.get_running_loop()
-        self._worker = WorkerHandle(loop, self.settings, self.stats, self._worker_crashed)
+        self._worker = WorkerHandle(loop, self.settings, self.stats, self._worker_crashed, self._cluster)
         self._worker.start()
 
     def _worker_crashed(self, exc: BaseException) -> None:
+        if self._on_fatal is not None:
+            self._on_fatal(f"the MLX worker failed: {exc}")
+            return
         log.error("restarting the MLX worker after a crash: %s", exc)
         self.residency.clear()
         self._start_worker()
@@ -130,6 +146,7 @@ class MlxEngine(EngineCore["LoadedModel"]):
         """Admit a request's choices (loading the model if needed) and start them on the worker."""
         unit, admitted = await self.admit(request)
         streams = self.streams(unit, admitted, request.n)
+        self._live.update(streams)
         seed = request.sampling.seed
         choices = [
             Choice(
@@ -160,3 +177,12 @@ class MlxEngine(EngineCore["LoadedModel"]):
         and prompt-cache budget on the worker before its next step."""
         super().configure(settings, units)
         self.submit(Configure(settings))
+
+    def fail_streams(self, message: str) -> int:
+        """End every unfinished stream with an error event now (the engine is going down
+        and its worker may never answer); returns how many there were."""
+        failure = GenerationEvent.failure(message)
+        live = list(self._live)
+        for stream in live:
+            stream.put(failure)
+        return len(live)

@@ -18,6 +18,7 @@ class Stream:
     """
 
     __slots__ = (
+        "__weakref__",
         "_buffer",
         "_done",
         "_loop",

@@ -13,6 +13,7 @@ import threading
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
+from mlxd.runtime.cluster import ClusterSpec
 from mlxd.runtime.engine import RuntimeSettings
 from mlxd.runtime.mlx.commands import Command, Shutdown
 from mlxd.runtime.mlx.stats import WorkerStats
@@ -30,6 +31,7 @@ class WorkerHandle:
         settings: RuntimeSettings,
         stats: WorkerStats,
         on_crash: Callable[[BaseException], None],
+        cluster: ClusterSpec | None = None,
     ) -> None:
         self.commands: queue.SimpleQueue[Command] = queue.SimpleQueue()
         #: Written by the worker thread; kept by the engine across worker restarts.
@@ -37,6 +39,7 @@ class WorkerHandle:
         self._loop = loop
         self._settings = settings
         self._on_crash = on_crash
+        self._cluster = cluster
         self._worker: MlxWorker | None = None
         self._thread = threading.Thread(target=self._run, name="mlx-worker", daemon=True)
 
@@ -47,7 +50,9 @@ class WorkerHandle:
     def _run(self) -> None:
         from mlxd.runtime.mlx.worker import MlxWorker  # mlx-lm loads here, off the event loop
 
-        self._worker = MlxWorker(self._loop, self.commands, self._settings, self.stats, self._on_crash)
+        self._worker = MlxWorker(
+            self._loop, self.commands, self._settings, self.stats, self._on_crash, self._cluster
+        )
         self._worker.run()
 
     def submit(self, command: Command) -> None:

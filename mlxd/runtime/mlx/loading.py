@@ -38,7 +38,8 @@ class LoadedModel:
     memory_bytes: int
 
 
-def _read_config(path: Path) -> dict[str, Any]:
+def read_config(path: Path) -> dict[str, Any]:
+    """The model's ``config.json``, refused when it asks to run code of its own."""
     try:
         config = json.loads((path / "config.json").read_text(encoding="utf-8"))
     except (OSError, ValueError) as exc:
@@ -50,7 +51,8 @@ def _read_config(path: Path) -> dict[str, Any]:
     return config
 
 
-def _context_length(config: dict[str, Any], override: int | None) -> int:
+def context_length(config: dict[str, Any], override: int | None) -> int:
+    """The model's context window: the alias's override, else its config's, else 4096."""
     if override:
         return override
     for key in _CONTEXT_KEYS:
@@ -87,7 +89,7 @@ def check_finite(model: Any, name: str) -> None:
 
 def load_base(path: Path, context_override: int | None = None) -> LoadedModel:
     """Load a model directory's weights and tokenizer, measuring the memory they take."""
-    config = _read_config(path)
+    config = read_config(path)
     before = mx.get_active_memory()
     try:
         model, config = load_model(path, lazy=False, strict=True, trust_remote_code=False)
@@ -102,7 +104,7 @@ def load_base(path: Path, context_override: int | None = None) -> LoadedModel:
     return LoadedModel(
         model=model,
         tokenizer=tokenizer,
-        context_length=_context_length(config, context_override),
+        context_length=context_length(config, context_override),
         vocab_size=vocab,
         memory_bytes=max(0, mx.get_active_memory() - before),
     )

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import copy
 from collections import OrderedDict
+from collections.abc import Callable
 from typing import Any
 
 import mlx.core as mx
@@ -26,6 +27,10 @@ SHORT_REUSE = 4
 #: copying every one-shot prompt's KV out of the batch (it showed in the per-request
 #: profile). A sequence that decoded alone owns its arrays and is kept from ``MIN_REUSE``.
 MIN_STORE = 64
+
+
+def _nbytes(layers: list[Any]) -> int:
+    return sum(int(layer.nbytes) for layer in layers)
 
 
 def _common_prefix(a: tuple[int, ...], b: list[int]) -> int:
@@ -45,6 +50,8 @@ class PromptCache:
     """
 
     def __init__(self, max_bytes: int, max_entries: int = 1024) -> None:
+        #: How an entry's bytes are counted (a distributed daemon counts the same on every rank).
+        self.measure: Callable[[list[Any]], int] = _nbytes
         self.max_bytes = max_bytes
         self.max_entries = max_entries
         self.bytes = 0
@@ -91,7 +98,7 @@ class PromptCache:
         # A cache extracted from a batch is a lazy slice that keeps the whole batch's KV
         # buffer alive until it is evaluated: materialise it so only its own bytes stay.
         mx.eval([layer.state for layer in layers])
-        size = sum(int(layer.nbytes) for layer in layers)
+        size = self.measure(layers)
         if size > self.max_bytes:
             return
         key = tuple(tokens)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from mlxd.errors import ModelLoadError
@@ -18,12 +19,22 @@ from mlxd.runtime.mlx.loading import LoadedModel, load_adapted, load_base
 log = logging.getLogger("mlxd.runtime")
 
 BaseKey = tuple[str, str | None]
+#: Reads a unit's base weights from its directory.
+Loader = Callable[[ModelSpec, Path], LoadedModel]
+
+
+def _load_whole(spec: ModelSpec, path: Path) -> LoadedModel:
+    return load_base(path, spec.context_length)
 
 
 class WeightStore:
-    """Loads base weights once per base key and counts the units that use them."""
+    """Loads base weights once per base key and counts the units that use them.
 
-    def __init__(self) -> None:
+    ``loader`` reads a base: the whole model in one process, this rank's shard of it in
+    a distributed daemon."""
+
+    def __init__(self, loader: Loader = _load_whole) -> None:
+        self._load = loader
         self._bases: dict[BaseKey, LoadedModel] = {}
         self._users: dict[BaseKey, int] = {}
 
@@ -34,7 +45,7 @@ class WeightStore:
         started = time.perf_counter()
         if base is None:
             log.info("reading the weights of %s", spec.label or spec.source)
-            base = self._bases[key] = load_base(path, spec.context_length)
+            base = self._bases[key] = self._load(spec, path)
         loaded = base
         if spec.adapter_path is not None:
             try:
