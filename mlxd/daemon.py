@@ -222,8 +222,13 @@ async def _serve_rank_zero(store: ConfigStore, member: Membership) -> None:
         loop.call_later(FAIL_EXIT_S, _exit_now)
         threading.Timer(FAIL_EXIT_S * 4, _exit_now).start()
 
+    def worker_failed(reason: str) -> None:
+        # A collective fails when a peer dies, often before the launcher says which one
+        # it was: give the launcher's message, which names the rank, a moment to win.
+        loop.call_later(FAIL_EXIT_S * 2, fatal, reason)
+
     cluster = ClusterSpec(member.rank, member.size, member.hosts, member.backend, joined=control.joined)
-    engine = mlx_engine(store, cluster, fatal)
+    engine = mlx_engine(store, cluster, worker_failed)
     daemon = Daemon(store, engine)
     daemon.state.distributed = lambda: DistributedStatus(
         backend=member.backend,

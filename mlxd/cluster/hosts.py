@@ -151,6 +151,10 @@ def plan_cluster(config: DistributedConfig) -> ClusterPlan:
             ips = (resolved,)
         local = is_this_machine(name) or any(is_this_machine(ip) for ip in ips)
         hosts.append(RankHost(rank, name, LOCAL if local else name, ips, tuple(entry.get("rdma") or ())))
+    if backend == "ring" and (bad := [h.name for h in hosts if not h.ips]):
+        raise ConfigError(
+            f"distributed: cannot resolve {', '.join(bad)} to an IP address (the ring backend needs one)"
+        )
     first = hosts[0]
     if not first.local:
         raise ConfigError(f"distributed: rank 0 ({first.name}) must be this machine: it serves HTTP here")
@@ -160,10 +164,6 @@ def plan_cluster(config: DistributedConfig) -> ClusterPlan:
         raise ConfigError(
             f"distributed: rank 0 is {first.name}, which the other machines cannot reach:"
             " name this machine by an address on their network (e.g. its Thunderbolt IP)"
-        )
-    if backend == "ring" and (bad := [h.name for h in hosts if not h.ips]):
-        raise ConfigError(
-            f"distributed: cannot resolve {', '.join(bad)} to an IP address (the ring backend needs one)"
         )
     if backend == "jaccl" and not all(len(h.rdma) == len(hosts) for h in hosts):
         raise ConfigError(

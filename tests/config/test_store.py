@@ -183,6 +183,46 @@ def test_a_host_only_change_is_reported_but_changes_nothing(store: ConfigStore, 
     assert (result.changed, store.generation, store.current.server.host) == (False, 1, "127.0.0.1")
 
 
+def test_a_parallel_change_is_a_weight_change(store: ConfigStore, config_file: Path) -> None:
+    diff = reload_with(store, config_file, BASE + 'parallel = "pipeline"\n')
+    assert diff.weights_changed == ["small"]
+    assert diff.changed[0].fields == ("parallel",)
+
+
+DISTRIBUTED = '\n[distributed]\nhosts = ["127.0.0.1", "127.0.0.1"]\n'
+
+
+def test_distributed_changes_need_a_restart_and_keep_the_old_ranks(tmp_path: Path) -> None:
+    path = tmp_path / "mlxd.toml"
+    path.write_text(BASE + DISTRIBUTED, encoding="utf-8")
+    store = ConfigStore(path)
+    assert store.restart_required == ()
+    path.write_text(
+        BASE.replace("0.5", "0.6") + DISTRIBUTED.replace('"]', '", "127.0.0.1"]'), encoding="utf-8"
+    )
+    result = store.reload()
+    assert result.diff.restart_required == ["distributed"]
+    assert store.restart_required == ("distributed",)
+    assert store.current.distributed is not None
+    assert len(store.current.distributed.hosts) == 2  # the ranks it runs on
+    assert store.current.defaults.temperature == 0.6  # the rest applies
+    path.write_text(BASE + DISTRIBUTED, encoding="utf-8")  # back as it runs
+    store.reload()
+    assert store.restart_required == ()
+
+
+def test_adapters_are_refused_with_distributed(tmp_path: Path) -> None:
+    (tmp_path / "adapters" / "sql").mkdir(parents=True)
+    path = tmp_path / "mlxd.toml"
+    path.write_text(BASE + 'adapter = "adapters/sql"\n' + DISTRIBUTED, encoding="utf-8")
+    with pytest.raises(ConfigError) as caught:
+        load_config(path)
+    assert any(
+        "models.small.adapter: LoRA adapters are not served across several ranks" in p
+        for p in caught.value.problems
+    )
+
+
 # -- subscribers ---------------------------------------------------------------------------
 
 
