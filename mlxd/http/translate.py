@@ -27,7 +27,7 @@ from mlxd.runtime.engine import (
     SamplingParams,
     TextPrompt,
 )
-from mlxd.runtime.from_config import keep_alive_for, spec_for
+from mlxd.runtime.from_config import keep_alive_for, num_draft_tokens_for, spec_for
 
 _ROLES = frozenset({"system", "developer", "user", "assistant", "tool"})
 
@@ -186,6 +186,20 @@ def _constraint(request: AnyRequest, forced: Tools | None) -> Constraint | None:
     raise RequestError(f"response_format {format_.type!r} is not supported", param="response_format")
 
 
+def _num_draft_tokens(request: AnyRequest, alias: str, model: ModelConfig) -> int:
+    """Draft tokens per step: the request's, else the alias's (0 without a draft model)."""
+    if request.draft_model is not None:
+        raise RequestError(
+            f"draft_model is set per alias in the config ([models.{alias}] draft_model)", param="draft_model"
+        )
+    default = num_draft_tokens_for(model)
+    if request.num_draft_tokens is None:
+        return default
+    if request.num_draft_tokens and not default:
+        raise RequestError(f"{alias!r} has no draft_model to draft tokens with", param="num_draft_tokens")
+    return request.num_draft_tokens
+
+
 def _stop(request: AnyRequest, config: MlxdConfig, default: tuple[str, ...]) -> tuple[str, ...]:
     if request.stop is None:
         return default
@@ -229,7 +243,8 @@ def _prompt(
                     param="chat_template_kwargs",
                 )
             kwargs[key] = value
-        return ChatPrompt(_messages(request, config.limits.max_messages), request.role_mapping, kwargs, tools)
+        messages = _messages(request, config.limits.max_messages)
+        return ChatPrompt(messages, request.role_mapping, kwargs, tools, model.template_text)
     prompt = request.prompt
     if isinstance(prompt, str):
         if not prompt:
@@ -288,6 +303,10 @@ def translate(request: AnyRequest, config: MlxdConfig) -> tuple[GenerationReques
         frequency_penalty=pick(request.frequency_penalty, defaults.frequency_penalty),
         logit_bias=tuple(sorted((request.logit_bias or {}).items())),
         seed=request.seed,
+        xtc_probability=pick(request.xtc_probability, defaults.xtc_probability),
+        xtc_threshold=pick(request.xtc_threshold, defaults.xtc_threshold),
+        presence_context_size=pick(request.presence_context_size, defaults.presence_context_size),
+        frequency_context_size=pick(request.frequency_context_size, defaults.frequency_context_size),
     )
     for token_id, _ in sampling.logit_bias:
         if token_id < 0:
@@ -306,6 +325,7 @@ def translate(request: AnyRequest, config: MlxdConfig) -> tuple[GenerationReques
         n=n,
         constraint=constraint,
         delivery_interval=config.server.stream_interval if request.stream else None,
+        num_draft_tokens=_num_draft_tokens(request, alias, model),
     )
     # Stop strings are still cut on the worker; the parser cuts reasoning and tool calls.
     output = OutputSpec(tools=tools, max_tool_calls=1 if single_call else None)

@@ -149,6 +149,7 @@ class MlxEngine(EngineCore["LoadedModel"]):
             admitted.grammar,
             interval=request.delivery_interval,
             request_id=REQUEST_ID.get() or request.request_id,
+            num_draft_tokens=request.num_draft_tokens,
         )
         self.submit(insert)
         return streams

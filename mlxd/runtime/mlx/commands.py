@@ -51,6 +51,8 @@ class Insert:
     interval: float | None = 0.0
     #: The request's id: log lines the worker writes about these sequences carry it.
     request_id: str | None = None
+    #: Tokens the unit's draft model proposes per step while the request decodes alone.
+    num_draft_tokens: int = 0
 
 
 @dataclass(slots=True)
