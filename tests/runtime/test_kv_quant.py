@@ -255,3 +255,65 @@ def test_a_group_size_that_does_not_divide_the_heads_is_refused(kv_daemon: Runni
         client.completions.create(model="narrow", prompt="x")
     assert "kv_group_size 64" in caught.value.body["message"]  # type: ignore[index]
     assert client.completions.create(model="kv4", prompt="x", max_tokens=2).usage is not None
+
+
+@pytest.mark.parametrize("start", [0, 40])
+def test_a_quantized_sequence_joins_the_batch_and_speculates_unchanged(
+    loaded: tuple[Any, Any], start: int
+) -> None:
+    """Alone, drafted by itself, or moved into a quantizing batch mid-decode: the same tokens."""
+    from mlx_lm.generate import BatchGenerator, generation_stream
+    from mlx_lm.models.cache import QuantizedKVCache, make_prompt_cache
+    from mlx_lm.sample_utils import make_sampler
+
+    from mlxd.runtime.engine import KvSettings
+    from mlxd.runtime.mlx.kv_quant import for_batch
+    from mlxd.runtime.mlx.solo import SoloDecoder
+    from mlxd.runtime.mlx.speculative import SpeculativeDecoder
+
+    model, tokenizer = loaded
+    prompt = tokenizer.encode("quantized keys and values " * 6)
+    kv = KvSettings(4, 64, start)
+    options: dict[str, Any] = {
+        "sampler": make_sampler(0.0),
+        "processors": [],
+        "max_tokens": TOKENS,
+        "stop_tokens": frozenset(),
+        "prefill_step_size": 16,
+        "stream": generation_stream,
+        "kv": kv,
+    }
+
+    def run(decoder: Any, steps: int | None = None) -> list[int]:
+        out: list[int] = []
+        while len(out) < TOKENS and (steps is None or steps > 0):
+            response = decoder.step()
+            if response is not None:
+                out.append(response.token)
+            steps = None if steps is None else steps - 1
+        return out
+
+    alone = run(SoloDecoder(model, prompt, make_prompt_cache(model), [], **options))
+    drafted = SpeculativeDecoder(model, model, prompt, make_prompt_cache(model), [], num_draft=3, **options)
+    assert run(drafted) == alone
+    decoder = SoloDecoder(model, prompt, make_prompt_cache(model), [], **options)
+    out = run(decoder, steps=10)
+    response, state = decoder.detach()
+    if response is not None:
+        out.append(response.token)
+    assert state is not None
+    assert state.cache is not None
+    assert all(type(layer) is QuantizedKVCache for layer in state.cache)
+    generator = BatchGenerator(model, completion_batch_size=4, prefill_batch_size=4, prefill_step_size=16)
+    (uid,) = generator.insert(
+        [state.prompt],
+        max_tokens=[state.max_tokens],
+        caches=[for_batch(state.cache, kv)],
+        all_tokens=[state.all_tokens],
+        samplers=[decoder.sampler],
+    )
+    while len(out) < TOKENS:
+        _, responses = generator.next()
+        out += [r.token for r in responses if r.uid == uid]
+    generator.close()
+    assert out == alone
