@@ -7,6 +7,7 @@ explicit load) read the same config the same way through these functions.
 from __future__ import annotations
 
 import os
+from dataclasses import replace
 
 from mlxd.config.paths import cache_dir
 from mlxd.config.schema import DEFAULT_NUM_DRAFT_TOKENS, MlxdConfig, ModelConfig
@@ -36,18 +37,7 @@ def spec_for(model: ModelConfig) -> ModelSpec:
     if model.kv_bits is not None:
         kv = KvSettings(model.kv_bits, model.kv_group_size, model.quantized_kv_start)
     draft = _weights_spec(model.draft) if model.draft is not None else None
-    if kv is None and draft is None:
-        return spec
-    return ModelSpec(
-        source=spec.source,
-        revision=spec.revision,
-        local_path=spec.local_path,
-        adapter_path=spec.adapter_path,
-        context_length=spec.context_length,
-        label=spec.label,
-        kv=kv,
-        draft=draft,
-    )
+    return replace(spec, kv=kv, draft=draft) if kv is not None or draft is not None else spec
 
 
 def num_draft_tokens_for(model: ModelConfig) -> int:

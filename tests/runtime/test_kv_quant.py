@@ -8,8 +8,7 @@ holds quantized caches too (``QuantizingBatchKVCache``).
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Iterator
-from concurrent.futures import Future
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +17,7 @@ import openai
 import pytest
 
 from tests.conftest import RunningDaemon, serving
+from tests.runtime.helpers import on_worker
 
 pytestmark = [pytest.mark.mlx]
 
@@ -133,14 +133,6 @@ def test_the_batch_quantizes_once_it_holds_start_tokens_and_hands_out_quantized_
     generator.close()
 
 
-def _on_worker(running: RunningDaemon, fn: Callable[[Any], Any]) -> Any:
-    from mlxd.runtime.mlx.commands import Call
-
-    future: Future[Any] = Future()
-    running.engine.submit(Call(fn, future))
-    return future.result(30)
-
-
 @pytest.fixture(scope="module")
 def kv_daemon(
     kv_model_dir: Path, tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory
@@ -239,7 +231,7 @@ def test_cached_prompts_of_a_4_bit_alias_take_about_a_quarter_of_the_memory(kv_d
             ]
         return out
 
-    found = _on_worker(kv_daemon, entries)
+    found = on_worker(kv_daemon, entries)
     (full_type, full_bytes) = found["None"][-1]
     (kv_type, kv_bytes) = found["kv4g64s0"][-1]
     assert (full_type, kv_type) == ("KVCache", "QuantizedKVCache")

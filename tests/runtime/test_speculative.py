@@ -11,8 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import Callable, Iterator
-from concurrent.futures import Future
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +20,7 @@ import openai
 import pytest
 
 from tests.conftest import RunningDaemon, serving
+from tests.runtime.helpers import on_worker, run_alone
 
 pytestmark = [pytest.mark.mlx]
 
@@ -65,34 +65,23 @@ def _greedy() -> Any:
     return make_sampler(temp=0.0)
 
 
-def _run(decoder: Any) -> list[int]:
-    out: list[int] = []
-    while True:
-        response = decoder.step()
-        if response is None:
-            continue
-        out.append(response.token)
-        if response.finish_reason is not None:
-            return out
-
-
 @pytest.mark.parametrize("num_draft", [1, 3, 6])
 def test_greedy_tokens_equal_plain_decoding_with_either_draft(
     models: tuple[Any, Any, Any, list[int]], num_draft: int
 ) -> None:
     model, small, _, prompt = models
-    plain = _run(_solo(model, prompt))
+    plain = run_alone(_solo(model, prompt))
     assert len(plain) == TOKENS
     for draft in (model, small):
         decoder = _solo(model, prompt, draft, num_draft)
-        assert _run(decoder) == plain
+        assert run_alone(decoder) == plain
         # The cache holds exactly the tokens fed, whatever the rounds rejected.
         fed, cache = decoder.cache_state()
         assert cache[0].offset == len(fed) == len(prompt) + TOKENS - 1
     # The model drafting for itself agrees with itself: every proposal is accepted, so a
     # round yields num_draft + 1 tokens.
     decoder = _solo(model, prompt, model, num_draft)
-    _run(decoder)
+    run_alone(decoder)
     assert decoder.stats.accepted == decoder.stats.proposed > 0
     assert decoder.stats.rounds <= -(-TOKENS // (num_draft + 1)) + 1
 
@@ -105,18 +94,18 @@ def test_penalties_see_the_same_context_as_plain_decoding(models: tuple[Any, Any
     def processors() -> list[Any]:
         return make_logits_processors(repetition_penalty=1.3, presence_penalty=0.8, presence_context_size=5)
 
-    plain = _run(_solo(model, prompt, processors=processors()))
-    assert _run(_solo(model, prompt, small, 4, processors=processors())) == plain
-    assert _run(_solo(model, prompt, model, 4, processors=processors())) == plain
+    plain = run_alone(_solo(model, prompt, processors=processors()))
+    assert run_alone(_solo(model, prompt, small, 4, processors=processors())) == plain
+    assert run_alone(_solo(model, prompt, model, 4, processors=processors())) == plain
 
 
 def test_stop_tokens_and_max_tokens_end_a_round_early(models: tuple[Any, Any, Any, list[int]]) -> None:
     model, _, _, prompt = models
-    plain = _run(_solo(model, prompt))
+    plain = run_alone(_solo(model, prompt))
     stop = plain[10]
     expected = plain[: plain.index(stop) + 1]
-    assert _run(_solo(model, prompt, model, 6, stop_tokens=frozenset({stop}))) == expected
-    assert _run(_solo(model, prompt, model, 6, max_tokens=5)) == plain[:5]
+    assert run_alone(_solo(model, prompt, model, 6, stop_tokens=frozenset({stop}))) == expected
+    assert run_alone(_solo(model, prompt, model, 6, max_tokens=5)) == plain[:5]
 
 
 @pytest.mark.parametrize("after_steps", [1, 6, 13])
@@ -128,7 +117,7 @@ def test_joining_a_batch_mid_round_keeps_every_greedy_token(
     from mlx_lm.generate import BatchGenerator
 
     model, _, _, prompt = models
-    plain = _run(_solo(model, prompt))
+    plain = run_alone(_solo(model, prompt))
     decoder = _solo(model, prompt, model, 5, step=32)
     out: list[int] = []
     for _ in range(after_steps):
@@ -155,14 +144,6 @@ def test_joining_a_batch_mid_round_keeps_every_greedy_token(
     assert out == plain
 
 
-def _on_worker(running: RunningDaemon, fn: Callable[[Any], Any]) -> Any:
-    from mlxd.runtime.mlx.commands import Call
-
-    future: Future[Any] = Future()
-    running.engine.submit(Call(fn, future))
-    return future.result(30)
-
-
 def _draft_stats(running: RunningDaemon) -> dict[str, tuple[int, int, int]]:
     def read(worker: Any) -> dict[str, tuple[int, int, int]]:
         return {
@@ -171,7 +152,7 @@ def _draft_stats(running: RunningDaemon) -> dict[str, tuple[int, int, int]]:
             if r.options.draft is not None
         }
 
-    return dict(_on_worker(running, read))
+    return dict(on_worker(running, read))
 
 
 @pytest.fixture(scope="module")

@@ -25,9 +25,7 @@ from typing import Any
 import mlx.core as mx
 from mlx_lm.models.cache import make_prompt_cache, trim_prompt_cache
 
-from mlxd.runtime.engine import KvSettings
 from mlxd.runtime.mlx.kv_quant import quantize_solo
-from mlxd.runtime.mlx.sampling import LogitsProcessor, Sampler
 from mlxd.runtime.mlx.solo import Detached, SoloDecoder, SoloResponse
 
 
@@ -52,28 +50,11 @@ class SpeculativeDecoder(SoloDecoder):
         cached_tokens: list[int],
         *,
         num_draft: int,
-        sampler: Sampler,
-        processors: list[LogitsProcessor],
-        max_tokens: int,
-        stop_tokens: frozenset[int],
-        prefill_step_size: int,
-        stream: Any,
-        kv: KvSettings | None = None,
         stats: DraftStats | None = None,
+        **options: Any,
     ) -> None:
-        super().__init__(
-            model,
-            prompt,
-            cache,
-            cached_tokens,
-            sampler=sampler,
-            processors=processors,
-            max_tokens=max_tokens,
-            stop_tokens=stop_tokens,
-            prefill_step_size=prefill_step_size,
-            stream=stream,
-            kv=kv,
-        )
+        """``options``: the solo decoder's (sampler, processors, limits, stream, kv)."""
+        super().__init__(model, prompt, cache, cached_tokens, **options)
         self.draft = draft
         self.num_draft = num_draft
         self.draft_cache = make_prompt_cache(draft)
