@@ -163,3 +163,17 @@ xtc_probability = 0.5
     assert (merged.presence_context_size, merged.frequency_context_size) == (50, 20)
     bad = write(tmp_path / "bad.toml", "[defaults]\nxtc_threshold = 0.7\n")
     assert any("xtc_threshold" in p for p in problems_of(bad))
+
+
+def test_the_shipped_engine_options_example_validates(tmp_path: Path) -> None:
+    repo = Path(__file__).resolve().parents[2]
+    text = (repo / "mlxd.toml").read_text(encoding="utf-8")
+    _, marker, tail = text.partition("# [models.qwen-fast]")
+    assert marker, "the commented engine-options example is missing"
+    block = (marker + tail).split("\n\n", 1)[0]
+    uncommented = "\n".join(line.removeprefix("# ") for line in block.splitlines())
+    config = load_config(write(tmp_path / "mlxd.toml", uncommented + "\n"))
+    spec = spec_for(config.models["qwen-fast"])
+    assert spec.kv == KvSettings(8, 64, 2048)
+    assert spec.draft is not None
+    assert spec.draft.source == "mlx-community/Qwen2.5-0.5B-Instruct-4bit"
