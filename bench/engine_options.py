@@ -169,14 +169,20 @@ async def _kv_memory(model: Path, workdir: Path, plan: Plan, say: Callable[[str]
         for i, name in enumerate(("full", "kv4")):
             before = int(_status(server)["memory"]["prompt_cache_bytes"])
             say(f"KV memory: a {plan.kv_context}-token prompt on {name} (a long prefill on this model)")
-            words = filler_text(plan.kv_context * 2 // 3, 7 + i)  # ~1.5 tokens a word
-            result = await _ask(server, _chat(name, [{"role": "user", "content": words}], 4))
+            # Token ids, so the prompt has exactly kv_context tokens (ids clear of the special ones).
+            prompt = [10 + (t * 7919 + i) % 700 for t in range(plan.kv_context)]
+            body = {"model": name, "prompt": prompt, "max_tokens": 4, "temperature": 0.0}
+            async with new_client(server.url, 1) as client:
+                response = await client.post("/v1/completions", json=body)
+            if response.status_code != 200:
+                raise RuntimeError(f"{name}: {response.text}\n{server.log_tail()}")
+            usage = response.json()["usage"]
             deadline = time.monotonic() + 30
             while (after := int(_status(server)["memory"]["prompt_cache_bytes"])) == before:
                 if time.monotonic() > deadline:
                     raise RuntimeError(f"{name}: the finished sequence never reached the prompt cache")
                 await asyncio.sleep(0.5)
-            found[name] = (result.prompt_tokens + result.tokens, after - before)
+            found[name] = (usage["prompt_tokens"] + usage["completion_tokens"], after - before)
     finally:
         server.stop()
     table = Table(
@@ -262,7 +268,7 @@ decoding: one daemon with three aliases over the same weights (no draft; `draft_
 the alias itself; `draft_model` = a copy of the model cut to its first layers, built by
 `demo_model.build_draft_model`), a single stream each in turn, decode rate = tokens after
 the first / time from the first content chunk to the last. KV memory: one request of about
-4,000 prompt tokens to a full-precision alias and to a `kv_bits = 4` alias
+4,000 prompt tokens (token ids, so the count is exact) to a full-precision alias and to a `kv_bits = 4` alias
 (`quantized_kv_start = 0`); the finished sequence's cache is its prompt-cache entry, read as
 the growth of `memory.prompt_cache_bytes` in `/mlxd/status`. Restart: a daemon answers a
 chat whose system prompt is about 2,000 tokens and writes the prefix to its

@@ -231,6 +231,12 @@ def test_cached_prompts_of_a_4_bit_alias_take_about_a_quarter_of_the_memory(kv_d
             ]
         return out
 
+    # Three units over the same weights (full, kv4, kv8): the weights are in memory, and
+    # counted, once.
+    sizes = [m["memory_bytes"] for m in kv_daemon.status()["models"] if m["alias"] in ("full", "kv4", "kv8")]  # type: ignore[index, union-attr, attr-defined]
+    assert len(sizes) == 3
+    assert sorted(sizes)[:2] == [0, 0]
+    assert max(sizes) > 0
     found = on_worker(kv_daemon, entries)
     (full_type, full_bytes) = found["None"][-1]
     (kv_type, kv_bytes) = found["kv4g64s0"][-1]

@@ -104,7 +104,12 @@ def test_stop_tokens_and_max_tokens_end_a_round_early(models: tuple[Any, Any, An
     plain = run_alone(_solo(model, prompt))
     stop = plain[10]
     expected = plain[: plain.index(stop) + 1]
-    assert run_alone(_solo(model, prompt, model, 6, stop_tokens=frozenset({stop}))) == expected
+    decoder = _solo(model, prompt, model, 6, stop_tokens=frozenset({stop}))
+    assert run_alone(decoder) == expected
+    # The tokens the round accepted past the stop token are taken back from the cache.
+    fed, cache = decoder.cache_state()
+    assert fed == prompt + expected[:-1]
+    assert cache[0].offset == len(fed)
     assert run_alone(_solo(model, prompt, model, 6, max_tokens=5)) == plain[:5]
 
 

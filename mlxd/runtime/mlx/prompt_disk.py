@@ -48,6 +48,9 @@ from mlxd.runtime.prefix_index import PrefixIndex
 
 log = logging.getLogger("mlxd.runtime")
 
+#: Writes that may wait for the writer thread at once (each holds a cache's arrays).
+MAX_PENDING = 4
+
 
 @dataclass(slots=True)
 class _File:
@@ -131,6 +134,8 @@ class DiskPromptCache:
             pending = self._pending.setdefault(identity, set())
             if (index is not None and index.covers(key)) or any(p[: len(key)] == key for p in pending):
                 return
+            if sum(len(p) for p in self._pending.values()) >= MAX_PENDING:
+                return  # the disk is behind: what waits holds memory, so this one is not kept
             pending.add(key)
         path = directory / f"{digest(identity, json.dumps(tokens))[:40]}.safetensors"
         metadata = {"format": FORMAT, "identity": identity, "tokens": json.dumps(tokens)}
@@ -150,6 +155,9 @@ class DiskPromptCache:
             if key is None or index is None or shared <= better_than or shared < self.min_tokens // 2:
                 return None
             entry = index.get(key)
+        if not entry.path.exists():  # evicted meanwhile
+            self._forget(identity, key, delete=False)
+            return None
         try:
             layers, metadata = load_prompt_cache(str(entry.path), return_metadata=True)
             mx.eval([layer.state for layer in layers])

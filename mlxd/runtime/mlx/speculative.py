@@ -87,8 +87,6 @@ class SpeculativeDecoder(SoloDecoder):
                 self._round()
             response = self._buffer.popleft()
             self.generated += 1
-            if response.finish_reason is not None:
-                self._buffer.clear()
             return response
 
     def detach(self) -> tuple[SoloResponse | None, Detached | None]:
@@ -96,22 +94,22 @@ class SpeculativeDecoder(SoloDecoder):
         if self._next is None:  # still prefilling: the batch takes the unfed prompt
             cache = self.cache if self.fed else None
             return None, Detached(self._unfed, cache, self.fed, self._max_tokens - self.generated)
-        self._rewind()
+        self._rewind(len(self._buffer))
         return None, Detached([self._next], self.cache, self.fed, self._max_tokens - self.generated)
 
     def cache_state(self) -> tuple[list[int], list[Any]]:
         """The tokens the model's cache holds once the undelivered ones are dropped, and it."""
-        self._rewind()
+        self._rewind(len(self._buffer))
         return self.fed, self.cache
 
-    def _rewind(self) -> None:
-        """Forget the buffered tokens: the cache ends just before the last delivered one."""
-        undelivered = len(self._buffer)
+    def _rewind(self, count: int) -> None:
+        """Take back the last ``count`` tokens produced (buffered, never delivered): the cache
+        ends just before the last token kept, which the model reads next."""
         self._buffer.clear()
-        if not undelivered or self._next is None:
+        if not count or self._next is None:
             return
-        tokens = [*self.fed, self._next][:-undelivered]
-        trim_prompt_cache(self.cache, undelivered)
+        tokens = [*self.fed, self._next][:-count]
+        trim_prompt_cache(self.cache, count)
         self.fed, self._next = tokens[:-1], tokens[-1]
 
     def _round(self) -> None:
@@ -151,14 +149,17 @@ class SpeculativeDecoder(SoloDecoder):
             trim_prompt_cache(self.draft_cache, count - 1 - kept)
             self._draft_len = len(sequence) + kept
         generated = self.generated
+        buffer: list[SoloResponse] = []
         for j, token in enumerate(ours[: accepted + 1]):
             generated += 1
             finish = (
                 "stop" if token in self.stop_tokens else "length" if generated >= self._max_tokens else None
             )
-            self._buffer.append(SoloResponse(token, logprobs[j], finish))
-            if finish is not None:
+            buffer.append(SoloResponse(token, logprobs[j], finish))
+            if finish is not None:  # what follows the end is taken back
+                self._rewind(accepted + 1 - len(buffer))
                 break
+        self._buffer.extend(buffer)
 
     def _propose(self, sequence: list[int], count: int, context: Any) -> Any:
         """``count`` draft tokens after ``sequence`` (lazy: evaluated with the check)."""
