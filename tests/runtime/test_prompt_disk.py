@@ -146,6 +146,25 @@ def test_bad_files_are_skipped_with_a_log_line_and_deleted(
     other.disk.close()
 
 
+def test_a_config_edit_moves_the_directory_or_turns_the_disk_off(tmp_path: Path) -> None:
+    cache = disk(tmp_path / "one").tier("m", SIGNATURE)
+    tokens = list(range(70))
+    cache.offer(tokens, layers(tokens))
+    cache.disk.flush()
+    cache.disk.configure(tmp_path / "two", 10**8, 32)
+    assert cache.load(tokens, better_than=0) is None  # the new directory is empty
+    cache.offer(tokens, layers(tokens))
+    cache.disk.flush()
+    assert len(files(tmp_path / "one")) == len(files(tmp_path / "two")) == 1
+    cache.disk.configure(None, 10**8, 32)
+    cache.offer([*tokens, 1], layers([*tokens, 1]))
+    assert cache.load(tokens, better_than=0) is None
+    cache.disk.configure(tmp_path / "one", 10**8, 32)  # back: the files there are found again
+    assert cache.load(tokens, better_than=0) is not None
+    cache.disk.close()
+    assert len(files(tmp_path / "two")) == 1
+
+
 SYSTEM = "You are the ship's navigator. Keep a careful log of every star you see tonight. " * 14
 
 
