@@ -17,7 +17,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from mlxd.config.schema import CHAT_TEMPLATE_KWARGS, GenerationDefaults, MlxdConfig
+from mlxd.config.schema import CHAT_TEMPLATE_KWARGS, GenerationDefaults, MlxdConfig, ModelConfig
 from mlxd.errors import ModelNotFoundError, RequestError
 from mlxd.http.ids import new_id
 from mlxd.http.tools import Tools, tool_choice
@@ -31,7 +31,7 @@ from mlxd.runtime.engine import (
     SamplingParams,
     TextPrompt,
 )
-from mlxd.runtime.from_config import keep_alive_for, spec_for
+from mlxd.runtime.from_config import keep_alive_for, num_draft_tokens_for, spec_for
 
 _ROLES = frozenset({"system", "user", "assistant", "tool"})
 
@@ -64,6 +64,13 @@ class CommonRequest:
     frequency_penalty: float | None = None
     logit_bias: Mapping[int, float] | None = None
     seed: int | None = None
+    xtc_probability: float | None = None
+    xtc_threshold: float | None = None
+    presence_context_size: int | None = None
+    frequency_context_size: int | None = None
+    #: Draft tokens per step (alias with a draft model); ``draft_model`` is refused: it is the alias's.
+    num_draft_tokens: int | None = None
+    draft_model: str | None = None
     #: Top alternatives per token (``None``: no logprobs).
     logprobs: int | None = None
     #: OpenAI-style function tools and ``tool_choice`` (``none``, ``auto``, ``required``,
@@ -196,6 +203,20 @@ def _constraint(request: CommonRequest, forced: Tools | None) -> Constraint | No
     raise RequestError(f"response_format {format_.type!r} is not supported", param="response_format")
 
 
+def _num_draft_tokens(request: CommonRequest, alias: str, model: ModelConfig) -> int:
+    """Draft tokens per step: the request's, else the alias's (0 without a draft model)."""
+    if request.draft_model is not None:
+        raise RequestError(
+            f"draft_model is set per alias in the config ([models.{alias}] draft_model)", param="draft_model"
+        )
+    default = num_draft_tokens_for(model)
+    if request.num_draft_tokens is None:
+        return default
+    if request.num_draft_tokens and not default:
+        raise RequestError(f"{alias!r} has no draft_model to draft tokens with", param="num_draft_tokens")
+    return request.num_draft_tokens
+
+
 def _stop(request: CommonRequest, config: MlxdConfig, default: tuple[str, ...]) -> tuple[str, ...]:
     if request.stop is None:
         return default
@@ -231,7 +252,7 @@ def _prompt(
             )
         kwargs[key] = value
     messages = _messages(request, config.limits.max_messages)
-    return ChatPrompt(messages, request.role_mapping, kwargs, tools)
+    return ChatPrompt(messages, request.role_mapping, kwargs, tools, config.models[alias].template_text)
 
 
 def resolve(request: CommonRequest, config: MlxdConfig) -> GenerationRequest:
@@ -296,6 +317,10 @@ def _resolve(request: CommonRequest, config: MlxdConfig) -> GenerationRequest:
         frequency_penalty=pick(request.frequency_penalty, defaults.frequency_penalty),
         logit_bias=tuple(sorted((request.logit_bias or {}).items())),
         seed=request.seed,
+        xtc_probability=pick(request.xtc_probability, defaults.xtc_probability),
+        xtc_threshold=pick(request.xtc_threshold, defaults.xtc_threshold),
+        presence_context_size=pick(request.presence_context_size, defaults.presence_context_size),
+        frequency_context_size=pick(request.frequency_context_size, defaults.frequency_context_size),
     )
     for token_id, _ in sampling.logit_bias:
         if token_id < 0:
@@ -315,4 +340,5 @@ def _resolve(request: CommonRequest, config: MlxdConfig) -> GenerationRequest:
         n=n,
         constraint=constraint,
         delivery_interval=config.server.stream_interval if request.stream else None,
+        num_draft_tokens=_num_draft_tokens(request, alias, model),
     )

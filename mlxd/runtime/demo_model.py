@@ -133,6 +133,34 @@ def build_small_model(dest: Path, *, seed: int = 0) -> Path:
     )
 
 
+def build_draft_model(base: Path, dest: Path, *, num_layers: int) -> Path:
+    """A draft for speculative decoding: ``base`` cut to its first ``num_layers`` layers.
+
+    It keeps the embeddings, the final norm and the tokenizer, so with random weights it
+    still agrees with ``base`` on a share of its tokens (a draft of other random weights
+    agrees on almost none), as a real smaller model of the same family does.
+    """
+    import json
+
+    import mlx.core as mx
+
+    base, dest = Path(base), Path(dest)
+    dest.mkdir(parents=True, exist_ok=True)
+    for path in base.iterdir():
+        if path.is_file() and path.name not in ("model.safetensors", "config.json"):
+            shutil.copyfile(path, dest / path.name)
+    weights = mx.load(str(base / "model.safetensors"))
+    kept = {
+        name: array
+        for name, array in weights.items()  # type: ignore[union-attr]
+        if not name.startswith("model.layers.") or int(name.split(".")[2]) < num_layers
+    }
+    mx.save_safetensors(str(dest / "model.safetensors"), kept, metadata={"format": "mlx"})
+    config = json.loads((base / "config.json").read_text(encoding="utf-8"))
+    write_json(dest / "config.json", {**config, "num_hidden_layers": num_layers})
+    return dest
+
+
 def build_lora_adapter(
     base: Path,
     dest: Path,

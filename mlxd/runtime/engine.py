@@ -14,8 +14,8 @@ from typing import Any, Protocol
 
 from mlxd.output.events import Event, Finish
 
-#: A loaded model unit: (source, revision, adapter path).
-UnitKey = tuple[str, str | None, str | None]
+#: A loaded model unit: (source, revision, adapter path, engine options or ``None``).
+UnitKey = tuple[str, str | None, str | None, str | None]
 
 
 @dataclass(frozen=True, slots=True)
@@ -32,6 +32,26 @@ class RuntimeSettings:
     max_queue: int = 64
     prefill_step_size: int = 256
     prompt_cache_bytes: int = 2 * 10**9
+    #: Where prompt prefixes are kept on disk (``None``: not at all).
+    prompt_cache_dir: Path | None = None
+    prompt_cache_disk_bytes: int = 0
+    #: Shorter prefixes are not worth a file.
+    prompt_cache_disk_min_tokens: int = 512
+
+
+@dataclass(frozen=True, slots=True)
+class KvSettings:
+    """A quantized KV cache (mlx-lm's ``kv_bits``, ``kv_group_size``, ``quantized_kv_start``)."""
+
+    bits: int
+    group_size: int = 64
+    #: Keys and values are quantized once a cache holds this many tokens.
+    start: int = 5000
+
+    @property
+    def tag(self) -> str:
+        """A short stable name for keys and file metadata."""
+        return f"kv{self.bits}g{self.group_size}s{self.start}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -45,6 +65,10 @@ class ModelSpec:
     context_length: int | None = None
     #: What status output shows (never an absolute path).
     label: str = ""
+    #: A quantized KV cache for this unit's sequences.
+    kv: KvSettings | None = None
+    #: The unit whose model drafts tokens for speculative decoding (itself draft-free).
+    draft: ModelSpec | None = None
 
     @property
     def base_key(self) -> tuple[str, str | None]:
@@ -52,9 +76,22 @@ class ModelSpec:
         return (self.source, self.revision)
 
     @property
+    def options(self) -> str | None:
+        """The engine options that make a unit of their own over the same weights."""
+        parts = []
+        if self.kv is not None:
+            parts.append(self.kv.tag)
+        if self.draft is not None:
+            draft = self.draft.key
+            parts.append(f"draft={draft[0]}@{draft[1] or ''}+{draft[2] or ''}")
+        return ",".join(parts) or None
+
+    @property
     def key(self) -> UnitKey:
-        """The loaded unit: base weights plus adapter."""
-        return (self.source, self.revision, str(self.adapter_path) if self.adapter_path else None)
+        """The loaded unit: base weights plus adapter, under its engine options (aliases
+        that differ in KV quantization or draft model batch apart, sharing the weights)."""
+        adapter = str(self.adapter_path) if self.adapter_path else None
+        return (self.source, self.revision, adapter, self.options)
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,11 +108,25 @@ class SamplingParams:
     frequency_penalty: float = 0.0
     logit_bias: tuple[tuple[int, float], ...] = ()
     seed: int | None = None
+    #: XTC ("exclude top choices"): with this probability per token, drop every token more
+    #: likely than ``xtc_threshold`` but the least likely of them.
+    xtc_probability: float = 0.0
+    xtc_threshold: float = 0.1
+    #: How many recent tokens the presence and frequency penalties look at.
+    presence_context_size: int = 20
+    frequency_context_size: int = 20
 
     @property
-    def sampler_key(self) -> tuple[float, float, int, float]:
+    def sampler_key(self) -> tuple[float, float, int, float, float, float]:
         """Requests with equal keys (and no seed) can share one batched sampler."""
-        return (self.temperature, self.top_p, self.top_k, self.min_p)
+        return (
+            self.temperature,
+            self.top_p,
+            self.top_k,
+            self.min_p,
+            self.xtc_probability,
+            self.xtc_threshold,
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -87,6 +138,8 @@ class ChatPrompt:
     template_kwargs: Mapping[str, Any] = field(default_factory=dict)
     #: OpenAI tool definitions, rendered by the chat template; calls are parsed from the output.
     tools: tuple[Mapping[str, Any], ...] | None = None
+    #: The alias's own chat template (Jinja text from the config), in place of the model's.
+    template: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -136,6 +189,9 @@ class GenerationRequest:
     #: last are never held); ``None`` delivers the whole output in one piece at the end.
     #: Every delivery wakes the event loop, so fewer of them leave more CPU for decoding.
     delivery_interval: float | None = 0.0
+    #: Tokens the alias's draft model proposes per step when the sequence decodes alone
+    #: (0: no speculative decoding).
+    num_draft_tokens: int = 0
 
 
 @dataclass(slots=True)

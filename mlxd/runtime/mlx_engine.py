@@ -52,8 +52,12 @@ class MlxBackend:
     async def prepare(self, spec: ModelSpec, shares_base: bool) -> LoadPlan:
         """Resolve and validate the unit's directory; estimate what it adds to memory."""
         path = await asyncio.to_thread(self._resolve_path, spec)
-        weights = spec.adapter_path if shares_base and spec.adapter_path else path
-        return LoadPlan(await asyncio.to_thread(self._estimate, weights), path)
+        if not shares_base:
+            return LoadPlan(await asyncio.to_thread(self._estimate, path), path)
+        # Over weights already in memory only an adapter adds (units that differ in engine
+        # options alone add nothing).
+        adapter = spec.adapter_path
+        return LoadPlan(await asyncio.to_thread(self._estimate, adapter) if adapter else 0, path)
 
     async def load(self, key: UnitKey, spec: ModelSpec, plan: LoadPlan) -> LoadedModel:
         """Load on the worker (the request that needed it names the worker's log lines)."""
@@ -151,6 +155,7 @@ class MlxEngine(EngineCore["LoadedModel"]):
             request_id=REQUEST_ID.get() or request.request_id,
             tool_format=admitted.tool_format,
             reasoning_format=admitted.reasoning_format,
+            num_draft_tokens=request.num_draft_tokens,
         )
         self.submit(insert)
         return streams

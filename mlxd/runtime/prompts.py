@@ -37,7 +37,7 @@ def encode_prompt(tokenizer: Any, prompt: ChatPrompt | TextPrompt) -> list[int]:
         if prompt.tokens is not None:
             return list(prompt.tokens)
         return list(tokenizer.encode(prompt.text or ""))
-    if prompt.role_mapping is not None or not tokenizer.has_chat_template:
+    if prompt.role_mapping is not None or not (tokenizer.has_chat_template or prompt.template):
         mapping = {**SEED_ROLE_MAPPING, **(prompt.role_mapping or {})}
         return list(tokenizer.encode(render_role_mapping(prompt.messages, mapping)))
     # The assistant's turn is opened unless the request or the alias says otherwise
@@ -45,6 +45,8 @@ def encode_prompt(tokenizer: Any, prompt: ChatPrompt | TextPrompt) -> list[int]:
     kwargs: dict[str, Any] = {"add_generation_prompt": True, **prompt.template_kwargs}
     if prompt.tools:
         kwargs["tools"] = [dict(tool) for tool in prompt.tools]
+    if prompt.template is not None:  # the alias's own template, checked when the config loaded
+        kwargs["chat_template"] = prompt.template
     try:
         tokens = tokenizer.apply_chat_template([dict(m) for m in prompt.messages], tokenize=True, **kwargs)
     except Exception as exc:  # jinja's raise_exception() and friends: the conversation's fault

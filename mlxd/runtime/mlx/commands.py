@@ -59,6 +59,8 @@ class Insert:
     tool_format: ToolFormat | None = None
     #: A reasoning model's thinking tags, and whether the prompt opened the block.
     reasoning_format: ReasoningFormat | None = None
+    #: Tokens the unit's draft model proposes per step while the request decodes alone.
+    num_draft_tokens: int = 0
 
 
 @dataclass(slots=True)

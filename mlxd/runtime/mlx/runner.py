@@ -24,10 +24,12 @@ from mlxd.runtime.mlx.commands import Choice, Insert
 from mlxd.runtime.mlx.constrained import GrammarCache, make_constraint
 from mlxd.runtime.mlx.loading import LoadedModel
 from mlxd.runtime.mlx.prompt_cache import MIN_REUSE, PromptCache
-from mlxd.runtime.mlx.sampling import make_processors, make_sampler
+from mlxd.runtime.mlx.sampling import make_processors, make_sampler, xtc_special_tokens
 from mlxd.runtime.mlx.sequence import Sequence
 from mlxd.runtime.mlx.solo import SoloDecoder, prefill, private_cache
+from mlxd.runtime.mlx.speculative import DraftStats, SpeculativeDecoder
 from mlxd.runtime.mlx.stats import WorkerStats
+from mlxd.runtime.mlx.unit_options import UnitOptions
 from mlxd.runtime.mlx.warmup import warm_up
 from mlxd.runtime.token_pieces import TokenPieces
 
@@ -52,16 +54,22 @@ class ModelRunner:
         settings: RuntimeSettings,
         stats: WorkerStats,
         grammars: GrammarCache,
+        options: UnitOptions | None = None,
     ) -> None:
         self.loaded = loaded
         #: The shared base weights this unit uses (see ``WeightStore``).
         self.base_key = base_key
         self._stats = stats
         self._grammars = grammars
+        #: KV quantization, draft model, disk prompt cache (``unit_options``).
+        self.options = options = options or UnitOptions()
         self.eos = frozenset(loaded.tokenizer.eos_token_ids)
-        self.prompt_cache = PromptCache(settings.prompt_cache_bytes)
-        self.batch = Batch(loaded.model, self.eos, self.prompt_cache, stats)
+        self.prompt_cache = PromptCache(settings.prompt_cache_bytes, disk=options.disk)
+        self.batch = Batch(loaded.model, self.eos, self.prompt_cache, stats, options.kv)
         self._pieces = TokenPieces(loaded.tokenizer)
+        self._xtc_special = xtc_special_tokens(loaded.tokenizer)
+        #: What this unit's draft model proposed and what was accepted.
+        self.draft_stats = DraftStats()
         # Sliding-window and recurrent layers always go through the batch.
         self._solo_ok = all(type(layer) is KVCache for layer in make_prompt_cache(loaded.model))
         self._by_seq: dict[int, Sequence] = {}
@@ -105,7 +113,7 @@ class ModelRunner:
                     max_tokens=[command.max_tokens] * count,
                     caches=[[copy.copy(layer) for layer in cache] for _ in range(count)] if cache else None,
                     all_tokens=[list(tokens[:reused]) for _ in range(count)] if cache else None,
-                    samplers=[make_sampler(choice.sampling) for choice in command.choices],
+                    samplers=[make_sampler(choice.sampling, self._xtc_special) for choice in command.choices],
                     logits_processors=[self._processors(c, command.grammar) for c in command.choices],
                 )
             except BaseException:
@@ -178,18 +186,32 @@ class ModelRunner:
         if layers is None:
             return False
         choice, tokens = command.choices[0], command.tokens
-        decoder = SoloDecoder(
-            self.loaded.model,
-            tokens[hit:],
-            layers,
-            tokens[:hit],
-            sampler=make_sampler(choice.sampling),
-            processors=self._processors(choice, command.grammar),
-            max_tokens=command.max_tokens,
-            stop_tokens=self.eos,
-            prefill_step_size=self._prefill_step,
-            stream=self.batch.stream,
-        )
+        common: dict[str, Any] = {
+            "sampler": make_sampler(choice.sampling, self._xtc_special),
+            "processors": self._processors(choice, command.grammar),
+            "max_tokens": command.max_tokens,
+            "stop_tokens": self.eos,
+            "prefill_step_size": self._prefill_step,
+            "stream": self.batch.stream,
+            "kv": self.options.kv,
+        }
+        model, draft = self.loaded.model, self.options.draft
+        decoder: SoloDecoder
+        # A grammar cannot take back the draft's rejected proposals: constrained output decodes plainly.
+        if draft is not None and command.num_draft_tokens > 0 and command.grammar is None:
+            num_draft = command.num_draft_tokens
+            decoder = SpeculativeDecoder(
+                model,
+                draft.model,
+                tokens[hit:],
+                layers,
+                tokens[:hit],
+                num_draft=num_draft,
+                stats=self.draft_stats,
+                **common,
+            )
+        else:
+            decoder = SoloDecoder(model, tokens[hit:], layers, tokens[:hit], **common)
         self._stats.prompt_tokens_processed += len(tokens) - hit
         self._solo = _Solo(decoder, self._new_sequence(command, choice, hit))
         return True

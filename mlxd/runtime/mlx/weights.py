@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import time
+from dataclasses import replace
 from pathlib import Path
 
 from mlxd.errors import ModelLoadError
@@ -35,7 +36,9 @@ class WeightStore:
         if base is None:
             log.info("reading the weights of %s", spec.label or spec.source)
             base = self._bases[key] = load_base(path, spec.context_length)
-        loaded = base
+            loaded = base
+        else:  # another unit over the same weights (other engine options): they are counted once
+            loaded = replace(base, memory_bytes=0)
         if spec.adapter_path is not None:
             try:
                 loaded = load_adapted(base, path, spec.adapter_path)

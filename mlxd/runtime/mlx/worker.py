@@ -23,15 +23,17 @@ from typing import Any
 
 import mlx.core as mx
 
-from mlxd.errors import MlxdError, ModelLoadError
+from mlxd.errors import MlxdError, ModelLoadError, ModelUnsupportedError
 from mlxd.logs import tagged
 from mlxd.runtime.engine import GenerationEvent, RuntimeSettings, UnitKey
 from mlxd.runtime.mlx.batch import Out
 from mlxd.runtime.mlx.commands import Call, Cancel, Command, Configure, Insert, Load, Shutdown, Unload
 from mlxd.runtime.mlx.constrained import GrammarCache
 from mlxd.runtime.mlx.loading import LoadedModel
+from mlxd.runtime.mlx.prompt_disk import DiskPromptCache
 from mlxd.runtime.mlx.runner import ModelRunner
 from mlxd.runtime.mlx.stats import WorkerStats
+from mlxd.runtime.mlx.unit_options import prepare
 from mlxd.runtime.mlx.weights import WeightStore
 
 log = logging.getLogger("mlxd.runtime")
@@ -89,6 +91,9 @@ class MlxWorker:
         self._runners: dict[UnitKey, ModelRunner] = {}
         self._weights = WeightStore()
         self._grammars = GrammarCache()
+        self._disk = DiskPromptCache(
+            settings.prompt_cache_dir, settings.prompt_cache_disk_bytes, settings.prompt_cache_disk_min_tokens
+        )
 
     @property
     def runners(self) -> dict[UnitKey, ModelRunner]:
@@ -114,6 +119,7 @@ class MlxWorker:
         finally:
             self._runners.clear()
             self._weights.clear()
+            self._disk.close()
             # Without this the process can abort at exit (thread-local streams).
             with contextlib.suppress(Exception):
                 mx.clear_streams()
@@ -189,10 +195,15 @@ class MlxWorker:
                 if runner.cancel(command.seq_id):
                     break
         elif isinstance(command, Configure):
-            self._settings = command.settings
+            self._settings = settings = command.settings
             self._bound_cache()
             for runner in self._runners.values():
-                runner.configure(command.settings)
+                runner.configure(settings)
+            self._disk.configure(
+                settings.prompt_cache_dir,
+                settings.prompt_cache_disk_bytes,
+                settings.prompt_cache_disk_min_tokens,
+            )
         elif isinstance(command, Load):
             with tagged(command.request_id):
                 _settle(command.future, lambda: self._load(command))
@@ -205,10 +216,15 @@ class MlxWorker:
         runner = self._runners.get(command.key)
         if runner is not None:
             return runner.loaded
-        loaded = self._weights.open(command.spec, command.path)
+        spec = command.spec
+        draft = self._runners.get(spec.draft.key) if spec.draft is not None else None
+        if spec.draft is not None and draft is None:
+            raise ModelUnsupportedError(f"{spec.label or spec.source}: its draft model is not loaded")
+        loaded = self._weights.open(spec, command.path)
         try:
+            options = prepare(spec, command.path, loaded, draft.loaded if draft else None, self._disk)
             self._runners[command.key] = ModelRunner(
-                loaded, command.spec.base_key, self._settings, self.stats, self._grammars
+                loaded, spec.base_key, self._settings, self.stats, self._grammars, options
             )
         except BaseException:
             self._weights.close(command.spec.base_key)
