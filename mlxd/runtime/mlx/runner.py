@@ -20,8 +20,10 @@ from mlxd.logs import tagged
 from mlxd.output.parser import ChoiceParser
 from mlxd.runtime.engine import RuntimeSettings
 from mlxd.runtime.mlx.batch import Batch, Out, emit, failed
-from mlxd.runtime.mlx.commands import Choice, Insert
+from mlxd.runtime.mlx import vision
+from mlxd.runtime.mlx.commands import Choice, Embed, Insert
 from mlxd.runtime.mlx.constrained import GrammarCache, make_constraint
+from mlxd.runtime.mlx.embed import Embedder
 from mlxd.runtime.mlx.loading import LoadedModel
 from mlxd.runtime.mlx.prompt_cache import MIN_REUSE, PromptCache
 from mlxd.runtime.mlx.sampling import make_processors, make_sampler
@@ -32,6 +34,9 @@ from mlxd.runtime.mlx.warmup import warm_up
 from mlxd.runtime.token_pieces import TokenPieces
 
 log = logging.getLogger("mlxd.runtime")
+#: Tokens of one embedding batch while no sequence of the model decodes (nobody waits on
+#: its step, so a burst runs in as few batches as this allows).
+IDLE_EMBED_TOKENS = 8192
 
 
 @dataclass(slots=True)
@@ -66,14 +71,21 @@ class ModelRunner:
         self._solo_ok = all(type(layer) is KVCache for layer in make_prompt_cache(loaded.model))
         self._by_seq: dict[int, Sequence] = {}
         self._solo: _Solo | None = None
+        self._embedder: Embedder | None = None
         self._prefill_step = settings.prefill_step_size
         self.configure(settings)
         warm_up(loaded.model, self.batch.generator, loaded.vocab_size)
 
     @property
     def busy(self) -> bool:
-        """True while any sequence of this model is generating."""
-        return bool(self._by_seq)
+        """True while any sequence of this model is generating or embedding input waits."""
+        return bool(self._by_seq) or bool(self._embedder)
+
+    def embed(self, command: Embed) -> None:
+        """Queue a request's embedding inputs: one bounded batch of them runs per step."""
+        if self._embedder is None:
+            self._embedder = Embedder(self.loaded.model)
+        self._embedder.add(command)
 
     def configure(self, settings: RuntimeSettings) -> None:
         """Apply new ``[runtime]`` settings: batch size and prefill step from the next step
@@ -85,13 +97,19 @@ class ModelRunner:
     def insert(self, command: Insert, out: Out) -> None:
         """Start a request's choices: alone when it is the model's only one, else in the batch."""
         tokens, count = command.tokens, len(command.choices)
-        cache, hit = self.prompt_cache.lookup(tokens)
+        key = command.vision.cache_key if command.vision is not None else tokens
+        cache, hit = self.prompt_cache.lookup(key)
         log.debug("starting %d sequence(s): %d prompt tokens, %d cached", count, len(tokens), hit)
         try:
             if self._start_solo(command, cache, hit):
                 return
             reused = hit
-            if count > 1 and len(tokens) > 1:  # n choices: prefill the prompt once for all
+            if command.vision is not None:  # images: their embeddings go in before the batch
+                model = self.loaded.model
+                layers = copy.deepcopy(cache) if cache is not None else make_prompt_cache(model)
+                cache, reused = vision.prefill(model, command.vision, hit, layers, self._prefill_step)
+                hit = min(hit, reused)
+            elif count > 1 and len(tokens) > 1:  # n choices: prefill the prompt once for all
                 model = self.loaded.model
                 # Extended in place: never touch a prompt-cache entry's own arrays.
                 layers = copy.deepcopy(cache) if cache is not None else make_prompt_cache(model)
@@ -117,7 +135,13 @@ class ModelRunner:
             out.extend((choice.sink, failed(str(exc))) for choice in command.choices)
 
     def step(self, out: Out) -> None:
-        """One decode step of the lone sequence and of the batch, their output into ``out``."""
+        """One bounded embedding batch, then one decode step of the lone sequence and of the
+        batch, their output into ``out``."""
+        embedder = self._embedder
+        if embedder:
+            before = embedder.tokens
+            embedder.step(self._prefill_step if self._by_seq else max(IDLE_EMBED_TOKENS, self._prefill_step))
+            self._stats.prompt_tokens_processed += embedder.tokens - before
         solo = self._solo
         if solo is not None:
             if self.batch:  # company arrived: the lone sequence joins the batch
@@ -146,6 +170,8 @@ class ModelRunner:
         left = list(self._by_seq.values())
         self._by_seq.clear()
         self._solo = None
+        if self._embedder is not None:
+            self._embedder.fail_all("the model was unloaded")
         self.batch.close()
         return left
 
@@ -163,6 +189,7 @@ class ModelRunner:
             pieces=self._pieces,
             interval=command.interval,
             request_id=command.request_id,
+            cache_key=command.vision.cache_key if command.vision is not None else None,
         )
         self._by_seq[choice.seq_id] = seq
         # A plain int written before any event of this sequence is delivered to the loop.
@@ -172,7 +199,7 @@ class ModelRunner:
     def _start_solo(self, command: Insert, cache: list[Any] | None, hit: int) -> bool:
         """Decode a request alone when it is the model's only one and has one choice (False:
         the batch takes it, also when the model's or the cache's layers are not plain KV)."""
-        if self._by_seq or not self._solo_ok or len(command.choices) != 1:
+        if self._by_seq or not self._solo_ok or len(command.choices) != 1 or command.vision is not None:
             return False
         layers = private_cache(cache, hit) if cache is not None else make_prompt_cache(self.loaded.model)
         if layers is None:
