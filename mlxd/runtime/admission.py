@@ -168,11 +168,7 @@ class Admission:
         """Tokenize, check and compile; raises the 400 a request deserves."""
         prompt, vision = request.prompt, None
         if isinstance(prompt, ChatPrompt) and prompt.images:
-            if model.vision is None:
-                raise RequestError(
-                    f"{request.alias!r} is a text model: it does not take images", param=prompt.images[0].param
-                )
-            vision = await self._off_loop(vision_prompt, model.tokenizer, model.vision, prompt)
+            vision = await self._vision(request, prompt, model)
             tokens = vision.tokens
         else:
             tokens = await self._off_loop(encode_prompt, model.tokenizer, prompt)
@@ -210,8 +206,18 @@ class Admission:
         return AdmittedEmbeddings(tokens, pooling, normalize)
 
     async def count(self, request: GenerationRequest, model: ModelFacts) -> int:
-        """The prompt's length in tokens (chat template and tools included), unchecked."""
-        return len(await self._off_loop(encode_prompt, model.tokenizer, request.prompt))
+        """The prompt's length in tokens (chat template, tools and images included), unchecked."""
+        prompt = request.prompt
+        if isinstance(prompt, ChatPrompt) and prompt.images:
+            return len((await self._vision(request, prompt, model)).tokens)
+        return len(await self._off_loop(encode_prompt, model.tokenizer, prompt))
+
+    async def _vision(self, request: GenerationRequest, prompt: ChatPrompt, model: ModelFacts) -> Any:
+        if model.vision is None:
+            raise RequestError(
+                f"{request.alias!r} is a text model: it does not take images", param=prompt.images[0].param
+            )
+        return await self._off_loop(vision_prompt, model.tokenizer, model.vision, prompt)
 
     async def _off_loop(self, fn: Callable[..., T], *args: Any) -> T:
         # The request's context (its id, for log lines) comes along to the executor.

@@ -90,6 +90,8 @@ class ImageInput:
     data: bytes
     digest: str
     param: str
+    #: An ``http(s)`` URL still to fetch (only with ``[server] allow_image_urls``).
+    url: str | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -168,4 +168,5 @@ def shorten(vectors: npt.NDArray[np.float32], dimensions: int | None) -> npt.NDA
         raise RequestError(f"dimensions must be at most {width} for this model", param="dimensions")
     cut = vectors[:, :dimensions]
     norms = np.maximum(np.linalg.norm(cut, axis=1, keepdims=True), 1e-12)
-    return (cut / norms).astype(np.float32)
+    shortened: npt.NDArray[np.float32] = (cut / norms).astype(np.float32)
+    return shortened

@@ -18,8 +18,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from mlxd.logs import REQUEST_ID
-from mlxd.runtime.engine import GenerationRequest, ModelSpec, RuntimeSettings, UnitKey
 from mlxd.runtime.admission import AdmittedEmbeddings
+from mlxd.runtime.engine import GenerationRequest, ModelSpec, RuntimeSettings, UnitKey
 from mlxd.runtime.engine_core import EngineCore
 from mlxd.runtime.mlx.commands import Cancel, Choice, Command, Configure, Embed, Insert, Load, Unload
 from mlxd.runtime.mlx.handle import WorkerHandle

@@ -23,6 +23,7 @@ import numpy.typing as npt
 from mlxd.errors import MlxdError, ModelLoadError
 from mlxd.output.events import TokenInfo
 from mlxd.output.parser import ChoiceParser, OutputSpec
+from mlxd.runtime.admission import AdmittedEmbeddings
 from mlxd.runtime.engine import (
     ChatPrompt,
     Engine,
@@ -32,7 +33,6 @@ from mlxd.runtime.engine import (
     RuntimeSettings,
     UnitKey,
 )
-from mlxd.runtime.admission import AdmittedEmbeddings
 from mlxd.runtime.engine_core import EngineCore
 from mlxd.runtime.pooling import PoolingSpec
 from mlxd.runtime.streams import Stream
@@ -111,7 +111,7 @@ class FakeModel:
     context_length: int
     vocab_size: int = VOCAB
     tokenizer: FakeTokenizer = field(default_factory=FakeTokenizer)
-    pooling: PoolingSpec = PoolingSpec()
+    pooling: PoolingSpec = field(default_factory=PoolingSpec)
     #: Sources with "vision" in their name take images.
     vision: FakeVision | None = None
 

@@ -20,8 +20,8 @@ def embeddings_router(state: DaemonState) -> Router:
         request = resolve_embeddings(state.configs.current, data.model, data.input, dimensions=data.dimensions)
         result = await state.engine.embed(request)
         vectors = result.vectors
-        rows: list[list[float]] | list[str] = (
-            [as_base64(row) for row in vectors] if data.encoding_format == "base64" else as_floats(vectors)
+        rows: list[list[float] | str] = (
+            [as_base64(row) for row in vectors] if data.encoding_format == "base64" else [*as_floats(vectors)]
         )
         body = EmbeddingList(
             data=[EmbeddingData(i, row) for i, row in enumerate(rows)],

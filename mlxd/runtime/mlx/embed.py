@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import logging
 from collections import deque
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import mlx.core as mx
@@ -59,7 +59,6 @@ class _Input:
     fed: int = 0
     cache: list[Any] | None = None
     pooled: Any = None
-    extra: dict[str, Any] = field(default_factory=dict)
 
 
 class Embedder:

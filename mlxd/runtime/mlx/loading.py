@@ -8,7 +8,7 @@ weights sit in memory once however many adapters use them.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -39,7 +39,7 @@ class LoadedModel:
     vocab_size: int
     memory_bytes: int
     #: How embeddings pool, as the model's own files say.
-    pooling: PoolingSpec = PoolingSpec()
+    pooling: PoolingSpec = field(default_factory=PoolingSpec)
     #: The model's image processor (mlx-lm's own), ``None`` for a text-only model.
     vision: VisionSupport | None = None
 

@@ -19,8 +19,8 @@ from mlx_lm.models.cache import KVCache, make_prompt_cache
 from mlxd.logs import tagged
 from mlxd.output.parser import ChoiceParser
 from mlxd.runtime.engine import RuntimeSettings
-from mlxd.runtime.mlx.batch import Batch, Out, emit, failed
 from mlxd.runtime.mlx import vision
+from mlxd.runtime.mlx.batch import Batch, Out, emit, failed
 from mlxd.runtime.mlx.commands import Choice, Embed, Insert
 from mlxd.runtime.mlx.constrained import GrammarCache, make_constraint
 from mlxd.runtime.mlx.embed import Embedder
