@@ -37,7 +37,11 @@ def _inputs(value: Any, limit: int) -> tuple[str | tuple[int, ...], ...]:
             if not item:
                 raise RequestError(f"input {i} is an empty string", param=f"input[{i}]")
             out.append(item)
-        elif isinstance(item, list) and item and all(isinstance(t, int) and not isinstance(t, bool) for t in item):
+        elif (
+            isinstance(item, list)
+            and item
+            and all(isinstance(t, int) and not isinstance(t, bool) for t in item)
+        ):
             if any(t < 0 for t in item):
                 raise RequestError(f"input {i} has a negative token id", param=f"input[{i}]")
             out.append(tuple(item))

@@ -81,7 +81,8 @@ def resolve_images(parts: Sequence[ImagePart], config: MlxdConfig) -> tuple[Imag
     limits = config.limits
     if len(parts) > limits.max_images:
         raise RequestError(
-            f"at most {limits.max_images} images are accepted per request", param=parts[limits.max_images].param
+            f"at most {limits.max_images} images are accepted per request",
+            param=parts[limits.max_images].param,
         )
     out = []
     for part in parts:
@@ -95,7 +96,12 @@ def resolve_images(parts: Sequence[ImagePart], config: MlxdConfig) -> tuple[Imag
             out.append(ImageInput(b"", "", part.param, url=part.value))
             continue
         out.append(
-            check(_bytes(part, config), part.param, max_bytes=limits.max_image_bytes, max_pixels=limits.max_image_pixels)
+            check(
+                _bytes(part, config),
+                part.param,
+                max_bytes=limits.max_image_bytes,
+                max_pixels=limits.max_image_pixels,
+            )
         )
     return tuple(out)
 
@@ -113,7 +119,9 @@ async def _download(image: ImageInput, config: MlxdConfig, client: httpx.AsyncCl
                 if len(data) > limit:
                     raise RequestError(f"the image is larger than {limit} bytes", param=image.param)
     except httpx.HTTPError as exc:
-        raise RequestError(f"the image could not be fetched: {type(exc).__name__}", param=image.param) from None
+        raise RequestError(
+            f"the image could not be fetched: {type(exc).__name__}", param=image.param
+        ) from None
     return check(bytes(data), image.param, max_bytes=limit, max_pixels=config.limits.max_image_pixels)
 
 
@@ -123,7 +131,5 @@ async def fetch(request: GenerationRequest, config: MlxdConfig) -> GenerationReq
     if not isinstance(prompt, ChatPrompt) or not any(image.url for image in prompt.images):
         return request
     async with httpx.AsyncClient(timeout=FETCH_TIMEOUT, follow_redirects=False) as client:
-        images = tuple(
-            [await _download(i, config, client) if i.url else i for i in prompt.images]
-        )
+        images = tuple([await _download(i, config, client) if i.url else i for i in prompt.images])
     return replace(request, prompt=replace(prompt, images=images))

@@ -139,10 +139,11 @@ def build_small_model(dest: Path, *, seed: int = 0) -> Path:
     )
 
 
-def build_embedding_model(dest: Path, *, seed: int = 0) -> Path:
+def build_embedding_model(dest: Path, *, seed: int = 0, **sizes: int) -> Path:
     """A tiny decoder embedding model, as the Qwen3-Embedding family ships: a ``qwen3``
-    architecture with sentence-transformers files (last-token pooling, then normalize)."""
-    dest = build_tiny_model(dest, seed=seed, model_type="qwen3", chat_template=False)
+    architecture with sentence-transformers files (last-token pooling, then normalize).
+    ``sizes`` are ``build_tiny_model``'s (``hidden_size``, ``num_layers``, …)."""
+    dest = build_tiny_model(dest, seed=seed, model_type="qwen3", chat_template=False, **sizes)  # type: ignore[arg-type]
     modules = [
         {"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
         {"idx": 1, "name": "1", "path": "1_Pooling", "type": "sentence_transformers.models.Pooling"},
@@ -151,7 +152,7 @@ def build_embedding_model(dest: Path, *, seed: int = 0) -> Path:
     write_json(dest / "modules.json", modules)
     (dest / "1_Pooling").mkdir(exist_ok=True)
     pooling = {
-        "word_embedding_dimension": 64,
+        "word_embedding_dimension": sizes.get("hidden_size", 64),
         "pooling_mode_cls_token": False,
         "pooling_mode_mean_tokens": False,
         "pooling_mode_lasttoken": True,

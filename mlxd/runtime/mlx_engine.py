@@ -157,11 +157,18 @@ class MlxEngine(EngineCore["LoadedModel"]):
         self.submit(insert)
         return streams
 
-    async def run_embeddings(self, unit: Unit[LoadedModel], admitted: AdmittedEmbeddings, request_id: str) -> Any:
+    async def run_embeddings(
+        self, unit: Unit[LoadedModel], admitted: AdmittedEmbeddings, request_id: str
+    ) -> Any:
         """Queue the inputs on the model's runner; it batches them between decode steps."""
         future: Future[Any] = Future()
         command = Embed(
-            unit.key, admitted.tokens, admitted.pooling, admitted.normalize, future, REQUEST_ID.get() or request_id
+            unit.key,
+            admitted.tokens,
+            admitted.pooling,
+            admitted.normalize,
+            future,
+            REQUEST_ID.get() or request_id,
         )
         self.submit(command)
         return await asyncio.wrap_future(future)

@@ -102,7 +102,9 @@ def test_batched_equals_one_at_a_time(oai: openai.OpenAI) -> None:
 
 def test_dimensions_truncate_then_renormalize(oai: openai.OpenAI) -> None:
     full = _vectors(oai.embeddings.create(model="embed", input=TEXTS[:3], encoding_format="float"))
-    short = _vectors(oai.embeddings.create(model="embed", input=TEXTS[:3], dimensions=16, encoding_format="float"))
+    short = _vectors(
+        oai.embeddings.create(model="embed", input=TEXTS[:3], dimensions=16, encoding_format="float")
+    )
     assert short.shape == (3, 16)
     expected = full[:, :16] / np.linalg.norm(full[:, :16], axis=1, keepdims=True)
     assert np.allclose(short, expected, atol=1e-5)

@@ -214,7 +214,9 @@ class FakeEngine(EngineCore[FakeModel]):
             raise self.faults.refuse
         rows = []
         for tokens in admitted.tokens:
-            seed = int.from_bytes(hashlib.blake2b(repr((tokens, admitted.pooling)).encode(), digest_size=4).digest())
+            seed = int.from_bytes(
+                hashlib.blake2b(repr((tokens, admitted.pooling)).encode(), digest_size=4).digest()
+            )
             row = np.random.default_rng(seed).standard_normal(EMBEDDING_SIZE).astype(np.float32)
             rows.append(row / np.linalg.norm(row) if admitted.normalize else row)
         await asyncio.sleep(self.token_delay)

@@ -6,7 +6,6 @@ dialects through their official clients against a daemon on the fake engine, who
 from __future__ import annotations
 
 from collections.abc import Iterator
-from pathlib import Path
 
 import anthropic
 import httpx
@@ -15,7 +14,6 @@ import openai
 import pytest
 
 from mlxd.errors import RequestError
-from mlxd.runtime.engine import ImageInput
 from mlxd.runtime.images import check, decode
 from tests.conftest import RunningDaemon, fake_engine, serving
 from tests.images.pictures import b64, bomb_header, data_url, png
@@ -130,7 +128,9 @@ def test_every_dialect_takes_images_through_its_client(vision_daemon: RunningDae
     )
     assert message.content
     llama = ollama.Client(host=vision_daemon.url)
-    reply = llama.chat(model="vision", messages=[{"role": "user", "content": "Describe", "images": [picture]}])
+    reply = llama.chat(
+        model="vision", messages=[{"role": "user", "content": "Describe", "images": [picture]}]
+    )
     assert reply.message.content
     generated = llama.generate(model="vision", prompt="Describe", images=[picture])
     assert generated.response
@@ -175,7 +175,10 @@ def test_too_many_images_and_each_dialects_envelope(vision_daemon: RunningDaemon
         )
         assert three.status_code == 400
         assert "at most 2 images" in three.json()["error"]
-        bomb = {"type": "image", "source": {"type": "base64", "media_type": "image/png", "data": b64(bomb_header())}}
+        bomb = {
+            "type": "image",
+            "source": {"type": "base64", "media_type": "image/png", "data": b64(bomb_header())},
+        }
         refused = http.post(
             "/v1/messages",
             json={"model": "vision", "max_tokens": 8, "messages": [{"role": "user", "content": [bomb]}]},

@@ -17,7 +17,9 @@ def embeddings_router(state: DaemonState) -> Router:
     @post("/embeddings", status_code=200, dto=StrictBody[EmbeddingRequest], return_dto=None)
     async def embeddings(data: EmbeddingRequest) -> Response[bytes]:
         """Vectors for a string, strings, token ids or lists of token ids (float or base64)."""
-        request = resolve_embeddings(state.configs.current, data.model, data.input, dimensions=data.dimensions)
+        request = resolve_embeddings(
+            state.configs.current, data.model, data.input, dimensions=data.dimensions
+        )
         result = await state.engine.embed(request)
         vectors = result.vectors
         rows: list[list[float] | str] = (

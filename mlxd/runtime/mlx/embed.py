@@ -2,7 +2,9 @@
 
 Every pass of the worker loop gives each model at most one embedding batch of at most
 ``budget`` tokens (padding included) before its decode step, so a burst of embedding
-inputs delays open streams by about one prefill chunk per step, never by the whole burst.
+inputs never freezes open streams: while sequences decode, ``Pacer`` sizes each batch to
+take about one decode step (never more than one prefill step), so a stream's gap between
+tokens at most doubles; with nothing decoding, batches are as large as the idle budget.
 Short inputs are right-padded into one batch: the model's attention is causal, so a
 position never sees the padding after it and every pooling reads only real positions,
 which makes batched vectors equal one-at-a-time ones to float tolerance. An input longer
@@ -79,25 +81,25 @@ class Embedder:
         job = _Job(command, [None] * len(command.tokens), len(command.tokens))
         self._queue.extend(_Input(job, i, tokens) for i, tokens in enumerate(command.tokens))
 
-    def step(self, budget: int) -> None:
+    def step(self, budget: int) -> int:
         """Run one batch of at most ``budget`` tokens (padding included), or one chunk of a
-        long input; settle every request whose last input finished."""
+        long input; settle every request whose last input finished. Returns the tokens run."""
         head = self._queue[0]
         try:
             if head.fed or len(head.tokens) > budget:
-                self._chunk(head, budget)
-            else:
-                self._batch(budget)
+                return self._chunk(head, budget)
+            return self._batch(budget)
         except Exception as exc:
             log.exception("an embedding batch failed")
             self._fail(head.job, exc)
+            return 0
 
     def fail_all(self, message: str) -> None:
         """Fail every queued request (the model is going away)."""
         for job in {id(item.job): item.job for item in self._queue}.values():
             self._fail(job, GenerationError(message))
 
-    def _batch(self, budget: int) -> None:
+    def _batch(self, budget: int) -> int:
         chosen: list[_Input] = []
         longest = 0
         while self._queue and not self._queue[0].fed:
@@ -114,8 +116,9 @@ class Embedder:
         for row, (item, length) in enumerate(zip(chosen, lengths, strict=True)):
             pooled.append(_pool(states[row, :length], item.job.command.pooling))
         self._finish(chosen, pooled)
+        return longest * len(chosen)
 
-    def _chunk(self, item: _Input, budget: int) -> None:
+    def _chunk(self, item: _Input, budget: int) -> int:
         if item.cache is None:
             item.cache = make_prompt_cache(self._model)
         chunk = item.tokens[item.fed : item.fed + budget]
@@ -131,11 +134,12 @@ class Embedder:
         mx.eval(item.pooled, [layer.state for layer in item.cache])
         item.fed += len(chunk)
         if item.fed < len(item.tokens):
-            return
+            return len(chunk)
         self._queue.popleft()
         item.cache = None
         vector = item.pooled / len(item.tokens) if pooling == "mean" else item.pooled
         self._finish([item], [vector])
+        return len(chunk)
 
     def _finish(self, items: list[_Input], vectors: list[Any]) -> None:
         normalize = [item.job.command.normalize for item in items]
@@ -158,6 +162,39 @@ class Embedder:
         if not job.command.future.done():
             error = exc if isinstance(exc, GenerationError) else GenerationError(f"embedding failed: {exc}")
             job.command.future.set_exception(error)
+
+
+class Pacer:
+    """Sizes embedding batches while sequences decode: each takes about one decode step's
+    time (so a stream's gap between tokens at most doubles), never more than ``cap``
+    tokens (one prefill step). Both times are running averages measured here."""
+
+    MIN_TOKENS = 16
+
+    def __init__(self) -> None:
+        self._per_token: float | None = None
+        self._step: float | None = None
+
+    def budget(self, decoding: bool, cap: int, idle: int) -> int:
+        """Tokens (padding included) for the next embedding batch."""
+        if not decoding:
+            return max(idle, cap)
+        if self._per_token is None or self._step is None:
+            return self.MIN_TOKENS
+        return max(self.MIN_TOKENS, min(cap, int(self._step / self._per_token)))
+
+    def embedded(self, tokens: int, seconds: float) -> None:
+        """One embedding batch of ``tokens`` took ``seconds``."""
+        if tokens > 0:
+            self._per_token = _average(self._per_token, seconds / tokens)
+
+    def decoded(self, seconds: float) -> None:
+        """One decode step took ``seconds``."""
+        self._step = _average(self._step, seconds)
+
+
+def _average(old: float | None, new: float) -> float:
+    return new if old is None else 0.8 * old + 0.2 * new
 
 
 def _pool(states: Any, pooling: str) -> Any:

@@ -23,7 +23,7 @@ from mlxd.runtime.mlx import vision
 from mlxd.runtime.mlx.batch import Batch, Out, emit, failed
 from mlxd.runtime.mlx.commands import Choice, Embed, Insert
 from mlxd.runtime.mlx.constrained import GrammarCache, make_constraint
-from mlxd.runtime.mlx.embed import Embedder
+from mlxd.runtime.mlx.embed import Embedder, Pacer
 from mlxd.runtime.mlx.loading import LoadedModel
 from mlxd.runtime.mlx.prompt_cache import MIN_REUSE, PromptCache
 from mlxd.runtime.mlx.sampling import make_processors, make_sampler
@@ -72,6 +72,7 @@ class ModelRunner:
         self._by_seq: dict[int, Sequence] = {}
         self._solo: _Solo | None = None
         self._embedder: Embedder | None = None
+        self._pacer = Pacer()
         self._prefill_step = settings.prefill_step_size
         self.configure(settings)
         warm_up(loaded.model, self.batch.generator, loaded.vocab_size)
@@ -137,11 +138,19 @@ class ModelRunner:
     def step(self, out: Out) -> None:
         """One bounded embedding batch, then one decode step of the lone sequence and of the
         batch, their output into ``out``."""
-        embedder = self._embedder
+        embedder, pacer = self._embedder, self._pacer
         if embedder:
-            before = embedder.tokens
-            embedder.step(self._prefill_step if self._by_seq else max(IDLE_EMBED_TOKENS, self._prefill_step))
+            before, started = embedder.tokens, time.perf_counter()
+            ran = embedder.step(pacer.budget(bool(self._by_seq), self._prefill_step, IDLE_EMBED_TOKENS))
+            pacer.embedded(ran, time.perf_counter() - started)
             self._stats.prompt_tokens_processed += embedder.tokens - before
+        if not self._by_seq:
+            return
+        started = time.perf_counter()
+        self._decode(out)
+        pacer.decoded(time.perf_counter() - started)
+
+    def _decode(self, out: Out) -> None:
         solo = self._solo
         if solo is not None:
             if self.batch:  # company arrived: the lone sequence joins the batch

@@ -154,7 +154,11 @@ def generate(request: GenerateRequest, config: MlxdConfig) -> GenerationRequest:
         messages = [{"role": "system", "content": request.system}] if request.system else []
         user = _with_images(request.prompt or "", request.images, "images", images)
         messages.append({"role": "user", "content": user})
-        prompt = {"messages": tuple(messages), "chat_template_kwargs": _think(request.think), "images": tuple(images)}
+        prompt = {
+            "messages": tuple(messages),
+            "chat_template_kwargs": _think(request.think),
+            "images": tuple(images),
+        }
     common = CommonRequest(
         model=model_name(request.model, config),
         stream=request.stream,

@@ -47,7 +47,9 @@ def _content(parts: Any, param: str, images: list[ImagePart] | None = None) -> A
             continue
         elif kind == "input_image" and images is not None:
             if part.get("file_id"):
-                raise RequestError("input_image takes an image_url (file ids are not served)", param=f"{param}[{j}]")
+                raise RequestError(
+                    "input_image takes an image_url (file ids are not served)", param=f"{param}[{j}]"
+                )
             images.append(from_url(part.get("image_url"), f"{param}[{j}]"))
             texts.append(None)
         else:
