@@ -18,6 +18,7 @@ It prints Markdown for ``bench/RESULTS.md``.
 from __future__ import annotations
 
 import argparse
+import itertools
 import statistics
 import tempfile
 import threading
@@ -89,7 +90,7 @@ def stream_gaps(client: httpx.Client, tokens: int) -> list[float]:
         for line in response.iter_lines():
             if line.startswith("data: {"):
                 arrivals.append(time.perf_counter())
-    return [b - a for a, b in zip(arrivals[1:-1], arrivals[2:], strict=False)]
+    return [b - a for a, b in itertools.pairwise(arrivals[1:])]  # the first gap is the TTFT
 
 
 def with_bursts(url: str, client: httpx.Client, tokens: int) -> tuple[list[float], int]:
