@@ -37,6 +37,7 @@ def listing(mlxd_env: MlxdEnv, config: Path) -> dict[str, dict[str, Any]]:
         "loaded",
         "revisions",
         "problem",
+        "capabilities",
     }
     assert all(set(row) == keys for row in rows)  # every object has the same, stable keys
     return {row["alias"] or row["source"]: row for row in rows}
