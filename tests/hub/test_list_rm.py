@@ -140,6 +140,7 @@ def test_list_json_table_and_loaded(
         "loaded": False,  # no daemon runs
         "revisions": ["main"],
         "problem": None,
+        "capabilities": [],
     }
     assert rows["tiny-sql"]["adapter"] == "adapters/sql"
     assert rows["tiny-sql"]["downloaded"] is True
