@@ -115,6 +115,14 @@ class ServerConfig(_Section):
             " (least recently used first out); 0 keeps none."
         ),
     )
+    allow_image_urls: bool = Field(
+        default=False,
+        description=(
+            "Let requests name images by http(s) URL, which the daemon then fetches. Off: images"
+            " arrive inline (data: URLs, base64) and a URL is a 400, so no request makes the"
+            " daemon reach another host."
+        ),
+    )
     log_prompts: bool = Field(
         default=False, description="Write prompts and outputs to the log. Off by default."
     )
@@ -218,6 +226,18 @@ class LimitsConfig(_Section):
     max_stop_length: int = Field(default=256, ge=1, description="Longest stop string, in characters.")
     max_logit_bias: int = Field(default=1024, ge=0, description="Most logit_bias entries per request.")
     max_messages: int = Field(default=4096, ge=1, description="Most messages in one chat request.")
+    max_images: int = Field(default=8, ge=0, le=256, description="Most images in one request.")
+    max_image_bytes: Size = Field(
+        default=10 * 2**20, gt=0, description="Largest image accepted, as encoded bytes (e.g. '10MiB')."
+    )
+    max_image_pixels: int = Field(
+        default=25_000_000,
+        ge=1,
+        description="Most pixels (width x height) of one image, read from its header before it is decoded.",
+    )
+    max_embedding_inputs: int = Field(
+        default=2048, ge=1, le=100_000, description="Most inputs in one embeddings request."
+    )
 
 
 #: Tokens a draft model proposes per step unless the alias or the request says otherwise
@@ -287,6 +307,17 @@ class ModelConfig(_Section):
     )
     defaults: GenerationDefaults = Field(
         default_factory=GenerationDefaults, description="Request defaults for this alias."
+    )
+    pooling: Literal["last", "mean", "cls"] | None = Field(
+        default=None,
+        description=(
+            "How embeddings pool the token states: the model's sentence-transformers files say"
+            " when it has them, else 'last' (the last token, for decoder models)."
+        ),
+    )
+    normalize: bool | None = Field(
+        default=None,
+        description="Whether embeddings are scaled to unit length (the model's files say, else true).",
     )
 
     _base_dir: Path | None = PrivateAttr(default=None)

@@ -19,6 +19,7 @@ from typing import Any
 from litestar import Request
 
 from mlxd.errors import GenerationError
+from mlxd.http.images import fetch
 from mlxd.http.metrics import Meter
 from mlxd.http.pipeline import ChoiceRun, collect, interleaved, metered, usage
 from mlxd.http.state import DaemonState
@@ -60,10 +61,12 @@ async def start(
 ) -> Generation:
     """Admit the request (the engine raises the error its client should get, naming the
     field as the dialect's ``names`` spell it)."""
-    log_prompts = state.configs.current.server.log_prompts
+    config = state.configs.current
+    log_prompts = config.server.log_prompts
     if log_prompts:
         log.info("prompt for %s: %s", request.alias, _clip(request.prompt))
     with dialect_names(names or {}):
+        request = await fetch(request, config)
         streams = await state.engine.generate(request)
     runs = [ChoiceRun(i, stream) for i, stream in enumerate(streams)]
     meter = state.metrics.meter(request.alias) if state.metrics is not None else None

@@ -32,6 +32,9 @@ ROUTES = frozenset(
         "/api/show",
         "/api/ps",
         "/api/version",
+        "/api/embed",
+        "/api/embeddings",
+        "/v1/embeddings",
         "/",
     }
 )

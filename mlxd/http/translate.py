@@ -20,6 +20,7 @@ from typing import Any
 from mlxd.config.schema import CHAT_TEMPLATE_KWARGS, GenerationDefaults, MlxdConfig, ModelConfig
 from mlxd.errors import ModelNotFoundError, RequestError
 from mlxd.http.ids import new_id
+from mlxd.http.images import ImagePart, resolve_images
 from mlxd.http.tools import Tools, tool_choice
 from mlxd.output.tool_calls import tool_call_schema
 from mlxd.protocol.requests import ResponseFormat
@@ -82,6 +83,8 @@ class CommonRequest:
     stream: bool = False
     #: Seconds the model stays loaded after this request (the alias's keep_alive otherwise).
     keep_alive: float | None = None
+    #: The images of ``messages``, in order (each is an ``{"type": "image"}`` part there).
+    images: tuple[ImagePart, ...] = ()
     #: The dialect's name of each neutral field, for error messages (``max_tokens`` is
     #: ``max_output_tokens`` in Responses, ``num_predict`` in Ollama).
     names: Mapping[str, str] = field(default_factory=dict)
@@ -238,6 +241,8 @@ def _prompt(
     request: CommonRequest, config: MlxdConfig, alias: str, tools: Tools | None
 ) -> ChatPrompt | TextPrompt:
     if request.messages is None and request.prompt is not None:
+        if request.images:
+            raise RequestError("images need a chat prompt", param=request.images[0].param)
         if not request.prompt:
             raise RequestError("prompt must not be empty", param="prompt")
         if isinstance(request.prompt, str):
@@ -252,7 +257,14 @@ def _prompt(
             )
         kwargs[key] = value
     messages = _messages(request, config.limits.max_messages)
-    return ChatPrompt(messages, request.role_mapping, kwargs, tools, config.models[alias].template_text)
+    return ChatPrompt(
+        messages,
+        request.role_mapping,
+        kwargs,
+        tools,
+        template=config.models[alias].template_text,
+        images=resolve_images(request.images, config),
+    )
 
 
 def resolve(request: CommonRequest, config: MlxdConfig) -> GenerationRequest:

@@ -26,10 +26,11 @@ RepetitionContext = Annotated[int, msgspec.Meta(ge=1, le=8192)]
 
 
 class TextPart(msgspec.Struct, forbid_unknown_fields=False):
-    """A content part; only ``text`` parts can be served by a text model."""
+    """A content part: ``text``, or ``image_url`` (``{"url": …}``) for a vision model."""
 
     type: str
     text: str | None = None
+    image_url: dict[str, Any] | str | None = None
 
 
 class ChatMessage(msgspec.Struct, forbid_unknown_fields=False):

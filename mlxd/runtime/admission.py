@@ -20,8 +20,17 @@ from mlxd.errors import CapacityError, ContextLengthError, RequestError
 from mlxd.output.parser import OutputSpec
 from mlxd.output.reasoning import ReasoningFormat
 from mlxd.output.tool_calls import ToolFormat
-from mlxd.runtime.engine import ChatPrompt, Constraint, GenerationRequest, RuntimeSettings, TextPrompt
-from mlxd.runtime.prompts import encode_prompt
+from mlxd.runtime.engine import (
+    ChatPrompt,
+    Constraint,
+    EmbeddingRequest,
+    GenerationRequest,
+    Pooling,
+    RuntimeSettings,
+    TextPrompt,
+)
+from mlxd.runtime.pooling import PoolingSpec
+from mlxd.runtime.prompts import encode_inputs, encode_prompt, vision_prompt
 
 T = TypeVar("T")
 
@@ -38,6 +47,14 @@ class ModelFacts(Protocol):
     @property
     def vocab_size(self) -> int: ...
 
+    @property
+    def pooling(self) -> PoolingSpec: ...
+
+    @property
+    def vision(self) -> Any | None:
+        """The model's image support (``prepare`` a prompt with images), ``None`` for text only."""
+        ...
+
 
 @dataclass(frozen=True, slots=True)
 class Admitted:
@@ -51,6 +68,17 @@ class Admitted:
     grammar: str | None
     #: What the output parser of each choice enforces.
     output: OutputSpec
+    #: A prompt with images: the pixels, where each image starts, and the cache key.
+    vision: Any | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class AdmittedEmbeddings:
+    """Embedding inputs that passed every check: their tokens and how to pool them."""
+
+    tokens: list[list[int]]
+    pooling: Pooling
+    normalize: bool
 
 
 def check_capacity(alias: str, active: int, settings: RuntimeSettings) -> None:
@@ -138,7 +166,12 @@ class Admission:
 
     async def admit(self, request: GenerationRequest, model: ModelFacts) -> Admitted:
         """Tokenize, check and compile; raises the 400 a request deserves."""
-        tokens = await self._off_loop(encode_prompt, model.tokenizer, request.prompt)
+        prompt, vision = request.prompt, None
+        if isinstance(prompt, ChatPrompt) and prompt.images:
+            vision = await self._vision(request, prompt, model)
+            tokens = vision.tokens
+        else:
+            tokens = await self._off_loop(encode_prompt, model.tokenizer, prompt)
         max_tokens = check_limits(request, model, tokens)
         tools = tool_format(request, model.tokenizer)
         reasoning = reasoning_format(request, model.tokenizer, tokens)
@@ -147,11 +180,44 @@ class Admission:
             grammar = await self._off_loop(compile_grammar, request.constraint, tools)
         offered = request.prompt.tools if isinstance(request.prompt, ChatPrompt) else None
         output = OutputSpec(request.stop, offered, request.max_tool_calls)
-        return Admitted(tokens, max_tokens, tools, reasoning, grammar, output)
+        return Admitted(tokens, max_tokens, tools, reasoning, grammar, output, vision)
+
+    async def admit_embeddings(self, request: EmbeddingRequest, model: ModelFacts) -> AdmittedEmbeddings:
+        """Tokenize the inputs and check each against the model; raises the 400 they deserve."""
+        tokens = await self._off_loop(encode_inputs, model.tokenizer, request.inputs)
+        context, vocab = model.context_length, model.vocab_size
+        for i, ids in enumerate(tokens):
+            if not ids:
+                raise RequestError(f"input {i} is empty", param=f"input[{i}]")
+            if len(ids) > context and request.truncate:
+                del ids[context:]
+            elif len(ids) > context:
+                raise ContextLengthError(
+                    f"input {i} has {len(ids)} tokens but {request.alias!r} has a context of {context}",
+                    param=f"input[{i}]",
+                )
+            if isinstance(request.inputs[i], tuple) and any(not 0 <= t < vocab for t in ids):
+                raise RequestError(
+                    f"input {i} has a token id outside the vocabulary (0..{vocab - 1})", param=f"input[{i}]"
+                )
+        own = model.pooling
+        pooling = request.pooling or own.pooling
+        normalize = own.normalize if request.normalize is None else request.normalize
+        return AdmittedEmbeddings(tokens, pooling, normalize)
 
     async def count(self, request: GenerationRequest, model: ModelFacts) -> int:
-        """The prompt's length in tokens (chat template and tools included), unchecked."""
-        return len(await self._off_loop(encode_prompt, model.tokenizer, request.prompt))
+        """The prompt's length in tokens (chat template, tools and images included), unchecked."""
+        prompt = request.prompt
+        if isinstance(prompt, ChatPrompt) and prompt.images:
+            return len((await self._vision(request, prompt, model)).tokens)
+        return len(await self._off_loop(encode_prompt, model.tokenizer, prompt))
+
+    async def _vision(self, request: GenerationRequest, prompt: ChatPrompt, model: ModelFacts) -> Any:
+        if model.vision is None:
+            raise RequestError(
+                f"{request.alias!r} is a text model: it does not take images", param=prompt.images[0].param
+            )
+        return await self._off_loop(vision_prompt, model.tokenizer, model.vision, prompt)
 
     async def _off_loop(self, fn: Callable[..., T], *args: Any) -> T:
         # The request's context (its id, for log lines) comes along to the executor.

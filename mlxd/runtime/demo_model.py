@@ -74,13 +74,16 @@ def build_tiny_model(
     chat_template: bool = True,
     tie_word_embeddings: bool = True,
     thinking: bool = False,
+    model_type: str = "llama",
 ) -> Path:
-    """Write a loadable mlx-lm model directory (llama, random weights) to dest; return dest.
+    """Write a loadable mlx-lm model directory (llama, or ``qwen3``; random weights) to
+    dest; return dest.
 
     The same arguments always give byte-identical files.
     """
+    import importlib
+
     import mlx.core as mx
-    from mlx_lm.models import llama
 
     dest = Path(dest)
     dest.mkdir(parents=True, exist_ok=True)
@@ -88,9 +91,10 @@ def build_tiny_model(
         dest, chat_template=chat_template, max_length=max_position_embeddings, thinking=thinking
     )
     bos_id, eos_id = tokenizer.token_to_id(END_OF_TEXT), tokenizer.token_to_id(IM_END)
+    architecture = {"llama": "LlamaForCausalLM", "qwen3": "Qwen3ForCausalLM"}[model_type]
     config: dict[str, Any] = {
-        "model_type": "llama",
-        "architectures": ["LlamaForCausalLM"],
+        "model_type": model_type,
+        "architectures": [architecture],
         "vocab_size": tokenizer.get_vocab_size(),
         "hidden_size": hidden_size,
         "num_hidden_layers": num_layers,
@@ -106,8 +110,10 @@ def build_tiny_model(
         "eos_token_id": [eos_id, bos_id],
         "pad_token_id": bos_id,
         "torch_dtype": "float32",
+        "head_dim": hidden_size // num_heads,
     }
-    model = llama.Model(llama.ModelArgs.from_dict(config))
+    family = importlib.import_module(f"mlx_lm.models.{model_type}")
+    model = family.Model(family.ModelArgs.from_dict(config))
     silent = [
         tokenizer.token_to_id(token) for token in (*SPECIAL_TOKENS, *(THINK_TOKENS if thinking else ()))
     ]
@@ -158,6 +164,29 @@ def build_draft_model(base: Path, dest: Path, *, num_layers: int) -> Path:
     mx.save_safetensors(str(dest / "model.safetensors"), kept, metadata={"format": "mlx"})
     config = json.loads((base / "config.json").read_text(encoding="utf-8"))
     write_json(dest / "config.json", {**config, "num_hidden_layers": num_layers})
+    return dest
+
+
+def build_embedding_model(dest: Path, *, seed: int = 0, **sizes: int) -> Path:
+    """A tiny decoder embedding model, as the Qwen3-Embedding family ships: a ``qwen3``
+    architecture with sentence-transformers files (last-token pooling, then normalize).
+    ``sizes`` are ``build_tiny_model``'s (``hidden_size``, ``num_layers``, …)."""
+    dest = build_tiny_model(dest, seed=seed, model_type="qwen3", chat_template=False, **sizes)  # type: ignore[arg-type]
+    modules = [
+        {"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
+        {"idx": 1, "name": "1", "path": "1_Pooling", "type": "sentence_transformers.models.Pooling"},
+        {"idx": 2, "name": "2", "path": "2_Normalize", "type": "sentence_transformers.models.Normalize"},
+    ]
+    write_json(dest / "modules.json", modules)
+    (dest / "1_Pooling").mkdir(exist_ok=True)
+    pooling = {
+        "word_embedding_dimension": sizes.get("hidden_size", 64),
+        "pooling_mode_cls_token": False,
+        "pooling_mode_mean_tokens": False,
+        "pooling_mode_lasttoken": True,
+        "include_prompt": True,
+    }
+    write_json(dest / "1_Pooling" / "config.json", pooling)
     return dest
 
 

@@ -10,7 +10,10 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Literal, Protocol
+
+import numpy as np
+import numpy.typing as npt
 
 from mlxd.output.events import Event, Finish
 
@@ -130,8 +133,25 @@ class SamplingParams:
 
 
 @dataclass(frozen=True, slots=True)
+class ImageInput:
+    """One image of a prompt, checked against the ``[limits]`` caps but not decoded yet:
+    its encoded bytes (PNG, JPEG, …), their SHA-256 (the image's identity in prompt-cache
+    keys) and where the request put it (errors name that place)."""
+
+    data: bytes
+    digest: str
+    param: str
+    #: An ``http(s)`` URL still to fetch (only with ``[server] allow_image_urls``).
+    url: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class ChatPrompt:
-    """A conversation to render with the model's chat template (or ``role_mapping``)."""
+    """A conversation to render with the model's chat template (or ``role_mapping``).
+
+    A message with images has list content: ``{"type": "text", "text": …}`` and
+    ``{"type": "image"}`` parts, as vision chat templates take them; ``images`` are those
+    images, in order."""
 
     messages: tuple[Mapping[str, Any], ...]
     role_mapping: Mapping[str, str] | None = None
@@ -140,6 +160,7 @@ class ChatPrompt:
     tools: tuple[Mapping[str, Any], ...] | None = None
     #: The alias's own chat template (Jinja text from the config), in place of the model's.
     template: str | None = None
+    images: tuple[ImageInput, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -192,6 +213,38 @@ class GenerationRequest:
     #: Tokens the alias's draft model proposes per step when the sequence decodes alone
     #: (0: no speculative decoding).
     num_draft_tokens: int = 0
+
+
+Pooling = Literal["last", "mean", "cls"]
+
+
+@dataclass(frozen=True, slots=True)
+class EmbeddingRequest:
+    """Inputs to embed with one model: texts or token ids, pooled and maybe normalized.
+
+    ``pooling`` / ``normalize`` ``None``: as the model's sentence-transformers files say,
+    else last-token pooling, normalized. ``dimensions`` keeps the first that many values
+    and scales the result to unit length again."""
+
+    request_id: str
+    alias: str
+    spec: ModelSpec
+    inputs: tuple[str | tuple[int, ...], ...]
+    pooling: Pooling | None = None
+    normalize: bool | None = None
+    dimensions: int | None = None
+    keep_alive: float = 900.0
+    #: Cut inputs longer than the context to fit (Ollama's ``truncate``) instead of a 400.
+    truncate: bool = False
+
+
+@dataclass(slots=True)
+class Embeddings:
+    """The vectors of an ``EmbeddingRequest`` (one float32 row per input, in order) and
+    the tokens the inputs took."""
+
+    vectors: npt.NDArray[np.float32]
+    prompt_tokens: int
 
 
 @dataclass(slots=True)
@@ -266,6 +319,10 @@ class Engine(Protocol):
 
     async def count_tokens(self, request: GenerationRequest) -> int:
         """The prompt's length in tokens by the model's own template; generates nothing."""
+        ...
+
+    async def embed(self, request: EmbeddingRequest) -> Embeddings:
+        """Embed the request's inputs (batched with other requests' on the model's worker)."""
         ...
 
     async def load(self, alias: str, spec: ModelSpec, keep_alive: float) -> None: ...

@@ -14,8 +14,20 @@ import time
 from collections.abc import Callable, Collection, Mapping
 from typing import Generic, Protocol, TypeVar
 
-from mlxd.runtime.admission import Admission, Admitted, ModelFacts, check_capacity
-from mlxd.runtime.engine import EngineStatus, GenerationRequest, ModelSpec, RuntimeSettings, UnitKey
+import numpy as np
+import numpy.typing as npt
+
+from mlxd.errors import RequestError
+from mlxd.runtime.admission import Admission, Admitted, AdmittedEmbeddings, ModelFacts, check_capacity
+from mlxd.runtime.engine import (
+    EmbeddingRequest,
+    Embeddings,
+    EngineStatus,
+    GenerationRequest,
+    ModelSpec,
+    RuntimeSettings,
+    UnitKey,
+)
 from mlxd.runtime.mlx.stats import WorkerStats
 from mlxd.runtime.residency import Residency
 from mlxd.runtime.streams import Stream
@@ -81,6 +93,25 @@ class EngineCore(Generic[M]):
         finally:
             self.residency.release(unit)
 
+    async def embed(self, request: EmbeddingRequest) -> Embeddings:
+        """Embed the request's inputs with its model (loading it first if it must)."""
+        unit = self.residency.acquire(request.alias, request.spec, request.keep_alive)
+        try:
+            model = await self.residency.ready(unit)
+            check_capacity(request.alias, unit.active, self.settings)
+            admitted = await self.admission.admit_embeddings(request, model)
+            vectors = await self.run_embeddings(unit, admitted, request.request_id)
+        finally:
+            self.residency.release(unit)
+        prompt_tokens = sum(len(tokens) for tokens in admitted.tokens)
+        return Embeddings(shorten(vectors, request.dimensions), prompt_tokens)
+
+    async def run_embeddings(
+        self, unit: Unit[M], admitted: AdmittedEmbeddings, request_id: str
+    ) -> npt.NDArray[np.float32]:
+        """The pooled (and normalized) vectors of admitted inputs (each engine has its worker)."""
+        raise NotImplementedError
+
     def streams(self, unit: Unit[M], admitted: Admitted, count: int) -> list[Stream]:
         """One stream per choice; each frees its share of ``unit`` when it ends."""
         end = functools.partial(self.residency.release, unit)
@@ -125,3 +156,17 @@ class EngineCore(Generic[M]):
     async def close(self) -> None:
         """Stop admitting (its executor goes)."""
         self.admission.close()
+
+
+def shorten(vectors: npt.NDArray[np.float32], dimensions: int | None) -> npt.NDArray[np.float32]:
+    """The first ``dimensions`` values of each vector, scaled to unit length again (as
+    OpenAI's ``dimensions`` works for models trained to be cut this way)."""
+    if dimensions is None:
+        return vectors
+    width = vectors.shape[1]
+    if dimensions > width:
+        raise RequestError(f"dimensions must be at most {width} for this model", param="dimensions")
+    cut = vectors[:, :dimensions]
+    norms = np.maximum(np.linalg.norm(cut, axis=1, keepdims=True), 1e-12)
+    shortened: npt.NDArray[np.float32] = (cut / norms).astype(np.float32)
+    return shortened

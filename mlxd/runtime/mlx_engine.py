@@ -15,15 +15,16 @@ from collections.abc import Callable, Collection, Mapping
 from concurrent.futures import Future
 from dataclasses import replace
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from mlxd.logs import REQUEST_ID
+from mlxd.runtime.admission import AdmittedEmbeddings
 from mlxd.runtime.engine import GenerationRequest, ModelSpec, RuntimeSettings, UnitKey
 from mlxd.runtime.engine_core import EngineCore
-from mlxd.runtime.mlx.commands import Cancel, Choice, Command, Configure, Insert, Load, Unload
+from mlxd.runtime.mlx.commands import Cancel, Choice, Command, Configure, Embed, Insert, Load, Unload
 from mlxd.runtime.mlx.handle import WorkerHandle
 from mlxd.runtime.streams import Stream
-from mlxd.runtime.units import LoadPlan
+from mlxd.runtime.units import LoadPlan, Unit
 
 if TYPE_CHECKING:
     from mlxd.runtime.mlx.loading import LoadedModel
@@ -156,9 +157,26 @@ class MlxEngine(EngineCore["LoadedModel"]):
             tool_format=admitted.tool_format,
             reasoning_format=admitted.reasoning_format,
             num_draft_tokens=request.num_draft_tokens,
+            vision=admitted.vision,
         )
         self.submit(insert)
         return streams
+
+    async def run_embeddings(
+        self, unit: Unit[LoadedModel], admitted: AdmittedEmbeddings, request_id: str
+    ) -> Any:
+        """Queue the inputs on the model's runner; it batches them between decode steps."""
+        future: Future[Any] = Future()
+        command = Embed(
+            unit.key,
+            admitted.tokens,
+            admitted.pooling,
+            admitted.normalize,
+            future,
+            REQUEST_ID.get() or request_id,
+        )
+        self.submit(command)
+        return await asyncio.wrap_future(future)
 
     def configure(self, settings: RuntimeSettings, units: Mapping[UnitKey, Collection[str]]) -> None:
         """Apply a config generation: limits and retirement now, batch size, prefill step

@@ -142,7 +142,7 @@ class Batch:
             self._stats.stepped(len(responses))
         now = time.monotonic()
         cache = self._prompt_cache
-        leaving: list[int] = []
+        leaving: dict[int, Sequence] = {}
         for response in responses:
             found = self._by_uid.get(response.uid)
             if found is None or not emit(found, response, now, out):
@@ -150,13 +150,13 @@ class Batch:
             del self._by_uid[response.uid]
             ended(found)
             if response.finish_reason is None:  # its parser ended it: mlx-lm does not know
-                leaving.append(response.uid)
+                leaving[response.uid] = found
             elif response.prompt_cache is not None:
-                cache.store(response.all_tokens, response.prompt_cache)
+                cache.store(found.cache_tokens(response.all_tokens), response.prompt_cache)
         if leaving:
-            caches = self.generator.remove(leaving, return_prompt_caches=cache.max_bytes > 0)
-            for layers, tokens in caches.values():
-                cache.store(list(tokens), layers)
+            caches = self.generator.remove(list(leaving), return_prompt_caches=cache.max_bytes > 0)
+            for uid, (layers, tokens) in caches.items():
+                cache.store(leaving[uid].cache_tokens(list(tokens)), layers)
 
     def close(self) -> None:
         """Free the batch (its sequences are the runner's to fail)."""

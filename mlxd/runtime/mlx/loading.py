@@ -8,7 +8,7 @@ weights sit in memory once however many adapters use them.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +18,8 @@ from mlx_lm.tuner.utils import load_adapters
 from mlx_lm.utils import load_model, load_tokenizer
 
 from mlxd.errors import ModelCorruptError, ModelLoadError
+from mlxd.runtime.mlx.vision import VisionSupport, load_vision
+from mlxd.runtime.pooling import PoolingSpec, read_pooling
 
 _CONTEXT_KEYS = ("max_position_embeddings", "max_sequence_length", "n_positions", "seq_length")
 #: Values checked per weight array, spread evenly over it: at most 4096 x (number of
@@ -36,6 +38,10 @@ class LoadedModel:
     context_length: int
     vocab_size: int
     memory_bytes: int
+    #: How embeddings pool, as the model's own files say.
+    pooling: PoolingSpec = field(default_factory=PoolingSpec)
+    #: The model's image processor (mlx-lm's own), ``None`` for a text-only model.
+    vision: VisionSupport | None = None
 
 
 def _read_config(path: Path) -> dict[str, Any]:
@@ -105,6 +111,8 @@ def load_base(path: Path, context_override: int | None = None) -> LoadedModel:
         context_length=_context_length(config, context_override),
         vocab_size=vocab,
         memory_bytes=max(0, mx.get_active_memory() - before),
+        pooling=read_pooling(path),
+        vision=load_vision(model, config, tokenizer),
     )
 
 
@@ -137,4 +145,6 @@ def load_adapted(base: LoadedModel, base_path: Path, adapter_path: Path) -> Load
         context_length=base.context_length,
         vocab_size=base.vocab_size,
         memory_bytes=max(0, mx.get_active_memory() - before),
+        pooling=base.pooling,
+        vision=base.vision,
     )

@@ -19,9 +19,11 @@ from mlx_lm.models.cache import KVCache, make_prompt_cache
 from mlxd.logs import tagged
 from mlxd.output.parser import ChoiceParser
 from mlxd.runtime.engine import RuntimeSettings
+from mlxd.runtime.mlx import vision
 from mlxd.runtime.mlx.batch import Batch, Out, emit, failed
-from mlxd.runtime.mlx.commands import Choice, Insert
+from mlxd.runtime.mlx.commands import Choice, Embed, Insert
 from mlxd.runtime.mlx.constrained import GrammarCache, make_constraint
+from mlxd.runtime.mlx.embed import Embedder, Pacer
 from mlxd.runtime.mlx.loading import LoadedModel
 from mlxd.runtime.mlx.prompt_cache import MIN_REUSE, PromptCache
 from mlxd.runtime.mlx.sampling import make_processors, make_sampler, xtc_special_tokens
@@ -34,6 +36,9 @@ from mlxd.runtime.mlx.warmup import warm_up
 from mlxd.runtime.token_pieces import TokenPieces
 
 log = logging.getLogger("mlxd.runtime")
+#: Tokens of one embedding batch while no sequence of the model decodes (nobody waits on
+#: its step, so a burst runs in as few batches as this allows).
+IDLE_EMBED_TOKENS = 8192
 
 
 @dataclass(slots=True)
@@ -74,14 +79,22 @@ class ModelRunner:
         self._solo_ok = all(type(layer) is KVCache for layer in make_prompt_cache(loaded.model))
         self._by_seq: dict[int, Sequence] = {}
         self._solo: _Solo | None = None
+        self._embedder: Embedder | None = None
+        self._pacer = Pacer()
         self._prefill_step = settings.prefill_step_size
         self.configure(settings)
         warm_up(loaded.model, self.batch.generator, loaded.vocab_size)
 
     @property
     def busy(self) -> bool:
-        """True while any sequence of this model is generating."""
-        return bool(self._by_seq)
+        """True while any sequence of this model is generating or embedding input waits."""
+        return bool(self._by_seq) or bool(self._embedder)
+
+    def embed(self, command: Embed) -> None:
+        """Queue a request's embedding inputs: one bounded batch of them runs per step."""
+        if self._embedder is None:
+            self._embedder = Embedder(self.loaded.model)
+        self._embedder.add(command)
 
     def configure(self, settings: RuntimeSettings) -> None:
         """Apply new ``[runtime]`` settings: batch size and prefill step from the next step
@@ -93,13 +106,19 @@ class ModelRunner:
     def insert(self, command: Insert, out: Out) -> None:
         """Start a request's choices: alone when it is the model's only one, else in the batch."""
         tokens, count = command.tokens, len(command.choices)
-        cache, hit = self.prompt_cache.lookup(tokens)
+        key = command.vision.cache_key if command.vision is not None else tokens
+        cache, hit = self.prompt_cache.lookup(key)
         log.debug("starting %d sequence(s): %d prompt tokens, %d cached", count, len(tokens), hit)
         try:
             if self._start_solo(command, cache, hit):
                 return
             reused = hit
-            if count > 1 and len(tokens) > 1:  # n choices: prefill the prompt once for all
+            if command.vision is not None:  # images: their embeddings go in before the batch
+                model = self.loaded.model
+                layers = copy.deepcopy(cache) if cache is not None else make_prompt_cache(model)
+                cache, reused = vision.prefill(model, command.vision, hit, layers, self._prefill_step)
+                hit = min(hit, reused)
+            elif count > 1 and len(tokens) > 1:  # n choices: prefill the prompt once for all
                 model = self.loaded.model
                 # Extended in place: never touch a prompt-cache entry's own arrays.
                 layers = copy.deepcopy(cache) if cache is not None else make_prompt_cache(model)
@@ -125,7 +144,21 @@ class ModelRunner:
             out.extend((choice.sink, failed(str(exc))) for choice in command.choices)
 
     def step(self, out: Out) -> None:
-        """One decode step of the lone sequence and of the batch, their output into ``out``."""
+        """One bounded embedding batch, then one decode step of the lone sequence and of the
+        batch, their output into ``out``."""
+        embedder, pacer = self._embedder, self._pacer
+        if embedder:
+            before, started = embedder.tokens, time.perf_counter()
+            ran = embedder.step(pacer.budget(bool(self._by_seq), self._prefill_step, IDLE_EMBED_TOKENS))
+            pacer.embedded(ran, time.perf_counter() - started)
+            self._stats.prompt_tokens_processed += embedder.tokens - before
+        if not self._by_seq:
+            return
+        started = time.perf_counter()
+        self._decode(out)
+        pacer.decoded(time.perf_counter() - started)
+
+    def _decode(self, out: Out) -> None:
         solo = self._solo
         if solo is not None:
             if self.batch:  # company arrived: the lone sequence joins the batch
@@ -154,6 +187,8 @@ class ModelRunner:
         left = list(self._by_seq.values())
         self._by_seq.clear()
         self._solo = None
+        if self._embedder is not None:
+            self._embedder.fail_all("the model was unloaded")
         self.batch.close()
         return left
 
@@ -171,6 +206,7 @@ class ModelRunner:
             pieces=self._pieces,
             interval=command.interval,
             request_id=command.request_id,
+            cache_key=command.vision.cache_key if command.vision is not None else None,
         )
         self._by_seq[choice.seq_id] = seq
         # A plain int written before any event of this sequence is delivered to the loop.
@@ -180,7 +216,7 @@ class ModelRunner:
     def _start_solo(self, command: Insert, cache: list[Any] | None, hit: int) -> bool:
         """Decode a request alone when it is the model's only one and has one choice (False:
         the batch takes it, also when the model's or the cache's layers are not plain KV)."""
-        if self._by_seq or not self._solo_ok or len(command.choices) != 1:
+        if self._by_seq or not self._solo_ok or len(command.choices) != 1 or command.vision is not None:
             return False
         layers = private_cache(cache, hit) if cache is not None else make_prompt_cache(self.loaded.model)
         if layers is None:

@@ -27,7 +27,7 @@ from mlxd.errors import MlxdError, ModelLoadError, ModelUnsupportedError
 from mlxd.logs import tagged
 from mlxd.runtime.engine import GenerationEvent, RuntimeSettings, UnitKey
 from mlxd.runtime.mlx.batch import Out
-from mlxd.runtime.mlx.commands import Call, Cancel, Command, Configure, Insert, Load, Shutdown, Unload
+from mlxd.runtime.mlx.commands import Call, Cancel, Command, Configure, Embed, Insert, Load, Shutdown, Unload
 from mlxd.runtime.mlx.constrained import GrammarCache
 from mlxd.runtime.mlx.loading import LoadedModel
 from mlxd.runtime.mlx.prompt_disk import DiskPromptCache
@@ -134,7 +134,7 @@ class MlxWorker:
         for command in [*self._pending, *self._drain(block=False)]:
             if isinstance(command, Insert):
                 out.extend((choice.sink, failed) for choice in command.choices)
-            elif isinstance(command, Load | Unload | Call) and not command.future.done():
+            elif isinstance(command, Load | Unload | Call | Embed) and not command.future.done():
                 command.future.set_exception(ModelLoadError("the engine restarted; try again"))
         if out:
             self._loop.call_soon_threadsafe(_deliver, out)
@@ -190,6 +190,12 @@ class MlxWorker:
                     out.extend((choice.sink, failed) for choice in command.choices)
                 else:
                     runner.insert(command, out)
+        elif isinstance(command, Embed):
+            runner = self._runners.get(command.key)
+            if runner is None:
+                command.future.set_exception(ModelLoadError("the model is not loaded; try again"))
+            else:
+                runner.embed(command)
         elif isinstance(command, Cancel):
             for runner in self._runners.values():
                 if runner.cancel(command.seq_id):
