@@ -116,6 +116,12 @@ class Metrics:
         self.requests = Counter(
             "mlxd_requests", "HTTP requests by route and status.", ["route", "status"], registry=self.registry
         )
+        self.stream_errors = Counter(
+            "mlxd_stream_errors",
+            "Streams that started (200) and then ended with an error event, by route and error code.",
+            ["route", "code"],
+            registry=self.registry,
+        )
         self.latency = Histogram(
             "mlxd_request_duration_seconds",
             "End-to-end request time.",
@@ -149,11 +155,13 @@ class Metrics:
         """A meter for one generation request."""
         return Meter(self, alias)
 
-    def observe(self, path: str, status: int, seconds: float) -> None:
-        """Count one finished HTTP request."""
+    def observe(self, path: str, status: int, seconds: float, stream_error: str | None = None) -> None:
+        """Count one finished HTTP request (and the error event that ended its stream, if any)."""
         route = route_label(path)
         self.requests.labels(route, str(status)).inc()
         self.latency.labels(route).observe(seconds)
+        if stream_error is not None:
+            self.stream_errors.labels(route, stream_error).inc()
 
     def render(self) -> bytes:
         """The Prometheus text exposition."""

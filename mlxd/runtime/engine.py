@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, Protocol
 
+from mlxd.errors import MlxdError
 from mlxd.output.events import TokenInfo
 from mlxd.output.reasoning import ReasoningFormat
 from mlxd.output.tool_calls import ToolFormat
@@ -151,7 +152,8 @@ class GenerationEvent:
 
 class GenerationStream(Protocol):
     """An admitted sequence: iterate it for the events ready so far (the last one
-    carries ``finish_reason``); ``cancel`` frees its slot."""
+    carries ``finish_reason``); ``cancel`` frees its slot. Iterating raises an
+    ``MlxdError`` instead when the engine ended the sequence early (``Engine.abort``)."""
 
     prompt_tokens: int
     cached_tokens: int
@@ -210,6 +212,11 @@ class Engine(Protocol):
     def healthy(self) -> bool: ...
 
     def retire_unused(self, keys: set[UnitKey]) -> None: ...
+
+    def abort(self, error: MlxdError) -> int:
+        """End every running sequence and every admission from now on with ``error`` (the
+        daemon is stopping); returns how many sequences were running."""
+        ...
 
     def configure(self, settings: RuntimeSettings, units: Mapping[UnitKey, Collection[str]]) -> None:
         """Apply a config generation: new runtime settings, and the aliases that now name
