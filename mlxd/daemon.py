@@ -29,19 +29,22 @@ from mlxd.hub import model_directory
 from mlxd.runtime.engine import Engine
 from mlxd.runtime.from_config import keep_alive_for, runtime_settings, spec_for, units_of
 from mlxd.runtime.mlx_engine import MlxEngine
-from mlxd.server import ConnectionCap, HttpServer, drain, fit_file_limit, signal_handlers
+from mlxd.server import ConnectionCap, HttpServer, drain, signal_handlers
 from mlxd.supervision.stopping import WORKER_STOP_S
 
 log = logging.getLogger("mlxd")
 
 
-def mlx_engine(store: ConfigStore) -> MlxEngine:
+def mlx_engine(store: ConfigStore, connections: ConnectionCap | None = None) -> MlxEngine:
     """The engine ``mlxd serve`` runs: MLX on one worker thread, models from the config's paths
-    (validated and confined by the hub; a missing download names the alias to pull)."""
+    (validated and confined by the hub; a missing download names the alias to pull). Once
+    its thread has imported mlx-lm, which resets the open-file limit, ``connections`` fits
+    the limit again."""
     return MlxEngine(
         runtime_settings(store.current),
         lambda spec: model_directory(spec, store.current),
         worker_stop_s=WORKER_STOP_S,
+        on_worker_start=connections.fit if connections is not None else None,
     )
 
 
@@ -53,15 +56,16 @@ def shutting_down() -> UnavailableError:
 class Daemon:
     """Runs the whole daemon in the current process until a signal stops it."""
 
-    def __init__(self, store: ConfigStore, engine: Engine) -> None:
+    def __init__(self, store: ConfigStore, engine: Engine, connections: ConnectionCap | None = None) -> None:
         self.store = store
         self.engine = engine
+        #: Open connections and their cap, for every listener.
+        self.connections = connections or ConnectionCap(store.current.server.max_connections)
         self.state = DaemonState(store, engine, reload=self.reload)
         self._stop = asyncio.Event()
         #: Set by a second Ctrl-C: end the drain now.
         self._now = asyncio.Event()
         self._server: HttpServer | None = None
-        self._connections: ConnectionCap | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._tasks: set[asyncio.Task[None]] = set()
 
@@ -83,8 +87,7 @@ class Daemon:
 
     def _apply(self, config: MlxdConfig) -> None:
         self.engine.configure(runtime_settings(config), units_of(config))
-        if self._connections is not None:
-            self._connections.limit = fit_file_limit(config.server.max_connections)
+        self.connections.fit(config.server.max_connections)
         log.info("config generation %d applied", self.store.generation)
 
     async def _preload(self) -> None:
@@ -126,13 +129,13 @@ class Daemon:
         unsubscribe = self.store.subscribe(self._on_config)
         await self.engine.start()
         server = self.store.current.server
-        self._connections = ConnectionCap(fit_file_limit(server.max_connections))
+        self.connections.fit()
         self._server = HttpServer(
             create_app(self.state),
             host=server.host,
             port=server.port,
             request_timeout=server.request_timeout,
-            connections=self._connections,
+            connections=self.connections,
         )
         handlers = signal_handlers(self._loop, self.request_stop, self._on_sighup, self._on_interrupt)
         with handlers if signals else contextlib.nullcontext():
@@ -200,4 +203,5 @@ class Daemon:
 
 def run(store: ConfigStore) -> None:
     """``mlxd serve``: serve the store's config in the foreground until a signal stops it."""
-    asyncio.run(Daemon(store, mlx_engine(store)).serve())
+    connections = ConnectionCap(store.current.server.max_connections)
+    asyncio.run(Daemon(store, mlx_engine(store, connections), connections).serve())

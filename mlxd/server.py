@@ -41,11 +41,22 @@ class ConnectionCap:
     never the file descriptors, the event loop or the log of the connections within it.
     """
 
-    def __init__(self, limit: int) -> None:
-        self.limit = limit
+    def __init__(self, wanted: int) -> None:
+        #: ``max_connections`` as configured.
+        self.wanted = wanted
+        #: The cap in force: ``wanted``, unless the open-file limit holds fewer.
+        self.limit = wanted
         self.open = 0
         #: Connections refused since start.
         self.refused = 0
+
+    def fit(self, wanted: int | None = None) -> None:
+        """Apply ``wanted`` (or the current wish) against the open-file limit, raising it to
+        fit. Called at start, on a config edit, and after the MLX worker's imports (mlx-lm
+        sets the limit when it is imported)."""
+        if wanted is not None:
+            self.wanted = wanted
+        self.limit = fit_file_limit(self.wanted)
 
     async def refuse(self, scope: Scope, receive: Receive, send: Send) -> None:
         """The app a surplus connection gets instead of the daemon's: 503, then close."""

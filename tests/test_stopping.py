@@ -242,7 +242,9 @@ def spawn_serve(setup: Setup) -> subprocess.Popen[str]:
 
 
 @pytest.fixture
-def serving(tmp_path: Path, long_model_dir: Path, request: pytest.FixtureRequest) -> Iterator[tuple[Setup, Any]]:
+def serving(
+    tmp_path: Path, long_model_dir: Path, request: pytest.FixtureRequest
+) -> Iterator[tuple[Setup, Any]]:
     setup = setup_for(tmp_path, long_model_dir, getattr(request, "param", DRAIN_S))
     process = spawn_serve(setup)
     try:

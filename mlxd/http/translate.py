@@ -15,9 +15,8 @@ from mlxd.config.schema import CHAT_TEMPLATE_KWARGS, GenerationDefaults, MlxdCon
 from mlxd.errors import ModelNotFoundError, RequestError
 from mlxd.http.dialects.openai.logprobs import LogprobShape
 from mlxd.http.ids import new_id
-from mlxd.http.tools import Tools, tool_choice
+from mlxd.http.tools import Tools, structured, tool_choice
 from mlxd.output.parser import OutputSpec
-from mlxd.output.tool_calls import tool_call_schema
 from mlxd.protocol.requests import AnyRequest, ChatCompletionRequest, CompletionRequest
 from mlxd.runtime.engine import (
     ChatPrompt,
@@ -161,19 +160,17 @@ def _past_calls(calls: list[dict[str, Any]], param: str) -> list[dict[str, Any]]
     return out
 
 
-def _constraint(request: AnyRequest, forced: Tools | None) -> Constraint | None:
-    """Structured output the request asks for: a JSON object or schema, or a forced tool call.
+def _constraint(
+    request: AnyRequest, shown: Tools | None, forced: Tools | None, parallel: bool
+) -> Constraint | None:
+    """Structured output the request asks for: a JSON object or schema, a forced tool call,
+    or both (see ``tools.structured``)."""
+    return structured(_response_format(request), shown, forced, parallel=parallel)
 
-    A forced call's grammar admits exactly one call, so it honours ``parallel_tool_calls:
-    false`` by construction.
-    """
+
+def _response_format(request: AnyRequest) -> Constraint | None:
+    """``response_format`` as a constraint on the content."""
     format_ = request.response_format
-    if forced:
-        if format_ is not None and format_.type != "text":
-            raise RequestError(
-                "response_format and a forced tool call cannot be combined", param="response_format"
-            )
-        return Constraint(tool_call_schema([dict(t) for t in forced]), tool_call=True)
     if format_ is None or format_.type == "text":
         return None
     if format_.type == "json_object":
@@ -268,8 +265,8 @@ def translate(request: AnyRequest, config: MlxdConfig) -> tuple[GenerationReques
     top, shape = _logprobs(request)
     tools, forced = tool_choice(request) if isinstance(request, ChatCompletionRequest) else (None, None)
     prompt = _prompt(request, config, model, tools)
-    constraint = _constraint(request, forced)
     single_call = isinstance(request, ChatCompletionRequest) and request.parallel_tool_calls is False
+    constraint = _constraint(request, tools, forced, not single_call)
     echo = ""
     if isinstance(request, CompletionRequest) and request.echo and isinstance(prompt, TextPrompt):
         echo = prompt.text or ""

@@ -104,10 +104,17 @@ class TextPrompt:
 @dataclass(frozen=True, slots=True)
 class Constraint:
     """Output that must match a JSON schema (``None``: any JSON object), optionally as a tool
-    call wrapped in the model's own tool-call tags."""
+    call wrapped in the model's own tool-call tags.
+
+    ``or_calls`` (the schema of one call, for tools offered with ``tool_choice: "auto"``)
+    lets the output be tool calls instead of the JSON content: one, or with ``many_calls``
+    as many as the model writes.
+    """
 
     schema: Mapping[str, Any] | None
     tool_call: bool = False
+    or_calls: Mapping[str, Any] | None = None
+    many_calls: bool = True
 
 
 @dataclass(frozen=True, slots=True)
