@@ -64,7 +64,8 @@ def check_limits(request: GenerationRequest, model: ModelFacts, tokens: list[int
     """The request against its model's context and vocabulary; returns the ``max_tokens`` to use."""
     if not tokens:
         raise RequestError("the prompt is empty", param="prompt")
-    context = model.context_length
+    # The alias's own override, when it has one: aliases share loaded weights, not contexts.
+    context = request.spec.context_length or model.context_length
     if len(tokens) >= context:
         raise ContextLengthError(
             f"the prompt has {len(tokens)} tokens but {request.alias!r} has a context of {context}",
