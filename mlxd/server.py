@@ -47,8 +47,6 @@ class ConnectionCap:
         #: The cap in force: ``wanted``, unless the open-file limit holds fewer.
         self.limit = wanted
         self.open = 0
-        #: Connections refused since start.
-        self.refused = 0
 
     def fit(self, wanted: int | None = None) -> None:
         """Apply ``wanted`` (or the current wish) against the open-file limit, raising it to
@@ -60,7 +58,6 @@ class ConnectionCap:
 
     async def refuse(self, scope: Scope, receive: Receive, send: Send) -> None:
         """The app a surplus connection gets instead of the daemon's: 503, then close."""
-        self.refused += 1
         # One line for the whole flood: identical lines are summed up by the log's limiter.
         log.warning("refusing connections beyond max_connections = %d", self.limit)
         error = UnavailableError(
@@ -82,7 +79,7 @@ def guarded_protocol(seconds: float, cap: ConnectionCap) -> type[H11Protocol]:
     it would refuse the connections already being served too.)
     """
 
-    class DeadlineProtocol(H11Protocol):
+    class GuardedProtocol(H11Protocol):
         _deadline: asyncio.TimerHandle | None = None
         _seconds = seconds
         _counted = False
@@ -124,7 +121,7 @@ def guarded_protocol(seconds: float, cap: ConnectionCap) -> type[H11Protocol]:
             if self.conn.their_state is h11.IDLE and not self.transport.is_closing():
                 self.transport.close()
 
-    return DeadlineProtocol
+    return GuardedProtocol
 
 
 class _Uvicorn(uvicorn.Server):
