@@ -28,7 +28,7 @@ import pytest
 
 from mlxd.supervision.stopping import stop_timeout_s
 from tests.cli.test_serve import isolated_env, mlxd, wait_healthy
-from tests.conftest import free_port
+from tests.conftest import eventually, free_port
 
 pytestmark = [pytest.mark.mlx, pytest.mark.server]
 
@@ -211,8 +211,8 @@ def test_mlxd_stop_ends_long_streams_with_an_error_event_then_done(started: Setu
 
     assert stopped.returncode == 0, stopped.stderr
     assert stopped.stdout.strip() == "mlxd stopped"
-    # The drain, then a prompt exit: well within what the CLI (and launchd, systemd) wait.
-    assert DRAIN_S <= took < DRAIN_S + 5 < stop_timeout_s(DRAIN_S)
+    # The drain, then a prompt exit: within what the CLI (and launchd, systemd) wait.
+    assert DRAIN_S <= took < stop_timeout_s(DRAIN_S)
     chat, text, sdk, whole_request = clients
     for raw in (chat, text):
         assert_shutting_down(ends_with_the_error_event(raw))
@@ -268,7 +268,7 @@ def test_a_bare_sigterm_ends_streams_properly_and_exits_0(serving: tuple[Setup, 
     took = time.monotonic() - began
     for client in clients:
         client.join()
-    assert DRAIN_S <= took < DRAIN_S + 5
+    assert DRAIN_S <= took < stop_timeout_s(DRAIN_S)
     assert_shutting_down(ends_with_the_error_event(clients[0]))
     assert clients[1].status == 503
     assert_clean_log(setup, streams=1, whole_requests=1)
@@ -276,28 +276,42 @@ def test_a_bare_sigterm_ends_streams_properly_and_exits_0(serving: tuple[Setup, 
     assert "Traceback" not in stderr
 
 
+def draining(url: str) -> bool:
+    """Whether new requests are refused (one token each, so a request that got in first
+    does not hold the check up)."""
+    return (
+        httpx.post(url + "/v1/completions", json={"prompt": "x", "max_tokens": 1}, timeout=30).status_code
+        == 503
+    )
+
+
 @pytest.mark.parametrize("serving", [120.0], indirect=True)
 def test_a_second_ctrl_c_stops_at_once(serving: tuple[Setup, Any]) -> None:
     setup, process = serving  # a drain of two minutes, which nobody waits for
     client = Client().start(raw_stream(setup.url))
     assert client.first.wait(60)
-    process.send_signal(signal.SIGINT)
-    # Draining: the stream runs on, new requests are refused.
-    deadline = time.monotonic() + 10
-    while httpx.post(setup.url + "/v1/completions", json={"prompt": "x"}, timeout=10).status_code != 503:
+    # MLX's CPU build (Linux) compiles kernels with g++ through libc's system(), which
+    # ignores SIGINT process-wide while it runs, around the first generation: a Ctrl-C
+    # in that moment is lost, as it would be in a terminal. Press it again, as a user would.
+    deadline = time.monotonic() + 30
+    while True:
+        process.send_signal(signal.SIGINT)
+        if eventually(lambda: draining(setup.url), 2.0):
+            break
         assert time.monotonic() < deadline
-        time.sleep(0.05)
+    # Draining: the stream runs on, new requests are refused.
     assert process.poll() is None
     assert client.error is None
     seen = len(client.lines)
     began = time.monotonic()
     process.send_signal(signal.SIGINT)
-    assert process.wait(10) == 0
-    assert time.monotonic() - began < 3
+    assert process.wait(30) == 0
+    assert time.monotonic() - began < 5  # against a drain of 120 s
     client.join()
     assert len(client.lines) > seen  # it was still streaming until the second Ctrl-C
     assert_shutting_down(ends_with_the_error_event(client))
     text = setup.log_text()
+    assert text.count("draining: finishing in-flight requests") == 1
     assert "Ctrl-C again: stopping now" in text
     assert "stopping at once: ended 1 running sequence(s) with an error" in text
     assert "Traceback" not in text
