@@ -85,7 +85,19 @@ class ServerConfig(_Section):
     drain_timeout: Duration = Field(
         default=30.0,
         ge=0,
-        description="On stop, how long in-flight requests may run before the daemon exits anyway.",
+        description=(
+            "On stop, how long in-flight requests may run; then each ends with an error event"
+            " and the daemon exits (mlxd stop, launchd and systemd wait this plus 10s)."
+        ),
+    )
+    max_connections: int = Field(
+        default=512,
+        ge=1,
+        le=65536,
+        description=(
+            "Open connections served at once; beyond it a new connection gets a quick 503"
+            " (the open-file limit is raised to fit)."
+        ),
     )
     stream_interval: Duration = Field(
         default=0.02,

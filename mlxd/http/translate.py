@@ -21,8 +21,7 @@ from mlxd.config.schema import CHAT_TEMPLATE_KWARGS, GenerationDefaults, MlxdCon
 from mlxd.errors import ModelNotFoundError, RequestError
 from mlxd.http.ids import new_id
 from mlxd.http.images import ImagePart, resolve_images
-from mlxd.http.tools import Tools, tool_choice
-from mlxd.output.tool_calls import tool_call_schema
+from mlxd.http.tools import Tools, structured, tool_choice
 from mlxd.protocol.requests import ResponseFormat
 from mlxd.runtime.engine import (
     ChatPrompt,
@@ -181,19 +180,9 @@ def past_calls(calls: list[dict[str, Any]], param: str) -> list[dict[str, Any]]:
     return out
 
 
-def _constraint(request: CommonRequest, forced: Tools | None) -> Constraint | None:
-    """Structured output the request asks for: a JSON object or schema, or a forced tool call.
-
-    A forced call's grammar admits exactly one call, so it honours ``parallel_tool_calls:
-    false`` by construction.
-    """
+def _response_format(request: CommonRequest) -> Constraint | None:
+    """``response_format`` (or a dialect's equivalent) as a constraint on the content."""
     format_ = request.response_format
-    if forced:
-        if format_ is not None and format_.type != "text":
-            raise RequestError(
-                "response_format and a forced tool call cannot be combined", param="response_format"
-            )
-        return Constraint(tool_call_schema([dict(t) for t in forced]), tool_call=True)
     if format_ is None or format_.type == "text":
         return None
     if format_.type == "json_object":
@@ -204,6 +193,13 @@ def _constraint(request: CommonRequest, forced: Tools | None) -> Constraint | No
             raise RequestError("response_format json_schema needs a 'schema' object", param="response_format")
         return Constraint(schema)
     raise RequestError(f"response_format {format_.type!r} is not supported", param="response_format")
+
+
+def _constraint(request: CommonRequest, shown: Tools | None, forced: Tools | None) -> Constraint | None:
+    """Structured output the request asks for: a JSON object or schema, a forced tool call,
+    or both (see ``tools.structured``)."""
+    parallel = request.parallel_tool_calls is not False
+    return structured(_response_format(request), shown, forced, parallel=parallel)
 
 
 def _num_draft_tokens(request: CommonRequest, alias: str, model: ModelConfig) -> int:
@@ -313,7 +309,7 @@ def _resolve(request: CommonRequest, config: MlxdConfig) -> GenerationRequest:
         raise RequestError(f"n must be at most {limits.max_n}", param="n")
     tools, forced = tool_choice(request) if request.messages is not None else (None, None)
     prompt = _prompt(request, config, alias, tools)
-    constraint = _constraint(request, forced)
+    constraint = _constraint(request, tools, forced)
 
     def pick(value: Any, default: Any) -> Any:
         return default if value is None else value

@@ -95,7 +95,8 @@ def check_limits(request: GenerationRequest, model: ModelFacts, tokens: list[int
     """The request against its model's context and vocabulary; returns the ``max_tokens`` to use."""
     if not tokens:
         raise RequestError("the prompt is empty", param="prompt")
-    context = model.context_length
+    # The alias's own override, when it has one: aliases share loaded weights, not contexts.
+    context = request.spec.context_length or model.context_length
     if len(tokens) >= context:
         raise ContextLengthError(
             f"the prompt has {len(tokens)} tokens but {request.alias!r} has a context of {context}",
@@ -142,20 +143,42 @@ def reasoning_format(request: GenerationRequest, tokenizer: Any, tokens: list[in
     return ReasoningFormat(start, end, starts_inside=tail.rfind(start) > tail.rfind(end))
 
 
-def compile_grammar(constraint: Constraint, tools: ToolFormat | None) -> str:
-    """The llguidance grammar for a constraint (compiled here, so a bad schema is a 400)."""
-    from mlxd.runtime.mlx.constrained import json_grammar, tagged_json_grammar  # loads llguidance
+#: The share of ``max_tokens`` a reasoning model may think before a constrained answer.
+THINKING_SHARE = 0.5
+
+
+def compile_grammar(
+    constraint: Constraint,
+    tools: ToolFormat | None,
+    reasoning: ReasoningFormat | None = None,
+    tokenizer: Any = None,
+    max_tokens: int = 0,
+) -> str:
+    """The llguidance grammar for a constraint (compiled here, so a bad schema is a 400).
+
+    When the prompt opened a reasoning block, the grammar lets the model think first, for
+    at most ``THINKING_SHARE`` of ``max_tokens``, and constrains what follows the end tag.
+    """
+    from mlxd.runtime.mlx.constrained import ThinkingBlock, ToolCalls, structured_grammar  # llguidance
 
     schema = dict(constraint.schema) if constraint.schema is not None else None
-    if not constraint.tool_call:
-        return json_grammar(schema)
-    if tools is None or not tools.json_between_tags:
-        raise RequestError(
-            "tool_choice 'required' or a named function needs a model whose tool calls are JSON "
-            "between tags (Hermes/Qwen style)",
-            param="tool_choice",
+    calls = None
+    if constraint.tool_call or constraint.or_calls is not None:
+        if tools is None or not tools.json_between_tags:
+            raise RequestError(
+                "a forced tool call, or tools together with response_format, needs a model whose "
+                "tool calls are JSON between tags (Hermes/Qwen style)",
+                param="tool_choice" if constraint.tool_call else "response_format",
+            )
+        call = schema if constraint.tool_call else dict(constraint.or_calls or {})
+        calls = ToolCalls(
+            tools.start + "\n", "\n" + tools.end, call or {}, constraint.tool_call, constraint.many_calls
         )
-    return tagged_json_grammar(tools.start + "\n", schema or {}, "\n" + tools.end)
+    thinking = None
+    end_tokens = tuple(getattr(tokenizer, "think_end_tokens", None) or ())
+    if reasoning is not None and reasoning.starts_inside and end_tokens:
+        thinking = ThinkingBlock(reasoning.end, end_tokens, max(1, int(max_tokens * THINKING_SHARE)))
+    return structured_grammar(None if constraint.tool_call else schema, calls=calls, thinking=thinking)
 
 
 class Admission:
@@ -177,7 +200,9 @@ class Admission:
         reasoning = reasoning_format(request, model.tokenizer, tokens)
         grammar = None
         if request.constraint is not None:
-            grammar = await self._off_loop(compile_grammar, request.constraint, tools)
+            grammar = await self._off_loop(
+                compile_grammar, request.constraint, tools, reasoning, model.tokenizer, max_tokens
+            )
         offered = request.prompt.tools if isinstance(request.prompt, ChatPrompt) else None
         output = OutputSpec(request.stop, offered, request.max_tool_calls)
         return Admitted(tokens, max_tokens, tools, reasoning, grammar, output, vision)

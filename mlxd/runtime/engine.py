@@ -15,6 +15,7 @@ from typing import Any, Literal, Protocol
 import numpy as np
 import numpy.typing as npt
 
+from mlxd.errors import MlxdError
 from mlxd.output.events import Event, Finish
 
 #: A loaded model unit: (source, revision, adapter path, engine options or ``None``).
@@ -174,10 +175,17 @@ class TextPrompt:
 @dataclass(frozen=True, slots=True)
 class Constraint:
     """Output that must match a JSON schema (``None``: any JSON object), optionally as a tool
-    call wrapped in the model's own tool-call tags."""
+    call wrapped in the model's own tool-call tags.
+
+    ``or_calls`` (the schema of one call, for tools offered with ``tool_choice: "auto"``)
+    lets the output be tool calls instead of the JSON content: one, or with ``many_calls``
+    as many as the model writes.
+    """
 
     schema: Mapping[str, Any] | None
     tool_call: bool = False
+    or_calls: Mapping[str, Any] | None = None
+    many_calls: bool = True
 
 
 @dataclass(frozen=True, slots=True)
@@ -271,7 +279,8 @@ class GenerationEvent:
 
 class GenerationStream(Protocol):
     """An admitted sequence: iterate it for the deliveries ready so far (the last one ends
-    with a ``Finish``); ``cancel`` frees its slot."""
+    with a ``Finish``); ``cancel`` frees its slot. Iterating raises an ``MlxdError``
+    instead when the engine ended the sequence early (``Engine.abort``)."""
 
     prompt_tokens: int
     cached_tokens: int
@@ -334,6 +343,11 @@ class Engine(Protocol):
     def healthy(self) -> bool: ...
 
     def retire_unused(self, keys: set[UnitKey]) -> None: ...
+
+    def abort(self, error: MlxdError) -> int:
+        """End every running sequence and every admission from now on with ``error`` (the
+        daemon is stopping); returns how many sequences were running."""
+        ...
 
     def configure(self, settings: RuntimeSettings, units: Mapping[UnitKey, Collection[str]]) -> None:
         """Apply a config generation: new runtime settings, and the aliases that now name

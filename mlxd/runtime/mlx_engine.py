@@ -83,8 +83,14 @@ class MlxEngine(EngineCore["LoadedModel"]):
         resolve_path: Callable[[ModelSpec], Path],
         estimate_bytes: Callable[[Path], int] = safetensors_bytes,
         clock: Callable[[], float] = time.monotonic,
+        worker_stop_s: float = 10.0,
+        on_worker_start: Callable[[], None] | None = None,
     ) -> None:
         super().__init__(settings, MlxBackend(self.submit, resolve_path, estimate_bytes), clock)
+        #: How long ``stop`` waits for the worker to finish its step (a prefill chunk).
+        self.worker_stop_s = worker_stop_s
+        #: Runs on the event loop each time a worker thread has imported MLX.
+        self.on_worker_start = on_worker_start
         self._worker: WorkerHandle | None = None
         self._reaper: asyncio.Task[None] | None = None
 
@@ -100,12 +106,14 @@ class MlxEngine(EngineCore["LoadedModel"]):
             with contextlib.suppress(asyncio.CancelledError):
                 await self._reaper
         if self._worker is not None:
-            await asyncio.to_thread(self._worker.stop)
+            await asyncio.to_thread(self._worker.stop, self.worker_stop_s)
         await self.close()
 
     def _start_worker(self) -> None:
         loop = asyncio.get_running_loop()
-        self._worker = WorkerHandle(loop, self.settings, self.stats, self._worker_crashed)
+        self._worker = WorkerHandle(
+            loop, self.settings, self.stats, self._worker_crashed, self.on_worker_start
+        )
         self._worker.start()
 
     def _worker_crashed(self, exc: BaseException) -> None:

@@ -22,7 +22,11 @@ if TYPE_CHECKING:
 
 
 class WorkerHandle:
-    """Starts the worker thread, queues commands for it, and reads its counters."""
+    """Starts the worker thread, queues commands for it, and reads its counters.
+
+    ``on_start`` runs on the event loop once the thread has imported MLX and mlx-lm
+    (mlx-lm's import resets the process's open-file limit, for one).
+    """
 
     def __init__(
         self,
@@ -30,6 +34,7 @@ class WorkerHandle:
         settings: RuntimeSettings,
         stats: WorkerStats,
         on_crash: Callable[[BaseException], None],
+        on_start: Callable[[], None] | None = None,
     ) -> None:
         self.commands: queue.SimpleQueue[Command] = queue.SimpleQueue()
         #: Written by the worker thread; kept by the engine across worker restarts.
@@ -37,6 +42,7 @@ class WorkerHandle:
         self._loop = loop
         self._settings = settings
         self._on_crash = on_crash
+        self._on_start = on_start
         self._worker: MlxWorker | None = None
         self._thread = threading.Thread(target=self._run, name="mlx-worker", daemon=True)
 
@@ -48,6 +54,8 @@ class WorkerHandle:
         from mlxd.runtime.mlx.worker import MlxWorker  # mlx-lm loads here, off the event loop
 
         self._worker = MlxWorker(self._loop, self.commands, self._settings, self.stats, self._on_crash)
+        if self._on_start is not None:
+            self._loop.call_soon_threadsafe(self._on_start)
         self._worker.run()
 
     def submit(self, command: Command) -> None:

@@ -35,7 +35,9 @@ class WeightStore:
         started = time.perf_counter()
         if base is None:
             log.info("reading the weights of %s", spec.label or spec.source)
-            base = self._bases[key] = load_base(path, spec.context_length)
+            # The model's own context: aliases sharing these weights may each override it
+            # (admission applies the request's alias's).
+            base = self._bases[key] = load_base(path)
             loaded = base
         else:  # another unit over the same weights (other engine options): they are counted once
             loaded = replace(base, memory_bytes=0)
