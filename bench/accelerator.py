@@ -34,6 +34,7 @@ import httpx
 from bench.clients import LoadResult, RequestResult, new_client, request
 from bench.machine import RunInfo
 from bench.prompts import request_messages
+from bench.report import write_section as write_marked_section
 from bench.results import Headline, Table, fmt, fmt_ms, fmt_ratio
 from bench.scenarios.base import checks, p50_p99, ttfts
 from bench.servers import ServerProcess
@@ -334,14 +335,7 @@ def _md(table: Table) -> str:
 
 def write_section(path: Path, section: str) -> None:
     """Put the GPU section into ``path``, replacing an earlier one and keeping the rest."""
-    text = path.read_text(encoding="utf-8") if path.exists() else ""
-    if GPU_START in text and GPU_END in text:
-        head, _, rest = text.partition(GPU_START)
-        _, _, tail = rest.partition(GPU_END)
-        text = head + section.rstrip("\n") + tail
-    else:
-        text = text.rstrip("\n") + ("\n\n" if text else "") + section
-    path.write_text(text, encoding="utf-8")
+    write_marked_section(path, section, GPU_START, GPU_END)
 
 
 def gpu_name() -> str:

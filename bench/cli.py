@@ -15,7 +15,7 @@ from pathlib import Path
 
 from rich.console import Console
 
-from bench import accelerator, gpu_models, models, report
+from bench import accelerator, engine_options, gpu_models, models, report
 from bench.clients import closed_loop, new_client, numbered_bodies
 from bench.machine import RunInfo
 from bench.models import BenchModel
@@ -76,6 +76,12 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         type=Path,
         default=None,
         help="with --gpu: run mlxd under the sampling profiler, its folded stacks into this folder",
+    )
+    parser.add_argument(
+        "--engine-options",
+        action="store_true",
+        help="speculative decoding, the quantized KV cache and the disk prompt cache on the small "
+        "model; writes their section of --out and leaves the rest of it",
     )
     args = parser.parse_args(argv)
     args.selected = [BY_NAME[n] for n in _names(parser, args.scenarios, BY_NAME, "scenario")]
@@ -210,6 +216,21 @@ def run_gpu(args: argparse.Namespace, command: str, console: Console) -> None:
     console.print(f"wrote the GPU section of {args.out}")
 
 
+def run_engine_options(args: argparse.Namespace, command: str, console: Console) -> None:
+    """The engine options of mlx_lm.server: their own section of the report."""
+    plan = engine_options.Plan.quick() if args.quick else engine_options.Plan()
+    info = RunInfo(command=command, quick=args.quick, models=(models.SMALL,))
+    started = time.perf_counter()
+    with tempfile.TemporaryDirectory(prefix="mlxd-bench-options-") as tmp:
+        say = lambda message: console.log(message, style="dim")  # noqa: E731
+        section = asyncio.run(engine_options.run(Path(tmp), plan, say))
+    info.seconds = time.perf_counter() - started
+    text = engine_options.render(section, plan, info)
+    console.print(text)
+    report.write_section(args.out, text, engine_options.START, engine_options.END)
+    console.print(f"wrote the engine-options section of {args.out}")
+
+
 def main(argv: list[str] | None = None) -> None:
     """Run the benchmark, print the tables, write the report; exit 1 if a scenario failed."""
     argv = sys.argv[1:] if argv is None else argv
@@ -218,6 +239,9 @@ def main(argv: list[str] | None = None) -> None:
     command = shlex.join(["python", "-m", "bench", *argv])
     if args.gpu:
         run_gpu(args, command, console)
+        return
+    if args.engine_options:
+        run_engine_options(args, command, console)
         return
     info = RunInfo(command=command, quick=args.quick, models=tuple(args.models))
     started = time.perf_counter()

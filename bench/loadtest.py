@@ -215,9 +215,14 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory() as tmp:
         model = build_tiny_model(Path(tmp) / "tiny")
         figures = run(model, args.clients, args.seconds, Path(tmp) / "work", args.prompt_cache)
+    return report(figures, args.json)
+
+
+def report(figures: dict[str, Any], path: Path | None) -> int:
+    """Print the figures as JSON (and write them to ``path``); the exit code of the verdict."""
     print(json.dumps(figures, indent=2))
-    if args.json:
-        args.json.write_text(json.dumps(figures, indent=2) + "\n", encoding="utf-8")
+    if path is not None:
+        path.write_text(json.dumps(figures, indent=2) + "\n", encoding="utf-8")
     return 0 if figures["ok"] else 1
 
 

@@ -169,6 +169,19 @@ def write(path: Path, info: RunInfo, results: list[ScenarioResult], failures: di
     path.write_text(text, encoding="utf-8")
 
 
+def write_section(path: Path, section: str, start: str, end: str) -> None:
+    """Put a section between ``start`` and ``end`` into ``path`` (replacing an earlier one,
+    else appending it), keeping the rest of the file."""
+    text = path.read_text(encoding="utf-8") if path.exists() else ""
+    if start in text and end in text:
+        head, _, rest = text.partition(start)
+        _, _, tail = rest.partition(end)
+        text = head + section.rstrip("\n") + tail
+    else:
+        text = text.rstrip("\n") + ("\n\n" if text else "") + section
+    path.write_text(text, encoding="utf-8")
+
+
 def show(console: Console, results: list[ScenarioResult]) -> None:
     """Print every table, then the headline numbers."""
     for result in results:

@@ -1,13 +1,16 @@
 """The composition root: it wires the config store, the engine, the app, the watcher and
 the server, and applies each config generation to the engine. It builds nothing else.
 
-SIGTERM/SIGINT drain (new requests get 503, in-flight ones finish up to
-``drain_timeout``, then the server exits 0); SIGHUP reloads the config.
+SIGTERM or Ctrl-C drains: new requests get 503, requests in flight run on for up to
+``drain_timeout``; then every sequence still running ends with an error event (503
+``unavailable`` for a request not streaming yet), the server closes and the process
+exits 0, within the bounds of ``mlxd.supervision.stopping``. A second Ctrl-C ends the
+sequences at once. SIGHUP reloads the config.
 
 A rank of a distributed daemon runs here too: rank 0 is this daemon with its worker in
 lockstep with the others (``run`` with a ``Membership``), a follower runs the worker
-alone (``follow``). Both stay in touch with the launcher; rank 0 exits at once, failing
-every stream in flight, when the launcher says another rank is gone.
+alone (``follow``). Both stay in touch with the launcher; rank 0 exits at once, ending
+every stream in flight with an error event, when the launcher says another rank is gone.
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ from mlxd.config.diff import ConfigDiff
 from mlxd.config.schema import MlxdConfig
 from mlxd.config.store import ConfigStore
 from mlxd.config.watcher import watch_config
+from mlxd.errors import UnavailableError
 from mlxd.http.app import create_app
 from mlxd.http.state import DaemonState
 from mlxd.hub import model_directory
@@ -36,7 +40,8 @@ from mlxd.runtime.cluster import ClusterSpec
 from mlxd.runtime.engine import Engine
 from mlxd.runtime.from_config import keep_alive_for, runtime_settings, spec_for, units_of
 from mlxd.runtime.mlx_engine import MlxEngine, safetensors_bytes
-from mlxd.server import HttpServer, drain, signal_handlers
+from mlxd.server import ConnectionCap, HttpServer, drain, signal_handlers
+from mlxd.supervision.stopping import WORKER_STOP_S
 
 log = logging.getLogger("mlxd")
 
@@ -46,29 +51,47 @@ FAIL_EXIT_S = 0.5
 
 
 def mlx_engine(
-    store: ConfigStore, cluster: ClusterSpec | None = None, on_fatal: Callable[[str], None] | None = None
+    store: ConfigStore,
+    connections: ConnectionCap | None = None,
+    cluster: ClusterSpec | None = None,
+    on_fatal: Callable[[str], None] | None = None,
 ) -> MlxEngine:
     """The engine ``mlxd serve`` runs: MLX on one worker thread, models from the config's paths
-    (validated and confined by the hub; a missing download names the alias to pull). As
-    rank 0 of ``cluster`` it holds a share of each model: its estimate is that share."""
+    (validated and confined by the hub; a missing download names the alias to pull). Once
+    its thread has imported mlx-lm, which resets the open-file limit, ``connections`` fits
+    the limit again. As rank 0 of ``cluster`` it holds a share of each model: its estimate
+    is that share."""
     size = cluster.size if cluster is not None else 1
     return MlxEngine(
         runtime_settings(store.current),
         lambda spec: model_directory(spec, store.current),
         estimate_bytes=lambda path: safetensors_bytes(path) // size,
+        worker_stop_s=WORKER_STOP_S,
+        on_worker_start=connections.fit if connections is not None else None,
         cluster=cluster,
         on_fatal=on_fatal,
+    )
+
+
+def shutting_down(reason: str | None = None) -> UnavailableError:
+    """What a request gets when the daemon stops under it: retry in a moment (a restart)."""
+    return UnavailableError(
+        f"mlxd is shutting down: {reason}" if reason else "mlxd is shutting down", retry_after=5
     )
 
 
 class Daemon:
     """Runs the whole daemon in the current process until a signal stops it."""
 
-    def __init__(self, store: ConfigStore, engine: Engine) -> None:
+    def __init__(self, store: ConfigStore, engine: Engine, connections: ConnectionCap | None = None) -> None:
         self.store = store
         self.engine = engine
+        #: Open connections and their cap, for every listener.
+        self.connections = connections or ConnectionCap(store.current.server.max_connections)
         self.state = DaemonState(store, engine, reload=self.reload)
         self._stop = asyncio.Event()
+        #: Set by a second Ctrl-C: end the drain now.
+        self._now = asyncio.Event()
         self._server: HttpServer | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._tasks: set[asyncio.Task[None]] = set()
@@ -91,6 +114,7 @@ class Daemon:
 
     def _apply(self, config: MlxdConfig) -> None:
         self.engine.configure(runtime_settings(config), units_of(config))
+        self.connections.fit(config.server.max_connections)
         log.info("config generation %d applied", self.store.generation)
 
     async def _preload(self) -> None:
@@ -102,13 +126,22 @@ class Daemon:
                 except Exception as exc:
                     log.error("could not preload %s: %s", alias, exc)
 
+    def _begin_stop(self) -> None:
+        """Refuse new requests from now on and drain (once, whatever asks for it)."""
+        if not self.state.draining:
+            self.state.draining = True
+            self._spawn(self._drain_then_exit())
+
     async def _drain_then_exit(self) -> None:
-        if self.state.draining:
-            return
-        self.state.draining = True
         timeout = self.store.current.server.drain_timeout
         log.info("draining: finishing in-flight requests (up to %gs)", timeout)
-        await drain(lambda: self.engine.status().active_sequences, timeout)
+        await drain(lambda: self.engine.status().active_sequences, timeout, self._now)
+        # Whatever still runs ends now, each stream with its error event and a proper end,
+        # before the server closes the connections.
+        ended = self.engine.abort(shutting_down())
+        if ended:
+            why = "stopping at once" if self._now.is_set() else f"drain_timeout ({timeout:g}s) reached"
+            log.warning("%s: ended %d running sequence(s) with an error", why, ended)
         if self._server is not None:
             self._server.exit()
         self._stop.set()
@@ -123,16 +156,17 @@ class Daemon:
         unsubscribe = self.store.subscribe(self._on_config)
         await self.engine.start()
         server = self.store.current.server
+        self.connections.fit()
         self._server = HttpServer(
             create_app(self.state),
             host=server.host,
             port=server.port,
             request_timeout=server.request_timeout,
-            drain_timeout=server.drain_timeout,
+            connections=self.connections,
             # Apps hard-wired to Ollama's port get the same app on loopback.
             extra=(("127.0.0.1", server.ollama_port),) if server.ollama_port else (),
         )
-        handlers = signal_handlers(self._loop, self.request_stop, self._on_sighup)
+        handlers = signal_handlers(self._loop, self.request_stop, self._on_sighup, self._on_interrupt)
         with handlers if signals else contextlib.nullcontext():
             watcher = asyncio.create_task(watch_config(self.store, self._stop), name="mlxd-watcher")
             preload = asyncio.create_task(self._preload(), name="mlxd-preload")
@@ -142,8 +176,6 @@ class Daemon:
                 await self._server.serve(listening)
             finally:
                 announce.cancel()
-                if signals:
-                    supervision.remove_run_record(only_pid=os.getpid())
                 self._stop.set()
                 unsubscribe()
                 for task in (watcher, preload):
@@ -151,6 +183,9 @@ class Daemon:
                     with contextlib.suppress(asyncio.CancelledError, Exception):
                         await task
                 await self.engine.stop()
+                # Last: a record left behind tells `mlxd stop` the daemon did not exit cleanly.
+                if signals:
+                    supervision.remove_run_record(only_pid=os.getpid())
                 log.info("stopped")
 
     async def _announce(self, listening: asyncio.Event, ready: asyncio.Event | None, *, record: bool) -> None:
@@ -166,7 +201,18 @@ class Daemon:
     def request_stop(self) -> None:
         """Drain and stop (thread-safe; what SIGTERM does)."""
         if self._loop is not None:
-            self._loop.call_soon_threadsafe(lambda: self._spawn(self._drain_then_exit()))
+            self._loop.call_soon_threadsafe(self._begin_stop)
+
+    def _on_interrupt(self) -> None:
+        """Ctrl-C: drain and stop. Once a stop is under way, Ctrl-C ends what still runs at
+        once; once more, it closes the connections without waiting for them."""
+        if not self.state.draining:
+            self._begin_stop()
+        elif not self._now.is_set():
+            log.warning("Ctrl-C again: stopping now")
+            self._now.set()
+        elif self._server is not None:
+            self._server.exit(now=True)
 
     def _on_sighup(self) -> None:
         log.info("SIGHUP: reloading the config")
@@ -187,10 +233,11 @@ class Daemon:
 def run(store: ConfigStore, member: Membership | None = None) -> None:
     """``mlxd serve``: serve the store's config in the foreground until a signal stops it
     (as rank 0 of a distributed daemon with ``member``)."""
+    connections = ConnectionCap(store.current.server.max_connections)
     if member is None:
-        asyncio.run(Daemon(store, mlx_engine(store)).serve())
+        asyncio.run(Daemon(store, mlx_engine(store, connections), connections).serve())
     else:
-        asyncio.run(_serve_rank_zero(store, member))
+        asyncio.run(_serve_rank_zero(store, member, connections))
 
 
 def _control(member: Membership) -> ControlClient:
@@ -202,7 +249,7 @@ def _control(member: Membership) -> ControlClient:
     return control
 
 
-async def _serve_rank_zero(store: ConfigStore, member: Membership) -> None:
+async def _serve_rank_zero(store: ConfigStore, member: Membership, connections: ConnectionCap) -> None:
     control = _control(member)
     loop = asyncio.get_running_loop()
     ending = threading.Event()
@@ -215,7 +262,7 @@ async def _serve_rank_zero(store: ConfigStore, member: Membership) -> None:
     def fail(reason: str) -> None:
         log.error("%s: stopping the daemon", reason)
         daemon.state.draining = True
-        failed = engine.fail_streams(f"the daemon stopped: {reason}")
+        failed = engine.abort(shutting_down(reason))
         log.info("failed %d stream(s) in flight", failed)
         control.bye(1, reason)
         # The worker may be stuck in a collective that never returns: exit without it.
@@ -228,8 +275,8 @@ async def _serve_rank_zero(store: ConfigStore, member: Membership) -> None:
         loop.call_later(FAIL_EXIT_S * 2, fatal, reason)
 
     cluster = ClusterSpec(member.rank, member.size, member.hosts, member.backend, joined=control.joined)
-    engine = mlx_engine(store, cluster, worker_failed)
-    daemon = Daemon(store, engine)
+    engine = mlx_engine(store, connections, cluster, worker_failed)
+    daemon = Daemon(store, engine, connections)
     daemon.state.distributed = lambda: DistributedStatus(
         backend=member.backend,
         size=member.size,

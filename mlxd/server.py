@@ -1,8 +1,10 @@
-"""The HTTP server under the daemon: uvicorn, a header deadline, draining and signals, and
-the optional second listener (``[server] ollama_port``) for the same app.
+"""The HTTP server under the daemon: uvicorn, a header deadline, a connection cap,
+draining and signals, and the optional second listener (``[server] ollama_port``) for the
+same app.
 
 The daemon decides when to stop (it drains first), so uvicorn's own signal handling is
-off; the daemon installs its handlers with ``signal_handlers``.
+off; the daemon installs its handlers with ``signal_handlers``. How long each phase of a
+stop may take comes from ``mlxd.supervision.stopping``.
 """
 
 from __future__ import annotations
@@ -20,25 +22,77 @@ import h11
 import uvicorn
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
-from mlxd.http.guards import ASGIApp
+from mlxd.errors import UnavailableError
+from mlxd.http.errors import send_error
+from mlxd.http.guards import ASGIApp, Receive, Scope, Send
+from mlxd.supervision.stopping import CLOSE_GRACE_S
 
 log = logging.getLogger("mlxd")
 
+#: File descriptors the daemon needs besides its connections (weights, logs, pipes, threads).
+FD_RESERVE = 256
+#: Seconds a connection beyond the cap has to send its request before it is closed.
+SURPLUS_DEADLINE_S = 1.0
 
-def header_deadline_protocol(seconds: float) -> type[H11Protocol]:
-    """uvicorn's h11 protocol with a deadline for a request's headers (slowloris).
+
+class ConnectionCap:
+    """Open connections, and how many may be open at once (``[server] max_connections``).
+
+    A connection beyond the cap is answered with one 503 (``Retry-After``) and closed,
+    without reaching the app: a flood of connections costs a socket each for a moment,
+    never the file descriptors, the event loop or the log of the connections within it.
+    """
+
+    def __init__(self, wanted: int) -> None:
+        #: ``max_connections`` as configured.
+        self.wanted = wanted
+        #: The cap in force: ``wanted``, unless the open-file limit holds fewer.
+        self.limit = wanted
+        self.open = 0
+
+    def fit(self, wanted: int | None = None) -> None:
+        """Apply ``wanted`` (or the current wish) against the open-file limit, raising it to
+        fit. Called at start, on a config edit, and after the MLX worker's imports (mlx-lm
+        sets the limit when it is imported)."""
+        if wanted is not None:
+            self.wanted = wanted
+        self.limit = fit_file_limit(self.wanted)
+
+    async def refuse(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """The app a surplus connection gets instead of the daemon's: 503, then close."""
+        # One line for the whole flood: identical lines are summed up by the log's limiter.
+        log.warning("refusing connections beyond max_connections = %d", self.limit)
+        error = UnavailableError(
+            f"too many open connections (max_connections = {self.limit}); try again shortly", retry_after=1
+        )
+        await send_error(send, error, scope["path"], [(b"connection", b"close")])
+
+
+def guarded_protocol(seconds: float, cap: ConnectionCap) -> type[H11Protocol]:
+    """uvicorn's h11 protocol with a deadline for a request's headers (slowloris) and a cap
+    on open connections (floods).
 
     uvicorn waits forever for a connection that sends nothing or trickles its headers; the
     body has its own deadline in the guards. The deadline starts when a connection opens
     and when a kept-alive connection starts its next request, and ends once the headers
-    are in; a connection that misses it is closed.
+    are in; a connection that misses it is closed. A connection beyond ``cap`` gets
+    ``cap.refuse`` as its app and ``SURPLUS_DEADLINE_S`` for its request. (uvicorn's own
+    ``limit_concurrency`` counts every open connection at each request, so under a flood
+    it would refuse the connections already being served too.)
     """
 
-    class DeadlineProtocol(H11Protocol):
+    class GuardedProtocol(H11Protocol):
         _deadline: asyncio.TimerHandle | None = None
+        _seconds = seconds
+        _counted = False
 
         def connection_made(self, transport: asyncio.BaseTransport) -> None:
             super().connection_made(transport)  # type: ignore[arg-type]
+            cap.open += 1
+            self._counted = True
+            if cap.open > cap.limit:
+                self.app = cap.refuse
+                self._seconds = min(seconds, SURPLUS_DEADLINE_S)
             self._arm()
 
         def data_received(self, data: bytes) -> None:
@@ -49,12 +103,15 @@ def header_deadline_protocol(seconds: float) -> type[H11Protocol]:
                 self._disarm()
 
         def connection_lost(self, exc: Exception | None) -> None:
+            if self._counted:
+                self._counted = False
+                cap.open -= 1
             self._disarm()
             super().connection_lost(exc)
 
         def _arm(self) -> None:
             if self._deadline is None:
-                self._deadline = self.loop.call_later(seconds, self._too_slow)
+                self._deadline = self.loop.call_later(self._seconds, self._too_slow)
 
         def _disarm(self) -> None:
             if self._deadline is not None:
@@ -66,7 +123,7 @@ def header_deadline_protocol(seconds: float) -> type[H11Protocol]:
             if self.conn.their_state is h11.IDLE and not self.transport.is_closing():
                 self.transport.close()
 
-    return DeadlineProtocol
+    return GuardedProtocol
 
 
 class _Uvicorn(uvicorn.Server):
@@ -105,6 +162,39 @@ class _Uvicorn(uvicorn.Server):
             log.info("also listening on http://%s:%d", host, port)
 
 
+def fit_file_limit(connections: int) -> int:
+    """Raise the soft open-file limit (``RLIMIT_NOFILE``) so ``connections`` sockets fit
+    beside the daemon's own files; returns how many connections do fit.
+
+    A process out of file descriptors cannot even accept the connection that would ask
+    ``/health``. macOS starts programs at 256 (launchd's plist asks for more); the hard
+    limit is the ceiling an unprivileged process may raise it to.
+    """
+    if sys.platform == "win32":
+        return connections
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    wanted = connections + FD_RESERVE
+    if soft != resource.RLIM_INFINITY and soft < wanted:
+        raised = wanted if hard == resource.RLIM_INFINITY else min(wanted, hard)
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (raised, hard))
+            soft = raised
+        except (ValueError, OSError) as exc:
+            log.warning("could not raise the open-file limit from %d to %d: %s", soft, raised, exc)
+    if soft == resource.RLIM_INFINITY or soft >= wanted:
+        return connections
+    fits = max(1, soft - FD_RESERVE)
+    log.warning(
+        "the open-file limit is %d: serving at most %d connections at once (max_connections = %d)",
+        soft,
+        fits,
+        connections,
+    )
+    return fits
+
+
 class HttpServer:
     """uvicorn serving one ASGI app on one address until ``exit``."""
 
@@ -115,9 +205,11 @@ class HttpServer:
         host: str,
         port: int,
         request_timeout: float,
-        drain_timeout: float,
+        connections: ConnectionCap,
         extra: tuple[tuple[str, int], ...] = (),
     ) -> None:
+        #: Open connections and their cap (one cap for every listener of a daemon).
+        self.connections = connections
         config = uvicorn.Config(
             app,
             host=host,
@@ -129,9 +221,11 @@ class HttpServer:
             # A loopback daemon trusts no X-Forwarded-* header (uvicorn would, from
             # 127.0.0.1, and it cost ~12% of the event loop per request).
             proxy_headers=False,
-            timeout_graceful_shutdown=int(drain_timeout) + 1,
+            # The daemon drains before it stops the server, and every response has ended by
+            # then: this is only for connections still closing (see supervision.stopping).
+            timeout_graceful_shutdown=CLOSE_GRACE_S,
             timeout_keep_alive=30,
-            http=header_deadline_protocol(request_timeout),
+            http=guarded_protocol(request_timeout, self.connections),
         )
         self._server = _Uvicorn(config)
         self._server.extra = extra
@@ -145,9 +239,12 @@ class HttpServer:
             ready.set()
         await serving
 
-    def exit(self) -> None:
-        """Stop accepting and finish (uvicorn gives open connections its graceful timeout)."""
+    def exit(self, *, now: bool = False) -> None:
+        """Stop accepting and finish: open connections get ``CLOSE_GRACE_S`` to close, or
+        no time at all ``now``."""
         self._server.should_exit = True
+        if now:
+            self._server.force_exit = True
 
     @property
     def bound_port(self) -> int | None:
@@ -161,20 +258,24 @@ class HttpServer:
         return [int(sock.getsockname()[1]) for server in self._server.servers for sock in server.sockets]
 
 
-async def drain(in_flight: Callable[[], int], timeout: float) -> None:
-    """Wait until nothing is in flight, or ``timeout`` seconds."""
+async def drain(in_flight: Callable[[], int], timeout: float, now: asyncio.Event | None = None) -> None:
+    """Wait until nothing is in flight, ``timeout`` seconds have passed, or ``now`` is set."""
     deadline = time.monotonic() + timeout
-    while in_flight() and time.monotonic() < deadline:
+    while in_flight() and time.monotonic() < deadline and not (now is not None and now.is_set()):
         await asyncio.sleep(0.05)
 
 
 @contextlib.contextmanager
 def signal_handlers(
-    loop: asyncio.AbstractEventLoop, on_stop: Callable[[], None], on_reload: Callable[[], None]
+    loop: asyncio.AbstractEventLoop,
+    on_stop: Callable[[], None],
+    on_reload: Callable[[], None],
+    on_interrupt: Callable[[], None] | None = None,
 ) -> Iterator[None]:
-    """SIGTERM and SIGINT call ``on_stop``, SIGHUP ``on_reload``, while the block runs (main thread only)."""
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, on_stop)
+    """SIGTERM calls ``on_stop``, SIGINT ``on_interrupt`` (else ``on_stop``), SIGHUP
+    ``on_reload``, while the block runs (main thread only)."""
+    loop.add_signal_handler(signal.SIGTERM, on_stop)
+    loop.add_signal_handler(signal.SIGINT, on_interrupt or on_stop)
     loop.add_signal_handler(signal.SIGHUP, on_reload)
     try:
         yield

@@ -26,6 +26,16 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+@pytest.fixture(scope="session", autouse=True)
+def private_cache_dir(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """The user cache directory (where daemons keep prompt prefixes on disk) of this test
+    session alone, never the machine's own."""
+    path = tmp_path_factory.mktemp("xdg-cache")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("XDG_CACHE_HOME", str(path))
+        yield path
+
+
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A tiny llama with random weights, a real BPE tokenizer and a ChatML template."""
@@ -40,6 +50,26 @@ def plain_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from mlxd.runtime.demo_model import build_tiny_model
 
     return build_tiny_model(tmp_path_factory.mktemp("models") / "plain", chat_template=False)
+
+
+@pytest.fixture(scope="session")
+def draft_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A smaller random model with the tiny model's tokenizer (one layer, other weights): a
+    draft for speculative decoding."""
+    from mlxd.runtime.demo_model import build_tiny_model
+
+    return build_tiny_model(tmp_path_factory.mktemp("models") / "draft", num_layers=1, seed=7)
+
+
+@pytest.fixture(scope="session")
+def kv_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The tiny model with 64-wide attention heads, so its KV cache can be quantized
+    (MLX quantizes groups of 32, 64 or 128 values; the tiny model's heads are 16 wide)."""
+    from mlxd.runtime.demo_model import build_tiny_model
+
+    return build_tiny_model(
+        tmp_path_factory.mktemp("models") / "kv", hidden_size=128, num_heads=2, num_kv_heads=1
+    )
 
 
 @pytest.fixture(scope="session")

@@ -69,7 +69,7 @@ def test_defaults_edit_applies_within_two_seconds(live: RunningDaemon, tiny_mode
     assert tokens(live) == 8
     write_config(live.config_path, config_text(tiny_model_dir, max_tokens=5))
     written = time.monotonic()
-    assert eventually(lambda: tokens(live) == 5, 2.0)
+    assert eventually(lambda: tokens(live) == 5, 15.0)
     assert time.monotonic() - written < 2.0
     assert live.status()["config"]["generation"] == 2  # type: ignore[index]
 
@@ -82,10 +82,10 @@ def test_aliases_appear_and_disappear(live: RunningDaemon, tiny_model_dir: Path)
         with live.client() as http:
             return {m["id"] for m in http.get("/v1/models").json()["data"]}
 
-    assert eventually(lambda: {"b", "bee"} <= listed(), 3.0)
+    assert eventually(lambda: {"b", "bee"} <= listed(), 15.0)
     assert chat(live, model="bee", max_tokens=2).status_code == 200
     write_config(live.config_path, config_text(tiny_model_dir))
-    assert eventually(lambda: "b" not in listed(), 3.0)
+    assert eventually(lambda: "b" not in listed(), 15.0)
     response = chat(live, model="b")
     assert response.status_code == 404
     assert response.json()["error"]["code"] == "model_not_found"
@@ -108,7 +108,7 @@ def test_invalid_edit_keeps_the_old_config_and_reports(
     live: RunningDaemon, tiny_model_dir: Path, bad: str, needle: str
 ) -> None:
     write_config(live.config_path, bad)
-    assert eventually(lambda: live.status()["config"]["last_error"] is not None, 3.0)  # type: ignore[index]
+    assert eventually(lambda: live.status()["config"]["last_error"] is not None, 15.0)  # type: ignore[index]
     status = live.status()
     assert needle in status["config"]["last_error"]  # type: ignore[index]
     assert status["config"]["generation"] == 1  # type: ignore[index]
@@ -118,8 +118,8 @@ def test_invalid_edit_keeps_the_old_config_and_reports(
     assert rejected.status_code == 400
     assert rejected.json()["error"]["code"] == "invalid_config"
     write_config(live.config_path, config_text(tiny_model_dir, max_tokens=6))
-    assert eventually(lambda: live.status()["config"]["last_error"] is None, 3.0)  # type: ignore[index]
-    assert eventually(lambda: tokens(live) == 6, 2.0)
+    assert eventually(lambda: live.status()["config"]["last_error"] is None, 15.0)  # type: ignore[index]
+    assert eventually(lambda: tokens(live) == 6, 15.0)
 
 
 def _stream(daemon: RunningDaemon, body: dict[str, Any], out: list[str]) -> None:
@@ -150,13 +150,13 @@ def test_model_swap_lets_the_in_flight_stream_finish(
     reader.start()
     assert eventually(lambda: len(events) > 2, 10)
     write_config(live.config_path, config_text(other_model_dir))
-    assert eventually(lambda: live.status()["config"]["generation"] == 2, 3.0)  # type: ignore[index]
+    assert eventually(lambda: live.status()["config"]["generation"] == 2, 15.0)  # type: ignore[index]
     reader.join(120)
     assert events[-1] == "data: [DONE]"
     assert _content(events) == expected_old  # finished on the weights it started with
     swapped = chat(live, **body).json()["choices"][0]["message"]["content"]
     assert swapped != expected_old
-    assert eventually(lambda: all(m["source"] == "other" for m in live.status()["models"]), 5.0)  # type: ignore[union-attr]
+    assert eventually(lambda: all(m["source"] == "other" for m in live.status()["models"]), 15.0)  # type: ignore[union-attr]
 
 
 def test_twenty_edits_during_four_streams_drop_nothing(live: RunningDaemon, tiny_model_dir: Path) -> None:
@@ -252,7 +252,7 @@ def test_runtime_settings_reach_the_worker_on_an_edit(tiny_model_dir: Path, tmp_
         assert entries >= 3
         smaller = cached // 3
         write_config(path, runtime_text(tiny_model_dir, batch=6, cache=str(smaller), prefill=128))
-        assert eventually(lambda: live.status()["config"]["generation"] == 2, 3.0)  # type: ignore[index]
+        assert eventually(lambda: live.status()["config"]["generation"] == 2, 15.0)  # type: ignore[index]
         # The edit shrank the prompt cache at once (evicting), and the prefill step changed.
         shrunk, kept = settled_cache(live)
         assert shrunk <= smaller

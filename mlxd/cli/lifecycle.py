@@ -6,6 +6,7 @@ daemon can still fail to bind its port or read its config after launchd launched
 
 from __future__ import annotations
 
+import json
 import subprocess
 import time
 from collections.abc import Callable
@@ -20,7 +21,8 @@ from mlxd.cli.managers import ServiceManager, installed_login_service
 from mlxd.cli.managers.base import ServiceSpec, build_spec
 from mlxd.cli.managers.process import ProcessManager, terminate
 from mlxd.cli.target import Target
-from mlxd.errors import MlxdError
+from mlxd.errors import MlxdError, ServiceManagerError
+from mlxd.supervision import RunRecord
 
 #: Log lines shown when a start fails.
 FAILURE_LINES = 20
@@ -143,8 +145,14 @@ def _raise_unless_healthy(failure: str | None, offsets: dict[Path, int]) -> None
 
 
 def stop(target: Target) -> bool:
-    """Stop the daemon however it runs; False when it was not running."""
+    """Stop the daemon however it runs; False when it was not running.
+
+    Raises ``ServiceManagerError`` when the daemon had to be killed (SIGKILL) because it
+    did not exit within the stop timeout: its open streams were cut, and the caller must
+    not report a clean stop.
+    """
     timeout_s = stop_timeout(target)
+    running = target.record
     stopped = False
     service = installed_login_service()
     if service is not None:
@@ -155,7 +163,28 @@ def stop(target: Target) -> bool:
     if pid is not None:
         terminate(pid, timeout_s)
         stopped = True
+    if running is not None and _killed(running):
+        raise ServiceManagerError(
+            f"mlxd (pid {running.pid}) did not stop within {timeout_s}s and was killed (SIGKILL): "
+            "requests still running were cut off",
+            hint="`mlxd logs` shows what it was doing; it should stop in [server] drain_timeout plus a few seconds",
+        )
     return stopped
+
+
+def _killed(record: RunRecord) -> bool:
+    """Whether the daemon of ``record`` is gone without a clean exit: a daemon that exits
+    removes its run record last, so a record still naming it means it was killed (by us,
+    or by launchd / systemd at their stop timeout)."""
+    path = supervision.run_record_file()
+    try:
+        left = RunRecord.parse(json.loads(path.read_text(encoding="utf-8")))
+    except (OSError, ValueError):
+        return False
+    if left is None or left.pid != record.pid or supervision.is_alive(record.pid):
+        return False
+    supervision.remove_run_record(only_pid=record.pid)
+    return True
 
 
 def _unmanaged_pid(target: Target) -> int | None:
@@ -169,12 +198,26 @@ def _unmanaged_pid(target: Target) -> int | None:
 
 
 def restart(target: Target, *, demo: bool, timeout_s: float) -> Outcome:
-    """Restart through the login service (``kickstart -k`` / ``restart``), else stop + start."""
+    """Restart through the login service (``kickstart -k`` / ``restart``), else stop + start.
+
+    A detached daemon that had to be killed on the way is still replaced, and then
+    reported (``ServiceManagerError``) rather than passed over. (``kickstart -k`` and
+    ``systemctl restart`` kill and relaunch in one step, out of the CLI's sight.)
+    """
     service = installed_login_service()
     if service is None:
         again = demo or (target.record is not None and target.record.demo)
-        stop(target)
-        return start(_as_configured(target), demo=again, timeout_s=timeout_s, warn=lambda _: None)
+        killed: ServiceManagerError | None = None
+        try:
+            stop(target)
+        except ServiceManagerError as error:
+            killed = error
+        outcome = start(_as_configured(target), demo=again, timeout_s=timeout_s, warn=lambda _: None)
+        if killed is not None:
+            raise ServiceManagerError(
+                f"mlxd is running again at {outcome.url}, but {killed.message}", hint=killed.hint
+            )
+        return outcome
     old_pid = daemon_pid(target.client(timeout=2.0))
     target = _as_configured(target)
     client = target.client(timeout=2.0)

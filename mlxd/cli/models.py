@@ -138,6 +138,8 @@ class _Row:
     loaded: bool = False
     revisions: list[str] = field(default_factory=list)
     problem: str | None = None
+    #: ``vision`` / ``embedding`` when the downloaded model's files say so.
+    capabilities: list[str] = field(default_factory=list)
 
 
 def _loaded_aliases(config: Path | None) -> set[str]:
@@ -180,6 +182,7 @@ def _alias_row(alias: str, model: ModelConfig, repos: dict[str, CachedRepo], loa
             row.size_bytes = _dir_size(path)
             row.problem = _check(path, alias, local=True)
             row.downloaded = row.problem is None
+            row.capabilities = _capabilities(path, model)
         return row
     repo = repos.get(model.model)
     if repo is None:
@@ -190,7 +193,14 @@ def _alias_row(alias: str, model: ModelConfig, repos: dict[str, CachedRepo], loa
         row.size_bytes = rev.size_bytes
         row.problem = _check(rev.path, alias)
         row.downloaded = row.problem is None
+        row.capabilities = _capabilities(rev.path, model)
     return row
+
+
+def _capabilities(path: Path, model: ModelConfig) -> list[str]:
+    from mlxd.hub.capabilities import capabilities
+
+    return list(capabilities(path, pooling=model.pooling))
 
 
 def _rows(cfg: MlxdConfig, env: HubEnv, config: Path | None) -> list[_Row]:
@@ -237,7 +247,7 @@ def _print_table(rows: list[_Row]) -> None:
         console.print("no models configured or cached; pull one with `mlxd models pull org/name`")
         return
     table = Table(box=None, header_style="bold")
-    for column in ("ALIAS", "SOURCE", "REVISION", "ADAPTER", "DOWNLOADED", "SIZE", "LOADED"):
+    for column in ("ALIAS", "SOURCE", "REVISION", "ADAPTER", "DOWNLOADED", "SIZE", "LOADED", "CAN"):
         table.add_column(column, justify="right" if column == "SIZE" else "left")
     for row in rows:
         downloaded = "yes" if row.downloaded else ("incomplete" if row.problem else "no")
@@ -250,6 +260,7 @@ def _print_table(rows: list[_Row]) -> None:
             downloaded,
             "-" if row.size_bytes is None else human_size(row.size_bytes),
             "yes" if row.loaded else "-",
+            ", ".join(row.capabilities) or "-",
             style=None if row.alias else "dim",
         )
     console.print(table)

@@ -20,6 +20,7 @@ from typing import Any
 from pydantic import ValidationError
 from pydantic_settings import EnvSettingsSource, SettingsError
 
+from mlxd.config.chat_template import TemplateProblem, read_template
 from mlxd.config.paths import CONFIG_FILENAME, user_config_file
 from mlxd.config.problems import Layers, format_problems, key_label, locate, one_line
 from mlxd.config.schema import MlxdConfig
@@ -113,11 +114,12 @@ def load_config(path: Path | None, overrides: Mapping[str, Any] | None = None) -
     except SettingsError as exc:
         raise _environment_error(exc) from None
     base = path.parent.resolve() if path is not None else Path.cwd()
+    config.runtime.bind(base)
     for model in config.models.values():
         model.bind(base)
     if config.distributed is not None:
         config.distributed.bind(base)
-    if problems := _missing_directories(config, layers):
+    if problems := _missing_directories(config, layers) + _chat_templates(config, layers):
         raise _invalid(path, problems)
     return config
 
@@ -139,15 +141,33 @@ def _missing_directories(config: MlxdConfig, layers: Layers) -> list[str]:
     config error (a repo id not downloaded yet is not: ``mlxd models pull`` fetches it)."""
     problems = []
     for alias, model in config.models.items():
+        draft = model.draft if model.draft_model not in config.models else None
         for key, value, path in (
             ("model", model.model, model.local_path),
             ("adapter", model.adapter, model.adapter_path),
+            ("draft_model", model.draft_model, draft.local_path if draft is not None else None),
         ):
             if value is None or path is None or _is_dir(path):
                 continue
             where = locate(("models", alias, key), layers)
             label = key_label(("models", alias, key))
             problems.append(one_line(f"{label}{where}: {key} directory not found: {value}"))
+    return problems
+
+
+def _chat_templates(config: MlxdConfig, layers: Layers) -> list[str]:
+    """Each alias's ``chat_template`` file, read and proven to render (the text is kept)."""
+    problems = []
+    for alias, model in config.models.items():
+        path = model.chat_template_path
+        if path is None:
+            continue
+        try:
+            model.attach_template(read_template(path))
+        except TemplateProblem as exc:
+            where = locate(("models", alias, "chat_template"), layers)
+            label = key_label(("models", alias, "chat_template"))
+            problems.append(one_line(f"{label}{where}: chat template {model.chat_template}: {exc}"))
     return problems
 
 

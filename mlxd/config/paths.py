@@ -2,7 +2,8 @@
 
 macOS: config and state in ``~/Library/Application Support/mlxd``, logs in
 ``~/Library/Logs/mlxd``. Elsewhere the XDG directories (``$XDG_CONFIG_HOME/mlxd``,
-``$XDG_STATE_HOME/mlxd``, ``$XDG_STATE_HOME/mlxd/log``, ``$XDG_DATA_HOME/mlxd``).
+``$XDG_STATE_HOME/mlxd``, ``$XDG_STATE_HOME/mlxd/log``, ``$XDG_DATA_HOME/mlxd``), and the
+cache in ``~/Library/Caches/mlxd`` or ``$XDG_CACHE_HOME/mlxd``.
 """
 
 from __future__ import annotations
@@ -33,6 +34,11 @@ def log_dir() -> Path:
 def data_dir() -> Path:
     """Generated data such as the demo model."""
     return Path(platformdirs.user_data_dir(APP, appauthor=False))
+
+
+def cache_dir() -> Path:
+    """Files worth keeping but safe to delete, such as prompt prefixes on disk."""
+    return Path(platformdirs.user_cache_dir(APP, appauthor=False))
 
 
 def user_config_file() -> Path:

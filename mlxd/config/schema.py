@@ -14,8 +14,6 @@ from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import (
-    BaseModel,
-    ConfigDict,
     Field,
     PrivateAttr,
     SecretStr,
@@ -25,9 +23,13 @@ from pydantic import (
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from mlxd.config.distributed import DistributedConfig, Parallel
+
+# Re-exported: the request defaults are part of the schema's public surface.
+from mlxd.config.generation import BUILTIN_DEFAULTS as BUILTIN_DEFAULTS
+from mlxd.config.generation import GenerationDefaults as GenerationDefaults
 from mlxd.config.sources import FileSettingsSource, TypedEnvSource
 from mlxd.config.units import parse_size
-from mlxd.config.values import Duration, MemoryBudget, Size, Strings, is_loopback
+from mlxd.config.values import Duration, MemoryBudget, Section, Size, Strings, is_loopback
 
 #: A Hugging Face repo id, matched in full: ``org/name`` with the Hub's allowed characters.
 REPO_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.\-]{0,95}/[A-Za-z0-9][A-Za-z0-9_.\-]{0,95}")
@@ -50,8 +52,7 @@ def _is_dir(path: Path) -> bool:
         return False
 
 
-class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
+_Section = Section
 
 
 class ServerConfig(_Section):
@@ -86,7 +87,19 @@ class ServerConfig(_Section):
     drain_timeout: Duration = Field(
         default=30.0,
         ge=0,
-        description="On stop, how long in-flight requests may run before the daemon exits anyway.",
+        description=(
+            "On stop, how long in-flight requests may run; then each ends with an error event"
+            " and the daemon exits (mlxd stop, launchd and systemd wait this plus 10s)."
+        ),
+    )
+    max_connections: int = Field(
+        default=512,
+        ge=1,
+        le=65536,
+        description=(
+            "Open connections served at once; beyond it a new connection gets a quick 503"
+            " (the open-file limit is raised to fit)."
+        ),
     )
     stream_interval: Duration = Field(
         default=0.02,
@@ -114,6 +127,14 @@ class ServerConfig(_Section):
         description=(
             "Responses kept in memory for GET /v1/responses/{id} and previous_response_id"
             " (least recently used first out); 0 keeps none."
+        ),
+    )
+    allow_image_urls: bool = Field(
+        default=False,
+        description=(
+            "Let requests name images by http(s) URL, which the daemon then fetches. Off: images"
+            " arrive inline (data: URLs, base64) and a URL is a 400, so no request makes the"
+            " daemon reach another host."
         ),
     )
     log_prompts: bool = Field(
@@ -165,6 +186,38 @@ class RuntimeConfig(_Section):
         le=8192,
         description="Prompt tokens processed per step; smaller keeps other streams flowing during a long prefill.",
     )
+    prompt_cache_dir: str | None = Field(
+        default=None,
+        max_length=MAX_PATH_LENGTH,
+        description="Directory that keeps long prompt prefixes on disk across restarts and model switches"
+        " (relative to this file). Unset: the user cache directory; empty: off.",
+    )
+    prompt_cache_disk_bytes: Size = Field(
+        default=4 * 10**9,
+        ge=0,
+        description="Disk space for prompt prefixes; the least recently used files go first. 0 turns it off.",
+    )
+    prompt_cache_disk_min_tokens: int = Field(
+        default=256,
+        ge=16,
+        description="Prefixes shorter than this many tokens are not written to disk.",
+    )
+
+    _base_dir: Path | None = PrivateAttr(default=None)
+
+    def bind(self, base_dir: Path) -> None:
+        """Remember the config file's directory, against which a relative ``prompt_cache_dir``
+        resolves (only then: configs that differ by nothing else compare equal)."""
+        if self.prompt_cache_dir and not Path(self.prompt_cache_dir).expanduser().is_absolute():
+            self._base_dir = base_dir
+
+    def prompt_cache_path(self, default: Path) -> Path | None:
+        """The disk prompt-cache directory, absolute (``default`` when unset); ``None`` when off."""
+        if self.prompt_cache_disk_bytes <= 0 or self.prompt_cache_dir == "":
+            return None
+        if self.prompt_cache_dir is None:
+            return default
+        return ((self._base_dir or Path.cwd()) / Path(self.prompt_cache_dir).expanduser()).resolve()
 
     def memory_budget_bytes(self, physical: int) -> int:
         """The memory budget in bytes, given the machine's physical memory in bytes."""
@@ -187,54 +240,25 @@ class LimitsConfig(_Section):
     max_stop_length: int = Field(default=256, ge=1, description="Longest stop string, in characters.")
     max_logit_bias: int = Field(default=1024, ge=0, description="Most logit_bias entries per request.")
     max_messages: int = Field(default=4096, ge=1, description="Most messages in one chat request.")
+    max_images: int = Field(default=8, ge=0, le=256, description="Most images in one request.")
+    max_image_bytes: Size = Field(
+        default=10 * 2**20, gt=0, description="Largest image accepted, as encoded bytes (e.g. '10MiB')."
+    )
+    max_image_pixels: int = Field(
+        default=25_000_000,
+        ge=1,
+        description="Most pixels (width x height) of one image, read from its header before it is decoded.",
+    )
+    max_embedding_inputs: int = Field(
+        default=2048, ge=1, le=100_000, description="Most inputs in one embeddings request."
+    )
 
 
-class GenerationDefaults(_Section):
-    """Request defaults: a request field wins over an alias's defaults, which win over ``[defaults]``."""
-
-    max_tokens: int | None = Field(
-        default=None, ge=1, description="Tokens to generate when a request does not say."
-    )
-    temperature: float | None = Field(
-        default=None, ge=0, le=2, description="Sampling temperature; 0 is greedy."
-    )
-    top_p: float | None = Field(default=None, gt=0, le=1, description="Nucleus sampling threshold.")
-    top_k: int | None = Field(
-        default=None, ge=0, description="Sample among the k most likely tokens; 0 turns it off."
-    )
-    min_p: float | None = Field(
-        default=None, ge=0, le=1, description="Drop tokens less likely than min_p times the top token."
-    )
-    repetition_penalty: float | None = Field(
-        default=None,
-        gt=0,
-        description="Multiplicative penalty on recently generated tokens; 1.0 turns it off.",
-    )
-    repetition_context_size: int | None = Field(
-        default=None, ge=1, description="How many recent tokens the repetition penalty looks at."
-    )
-    presence_penalty: float | None = Field(
-        default=None, ge=-2, le=2, description="Additive penalty on tokens already present."
-    )
-    frequency_penalty: float | None = Field(
-        default=None, ge=-2, le=2, description="Additive penalty proportional to a token's count."
-    )
-    stop: Strings | None = Field(default=None, description="Stop strings used when a request gives none.")
-
-
-#: What applies when neither the request nor the config says (the seed's defaults where sensible).
-BUILTIN_DEFAULTS = GenerationDefaults(
-    max_tokens=512,
-    temperature=0.7,
-    top_p=1.0,
-    top_k=0,
-    min_p=0.0,
-    repetition_penalty=1.0,
-    repetition_context_size=20,
-    presence_penalty=0.0,
-    frequency_penalty=0.0,
-    stop=(),
-)
+#: Tokens a draft model proposes per step unless the alias or the request says otherwise
+#: (mlx_lm.server's default).
+DEFAULT_NUM_DRAFT_TOKENS = 3
+#: Most tokens a draft may propose per step.
+MAX_NUM_DRAFT_TOKENS = 32
 
 
 class ModelConfig(_Section):
@@ -265,6 +289,36 @@ class ModelConfig(_Section):
         + ", ".join(sorted(CHAT_TEMPLATE_KWARGS))
         + ".",
     )
+    draft_model: str | None = Field(
+        default=None,
+        description="Speculative decoding: an alias (this one included), repo id or local directory whose"
+        " model drafts tokens for this one to check. It must share the tokenizer. Used while a request"
+        " decodes alone; greedy output is the same as without it.",
+    )
+    num_draft_tokens: int | None = Field(
+        default=None,
+        ge=1,
+        le=MAX_NUM_DRAFT_TOKENS,
+        description=f"Tokens the draft model proposes per step (default {DEFAULT_NUM_DRAFT_TOKENS});"
+        " requests may set their own.",
+    )
+    kv_bits: Literal[4, 8] | None = Field(
+        default=None,
+        description="Quantize the KV cache to 4 or 8 bits: less memory for long contexts, slightly"
+        " different output. Unset: full precision.",
+    )
+    kv_group_size: Literal[32, 64, 128] = Field(
+        default=64, description="Group size of the quantized KV cache (must divide the model's head size)."
+    )
+    quantized_kv_start: int = Field(
+        default=5000,
+        ge=0,
+        description="Quantize a sequence's keys and values once it holds this many tokens (0: from the start).",
+    )
+    chat_template: str | None = Field(
+        default=None,
+        description="A Jinja chat template file (relative to this file) used instead of the model's own.",
+    )
     defaults: GenerationDefaults = Field(
         default_factory=GenerationDefaults, description="Request defaults for this alias."
     )
@@ -273,10 +327,25 @@ class ModelConfig(_Section):
         description="With [distributed]: split the model's layers over the ranks (tensor) or give each "
         "rank a run of whole layers (pipeline; only for families mlx-lm can pipeline).",
     )
+    pooling: Literal["last", "mean", "cls"] | None = Field(
+        default=None,
+        description=(
+            "How embeddings pool the token states: the model's sentence-transformers files say"
+            " when it has them, else 'last' (the last token, for decoder models)."
+        ),
+    )
+    normalize: bool | None = Field(
+        default=None,
+        description="Whether embeddings are scaled to unit length (the model's files say, else true).",
+    )
 
     _base_dir: Path | None = PrivateAttr(default=None)
+    #: The draft model's weights as an alias config of their own, made when the config loads.
+    _draft: ModelConfig | None = PrivateAttr(default=None)
+    #: The text of ``chat_template``, read and checked at load.
+    _template_text: str | None = PrivateAttr(default=None)
 
-    @field_validator("model", "adapter")
+    @field_validator("model", "adapter", "draft_model", "chat_template")
     @classmethod
     def _plain_path(cls, value: str | None) -> str | None:
         if value is None:
@@ -295,6 +364,28 @@ class ModelConfig(_Section):
                 f"{value!r} is neither a repo id like 'org/name' nor a local path (start it with ./ or /)"
             )
         return value
+
+    @field_validator("draft_model")
+    @classmethod
+    def _draft_reference(cls, value: str | None) -> str | None:
+        local = value is None or value.startswith(LOCAL_PREFIXES)
+        if not local and not REPO_ID.fullmatch(value or "") and not ALIAS.fullmatch(value or ""):
+            raise ValueError(f"{value!r} is neither an alias, a repo id like 'org/name' nor a local path")
+        return value
+
+    @model_validator(mode="after")
+    def _options_need_their_switch(self) -> ModelConfig:
+        if self.kv_bits is None:
+            # Set to something else than the default (``config show`` writes every key out).
+            fields = type(self).model_fields
+            stray = [
+                k for k in ("kv_group_size", "quantized_kv_start") if getattr(self, k) != fields[k].default
+            ]
+            if stray:
+                raise ValueError(f"{' and '.join(stray)} {'needs' if len(stray) == 1 else 'need'} kv_bits")
+        if self.draft_model is None and self.num_draft_tokens is not None:
+            raise ValueError("num_draft_tokens needs draft_model")
+        return self
 
     @field_validator("revision")
     @classmethod
@@ -330,6 +421,47 @@ class ModelConfig(_Section):
     def bind(self, base_dir: Path) -> None:
         """Remember the config file's directory, against which relative paths resolve."""
         self._base_dir = base_dir
+        if self._draft is not None:
+            self._draft.bind(base_dir)
+
+    def link_draft(self, models: dict[str, ModelConfig]) -> None:
+        """Resolve ``draft_model``: an alias of ``models``, else a repo id or a directory."""
+        name = self.draft_model
+        if name is None:
+            self._draft = None
+        elif name in models:  # a copy of its weights' keys: configs hold no references to others
+            alias = models[name]
+            self._draft = ModelConfig(
+                model=alias.model,
+                revision=alias.revision,
+                adapter=alias.adapter,
+                context_length=alias.context_length,
+            )
+        elif name.startswith(LOCAL_PREFIXES) or REPO_ID.fullmatch(name):
+            self._draft = ModelConfig(model=name)
+        else:
+            raise ValueError(f"draft_model {name!r} is not an alias of this file, a repo id or a local path")
+
+    @property
+    def draft(self) -> ModelConfig | None:
+        """The draft model's weights (an alias's, a repo's or a directory's) as a config of their own."""
+        return self._draft
+
+    @property
+    def chat_template_path(self) -> Path | None:
+        """The chat template file, absolute, when one is configured."""
+        if self.chat_template is None:
+            return None
+        return ((self._base_dir or Path.cwd()) / Path(self.chat_template).expanduser()).resolve()
+
+    @property
+    def template_text(self) -> str | None:
+        """The configured chat template's text (read and checked when the config loaded)."""
+        return self._template_text
+
+    def attach_template(self, text: str) -> None:
+        """Keep the text of ``chat_template`` (the loader reads and checks it)."""
+        self._template_text = text
 
     @property
     def local_path(self) -> Path | None:
@@ -412,6 +544,11 @@ class MlxdConfig(BaseSettings):
         defaults = [alias for alias, model in value.items() if model.default]
         if len(defaults) > 1:
             raise ValueError(f"only one alias may set default = true (found {', '.join(defaults)})")
+        for alias, model in value.items():
+            try:
+                model.link_draft(value)
+            except ValueError as exc:
+                raise ValueError(f"{alias}: {exc}") from None
         return value
 
     @model_validator(mode="after")

@@ -9,7 +9,7 @@ from __future__ import annotations
 import ipaddress
 from typing import Annotated
 
-from pydantic import BeforeValidator, PlainSerializer, Strict, WithJsonSchema
+from pydantic import BaseModel, BeforeValidator, ConfigDict, PlainSerializer, Strict, WithJsonSchema
 
 from mlxd.config.units import format_duration, parse_duration, parse_size
 
@@ -74,3 +74,9 @@ MemoryBudget = Annotated[
 #: A list of strings: TOML and JSON have arrays, not tuples, so the container is taken as
 #: it comes; its items must still be strings.
 Strings = Annotated[tuple[Annotated[str, Strict()], ...], Strict(False)]
+
+
+class Section(BaseModel):
+    """A table of the config: unknown keys are errors, values are strict, the result frozen."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)

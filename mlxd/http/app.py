@@ -14,6 +14,7 @@ from mlxd.http.metrics import Metrics
 from mlxd.http.observe import Observe
 from mlxd.http.routes.admin import admin_router
 from mlxd.http.routes.anthropic import anthropic_router
+from mlxd.http.routes.embeddings import embeddings_router
 from mlxd.http.routes.ollama import ollama_router, root_router
 from mlxd.http.routes.openai import openai_router
 from mlxd.http.routes.responses import responses_router
@@ -25,6 +26,7 @@ def create_litestar(state: DaemonState) -> Litestar:
     return Litestar(
         route_handlers=[
             openai_router(state),
+            embeddings_router(state),
             responses_router(state),
             anthropic_router(state),
             ollama_router(state),

@@ -43,6 +43,7 @@ from mlxd.errors import (
     ServiceManagerError,
     StartupError,
     UnavailableError,
+    error_for_code,
 )
 from mlxd.http.dialects import Dialect, dialect_for
 
@@ -293,6 +294,13 @@ def envelope(error: HttpError, dialect: Dialect) -> tuple[int, bytes]:
         **error.extra,
     }
     return error.status, msgspec.json.encode({"error": inner})
+
+
+def stream_failure(message: str | None, code: str | None) -> MlxdError:
+    """The error a choice that failed after its stream started ended with (its ``Finish``
+    carries the message and the code)."""
+    text = message or "generation failed"
+    return error_for_code(code, text) if code else GenerationError(text)
 
 
 def error_document(exc: BaseException, dialect: Dialect) -> bytes:

@@ -18,13 +18,16 @@ from typing import Any
 
 from litestar import Request
 
-from mlxd.errors import GenerationError
+from mlxd.errors import MlxdError
+from mlxd.http.errors import stream_failure
+from mlxd.http.images import fetch
 from mlxd.http.metrics import Meter
+from mlxd.http.observe import note_stream_error
 from mlxd.http.pipeline import ChoiceRun, collect, interleaved, metered, usage
 from mlxd.http.state import DaemonState
 from mlxd.http.translate import dialect_names
 from mlxd.output.collect import ChoiceOutput
-from mlxd.output.events import Event, Usage
+from mlxd.output.events import Event, Finish, Usage
 from mlxd.runtime.engine import GenerationRequest
 
 log = logging.getLogger("mlxd.prompts")
@@ -60,10 +63,12 @@ async def start(
 ) -> Generation:
     """Admit the request (the engine raises the error its client should get, naming the
     field as the dialect's ``names`` spell it)."""
-    log_prompts = state.configs.current.server.log_prompts
+    config = state.configs.current
+    log_prompts = config.server.log_prompts
     if log_prompts:
         log.info("prompt for %s: %s", request.alias, _clip(request.prompt))
     with dialect_names(names or {}):
+        request = await fetch(request, config)
         streams = await state.engine.generate(request)
     runs = [ChoiceRun(i, stream) for i, stream in enumerate(streams)]
     meter = state.metrics.meter(request.alias) if state.metrics is not None else None
@@ -103,7 +108,7 @@ async def whole(http: Request[Any, Any, Any], generation: Generation) -> list[Ch
     outputs: list[ChoiceOutput] = gather.result()
     for output in outputs:
         if output.finish.reason == "error":
-            raise GenerationError(f"generation failed: {output.finish.error}")
+            raise stream_failure(f"generation failed: {output.finish.error}", output.finish.code)
     if generation.log_prompts:
         log.info("output: %s", _clip([o.text for o in outputs]))
     return outputs
@@ -111,13 +116,33 @@ async def whole(http: Request[Any, Any, Any], generation: Generation) -> list[Ch
 
 async def streamed(generation: Generation) -> AsyncIterator[tuple[int, list[Event]]]:
     """The choices' events as they come, tagged with the choice's index; when the
-    iteration ends, however it ends, the sequences are freed and the metrics recorded."""
+    iteration ends, however it ends, the sequences are freed and the metrics recorded.
+
+    A failure after the start (the engine ending the sequences because the daemon stops, a
+    bug) comes out as a ``Finish`` with reason ``error`` and the error's code, so every
+    dialect ends its stream with its own error event, never a cut connection; the access
+    log and ``/metrics`` note the error beside the 200 already sent.
+    """
     runs, meter = generation.runs, generation.meter
+    finished: set[int] = set()
     try:
         async for index, events in interleaved(runs):
             if meter is not None:
                 meter.first_token()
+            last = events[-1]
+            if isinstance(last, Finish):
+                finished.add(index)
+                if last.reason == "error":
+                    note_stream_error(last.code or "internal_error")
             yield index, events
+    except Exception as exc:
+        if not isinstance(exc, MlxdError):
+            log.exception("a stream failed")
+        error = exc if isinstance(exc, MlxdError) else MlxdError("internal error; the daemon keeps serving")
+        note_stream_error(error.code)
+        index = next((run.index for run in runs if run.index not in finished), 0)
+        tokens = runs[index].completion_tokens if index < len(runs) else 0
+        yield index, [Finish("error", tokens, error.message, code=error.code)]
     finally:
         for run in runs:
             run.stream.cancel()

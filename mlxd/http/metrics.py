@@ -32,6 +32,9 @@ ROUTES = frozenset(
         "/api/show",
         "/api/ps",
         "/api/version",
+        "/api/embed",
+        "/api/embeddings",
+        "/v1/embeddings",
         "/",
     }
 )
@@ -140,6 +143,12 @@ class Metrics:
             ["dialect", "route", "status"],
             registry=self.registry,
         )
+        self.stream_errors = Counter(
+            "mlxd_stream_errors",
+            "Streams that started (200) and then ended with an error event, by route and error code.",
+            ["route", "code"],
+            registry=self.registry,
+        )
         self.latency = Histogram(
             "mlxd_request_duration_seconds",
             "End-to-end request time.",
@@ -173,11 +182,15 @@ class Metrics:
         """A meter for one generation request."""
         return Meter(self, alias)
 
-    def observe(self, dialect: str, path: str, status: int, seconds: float) -> None:
-        """Count one finished HTTP request."""
+    def observe(
+        self, dialect: str, path: str, status: int, seconds: float, stream_error: str | None = None
+    ) -> None:
+        """Count one finished HTTP request (and the error event that ended its stream, if any)."""
         route = route_label(path)
         self.requests.labels(dialect, route, str(status)).inc()
         self.latency.labels(dialect, route).observe(seconds)
+        if stream_error is not None:
+            self.stream_errors.labels(route, stream_error).inc()
 
     def render(self) -> bytes:
         """The Prometheus text exposition."""

@@ -56,12 +56,14 @@ async def interleaved(runs: Sequence[ChoiceRun]) -> AsyncIterator[tuple[int, lis
         async for events in runs[0].events():
             yield 0, events
         return
-    ready: asyncio.Queue[tuple[int, list[Event]] | None] = asyncio.Queue()
+    ready: asyncio.Queue[tuple[int, list[Event]] | Exception | None] = asyncio.Queue()
 
     async def pump(run: ChoiceRun) -> None:
         try:
             async for events in run.events():
                 ready.put_nowait((run.index, events))
+        except Exception as exc:  # e.g. the daemon stopping: the reader raises it
+            ready.put_nowait(exc)
         finally:
             ready.put_nowait(None)
 
@@ -72,6 +74,8 @@ async def interleaved(runs: Sequence[ChoiceRun]) -> AsyncIterator[tuple[int, lis
             item = await ready.get()
             if item is None:
                 remaining -= 1
+            elif isinstance(item, Exception):
+                raise item
             else:
                 yield item
     finally:

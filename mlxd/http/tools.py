@@ -7,9 +7,12 @@ forced call then admits exactly one call of one of the forced tools.
 from __future__ import annotations
 
 import re
+from dataclasses import replace
 from typing import Any, Protocol
 
 from mlxd.errors import RequestError
+from mlxd.output.tool_calls import tool_call_schema
+from mlxd.runtime.engine import Constraint
 
 MAX_TOOLS = 128
 TOOL_NAME = re.compile(r"[A-Za-z0-9_.\-]{1,64}")
@@ -117,3 +120,21 @@ def tool_choice(request: ToolRequest) -> tuple[Tools | None, Tools | None]:
     mode, names = _allowed_names(choice)
     allowed = named(tools, names)
     return allowed, allowed if mode == "required" else None
+
+
+def structured(
+    output: Constraint | None, shown: Tools | None, forced: Tools | None, *, parallel: bool = True
+) -> Constraint | None:
+    """The constraint of a request: its output format (``output``, from ``response_format``
+    or a dialect's equivalent) together with its tools.
+
+    A forced call is generated under its own grammar: the format applies to content, and
+    a turn that must call a tool has none (agents send both). With tools on offer and a
+    format, the answer is either tool calls (one unless ``parallel``) or content in the
+    format, whichever the model starts: one grammar with both alternatives.
+    """
+    if forced:
+        return Constraint(tool_call_schema([dict(t) for t in forced]), tool_call=True)
+    if output is None or not shown:
+        return output
+    return replace(output, or_calls=tool_call_schema([dict(t) for t in shown]), many_calls=parallel)

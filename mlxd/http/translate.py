@@ -17,11 +17,11 @@ from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from mlxd.config.schema import CHAT_TEMPLATE_KWARGS, GenerationDefaults, MlxdConfig
+from mlxd.config.schema import CHAT_TEMPLATE_KWARGS, GenerationDefaults, MlxdConfig, ModelConfig
 from mlxd.errors import ModelNotFoundError, RequestError
 from mlxd.http.ids import new_id
-from mlxd.http.tools import Tools, tool_choice
-from mlxd.output.tool_calls import tool_call_schema
+from mlxd.http.images import ImagePart, resolve_images
+from mlxd.http.tools import Tools, structured, tool_choice
 from mlxd.protocol.requests import ResponseFormat
 from mlxd.runtime.engine import (
     ChatPrompt,
@@ -31,7 +31,7 @@ from mlxd.runtime.engine import (
     SamplingParams,
     TextPrompt,
 )
-from mlxd.runtime.from_config import keep_alive_for, spec_for
+from mlxd.runtime.from_config import keep_alive_for, num_draft_tokens_for, spec_for
 
 _ROLES = frozenset({"system", "user", "assistant", "tool"})
 
@@ -64,6 +64,13 @@ class CommonRequest:
     frequency_penalty: float | None = None
     logit_bias: Mapping[int, float] | None = None
     seed: int | None = None
+    xtc_probability: float | None = None
+    xtc_threshold: float | None = None
+    presence_context_size: int | None = None
+    frequency_context_size: int | None = None
+    #: Draft tokens per step (alias with a draft model); ``draft_model`` is refused: it is the alias's.
+    num_draft_tokens: int | None = None
+    draft_model: str | None = None
     #: Top alternatives per token (``None``: no logprobs).
     logprobs: int | None = None
     #: OpenAI-style function tools and ``tool_choice`` (``none``, ``auto``, ``required``,
@@ -75,6 +82,8 @@ class CommonRequest:
     stream: bool = False
     #: Seconds the model stays loaded after this request (the alias's keep_alive otherwise).
     keep_alive: float | None = None
+    #: The images of ``messages``, in order (each is an ``{"type": "image"}`` part there).
+    images: tuple[ImagePart, ...] = ()
     #: The dialect's name of each neutral field, for error messages (``max_tokens`` is
     #: ``max_output_tokens`` in Responses, ``num_predict`` in Ollama).
     names: Mapping[str, str] = field(default_factory=dict)
@@ -171,19 +180,9 @@ def past_calls(calls: list[dict[str, Any]], param: str) -> list[dict[str, Any]]:
     return out
 
 
-def _constraint(request: CommonRequest, forced: Tools | None) -> Constraint | None:
-    """Structured output the request asks for: a JSON object or schema, or a forced tool call.
-
-    A forced call's grammar admits exactly one call, so it honours ``parallel_tool_calls:
-    false`` by construction.
-    """
+def _response_format(request: CommonRequest) -> Constraint | None:
+    """``response_format`` (or a dialect's equivalent) as a constraint on the content."""
     format_ = request.response_format
-    if forced:
-        if format_ is not None and format_.type != "text":
-            raise RequestError(
-                "response_format and a forced tool call cannot be combined", param="response_format"
-            )
-        return Constraint(tool_call_schema([dict(t) for t in forced]), tool_call=True)
     if format_ is None or format_.type == "text":
         return None
     if format_.type == "json_object":
@@ -194,6 +193,27 @@ def _constraint(request: CommonRequest, forced: Tools | None) -> Constraint | No
             raise RequestError("response_format json_schema needs a 'schema' object", param="response_format")
         return Constraint(schema)
     raise RequestError(f"response_format {format_.type!r} is not supported", param="response_format")
+
+
+def _constraint(request: CommonRequest, shown: Tools | None, forced: Tools | None) -> Constraint | None:
+    """Structured output the request asks for: a JSON object or schema, a forced tool call,
+    or both (see ``tools.structured``)."""
+    parallel = request.parallel_tool_calls is not False
+    return structured(_response_format(request), shown, forced, parallel=parallel)
+
+
+def _num_draft_tokens(request: CommonRequest, alias: str, model: ModelConfig) -> int:
+    """Draft tokens per step: the request's, else the alias's (0 without a draft model)."""
+    if request.draft_model is not None:
+        raise RequestError(
+            f"draft_model is set per alias in the config ([models.{alias}] draft_model)", param="draft_model"
+        )
+    default = num_draft_tokens_for(model)
+    if request.num_draft_tokens is None:
+        return default
+    if request.num_draft_tokens and not default:
+        raise RequestError(f"{alias!r} has no draft_model to draft tokens with", param="num_draft_tokens")
+    return request.num_draft_tokens
 
 
 def _stop(request: CommonRequest, config: MlxdConfig, default: tuple[str, ...]) -> tuple[str, ...]:
@@ -217,6 +237,8 @@ def _prompt(
     request: CommonRequest, config: MlxdConfig, alias: str, tools: Tools | None
 ) -> ChatPrompt | TextPrompt:
     if request.messages is None and request.prompt is not None:
+        if request.images:
+            raise RequestError("images need a chat prompt", param=request.images[0].param)
         if not request.prompt:
             raise RequestError("prompt must not be empty", param="prompt")
         if isinstance(request.prompt, str):
@@ -231,7 +253,14 @@ def _prompt(
             )
         kwargs[key] = value
     messages = _messages(request, config.limits.max_messages)
-    return ChatPrompt(messages, request.role_mapping, kwargs, tools)
+    return ChatPrompt(
+        messages,
+        request.role_mapping,
+        kwargs,
+        tools,
+        template=config.models[alias].template_text,
+        images=resolve_images(request.images, config),
+    )
 
 
 def resolve(request: CommonRequest, config: MlxdConfig) -> GenerationRequest:
@@ -280,7 +309,7 @@ def _resolve(request: CommonRequest, config: MlxdConfig) -> GenerationRequest:
         raise RequestError(f"n must be at most {limits.max_n}", param="n")
     tools, forced = tool_choice(request) if request.messages is not None else (None, None)
     prompt = _prompt(request, config, alias, tools)
-    constraint = _constraint(request, forced)
+    constraint = _constraint(request, tools, forced)
 
     def pick(value: Any, default: Any) -> Any:
         return default if value is None else value
@@ -296,6 +325,10 @@ def _resolve(request: CommonRequest, config: MlxdConfig) -> GenerationRequest:
         frequency_penalty=pick(request.frequency_penalty, defaults.frequency_penalty),
         logit_bias=tuple(sorted((request.logit_bias or {}).items())),
         seed=request.seed,
+        xtc_probability=pick(request.xtc_probability, defaults.xtc_probability),
+        xtc_threshold=pick(request.xtc_threshold, defaults.xtc_threshold),
+        presence_context_size=pick(request.presence_context_size, defaults.presence_context_size),
+        frequency_context_size=pick(request.frequency_context_size, defaults.frequency_context_size),
     )
     for token_id, _ in sampling.logit_bias:
         if token_id < 0:
@@ -315,4 +348,5 @@ def _resolve(request: CommonRequest, config: MlxdConfig) -> GenerationRequest:
         n=n,
         constraint=constraint,
         delivery_interval=config.server.stream_interval if request.stream else None,
+        num_draft_tokens=_num_draft_tokens(request, alias, model),
     )

@@ -1,7 +1,8 @@
 """Which files of a Hub repo make an MLX model, and which ones make mlxd refuse it.
 
-mlx-lm loads ``model*.safetensors`` plus ``config.json`` and the tokenizer files; nothing
-else is ever downloaded. A repo that ships Python code is refused outright: mlx-lm can
+mlx-lm loads ``model*.safetensors`` plus ``config.json`` and the tokenizer files; a vision
+model's processor configs and an embedding model's sentence-transformers files (how it
+pools) come along; nothing else is ever downloaded. A repo that ships Python code is refused outright: mlx-lm can
 import a ``model_file`` from the model directory, and tokenizers can import remote code.
 """
 
@@ -32,8 +33,18 @@ SUPPORT_FILES = frozenset(
         "added_tokens.json",
         "chat_template.json",
         "generation_config.json",
+        # vision models: how images become model input
+        "preprocessor_config.json",
+        "processor_config.json",
+        "video_preprocessor_config.json",
+        # embedding models (sentence-transformers): pooling and normalization
+        "modules.json",
+        "config_sentence_transformers.json",
+        "sentence_bert_config.json",
     }
 )
+#: Files below the top level that are taken too: the pooling module's settings.
+NESTED_FILES = frozenset({"1_Pooling/config.json"})
 #: Formats that can execute code or that mlxd does not load: never taken.
 CODE_PATTERNS = ("*.py", "*.pyc", "*.so", "*.dylib")
 PICKLE_PATTERNS = ("*.bin", "*.pt", "*.pth", "*.pkl", "*.pickle", "*.npy", "*.npz", "*.ckpt")
@@ -50,9 +61,9 @@ class RemoteFile:
 
 
 def is_wanted(path: str) -> bool:
-    """True for a top-level weight, config, tokenizer or chat-template file."""
+    """True for a top-level weight, config, tokenizer, chat-template, processor or pooling file."""
     if "/" in path:
-        return False
+        return path in NESTED_FILES
     return path in SUPPORT_FILES or fnmatch.fnmatch(path, WEIGHTS_PATTERN) or path.endswith(".jinja")
 
 

@@ -78,6 +78,8 @@ class Finish:
     error: str | None = None
     #: The stop string that ended the choice, when the parser cut it.
     stop_sequence: str | None = None
+    #: With ``error``: the error's code (``unavailable`` when the daemon stopped the choice).
+    code: str | None = None
 
 
 @dataclass(slots=True)

@@ -29,6 +29,8 @@ class ContentBlock(msgspec.Struct, forbid_unknown_fields=False, kw_only=True):
     is_error: bool | None = None
     # thinking
     thinking: str | None = None
+    # image: {"type": "base64", "media_type", "data"} or {"type": "url", "url"}
+    source: dict[str, Any] | None = None
 
 
 class InputMessage(msgspec.Struct, forbid_unknown_fields=False):

@@ -2,7 +2,8 @@
 
 Fields follow the order of OpenAI's reference; the fields ``mlx_lm.server`` added
 (``role_mapping``, ``repetition_penalty``, ``repetition_context_size``, ``top_k``,
-``min_p``, ``adapters``) come in a separate block. Unknown fields are ignored, as
+``min_p``, ``adapters``, ``xtc_probability``, ``xtc_threshold``, ``presence_context_size``,
+``frequency_context_size``, ``num_draft_tokens``, ``draft_model``) come in a separate block. Unknown fields are ignored, as
 OpenAI-compatible servers do, so newer clients keep working; known fields that mlxd
 does not honour yet are rejected by ``unsupported_fields``.
 """
@@ -25,10 +26,11 @@ RepetitionContext = Annotated[int, msgspec.Meta(ge=1, le=8192)]
 
 
 class TextPart(msgspec.Struct, forbid_unknown_fields=False):
-    """A content part; only ``text`` parts can be served by a text model."""
+    """A content part: ``text``, or ``image_url`` (``{"url": …}``) for a vision model."""
 
     type: str
     text: str | None = None
+    image_url: dict[str, Any] | str | None = None
 
 
 class ChatMessage(msgspec.Struct, forbid_unknown_fields=False):
@@ -77,6 +79,13 @@ class _Sampling(msgspec.Struct, forbid_unknown_fields=False, kw_only=True):
     top_k: TopK | None = None
     min_p: Probability | None = None
     adapters: str | None = None
+    xtc_probability: Probability | None = None
+    xtc_threshold: Annotated[float, msgspec.Meta(ge=0.0, le=0.5)] | None = None
+    presence_context_size: RepetitionContext | None = None
+    frequency_context_size: RepetitionContext | None = None
+    num_draft_tokens: Annotated[int, msgspec.Meta(ge=0, le=32)] | None = None
+    #: Refused: the draft model is the alias's, set in the config.
+    draft_model: str | None = None
 
 
 class ChatCompletionRequest(_Sampling, kw_only=True):

@@ -180,6 +180,8 @@ class ModelCard(msgspec.Struct):
     source: str
     object: str = "model"
     owned_by: str = "mlxd"
+    #: ``completion``, plus ``vision`` and ``embedding`` where the model's files say so.
+    capabilities: list[str] = msgspec.field(default_factory=lambda: ["completion"])
 
 
 class ModelList(msgspec.Struct):

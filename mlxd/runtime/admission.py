@@ -20,8 +20,17 @@ from mlxd.errors import CapacityError, ContextLengthError, RequestError
 from mlxd.output.parser import OutputSpec
 from mlxd.output.reasoning import ReasoningFormat
 from mlxd.output.tool_calls import ToolFormat
-from mlxd.runtime.engine import ChatPrompt, Constraint, GenerationRequest, RuntimeSettings, TextPrompt
-from mlxd.runtime.prompts import encode_prompt
+from mlxd.runtime.engine import (
+    ChatPrompt,
+    Constraint,
+    EmbeddingRequest,
+    GenerationRequest,
+    Pooling,
+    RuntimeSettings,
+    TextPrompt,
+)
+from mlxd.runtime.pooling import PoolingSpec
+from mlxd.runtime.prompts import encode_inputs, encode_prompt, vision_prompt
 
 T = TypeVar("T")
 
@@ -38,6 +47,14 @@ class ModelFacts(Protocol):
     @property
     def vocab_size(self) -> int: ...
 
+    @property
+    def pooling(self) -> PoolingSpec: ...
+
+    @property
+    def vision(self) -> Any | None:
+        """The model's image support (``prepare`` a prompt with images), ``None`` for text only."""
+        ...
+
 
 @dataclass(frozen=True, slots=True)
 class Admitted:
@@ -51,6 +68,17 @@ class Admitted:
     grammar: str | None
     #: What the output parser of each choice enforces.
     output: OutputSpec
+    #: A prompt with images: the pixels, where each image starts, and the cache key.
+    vision: Any | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class AdmittedEmbeddings:
+    """Embedding inputs that passed every check: their tokens and how to pool them."""
+
+    tokens: list[list[int]]
+    pooling: Pooling
+    normalize: bool
 
 
 def check_capacity(alias: str, active: int, settings: RuntimeSettings) -> None:
@@ -67,7 +95,8 @@ def check_limits(request: GenerationRequest, model: ModelFacts, tokens: list[int
     """The request against its model's context and vocabulary; returns the ``max_tokens`` to use."""
     if not tokens:
         raise RequestError("the prompt is empty", param="prompt")
-    context = model.context_length
+    # The alias's own override, when it has one: aliases share loaded weights, not contexts.
+    context = request.spec.context_length or model.context_length
     if len(tokens) >= context:
         raise ContextLengthError(
             f"the prompt has {len(tokens)} tokens but {request.alias!r} has a context of {context}",
@@ -114,20 +143,42 @@ def reasoning_format(request: GenerationRequest, tokenizer: Any, tokens: list[in
     return ReasoningFormat(start, end, starts_inside=tail.rfind(start) > tail.rfind(end))
 
 
-def compile_grammar(constraint: Constraint, tools: ToolFormat | None) -> str:
-    """The llguidance grammar for a constraint (compiled here, so a bad schema is a 400)."""
-    from mlxd.runtime.mlx.constrained import json_grammar, tagged_json_grammar  # loads llguidance
+#: The share of ``max_tokens`` a reasoning model may think before a constrained answer.
+THINKING_SHARE = 0.5
+
+
+def compile_grammar(
+    constraint: Constraint,
+    tools: ToolFormat | None,
+    reasoning: ReasoningFormat | None = None,
+    tokenizer: Any = None,
+    max_tokens: int = 0,
+) -> str:
+    """The llguidance grammar for a constraint (compiled here, so a bad schema is a 400).
+
+    When the prompt opened a reasoning block, the grammar lets the model think first, for
+    at most ``THINKING_SHARE`` of ``max_tokens``, and constrains what follows the end tag.
+    """
+    from mlxd.runtime.mlx.constrained import ThinkingBlock, ToolCalls, structured_grammar  # llguidance
 
     schema = dict(constraint.schema) if constraint.schema is not None else None
-    if not constraint.tool_call:
-        return json_grammar(schema)
-    if tools is None or not tools.json_between_tags:
-        raise RequestError(
-            "tool_choice 'required' or a named function needs a model whose tool calls are JSON "
-            "between tags (Hermes/Qwen style)",
-            param="tool_choice",
+    calls = None
+    if constraint.tool_call or constraint.or_calls is not None:
+        if tools is None or not tools.json_between_tags:
+            raise RequestError(
+                "a forced tool call, or tools together with response_format, needs a model whose "
+                "tool calls are JSON between tags (Hermes/Qwen style)",
+                param="tool_choice" if constraint.tool_call else "response_format",
+            )
+        call = schema if constraint.tool_call else dict(constraint.or_calls or {})
+        calls = ToolCalls(
+            tools.start + "\n", "\n" + tools.end, call or {}, constraint.tool_call, constraint.many_calls
         )
-    return tagged_json_grammar(tools.start + "\n", schema or {}, "\n" + tools.end)
+    thinking = None
+    end_tokens = tuple(getattr(tokenizer, "think_end_tokens", None) or ())
+    if reasoning is not None and reasoning.starts_inside and end_tokens:
+        thinking = ThinkingBlock(reasoning.end, end_tokens, max(1, int(max_tokens * THINKING_SHARE)))
+    return structured_grammar(None if constraint.tool_call else schema, calls=calls, thinking=thinking)
 
 
 class Admission:
@@ -138,20 +189,60 @@ class Admission:
 
     async def admit(self, request: GenerationRequest, model: ModelFacts) -> Admitted:
         """Tokenize, check and compile; raises the 400 a request deserves."""
-        tokens = await self._off_loop(encode_prompt, model.tokenizer, request.prompt)
+        prompt, vision = request.prompt, None
+        if isinstance(prompt, ChatPrompt) and prompt.images:
+            vision = await self._vision(request, prompt, model)
+            tokens = vision.tokens
+        else:
+            tokens = await self._off_loop(encode_prompt, model.tokenizer, prompt)
         max_tokens = check_limits(request, model, tokens)
         tools = tool_format(request, model.tokenizer)
         reasoning = reasoning_format(request, model.tokenizer, tokens)
         grammar = None
         if request.constraint is not None:
-            grammar = await self._off_loop(compile_grammar, request.constraint, tools)
+            grammar = await self._off_loop(
+                compile_grammar, request.constraint, tools, reasoning, model.tokenizer, max_tokens
+            )
         offered = request.prompt.tools if isinstance(request.prompt, ChatPrompt) else None
         output = OutputSpec(request.stop, offered, request.max_tool_calls)
-        return Admitted(tokens, max_tokens, tools, reasoning, grammar, output)
+        return Admitted(tokens, max_tokens, tools, reasoning, grammar, output, vision)
+
+    async def admit_embeddings(self, request: EmbeddingRequest, model: ModelFacts) -> AdmittedEmbeddings:
+        """Tokenize the inputs and check each against the model; raises the 400 they deserve."""
+        tokens = await self._off_loop(encode_inputs, model.tokenizer, request.inputs)
+        context, vocab = model.context_length, model.vocab_size
+        for i, ids in enumerate(tokens):
+            if not ids:
+                raise RequestError(f"input {i} is empty", param=f"input[{i}]")
+            if len(ids) > context and request.truncate:
+                del ids[context:]
+            elif len(ids) > context:
+                raise ContextLengthError(
+                    f"input {i} has {len(ids)} tokens but {request.alias!r} has a context of {context}",
+                    param=f"input[{i}]",
+                )
+            if isinstance(request.inputs[i], tuple) and any(not 0 <= t < vocab for t in ids):
+                raise RequestError(
+                    f"input {i} has a token id outside the vocabulary (0..{vocab - 1})", param=f"input[{i}]"
+                )
+        own = model.pooling
+        pooling = request.pooling or own.pooling
+        normalize = own.normalize if request.normalize is None else request.normalize
+        return AdmittedEmbeddings(tokens, pooling, normalize)
 
     async def count(self, request: GenerationRequest, model: ModelFacts) -> int:
-        """The prompt's length in tokens (chat template and tools included), unchecked."""
-        return len(await self._off_loop(encode_prompt, model.tokenizer, request.prompt))
+        """The prompt's length in tokens (chat template, tools and images included), unchecked."""
+        prompt = request.prompt
+        if isinstance(prompt, ChatPrompt) and prompt.images:
+            return len((await self._vision(request, prompt, model)).tokens)
+        return len(await self._off_loop(encode_prompt, model.tokenizer, prompt))
+
+    async def _vision(self, request: GenerationRequest, prompt: ChatPrompt, model: ModelFacts) -> Any:
+        if model.vision is None:
+            raise RequestError(
+                f"{request.alias!r} is a text model: it does not take images", param=prompt.images[0].param
+            )
+        return await self._off_loop(vision_prompt, model.tokenizer, model.vision, prompt)
 
     async def _off_loop(self, fn: Callable[..., T], *args: Any) -> T:
         # The request's context (its id, for log lines) comes along to the executor.

@@ -1,7 +1,7 @@
 """Build tiny random-weight models locally: for tests, ``mlxd serve --demo`` and the benchmark.
 
 Nothing can be downloaded here, so one builder writes a real mlx-lm model directory: a
-``llama`` architecture from ``mlx_lm.models`` (or ``ministral3``, a family mlx-lm can
+``llama`` architecture from ``mlx_lm.models`` (or ``qwen3``, or ``ministral3``, a family mlx-lm can
 split as a pipeline over several ranks) with seeded random weights and a real byte-level
 BPE tokenizer (``demo_tokenizer``) trained on a short English text. The output is
 bit-identical for a given seed, so it doubles as a cache key (``DEMO_VERSION``).
@@ -36,7 +36,7 @@ from mlxd.runtime.demo_tokenizer import (
 
 DEMO_VERSION = "2"
 #: The architectures the builder writes: ``ministral3`` can also be loaded as a pipeline.
-Family = Literal["llama", "ministral3"]
+ModelType = Literal["llama", "qwen3", "ministral3"]
 
 
 def _random_weights(model: Any, seed: int, silent_rows: list[int]) -> dict[str, Any]:
@@ -77,15 +77,17 @@ def build_tiny_model(
     chat_template: bool = True,
     tie_word_embeddings: bool = True,
     thinking: bool = False,
-    family: Family = "llama",
+    model_type: ModelType = "llama",
 ) -> Path:
-    """Write a loadable mlx-lm model directory (random weights) to dest; return dest.
+    """Write a loadable mlx-lm model directory (llama, ``qwen3`` or ``ministral3``; random
+    weights) to dest; return dest.
 
     The same arguments always give byte-identical files. ``ministral3`` models also get
     the ``model.safetensors.index.json`` a pipeline load reads.
     """
+    import importlib
+
     import mlx.core as mx
-    from mlx_lm.models import llama, ministral3
 
     dest = Path(dest)
     dest.mkdir(parents=True, exist_ok=True)
@@ -93,9 +95,14 @@ def build_tiny_model(
         dest, chat_template=chat_template, max_length=max_position_embeddings, thinking=thinking
     )
     bos_id, eos_id = tokenizer.token_to_id(END_OF_TEXT), tokenizer.token_to_id(IM_END)
+    architecture = {
+        "llama": "LlamaForCausalLM",
+        "qwen3": "Qwen3ForCausalLM",
+        "ministral3": "Ministral3ForCausalLM",
+    }[model_type]
     config: dict[str, Any] = {
-        "model_type": "llama",
-        "architectures": ["LlamaForCausalLM"],
+        "model_type": model_type,
+        "architectures": [architecture],
         "vocab_size": tokenizer.get_vocab_size(),
         "hidden_size": hidden_size,
         "num_hidden_layers": num_layers,
@@ -111,25 +118,23 @@ def build_tiny_model(
         "eos_token_id": [eos_id, bos_id],
         "pad_token_id": bos_id,
         "torch_dtype": "float32",
+        "head_dim": hidden_size // num_heads,
     }
-    if family == "ministral3":
-        config["model_type"] = "ministral3"
-        config["architectures"] = ["Ministral3ForCausalLM"]
+    if model_type == "ministral3":
         config["rope_parameters"] = {
             "rope_type": "default",
             "rope_theta": config.pop("rope_theta"),
             "llama_4_scaling_beta": 0.1,
             "original_max_position_embeddings": max_position_embeddings,
         }
-        model = ministral3.Model(ministral3.ModelArgs.from_dict(config))
-    else:
-        model = llama.Model(llama.ModelArgs.from_dict(config))
+    family = importlib.import_module(f"mlx_lm.models.{model_type}")
+    model = family.Model(family.ModelArgs.from_dict(config))
     silent = [
         tokenizer.token_to_id(token) for token in (*SPECIAL_TOKENS, *(THINK_TOKENS if thinking else ()))
     ]
     weights = _random_weights(model, seed, silent)
     mx.save_safetensors(str(dest / "model.safetensors"), weights, metadata={"format": "mlx"})
-    if family != "llama":
+    if model_type == "ministral3":
         index = {"metadata": {}, "weight_map": dict.fromkeys(sorted(weights), "model.safetensors")}
         write_json(dest / "model.safetensors.index.json", index)
     write_json(dest / "config.json", config)
@@ -150,6 +155,57 @@ def build_small_model(dest: Path, *, seed: int = 0) -> Path:
         intermediate_size=2048,
         max_position_embeddings=4096,
     )
+
+
+def build_draft_model(base: Path, dest: Path, *, num_layers: int) -> Path:
+    """A draft for speculative decoding: ``base`` cut to its first ``num_layers`` layers.
+
+    It keeps the embeddings, the final norm and the tokenizer, so with random weights it
+    still agrees with ``base`` on a share of its tokens (a draft of other random weights
+    agrees on almost none), as a real smaller model of the same family does.
+    """
+    import json
+
+    import mlx.core as mx
+
+    base, dest = Path(base), Path(dest)
+    dest.mkdir(parents=True, exist_ok=True)
+    for path in base.iterdir():
+        if path.is_file() and path.name not in ("model.safetensors", "config.json"):
+            shutil.copyfile(path, dest / path.name)
+    weights = mx.load(str(base / "model.safetensors"))
+    kept = {
+        name: array
+        for name, array in weights.items()  # type: ignore[union-attr]
+        if not name.startswith("model.layers.") or int(name.split(".")[2]) < num_layers
+    }
+    mx.save_safetensors(str(dest / "model.safetensors"), kept, metadata={"format": "mlx"})
+    config = json.loads((base / "config.json").read_text(encoding="utf-8"))
+    write_json(dest / "config.json", {**config, "num_hidden_layers": num_layers})
+    return dest
+
+
+def build_embedding_model(dest: Path, *, seed: int = 0, **sizes: int) -> Path:
+    """A tiny decoder embedding model, as the Qwen3-Embedding family ships: a ``qwen3``
+    architecture with sentence-transformers files (last-token pooling, then normalize).
+    ``sizes`` are ``build_tiny_model``'s (``hidden_size``, ``num_layers``, …)."""
+    dest = build_tiny_model(dest, seed=seed, model_type="qwen3", chat_template=False, **sizes)  # type: ignore[arg-type]
+    modules = [
+        {"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
+        {"idx": 1, "name": "1", "path": "1_Pooling", "type": "sentence_transformers.models.Pooling"},
+        {"idx": 2, "name": "2", "path": "2_Normalize", "type": "sentence_transformers.models.Normalize"},
+    ]
+    write_json(dest / "modules.json", modules)
+    (dest / "1_Pooling").mkdir(exist_ok=True)
+    pooling = {
+        "word_embedding_dimension": sizes.get("hidden_size", 64),
+        "pooling_mode_cls_token": False,
+        "pooling_mode_mean_tokens": False,
+        "pooling_mode_lasttoken": True,
+        "include_prompt": True,
+    }
+    write_json(dest / "1_Pooling" / "config.json", pooling)
+    return dest
 
 
 def build_lora_adapter(

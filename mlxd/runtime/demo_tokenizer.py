@@ -133,7 +133,7 @@ def _train_tokenizer(thinking: bool = False) -> Any:
     return tokenizer
 
 
-def write_json(path: Path, data: dict[str, Any]) -> None:
+def write_json(path: Path, data: Any) -> None:
     """Write ``data`` as sorted JSON so that equal builds give equal bytes."""
     path.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n", encoding="utf-8")
 

@@ -10,12 +10,16 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Literal, Protocol
 
+import numpy as np
+import numpy.typing as npt
+
+from mlxd.errors import MlxdError
 from mlxd.output.events import Event, Finish
 
-#: A loaded model unit: (source, revision, adapter path).
-UnitKey = tuple[str, str | None, str | None]
+#: A loaded model unit: (source, revision, adapter path, engine options or ``None``).
+UnitKey = tuple[str, str | None, str | None, str | None]
 
 
 @dataclass(frozen=True, slots=True)
@@ -32,6 +36,26 @@ class RuntimeSettings:
     max_queue: int = 64
     prefill_step_size: int = 256
     prompt_cache_bytes: int = 2 * 10**9
+    #: Where prompt prefixes are kept on disk (``None``: not at all).
+    prompt_cache_dir: Path | None = None
+    prompt_cache_disk_bytes: int = 0
+    #: Shorter prefixes are not worth a file.
+    prompt_cache_disk_min_tokens: int = 512
+
+
+@dataclass(frozen=True, slots=True)
+class KvSettings:
+    """A quantized KV cache (mlx-lm's ``kv_bits``, ``kv_group_size``, ``quantized_kv_start``)."""
+
+    bits: int
+    group_size: int = 64
+    #: Keys and values are quantized once a cache holds this many tokens.
+    start: int = 5000
+
+    @property
+    def tag(self) -> str:
+        """A short stable name for keys and file metadata."""
+        return f"kv{self.bits}g{self.group_size}s{self.start}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -47,6 +71,10 @@ class ModelSpec:
     label: str = ""
     #: How the weights split over the ranks of a distributed daemon ("tensor" or "pipeline").
     parallel: str = "tensor"
+    #: A quantized KV cache for this unit's sequences.
+    kv: KvSettings | None = None
+    #: The unit whose model drafts tokens for speculative decoding (itself draft-free).
+    draft: ModelSpec | None = None
 
     @property
     def base_key(self) -> tuple[str, str | None]:
@@ -56,9 +84,22 @@ class ModelSpec:
         return (source, self.revision)
 
     @property
+    def options(self) -> str | None:
+        """The engine options that make a unit of their own over the same weights."""
+        parts = []
+        if self.kv is not None:
+            parts.append(self.kv.tag)
+        if self.draft is not None:
+            draft = self.draft.key
+            parts.append(f"draft={draft[0]}@{draft[1] or ''}+{draft[2] or ''}")
+        return ",".join(parts) or None
+
+    @property
     def key(self) -> UnitKey:
-        """The loaded unit: base weights plus adapter."""
-        return (*self.base_key, str(self.adapter_path) if self.adapter_path else None)
+        """The loaded unit: base weights plus adapter, under its engine options (aliases
+        that differ in KV quantization or draft model batch apart, sharing the weights)."""
+        adapter = str(self.adapter_path) if self.adapter_path else None
+        return (*self.base_key, adapter, self.options)
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,22 +116,56 @@ class SamplingParams:
     frequency_penalty: float = 0.0
     logit_bias: tuple[tuple[int, float], ...] = ()
     seed: int | None = None
+    #: XTC ("exclude top choices"): with this probability per token, drop every token more
+    #: likely than ``xtc_threshold`` but the least likely of them.
+    xtc_probability: float = 0.0
+    xtc_threshold: float = 0.1
+    #: How many recent tokens the presence and frequency penalties look at.
+    presence_context_size: int = 20
+    frequency_context_size: int = 20
 
     @property
-    def sampler_key(self) -> tuple[float, float, int, float]:
+    def sampler_key(self) -> tuple[float, float, int, float, float, float]:
         """Requests with equal keys (and no seed) can share one batched sampler."""
-        return (self.temperature, self.top_p, self.top_k, self.min_p)
+        return (
+            self.temperature,
+            self.top_p,
+            self.top_k,
+            self.min_p,
+            self.xtc_probability,
+            self.xtc_threshold,
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class ImageInput:
+    """One image of a prompt, checked against the ``[limits]`` caps but not decoded yet:
+    its encoded bytes (PNG, JPEG, …), their SHA-256 (the image's identity in prompt-cache
+    keys) and where the request put it (errors name that place)."""
+
+    data: bytes
+    digest: str
+    param: str
+    #: An ``http(s)`` URL still to fetch (only with ``[server] allow_image_urls``).
+    url: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
 class ChatPrompt:
-    """A conversation to render with the model's chat template (or ``role_mapping``)."""
+    """A conversation to render with the model's chat template (or ``role_mapping``).
+
+    A message with images has list content: ``{"type": "text", "text": …}`` and
+    ``{"type": "image"}`` parts, as vision chat templates take them; ``images`` are those
+    images, in order."""
 
     messages: tuple[Mapping[str, Any], ...]
     role_mapping: Mapping[str, str] | None = None
     template_kwargs: Mapping[str, Any] = field(default_factory=dict)
     #: OpenAI tool definitions, rendered by the chat template; calls are parsed from the output.
     tools: tuple[Mapping[str, Any], ...] | None = None
+    #: The alias's own chat template (Jinja text from the config), in place of the model's.
+    template: str | None = None
+    images: tuple[ImageInput, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -104,10 +179,17 @@ class TextPrompt:
 @dataclass(frozen=True, slots=True)
 class Constraint:
     """Output that must match a JSON schema (``None``: any JSON object), optionally as a tool
-    call wrapped in the model's own tool-call tags."""
+    call wrapped in the model's own tool-call tags.
+
+    ``or_calls`` (the schema of one call, for tools offered with ``tool_choice: "auto"``)
+    lets the output be tool calls instead of the JSON content: one, or with ``many_calls``
+    as many as the model writes.
+    """
 
     schema: Mapping[str, Any] | None
     tool_call: bool = False
+    or_calls: Mapping[str, Any] | None = None
+    many_calls: bool = True
 
 
 @dataclass(frozen=True, slots=True)
@@ -140,6 +222,41 @@ class GenerationRequest:
     #: last are never held); ``None`` delivers the whole output in one piece at the end.
     #: Every delivery wakes the event loop, so fewer of them leave more CPU for decoding.
     delivery_interval: float | None = 0.0
+    #: Tokens the alias's draft model proposes per step when the sequence decodes alone
+    #: (0: no speculative decoding).
+    num_draft_tokens: int = 0
+
+
+Pooling = Literal["last", "mean", "cls"]
+
+
+@dataclass(frozen=True, slots=True)
+class EmbeddingRequest:
+    """Inputs to embed with one model: texts or token ids, pooled and maybe normalized.
+
+    ``pooling`` / ``normalize`` ``None``: as the model's sentence-transformers files say,
+    else last-token pooling, normalized. ``dimensions`` keeps the first that many values
+    and scales the result to unit length again."""
+
+    request_id: str
+    alias: str
+    spec: ModelSpec
+    inputs: tuple[str | tuple[int, ...], ...]
+    pooling: Pooling | None = None
+    normalize: bool | None = None
+    dimensions: int | None = None
+    keep_alive: float = 900.0
+    #: Cut inputs longer than the context to fit (Ollama's ``truncate``) instead of a 400.
+    truncate: bool = False
+
+
+@dataclass(slots=True)
+class Embeddings:
+    """The vectors of an ``EmbeddingRequest`` (one float32 row per input, in order) and
+    the tokens the inputs took."""
+
+    vectors: npt.NDArray[np.float32]
+    prompt_tokens: int
 
 
 @dataclass(slots=True)
@@ -166,7 +283,8 @@ class GenerationEvent:
 
 class GenerationStream(Protocol):
     """An admitted sequence: iterate it for the deliveries ready so far (the last one ends
-    with a ``Finish``); ``cancel`` frees its slot."""
+    with a ``Finish``); ``cancel`` frees its slot. Iterating raises an ``MlxdError``
+    instead when the engine ended the sequence early (``Engine.abort``)."""
 
     prompt_tokens: int
     cached_tokens: int
@@ -218,6 +336,10 @@ class Engine(Protocol):
         """The prompt's length in tokens by the model's own template; generates nothing."""
         ...
 
+    async def embed(self, request: EmbeddingRequest) -> Embeddings:
+        """Embed the request's inputs (batched with other requests' on the model's worker)."""
+        ...
+
     async def load(self, alias: str, spec: ModelSpec, keep_alive: float) -> None: ...
 
     async def unload(self, alias: str) -> bool: ...
@@ -227,6 +349,11 @@ class Engine(Protocol):
     def healthy(self) -> bool: ...
 
     def retire_unused(self, keys: set[UnitKey]) -> None: ...
+
+    def abort(self, error: MlxdError) -> int:
+        """End every running sequence and every admission from now on with ``error`` (the
+        daemon is stopping); returns how many sequences were running."""
+        ...
 
     def configure(self, settings: RuntimeSettings, units: Mapping[UnitKey, Collection[str]]) -> None:
         """Apply a config generation: new runtime settings, and the aliases that now name

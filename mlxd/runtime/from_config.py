@@ -7,13 +7,17 @@ explicit load) read the same config the same way through these functions.
 from __future__ import annotations
 
 import os
+from dataclasses import replace
 
-from mlxd.config.schema import MlxdConfig, ModelConfig
-from mlxd.runtime.engine import ModelSpec, RuntimeSettings, UnitKey
+from mlxd.config.paths import cache_dir
+from mlxd.config.schema import DEFAULT_NUM_DRAFT_TOKENS, MlxdConfig, ModelConfig
+from mlxd.runtime.engine import KvSettings, ModelSpec, RuntimeSettings, UnitKey
+
+#: What a draft unit that no alias names is called in status output.
+DRAFT_SUFFIX = "/draft"
 
 
-def spec_for(model: ModelConfig) -> ModelSpec:
-    """The runtime's view of an alias's weights."""
+def _weights_spec(model: ModelConfig) -> ModelSpec:
     return ModelSpec(
         source=model.model,
         revision=model.revision,
@@ -23,6 +27,25 @@ def spec_for(model: ModelConfig) -> ModelSpec:
         label=model.source,
         parallel=model.parallel,
     )
+
+
+def spec_for(model: ModelConfig) -> ModelSpec:
+    """The runtime's view of an alias: its weights, and the engine options that shape its
+    unit (a quantized KV cache, a draft model: the draft's weights alone, as a unit of
+    their own that the alias's unit keeps loaded)."""
+    spec = _weights_spec(model)
+    kv = None
+    if model.kv_bits is not None:
+        kv = KvSettings(model.kv_bits, model.kv_group_size, model.quantized_kv_start)
+    draft = _weights_spec(model.draft) if model.draft is not None else None
+    return replace(spec, kv=kv, draft=draft) if kv is not None or draft is not None else spec
+
+
+def num_draft_tokens_for(model: ModelConfig) -> int:
+    """Tokens the alias's draft proposes per step by default (0: it has no draft)."""
+    if model.draft is None:
+        return 0
+    return model.num_draft_tokens or DEFAULT_NUM_DRAFT_TOKENS
 
 
 def keep_alive_for(config: MlxdConfig, alias: str) -> float:
@@ -49,12 +72,21 @@ def runtime_settings(config: MlxdConfig, memory: int | None = None) -> RuntimeSe
         max_queue=runtime.max_queue,
         prefill_step_size=runtime.prefill_step_size,
         prompt_cache_bytes=runtime.prompt_cache_bytes,
+        prompt_cache_dir=runtime.prompt_cache_path(cache_dir() / "prompts"),
+        prompt_cache_disk_bytes=runtime.prompt_cache_disk_bytes,
+        prompt_cache_disk_min_tokens=runtime.prompt_cache_disk_min_tokens,
     )
 
 
 def units_of(config: MlxdConfig) -> dict[UnitKey, frozenset[str]]:
-    """The model units the config names, each with the aliases that name it."""
+    """The model units the config names, each with the aliases that name it (a draft unit
+    no alias names is called ``<alias>/draft``)."""
     units: dict[UnitKey, set[str]] = {}
     for alias, model in config.models.items():
-        units.setdefault(spec_for(model).key, set()).add(alias)
+        spec = spec_for(model)
+        units.setdefault(spec.key, set()).add(alias)
+    for alias, model in config.models.items():
+        draft = spec_for(model).draft
+        if draft is not None and draft.key not in units:
+            units[draft.key] = {alias + DRAFT_SUFFIX}
     return {key: frozenset(aliases) for key, aliases in units.items()}

@@ -11,21 +11,21 @@ import asyncio
 import contextlib
 import logging
 import time
-import weakref
 from collections.abc import Callable, Collection, Mapping
 from concurrent.futures import Future
 from dataclasses import replace
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from mlxd.logs import REQUEST_ID
+from mlxd.runtime.admission import AdmittedEmbeddings
 from mlxd.runtime.cluster import ClusterSpec
-from mlxd.runtime.engine import GenerationEvent, GenerationRequest, ModelSpec, RuntimeSettings, UnitKey
+from mlxd.runtime.engine import GenerationRequest, ModelSpec, RuntimeSettings, UnitKey
 from mlxd.runtime.engine_core import EngineCore
-from mlxd.runtime.mlx.commands import Cancel, Choice, Command, Configure, Insert, Load, Unload
+from mlxd.runtime.mlx.commands import Cancel, Choice, Command, Configure, Embed, Insert, Load, Unload
 from mlxd.runtime.mlx.handle import WorkerHandle
 from mlxd.runtime.streams import Stream
-from mlxd.runtime.units import LoadPlan
+from mlxd.runtime.units import LoadPlan, Unit
 
 if TYPE_CHECKING:
     from mlxd.runtime.mlx.loading import LoadedModel
@@ -54,8 +54,12 @@ class MlxBackend:
     async def prepare(self, spec: ModelSpec, shares_base: bool) -> LoadPlan:
         """Resolve and validate the unit's directory; estimate what it adds to memory."""
         path = await asyncio.to_thread(self._resolve_path, spec)
-        weights = spec.adapter_path if shares_base and spec.adapter_path else path
-        return LoadPlan(await asyncio.to_thread(self._estimate, weights), path)
+        if not shares_base:
+            return LoadPlan(await asyncio.to_thread(self._estimate, path), path)
+        # Over weights already in memory only an adapter adds (units that differ in engine
+        # options alone add nothing).
+        adapter = spec.adapter_path
+        return LoadPlan(await asyncio.to_thread(self._estimate, adapter) if adapter else 0, path)
 
     async def load(self, key: UnitKey, spec: ModelSpec, plan: LoadPlan) -> LoadedModel:
         """Load on the worker (the request that needed it names the worker's log lines)."""
@@ -85,16 +89,20 @@ class MlxEngine(EngineCore["LoadedModel"]):
         resolve_path: Callable[[ModelSpec], Path],
         estimate_bytes: Callable[[Path], int] = safetensors_bytes,
         clock: Callable[[], float] = time.monotonic,
+        worker_stop_s: float = 10.0,
+        on_worker_start: Callable[[], None] | None = None,
         cluster: ClusterSpec | None = None,
         on_fatal: Callable[[str], None] | None = None,
     ) -> None:
         super().__init__(settings, MlxBackend(self.submit, resolve_path, estimate_bytes), clock)
+        #: How long ``stop`` waits for the worker to finish its step (a prefill chunk).
+        self.worker_stop_s = worker_stop_s
+        #: Runs on the event loop each time a worker thread has imported MLX.
+        self.on_worker_start = on_worker_start
         self._worker: WorkerHandle | None = None
         self._reaper: asyncio.Task[None] | None = None
         self._cluster = cluster
         self._on_fatal = on_fatal
-        #: Every stream not finished yet, to fail them all at once if the engine dies.
-        self._live: weakref.WeakSet[Stream] = weakref.WeakSet()
 
     async def start(self) -> None:
         """Start the worker thread and the keep_alive reaper."""
@@ -108,12 +116,14 @@ class MlxEngine(EngineCore["LoadedModel"]):
             with contextlib.suppress(asyncio.CancelledError):
                 await self._reaper
         if self._worker is not None:
-            await asyncio.to_thread(self._worker.stop)
+            await asyncio.to_thread(self._worker.stop, self.worker_stop_s)
         await self.close()
 
     def _start_worker(self) -> None:
         loop = asyncio.get_running_loop()
-        self._worker = WorkerHandle(loop, self.settings, self.stats, self._worker_crashed, self._cluster)
+        self._worker = WorkerHandle(
+            loop, self.settings, self.stats, self._worker_crashed, self.on_worker_start, self._cluster
+        )
         self._worker.start()
 
     def _worker_crashed(self, exc: BaseException) -> None:
@@ -146,7 +156,6 @@ class MlxEngine(EngineCore["LoadedModel"]):
         """Admit a request's choices (loading the model if needed) and start them on the worker."""
         unit, admitted = await self.admit(request)
         streams = self.streams(unit, admitted, request.n)
-        self._live.update(streams)
         seed = request.sampling.seed
         choices = [
             Choice(
@@ -168,21 +177,30 @@ class MlxEngine(EngineCore["LoadedModel"]):
             request_id=REQUEST_ID.get() or request.request_id,
             tool_format=admitted.tool_format,
             reasoning_format=admitted.reasoning_format,
+            num_draft_tokens=request.num_draft_tokens,
+            vision=admitted.vision,
         )
         self.submit(insert)
         return streams
+
+    async def run_embeddings(
+        self, unit: Unit[LoadedModel], admitted: AdmittedEmbeddings, request_id: str
+    ) -> Any:
+        """Queue the inputs on the model's runner; it batches them between decode steps."""
+        future: Future[Any] = Future()
+        command = Embed(
+            unit.key,
+            admitted.tokens,
+            admitted.pooling,
+            admitted.normalize,
+            future,
+            REQUEST_ID.get() or request_id,
+        )
+        self.submit(command)
+        return await asyncio.wrap_future(future)
 
     def configure(self, settings: RuntimeSettings, units: Mapping[UnitKey, Collection[str]]) -> None:
         """Apply a config generation: limits and retirement now, batch size, prefill step
         and prompt-cache budget on the worker before its next step."""
         super().configure(settings, units)
         self.submit(Configure(settings))
-
-    def fail_streams(self, message: str) -> int:
-        """End every unfinished stream with an error event now (the engine is going down
-        and its worker may never answer); returns how many there were."""
-        failure = GenerationEvent.failure(message)
-        live = list(self._live)
-        for stream in live:
-            stream.put(failure)
-        return len(live)

@@ -7,6 +7,7 @@ from typing import Any
 
 from mlxd.errors import RequestError
 from mlxd.runtime.engine import ChatPrompt, TextPrompt
+from mlxd.runtime.images import decode
 
 #: The seed server's prompt format for models without a chat template.
 SEED_ROLE_MAPPING: Mapping[str, str] = {
@@ -31,26 +32,61 @@ def render_role_mapping(messages: Sequence[Mapping[str, Any]], mapping: Mapping[
     return "".join(parts).rstrip()
 
 
+def _template_kwargs(prompt: ChatPrompt) -> dict[str, Any]:
+    # The assistant's turn is opened unless the request or the alias says otherwise
+    # (``add_generation_prompt`` is one of the allowed chat_template_kwargs).
+    kwargs: dict[str, Any] = {"add_generation_prompt": True, **prompt.template_kwargs}
+    if prompt.tools:
+        kwargs["tools"] = [dict(tool) for tool in prompt.tools]
+    if prompt.template is not None:  # the alias's own template, checked when the config loaded
+        kwargs["chat_template"] = prompt.template
+    return kwargs
+
+
+def _apply_template(tokenizer: Any, prompt: ChatPrompt, **kwargs: Any) -> Any:
+    try:
+        return tokenizer.apply_chat_template(
+            [dict(m) for m in prompt.messages], **_template_kwargs(prompt), **kwargs
+        )
+    except Exception as exc:  # jinja's raise_exception() and friends: the conversation's fault
+        raise RequestError(
+            f"the model's chat template rejected the messages: {exc}", param="messages"
+        ) from exc
+
+
+def encode_inputs(tokenizer: Any, inputs: Sequence[str | Sequence[int]]) -> list[list[int]]:
+    """Token ids of embedding inputs: texts as the tokenizer encodes them (special tokens
+    included, as the model was trained to embed them), token ids as given."""
+    return [list(tokenizer.encode(x)) if isinstance(x, str) else [int(t) for t in x] for x in inputs]
+
+
+def vision_prompt(tokenizer: Any, vision: Any, prompt: ChatPrompt) -> Any:
+    """A chat prompt with images, for the model's image processor: the template written as
+    text (one image token per image part), each image decoded and widened to its patches.
+
+    Raises:
+        RequestError: an image is corrupt, or the template has no slot for each image.
+    """
+    if not (tokenizer.has_chat_template or prompt.template):
+        raise RequestError("images need a model with a chat template", param=prompt.images[0].param)
+    text = _apply_template(tokenizer, prompt, tokenize=False)
+    pixels = [decode(image) for image in prompt.images]
+    try:
+        return vision.prepare(tokenizer, text, pixels, [image.digest for image in prompt.images])
+    except (ValueError, AssertionError) as exc:
+        raise RequestError(f"the images do not fit the prompt: {exc}", param="messages") from exc
+
+
 def encode_prompt(tokenizer: Any, prompt: ChatPrompt | TextPrompt) -> list[int]:
     """Token ids for a prompt: the chat template, ``role_mapping``, or plain encoding."""
     if isinstance(prompt, TextPrompt):
         if prompt.tokens is not None:
             return list(prompt.tokens)
         return list(tokenizer.encode(prompt.text or ""))
-    if prompt.role_mapping is not None or not tokenizer.has_chat_template:
+    if prompt.role_mapping is not None or not (tokenizer.has_chat_template or prompt.template):
         mapping = {**SEED_ROLE_MAPPING, **(prompt.role_mapping or {})}
         return list(tokenizer.encode(render_role_mapping(prompt.messages, mapping)))
-    # The assistant's turn is opened unless the request or the alias says otherwise
-    # (``add_generation_prompt`` is one of the allowed chat_template_kwargs).
-    kwargs: dict[str, Any] = {"add_generation_prompt": True, **prompt.template_kwargs}
-    if prompt.tools:
-        kwargs["tools"] = [dict(tool) for tool in prompt.tools]
-    try:
-        tokens = tokenizer.apply_chat_template([dict(m) for m in prompt.messages], tokenize=True, **kwargs)
-    except Exception as exc:  # jinja's raise_exception() and friends: the conversation's fault
-        raise RequestError(
-            f"the model's chat template rejected the messages: {exc}", param="messages"
-        ) from exc
+    tokens = _apply_template(tokenizer, prompt, tokenize=True)
     if isinstance(tokens, Mapping):
         tokens = tokens["input_ids"]
     return [int(t) for t in tokens]

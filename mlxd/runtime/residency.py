@@ -12,6 +12,9 @@ a fake in tests, which also pass a fake clock). The rules:
   newcomer has loaded.
 - ``keep_alive``: an idle unit unloads after that long (``0``: as soon as it is idle).
 - Retirement: a unit no alias names any more unloads once its last request ends.
+- Draft models: a unit whose spec has a draft loads the draft's unit first (it counts
+  against the limits like any unit) and pins it: the draft stays while its unit is
+  loaded, and a draft no alias names (``<alias>/draft``) goes with its last unit.
 """
 
 from __future__ import annotations
@@ -79,12 +82,35 @@ class Residency(Generic[M]):
         if unit is None:
             unit = Unit(spec.key, spec, {alias}, keep_alive, self._clock())
             self._units[spec.key] = unit
+            if spec.draft is not None:
+                unit.draft = self._pin(spec.draft, unit, alias + "/draft")
             self._spawn(self._load(unit))
         else:
             unit.aliases.add(alias)
             unit.keep_alive = keep_alive
         unit.active += count
         return unit
+
+    def _pin(self, spec: ModelSpec, holder: Unit[M], name: str) -> Unit[M]:
+        """The draft unit ``holder`` needs (loading it if cold), kept loaded while ``holder`` is."""
+        draft = self._units.get(spec.key)
+        if draft is None:
+            draft = Unit(spec.key, spec, {name}, holder.keep_alive, self._clock())
+            self._units[spec.key] = draft
+            self._spawn(self._load(draft))
+        draft.pinned_by.add(holder.key)
+        return draft
+
+    def _unpin(self, holder: Unit[M]) -> None:
+        """``holder`` left: its draft may go (at once when no alias of the config names it)."""
+        draft = holder.draft
+        if draft is None:
+            return
+        draft.pinned_by.discard(holder.key)
+        if draft.idle and all(name.endswith("/draft") for name in draft.aliases):
+            self._spawn(self._evict(draft))
+        else:
+            self.release(draft, 0)
 
     async def ready(self, unit: Unit[M]) -> M:
         """The unit's loaded model, once it is loaded (raises what the load raised)."""
@@ -164,12 +190,15 @@ class Residency(Generic[M]):
             )
             plan = await self._backend.prepare(unit.spec, shares_base)
             unit.estimate_bytes = plan.estimate_bytes
+            if unit.draft is not None:
+                await self.ready(unit.draft)
             await self._make_room(unit)
             self.loads += 1
             loaded = await self._backend.load(unit.key, unit.spec, plan)
         except BaseException as exc:
             if self._units.get(unit.key) is unit:
                 del self._units[unit.key]
+                self._unpin(unit)
             if isinstance(exc, Exception):
                 log.warning("could not load %s: %s", ", ".join(sorted(unit.aliases)), exc)
             unit.loading.set_exception(exc)
@@ -225,4 +254,5 @@ class Residency(Generic[M]):
         del self._units[unit.key]
         unloaded = await self._backend.unload(unit.key)
         log.info("unloaded %s", ", ".join(sorted(unit.aliases)))
+        self._unpin(unit)
         return unloaded

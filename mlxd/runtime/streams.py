@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator, Callable
 
+from mlxd.errors import MlxdError
 from mlxd.runtime.engine import GenerationEvent
 
 
@@ -13,14 +14,15 @@ class Stream:
 
     Iterating yields every event that is ready at once, so a client that fell behind
     catches up in one write instead of one per token. ``cancel`` (the client left) tells
-    the worker to drop the sequence; either way ``on_end`` runs once, when the sequence
-    is over for the runtime's bookkeeping.
+    the worker to drop the sequence; ``fail`` does too, and its reader then gets what was
+    ready followed by the error, raised. Either way ``on_end`` runs once, when the
+    sequence is over for the runtime's bookkeeping.
     """
 
     __slots__ = (
-        "__weakref__",
         "_buffer",
         "_done",
+        "_failure",
         "_loop",
         "_on_cancel",
         "_on_end",
@@ -41,6 +43,7 @@ class Stream:
         self._waiter: asyncio.Future[None] | None = None
         self._loop = asyncio.get_running_loop()  # looked up once: it costs a syscall
         self._done = False
+        self._failure: MlxdError | None = None
         self._on_cancel = on_cancel
         self._on_end = on_end
         self.seq_id = seq_id
@@ -60,9 +63,12 @@ class Stream:
         try:
             while True:
                 if not self._buffer:
+                    if self._failure is not None:
+                        raise self._failure
                     self._waiter = self._loop.create_future()
                     await self._waiter
                     self._waiter = None
+                    continue
                 events, self._buffer = self._buffer, []
                 final = events[-1].finish is not None
                 if final:
@@ -78,6 +84,17 @@ class Stream:
         if not self._done:
             self._on_cancel(self.seq_id)
             self._finish()
+
+    def fail(self, error: MlxdError) -> None:
+        """End the sequence with ``error`` (the daemon is stopping): the worker drops it,
+        and its reader gets the events that were ready, then ``error`` raised."""
+        if self._done:
+            return
+        self._failure = error
+        self.cancel()
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
 
     def _finish(self) -> None:
         if not self._done:

@@ -63,6 +63,10 @@ class Unit(Generic[M]):
     estimate_bytes: int = 0
     #: No alias names it any more: it unloads once idle.
     retired: bool = False
+    #: The unit whose model drafts for this one (speculative decoding); loaded first.
+    draft: Unit[M] | None = None
+    #: The units this one drafts for: it stays loaded while any of them is.
+    pinned_by: set[UnitKey] = field(default_factory=set)
 
     @property
     def bytes(self) -> int:
@@ -71,5 +75,5 @@ class Unit(Generic[M]):
 
     @property
     def idle(self) -> bool:
-        """Loaded and serving nothing: a candidate for eviction."""
-        return self.loaded is not None and self.active == 0
+        """Loaded, serving nothing and drafting for no loaded unit: a candidate for eviction."""
+        return self.loaded is not None and self.active == 0 and not self.pinned_by

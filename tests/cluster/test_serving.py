@@ -45,7 +45,7 @@ def pipeline_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A tiny ministral3: a family mlx-lm can split as a pipeline (llama it cannot)."""
     from mlxd.runtime.demo_model import build_tiny_model
 
-    return build_tiny_model(tmp_path_factory.mktemp("models") / "mini", family="ministral3", seed=3)
+    return build_tiny_model(tmp_path_factory.mktemp("models") / "mini", model_type="ministral3", seed=3)
 
 
 def aliases(tiny: Path, mini: Path) -> str:

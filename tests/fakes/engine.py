@@ -17,9 +17,13 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
+import numpy.typing as npt
+
 from mlxd.errors import MlxdError, ModelLoadError
 from mlxd.output.events import TokenInfo
 from mlxd.output.parser import ChoiceParser, OutputSpec
+from mlxd.runtime.admission import AdmittedEmbeddings
 from mlxd.runtime.engine import (
     ChatPrompt,
     Engine,
@@ -30,12 +34,17 @@ from mlxd.runtime.engine import (
     UnitKey,
 )
 from mlxd.runtime.engine_core import EngineCore
+from mlxd.runtime.pooling import PoolingSpec
 from mlxd.runtime.streams import Stream
-from mlxd.runtime.units import LoadPlan
+from mlxd.runtime.units import LoadPlan, Unit
 
 #: What the fake model says: every token is one of these words and a space.
 WORDS = ("alpha", "bravo", "charlie", "delta", "echo", "foxtrot", "golf", "hotel", "india", "juliet")
 VOCAB = 1000
+#: The width of the fake model's embeddings.
+EMBEDDING_SIZE = 64
+#: The token an image takes in a fake vision model's prompt (it takes one per image).
+IMAGE_TOKEN = 3
 
 
 class FakeTokenizer:
@@ -49,14 +58,45 @@ class FakeTokenizer:
     def encode(self, text: str) -> list[int]:
         return [_word_id(word) for word in text.split()]
 
-    def apply_chat_template(self, messages: list[dict[str, Any]], **_: Any) -> list[int]:
+    def apply_chat_template(self, messages: list[dict[str, Any]], tokenize: bool = True, **_: Any) -> Any:
+        if not tokenize:  # text for an image processor: "<image>" marks each image part
+            return " ".join(_text(m.get("content")) for m in messages)
         tokens: list[int] = []
         for message in messages:
-            tokens += [1, *self.encode(str(message.get("content") or "")), 2]
+            tokens += [1, *self.encode(_text(message.get("content"))), 2]
         return [*tokens, 3]
 
     def decode(self, tokens: list[int]) -> str:
         return " ".join(WORDS[t % len(WORDS)] for t in tokens)
+
+
+def _text(content: Any) -> str:
+    if isinstance(content, list):
+        return " ".join(p.get("text", "") if p.get("type") == "text" else "<image>" for p in content)
+    return str(content or "")
+
+
+@dataclass(frozen=True)
+class FakeVisionPrompt:
+    """What a fake vision model's ``prepare`` gives the worker: the tokens and the cache key."""
+
+    tokens: list[int]
+    cache_key: list[int]
+    digests: list[str]
+
+
+class FakeVision:
+    """A fake image processor: one ``IMAGE_TOKEN`` per image (the pixels must decode)."""
+
+    def prepare(
+        self, tokenizer: FakeTokenizer, text: str, images: list[Any], digests: list[str]
+    ) -> FakeVisionPrompt:
+        if text.count("<image>") != len(images):
+            raise ValueError("one image part per image")
+        tokens = [IMAGE_TOKEN if word == "<image>" else _word_id(word) for word in text.split()]
+        ids = iter(digests)
+        key = [-int(next(ids)[:8], 16) if t == IMAGE_TOKEN else t for t in tokens]
+        return FakeVisionPrompt(tokens, key, list(digests))
 
 
 def _word_id(word: str) -> int:
@@ -71,6 +111,9 @@ class FakeModel:
     context_length: int
     vocab_size: int = VOCAB
     tokenizer: FakeTokenizer = field(default_factory=FakeTokenizer)
+    pooling: PoolingSpec = field(default_factory=PoolingSpec)
+    #: Sources with "vision" in their name take images.
+    vision: FakeVision | None = None
 
 
 @dataclass
@@ -110,7 +153,8 @@ class FakeBackend:
             await self.hold.wait()
         if spec.source in self.faults.broken_sources:
             raise ModelLoadError(f"could not load {spec.label or spec.source}: scripted failure")
-        return FakeModel(plan.estimate_bytes, spec.context_length or self.context_length)
+        vision = FakeVision() if "vision" in spec.source else None
+        return FakeModel(plan.estimate_bytes, spec.context_length or self.context_length, vision=vision)
 
     async def unload(self, key: UnitKey) -> bool:
         self.calls.append(("unload", key[0]))
@@ -161,6 +205,22 @@ class FakeEngine(EngineCore[FakeModel]):
             self._producers[stream.seq_id] = asyncio.create_task(self._produce(stream, request, words))
         self.stats.largest_batch = max(self.stats.largest_batch, len(self._producers))
         return streams
+
+    async def run_embeddings(
+        self, unit: Unit[FakeModel], admitted: AdmittedEmbeddings, request_id: str
+    ) -> npt.NDArray[np.float32]:
+        """A vector per input, a function of its tokens and the pooling only."""
+        if self.faults.refuse is not None:
+            raise self.faults.refuse
+        rows = []
+        for tokens in admitted.tokens:
+            seed = int.from_bytes(
+                hashlib.blake2b(repr((tokens, admitted.pooling)).encode(), digest_size=4).digest()
+            )
+            row = np.random.default_rng(seed).standard_normal(EMBEDDING_SIZE).astype(np.float32)
+            rows.append(row / np.linalg.norm(row) if admitted.normalize else row)
+        await asyncio.sleep(self.token_delay)
+        return np.stack(rows)
 
     async def _produce(self, stream: Stream, request: GenerationRequest, words: list[str]) -> None:
         """What the worker does for one sequence: a token per step through the same output

@@ -101,12 +101,13 @@ def test_an_error_after_the_first_chunk_ends_the_stream_with_one_error_event(
 ) -> None:
     fake.faults.error_after = 1
     lines = sse_lines(shared, {"model": "small", "messages": HI, "stream": True})
-    contents = [json.loads(line[6:])["choices"][0]["delta"].get("content") for line in lines[:-1]]
+    contents = [json.loads(line[6:])["choices"][0]["delta"].get("content") for line in lines[:-2]]
     assert [c for c in contents if c]  # the first token went out
-    error = json.loads(lines[-1].removeprefix("data: "))["error"]
+    error = json.loads(lines[-2].removeprefix("data: "))["error"]
     assert error["code"] == "internal_error"
     assert "scripted failure" in error["message"]
-    assert "data: [DONE]" not in lines
+    assert lines[-1] == "data: [DONE]"  # then the stream ends properly
+    assert lines.count("data: [DONE]") == 1
     fake.faults.error_after = None
     still_serving(shared)
 

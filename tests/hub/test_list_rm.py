@@ -37,6 +37,7 @@ def listing(mlxd_env: MlxdEnv, config: Path) -> dict[str, dict[str, Any]]:
         "loaded",
         "revisions",
         "problem",
+        "capabilities",
     }
     assert all(set(row) == keys for row in rows)  # every object has the same, stable keys
     return {row["alias"] or row["source"]: row for row in rows}
@@ -139,6 +140,7 @@ def test_list_json_table_and_loaded(
         "loaded": False,  # no daemon runs
         "revisions": ["main"],
         "problem": None,
+        "capabilities": [],
     }
     assert rows["tiny-sql"]["adapter"] == "adapters/sql"
     assert rows["tiny-sql"]["downloaded"] is True
@@ -157,7 +159,7 @@ def test_list_json_table_and_loaded(
     assert {alias for alias, row in with_daemon.items() if row["loaded"]} == {"tiny"}
     assert table.returncode == 0, table.stderr
     header, *lines = table.stdout.splitlines()
-    assert header.split() == ["ALIAS", "SOURCE", "REVISION", "ADAPTER", "DOWNLOADED", "SIZE", "LOADED"]
+    assert header.split() == ["ALIAS", "SOURCE", "REVISION", "ADAPTER", "DOWNLOADED", "SIZE", "LOADED", "CAN"]
     assert lines[0].split()[:5] == ["tiny", repo_a, "main", "-", "yes"]
     assert lines[2].split()[:5] == ["never", "org/never-pulled", "main", "-", "no"]
     assert lines[4].split()[:5] == ["-", repo_b, "main", "-", "yes"]

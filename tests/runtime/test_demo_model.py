@@ -196,7 +196,7 @@ def test_untied_embeddings_get_their_own_head(tmp_path: Path) -> None:
 def test_a_pipeline_capable_family_loads_with_its_weight_index(tmp_path: Path) -> None:
     import mlx_lm
 
-    model_dir = build_tiny_model(tmp_path / "mini", family="ministral3")
+    model_dir = build_tiny_model(tmp_path / "mini", model_type="ministral3")
     config = json.loads((model_dir / "config.json").read_text())
     assert config["model_type"] == "ministral3"
     index = json.loads((model_dir / "model.safetensors.index.json").read_text())

@@ -284,3 +284,58 @@ def test_adapters_over_one_base_are_units_of_their_own() -> None:
         assert w.loads() == ["m", "m"]
 
     run(test)
+
+
+def drafted(source: str, draft: str) -> ModelSpec:
+    """A unit over ``source`` whose draft model is ``draft``."""
+    return ModelSpec(source=source, draft=ModelSpec(source=draft))
+
+
+def test_a_draft_loads_first_counts_and_stays_while_its_unit_is_loaded() -> None:
+    async def test(w: World) -> None:
+        unit = w.residency.acquire("big", drafted("big", "small"), 60)
+        await w.residency.ready(unit)
+        w.residency.release(unit)
+        await w.residency.settle()
+        assert w.loads() == ["small", "big"]
+        assert sorted(m.alias for m in w.residency.status()) == ["big", "big/draft"]
+        w.clock.now += 1
+        await w.use("c")
+        assert w.resident() == ["big", "c", "small"]
+        # A fourth unit under a count of three: the draft is the unit least recently used
+        # but is not idle while big is loaded; big goes, and its draft (no alias names it)
+        # with it.
+        w.clock.now += 1
+        await w.use("d")
+        assert w.resident() == ["c", "d"]
+        assert [s for k, s in w.backend.calls if k == "unload"] == ["big", "small"]
+
+    run(test, max_loaded=3)
+
+
+def test_a_draft_that_is_an_alias_stays_after_its_unit_goes() -> None:
+    async def test(w: World) -> None:
+        await w.use("small")
+        unit = w.residency.acquire("big", drafted("big", "small"), 60)
+        await w.residency.ready(unit)
+        w.residency.release(unit)
+        assert w.loads() == ["small", "big"]  # the alias's loaded unit is the draft
+        assert await w.residency.unload("big")
+        await w.residency.settle()
+        assert w.resident() == ["small"]
+
+    run(test)
+
+
+def test_a_draft_that_fails_to_load_fails_its_unit() -> None:
+    async def test(w: World) -> None:
+        w.faults.broken_sources = {"small"}
+        unit = w.residency.acquire("big", drafted("big", "small"), 60)
+        with pytest.raises(ModelLoadError):
+            await w.residency.ready(unit)
+        w.residency.release(unit)
+        await w.residency.settle()
+        assert w.resident() == []
+        assert w.loads() == ["small"]
+
+    run(test)

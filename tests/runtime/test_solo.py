@@ -18,6 +18,7 @@ import jsonschema_rs
 import pytest
 
 from tests.conftest import RunningDaemon, serving
+from tests.runtime.helpers import run_alone
 
 pytestmark = [pytest.mark.mlx]
 
@@ -66,17 +67,6 @@ def _decoder(
         prefill_step_size=step,
         stream=generation_stream,
     )
-
-
-def _run_alone(decoder: Any) -> list[int]:
-    out: list[int] = []
-    while True:
-        response = decoder.step()
-        if response is None:
-            continue
-        out.append(response.token)
-        if response.finish_reason is not None:
-            return out
 
 
 def _continue_in_batch(model: Any, decoder: Any, after_steps: int) -> list[int]:
@@ -133,9 +123,9 @@ def test_alone_it_decodes_exactly_what_generate_step_does(loaded: tuple[Any, Any
     model, _, prompt = loaded
     reference = _reference(model, prompt, _greedy())
     assert len(reference) == TOKENS
-    assert _run_alone(_decoder(model, prompt, _greedy())) == reference
+    assert run_alone(_decoder(model, prompt, _greedy())) == reference
     # Chunked prefill (many small steps) changes nothing either.
-    assert _run_alone(_decoder(model, prompt, _greedy(), step=16)) == reference
+    assert run_alone(_decoder(model, prompt, _greedy(), step=16)) == reference
 
 
 @pytest.mark.parametrize("after_steps", [1, 7, 25])
@@ -149,7 +139,7 @@ def test_joining_a_batch_mid_decode_keeps_every_greedy_token(
 
 def test_joining_a_batch_keeps_a_seeded_samplers_draws(loaded: tuple[Any, Any, list[int]]) -> None:
     model, _, prompt = loaded
-    alone = _run_alone(_decoder(model, prompt, _seeded()))
+    alone = run_alone(_decoder(model, prompt, _seeded()))
     assert _continue_in_batch(model, _decoder(model, prompt, _seeded()), 9) == alone
 
 
@@ -175,7 +165,7 @@ def test_constrained_output_survives_the_join(loaded: tuple[Any, Any, list[int]]
         processor = make_constraint(tokenizer, grammar, model.args.vocab_size, cache)
         return _decoder(model, prompt, _seeded(), processors=[processor], stop_tokens=eos, max_tokens=400)
 
-    alone = _run_alone(decoder())
+    alone = run_alone(decoder())
     assert alone[-1] in eos  # the grammar completed the object and ended the sequence
     assert jsonschema_rs.validator_for(PET).is_valid(json.loads(tokenizer.decode(alone[:-1])))
     assert _continue_in_batch(model, decoder(), 6) == alone

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import contextlib
 import itertools
-import math
 import os
 import subprocess
 import sys
@@ -21,9 +20,11 @@ from pathlib import Path
 from typing import ClassVar
 
 from mlxd.errors import ServiceManagerError
+from mlxd.supervision.stopping import stop_timeout_s
 
-#: Seconds granted beyond the daemon's drain timeout before it is killed.
-STOP_MARGIN_S = 5
+#: Seconds for a killed daemon to be gone: waits for a stop allow this much beyond the
+#: stop timeout, at which the CLI or the login service sends SIGKILL.
+KILL_WAIT_S = 5.0
 
 
 @dataclass(frozen=True)
@@ -49,8 +50,9 @@ class ServiceSpec:
 
     @property
     def stop_timeout_s(self) -> int:
-        """How long a stop may take: the drain timeout plus a margin, whole seconds."""
-        return math.ceil(self.drain_timeout_s) + STOP_MARGIN_S
+        """How long a stop may take before the daemon is killed: what the CLI waits, launchd's
+        ``ExitTimeOut`` and systemd's ``TimeoutStopSec`` (all from the drain timeout)."""
+        return stop_timeout_s(self.drain_timeout_s)
 
 
 def default_path_env(python: Path) -> str:

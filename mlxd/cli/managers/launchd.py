@@ -15,6 +15,7 @@ from typing import Any
 
 from mlxd.cli.logfiles import CONSOLE_LOG
 from mlxd.cli.managers.base import (
+    KILL_WAIT_S,
     LoginService,
     ServiceSpec,
     ServiceState,
@@ -217,7 +218,8 @@ class LaunchdManager(LoginService):
             return False  # not loaded: nothing to stop
         if result.returncode not in (0, IN_PROGRESS):  # 36: already draining, wait for it
             self._check(result)
-        self._wait_unloaded(timeout_s)
+        # launchd kills the daemon at ExitTimeOut (= timeout_s): wait until it let go of it.
+        self._wait_unloaded(timeout_s + KILL_WAIT_S)
         return True
 
     def _bootstrap(self, timeout_s: float) -> None:

@@ -14,11 +14,8 @@ from pathlib import Path
 
 from mlxd import supervision
 from mlxd.cli.logfiles import CONSOLE_LOG
-from mlxd.cli.managers.base import ServiceManager, ServiceSpec, ServiceState, poll_until
+from mlxd.cli.managers.base import KILL_WAIT_S, ServiceManager, ServiceSpec, ServiceState, poll_until
 from mlxd.errors import ServiceManagerError
-
-#: After SIGKILL, how long to wait for the kernel to reap the process.
-_KILL_WAIT_S = 5.0
 
 
 def terminate(pid: int, timeout_s: float, interval_s: float = 0.1) -> bool:
@@ -39,7 +36,7 @@ def terminate(pid: int, timeout_s: float, interval_s: float = 0.1) -> bool:
         os.kill(pid, signal.SIGKILL)
     except ProcessLookupError:
         return True
-    poll_until(lambda: not supervision.is_alive(pid), _KILL_WAIT_S, interval_s)
+    poll_until(lambda: not supervision.is_alive(pid), KILL_WAIT_S, interval_s)
     return False
 
 

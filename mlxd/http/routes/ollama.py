@@ -20,10 +20,12 @@ from mlxd.http.body import StrictBody
 from mlxd.http.dialects.ollama import translate
 from mlxd.http.dialects.ollama.encode import OllamaEncoder, now_iso
 from mlxd.http.dialects.ollama.models import ModelFacts, details, digest, model_facts
-from mlxd.http.errors import NotAvailable, Refused
+from mlxd.http.embeddings import as_floats, resolve_embeddings
+from mlxd.http.errors import Refused
 from mlxd.http.generation import CLIENT_CLOSED, STREAM_HEADERS, Generation, start, streamed, whole
 from mlxd.http.state import DaemonState
 from mlxd.http.translate import dialect_names, resolve_alias
+from mlxd.protocol.embeddings import OllamaEmbeddingsRequest, OllamaEmbedRequest
 from mlxd.protocol.ollama import ChatRequest, GenerateRequest, ShowRequest
 from mlxd.runtime.engine import GenerationRequest
 from mlxd.runtime.from_config import keep_alive_for, spec_for
@@ -226,14 +228,48 @@ def ollama_router(state: DaemonState) -> Router:
             "and its alias from mlxd.toml"
         )
 
-    @post(["/embed", "/embeddings"], status_code=200)
-    async def embed(request: Request[Any, Any, Any]) -> None:
-        """Embeddings are not served yet."""
-        raise NotAvailable(f"{request.scope['path']}: embeddings are not available in this version of mlxd")
+    @post("/embed", status_code=200, dto=StrictBody[OllamaEmbedRequest], return_dto=None)
+    async def embed(data: OllamaEmbedRequest) -> Response[bytes]:
+        """Vectors for a string or strings (``truncate``, on by default, cuts long inputs)."""
+        started = time.perf_counter()
+        config = state.configs.current
+        request = resolve_embeddings(
+            config,
+            translate.model_name(data.model, config),
+            data.input,
+            dimensions=data.dimensions,
+            keep_alive=translate.keep_alive(data.keep_alive),
+            truncate=data.truncate,
+        )
+        result = await state.engine.embed(request)
+        took = int((time.perf_counter() - started) * 1e9)
+        return _json(
+            {
+                "model": request.alias,
+                "embeddings": as_floats(result.vectors),
+                "total_duration": took,
+                "load_duration": 0,
+                "prompt_eval_count": result.prompt_tokens,
+            }
+        )
+
+    @post("/embeddings", status_code=200, dto=StrictBody[OllamaEmbeddingsRequest], return_dto=None)
+    async def embeddings(data: OllamaEmbeddingsRequest) -> Response[bytes]:
+        """Ollama's older form: one ``prompt``, one ``embedding``."""
+        config = state.configs.current
+        request = resolve_embeddings(
+            config,
+            translate.model_name(data.model, config),
+            data.prompt,
+            keep_alive=translate.keep_alive(data.keep_alive),
+            truncate=True,
+        )
+        result = await state.engine.embed(request)
+        return _json({"embedding": as_floats(result.vectors)[0]})
 
     return Router(
         path="/api",
-        route_handlers=[chat, generate, tags, show, ps, version, refused, delete_model, embed],
+        route_handlers=[chat, generate, tags, show, ps, version, refused, delete_model, embed, embeddings],
     )
 
 

@@ -8,7 +8,8 @@ import msgspec
 from litestar import Request, Response, Router, get, post
 from litestar.response import Stream
 
-from mlxd.errors import ModelNotFoundError
+from mlxd.config.schema import MlxdConfig
+from mlxd.errors import MlxdError, ModelNotFoundError
 from mlxd.http.body import StrictBody
 from mlxd.http.dialects.openai.chat import ChatEncoder
 from mlxd.http.dialects.openai.completions import CompletionEncoder
@@ -16,10 +17,23 @@ from mlxd.http.dialects.openai.stream import sse
 from mlxd.http.dialects.openai.translate import translate
 from mlxd.http.generation import CLIENT_CLOSED, STREAM_HEADERS, start, whole
 from mlxd.http.state import DaemonState
+from mlxd.hub import model_directory
+from mlxd.hub.capabilities import capabilities
 from mlxd.protocol.requests import AnyRequest, ChatCompletionRequest, CompletionRequest
 from mlxd.protocol.responses import ModelCard, ModelList
+from mlxd.runtime.from_config import spec_for
 
 _JSON = "application/json"
+
+
+def _capabilities(config: MlxdConfig, alias: str) -> list[str]:
+    """What an alias's model does, from its files (a model not downloaded yet: completion)."""
+    model = config.models[alias]
+    try:
+        directory = model_directory(spec_for(model), config)
+    except MlxdError:
+        return ["completion"]
+    return ["completion", *capabilities(directory, pooling=model.pooling)]
 
 
 def openai_router(state: DaemonState) -> Router:
@@ -63,8 +77,9 @@ def openai_router(state: DaemonState) -> Router:
         created = int(state.started_at)
         out = []
         for alias, model in config.models.items():
+            able = _capabilities(config, alias)
             for name in (alias, *model.aliases):
-                out.append(ModelCard(id=name, created=created, source=model.source))
+                out.append(ModelCard(id=name, created=created, source=model.source, capabilities=able))
         return out
 
     @get("/models")
@@ -83,7 +98,12 @@ def openai_router(state: DaemonState) -> Router:
             raise ModelNotFoundError(
                 f"the model {name!r} does not exist; GET /v1/models lists the configured ones"
             )
-        card = ModelCard(id=name, created=int(state.started_at), source=config.models[alias].source)
+        card = ModelCard(
+            id=name,
+            created=int(state.started_at),
+            source=config.models[alias].source,
+            capabilities=_capabilities(config, alias),
+        )
         return Response(msgspec.json.encode(card), media_type=_JSON)
 
     return Router(path="/v1", route_handlers=[chat_completions, completions, list_models, get_model])

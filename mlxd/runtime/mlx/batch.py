@@ -17,10 +17,12 @@ from typing import Any
 import mlx.core as mx
 import mlx_lm.generate
 from mlx_lm.generate import BatchGenerator
+from mlx_lm.models.cache import make_prompt_cache
 
 from mlxd.logs import tagged
-from mlxd.runtime.engine import GenerationEvent, RuntimeSettings
+from mlxd.runtime.engine import GenerationEvent, KvSettings, RuntimeSettings
 from mlxd.runtime.mlx.commands import Sink
+from mlxd.runtime.mlx.kv_quant import for_batch
 from mlxd.runtime.mlx.prompt_cache import PromptCache
 from mlxd.runtime.mlx.sequence import Sequence
 from mlxd.runtime.mlx.stats import WorkerStats
@@ -66,9 +68,16 @@ class Batch:
     """The sequences one ``BatchGenerator`` decodes together."""
 
     def __init__(
-        self, model: Any, eos: frozenset[int], prompt_cache: PromptCache, stats: WorkerStats
+        self,
+        model: Any,
+        eos: frozenset[int],
+        prompt_cache: PromptCache,
+        stats: WorkerStats,
+        kv: KvSettings | None = None,
     ) -> None:
         self.generator: Any = BatchGenerator(model, stop_tokens=[[t] for t in sorted(eos)])
+        #: A quantized KV cache: every sequence's layers join the batch wrapped (``kv_quant``).
+        self.kv = kv
         self._prompt_cache = prompt_cache
         self._stats = stats
         self._by_uid: dict[int, Sequence] = {}
@@ -98,6 +107,12 @@ class Batch:
 
     def add(self, sequences: list[Sequence], **insert: Any) -> None:
         """Insert sequences (``insert``: the arguments of ``BatchGenerator.insert``)."""
+        if self.kv is not None:
+            model, kv = self.generator.model, self.kv
+            caches = insert.get("caches") or [None] * len(sequences)
+            insert["caches"] = [
+                for_batch(c if c is not None else make_prompt_cache(model), kv) for c in caches
+            ]
         uids = self.generator.insert(**insert)
         for uid, seq in zip(uids, sequences, strict=True):
             seq.uid = uid
@@ -127,7 +142,7 @@ class Batch:
             self._stats.stepped(len(responses))
         now = time.monotonic()
         cache = self._prompt_cache
-        leaving: list[int] = []
+        leaving: dict[int, Sequence] = {}
         for response in responses:
             found = self._by_uid.get(response.uid)
             if found is None or not emit(found, response, now, out):
@@ -135,13 +150,13 @@ class Batch:
             del self._by_uid[response.uid]
             ended(found)
             if response.finish_reason is None:  # its parser ended it: mlx-lm does not know
-                leaving.append(response.uid)
+                leaving[response.uid] = found
             elif response.prompt_cache is not None:
-                cache.store(response.all_tokens, response.prompt_cache)
+                cache.store(found.cache_tokens(response.all_tokens), response.prompt_cache)
         if leaving:
-            caches = self.generator.remove(leaving, return_prompt_caches=cache.max_bytes > 0)
-            for layers, tokens in caches.values():
-                cache.store(list(tokens), layers)
+            caches = self.generator.remove(list(leaving), return_prompt_caches=cache.max_bytes > 0)
+            for uid, (layers, tokens) in caches.items():
+                cache.store(leaving[uid].cache_tokens(list(tokens)), layers)
 
     def close(self) -> None:
         """Free the batch (its sequences are the runner's to fail)."""

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 from mlxd.output.parser import OutputSpec
 from mlxd.output.reasoning import ReasoningFormat
 from mlxd.output.tool_calls import ToolFormat
-from mlxd.runtime.engine import GenerationEvent, ModelSpec, RuntimeSettings, SamplingParams, UnitKey
+from mlxd.runtime.engine import GenerationEvent, ModelSpec, Pooling, RuntimeSettings, SamplingParams, UnitKey
 
 if TYPE_CHECKING:
     from mlxd.runtime.mlx.loading import LoadedModel
@@ -59,6 +59,24 @@ class Insert:
     tool_format: ToolFormat | None = None
     #: A reasoning model's thinking tags, and whether the prompt opened the block.
     reasoning_format: ReasoningFormat | None = None
+    #: Tokens the unit's draft model proposes per step while the request decodes alone.
+    num_draft_tokens: int = 0
+    #: A prompt with images (``vision.VisionPrompt``): prefilled as embeddings, then batched.
+    vision: Any | None = None
+
+
+@dataclass(slots=True)
+class Embed:
+    """Embed token sequences with a loaded unit; the runner interleaves them with decoding.
+
+    ``future`` gets one float32 numpy row per sequence, in order."""
+
+    key: UnitKey
+    tokens: list[list[int]]
+    pooling: Pooling
+    normalize: bool
+    future: Future[Any]
+    request_id: str | None = None
 
 
 @dataclass(slots=True)
@@ -107,4 +125,4 @@ class Shutdown:
     """Leave the loop and release MLX's thread state."""
 
 
-Command = Insert | Cancel | Load | Unload | Configure | Call | Shutdown
+Command = Insert | Embed | Cancel | Load | Unload | Configure | Call | Shutdown

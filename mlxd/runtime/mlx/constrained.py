@@ -18,6 +18,7 @@ import threading
 import weakref
 from collections import OrderedDict
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar
 
 import llguidance
@@ -76,7 +77,7 @@ def _check_shape(schema: Any) -> str:
     return text
 
 
-def json_grammar(schema: dict[str, Any] | None) -> str:
+def json_grammar(schema: dict[str, Any] | None, *, what: str = "JSON schema") -> str:
     """The llguidance grammar for a JSON Schema, or for any JSON object when ``schema`` is None.
 
     Raises:
@@ -87,8 +88,8 @@ def json_grammar(schema: dict[str, Any] | None) -> str:
     try:
         grammar = llguidance.LLMatcher.grammar_from_json_schema(text, overrides=_JSON_OPTIONS)
     except ValueError as exc:
-        raise GrammarError(f"unsupported JSON schema: {exc}") from exc
-    return _validated(grammar, "JSON schema")
+        raise GrammarError(f"unsupported {what}: {exc}") from exc
+    return _validated(grammar, what)
 
 
 def validate_schema(schema: dict[str, Any]) -> None:
@@ -105,13 +106,107 @@ def validate_schema(schema: dict[str, Any]) -> None:
 def tagged_json_grammar(prefix: str, schema: dict[str, Any], suffix: str) -> str:
     """A grammar for ``prefix``, then JSON matching ``schema``, then ``suffix`` (a tool call in
     the model's own tags, e.g. ``<tool_call>\\n{...}\\n</tool_call>``)."""
-    text = _check_shape({**schema, "x-guidance": dict(_JSON_OPTIONS)})
-    lark = f"start: {json.dumps(prefix)} body {json.dumps(suffix)}\nbody: %json {text}\n"
+    return structured_grammar(None, calls=ToolCalls(prefix, suffix, schema, forced=True))
+
+
+@dataclass(frozen=True, slots=True)
+class ToolCalls:
+    """Tool calls written as JSON between tags (``start`` JSON ``end``), each matching ``schema``.
+
+    ``forced``: the output is exactly one call (``tool_choice`` required or named); else
+    the output is calls (one, or with ``many`` as many as the model writes) or the JSON
+    content, whichever the model starts.
+    """
+
+    start: str
+    end: str
+    schema: dict[str, Any]
+    forced: bool = False
+    many: bool = True
+
+
+@dataclass(frozen=True, slots=True)
+class ThinkingBlock:
+    """A reasoning block the prompt has opened: the model thinks freely, at most ``max_tokens``
+    tokens, then closes it with its end tag (``end_tokens``; the tag's text cannot be
+    spelled out inside), and the constrained answer follows."""
+
+    end: str
+    end_tokens: tuple[int, ...]
+    max_tokens: int
+
+
+def structured_grammar(
+    content: dict[str, Any] | None,
+    *,
+    calls: ToolCalls | None = None,
+    thinking: ThinkingBlock | None = None,
+) -> str:
+    """The grammar of a constrained answer: JSON content matching ``content`` (None: any
+    object), or tool calls (``calls``), after a bounded reasoning block when the prompt
+    opened one (``thinking``).
+
+    Raises:
+        GrammarError: a schema is oversized, too deep, invalid, unsupported or admits no
+            output; the message names the problem.
+    """
+    rules = []
+    if calls is not None:
+        json_grammar(calls.schema, what="tool parameters schema")
+        rules.append(f"call: {json.dumps(calls.start)} {_json_rule(calls.schema)} {json.dumps(calls.end)}")
+    if calls is None or not calls.forced:
+        json_grammar(content)
+        rules.append(f"content: {_json_rule(content)}")
+    if calls is None:
+        rules.append("body: content")
+    elif calls.forced:
+        rules.append("body: call")
+    elif calls.many:
+        rules.append(f"body: content | call (SEP call)*\nSEP: {_SEPARATOR}")
+    else:
+        rules.append("body: content | call")
+    # Checked without the reasoning block, whose end tag is a token only the model's
+    # tokenizer knows.
+    answer = _validated(
+        _lark(["start: body", *rules]), "JSON schema" if calls is None else "tool parameters schema"
+    )
+    if thinking is None:
+        return answer
+    end = " ".join(f"<[{token}]>" for token in thinking.end_tokens)
+    tag = "".join(f"\\x{{{ord(c):x}}}" for c in thinking.end)
+    return _lark(
+        [
+            f"start: thinking {end} AFTER_THOUGHT body",
+            f"thinking[max_tokens={thinking.max_tokens}]: THOUGHT",
+            # Free text that never spells the end tag out: only the tag's own tokens end it.
+            f"THOUGHT: /(?s:.*)/ & ~/(?s:.*){tag}(?s:.*)/",
+            f"AFTER_THOUGHT: {_SEPARATOR}",
+            *rules,
+        ]
+    )
+
+
+#: What may stand between a reasoning block and the answer, or between two tool calls.
+_SEPARATOR = "/\\n{0,2}/"
+
+
+def _json_rule(schema: dict[str, Any] | None) -> str:
+    """A lark ``%json`` expansion of ``schema`` (None: any object) with mlxd's JSON options
+    (checked first with ``json_grammar``)."""
+    whole = {"type": "object"} if schema is None else schema
+    return "%json " + json.dumps({**whole, "x-guidance": dict(_JSON_OPTIONS)}, separators=(",", ":"))
+
+
+def _lark(lines: list[str]) -> str:
+    """A grammar from lark rules; llguidance's refusal is a ``GrammarError``."""
     try:
-        grammar = llguidance.LLMatcher.grammar_from_lark(lark)
+        grammar = llguidance.LLMatcher.grammar_from_lark("\n".join([*lines, ""]))
     except ValueError as exc:
-        raise GrammarError(f"unsupported tool parameters schema: {exc}") from exc
-    return _validated(grammar, "tool parameters schema")
+        raise GrammarError(f"unsupported grammar: {exc}") from exc
+    is_error, messages = llguidance.LLMatcher.validate_grammar_with_warnings(grammar)
+    if is_error:
+        raise GrammarError(f"unsupported grammar: {messages[0]}")
+    return grammar
 
 
 def _validated(grammar: str, what: str) -> str:

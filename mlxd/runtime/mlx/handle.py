@@ -23,7 +23,11 @@ if TYPE_CHECKING:
 
 
 class WorkerHandle:
-    """Starts the worker thread, queues commands for it, and reads its counters."""
+    """Starts the worker thread, queues commands for it, and reads its counters.
+
+    ``on_start`` runs on the event loop once the thread has imported MLX and mlx-lm
+    (mlx-lm's import resets the process's open-file limit, for one).
+    """
 
     def __init__(
         self,
@@ -31,6 +35,7 @@ class WorkerHandle:
         settings: RuntimeSettings,
         stats: WorkerStats,
         on_crash: Callable[[BaseException], None],
+        on_start: Callable[[], None] | None = None,
         cluster: ClusterSpec | None = None,
     ) -> None:
         self.commands: queue.SimpleQueue[Command] = queue.SimpleQueue()
@@ -39,6 +44,7 @@ class WorkerHandle:
         self._loop = loop
         self._settings = settings
         self._on_crash = on_crash
+        self._on_start = on_start
         self._cluster = cluster
         self._worker: MlxWorker | None = None
         self._thread = threading.Thread(target=self._run, name="mlx-worker", daemon=True)
@@ -53,6 +59,8 @@ class WorkerHandle:
         self._worker = MlxWorker(
             self._loop, self.commands, self._settings, self.stats, self._on_crash, self._cluster
         )
+        if self._on_start is not None:
+            self._loop.call_soon_threadsafe(self._on_start)
         self._worker.run()
 
     def submit(self, command: Command) -> None:

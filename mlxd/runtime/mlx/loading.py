@@ -8,7 +8,7 @@ weights sit in memory once however many adapters use them.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +18,8 @@ from mlx_lm.tuner.utils import load_adapters
 from mlx_lm.utils import load_model, load_tokenizer
 
 from mlxd.errors import ModelCorruptError, ModelLoadError
+from mlxd.runtime.mlx.vision import VisionSupport, load_vision
+from mlxd.runtime.pooling import PoolingSpec, read_pooling
 
 _CONTEXT_KEYS = ("max_position_embeddings", "max_sequence_length", "n_positions", "seq_length")
 #: Values checked per weight array, spread evenly over it: at most 4096 x (number of
@@ -36,6 +38,10 @@ class LoadedModel:
     context_length: int
     vocab_size: int
     memory_bytes: int
+    #: How embeddings pool, as the model's own files say.
+    pooling: PoolingSpec = field(default_factory=PoolingSpec)
+    #: The model's image processor (mlx-lm's own), ``None`` for a text-only model.
+    vision: VisionSupport | None = None
 
 
 def read_config(path: Path) -> dict[str, Any]:
@@ -99,6 +105,19 @@ def load_base(path: Path, context_override: int | None = None) -> LoadedModel:
     except Exception as exc:  # mlx-lm raises many kinds; none may escape the runtime
         raise ModelLoadError(f"could not load {path.name}: {type(exc).__name__}: {exc}") from exc
     mx.eval(model.parameters())
+    return loaded_model(path, model, tokenizer, config, before, context_override)
+
+
+def loaded_model(
+    path: Path,
+    model: Any,
+    tokenizer: Any,
+    config: dict[str, Any],
+    before: int,
+    context_override: int | None = None,
+) -> LoadedModel:
+    """A model's evaluated weights checked and described (a whole model or one rank's
+    shard); ``before``: the active memory before they were read."""
     check_finite(model, path.name)
     vocab = int(config.get("vocab_size") or config.get("text_config", {}).get("vocab_size") or len(tokenizer))
     return LoadedModel(
@@ -107,6 +126,8 @@ def load_base(path: Path, context_override: int | None = None) -> LoadedModel:
         context_length=context_length(config, context_override),
         vocab_size=vocab,
         memory_bytes=max(0, mx.get_active_memory() - before),
+        pooling=read_pooling(path),
+        vision=load_vision(model, config, tokenizer),
     )
 
 
@@ -139,4 +160,6 @@ def load_adapted(base: LoadedModel, base_path: Path, adapter_path: Path) -> Load
         context_length=base.context_length,
         vocab_size=base.vocab_size,
         memory_bytes=max(0, mx.get_active_memory() - before),
+        pooling=base.pooling,
+        vision=base.vision,
     )

@@ -44,7 +44,7 @@ from mlxd import errors
 from mlxd.errors import MlxdError, ModelLoadError
 from mlxd.runtime.cluster import ClusterSpec
 from mlxd.runtime.engine import GenerationEvent, ModelSpec, RuntimeSettings
-from mlxd.runtime.mlx.commands import Call, Choice, Command, Configure, Insert, Load, Unload
+from mlxd.runtime.mlx.commands import Call, Choice, Command, Configure, Embed, Insert, Load, Unload
 from mlxd.runtime.mlx.loading import LoadedModel
 from mlxd.runtime.mlx.sharded import join_load_barrier, load_sharded, preflight
 from mlxd.runtime.mlx.stats import WorkerStats
@@ -75,11 +75,15 @@ class NoLoop:
         """Dropped."""
 
 
+#: Commands that answer rank 0 through a future: the other ranks get one of their own.
+_ANSWERED = (Load, Unload, Embed)
+
+
 def to_wire(command: Command) -> Command:
     """The command as the other ranks get it: no sinks or futures (they are rank 0's)."""
     if isinstance(command, Insert):
         return replace(command, choices=[Choice(c.seq_id, c.sampling, None) for c in command.choices])  # type: ignore[arg-type]
-    if isinstance(command, Load | Unload):
+    if isinstance(command, _ANSWERED):
         return replace(command, future=None)  # type: ignore[arg-type]
     return command
 
@@ -89,7 +93,7 @@ def from_wire(command: Command) -> Command:
     if isinstance(command, Insert):
         for choice in command.choices:
             choice.sink = Discard()
-    elif isinstance(command, Load | Unload):
+    elif isinstance(command, _ANSWERED):
         command.future = Future()
     return command
 

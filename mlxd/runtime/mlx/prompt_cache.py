@@ -1,28 +1,26 @@
 """Reuse the KV cache of a shared prompt prefix (multi-turn chats, agents resending history).
 
 Entries are the per-layer caches of finished sequences, keyed by the tokens they hold,
-kept in LRU order under a byte budget. A lookup finds the entry sharing the longest
-prefix with the new prompt and hands out a trimmed *shallow* copy: trimming only moves
-the copy's offset, and ``BatchGenerator`` copies the cache into its batch, so one entry
-can serve many requests without being changed.
+kept in LRU order under a byte budget (``PrefixIndex`` finds the entry sharing the longest
+prefix with a new prompt). A lookup hands out a trimmed *shallow* copy: trimming only
+moves the copy's offset, and ``BatchGenerator`` copies the cache into its batch, so one
+entry can serve many requests without being changed. With a disk tier, long entries are
+also written to disk, and a prompt that finds more on disk than in memory reads it back;
+the disk is a tier behind memory, so a zero memory budget turns both off.
 """
 
 from __future__ import annotations
 
 import copy
-from collections import OrderedDict
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Protocol
 
 import mlx.core as mx
 
-#: Entries are bucketed by this many first tokens: a longer shared prefix is found by
-#: scanning one bucket.
-MIN_REUSE = 16
-#: A prompt that shares less with every entry of its bucket still reuses a shorter common
-#: opening (a chat template's first turn markers, a short system prompt) from the latest
-#: entry that starts with the same ``SHORT_REUSE`` tokens. Shorter openings are not worth it.
-SHORT_REUSE = 4
+from mlxd.runtime.prefix_index import MIN_REUSE, SHORT_REUSE, PrefixIndex, common_prefix
+
+__all__ = ["MIN_REUSE", "MIN_STORE", "SHORT_REUSE", "DiskTier", "PromptCache"]
+
 #: Shorter sequences cut out of a batch are not kept: re-running them costs less than
 #: copying every one-shot prompt's KV out of the batch (it showed in the per-request
 #: profile). A sequence that decoded alone owns its arrays and is kept from ``MIN_REUSE``.
@@ -33,61 +31,65 @@ def _nbytes(layers: list[Any]) -> int:
     return sum(int(layer.nbytes) for layer in layers)
 
 
-def _common_prefix(a: tuple[int, ...], b: list[int]) -> int:
-    n = min(len(a), len(b))
-    i = 0
-    while i < n and a[i] == b[i]:
-        i += 1
-    return i
+class DiskTier(Protocol):
+    """Where a model's long prefixes also go: files that outlive the process."""
+
+    def offer(self, tokens: list[int], layers: list[Any]) -> None:
+        """Keep a finished sequence's evaluated cache on disk (written off the worker)."""
+        ...
+
+    def load(self, tokens: list[int], better_than: int) -> tuple[list[Any], list[int]] | None:
+        """The cache of a file sharing more than ``better_than`` first tokens with
+        ``tokens``, and the tokens it holds; ``None`` when there is none."""
+        ...
 
 
 class PromptCache:
-    """An LRU of KV caches keyed by token sequences, bounded by ``max_bytes`` and ``max_entries``.
+    """An LRU of KV caches keyed by token sequences, bounded by ``max_bytes`` and ``max_entries``."""
 
-    Entries are bucketed by their first ``MIN_REUSE`` tokens, so finding a long shared
-    prefix scans one bucket, not every entry; for a shorter one, the latest entry with
-    the same first ``SHORT_REUSE`` tokens is the candidate.
-    """
-
-    def __init__(self, max_bytes: int, max_entries: int = 1024) -> None:
+    def __init__(self, max_bytes: int, max_entries: int = 1024, disk: DiskTier | None = None) -> None:
         #: How an entry's bytes are counted (a distributed daemon counts the same on every rank).
         self.measure: Callable[[list[Any]], int] = _nbytes
         self.max_bytes = max_bytes
         self.max_entries = max_entries
-        self.bytes = 0
         self.hits = 0
-        self._entries: OrderedDict[tuple[int, ...], tuple[list[Any], int]] = OrderedDict()
-        self._buckets: dict[tuple[int, ...], set[tuple[int, ...]]] = {}
-        self._latest: dict[tuple[int, ...], tuple[int, ...]] = {}
+        #: Hits served from disk.
+        self.disk_hits = 0
+        self.disk = disk
+        self._index: PrefixIndex[list[Any]] = PrefixIndex()
 
     def __len__(self) -> int:
-        return len(self._entries)
+        return len(self._index)
+
+    @property
+    def bytes(self) -> int:
+        """Memory the entries take."""
+        return self._index.bytes
 
     def lookup(self, tokens: list[int]) -> tuple[list[Any] | None, int]:
         """A cache covering the longest reusable prefix of ``tokens`` and its length."""
-        best_key: tuple[int, ...] | None = None
-        best = 0
-        for key in self._buckets.get(tuple(tokens[:MIN_REUSE]), ()):
-            shared = _common_prefix(key, tokens)
-            if shared > best:
-                best_key, best = key, shared
-        if best < MIN_REUSE:
-            latest = self._latest.get(tuple(tokens[:SHORT_REUSE]))
-            shared = _common_prefix(latest, tokens) if latest is not None else 0
-            if shared > best:
-                best_key, best = latest, shared
+        key, best = self._index.find(tokens)
+        layers = self._index.get(key) if key is not None else None
+        if self.disk is not None and self.max_bytes > 0 and len(tokens) - 1 > best:
+            found = self.disk.load(tokens, better_than=best)
+            if found is not None:
+                layers, held = found
+                key = tuple(held)
+                best = common_prefix(held, tokens)
+                self.disk_hits += 1
+                self._keep(held, layers)
         reuse = min(best, len(tokens) - 1)  # at least one token must go through the model
-        if best_key is None or reuse < SHORT_REUSE:
+        if key is None or layers is None or reuse < SHORT_REUSE:
             return None, 0
-        layers, _ = self._entries[best_key]
-        trim = len(best_key) - reuse
+        trim = len(key) - reuse
         if trim and not all(layer.is_trimmable() for layer in layers):
             return None, 0
         copies = [copy.copy(layer) for layer in layers]
         if trim:
             for layer in copies:
                 layer.trim(trim)
-        self._entries.move_to_end(best_key)
+        if key in self._index:
+            self._index.touch(key)
         self.hits += 1
         return copies, reuse
 
@@ -98,17 +100,15 @@ class PromptCache:
         # A cache extracted from a batch is a lazy slice that keeps the whole batch's KV
         # buffer alive until it is evaluated: materialise it so only its own bytes stay.
         mx.eval([layer.state for layer in layers])
+        if self.disk is not None:
+            self.disk.offer(tokens, layers)
+        self._keep(tokens, layers)
+
+    def _keep(self, tokens: list[int], layers: list[Any]) -> None:
         size = self.measure(layers)
         if size > self.max_bytes:
             return
-        key = tuple(tokens)
-        bucket = self._buckets.setdefault(key[:MIN_REUSE], set())
-        for old in [k for k in bucket if len(k) <= len(key) and key[: len(k)] == k]:
-            self._drop(old)
-        self._entries[key] = (layers, size)
-        self._buckets.setdefault(key[:MIN_REUSE], set()).add(key)
-        self._latest[key[:SHORT_REUSE]] = key
-        self.bytes += size
+        self._index.add(tuple(tokens), layers, size)
         self._evict()
 
     def resize(self, max_bytes: int) -> None:
@@ -118,22 +118,11 @@ class PromptCache:
 
     def clear(self) -> None:
         """Forget every entry."""
-        self._entries.clear()
-        self._buckets.clear()
-        self._latest.clear()
-        self.bytes = 0
+        self._index.clear()
 
     def _evict(self) -> None:
-        while (self.bytes > self.max_bytes or len(self._entries) > self.max_entries) and self._entries:
-            self._drop(next(iter(self._entries)))
-
-    def _drop(self, key: tuple[int, ...]) -> None:
-        _, size = self._entries.pop(key)
-        self.bytes -= size
-        if self._latest.get(key[:SHORT_REUSE]) == key:
-            del self._latest[key[:SHORT_REUSE]]
-        bucket = self._buckets.get(key[:MIN_REUSE])
-        if bucket is not None:
-            bucket.discard(key)
-            if not bucket:
-                del self._buckets[key[:MIN_REUSE]]
+        index = self._index
+        while (index.bytes > self.max_bytes or len(index) > self.max_entries) and len(index):
+            oldest = index.oldest()
+            assert oldest is not None
+            index.drop(oldest)

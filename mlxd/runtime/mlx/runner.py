@@ -19,19 +19,26 @@ from mlx_lm.models.cache import KVCache, make_prompt_cache
 from mlxd.logs import tagged
 from mlxd.output.parser import ChoiceParser
 from mlxd.runtime.engine import RuntimeSettings
+from mlxd.runtime.mlx import vision
 from mlxd.runtime.mlx.batch import Batch, Out, emit, failed
-from mlxd.runtime.mlx.commands import Choice, Insert
+from mlxd.runtime.mlx.commands import Choice, Embed, Insert
 from mlxd.runtime.mlx.constrained import GrammarCache, make_constraint
+from mlxd.runtime.mlx.embed import Embedder, Pacer
 from mlxd.runtime.mlx.loading import LoadedModel
 from mlxd.runtime.mlx.prompt_cache import MIN_REUSE, PromptCache
-from mlxd.runtime.mlx.sampling import make_processors, make_sampler
+from mlxd.runtime.mlx.sampling import make_processors, make_sampler, xtc_special_tokens
 from mlxd.runtime.mlx.sequence import Sequence
 from mlxd.runtime.mlx.solo import SoloDecoder, prefill, private_cache
+from mlxd.runtime.mlx.speculative import DraftStats, SpeculativeDecoder
 from mlxd.runtime.mlx.stats import WorkerStats
+from mlxd.runtime.mlx.unit_options import UnitOptions
 from mlxd.runtime.mlx.warmup import warm_up
 from mlxd.runtime.token_pieces import TokenPieces
 
 log = logging.getLogger("mlxd.runtime")
+#: Tokens of one embedding batch while no sequence of the model decodes (nobody waits on
+#: its step, so a burst runs in as few batches as this allows).
+IDLE_EMBED_TOKENS = 8192
 
 
 @dataclass(slots=True)
@@ -52,28 +59,42 @@ class ModelRunner:
         settings: RuntimeSettings,
         stats: WorkerStats,
         grammars: GrammarCache,
+        options: UnitOptions | None = None,
     ) -> None:
         self.loaded = loaded
         #: The shared base weights this unit uses (see ``WeightStore``).
         self.base_key = base_key
         self._stats = stats
         self._grammars = grammars
+        #: KV quantization, draft model, disk prompt cache (``unit_options``).
+        self.options = options = options or UnitOptions()
         self.eos = frozenset(loaded.tokenizer.eos_token_ids)
-        self.prompt_cache = PromptCache(settings.prompt_cache_bytes)
-        self.batch = Batch(loaded.model, self.eos, self.prompt_cache, stats)
+        self.prompt_cache = PromptCache(settings.prompt_cache_bytes, disk=options.disk)
+        self.batch = Batch(loaded.model, self.eos, self.prompt_cache, stats, options.kv)
         self._pieces = TokenPieces(loaded.tokenizer)
+        self._xtc_special = xtc_special_tokens(loaded.tokenizer)
+        #: What this unit's draft model proposed and what was accepted.
+        self.draft_stats = DraftStats()
         # Sliding-window and recurrent layers always go through the batch.
         self._solo_ok = all(type(layer) is KVCache for layer in make_prompt_cache(loaded.model))
         self._by_seq: dict[int, Sequence] = {}
         self._solo: _Solo | None = None
+        self._embedder: Embedder | None = None
+        self._pacer = Pacer()
         self._prefill_step = settings.prefill_step_size
         self.configure(settings)
         warm_up(loaded.model, self.batch.generator, loaded.vocab_size)
 
     @property
     def busy(self) -> bool:
-        """True while any sequence of this model is generating."""
-        return bool(self._by_seq)
+        """True while any sequence of this model is generating or embedding input waits."""
+        return bool(self._by_seq) or bool(self._embedder)
+
+    def embed(self, command: Embed) -> None:
+        """Queue a request's embedding inputs: one bounded batch of them runs per step."""
+        if self._embedder is None:
+            self._embedder = Embedder(self.loaded.model)
+        self._embedder.add(command)
 
     def configure(self, settings: RuntimeSettings) -> None:
         """Apply new ``[runtime]`` settings: batch size and prefill step from the next step
@@ -85,13 +106,19 @@ class ModelRunner:
     def insert(self, command: Insert, out: Out) -> None:
         """Start a request's choices: alone when it is the model's only one, else in the batch."""
         tokens, count = command.tokens, len(command.choices)
-        cache, hit = self.prompt_cache.lookup(tokens)
+        key = command.vision.cache_key if command.vision is not None else tokens
+        cache, hit = self.prompt_cache.lookup(key)
         log.debug("starting %d sequence(s): %d prompt tokens, %d cached", count, len(tokens), hit)
         try:
             if self._start_solo(command, cache, hit):
                 return
             reused = hit
-            if count > 1 and len(tokens) > 1:  # n choices: prefill the prompt once for all
+            if command.vision is not None:  # images: their embeddings go in before the batch
+                model = self.loaded.model
+                layers = copy.deepcopy(cache) if cache is not None else make_prompt_cache(model)
+                cache, reused = vision.prefill(model, command.vision, hit, layers, self._prefill_step)
+                hit = min(hit, reused)
+            elif count > 1 and len(tokens) > 1:  # n choices: prefill the prompt once for all
                 model = self.loaded.model
                 # Extended in place: never touch a prompt-cache entry's own arrays.
                 layers = copy.deepcopy(cache) if cache is not None else make_prompt_cache(model)
@@ -105,7 +132,7 @@ class ModelRunner:
                     max_tokens=[command.max_tokens] * count,
                     caches=[[copy.copy(layer) for layer in cache] for _ in range(count)] if cache else None,
                     all_tokens=[list(tokens[:reused]) for _ in range(count)] if cache else None,
-                    samplers=[make_sampler(choice.sampling) for choice in command.choices],
+                    samplers=[make_sampler(choice.sampling, self._xtc_special) for choice in command.choices],
                     logits_processors=[self._processors(c, command.grammar) for c in command.choices],
                 )
             except BaseException:
@@ -117,7 +144,21 @@ class ModelRunner:
             out.extend((choice.sink, failed(str(exc))) for choice in command.choices)
 
     def step(self, out: Out) -> None:
-        """One decode step of the lone sequence and of the batch, their output into ``out``."""
+        """One bounded embedding batch, then one decode step of the lone sequence and of the
+        batch, their output into ``out``."""
+        embedder, pacer = self._embedder, self._pacer
+        if embedder:
+            before, started = embedder.tokens, time.perf_counter()
+            ran = embedder.step(pacer.budget(bool(self._by_seq), self._prefill_step, IDLE_EMBED_TOKENS))
+            pacer.embedded(ran, time.perf_counter() - started)
+            self._stats.prompt_tokens_processed += embedder.tokens - before
+        if not self._by_seq:
+            return
+        started = time.perf_counter()
+        self._decode(out)
+        pacer.decoded(time.perf_counter() - started)
+
+    def _decode(self, out: Out) -> None:
         solo = self._solo
         if solo is not None:
             if self.batch:  # company arrived: the lone sequence joins the batch
@@ -146,6 +187,8 @@ class ModelRunner:
         left = list(self._by_seq.values())
         self._by_seq.clear()
         self._solo = None
+        if self._embedder is not None:
+            self._embedder.fail_all("the model was unloaded")
         self.batch.close()
         return left
 
@@ -163,6 +206,7 @@ class ModelRunner:
             pieces=self._pieces,
             interval=command.interval,
             request_id=command.request_id,
+            cache_key=command.vision.cache_key if command.vision is not None else None,
         )
         self._by_seq[choice.seq_id] = seq
         # A plain int written before any event of this sequence is delivered to the loop.
@@ -172,24 +216,38 @@ class ModelRunner:
     def _start_solo(self, command: Insert, cache: list[Any] | None, hit: int) -> bool:
         """Decode a request alone when it is the model's only one and has one choice (False:
         the batch takes it, also when the model's or the cache's layers are not plain KV)."""
-        if self._by_seq or not self._solo_ok or len(command.choices) != 1:
+        if self._by_seq or not self._solo_ok or len(command.choices) != 1 or command.vision is not None:
             return False
         layers = private_cache(cache, hit) if cache is not None else make_prompt_cache(self.loaded.model)
         if layers is None:
             return False
         choice, tokens = command.choices[0], command.tokens
-        decoder = SoloDecoder(
-            self.loaded.model,
-            tokens[hit:],
-            layers,
-            tokens[:hit],
-            sampler=make_sampler(choice.sampling),
-            processors=self._processors(choice, command.grammar),
-            max_tokens=command.max_tokens,
-            stop_tokens=self.eos,
-            prefill_step_size=self._prefill_step,
-            stream=self.batch.stream,
-        )
+        common: dict[str, Any] = {
+            "sampler": make_sampler(choice.sampling, self._xtc_special),
+            "processors": self._processors(choice, command.grammar),
+            "max_tokens": command.max_tokens,
+            "stop_tokens": self.eos,
+            "prefill_step_size": self._prefill_step,
+            "stream": self.batch.stream,
+            "kv": self.options.kv,
+        }
+        model, draft = self.loaded.model, self.options.draft
+        decoder: SoloDecoder
+        # A grammar cannot take back the draft's rejected proposals: constrained output decodes plainly.
+        if draft is not None and command.num_draft_tokens > 0 and command.grammar is None:
+            num_draft = command.num_draft_tokens
+            decoder = SpeculativeDecoder(
+                model,
+                draft.model,
+                tokens[hit:],
+                layers,
+                tokens[:hit],
+                num_draft=num_draft,
+                stats=self.draft_stats,
+                **common,
+            )
+        else:
+            decoder = SoloDecoder(model, tokens[hit:], layers, tokens[:hit], **common)
         self._stats.prompt_tokens_processed += len(tokens) - hit
         self._solo = _Solo(decoder, self._new_sequence(command, choice, hit))
         return True

@@ -5,6 +5,10 @@ function is traced again for every new input shape and every new constant, and a
 continuous batch changes its row count at almost every admission. On a GPU each new
 trace cost a request seconds of time to first token (measured with ``python -m
 bench.probe``), for a fusion of a handful of element-wise operations worth microseconds.
+
+Rows of a batch that share a sampler object sample in one batched call, so unseeded
+requests with equal parameters get the same object (``shared_sampler``); a seeded one owns
+its random key, XTC's coin included, so its tokens do not depend on its neighbours.
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ from mlxd.runtime.engine import SamplingParams
 Sampler = Callable[[Any], Any]
 LogitsProcessor = Callable[[Any, Any], Any]
 Filter = Callable[[Any], Any]
+KeyedFilter = Callable[[Any, Any], Any]
 
 
 def _keep_at_least(logprobs: Any, threshold: Any) -> Any:
@@ -63,68 +68,128 @@ def top_k_filter(top_k: int) -> Filter:
     return apply
 
 
-def _filters(top_p: float, top_k: int, min_p: float) -> list[Filter]:
-    filters: list[Filter] = []
-    if 0 < top_p < 1.0:
-        filters.append(top_p_filter(top_p))
-    if min_p > 0:
-        filters.append(min_p_filter(min_p))
-    if top_k > 0:
-        filters.append(top_k_filter(top_k))
-    return filters
-
-
 def _greedy(logprobs: Any) -> Any:
     return mx.argmax(logprobs, axis=-1)
 
 
+def xtc_filter(probability: float, threshold: float, special: tuple[int, ...]) -> KeyedFilter:
+    """XTC ("exclude top choices"): with ``probability``, drop every token more likely than
+    ``threshold`` but the least likely of them; ``special`` tokens are never dropped. The coin
+    comes from ``key`` when the sampler owns one, else from MLX's global random state."""
+    ids = list(special)
+
+    def apply(logprobs: Any, key: Any) -> Any:
+        probs = mx.softmax(logprobs, -1)
+        mask = probs > mx.where(probs > threshold, probs, mx.inf).min(axis=-1, keepdims=True)
+        if ids:
+            mask[..., ids] = False
+        excluded = mx.where(mask, -mx.inf, logprobs)
+        # A coin per row: rows sharing this sampler are different requests.
+        coin = (
+            mx.random.uniform(0, 1, key=key)
+            if key is not None
+            else mx.random.uniform(0, 1, (len(logprobs), 1))
+        )
+        return mx.where(coin > probability, logprobs, excluded)
+
+    return apply
+
+
+def _keyed(params: SamplingParams, special: tuple[int, ...]) -> list[KeyedFilter]:
+    """The filters of a sampler, in mlx-lm's order (top-p, min-p, XTC, top-k); each takes the
+    row's logprobs and a key for XTC's coin (``None``: the global random state)."""
+
+    def plain(apply: Filter) -> KeyedFilter:
+        return lambda logprobs, _: apply(logprobs)
+
+    filters: list[KeyedFilter] = []
+    if 0 < params.top_p < 1.0:
+        filters.append(plain(top_p_filter(params.top_p)))
+    if params.min_p > 0:
+        filters.append(plain(min_p_filter(params.min_p)))
+    if params.xtc_probability > 0:
+        filters.append(xtc_filter(params.xtc_probability, params.xtc_threshold, special))
+    if params.top_k > 0:
+        filters.append(plain(top_k_filter(params.top_k)))
+    return filters
+
+
 @lru_cache(maxsize=256)
-def shared_sampler(temperature: float, top_p: float, top_k: int, min_p: float) -> Sampler:
+def shared_sampler(
+    temperature: float,
+    top_p: float,
+    top_k: int,
+    min_p: float,
+    xtc_probability: float = 0.0,
+    xtc_threshold: float = 0.1,
+    xtc_special: tuple[int, ...] = (),
+) -> Sampler:
     """One sampler object per parameter set, so equal rows sample in one batched call."""
     if temperature == 0:
         return _greedy
-    filters = _filters(top_p, top_k, min_p)
+    params = SamplingParams(
+        temperature=temperature,
+        top_p=top_p,
+        top_k=top_k,
+        min_p=min_p,
+        xtc_probability=xtc_probability,
+        xtc_threshold=xtc_threshold,
+    )
+    filters = _keyed(params, xtc_special)
     inverse_temperature = 1.0 / temperature
 
     def sample(logprobs: Any) -> Any:
         for apply in filters:
-            logprobs = apply(logprobs)
+            logprobs = apply(logprobs, None)
         return mx.random.categorical(logprobs * inverse_temperature)
 
     return sample
 
 
-def _seeded_sampler(params: SamplingParams, seed: int) -> Sampler:
+def _seeded_sampler(params: SamplingParams, seed: int, xtc_special: tuple[int, ...]) -> Sampler:
     """A sampler with its own random key: the same seed gives the same tokens in any batch."""
     key = mx.random.key(seed % 2**64)
-    filters = _filters(params.top_p, params.top_k, params.min_p)
+    filters = _keyed(params, xtc_special)
     inverse_temperature = 1.0 / params.temperature
+    coins = params.xtc_probability > 0
 
     def sample(logprobs: Any) -> Any:
         nonlocal key
-        key, step = mx.random.split(key)
+        # Without XTC the key advances as it always did: a seed gives the tokens it gave.
+        key, step, *coin = mx.random.split(key, 3 if coins else 2)
         for apply in filters:
-            logprobs = apply(logprobs)
+            logprobs = apply(logprobs, coin[0] if coin else None)
         return mx.random.categorical(logprobs * inverse_temperature, key=step)
 
     return sample
 
 
-def make_sampler(params: SamplingParams) -> Sampler:
-    """The sampler for one sequence: shared when unseeded or greedy, private when seeded."""
+def make_sampler(params: SamplingParams, xtc_special: tuple[int, ...] = ()) -> Sampler:
+    """The sampler for one sequence: shared when unseeded or greedy, private when seeded.
+
+    ``xtc_special``: the model's tokens XTC never drops (a newline and the EOS tokens, as
+    ``mlx_lm.server`` has it)."""
     if params.seed is not None and params.temperature > 0:
-        return _seeded_sampler(params, params.seed)
-    return shared_sampler(*params.sampler_key)
+        return _seeded_sampler(params, params.seed, xtc_special)
+    return shared_sampler(*params.sampler_key, xtc_special if params.xtc_probability > 0 else ())
+
+
+def xtc_special_tokens(tokenizer: Any) -> tuple[int, ...]:
+    """The tokens XTC leaves alone: a newline and the end-of-sequence tokens."""
+    return tuple(dict.fromkeys([*tokenizer.encode("\n", add_special_tokens=False), *tokenizer.eos_token_ids]))
 
 
 def make_processors(params: SamplingParams) -> list[LogitsProcessor]:
-    """Penalties and logit bias, as mlx-lm logits processors (empty when none apply)."""
+    """Penalties and logit bias, as mlx-lm logits processors (empty when none apply); the
+    presence and frequency penalties look back over their own windows."""
     return make_logits_processors(  # type: ignore[no-any-return]
         logit_bias=dict(params.logit_bias) or None,
         repetition_penalty=params.repetition_penalty if params.repetition_penalty != 1.0 else None,
         repetition_context_size=params.repetition_context_size,
         presence_penalty=params.presence_penalty or None,
+        presence_context_size=params.presence_context_size,
         frequency_penalty=params.frequency_penalty or None,
+        frequency_context_size=params.frequency_context_size,
     )
 
 

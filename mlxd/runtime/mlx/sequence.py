@@ -47,6 +47,15 @@ class Sequence:
     due: float = 0.0
     #: The request's id, carried by every log line about this sequence.
     request_id: str | None = None
+    #: A prompt with images: its prompt-cache key (each image's tokens carry the image's id).
+    cache_key: list[int] | None = None
+
+    def cache_tokens(self, tokens: list[int]) -> list[int]:
+        """The prompt-cache key of the tokens this sequence's cache holds."""
+        key = self.cache_key
+        if key is None:
+            return tokens
+        return key + list(tokens[len(key) :]) if len(tokens) >= len(key) else key[: len(tokens)]
 
     def output(self, response: Any, now: float) -> GenerationEvent | None:
         """What to deliver for one generated token, or ``None`` while it is held (or the

@@ -17,7 +17,7 @@ from mlx_lm.utils import load_model, sharded_load
 
 from mlxd.errors import ModelDirNotFoundError, ModelLoadError, ModelUnsupportedError
 from mlxd.runtime.engine import ModelSpec
-from mlxd.runtime.mlx.loading import LoadedModel, check_finite, context_length, read_config
+from mlxd.runtime.mlx.loading import LoadedModel, loaded_model, read_config
 
 #: What a pipeline load reads to find each stage's files (``mlx_lm.convert`` writes it).
 WEIGHT_INDEX = "model.safetensors.index.json"
@@ -72,15 +72,7 @@ def load_sharded(spec: ModelSpec, path: Path, group: Any) -> LoadedModel:
         )
     except Exception as exc:  # mlx-lm raises many kinds; none may escape the runtime
         raise ModelLoadError(f"could not load {path.name}: {type(exc).__name__}: {exc}") from exc
-    check_finite(model, path.name)
-    vocab = int(config.get("vocab_size") or config.get("text_config", {}).get("vocab_size") or len(tokenizer))
-    return LoadedModel(
-        model=model,
-        tokenizer=tokenizer,
-        context_length=context_length(config, spec.context_length),
-        vocab_size=vocab,
-        memory_bytes=max(0, mx.get_active_memory() - before),
-    )
+    return loaded_model(path, model, tokenizer, config, before)
 
 
 def join_load_barrier(group: Any) -> None:

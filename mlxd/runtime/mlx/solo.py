@@ -13,8 +13,10 @@ from dataclasses import dataclass
 from typing import Any
 
 import mlx.core as mx
-from mlx_lm.models.cache import KVCache
+from mlx_lm.models.cache import KVCache, QuantizedKVCache
 
+from mlxd.runtime.engine import KvSettings
+from mlxd.runtime.mlx.kv_quant import quantize_solo
 from mlxd.runtime.mlx.sampling import LogitsProcessor, Sampler
 
 
@@ -39,18 +41,27 @@ class Detached:
 
 
 def private_cache(layers: list[Any], length: int) -> list[Any] | None:
-    """Fresh ``KVCache`` layers holding the first ``length`` positions of ``layers``.
+    """Fresh key-value layers holding the first ``length`` positions of ``layers``.
 
     Writes into a cache update its arrays in place, so a sequence never decodes into a
-    prompt-cache entry's own arrays. ``None`` when a layer is not a plain KV cache.
+    prompt-cache entry's own arrays. ``None`` when a layer is not a plain (or quantized)
+    KV cache.
     """
-    out = []
+    out: list[Any] = []
     for layer in layers:
-        if type(layer) is not KVCache or layer.keys is None:
+        if layer.keys is None:
             return None
-        fresh = KVCache()
-        fresh.keys = layer.keys[..., :length, :]
-        fresh.values = layer.values[..., :length, :]
+        fresh: Any
+        if type(layer) is KVCache:
+            fresh = KVCache()
+            fresh.keys = layer.keys[..., :length, :]
+            fresh.values = layer.values[..., :length, :]
+        elif type(layer) is QuantizedKVCache:
+            fresh = QuantizedKVCache(group_size=layer.group_size, bits=layer.bits)
+            fresh.keys = tuple(a[..., :length, :] for a in layer.keys)
+            fresh.values = tuple(a[..., :length, :] for a in layer.values)
+        else:
+            return None
         fresh.offset = length
         out.append(fresh)
     return out
@@ -81,6 +92,7 @@ class SoloDecoder:
         stop_tokens: frozenset[int],
         prefill_step_size: int,
         stream: Any,
+        kv: KvSettings | None = None,
     ) -> None:
         self.model = model
         self.cache = cache
@@ -96,6 +108,7 @@ class SoloDecoder:
         self._context: Any = mx.array(self.fed) if processors and self.fed else None
         self._inflight: tuple[Any, Any] | None = None
         self.generated = 0
+        self._kv = kv
 
     def step(self) -> SoloResponse | None:
         """A prefill chunk (``None``), or the next token with the step after it started."""
@@ -155,6 +168,8 @@ class SoloDecoder:
         count = min(self._prefill_step_size, len(self._unfed) - 1)
         chunk, self._unfed = self._unfed[:count], self._unfed[count:]
         inputs = mx.array(chunk)
+        if self._kv is not None:
+            quantize_solo(self.cache, self._kv)
         self.model(inputs[None], cache=self.cache)
         mx.eval([layer.state for layer in self.cache])
         self.fed.extend(chunk)
@@ -163,6 +178,8 @@ class SoloDecoder:
 
     def _forward(self, inputs: Any) -> tuple[Any, Any]:
         """Queue one decode step on ``inputs`` (a 1-D array of token ids, maybe not computed yet)."""
+        if self._kv is not None:
+            quantize_solo(self.cache, self._kv)
         logits = self.model(inputs[None], cache=self.cache)[:, -1, :]
         if self.processors:
             self._context = inputs if self._context is None else mx.concatenate([self._context, inputs])

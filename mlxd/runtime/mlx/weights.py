@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 
 from mlxd.errors import ModelLoadError
@@ -24,7 +25,7 @@ Loader = Callable[[ModelSpec, Path], LoadedModel]
 
 
 def _load_whole(spec: ModelSpec, path: Path) -> LoadedModel:
-    return load_base(path, spec.context_length)
+    return load_base(path)
 
 
 class WeightStore:
@@ -45,8 +46,12 @@ class WeightStore:
         started = time.perf_counter()
         if base is None:
             log.info("reading the weights of %s", spec.label or spec.source)
+            # The model's own context: aliases sharing these weights may each override it
+            # (admission applies the request's alias's).
             base = self._bases[key] = self._load(spec, path)
-        loaded = base
+            loaded = base
+        else:  # another unit over the same weights (other engine options): they are counted once
+            loaded = replace(base, memory_bytes=0)
         if spec.adapter_path is not None:
             try:
                 loaded = load_adapted(base, path, spec.adapter_path)

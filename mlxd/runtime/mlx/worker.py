@@ -26,17 +26,19 @@ from typing import Any
 
 import mlx.core as mx
 
-from mlxd.errors import MlxdError, ModelLoadError
+from mlxd.errors import MlxdError, ModelLoadError, ModelUnsupportedError
 from mlxd.logs import tagged
 from mlxd.runtime.cluster import ClusterSpec
 from mlxd.runtime.engine import GenerationEvent, RuntimeSettings, UnitKey
 from mlxd.runtime.mlx.batch import Out
-from mlxd.runtime.mlx.commands import Call, Cancel, Command, Configure, Insert, Load, Shutdown, Unload
+from mlxd.runtime.mlx.commands import Call, Cancel, Command, Configure, Embed, Insert, Load, Shutdown, Unload
 from mlxd.runtime.mlx.constrained import GrammarCache
 from mlxd.runtime.mlx.loading import LoadedModel
 from mlxd.runtime.mlx.lockstep import Lockstep
+from mlxd.runtime.mlx.prompt_disk import DiskPromptCache
 from mlxd.runtime.mlx.runner import ModelRunner
 from mlxd.runtime.mlx.stats import WorkerStats
+from mlxd.runtime.mlx.unit_options import prepare
 from mlxd.runtime.mlx.weights import WeightStore
 
 log = logging.getLogger("mlxd.runtime")
@@ -97,6 +99,9 @@ class MlxWorker:
         self._runners: dict[UnitKey, ModelRunner] = {}
         self._weights = WeightStore()
         self._grammars = GrammarCache()
+        self._disk = DiskPromptCache(
+            settings.prompt_cache_dir, settings.prompt_cache_disk_bytes, settings.prompt_cache_disk_min_tokens
+        )
         self._cluster = cluster
         self._lockstep: Lockstep | None = None
 
@@ -127,6 +132,7 @@ class MlxWorker:
         finally:
             self._runners.clear()
             self._weights.clear()
+            self._disk.close()
             # Without this the process can abort at exit (thread-local streams).
             with contextlib.suppress(Exception):
                 mx.clear_streams()
@@ -141,7 +147,7 @@ class MlxWorker:
         for command in [*self._pending, *self._take(block=False)]:
             if isinstance(command, Insert):
                 out.extend((choice.sink, failed) for choice in command.choices)
-            elif isinstance(command, Load | Unload | Call) and not command.future.done():
+            elif isinstance(command, Load | Unload | Call | Embed) and not command.future.done():
                 command.future.set_exception(ModelLoadError("the engine restarted; try again"))
         if out:
             self._loop.call_soon_threadsafe(_deliver, out)
@@ -202,15 +208,26 @@ class MlxWorker:
                     out.extend((choice.sink, failed) for choice in command.choices)
                 else:
                     runner.insert(command, out)
+        elif isinstance(command, Embed):
+            runner = self._runners.get(command.key)
+            if runner is None:
+                command.future.set_exception(ModelLoadError("the model is not loaded; try again"))
+            else:
+                runner.embed(command)
         elif isinstance(command, Cancel):
             for runner in self._runners.values():
                 if runner.cancel(command.seq_id):
                     break
         elif isinstance(command, Configure):
-            self._settings = command.settings
+            self._settings = settings = command.settings
             self._bound_cache()
             for runner in self._runners.values():
-                runner.configure(command.settings)
+                runner.configure(settings)
+            self._disk.configure(
+                settings.prompt_cache_dir,
+                settings.prompt_cache_disk_bytes,
+                settings.prompt_cache_disk_min_tokens,
+            )
         elif isinstance(command, Load):
             with tagged(command.request_id):
                 _settle(command.future, lambda: self._load(command))
@@ -223,10 +240,15 @@ class MlxWorker:
         runner = self._runners.get(command.key)
         if runner is not None:
             return runner.loaded
-        loaded = self._weights.open(command.spec, command.path)
+        spec = command.spec
+        draft = self._runners.get(spec.draft.key) if spec.draft is not None else None
+        if spec.draft is not None and draft is None:
+            raise ModelUnsupportedError(f"{spec.label or spec.source}: its draft model is not loaded")
+        loaded = self._weights.open(spec, command.path)
         try:
+            options = prepare(spec, command.path, loaded, draft.loaded if draft else None, self._disk)
             runner = self._runners[command.key] = ModelRunner(
-                loaded, command.spec.base_key, self._settings, self.stats, self._grammars
+                loaded, spec.base_key, self._settings, self.stats, self._grammars, options
             )
             if self._lockstep is not None:
                 runner.prompt_cache.measure = self._lockstep.agreed_bytes

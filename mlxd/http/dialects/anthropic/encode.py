@@ -15,10 +15,9 @@ from typing import Any
 
 import msgspec
 
-from mlxd.errors import GenerationError
 from mlxd.http.dialects import Dialect
 from mlxd.http.dialects.calls import arguments_object
-from mlxd.http.errors import error_document
+from mlxd.http.errors import error_document, stream_failure
 from mlxd.http.ids import new_id
 from mlxd.output.collect import ChoiceOutput
 from mlxd.output.events import (
@@ -142,7 +141,7 @@ class MessageEncoder:
             elif isinstance(item, Finish):
                 self._close(out)
                 if item.reason == "error":
-                    error = GenerationError(item.error or "generation failed")
+                    error = stream_failure(item.error, item.code)
                     out.append(b"event: error\ndata: " + error_document(error, Dialect.ANTHROPIC) + b"\n\n")
                     break
                 ending: dict[str, Any] = {

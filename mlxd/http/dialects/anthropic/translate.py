@@ -3,8 +3,8 @@
 ``system`` becomes the first message; ``tool_result`` blocks become tool messages and
 ``tool_use`` blocks the assistant's earlier calls; ``tools`` (``input_schema``) become
 function tools and ``tool_choice`` ``any`` / ``tool`` force a call under its grammar;
-``thinking`` turns the template's thinking on or off. Images and server tools are 400s
-naming the block or tool.
+``thinking`` turns the template's thinking on or off. ``image`` blocks of user turns
+(base64 or URL sources) are images for a vision model; server tools are 400s naming the tool.
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ from typing import Any
 
 from mlxd.config.schema import MlxdConfig
 from mlxd.errors import RequestError
+from mlxd.http.images import ImagePart, content, from_url
 from mlxd.http.translate import CommonRequest, past_call, resolve
 from mlxd.protocol.anthropic import ContentBlock, CountTokensRequest, MessagesRequest, Tool, ToolChoice
 from mlxd.runtime.engine import GenerationRequest
@@ -32,26 +33,33 @@ def _text(blocks: str | list[ContentBlock] | None, param: str) -> str:
     for j, block in enumerate(blocks):
         if block.type == "text":
             texts.append(block.text or "")
-        elif block.type == "image":
-            raise RequestError(
-                "image blocks are not supported by this model (it is a text model)", param=f"{param}[{j}]"
-            )
         else:
             raise RequestError(f"{block.type!r} blocks are not accepted here", param=f"{param}[{j}]")
     return "".join(texts)
 
 
-def _turn(role: str, content: str | list[ContentBlock], i: int) -> list[dict[str, Any]]:
+def _image(block: ContentBlock, where: str) -> ImagePart:
+    source = block.source or {}
+    if source.get("type") == "base64" and isinstance(source.get("data"), str):
+        return ImagePart("base64", source["data"], where)
+    if source.get("type") == "url":
+        return from_url(source.get("url"), where)
+    raise RequestError("an image block needs a base64 or url source", param=where)
+
+
+def _turn(
+    role: str, blocks: str | list[ContentBlock], i: int, images: list[ImagePart]
+) -> list[dict[str, Any]]:
     """One Anthropic turn as chat-template messages (tool results become tool messages)."""
     param = f"messages[{i}].content"
     if role not in ("user", "assistant"):
         raise RequestError(f"role must be 'user' or 'assistant', not {role!r}", param=f"messages[{i}].role")
-    if isinstance(content, str):
-        return [{"role": role, "content": content}]
+    if isinstance(blocks, str):
+        return [{"role": role, "content": blocks}]
     out: list[dict[str, Any]] = []
-    texts: list[str] = []
+    texts: list[str | None] = []
     calls: list[dict[str, Any]] = []
-    for j, block in enumerate(content):
+    for j, block in enumerate(blocks):
         where = f"{param}[{j}]"
         if block.type == "text":
             texts.append(block.text or "")
@@ -62,14 +70,13 @@ def _turn(role: str, content: str | list[ContentBlock], i: int) -> list[dict[str
         elif block.type == "tool_result" and role == "user":
             result = _text(block.content, f"{where}.content")
             out.append({"role": "tool", "tool_call_id": block.tool_use_id or "", "content": result})
-        elif block.type == "image":
-            raise RequestError(
-                "image blocks are not supported by this model (it is a text model)", param=where
-            )
+        elif block.type == "image" and role == "user":
+            images.append(_image(block, where))
+            texts.append(None)
         else:
             raise RequestError(f"{block.type!r} blocks are not accepted in a {role} turn", param=where)
     if texts or calls or not out:
-        message: dict[str, Any] = {"role": role, "content": "".join(texts)}
+        message: dict[str, Any] = {"role": role, "content": content(texts)}
         if calls:
             message["tool_calls"] = calls
         out.append(message)
@@ -109,8 +116,9 @@ def common(request: CountTokensRequest) -> CommonRequest:
     messages: list[dict[str, Any]] = []
     if request.system is not None:
         messages.append({"role": "system", "content": _text(request.system, "system")})
+    images: list[ImagePart] = []
     for i, message in enumerate(request.messages):
-        messages.extend(_turn(message.role, message.content, i))
+        messages.extend(_turn(message.role, message.content, i, images))
     if not request.messages:
         messages = []
     thinking = request.thinking
@@ -127,6 +135,7 @@ def common(request: CountTokensRequest) -> CommonRequest:
         tools=_tools(request.tools),
         tool_choice=_tool_choice(choice),
         parallel_tool_calls=False if choice is not None and choice.disable_parallel_tool_use else None,
+        images=tuple(images),
         names=NAMES,
     )
 

@@ -18,6 +18,7 @@ from typing import Any
 
 from mlxd.config.schema import MlxdConfig
 from mlxd.hub import model_directory
+from mlxd.hub.capabilities import capabilities as model_capabilities
 from mlxd.runtime.from_config import spec_for
 
 #: Headers larger than this are not read (a real one is a few hundred KB at most).
@@ -123,6 +124,7 @@ def model_facts(config: MlxdConfig, alias: str) -> ModelFacts:
         capabilities.append("tools")
     if "<think>" in vocabulary or "<think>" in template:
         capabilities.append("thinking")
+    capabilities.extend(model_capabilities(directory, pooling=model.pooling))
     context = model.context_length or settings.get("max_position_embeddings") or 0
     return ModelFacts(
         family=str(settings.get("model_type") or ""),

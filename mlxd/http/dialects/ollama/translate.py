@@ -4,8 +4,8 @@
 ``repeat_penalty`` / ``repeat_last_n`` the repetition penalty); ``format`` is structured
 output (``"json"`` or a schema), enforced like ``response_format``; ``think`` turns the
 template's thinking on or off; ``keep_alive`` (``0``: unload after the answer) overrides
-the alias's. Images are a 400 naming them; a request-supplied ``template`` is refused
-(templates come from the model only).
+the alias's. ``images`` (base64) are images for a vision model; a request-supplied
+``template`` is refused (templates come from the model only).
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ from typing import Any
 from mlxd.config.schema import MlxdConfig
 from mlxd.config.units import parse_duration
 from mlxd.errors import RequestError
+from mlxd.http.images import ImagePart, content
 from mlxd.http.translate import CommonRequest, past_calls, resolve
 from mlxd.protocol.ollama import ChatRequest, GenerateRequest, KeepAlive, Message, Options
 from mlxd.protocol.requests import ResponseFormat
@@ -71,14 +72,18 @@ def _think(value: bool | str | None) -> dict[str, Any] | None:
     return {"enable_thinking": True, "reasoning_effort": value}
 
 
-def _no_images(images: list[str] | None, param: str) -> None:
-    if images:
-        raise RequestError("images are not supported by this model (it is a text model)", param=param)
+def _with_images(text: str, given: list[str] | None, param: str, images: list[ImagePart]) -> Any:
+    """A message's content: its images first (as Ollama places them), then its text."""
+    if not given:
+        return text
+    for j, data in enumerate(given):
+        images.append(ImagePart("base64", data, f"{param}[{j}]"))
+    return content([*([None] * len(given)), text])
 
 
-def _message(message: Message, i: int) -> dict[str, Any]:
-    _no_images(message.images, f"messages[{i}].images")
-    entry: dict[str, Any] = {"role": message.role, "content": message.content or ""}
+def _message(message: Message, i: int, images: list[ImagePart]) -> dict[str, Any]:
+    body = _with_images(message.content or "", message.images, f"messages[{i}].images", images)
+    entry: dict[str, Any] = {"role": message.role, "content": body}
     if message.tool_name:
         entry["name"] = message.tool_name
     if message.tool_calls:
@@ -116,9 +121,11 @@ def num_ctx(options: Options | None) -> int | None:
 
 def chat(request: ChatRequest, config: MlxdConfig) -> GenerationRequest:
     """An ``/api/chat`` body, resolved."""
+    images: list[ImagePart] = []
     common = CommonRequest(
         model=model_name(request.model, config),
-        messages=tuple(_message(m, i) for i, m in enumerate(request.messages or [])),
+        messages=tuple(_message(m, i, images) for i, m in enumerate(request.messages or [])),
+        images=tuple(images),
         chat_template_kwargs=_think(request.think),
         tools=request.tools,
         stream=request.stream,
@@ -131,7 +138,6 @@ def chat(request: ChatRequest, config: MlxdConfig) -> GenerationRequest:
 
 def generate(request: GenerateRequest, config: MlxdConfig) -> GenerationRequest:
     """An ``/api/generate`` body, resolved: the prompt through the chat template, or as it is with ``raw``."""
-    _no_images(request.images, "images")
     for field, value in (
         ("template", request.template),
         ("suffix", request.suffix),
@@ -139,12 +145,20 @@ def generate(request: GenerateRequest, config: MlxdConfig) -> GenerationRequest:
     ):
         if value:
             raise RequestError(f"{field} is not supported", param=field, code="unsupported_parameter")
+    images: list[ImagePart] = []
     if request.raw:
+        if request.images:
+            raise RequestError("images need the chat template (raw is on)", param="images")
         prompt: dict[str, Any] = {"prompt": request.prompt or ""}
     else:
         messages = [{"role": "system", "content": request.system}] if request.system else []
-        messages.append({"role": "user", "content": request.prompt or ""})
-        prompt = {"messages": tuple(messages), "chat_template_kwargs": _think(request.think)}
+        user = _with_images(request.prompt or "", request.images, "images", images)
+        messages.append({"role": "user", "content": user})
+        prompt = {
+            "messages": tuple(messages),
+            "chat_template_kwargs": _think(request.think),
+            "images": tuple(images),
+        }
     common = CommonRequest(
         model=model_name(request.model, config),
         stream=request.stream,

@@ -15,6 +15,7 @@ from typing import Any
 
 from mlxd.config.schema import MlxdConfig
 from mlxd.errors import RequestError
+from mlxd.http.images import ImagePart, content, from_url
 from mlxd.http.translate import CommonRequest, past_call, resolve
 from mlxd.protocol.openai_responses import ResponsesRequest
 from mlxd.protocol.requests import ResponseFormat
@@ -31,29 +32,44 @@ NAMES = {
 _ROLES = {"user": "user", "assistant": "assistant", "system": "system", "developer": "system"}
 
 
-def _content(content: Any, param: str) -> str:
-    if isinstance(content, str):
-        return content
-    if not isinstance(content, list):
+def _content(parts: Any, param: str, images: list[ImagePart] | None = None) -> Any:
+    """Text, or text and image parts when ``images`` collects the images of ``input``."""
+    if isinstance(parts, str):
+        return parts
+    if not isinstance(parts, list):
         raise RequestError("content must be a string or a list of parts", param=param)
-    texts = []
-    for j, part in enumerate(content):
+    texts: list[str | None] = []
+    for j, part in enumerate(parts):
         kind = part.get("type") if isinstance(part, dict) else None
         if kind in ("input_text", "output_text", "text") and isinstance(part.get("text"), str):
             texts.append(part["text"])
         elif kind == "refusal":
             continue
-        elif kind == "input_image":
-            raise RequestError(
-                "input_image is not supported by this model (it is a text model)", param=f"{param}[{j}]"
-            )
+        elif kind == "input_image" and images is not None:
+            if part.get("file_id"):
+                raise RequestError(
+                    "input_image takes an image_url (file ids are not served)", param=f"{param}[{j}]"
+                )
+            images.append(from_url(part.get("image_url"), f"{param}[{j}]"))
+            texts.append(None)
         else:
             raise RequestError(f"content parts of type {kind!r} are not supported", param=f"{param}[{j}]")
-    return "".join(texts)
+    return content(texts)
 
 
-def input_messages(items: str | list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """``input`` as chat-template messages (consecutive calls join one assistant message)."""
+def _text_only(message: dict[str, Any]) -> dict[str, Any]:
+    """A message as a stored conversation keeps it: its images are not kept."""
+    body = message.get("content")
+    if not isinstance(body, list):
+        return message
+    return {**message, "content": "".join(p.get("text", "") for p in body)}
+
+
+def input_messages(
+    items: str | list[dict[str, Any]], images: list[ImagePart] | None = None
+) -> list[dict[str, Any]]:
+    """``input`` as chat-template messages (consecutive calls join one assistant message);
+    ``images`` collects the images of the messages, in order."""
     if isinstance(items, str):
         return [{"role": "user", "content": items}]
     out: list[dict[str, Any]] = []
@@ -61,9 +77,8 @@ def input_messages(items: str | list[dict[str, Any]]) -> list[dict[str, Any]]:
         param = f"input[{i}]"
         kind = item.get("type", "message")
         if kind == "message" and item.get("role") in _ROLES:
-            out.append(
-                {"role": _ROLES[item["role"]], "content": _content(item.get("content"), f"{param}.content")}
-            )
+            body = _content(item.get("content"), f"{param}.content", images)
+            out.append({"role": _ROLES[item["role"]], "content": body})
         elif kind == "message":
             raise RequestError(f"unknown role {item.get('role')!r}", param=f"{param}.role")
         elif kind == "function_call":
@@ -158,7 +173,8 @@ def translate(
     """Resolve a Responses request; also returns the conversation so far (without the
     instructions), which a stored response keeps for ``previous_response_id``."""
     _unsupported(request)
-    conversation = [dict(m) for m in previous] + input_messages(request.input)
+    images: list[ImagePart] = []
+    conversation = [dict(m) for m in previous] + input_messages(request.input, images)
     system = [{"role": "system", "content": request.instructions}] if request.instructions else []
     text_format = request.text.format if request.text is not None else None
     common = CommonRequest(
@@ -173,6 +189,7 @@ def translate(
         parallel_tool_calls=request.parallel_tool_calls,
         response_format=_format(text_format),
         stream=request.stream,
+        images=tuple(images),
         names=NAMES,
     )
-    return resolve(common, config), conversation
+    return resolve(common, config), [_text_only(m) for m in conversation]

@@ -12,6 +12,7 @@ from typing import Any
 from mlxd.config.schema import MlxdConfig
 from mlxd.errors import RequestError
 from mlxd.http.dialects.openai.logprobs import LogprobShape
+from mlxd.http.images import ImagePart, content, from_url
 from mlxd.http.translate import CommonRequest, past_calls, resolve
 from mlxd.protocol.requests import AnyRequest, ChatCompletionRequest, ChatMessage, CompletionRequest
 from mlxd.runtime.engine import GenerationRequest
@@ -44,21 +45,24 @@ def _unsupported(request: AnyRequest) -> None:
             reject("echo", "echo together with logprobs")
 
 
-def _message(message: ChatMessage, i: int) -> dict[str, Any]:
-    content = message.content
-    if isinstance(content, list):
-        texts = []
-        for j, part in enumerate(content):
-            if part.type != "text" or part.text is None:
-                raise RequestError(
-                    f"content parts of type {part.type!r} are not supported by text models",
-                    param=f"messages[{i}].content[{j}]",
-                )
-            texts.append(part.text)
-        content = "".join(texts)
+def _message(message: ChatMessage, i: int, images: list[ImagePart]) -> dict[str, Any]:
+    body: Any = message.content
+    if isinstance(body, list):
+        texts: list[str | None] = []
+        for j, part in enumerate(body):
+            param = f"messages[{i}].content[{j}]"
+            if part.type == "text" and part.text is not None:
+                texts.append(part.text)
+            elif part.type == "image_url":
+                url = part.image_url.get("url") if isinstance(part.image_url, dict) else part.image_url
+                images.append(from_url(url, param))
+                texts.append(None)
+            else:
+                raise RequestError(f"content parts of type {part.type!r} are not supported", param=param)
+        body = content(texts)
     entry: dict[str, Any] = {
         "role": "system" if message.role == "developer" else message.role,
-        "content": content or "",
+        "content": body or "",
     }
     if message.name:
         entry["name"] = message.name
@@ -105,8 +109,10 @@ def translate(request: AnyRequest, config: MlxdConfig) -> tuple[GenerationReques
     common: dict[str, Any] = {}
     echo = ""
     if isinstance(request, ChatCompletionRequest):
+        images: list[ImagePart] = []
         common.update(
-            messages=tuple(_message(m, i) for i, m in enumerate(request.messages)),
+            messages=tuple(_message(m, i, images) for i, m in enumerate(request.messages)),
+            images=tuple(images),
             role_mapping=request.role_mapping,
             chat_template_kwargs=request.chat_template_kwargs,
             max_tokens=request.max_completion_tokens or request.max_tokens,
@@ -131,6 +137,12 @@ def translate(request: AnyRequest, config: MlxdConfig) -> tuple[GenerationReques
             min_p=request.min_p,
             repetition_penalty=request.repetition_penalty,
             repetition_context_size=request.repetition_context_size,
+            xtc_probability=request.xtc_probability,
+            xtc_threshold=request.xtc_threshold,
+            presence_context_size=request.presence_context_size,
+            frequency_context_size=request.frequency_context_size,
+            num_draft_tokens=request.num_draft_tokens,
+            draft_model=request.draft_model,
             presence_penalty=request.presence_penalty,
             frequency_penalty=request.frequency_penalty,
             logit_bias=request.logit_bias,

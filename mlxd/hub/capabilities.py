@@ -1,0 +1,43 @@
+"""What an alias's model can do besides completing text, read from its files (no mlx import).
+
+``vision``: its ``config.json`` has a ``vision_config`` and the installed mlx-lm has an
+image processor for its family (``mlx_lm/processors/<model_type>.py``). ``embedding``: it
+ships sentence-transformers files (``modules.json``), or its alias sets ``pooling``.
+Every model can embed (a decoder pools its last token); ``embedding`` marks the ones made
+for it. ``models list``, ``/v1/models`` and Ollama's ``/api/show`` report these.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from mlxd.hub.validate import _mlx_lm_dir, _resolved_model_type
+
+
+def _config(directory: Path) -> dict[str, Any]:
+    try:
+        value = json.loads((directory / "config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return value if isinstance(value, dict) else {}
+
+
+def takes_images(config: dict[str, Any]) -> bool:
+    """True when mlx-lm can feed this model images (a vision config and a processor)."""
+    if not config.get("vision_config"):
+        return False
+    root = _mlx_lm_dir()
+    family = config.get("processor_type") or _resolved_model_type(config)
+    return root is not None and isinstance(family, str) and (root / "processors" / f"{family}.py").is_file()
+
+
+def capabilities(directory: Path, *, pooling: str | None = None) -> tuple[str, ...]:
+    """``vision`` and ``embedding`` as they apply to the model in ``directory``."""
+    out = []
+    if takes_images(_config(directory)):
+        out.append("vision")
+    if pooling is not None or (directory / "modules.json").is_file():
+        out.append("embedding")
+    return tuple(out)

@@ -1,0 +1,206 @@
+"""Embeddings on the worker: a model's pending inputs, run in bounded batches between decode steps.
+
+Every pass of the worker loop gives each model at most one embedding batch of at most
+``budget`` tokens (padding included) before its decode step, so a burst of embedding
+inputs never freezes open streams: while sequences decode, ``Pacer`` sizes each batch to
+take about one decode step (never more than one prefill step), so a stream's gap between
+tokens at most doubles; with nothing decoding, batches are as large as the idle budget.
+Short inputs are right-padded into one batch: the model's attention is causal, so a
+position never sees the padding after it and every pooling reads only real positions,
+which makes batched vectors equal one-at-a-time ones to float tolerance. An input longer
+than the budget runs alone, a chunk per pass, through a KV cache of its own.
+
+Pooling (``last``, ``mean``, ``cls``) reads the model's final hidden states (after its
+last norm); vectors are normalized to unit length when asked.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import deque
+from dataclasses import dataclass
+from typing import Any
+
+import mlx.core as mx
+import numpy as np
+import numpy.typing as npt
+from mlx_lm.models.cache import make_prompt_cache
+
+from mlxd.errors import GenerationError
+from mlxd.logs import tagged
+from mlxd.runtime.mlx.commands import Embed
+
+log = logging.getLogger("mlxd.runtime")
+
+
+def hidden_states(model: Any) -> Any:
+    """The module of ``model`` that returns its final hidden states (mlx-lm's ``model.model``;
+    a vision wrapper's ``language_model.model``)."""
+    inner = getattr(model, "model", None)
+    if inner is None and hasattr(model, "language_model"):
+        inner = getattr(model.language_model, "model", None)
+    if inner is None:
+        raise GenerationError("this model cannot embed: it has no hidden-state module")
+    return inner
+
+
+@dataclass(slots=True)
+class _Job:
+    command: Embed
+    rows: list[npt.NDArray[np.float32] | None]
+    left: int
+
+
+@dataclass(slots=True)
+class _Input:
+    """One input of a job; a long one keeps its cache and pooled state between chunks."""
+
+    job: _Job
+    index: int
+    tokens: list[int]
+    fed: int = 0
+    cache: list[Any] | None = None
+    pooled: Any = None
+
+
+class Embedder:
+    """The embedding queue of one model unit."""
+
+    def __init__(self, model: Any) -> None:
+        self._model = model
+        self._states = hidden_states(model)
+        self._queue: deque[_Input] = deque()
+        #: Tokens run so far (for the worker's counters).
+        self.tokens = 0
+
+    def __bool__(self) -> bool:
+        return bool(self._queue)
+
+    def add(self, command: Embed) -> None:
+        """Queue a request's inputs (they run in the coming passes)."""
+        job = _Job(command, [None] * len(command.tokens), len(command.tokens))
+        self._queue.extend(_Input(job, i, tokens) for i, tokens in enumerate(command.tokens))
+
+    def step(self, budget: int) -> int:
+        """Run one batch of at most ``budget`` tokens (padding included), or one chunk of a
+        long input; settle every request whose last input finished. Returns the tokens run."""
+        head = self._queue[0]
+        try:
+            if head.fed or len(head.tokens) > budget:
+                return self._chunk(head, budget)
+            return self._batch(budget)
+        except Exception as exc:
+            log.exception("an embedding batch failed")
+            self._fail(head.job, exc)
+            return 0
+
+    def fail_all(self, message: str) -> None:
+        """Fail every queued request (the model is going away)."""
+        for job in {id(item.job): item.job for item in self._queue}.values():
+            self._fail(job, GenerationError(message))
+
+    def _batch(self, budget: int) -> int:
+        chosen: list[_Input] = []
+        longest = 0
+        while self._queue and not self._queue[0].fed:
+            item = self._queue[0]
+            width = max(longest, len(item.tokens))
+            if chosen and (width * (len(chosen) + 1) > budget or len(item.tokens) > budget):
+                break
+            chosen.append(self._queue.popleft())
+            longest = width
+        padded = mx.array([item.tokens + [0] * (longest - len(item.tokens)) for item in chosen])
+        states = self._states(padded).astype(mx.float32)
+        lengths = [len(item.tokens) for item in chosen]
+        pooled = []
+        for row, (item, length) in enumerate(zip(chosen, lengths, strict=True)):
+            pooled.append(_pool(states[row, :length], item.job.command.pooling))
+        self._finish(chosen, pooled)
+        return longest * len(chosen)
+
+    def _chunk(self, item: _Input, budget: int) -> int:
+        if item.cache is None:
+            item.cache = make_prompt_cache(self._model)
+        chunk = item.tokens[item.fed : item.fed + budget]
+        states = self._states(mx.array(chunk)[None], cache=item.cache)[0].astype(mx.float32)
+        pooling = item.job.command.pooling
+        if pooling == "mean":
+            total = states.sum(axis=0)
+            item.pooled = total if item.pooled is None else item.pooled + total
+        elif pooling == "cls" and item.fed == 0:
+            item.pooled = states[0]
+        elif pooling == "last":
+            item.pooled = states[-1]
+        mx.eval(item.pooled, [layer.state for layer in item.cache])
+        item.fed += len(chunk)
+        if item.fed < len(item.tokens):
+            return len(chunk)
+        self._queue.popleft()
+        item.cache = None
+        vector = item.pooled / len(item.tokens) if pooling == "mean" else item.pooled
+        self._finish([item], [vector])
+        return len(chunk)
+
+    def _finish(self, items: list[_Input], vectors: list[Any]) -> None:
+        normalize = [item.job.command.normalize for item in items]
+        stacked = mx.stack(vectors)
+        norms = mx.maximum(mx.linalg.norm(stacked, axis=-1, keepdims=True), 1e-12)
+        scaled = mx.where(mx.array(normalize)[:, None], stacked / norms, stacked)
+        rows = np.asarray(scaled, dtype=np.float32)
+        for item, row in zip(items, rows, strict=True):
+            job = item.job
+            self.tokens += len(item.tokens)
+            job.rows[item.index] = row
+            job.left -= 1
+            if job.left == 0 and not job.command.future.done():
+                job.command.future.set_result(np.stack(job.rows))  # type: ignore[arg-type]
+
+    def _fail(self, job: _Job, exc: BaseException) -> None:
+        with tagged(job.command.request_id):
+            log.error("embedding failed: %s", exc)
+        self._queue = deque(item for item in self._queue if item.job is not job)
+        if not job.command.future.done():
+            error = exc if isinstance(exc, GenerationError) else GenerationError(f"embedding failed: {exc}")
+            job.command.future.set_exception(error)
+
+
+class Pacer:
+    """Sizes embedding batches while sequences decode: each takes about one decode step's
+    time (so a stream's gap between tokens at most doubles), never more than ``cap``
+    tokens (one prefill step). Both times are running averages measured here."""
+
+    MIN_TOKENS = 16
+
+    def __init__(self) -> None:
+        self._per_token: float | None = None
+        self._step: float | None = None
+
+    def budget(self, decoding: bool, cap: int, idle: int) -> int:
+        """Tokens (padding included) for the next embedding batch."""
+        if not decoding:
+            return max(idle, cap)
+        if self._per_token is None or self._step is None:
+            return self.MIN_TOKENS
+        return max(self.MIN_TOKENS, min(cap, int(self._step / self._per_token)))
+
+    def embedded(self, tokens: int, seconds: float) -> None:
+        """One embedding batch of ``tokens`` took ``seconds``."""
+        if tokens > 0:
+            self._per_token = _average(self._per_token, seconds / tokens)
+
+    def decoded(self, seconds: float) -> None:
+        """One decode step took ``seconds``."""
+        self._step = _average(self._step, seconds)
+
+
+def _average(old: float | None, new: float) -> float:
+    return new if old is None else 0.8 * old + 0.2 * new
+
+
+def _pool(states: Any, pooling: str) -> Any:
+    """One input's vector from its hidden states (positions x hidden size)."""
+    if pooling == "mean":
+        return states.mean(axis=0)
+    if pooling == "cls":
+        return states[0]
+    return states[-1]

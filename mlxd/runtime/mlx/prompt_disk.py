@@ -1,0 +1,326 @@
+"""Long prompt prefixes on disk, so a restart or a model switch does not pay their prefill again.
+
+One directory (``[runtime] prompt_cache_dir``, 0700) of safetensors files written by mlx-lm's
+own ``save_prompt_cache`` (0600), each the KV cache of one prefix of at least
+``prompt_cache_disk_min_tokens`` tokens. A file is named by a hash of its model's identity
+(weights and adapter, as files on disk, and the KV settings) and its tokens; its metadata
+holds both, so a file is only ever read back for its own model and prefix. The directory
+is bounded in bytes: the least recently used files go first (use is recorded in the
+files' modification time, so the order survives a restart).
+
+Threads: the worker offers caches it has already evaluated and reads files back (MLX
+arrays are made on the thread that uses them). A writer thread of this module saves the
+offered arrays, which are never written in place, scans the directory at start and
+deletes what the bound evicts, so no write costs the worker more than a queue put. A
+file that cannot be read, is truncated, or belongs to no model of ours is skipped with
+one log line and deleted; it never fails a request.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import queue
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import mlx.core as mx
+from mlx_lm.models.cache import load_prompt_cache, save_prompt_cache
+
+from mlxd.runtime.mlx.prompt_files import (
+    FORMAT,
+    NAME,
+    TEMP_SUFFIX,
+    Signature,
+    check_layers,
+    digest,
+    finite,
+    header_metadata,
+    reason,
+)
+from mlxd.runtime.prefix_index import PrefixIndex
+
+log = logging.getLogger("mlxd.runtime")
+
+#: Writes that may wait for the writer thread at once (each holds a cache's arrays).
+MAX_PENDING = 4
+
+
+@dataclass(slots=True)
+class _File:
+    path: Path
+    #: When it was last written or read (seconds since the epoch; its mtime).
+    used: float
+
+
+class DiskPromptCache:
+    """The prompt-prefix files of every model, under one byte bound (one per worker)."""
+
+    def __init__(self, directory: Path | None, max_bytes: int, min_tokens: int) -> None:
+        self.directory: Path | None = None
+        self.max_bytes = max_bytes
+        self.min_tokens = min_tokens
+        self.hits = 0
+        self.writes = 0
+        self._lock = threading.Lock()
+        self._indexes: dict[str, PrefixIndex[_File]] = {}
+        self._pending: dict[str, set[tuple[int, ...]]] = {}
+        self._jobs: queue.SimpleQueue[Callable[[], None] | None] = queue.SimpleQueue()
+        self._scanned = threading.Event()
+        self._thread: threading.Thread | None = None
+        self.configure(directory, max_bytes, min_tokens)
+
+    @property
+    def enabled(self) -> bool:
+        return self.directory is not None and self.max_bytes > 0
+
+    @property
+    def bytes(self) -> int:
+        with self._lock:
+            return sum(index.bytes for index in self._indexes.values())
+
+    def configure(self, directory: Path | None, max_bytes: int, min_tokens: int) -> None:
+        """New settings (a config edit): another directory is scanned afresh, a smaller
+        bound evicts now."""
+        self.max_bytes, self.min_tokens = max_bytes, min_tokens
+        if directory != self.directory:
+            with self._lock:
+                self._indexes.clear()
+                self._pending.clear()
+            self.directory = directory
+            self._scanned.clear()
+            if directory is not None and max_bytes > 0:
+                self._submit(lambda: self._scan(directory))
+            else:
+                self._scanned.set()
+        elif self.enabled:
+            self._submit(self._evict)
+
+    def tier(self, identity: str, signature: Signature | None) -> DiskTier:
+        """The view one model's prompt cache has of the files (``signature``: its cache's shape)."""
+        return DiskTier(self, identity, signature)
+
+    def flush(self, timeout: float = 10.0) -> bool:
+        """Wait until the writes and deletions queued so far are done (False: timed out)."""
+        done = threading.Event()
+        self._submit(done.set)
+        return done.wait(timeout)
+
+    def close(self, timeout: float = 10.0) -> None:
+        """Finish the writes queued so far, then stop the writer thread."""
+        if self._thread is not None:
+            self._jobs.put(None)
+            self._thread.join(timeout)
+            self._thread = None
+
+    # -- the worker's side ---------------------------------------------------------------
+
+    def offer(self, identity: str, signature: Signature | None, tokens: list[int], layers: list[Any]) -> None:
+        """Queue a finished sequence's evaluated cache for writing, unless a file holds it."""
+        directory = self.directory
+        if not self.enabled or directory is None or signature is None or len(tokens) < self.min_tokens:
+            return
+        if check_layers(layers, signature, len(tokens)) is not None:
+            return
+        key = tuple(tokens)
+        with self._lock:
+            index = self._indexes.get(identity)
+            pending = self._pending.setdefault(identity, set())
+            if (index is not None and index.covers(key)) or any(p[: len(key)] == key for p in pending):
+                return
+            if sum(len(p) for p in self._pending.values()) >= MAX_PENDING:
+                return  # the disk is behind: what waits holds memory, so this one is not kept
+            pending.add(key)
+        path = directory / f"{digest(identity, json.dumps(tokens))[:40]}.safetensors"
+        metadata = {"format": FORMAT, "identity": identity, "tokens": json.dumps(tokens)}
+        self._submit(lambda: self._write(identity, key, path, list(layers), metadata))
+
+    def load(
+        self, identity: str, signature: Signature | None, tokens: list[int], better_than: int
+    ) -> tuple[list[Any], list[int]] | None:
+        """Read back the file sharing the most with ``tokens``, if it shares more than
+        ``better_than`` tokens; a bad file is deleted and skipped."""
+        if not self.enabled or signature is None:
+            return None
+        self._scanned.wait(5.0)
+        with self._lock:
+            index = self._indexes.get(identity)
+            key, shared = index.find(tokens) if index is not None else (None, 0)
+            if key is None or index is None or shared <= better_than or shared < self.min_tokens // 2:
+                return None
+            entry = index.get(key)
+        if not entry.path.exists():  # evicted meanwhile
+            self._forget(identity, key, delete=False)
+            return None
+        try:
+            layers, metadata = load_prompt_cache(str(entry.path), return_metadata=True)
+            mx.eval([layer.state for layer in layers])
+            if metadata.get("format") != FORMAT or metadata.get("identity") != identity:
+                raise ValueError("it belongs to another model")
+            if json.loads(metadata.get("tokens", "null")) != list(key):
+                raise ValueError("its tokens are not the ones its name promises")
+            if problem := check_layers(layers, signature, len(key)):
+                raise ValueError(problem)
+            if not finite(layers):
+                raise ValueError("its values are not finite (damaged data)")
+        except Exception as exc:
+            log.warning("skipping the prompt cache file %s: %s", entry.path.name, reason(exc))
+            self._forget(identity, key, delete=True)
+            return None
+        now = time.time()
+        with self._lock:
+            entry.used = now
+            if key in index:
+                index.touch(key)
+        with contextlib.suppress(OSError):
+            os.utime(entry.path, (now, now))
+        self.hits += 1
+        log.debug("read %d cached prompt tokens from disk (%d shared)", len(key), shared)
+        return layers, list(key)
+
+    # -- the writer thread ---------------------------------------------------------------
+
+    def _submit(self, job: Callable[[], None]) -> None:
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._run, name="mlxd-prompt-disk", daemon=True)
+            self._thread.start()
+        self._jobs.put(job)
+
+    def _run(self) -> None:
+        try:
+            while (job := self._jobs.get()) is not None:
+                try:
+                    job()
+                except Exception:
+                    log.exception("a prompt cache file operation failed")
+        finally:
+            with contextlib.suppress(Exception):
+                mx.clear_streams()
+
+    def _scan(self, directory: Path) -> None:
+        """Index the files already there (oldest use first); delete what is not ours."""
+        try:
+            directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+            os.chmod(directory, 0o700)
+            names = sorted(os.listdir(directory))
+        except OSError as exc:
+            log.error(
+                "the prompt cache directory cannot be used (%s); prefixes stay in memory only", exc.strerror
+            )
+            self._scanned.set()
+            return
+        found: list[tuple[float, str, tuple[int, ...], _File, int]] = []
+        for name in names:
+            path = directory / name
+            if name.endswith(TEMP_SUFFIX):  # a write that a crash interrupted
+                with contextlib.suppress(OSError):
+                    path.unlink()
+                continue
+            if not NAME.fullmatch(name):
+                continue
+            try:
+                metadata = header_metadata(path)
+                if metadata.get("0.format") != FORMAT:
+                    raise ValueError("not a prompt cache file of this version")
+                identity = metadata["0.identity"]
+                tokens = json.loads(metadata["0.tokens"])
+                if not isinstance(tokens, list) or not all(isinstance(t, int) for t in tokens):
+                    raise ValueError("no token list")
+                st = path.stat()
+            except Exception as exc:
+                log.warning("skipping the prompt cache file %s: %s", name, reason(exc))
+                with contextlib.suppress(OSError):
+                    path.unlink()
+                continue
+            found.append((st.st_mtime, identity, tuple(tokens), _File(path, st.st_mtime), st.st_size))
+        found.sort(key=lambda item: item[0])
+        with self._lock:
+            if self.directory != directory:
+                return
+            for _, identity, key, entry, size in found:
+                for old in self._indexes.setdefault(identity, PrefixIndex()).add(key, entry, size):
+                    self._unlink(old.path)
+        self._scanned.set()
+        self._evict()
+        if found:
+            log.info("%d prompt cache file(s) on disk", len(found))
+
+    def _write(
+        self, identity: str, key: tuple[int, ...], path: Path, layers: list[Any], metadata: dict[str, str]
+    ) -> None:
+        temp = path.with_name(path.name.removesuffix(".safetensors") + TEMP_SUFFIX)
+        try:
+            save_prompt_cache(str(temp), layers, metadata)
+            os.chmod(temp, 0o600)
+            os.replace(temp, path)
+            size = path.stat().st_size
+        except OSError as exc:
+            log.warning("could not write a prompt cache file: %s", exc.strerror or exc)
+            with contextlib.suppress(OSError):
+                temp.unlink()
+            self._forget(identity, key, delete=False)
+            return
+        with self._lock:
+            self._pending.get(identity, set()).discard(key)
+            if self.directory != path.parent:
+                dropped = [_File(path, 0.0)]
+            else:
+                dropped = self._indexes.setdefault(identity, PrefixIndex()).add(
+                    key, _File(path, time.time()), size
+                )
+        for old in dropped:
+            self._unlink(old.path)
+        self.writes += 1
+        self._evict()
+
+    def _evict(self) -> None:
+        """Delete the least recently used files while the directory holds too much."""
+        while True:
+            with self._lock:
+                total = sum(index.bytes for index in self._indexes.values())
+                heads = [
+                    (index.get(k).used, identity, k)
+                    for identity, index in self._indexes.items()
+                    if (k := index.oldest())
+                ]
+                if total <= self.max_bytes or not heads:
+                    return
+                _, identity, key = min(heads)
+                entry = self._indexes[identity].drop(key)
+            self._unlink(entry.path)
+
+    def _forget(self, identity: str, key: tuple[int, ...], *, delete: bool) -> None:
+        with self._lock:
+            self._pending.get(identity, set()).discard(key)
+            index = self._indexes.get(identity)
+            entry = index.drop(key) if index is not None and key in index else None
+        if delete and entry is not None:
+            self._unlink(entry.path)
+
+    @staticmethod
+    def _unlink(path: Path) -> None:
+        with contextlib.suppress(OSError):
+            path.unlink()
+
+
+@dataclass(slots=True)
+class DiskTier:
+    """One model's view of the disk: its identity and the shape its cache must have."""
+
+    disk: DiskPromptCache
+    identity: str
+    signature: Signature | None
+
+    def offer(self, tokens: list[int], layers: list[Any]) -> None:
+        """Keep a finished sequence's cache on disk too (see ``DiskPromptCache.offer``)."""
+        self.disk.offer(self.identity, self.signature, tokens, layers)
+
+    def load(self, tokens: list[int], better_than: int) -> tuple[list[Any], list[int]] | None:
+        """A file's cache sharing more than ``better_than`` tokens with ``tokens``."""
+        return self.disk.load(self.identity, self.signature, tokens, better_than)
