@@ -556,12 +556,17 @@ class MlxdConfig(BaseSettings):
         """What several ranks cannot serve is refused up front, naming the alias."""
         if self.distributed is None:
             return self
+        # As in mlx_lm.server, whose distributed mode refuses both.
         for alias, model in self.models.items():
-            if model.adapter is not None:
-                raise ValueError(
-                    f"models.{alias}.adapter: LoRA adapters are not served across several ranks"
-                    " (remove [distributed] or the adapter)"
-                )
+            for key, value, what in (
+                ("adapter", model.adapter, "LoRA adapters"),
+                ("draft_model", model.draft_model, "draft models (speculative decoding)"),
+            ):
+                if value is not None:
+                    raise ValueError(
+                        f"models.{alias}.{key}: {what} are not served across several ranks"
+                        f" (remove [distributed] or the {key})"
+                    )
         return self
 
     def default_alias(self) -> str | None:

@@ -12,6 +12,7 @@ from mlxd.config.loader import load_config
 from mlxd.config.schema import MlxdConfig
 from mlxd.config.store import ConfigStore
 from mlxd.errors import ConfigError
+from mlxd.runtime.from_config import runtime_settings
 
 BASE = """\
 [server]
@@ -211,16 +212,35 @@ def test_distributed_changes_need_a_restart_and_keep_the_old_ranks(tmp_path: Pat
     assert store.restart_required == ()
 
 
-def test_adapters_are_refused_with_distributed(tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    ("line", "problem"),
+    [
+        (
+            'adapter = "adapters/sql"',
+            "models.small.adapter: LoRA adapters are not served across several ranks",
+        ),
+        (
+            'draft_model = "qwen"',
+            "models.small.draft_model: draft models (speculative decoding) are not served",
+        ),
+    ],
+    ids=["adapter", "draft"],
+)
+def test_what_several_ranks_cannot_serve_is_refused(tmp_path: Path, line: str, problem: str) -> None:
     (tmp_path / "adapters" / "sql").mkdir(parents=True)
     path = tmp_path / "mlxd.toml"
-    path.write_text(BASE + 'adapter = "adapters/sql"\n' + DISTRIBUTED, encoding="utf-8")
+    path.write_text(BASE + line + "\n" + DISTRIBUTED, encoding="utf-8")
     with pytest.raises(ConfigError) as caught:
         load_config(path)
-    assert any(
-        "models.small.adapter: LoRA adapters are not served across several ranks" in p
-        for p in caught.value.problems
-    )
+    assert any(problem in p for p in caught.value.problems)
+
+
+def test_several_ranks_keep_no_prompt_prefixes_on_disk(tmp_path: Path) -> None:
+    path = tmp_path / "mlxd.toml"
+    path.write_text(BASE + '[runtime]\nprompt_cache_dir = "prompts"\n', encoding="utf-8")
+    assert runtime_settings(load_config(path)).prompt_cache_dir == tmp_path / "prompts"
+    path.write_text(BASE + '[runtime]\nprompt_cache_dir = "prompts"\n' + DISTRIBUTED, encoding="utf-8")
+    assert runtime_settings(load_config(path)).prompt_cache_dir is None
 
 
 # -- subscribers ---------------------------------------------------------------------------
