@@ -156,6 +156,8 @@ class Launcher:
             if event is not None:
                 known = event.rank in ranks.left
                 self._apply(event, server)
+                if event.kind == "joined" and len(ranks.joined) == ranks.size:
+                    yield_cpu(process.pid)
                 if event.kind == "lost" and not known:
                     self._fail(server, process, f"{self.describe(event.rank)} {event.reason}")
                 if event.kind == "bye" and event.code != 0 and event.rank != 0:
@@ -266,6 +268,23 @@ class Launcher:
                 continue
             self._tail = [*self._tail[-4:], line]
             relayed.info("%s", line)
+
+
+def yield_cpu(pid: int) -> None:
+    """Give ``mlx.launch`` (``pid``) the lowest CPU priority once its ranks are up.
+
+    Its threads that relay each rank's output wait in ``select`` on the rank's stdin pipe,
+    which is always writable, so they never sleep: on a machine with few cores they take
+    CPU time from the ranks (on 2 busy cores, 16 clients got 728 tokens/s before they
+    yielded, 1002 after). The ranks, started already, keep their own priority. Linux sets it
+    per thread (listed under /proc), macOS per process."""
+    try:
+        threads = [int(task.name) for task in Path(f"/proc/{pid}/task").iterdir()]
+    except OSError:
+        threads = [pid]
+    for thread in threads:
+        with contextlib.suppress(OSError):
+            os.setpriority(os.PRIO_PROCESS, thread, 19)
 
 
 def _end(process: subprocess.Popen[bytes]) -> None:
