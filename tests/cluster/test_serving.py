@@ -197,6 +197,14 @@ def test_a_family_without_pipeline_support_is_a_clear_load_error(cluster: Cluste
     assert client.completions.create(model="tiny", prompt="hi", max_tokens=3).usage.completion_tokens == 3  # type: ignore[union-attr]
 
 
+def test_embeddings_are_refused_clearly_and_the_ranks_keep_serving(cluster: Cluster) -> None:
+    client = openai.OpenAI(base_url=f"{cluster.url}/v1", api_key="unused", max_retries=0)
+    with pytest.raises(openai.UnprocessableEntityError, match="not served across several ranks") as caught:
+        client.embeddings.create(model="tiny", input="hello")
+    assert caught.value.code == "model_unsupported"
+    assert client.completions.create(model="tiny", prompt="hi", max_tokens=3).usage.completion_tokens == 3  # type: ignore[union-attr]
+
+
 def test_config_edits_reach_every_rank_and_distributed_needs_a_restart(cluster: Cluster) -> None:
     client = openai.OpenAI(base_url=f"{cluster.url}/v1", api_key="unused", max_retries=0)
     text = cluster.config.read_text()

@@ -41,7 +41,7 @@ import numpy as np
 from mlx_lm.generate import generation_stream
 
 from mlxd import errors
-from mlxd.errors import MlxdError, ModelLoadError
+from mlxd.errors import MlxdError, ModelLoadError, ModelUnsupportedError
 from mlxd.runtime.cluster import ClusterSpec
 from mlxd.runtime.engine import GenerationEvent, ModelSpec, RuntimeSettings
 from mlxd.runtime.mlx.commands import Call, Choice, Command, Configure, Embed, Insert, Load, Unload
@@ -76,7 +76,7 @@ class NoLoop:
 
 
 #: Commands that answer rank 0 through a future: the other ranks get one of their own.
-_ANSWERED = (Load, Unload, Embed)
+_ANSWERED = (Load, Unload)
 
 
 def to_wire(command: Command) -> Command:
@@ -96,6 +96,21 @@ def from_wire(command: Command) -> Command:
     elif isinstance(command, _ANSWERED):
         command.future = Future()
     return command
+
+
+def _refused(command: Command) -> bool:
+    """Fail what several ranks cannot run alike (rank 0 only): embeddings, whose batches
+    are sized by each rank's own clock, so the ranks would split them differently."""
+    if not isinstance(command, Embed):
+        return False
+    if not command.future.done():
+        command.future.set_exception(
+            ModelUnsupportedError(
+                "embeddings are not served across several ranks yet",
+                hint="serve them from a daemon without [distributed]",
+            )
+        )
+    return True
 
 
 def _describe(exc: BaseException) -> tuple[str, str, str | None]:
@@ -159,7 +174,7 @@ class Lockstep:
         mine: list[Command] = []
         payload = b""
         if self.leader:
-            local = take(block=block)
+            local = [c for c in take(block=block) if not _refused(c)]
             mine = [*self._opening, *(c for c in local if not isinstance(c, Call))]
             self._opening = []
             payload = pickle.dumps([to_wire(c) for c in mine]) if mine else b""

@@ -9,6 +9,7 @@ path from the Hub; mlxd only ever hands it a directory that exists).
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -72,7 +73,9 @@ def load_sharded(spec: ModelSpec, path: Path, group: Any) -> LoadedModel:
         )
     except Exception as exc:  # mlx-lm raises many kinds; none may escape the runtime
         raise ModelLoadError(f"could not load {path.name}: {type(exc).__name__}: {exc}") from exc
-    return loaded_model(path, model, tokenizer, config, before)
+    # Image prompts are not split across ranks yet: a split model serves text, and an
+    # image for it is the 400 of a text-only alias.
+    return replace(loaded_model(path, model, tokenizer, config, before), vision=None)
 
 
 def join_load_barrier(group: Any) -> None:
