@@ -159,7 +159,7 @@ def compile_grammar(
     When the prompt opened a reasoning block, the grammar lets the model think first, for
     at most ``THINKING_SHARE`` of ``max_tokens``, and constrains what follows the end tag.
     """
-    from mlxd.runtime.mlx.constrained import ThinkingBlock, ToolCalls, structured_grammar  # llguidance
+    from mlxd.runtime.grammars import ThinkingBlock, ToolCalls, structured_grammar
 
     schema = dict(constraint.schema) if constraint.schema is not None else None
     calls = None

@@ -152,7 +152,8 @@ def test_joining_a_batch_mid_prefill_keeps_every_token(loaded: tuple[Any, Any, l
 
 
 def test_constrained_output_survives_the_join(loaded: tuple[Any, Any, list[int]]) -> None:
-    from mlxd.runtime.mlx.constrained import GrammarCache, json_grammar, make_constraint
+    from mlxd.runtime.grammars import json_grammar
+    from mlxd.runtime.mlx.constrained import GrammarCache, make_constraint
     from tests.schemas import PET
 
     model, tokenizer, _ = loaded
