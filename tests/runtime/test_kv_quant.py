@@ -84,7 +84,8 @@ def test_the_batch_quantizes_once_it_holds_start_tokens_and_hands_out_quantized_
     from mlx_lm.models.cache import KVCache, QuantizedKVCache, make_prompt_cache
 
     from mlxd.runtime.engine import KvSettings
-    from mlxd.runtime.mlx.kv_quant import QuantizingBatchKVCache, for_batch
+    from mlxd.runtime.mlx.kv_layers import for_batch
+    from mlxd.runtime.mlx.kv_quant import QuantizingBatchKVCache
 
     model, _ = loaded
     kv = KvSettings(8, 64, start=30)
@@ -265,7 +266,7 @@ def test_a_quantized_sequence_joins_the_batch_and_speculates_unchanged(
     from mlx_lm.sample_utils import make_sampler
 
     from mlxd.runtime.engine import KvSettings
-    from mlxd.runtime.mlx.kv_quant import for_batch
+    from mlxd.runtime.mlx.kv_layers import for_batch
     from mlxd.runtime.mlx.solo import SoloDecoder
     from mlxd.runtime.mlx.speculative import SpeculativeDecoder
 

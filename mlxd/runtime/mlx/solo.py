@@ -16,7 +16,7 @@ import mlx.core as mx
 from mlx_lm.models.cache import KVCache, QuantizedKVCache
 
 from mlxd.runtime.engine import KvSettings
-from mlxd.runtime.mlx.kv_quant import quantize_solo
+from mlxd.runtime.mlx.kv_layers import quantize_solo
 from mlxd.runtime.mlx.sampling import LogitsProcessor, Sampler
 
 
