@@ -17,7 +17,9 @@ from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from mlxd.config.schema import CHAT_TEMPLATE_KWARGS, GenerationDefaults, MlxdConfig, ModelConfig
+from mlxd.config.generation import GenerationDefaults
+from mlxd.config.models import CHAT_TEMPLATE_KWARGS, ModelConfig
+from mlxd.config.schema import MlxdConfig
 from mlxd.errors import ModelNotFoundError, RequestError
 from mlxd.http.ids import new_id
 from mlxd.http.images import ImagePart, resolve_images
