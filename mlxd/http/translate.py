@@ -25,15 +25,9 @@ from mlxd.http.ids import new_id
 from mlxd.http.images import ImagePart, resolve_images
 from mlxd.http.tools import Tools, structured, tool_choice
 from mlxd.protocol.requests import ResponseFormat
-from mlxd.runtime.engine import (
-    ChatPrompt,
-    Constraint,
-    GenerationRequest,
-    ModelSpec,
-    SamplingParams,
-    TextPrompt,
-)
 from mlxd.runtime.from_config import keep_alive_for, num_draft_tokens_for, spec_for
+from mlxd.runtime.requests import ChatPrompt, Constraint, GenerationRequest, SamplingParams, TextPrompt
+from mlxd.runtime.specs import ModelSpec
 
 _ROLES = frozenset({"system", "user", "assistant", "tool"})
 

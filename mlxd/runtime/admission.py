@@ -20,17 +20,17 @@ from mlxd.errors import CapacityError, ContextLengthError, RequestError
 from mlxd.output.parser import OutputSpec
 from mlxd.output.reasoning import ReasoningFormat
 from mlxd.output.tool_calls import ToolFormat
-from mlxd.runtime.engine import (
+from mlxd.runtime.pooling import PoolingSpec
+from mlxd.runtime.prompts import encode_inputs, encode_prompt, vision_prompt
+from mlxd.runtime.requests import (
     ChatPrompt,
     Constraint,
     EmbeddingRequest,
     GenerationRequest,
     Pooling,
-    RuntimeSettings,
     TextPrompt,
 )
-from mlxd.runtime.pooling import PoolingSpec
-from mlxd.runtime.prompts import encode_inputs, encode_prompt, vision_prompt
+from mlxd.runtime.specs import RuntimeSettings
 
 T = TypeVar("T")
 

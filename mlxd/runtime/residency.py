@@ -26,7 +26,8 @@ from collections.abc import Callable, Collection, Coroutine, Mapping
 from typing import Any, Generic
 
 from mlxd.errors import ModelLoadError, UnavailableError
-from mlxd.runtime.engine import LoadedModelStatus, ModelSpec, UnitKey
+from mlxd.runtime.engine import LoadedModelStatus
+from mlxd.runtime.specs import ModelSpec, UnitKey
 from mlxd.runtime.units import M, ResidencyBackend, Unit
 
 log = logging.getLogger("mlxd.runtime")

@@ -12,7 +12,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Generic, Protocol, TypeVar
 
-from mlxd.runtime.engine import LoadedModelStatus, ModelSpec, UnitKey
+from mlxd.runtime.engine import LoadedModelStatus
+from mlxd.runtime.specs import ModelSpec, UnitKey
 
 
 class Resident(Protocol):

@@ -113,8 +113,8 @@ def _greedy() -> Any:
 
 
 def _seeded() -> Any:
-    from mlxd.runtime.engine import SamplingParams
     from mlxd.runtime.mlx.sampling import make_sampler
+    from mlxd.runtime.requests import SamplingParams
 
     return make_sampler(SamplingParams(temperature=1.0, seed=1234))
 

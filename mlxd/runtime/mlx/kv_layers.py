@@ -8,8 +8,8 @@ from typing import Any
 
 from mlx_lm.models.cache import KVCache, QuantizedKVCache
 
-from mlxd.runtime.engine import KvSettings
 from mlxd.runtime.mlx.kv_quant import QuantizingBatchKVCache
+from mlxd.runtime.specs import KvSettings
 
 
 class _SeqKV(KVCache):  # type: ignore[misc]

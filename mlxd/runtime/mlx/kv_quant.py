@@ -23,7 +23,7 @@ from typing import Any
 import mlx.core as mx
 from mlx_lm.models.cache import BatchKVCache, QuantizedKVCache, dynamic_roll
 
-from mlxd.runtime.engine import KvSettings
+from mlxd.runtime.specs import KvSettings
 
 Arrays = tuple[Any, ...]
 

@@ -25,7 +25,7 @@ import mlx.core as mx
 
 from mlxd.errors import MlxdError, ModelLoadError, ModelUnsupportedError
 from mlxd.logs import tagged
-from mlxd.runtime.engine import GenerationEvent, RuntimeSettings, UnitKey
+from mlxd.runtime.engine import GenerationEvent
 from mlxd.runtime.mlx.batch import Out
 from mlxd.runtime.mlx.commands import Call, Cancel, Command, Configure, Embed, Insert, Load, Shutdown, Unload
 from mlxd.runtime.mlx.constrained import GrammarCache
@@ -35,6 +35,7 @@ from mlxd.runtime.mlx.runner import ModelRunner
 from mlxd.runtime.mlx.stats import WorkerStats
 from mlxd.runtime.mlx.unit_options import prepare
 from mlxd.runtime.mlx.weights import WeightStore
+from mlxd.runtime.specs import RuntimeSettings, UnitKey
 
 log = logging.getLogger("mlxd.runtime")
 
