@@ -12,7 +12,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from mlxd.runtime.engine import ModelSpec
+from mlxd.runtime.specs import ModelSpec
 
 
 def _no_op() -> None:

@@ -9,10 +9,10 @@ from __future__ import annotations
 import queue
 
 from mlxd.runtime.cluster import ClusterSpec
-from mlxd.runtime.engine import RuntimeSettings
 from mlxd.runtime.mlx.lockstep import NoLoop
 from mlxd.runtime.mlx.stats import WorkerStats
 from mlxd.runtime.mlx.worker import MlxWorker
+from mlxd.runtime.specs import RuntimeSettings
 
 
 def follow(cluster: ClusterSpec) -> bool:

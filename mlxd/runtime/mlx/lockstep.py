@@ -43,11 +43,12 @@ from mlx_lm.generate import generation_stream
 from mlxd import errors
 from mlxd.errors import MlxdError, ModelLoadError, ModelUnsupportedError
 from mlxd.runtime.cluster import ClusterSpec
-from mlxd.runtime.engine import GenerationEvent, ModelSpec, RuntimeSettings
+from mlxd.runtime.engine import GenerationEvent
 from mlxd.runtime.mlx.commands import Call, Choice, Command, Configure, Embed, Insert, Load, Unload
 from mlxd.runtime.mlx.loading import LoadedModel
 from mlxd.runtime.mlx.sharded import join_load_barrier, load_sharded, preflight
 from mlxd.runtime.mlx.stats import WorkerStats
+from mlxd.runtime.specs import ModelSpec, RuntimeSettings
 
 log = logging.getLogger("mlxd.runtime")
 

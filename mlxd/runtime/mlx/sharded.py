@@ -17,8 +17,8 @@ import mlx.core as mx
 from mlx_lm.utils import load_model, sharded_load
 
 from mlxd.errors import ModelDirNotFoundError, ModelLoadError, ModelUnsupportedError
-from mlxd.runtime.engine import ModelSpec
 from mlxd.runtime.mlx.loading import LoadedModel, loaded_model, read_config
+from mlxd.runtime.specs import ModelSpec
 
 #: What a pipeline load reads to find each stage's files (``mlx_lm.convert`` writes it).
 WEIGHT_INDEX = "model.safetensors.index.json"
