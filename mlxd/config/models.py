@@ -13,6 +13,7 @@ from typing import Any, Literal
 
 from pydantic import Field, PrivateAttr, field_validator, model_validator
 
+from mlxd.config.distributed import Parallel
 from mlxd.config.generation import GenerationDefaults
 from mlxd.config.values import MAX_PATH_LENGTH, Duration, Section, Strings
 
@@ -102,6 +103,11 @@ class ModelConfig(Section):
     )
     defaults: GenerationDefaults = Field(
         default_factory=GenerationDefaults, description="Request defaults for this alias."
+    )
+    parallel: Parallel = Field(
+        default="tensor",
+        description="With [distributed]: split the model's layers over the ranks (tensor) or give each "
+        "rank a run of whole layers (pipeline; only for families mlx-lm can pipeline).",
     )
     pooling: Literal["last", "mean", "cls"] | None = Field(
         default=None,

@@ -5,14 +5,16 @@ reference are generated from them. Unknown keys are errors, so typos never pass,
 values are strict: ``max_queue = 1.0``, ``preload = 1`` or ``log_prompts = "off"`` are
 errors, not guesses (sizes and durations still take their string spellings, and lists
 arrive from TOML as arrays of strings). The sections live beside it: ``sections``
-(server, runtime, limits), ``models`` (each alias) and ``generation`` (request defaults).
+(server, runtime, limits), ``models`` (each alias), ``generation`` (request defaults) and
+``distributed`` (several ranks).
 """
 
 from __future__ import annotations
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
+from mlxd.config.distributed import DistributedConfig
 from mlxd.config.generation import BUILTIN_DEFAULTS, GenerationDefaults
 from mlxd.config.models import ALIAS, ModelConfig
 from mlxd.config.sections import LimitsConfig, RuntimeConfig, ServerConfig
@@ -45,6 +47,10 @@ class MlxdConfig(BaseSettings):
     )
     models: dict[str, ModelConfig] = Field(
         default_factory=dict, description="Aliases requests can name in 'model'."
+    )
+    distributed: DistributedConfig | None = Field(
+        default=None,
+        description="Several processes or Macs serving every alias with MLX's distributed runtime.",
     )
 
     @classmethod
@@ -79,6 +85,24 @@ class MlxdConfig(BaseSettings):
             except ValueError as exc:
                 raise ValueError(f"{alias}: {exc}") from None
         return value
+
+    @model_validator(mode="after")
+    def _distributable(self) -> MlxdConfig:
+        """What several ranks cannot serve is refused up front, naming the alias."""
+        if self.distributed is None:
+            return self
+        # As in mlx_lm.server, whose distributed mode refuses both.
+        for alias, model in self.models.items():
+            for key, value, what in (
+                ("adapter", model.adapter, "LoRA adapters"),
+                ("draft_model", model.draft_model, "draft models (speculative decoding)"),
+            ):
+                if value is not None:
+                    raise ValueError(
+                        f"models.{alias}.{key}: {what} are not served across several ranks"
+                        f" (remove [distributed] or the {key})"
+                    )
+        return self
 
     def default_alias(self) -> str | None:
         """The alias served when a request names no model: the marked one, else the only one."""

@@ -78,6 +78,8 @@ class EngineStatus:
     loads: int = 0
     prompt_tokens_processed: int = 0
     memory: dict[str, int] = field(default_factory=dict)
+    #: A distributed daemon's seconds per decode pass of each rank (empty in one process).
+    rank_step_seconds: list[float] = field(default_factory=list)
 
 
 class Engine(Protocol):

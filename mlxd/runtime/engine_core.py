@@ -200,6 +200,7 @@ class EngineCore(Generic[M]):
             loads=self.residency.loads,
             prompt_tokens_processed=stats.prompt_tokens_processed,
             memory=stats.memory(),
+            rank_step_seconds=list(stats.rank_step_seconds),
         )
 
     async def close(self) -> None:

@@ -59,6 +59,8 @@ class ModelSpec:
     context_length: int | None = None
     #: What status output shows (never an absolute path).
     label: str = ""
+    #: How the weights split over the ranks of a distributed daemon ("tensor" or "pipeline").
+    parallel: str = "tensor"
     #: A quantized KV cache for this unit's sequences.
     kv: KvSettings | None = None
     #: The unit whose model drafts tokens for speculative decoding (itself draft-free).
@@ -66,8 +68,10 @@ class ModelSpec:
 
     @property
     def base_key(self) -> tuple[str, str | None]:
-        """Aliases with equal base keys share one copy of the weights."""
-        return (self.source, self.revision)
+        """Aliases with equal base keys share one copy of the weights (a pipeline's shards
+        are other arrays than a tensor split's, so they are another copy)."""
+        source = self.source if self.parallel == "tensor" else f"{self.source} ({self.parallel})"
+        return (source, self.revision)
 
     @property
     def options(self) -> str | None:
@@ -85,4 +89,4 @@ class ModelSpec:
         """The loaded unit: base weights plus adapter, under its engine options (aliases
         that differ in KV quantization or draft model batch apart, sharing the weights)."""
         adapter = str(self.adapter_path) if self.adapter_path else None
-        return (self.source, self.revision, adapter, self.options)
+        return (*self.base_key, adapter, self.options)
