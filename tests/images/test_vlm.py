@@ -1,7 +1,8 @@
-"""Vision through mlx-vlm (the ``vision`` extra), on real MLX: tiny random-weight Gemma 3 and
-Qwen2.5-VL models built here, served by one daemon. The oracle is mlx-vlm's own ``generate``
-on the same image and prompt: greedy output through mlxd must be the same tokens. Gemma 3
-decodes in the shared batch; Qwen2.5-VL's prompts with images decode alone (3-D positions)."""
+"""Vision through mlx-vlm (the ``vision`` extra), on real MLX: tiny random-weight Gemma 3,
+Qwen2.5-VL and Qwen3-VL models built here, served by one daemon. The oracle is mlx-vlm's own
+``generate`` on the same image and prompt: greedy output through mlxd must be the same
+tokens. Gemma 3 decodes in the shared batch; the Qwen families' prompts with images decode
+alone (3-D positions)."""
 
 from __future__ import annotations
 
@@ -20,7 +21,7 @@ import pytest
 
 from tests.conftest import RunningDaemon, serving
 from tests.images.pictures import b64, data_url, png
-from tests.images.vlm_models import build_gemma3, build_qwen2_5_vl
+from tests.images.vlm_models import build_gemma3, build_qwen2_5_vl, build_qwen3_vl
 
 pytestmark = [pytest.mark.mlx, pytest.mark.server]
 
@@ -31,7 +32,11 @@ QUESTION = "What is in this picture?"
 @pytest.fixture(scope="module")
 def vlm_dirs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("vlm-models")
-    return {"gemma": build_gemma3(root / "gemma3"), "qwen": build_qwen2_5_vl(root / "qwen2_5_vl")}
+    return {
+        "gemma": build_gemma3(root / "gemma3"),
+        "qwen": build_qwen2_5_vl(root / "qwen2_5_vl"),
+        "qwen3": build_qwen3_vl(root / "qwen3_vl"),
+    }
 
 
 @pytest.fixture(scope="module")
@@ -58,6 +63,9 @@ default = true
 
 [models.qwen]
 model = "{vlm_dirs["qwen"]}"
+
+[models.qwen3]
+model = "{vlm_dirs["qwen3"]}"
 
 [models.bare]
 model = "{bare}"
@@ -113,7 +121,7 @@ def _oracle(directory: Path, picture: bytes) -> list[int]:
     return [step.token for step in steps][:TOKENS]
 
 
-@pytest.mark.parametrize("alias", ["gemma", "qwen"])
+@pytest.mark.parametrize("alias", ["gemma", "qwen", "qwen3"])
 def test_greedy_output_equals_mlx_vlm_generate(
     vlm_daemon: RunningDaemon, vlm_dirs: dict[str, Path], alias: str
 ) -> None:
@@ -161,9 +169,9 @@ def test_two_images_never_share_a_cached_prefix(vlm_daemon: RunningDaemon, vlm_d
     assert other["prompt_tokens_details"]["cached_tokens"] <= image_start  # never into another image
 
 
-@pytest.mark.parametrize("alias", ["gemma", "qwen"])
+@pytest.mark.parametrize("alias", ["gemma", "qwen", "qwen3"])
 def test_concurrent_requests_give_what_each_gives_alone(vlm_daemon: RunningDaemon, alias: str) -> None:
-    """Gemma 3's sequences share the batch; Qwen2.5-VL's with images run alone, the rest wait."""
+    """Gemma 3's sequences share the batch; the Qwen families' with images run alone, the rest wait."""
     asks: list[bytes | None] = [png(32, 24, (200, 0, 0)), None, png(24, 32, (0, 0, 200)), None]
     alone = [_greedy_ids(vlm_daemon, alias, picture)[0] for picture in asks]
     with ThreadPoolExecutor(len(asks)) as pool:

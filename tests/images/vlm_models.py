@@ -165,47 +165,73 @@ def build_gemma3(dest: Path, *, seed: int = 0) -> Path:
 
 def build_qwen2_5_vl(dest: Path, *, seed: int = 0) -> Path:
     """A Qwen2.5-VL (3-D rotary positions; a 32 x 24 image is 4 tokens after 2 x 2 merging)."""
+    return _build_qwen(dest, "qwen2_5_vl", seed, patch=14)
+
+
+def build_qwen3_vl(dest: Path, *, seed: int = 0) -> Path:
+    """A Qwen3-VL (3-D rotary positions, and deepstack features added to the first text layer)."""
+    return _build_qwen(dest, "qwen3_vl", seed, patch=16)
+
+
+def _build_qwen(dest: Path, family: str, seed: int, *, patch: int) -> Path:
     dest.mkdir(parents=True, exist_ok=True)
     start, pad, end, video = "<|vision_start|>", "<|image_pad|>", "<|vision_end|>", "<|video_pad|>"
     tokenizer = _tokenizer(dest, (start, pad, end, video), start + pad + end, {"image_token": pad})
-    text = _text(tokenizer)
-    config = {
-        **text,
-        "model_type": "qwen2_5_vl",
-        "architectures": ["Qwen2_5_VLForConditionalGeneration"],
+    text = {
+        **_text(tokenizer),
+        "rope_theta": 10000.0,
+        "rope_scaling": {"type": "mrope", "mrope_section": [2, 3, 3]},
+    }
+    vision = {
+        "model_type": family,
+        "depth": 2,
+        "hidden_size": 32,
+        "intermediate_size": 64,
+        "out_hidden_size": 64,
+        "num_heads": 2,
+        "patch_size": patch,
+        "spatial_patch_size": patch,
+        "spatial_merge_size": 2,
+        "temporal_patch_size": 2,
+        "window_size": 4 * patch,
+        "fullatt_block_indexes": [1],
+        "in_channels": 3,
+        "num_position_embeddings": 64,
+        "deepstack_visual_indexes": [0],
+    }
+    tokens = {
         "image_token_id": tokenizer.token_to_id(pad),
         "video_token_id": tokenizer.token_to_id(video),
         "vision_start_token_id": tokenizer.token_to_id(start),
         "vision_end_token_id": tokenizer.token_to_id(end),
-        "rope_theta": 10000.0,
-        "rope_scaling": {"type": "mrope", "mrope_section": [2, 3, 3]},
-        "vision_config": {
-            "model_type": "qwen2_5_vl",
-            "depth": 1,
-            "hidden_size": 32,
-            "intermediate_size": 64,
-            "out_hidden_size": 64,
-            "num_heads": 2,
-            "patch_size": 14,
-            "spatial_patch_size": 14,
-            "spatial_merge_size": 2,
-            "temporal_patch_size": 2,
-            "window_size": 56,
-            "fullatt_block_indexes": [0],
-            "in_channels": 3,
-        },
     }
+    config: dict[str, Any] = {
+        "model_type": family,
+        "architectures": [
+            {"qwen2_5_vl": "Qwen2_5_VLForConditionalGeneration"}.get(
+                family, "Qwen3VLForConditionalGeneration"
+            )
+        ],
+        **tokens,
+        "vision_config": vision,
+        "eos_token_id": text["eos_token_id"],
+        "tie_word_embeddings": True,
+    }
+    if family == "qwen2_5_vl":  # its text settings sit at the top level
+        config.update(text)
+    else:
+        config["text_config"] = {**text, "model_type": "qwen3_vl_text", "head_dim": 16}
+    side = 2 * patch
     write_json(
         dest / "preprocessor_config.json",
         {
-            "image_processor_type": "Qwen2VLImageProcessor",
-            "processor_class": "Qwen2_5_VLProcessor",
-            "patch_size": 14,
+            "processor_class": "Qwen2_5_VLProcessor" if family == "qwen2_5_vl" else "Qwen3VLProcessor",
+            "patch_size": patch,
             "merge_size": 2,
             "temporal_patch_size": 2,
-            "min_pixels": 56 * 56,
-            "max_pixels": 112 * 112,
+            "min_pixels": (2 * side) ** 2,
+            "max_pixels": (4 * side) ** 2,
             **_NORM,
         },
     )
-    return _save(dest, "qwen2_5_vl", config, tokenizer, seed)
+    return _save(dest, family, config, tokenizer, seed)

@@ -55,6 +55,11 @@ class VisionBackend(Protocol):
         """Widen each image slot of ``text`` to the image's tokens, tokenize, and key it."""
         ...
 
+    def begin(self, model: Any, prompt: VisionPrompt, end: int) -> None:
+        """The prompt is about to run (its first ``end`` tokens go in as embeddings, or come
+        from the prompt cache): give the model what places it (Qwen's 3-D positions)."""
+        ...
+
     def embed(self, model: Any, prompt: VisionPrompt, start: int, end: int) -> Any:
         """The input embeddings of ``prompt.tokens[start:end]`` (every image in it whole)."""
         ...
@@ -109,6 +114,9 @@ class VisionSupport:
             raise ValueError(f"the prompt has {len(starts)} image slots for {len(images)} images")
         return VisionPrompt(tokens, [np.asarray(p) for p in pixel_values], starts, key)
 
+    def begin(self, model: Any, prompt: VisionPrompt, end: int) -> None:
+        """Nothing to place: positions are the cache's own."""
+
     def embed(self, model: Any, prompt: VisionPrompt, start: int, end: int) -> Any:
         """``embed_inputs`` puts the vision tower's rows at the image tokens."""
         pixels = [mx.array(p) for p, s in zip(prompt.pixels, prompt.starts, strict=True) if s >= start]
@@ -149,6 +157,7 @@ def prefill(
                 layer.trim(layer.offset - start)
             break
     end = len(prompt.tokens) - 1
+    backend.begin(model, prompt, end)
     rest = prompt.tokens[cached:end]
     if not rest:
         return layers, cached

@@ -55,8 +55,12 @@ class VlmModel(nn.Module):  # type: ignore[misc]  # mlx has no type stubs
         #: Its text half; ``embed.hidden_states`` finds ``language_model.model`` here.
         self.language_model = vlm.language_model
         self.mrope = hasattr(vlm.language_model, "get_rope_index")
-        #: While a prompt with images prefills: its (3, 1, N) positions; after: its delta.
+        #: The prompt with images being prefilled: its length, (3, 1, N) positions (M-RoPE),
+        #: and what else its language model takes while the prompt runs (Qwen3-VL's
+        #: deepstack features); after it, every position is shifted by ``_delta``.
+        self._prompt_length = 0
         self._positions: mx.array | None = None
+        self._extras: dict[str, Any] = {}
         self._delta = 0
 
     @property
@@ -79,26 +83,29 @@ class VlmModel(nn.Module):  # type: ignore[misc]  # mlx has no type stubs
                 raise ModelUnsupportedError(f"its {kind} layers cannot share mlxd's batch")
         return caches
 
-    def set_positions(self, positions: mx.array | None, delta: int) -> None:
-        """The prompt's own positions (``None``: plain ones) and the shift after them."""
-        self._positions, self._delta = positions, delta
+    def set_prompt(self, length: int, positions: mx.array | None, delta: int) -> None:
+        """The prompt with images about to prefill (``length`` 0: none, plain positions)."""
+        self._prompt_length, self._positions, self._delta = length, positions, delta
+        self._extras = {}
+
+    def set_extras(self, extras: dict[str, Any]) -> None:
+        """What the language model takes besides the embeddings while the prompt prefills."""
+        self._extras = extras
 
     def __call__(self, inputs: mx.array, cache: Any = None, input_embeddings: Any = None) -> mx.array:
-        extra: dict[str, Any] = {}
-        if self.mrope:
-            extra["position_ids"] = self._position_ids(inputs, cache)
-        out = self.language_model(inputs, inputs_embeds=input_embeddings, cache=cache, **extra)
-        return out.logits  # type: ignore[no-any-return]
-
-    def _position_ids(self, inputs: mx.array, cache: Any) -> mx.array:
         batch, length = inputs.shape
         offset = cache[0].offset if cache else 0
-        positions = self._positions
-        if positions is not None and isinstance(offset, int) and offset + length <= positions.shape[-1]:
-            return positions[..., offset : offset + length]
-        start = mx.array(offset).reshape(-1, 1) if isinstance(offset, mx.array) else offset
-        rows = mx.broadcast_to(mx.arange(length)[None] + start + self._delta, (batch, length))
-        return mx.broadcast_to(rows[None], (3, batch, length))
+        prefilling = isinstance(offset, int) and offset + length <= self._prompt_length
+        extra: dict[str, Any] = dict(self._extras) if prefilling else {}
+        if self.mrope:
+            if prefilling and self._positions is not None:
+                extra["position_ids"] = self._positions[..., offset : offset + length]
+            else:
+                start = mx.array(offset).reshape(-1, 1) if isinstance(offset, mx.array) else offset
+                rows = mx.broadcast_to(mx.arange(length)[None] + start + self._delta, (batch, length))
+                extra["position_ids"] = mx.broadcast_to(rows[None], (3, batch, length))
+        out = self.language_model(inputs, inputs_embeds=input_embeddings, cache=cache, **extra)
+        return out.logits  # type: ignore[no-any-return]
 
 
 class VlmVision:
@@ -142,33 +149,57 @@ class VlmVision:
             )
         return VisionPrompt(tokens, list(np.split(pixels, len(images))), starts, key)
 
+    def begin(self, model: Any, prompt: VisionPrompt, end: int) -> None:
+        """The whole prompt's positions for Qwen's families (its images included), also when
+        the prompt cache holds all of it: the tokens after it are shifted by its delta."""
+        positions, delta = None, 0
+        if model.mrope:
+            every = [e["image_grid_thw"] for e in prompt.extras]
+            grid = mx.array(np.concatenate(every)) if every else None
+            tokens = mx.array([prompt.tokens])
+            positions, shift = model.vlm.language_model.get_rope_index(tokens, grid, None, None)
+            delta = int(np.asarray(shift).reshape(-1)[0])
+        model.set_prompt(end, positions, delta)
+
     def embed(self, model: Any, prompt: VisionPrompt, start: int, end: int) -> Any:
         """mlx-vlm's ``get_input_embeddings`` for the tokens and the images from ``start`` on;
-        for Qwen's families, the whole prompt's positions go to the model first."""
+        what else the language model takes while they run (Qwen3-VL's deepstack features)
+        goes to the model."""
         vlm = model.vlm
         chosen = [i for i, s in enumerate(prompt.starts) if s >= start]
         kwargs: dict[str, Any] = {}
-        if prompt.extras:
-            grid = mx.array(np.concatenate([prompt.extras[i]["image_grid_thw"] for i in chosen]))
-            kwargs["image_grid_thw"] = grid if chosen else None
-        if model.mrope:
-            every = (
-                mx.array(np.concatenate([e["image_grid_thw"] for e in prompt.extras]))
-                if prompt.extras
-                else None
-            )
-            positions, delta = vlm.language_model.get_rope_index(mx.array([prompt.tokens]), every, None, None)
-            model.set_positions(positions, int(np.asarray(delta).reshape(-1)[0]))
+        if prompt.extras and chosen:
+            grids = [prompt.extras[i]["image_grid_thw"] for i in chosen]
+            kwargs["image_grid_thw"] = mx.array(np.concatenate(grids))
         pixels = mx.array(np.concatenate([prompt.pixels[i] for i in chosen])) if chosen else None
         tokens = mx.array([prompt.tokens[start:end]])
-        features = vlm.get_input_embeddings(
-            tokens, pixels, mask=mx.ones(tokens.shape, dtype=mx.int32), **kwargs
-        )
+        ones = mx.ones(tokens.shape, dtype=mx.int32)
+        features = vlm.get_input_embeddings(tokens, pixels, mask=ones, **kwargs)
+        model.set_extras(_prefill_extras(features, start))
         return features.inputs_embeds[0]
 
     def release(self, model: Any) -> None:
         """Back to plain positions once the prompt with images has left the model."""
-        model.set_positions(None, 0)
+        model.set_prompt(0, None, 0)
+
+
+#: What ``get_input_embeddings`` gives besides the embeddings that mlxd knows: its own
+#: positions (computed over the whole prompt instead), a 4-D mask (causal is the default).
+_KNOWN = frozenset({"inputs_embeds", "position_ids", "rope_deltas", "attention_mask_4d"})
+#: Qwen3-VL's deepstack features: added to the first layers' hidden states at the image
+#: tokens while the prompt runs; the mask is laid over the whole prompt, as mlx-vlm expects.
+_DEEPSTACK = ("visual_pos_masks", "deepstack_visual_embeds")
+
+
+def _prefill_extras(features: Any, start: int) -> dict[str, Any]:
+    given = {k: v for k, v in features.to_dict().items() if v is not None and k not in _KNOWN}
+    unknown = set(given) - set(_DEEPSTACK)
+    if unknown:
+        raise RuntimeError(f"this mlx-vlm family needs {sorted(unknown)}, which mlxd does not pass yet")
+    mask = given.get("visual_pos_masks")
+    if mask is not None:
+        given["visual_pos_masks"] = mx.concatenate([mx.zeros((1, start), dtype=mask.dtype), mask], axis=1)
+    return given
 
 
 def load_vlm(path: Path, config: dict[str, Any]) -> tuple[VlmModel, VlmVision]:
