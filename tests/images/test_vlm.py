@@ -154,6 +154,14 @@ def test_every_dialect_sends_images_to_an_mlx_vlm_model(vlm_daemon: RunningDaemo
     assert (reply.prompt_eval_count or 0) > text_only  # the image's tokens count
 
 
+def test_listings_say_vision(vlm_daemon: RunningDaemon) -> None:
+    with vlm_daemon.client() as http:
+        listed = {m["id"]: m.get("capabilities", []) for m in http.get("/v1/models").json()["data"]}
+    assert all("vision" in listed[alias] for alias in ("gemma", "qwen", "qwen3"))
+    shown = ollama.Client(host=vlm_daemon.url).show("qwen3")
+    assert "vision" in (shown.capabilities or [])
+
+
 def test_two_images_never_share_a_cached_prefix(vlm_daemon: RunningDaemon, vlm_dirs: dict[str, Path]) -> None:
     from transformers import AutoTokenizer
 
@@ -210,3 +218,22 @@ def test_without_mlx_vlm_the_model_is_a_422_naming_the_extra(
     assert "pip install 'mlxd[vision]'" in refused.value.message
     monkeypatch.undo()
     assert len(_greedy_ids(vlm_daemon, "bare", png(32, 24))[0]) == TOKENS  # installed again: it loads
+
+
+def test_pull_validation_knows_mlx_vlm_families_and_names_the_extra(monkeypatch: pytest.MonkeyPatch) -> None:
+    import importlib.util
+
+    from mlxd.errors import HubError
+    from mlxd.hub.validate import check_config
+
+    idefics = {"model_type": "idefics3", "vision_config": {"model_type": "idefics3_vision"}}
+    check_config(idefics, "org/idefics")  # not mlx-lm's, but mlx-vlm's: accepted
+    real = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda name, *a: None if name == "mlx_vlm" else real(name, *a)
+    )
+    with pytest.raises(HubError, match="served through mlx-vlm") as missing:
+        check_config(idefics, "org/idefics")
+    assert missing.value.hint == "pip install 'mlxd[vision]'"
+    with pytest.raises(HubError, match="not supported by the installed mlx-lm"):
+        check_config({"model_type": "idefics3"}, "org/idefics")  # no vision config: no hint about vision
