@@ -11,7 +11,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from mlxd.config.schema import MlxdConfig, ModelConfig
+from mlxd.config.models import ModelConfig
+from mlxd.config.schema import MlxdConfig
 
 #: Fields whose change means loading other weights (the rest are cheap).
 WEIGHT_FIELDS = ("model", "revision", "adapter")

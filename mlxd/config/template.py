@@ -15,7 +15,9 @@ from typing import Any
 from pydantic import BaseModel, BeforeValidator, SecretStr
 from pydantic.fields import FieldInfo
 
-from mlxd.config.schema import BUILTIN_DEFAULTS, GenerationDefaults, MlxdConfig, ModelConfig
+from mlxd.config.generation import BUILTIN_DEFAULTS, GenerationDefaults
+from mlxd.config.models import ModelConfig
+from mlxd.config.schema import MlxdConfig
 from mlxd.config.units import format_duration, format_size, parse_duration, parse_size
 
 _WIDTH = 88

@@ -9,9 +9,10 @@ from __future__ import annotations
 import os
 from dataclasses import replace
 
+from mlxd.config.models import DEFAULT_NUM_DRAFT_TOKENS, ModelConfig
 from mlxd.config.paths import cache_dir
-from mlxd.config.schema import DEFAULT_NUM_DRAFT_TOKENS, MlxdConfig, ModelConfig
-from mlxd.runtime.engine import KvSettings, ModelSpec, RuntimeSettings, UnitKey
+from mlxd.config.schema import MlxdConfig
+from mlxd.runtime.specs import KvSettings, ModelSpec, RuntimeSettings, UnitKey
 
 #: What a draft unit that no alias names is called in status output.
 DRAFT_SUFFIX = "/draft"

@@ -19,10 +19,11 @@ from typing import TYPE_CHECKING, Any
 
 from mlxd.logs import REQUEST_ID
 from mlxd.runtime.admission import AdmittedEmbeddings
-from mlxd.runtime.engine import GenerationRequest, ModelSpec, RuntimeSettings, UnitKey
 from mlxd.runtime.engine_core import EngineCore
 from mlxd.runtime.mlx.commands import Cancel, Choice, Command, Configure, Embed, Insert, Load, Unload
 from mlxd.runtime.mlx.handle import WorkerHandle
+from mlxd.runtime.requests import GenerationRequest
+from mlxd.runtime.specs import ModelSpec, RuntimeSettings, UnitKey
 from mlxd.runtime.streams import Stream
 from mlxd.runtime.units import LoadPlan, Unit
 

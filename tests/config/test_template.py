@@ -11,7 +11,8 @@ import pytest
 from pydantic import BaseModel
 
 from mlxd.config.loader import load_config
-from mlxd.config.schema import MlxdConfig, ModelConfig
+from mlxd.config.models import ModelConfig
+from mlxd.config.schema import MlxdConfig
 from mlxd.config.template import EXAMPLE_ALIAS, render_starter
 from mlxd.errors import ConfigError
 

@@ -13,9 +13,9 @@ import threading
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
-from mlxd.runtime.engine import RuntimeSettings
 from mlxd.runtime.mlx.commands import Command, Shutdown
 from mlxd.runtime.mlx.stats import WorkerStats
+from mlxd.runtime.specs import RuntimeSettings
 
 if TYPE_CHECKING:
     from mlxd.runtime.mlx.worker import MlxWorker

@@ -13,8 +13,8 @@ from dataclasses import replace
 from pathlib import Path
 
 from mlxd.errors import ModelLoadError
-from mlxd.runtime.engine import ModelSpec
 from mlxd.runtime.mlx.loading import LoadedModel, load_adapted, load_base
+from mlxd.runtime.specs import ModelSpec
 
 log = logging.getLogger("mlxd.runtime")
 

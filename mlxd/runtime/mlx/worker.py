@@ -12,11 +12,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ctypes
-import gc
 import logging
 import queue
-import sys
 from collections.abc import Callable
 from concurrent.futures import Future
 from typing import Any
@@ -25,49 +22,20 @@ import mlx.core as mx
 
 from mlxd.errors import MlxdError, ModelLoadError, ModelUnsupportedError
 from mlxd.logs import tagged
-from mlxd.runtime.engine import GenerationEvent, RuntimeSettings, UnitKey
+from mlxd.runtime.engine import GenerationEvent
 from mlxd.runtime.mlx.batch import Out
 from mlxd.runtime.mlx.commands import Call, Cancel, Command, Configure, Embed, Insert, Load, Shutdown, Unload
 from mlxd.runtime.mlx.constrained import GrammarCache
 from mlxd.runtime.mlx.loading import LoadedModel
+from mlxd.runtime.mlx.memory import cache_limit, release_memory, settle_heap
 from mlxd.runtime.mlx.prompt_disk import DiskPromptCache
 from mlxd.runtime.mlx.runner import ModelRunner
 from mlxd.runtime.mlx.stats import WorkerStats
 from mlxd.runtime.mlx.unit_options import prepare
 from mlxd.runtime.mlx.weights import WeightStore
+from mlxd.runtime.specs import RuntimeSettings, UnitKey
 
 log = logging.getLogger("mlxd.runtime")
-
-
-#: MLX's buffer cache may hold at most this share of the memory budget: freed buffers are
-#: reused for the next allocations (fast), but without a bound it grew to many GB on a GPU.
-CACHE_SHARE = 8
-
-
-def cache_limit(settings: RuntimeSettings) -> int:
-    """Bytes of freed buffers MLX may keep for reuse under ``settings``."""
-    return max(256 * 2**20, settings.memory_budget_bytes // CACHE_SHARE)
-
-
-def _settle_heap() -> None:
-    """Put every object alive now out of the cyclic garbage collector's way.
-
-    The daemon holds over 100,000 long-lived objects (the web stack, transformers, the
-    tokenizers and models): a full collection walked them all (50-75 ms on the tiny
-    model's daemon, several times during the first load). Frozen objects are still freed
-    by reference counting, which is how an unloaded model's arrays go (they form no
-    cycles), and collections only look at what was created since.
-    """
-    gc.freeze()
-
-
-def _release_memory() -> None:
-    """Return freed weights to the OS (glibc keeps them otherwise; macOS needs no help)."""
-    gc.collect()
-    mx.clear_cache()
-    if sys.platform == "linux":
-        with contextlib.suppress(OSError, AttributeError):
-            ctypes.CDLL("libc.so.6").malloc_trim(0)
 
 
 class MlxWorker:
@@ -107,7 +75,7 @@ class MlxWorker:
 
     def run(self) -> None:
         """Serve commands on the calling thread (the worker thread) until shut down."""
-        _settle_heap()
+        settle_heap()
         self._bound_cache()
         try:
             self._serve()
@@ -235,7 +203,7 @@ class MlxWorker:
         except BaseException:
             self._weights.close(command.spec.base_key)
             raise
-        _settle_heap()
+        settle_heap()
         return loaded
 
     def _unload(self, key: UnitKey, out: Out) -> bool:
@@ -246,7 +214,7 @@ class MlxWorker:
         out.extend((seq.sink, unloaded) for seq in runner.close())
         self._weights.close(runner.base_key)
         del runner
-        _release_memory()
+        release_memory()
         return True
 
 
