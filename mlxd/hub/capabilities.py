@@ -1,7 +1,8 @@
 """What an alias's model can do besides completing text, read from its files (no mlx import).
 
 ``vision``: its ``config.json`` has a ``vision_config`` and the installed mlx-lm has an
-image processor for its family (``mlx_lm/processors/<model_type>.py``). ``embedding``: it
+image processor for its family (``mlx_lm/processors/<model_type>.py``), or the installed
+mlx-vlm (the ``vision`` extra) has the family. ``embedding``: it
 ships sentence-transformers files (``modules.json``), or its alias sets ``pooling``.
 Every model can embed (a decoder pools its last token); ``embedding`` marks the ones made
 for it. ``models list``, ``/v1/models`` and Ollama's ``/api/show`` report these.
@@ -13,7 +14,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from mlxd.hub.validate import _mlx_lm_dir, _resolved_model_type
+from mlxd.hub.validate import _mlx_lm_dir, _resolved_model_type, mlx_vlm_family
 
 
 def _config(directory: Path) -> dict[str, Any]:
@@ -25,12 +26,14 @@ def _config(directory: Path) -> dict[str, Any]:
 
 
 def takes_images(config: dict[str, Any]) -> bool:
-    """True when mlx-lm can feed this model images (a vision config and a processor)."""
+    """True when mlx-lm (a vision config and a processor) or mlx-vlm can feed this model images."""
     if not config.get("vision_config"):
         return False
     root = _mlx_lm_dir()
     family = config.get("processor_type") or _resolved_model_type(config)
-    return root is not None and isinstance(family, str) and (root / "processors" / f"{family}.py").is_file()
+    if root is not None and isinstance(family, str) and (root / "processors" / f"{family}.py").is_file():
+        return True
+    return mlx_vlm_family(config)
 
 
 def capabilities(directory: Path, *, pooling: str | None = None) -> tuple[str, ...]:

@@ -35,6 +35,16 @@ def _mlx_lm_dir() -> Path | None:
     return Path(next(iter(spec.submodule_search_locations)))
 
 
+def mlx_vlm_family(config: dict[str, Any]) -> bool:
+    """True for a vision model whose family the installed mlx-vlm (the ``vision`` extra) has."""
+    spec = importlib.util.find_spec("mlx_vlm")
+    family = config.get("model_type")
+    if not config.get("vision_config") or spec is None or not spec.submodule_search_locations:
+        return False
+    root = Path(next(iter(spec.submodule_search_locations)))
+    return isinstance(family, str) and (root / "models" / family / "__init__.py").is_file()
+
+
 def _literal_dict(source: str, name: str) -> dict[Any, Any]:
     for node in ast.parse(source).body:
         if isinstance(node, ast.Assign) and any(
@@ -109,7 +119,13 @@ def check_config(config: Any, where: str) -> None:
             hint=_NOT_MLX_HINT,
         )
     types, _, _ = _mlx_lm_tables()
-    if _resolved_model_type(config) not in types:
+    if _resolved_model_type(config) not in types and not mlx_vlm_family(config):
+        if config.get("vision_config") and importlib.util.find_spec("mlx_vlm") is None:
+            raise HubError(
+                f"{where} is a vision model of the {model_type!r} family, served through mlx-vlm",
+                code="not_mlx_model",
+                hint="pip install 'mlxd[vision]'",
+            )
         raise HubError(
             f"{where} is not an MLX model: model_type {model_type!r} is not supported by the installed mlx-lm",
             code="not_mlx_model",

@@ -18,7 +18,8 @@ from mlx_lm.tuner.utils import load_adapters
 from mlx_lm.utils import load_model, load_tokenizer
 
 from mlxd.errors import ModelCorruptError, ModelLoadError
-from mlxd.runtime.mlx.vision import VisionSupport, load_vision
+from mlxd.runtime.mlx.vision import VisionBackend, load_vision
+from mlxd.runtime.mlx.vlm import VlmModel, load_vlm, wants_vlm
 from mlxd.runtime.pooling import PoolingSpec, read_pooling
 
 _CONTEXT_KEYS = ("max_position_embeddings", "max_sequence_length", "n_positions", "seq_length")
@@ -40,8 +41,8 @@ class LoadedModel:
     memory_bytes: int
     #: How embeddings pool, as the model's own files say.
     pooling: PoolingSpec = field(default_factory=PoolingSpec)
-    #: The model's image processor (mlx-lm's own), ``None`` for a text-only model.
-    vision: VisionSupport | None = None
+    #: How the model takes images (mlx-lm's processors or mlx-vlm), ``None`` for a text-only model.
+    vision: VisionBackend | None = None
 
 
 def read_config(path: Path) -> dict[str, Any]:
@@ -97,15 +98,21 @@ def load_base(path: Path, context_override: int | None = None) -> LoadedModel:
     """Load a model directory's weights and tokenizer, measuring the memory they take."""
     config = read_config(path)
     before = mx.get_active_memory()
+    vision: VisionBackend | None = None
     try:
-        model, config = load_model(path, lazy=False, strict=True, trust_remote_code=False)
+        if wants_vlm(config):  # a vision family of mlx-vlm's (the ``vision`` extra)
+            model, vision = load_vlm(path, config)
+        else:
+            model, config = load_model(path, lazy=False, strict=True, trust_remote_code=False)
         tokenizer = load_tokenizer(
             path, {"trust_remote_code": False}, eos_token_ids=config.get("eos_token_id")
         )
+    except ModelLoadError:
+        raise
     except Exception as exc:  # mlx-lm raises many kinds; none may escape the runtime
         raise ModelLoadError(f"could not load {path.name}: {type(exc).__name__}: {exc}") from exc
     mx.eval(model.parameters())
-    return loaded_model(path, model, tokenizer, config, before, context_override)
+    return loaded_model(path, model, tokenizer, config, before, context_override, vision)
 
 
 def loaded_model(
@@ -115,9 +122,11 @@ def loaded_model(
     config: dict[str, Any],
     before: int,
     context_override: int | None = None,
+    vision: VisionBackend | None = None,
 ) -> LoadedModel:
     """A model's evaluated weights checked and described (a whole model or one rank's
-    shard); ``before``: the active memory before they were read."""
+    shard); ``before``: the active memory before they were read; ``vision``: mlx-vlm's
+    backend when it loaded the model, else mlx-lm's own processors decide."""
     check_finite(model, path.name)
     vocab = int(config.get("vocab_size") or config.get("text_config", {}).get("vocab_size") or len(tokenizer))
     return LoadedModel(
@@ -127,7 +136,7 @@ def loaded_model(
         vocab_size=vocab,
         memory_bytes=max(0, mx.get_active_memory() - before),
         pooling=read_pooling(path),
-        vision=load_vision(model, config, tokenizer),
+        vision=vision or load_vision(model, config, tokenizer),
     )
 
 
@@ -139,6 +148,8 @@ def load_adapted(base: LoadedModel, base_path: Path, adapter_path: Path) -> Load
         raise ModelLoadError(
             f"adapter {adapter_path.name}: adapter_config.json is missing or not JSON"
         ) from exc
+    if isinstance(base.model, VlmModel):
+        raise ModelLoadError(f"adapter {adapter_path.name}: adapters on mlx-vlm models are not supported yet")
     if adapter_config.get("fine_tune_type", "lora") == "full":
         raise ModelLoadError(f"adapter {adapter_path.name}: full fine-tunes are models, not adapters")
     before = mx.get_active_memory()

@@ -3,7 +3,9 @@
 A runner owns mlx-lm's ``BatchGenerator`` for its model. A request that is the model's
 only one decodes alone (``solo.py``: no batch machinery) and moves into the batch, token
 for token unchanged, when company arrives. Finished sequences leave their KV cache in the
-runner's prompt cache. New ``[runtime]`` settings apply before the next step.
+runner's prompt cache. New ``[runtime]`` settings apply before the next step. A prompt
+with images whose backend is ``serial`` (Qwen's 3-D positions) runs without company:
+requests that arrive meanwhile wait, in order, until it ends.
 """
 
 from __future__ import annotations
@@ -80,6 +82,10 @@ class ModelRunner:
         self._by_seq: dict[int, Sequence] = {}
         self._solo: _Solo | None = None
         self._embedder: Embedder | None = None
+        #: Requests waiting for a serial prompt with images to end (or to start alone).
+        self._waiting: list[Insert] = []
+        #: True while a serial prompt with images decodes.
+        self._alone = False
         self._pacer = Pacer()
         self._prefill_step = settings.prefill_step_size
         self.configure(settings)
@@ -88,7 +94,7 @@ class ModelRunner:
     @property
     def busy(self) -> bool:
         """True while any sequence of this model is generating or embedding input waits."""
-        return bool(self._by_seq) or bool(self._embedder)
+        return bool(self._by_seq) or bool(self._embedder) or bool(self._waiting)
 
     def embed(self, command: Embed) -> None:
         """Queue a request's embedding inputs: one bounded batch of them runs per step."""
@@ -104,7 +110,18 @@ class ModelRunner:
         self.prompt_cache.resize(settings.prompt_cache_bytes)
 
     def insert(self, command: Insert, out: Out) -> None:
-        """Start a request's choices: alone when it is the model's only one, else in the batch."""
+        """Start a request's choices: alone when it is the model's only one, else in the batch
+        (or later, when a serial prompt with images is in the way)."""
+        backend = self.loaded.vision
+        serial = backend is not None and backend.serial
+        if serial and (self._waiting or self._alone or (command.vision is not None and self._by_seq)):
+            self._waiting.append(command)
+            return
+        if serial and command.vision is not None:
+            self._alone = True
+        self._start(command, out)
+
+    def _start(self, command: Insert, out: Out) -> None:
         tokens, count = command.tokens, len(command.choices)
         key = command.vision.cache_key if command.vision is not None else tokens
         cache, hit = self.prompt_cache.lookup(key)
@@ -116,7 +133,12 @@ class ModelRunner:
             if command.vision is not None:  # images: their embeddings go in before the batch
                 model = self.loaded.model
                 layers = copy.deepcopy(cache) if cache is not None else make_prompt_cache(model)
-                cache, reused = vision.prefill(model, command.vision, hit, layers, self._prefill_step)
+                backend = self.loaded.vision
+                if backend is None:
+                    raise RuntimeError("a prompt with images for a text model")
+                cache, reused = vision.prefill(
+                    backend, model, command.vision, hit, layers, self._prefill_step
+                )
                 hit = min(hit, reused)
             elif count > 1 and len(tokens) > 1:  # n choices: prefill the prompt once for all
                 model = self.loaded.model
@@ -152,11 +174,21 @@ class ModelRunner:
             ran = embedder.step(pacer.budget(bool(self._by_seq), self._prefill_step, IDLE_EMBED_TOKENS))
             pacer.embedded(ran, time.perf_counter() - started)
             self._stats.prompt_tokens_processed += embedder.tokens - before
-        if not self._by_seq:
-            return
-        started = time.perf_counter()
-        self._decode(out)
-        pacer.decoded(time.perf_counter() - started)
+        if self._by_seq:
+            started = time.perf_counter()
+            self._decode(out)
+            pacer.decoded(time.perf_counter() - started)
+        if self._alone and not self._by_seq:
+            self._alone = False
+            if self.loaded.vision is not None:
+                self.loaded.vision.release(self.loaded.model)
+        while self._waiting and not self._alone:
+            command = self._waiting[0]
+            if command.vision is not None and self._by_seq:
+                break
+            del self._waiting[0]
+            self._alone = command.vision is not None
+            self._start(command, out)
 
     def _decode(self, out: Out) -> None:
         solo = self._solo
@@ -175,16 +207,29 @@ class ModelRunner:
         """Drop a sequence (its client left); False when it is not this runner's."""
         seq = self._by_seq.pop(seq_id, None)
         if seq is None:
-            return False
+            return self._cancel_waiting(seq_id)
         if self._solo is not None and self._solo.seq is seq:
             self._solo = None
         else:
             self.batch.remove(seq)
         return True
 
-    def close(self) -> list[Sequence]:
-        """Free the batch; the sequences still generating are returned, to be failed."""
-        left = list(self._by_seq.values())
+    def _cancel_waiting(self, seq_id: int) -> bool:
+        for command in self._waiting:
+            for choice in command.choices:
+                if choice.seq_id == seq_id:
+                    command.choices.remove(choice)
+                    if not command.choices:
+                        self._waiting.remove(command)
+                    return True
+        return False
+
+    def close(self) -> list[Sequence | Choice]:
+        """Free the batch; the sequences still generating (and the choices still waiting to
+        start) are returned, to be failed."""
+        left: list[Sequence | Choice] = [*self._by_seq.values()]
+        left += [choice for command in self._waiting for choice in command.choices]
+        self._waiting.clear()
         self._by_seq.clear()
         self._solo = None
         if self._embedder is not None:

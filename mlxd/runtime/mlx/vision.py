@@ -1,22 +1,24 @@
-"""Images in prompts, through mlx-lm's own image processors (``mlx_lm.processors``).
+"""Images in prompts: the one prefill path, and mlx-lm's own image processors as its first backend.
 
 A model whose mlx-lm module has a processor (in mlx-lm 0.32, the Muse Spark family) and
 an ``embed_inputs`` takes images: the chat template writes one image token per image,
 the processor widens each to the image's patch tokens and turns its pixels into the
 model's input, and ``embed_inputs`` puts the vision tower's rows at those tokens.
 
-``VisionSupport.prepare`` runs off the worker (admission's thread): it returns numpy
-pixels, never MLX arrays, and the cache key, in which each image's patch tokens carry a
-negative id made from the image's digest, so two different images of one size never
-share a cached prefix. ``prefill`` runs on the worker: the prompt after its cached part,
-as embeddings, into the sequence's own cache, which then joins the continuous batch.
+A vision backend (``VisionBackend``: this module's ``VisionSupport``, or mlx-vlm's families
+in ``vlm.py``) has two halves. ``prepare`` runs off the worker (admission's thread): it
+returns numpy pixels, never MLX arrays, and the cache key, in which each image's patch
+tokens carry a negative id made from the image's digest, so two different images of one
+size never share a cached prefix. ``embed`` runs on the worker, inside the one ``prefill``
+here: the prompt after its cached part, as embeddings, into the sequence's own cache,
+which then joins the continuous batch.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
-from typing import Any
+from dataclasses import dataclass, field
+from typing import Any, Protocol
 
 import mlx.core as mx
 import numpy as np
@@ -34,6 +36,37 @@ class VisionPrompt:
     starts: list[int]
     #: ``tokens`` with each image's patch tokens replaced by that image's negative id.
     cache_key: list[int]
+    #: Per image, what else its processor gave (``image_grid_thw`` for Qwen's families).
+    extras: list[dict[str, npt.NDArray[Any]]] = field(default_factory=list)
+
+
+class VisionBackend(Protocol):
+    """How a model takes images: a prompt prepared off the worker, embedded on it."""
+
+    @property
+    def serial(self) -> bool:
+        """True when a prompt with images must decode alone (its positions are its own: Qwen's
+        3-D rotary positions); the runner then runs it without company."""
+        ...
+
+    def prepare(
+        self, tokenizer: Any, text: str, images: Sequence[npt.NDArray[np.uint8]], digests: Sequence[str]
+    ) -> VisionPrompt:
+        """Widen each image slot of ``text`` to the image's tokens, tokenize, and key it."""
+        ...
+
+    def begin(self, model: Any, prompt: VisionPrompt, end: int) -> None:
+        """The prompt is about to run (its first ``end`` tokens go in as embeddings, or come
+        from the prompt cache): give the model what places it (Qwen's 3-D positions)."""
+        ...
+
+    def embed(self, model: Any, prompt: VisionPrompt, start: int, end: int) -> Any:
+        """The input embeddings of ``prompt.tokens[start:end]`` (every image in it whole)."""
+        ...
+
+    def release(self, model: Any) -> None:
+        """The serial prompt left the model: positions go back to the plain ones."""
+        ...
 
 
 def image_id(digest: str) -> int:
@@ -64,6 +97,7 @@ class VisionSupport:
 
     processor: Any
     image_token_id: int
+    serial: bool = False
 
     def prepare(
         self, tokenizer: Any, text: str, images: Sequence[npt.NDArray[np.uint8]], digests: Sequence[str]
@@ -79,6 +113,17 @@ class VisionSupport:
         if len(starts) != len(images):
             raise ValueError(f"the prompt has {len(starts)} image slots for {len(images)} images")
         return VisionPrompt(tokens, [np.asarray(p) for p in pixel_values], starts, key)
+
+    def begin(self, model: Any, prompt: VisionPrompt, end: int) -> None:
+        """Nothing to place: positions are the cache's own."""
+
+    def embed(self, model: Any, prompt: VisionPrompt, start: int, end: int) -> Any:
+        """``embed_inputs`` puts the vision tower's rows at the image tokens."""
+        pixels = [mx.array(p) for p, s in zip(prompt.pixels, prompt.starts, strict=True) if s >= start]
+        return model.embed_inputs(mx.array(prompt.tokens[start:end]), pixel_values=pixels or None)
+
+    def release(self, model: Any) -> None:
+        """Nothing to undo: positions are the cache's own."""
 
 
 def load_vision(model: Any, config: dict[str, Any], tokenizer: Any) -> VisionSupport | None:
@@ -97,10 +142,10 @@ def load_vision(model: Any, config: dict[str, Any], tokenizer: Any) -> VisionSup
 
 
 def prefill(
-    model: Any, prompt: VisionPrompt, cached: int, layers: list[Any], step: int
+    backend: VisionBackend, model: Any, prompt: VisionPrompt, cached: int, layers: list[Any], step: int
 ) -> tuple[list[Any], int]:
     """Run the prompt after its first ``cached`` tokens (minus the last one, which the batch
-    feeds) through ``model`` as embeddings, ``step`` tokens at a time, into ``layers``.
+    feeds) through ``model`` as the backend's embeddings, ``step`` tokens at a time, into ``layers``.
 
     Returns the cache and how many tokens it holds. A cached part that ends inside an
     image's patches is cut back to the image's start, so an image is always embedded whole.
@@ -112,11 +157,11 @@ def prefill(
                 layer.trim(layer.offset - start)
             break
     end = len(prompt.tokens) - 1
+    backend.begin(model, prompt, end)
     rest = prompt.tokens[cached:end]
     if not rest:
         return layers, cached
-    pixels = [mx.array(p) for p, s in zip(prompt.pixels, prompt.starts, strict=True) if s >= cached]
-    embeddings = model.embed_inputs(mx.array(rest), pixel_values=pixels or None)
+    embeddings = backend.embed(model, prompt, cached, end)
     mx.eval(embeddings)
     for offset in range(0, len(rest), step):
         chunk = mx.array(rest[offset : offset + step])[None]

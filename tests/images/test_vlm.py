@@ -1,0 +1,239 @@
+"""Vision through mlx-vlm (the ``vision`` extra), on real MLX: tiny random-weight Gemma 3,
+Qwen2.5-VL and Qwen3-VL models built here, served by one daemon. The oracle is mlx-vlm's own
+``generate`` on the same image and prompt: greedy output through mlxd must be the same
+tokens. Gemma 3 decodes in the shared batch; the Qwen families' prompts with images decode
+alone (3-D positions)."""
+
+from __future__ import annotations
+
+import io
+import shutil
+import sys
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import anthropic
+import ollama
+import openai
+import pytest
+
+from tests.conftest import RunningDaemon, serving
+from tests.images.pictures import b64, data_url, png
+from tests.images.vlm_models import build_gemma3, build_qwen2_5_vl, build_qwen3_vl
+
+pytestmark = [pytest.mark.mlx, pytest.mark.server]
+
+TOKENS = 12
+QUESTION = "What is in this picture?"
+
+
+@pytest.fixture(scope="module")
+def vlm_dirs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("vlm-models")
+    return {
+        "gemma": build_gemma3(root / "gemma3"),
+        "qwen": build_qwen2_5_vl(root / "qwen2_5_vl"),
+        "qwen3": build_qwen3_vl(root / "qwen3_vl"),
+    }
+
+
+@pytest.fixture(scope="module")
+def vlm_daemon(
+    vlm_dirs: dict[str, Path], tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[RunningDaemon]:
+    root = tmp_path_factory.mktemp("vlm-daemon")
+    # Another copy of Gemma 3, loaded only by the test that hides mlx-vlm.
+    bare = shutil.copytree(vlm_dirs["gemma"], root / "gemma3-bare")
+    config = f"""
+[server]
+port = 0
+
+[runtime]
+keep_alive = "forever"
+
+[defaults]
+temperature = 0.0
+max_tokens = {TOKENS}
+
+[models.gemma]
+model = "{vlm_dirs["gemma"]}"
+default = true
+
+[models.qwen]
+model = "{vlm_dirs["qwen"]}"
+
+[models.qwen3]
+model = "{vlm_dirs["qwen3"]}"
+
+[models.bare]
+model = "{bare}"
+"""
+    with serving(root, config) as running:
+        yield running
+
+
+def _oai(daemon: RunningDaemon) -> openai.OpenAI:
+    return openai.OpenAI(base_url=daemon.url + "/v1", api_key="x", max_retries=0)
+
+
+def _content(picture: bytes, text: str = QUESTION) -> list[dict[str, Any]]:
+    return [{"type": "text", "text": text}, {"type": "image_url", "image_url": {"url": data_url(picture)}}]
+
+
+def _ask(client: openai.OpenAI, model: str, picture: bytes) -> Any:
+    return client.chat.completions.create(
+        model=model,
+        messages=[{"role": "user", "content": _content(picture)}],  # type: ignore[misc]
+        max_tokens=TOKENS,
+    )
+
+
+def _greedy_ids(
+    daemon: RunningDaemon, model: str, picture: bytes | None, text: str = QUESTION
+) -> tuple[list[int], dict[str, Any]]:
+    """The token ids mlxd samples (``mlx_lm.server``'s integer ``logprobs``), and the usage."""
+    body = {
+        "model": model,
+        "messages": [{"role": "user", "content": _content(picture, text) if picture else text}],
+        "temperature": 0.0,
+        "max_tokens": TOKENS,
+        "logprobs": 1,
+    }
+    with daemon.client() as http:
+        reply = http.post("/v1/chat/completions", json=body)
+    assert reply.status_code == 200, reply.text
+    answer = reply.json()
+    return answer["choices"][0]["logprobs"]["tokens"], answer["usage"]
+
+
+def _oracle(directory: Path, picture: bytes) -> list[int]:
+    """mlx-vlm's own greedy ``stream_generate`` on the same image and prompt (the model's template)."""
+    from mlx_vlm import load, stream_generate
+    from PIL import Image
+
+    model, processor = load(str(directory))
+    messages = [{"role": "user", "content": [{"type": "text", "text": QUESTION}, {"type": "image"}]}]
+    prompt = processor.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    image = Image.open(io.BytesIO(picture))
+    steps = stream_generate(model, processor, prompt, image=[image], max_tokens=TOKENS, temperature=0.0)
+    return [step.token for step in steps][:TOKENS]
+
+
+@pytest.mark.parametrize("alias", ["gemma", "qwen", "qwen3"])
+def test_greedy_output_equals_mlx_vlm_generate(
+    vlm_daemon: RunningDaemon, vlm_dirs: dict[str, Path], alias: str
+) -> None:
+    picture = png(32, 24, (10, 200, 90))
+    tokens, usage = _greedy_ids(vlm_daemon, alias, picture)
+    assert len(tokens) == usage["completion_tokens"] == TOKENS
+    assert tokens == _oracle(vlm_dirs[alias], picture)
+
+
+def test_every_dialect_sends_images_to_an_mlx_vlm_model(vlm_daemon: RunningDaemon) -> None:
+    picture = png(40, 30, (250, 250, 0))
+    chat = _ask(_oai(vlm_daemon), "gemma", picture)
+    assert chat.usage.completion_tokens == TOKENS
+    claude = anthropic.Anthropic(base_url=vlm_daemon.url, api_key="x", max_retries=0)
+    image = {"type": "image", "source": {"type": "base64", "media_type": "image/png", "data": b64(picture)}}
+    message = claude.messages.create(
+        model="gemma",
+        max_tokens=TOKENS,
+        messages=[{"role": "user", "content": [{"type": "text", "text": QUESTION}, image]}],  # type: ignore[list-item]
+    )
+    assert message.usage.output_tokens == TOKENS
+    assert message.content[0].text == chat.choices[0].message.content  # type: ignore[union-attr]
+    reply = ollama.Client(host=vlm_daemon.url).chat(
+        model="qwen",
+        messages=[{"role": "user", "content": QUESTION, "images": [picture]}],
+        options={"temperature": 0, "num_predict": TOKENS},
+    )
+    assert reply.eval_count == TOKENS
+    text_only = _greedy_ids(vlm_daemon, "qwen", None)[1]["prompt_tokens"]
+    assert (reply.prompt_eval_count or 0) > text_only  # the image's tokens count
+
+
+def test_listings_say_vision(vlm_daemon: RunningDaemon) -> None:
+    with vlm_daemon.client() as http:
+        listed = {m["id"]: m.get("capabilities", []) for m in http.get("/v1/models").json()["data"]}
+    assert all("vision" in listed[alias] for alias in ("gemma", "qwen", "qwen3"))
+    shown = ollama.Client(host=vlm_daemon.url).show("qwen3")
+    assert "vision" in (shown.capabilities or [])
+
+
+def test_two_images_never_share_a_cached_prefix(vlm_daemon: RunningDaemon, vlm_dirs: dict[str, Path]) -> None:
+    from transformers import AutoTokenizer
+
+    text = "Look at the small picture below and tell me what you see in it, please. " * 3
+    tokenizer = AutoTokenizer.from_pretrained(str(vlm_dirs["qwen"]))
+    image_start = len(tokenizer.encode(f"<|im_start|>user\n{text}<|vision_start|>", add_special_tokens=False))
+    first, second = png(32, 24, (1, 2, 3)), png(32, 24, (3, 2, 1))  # one size: the same token count
+    alone, _ = _greedy_ids(vlm_daemon, "qwen", first, text)
+    again, same = _greedy_ids(vlm_daemon, "qwen", first, text)
+    _, other = _greedy_ids(vlm_daemon, "qwen", second, text)
+    assert again == alone
+    assert same["prompt_tokens_details"]["cached_tokens"] > image_start  # reused past the image
+    assert other["prompt_tokens_details"]["cached_tokens"] <= image_start  # never into another image
+
+
+@pytest.mark.parametrize("alias", ["gemma", "qwen", "qwen3"])
+def test_concurrent_requests_give_what_each_gives_alone(vlm_daemon: RunningDaemon, alias: str) -> None:
+    """Gemma 3's sequences share the batch; the Qwen families' with images run alone, the rest wait."""
+    asks: list[bytes | None] = [png(32, 24, (200, 0, 0)), None, png(24, 32, (0, 0, 200)), None]
+    alone = [_greedy_ids(vlm_daemon, alias, picture)[0] for picture in asks]
+    with ThreadPoolExecutor(len(asks)) as pool:
+        together = list(pool.map(lambda picture: _greedy_ids(vlm_daemon, alias, picture)[0], asks))
+    assert together == alone
+    assert alone[0] != alone[1]
+
+
+def test_bad_images_are_400s_and_the_alias_keeps_serving(vlm_daemon: RunningDaemon) -> None:
+    client = _oai(vlm_daemon)
+    whole = png(64, 64)
+    part = "messages[0].content[1]"
+    for alias, picture, says, param in [
+        ("qwen", whole[: len(whole) // 2], "truncated or corrupt", part),
+        ("gemma", b"GIF89a" + b"\0" * 20, "readable", part),
+        # Qwen's processor refuses an aspect ratio over 200: the prompt as a whole fails
+        ("qwen", png(1, 400), "do not fit", "messages"),
+    ]:
+        with pytest.raises(openai.BadRequestError) as bad:
+            _ask(client, alias, picture)
+        assert says in bad.value.message
+        assert bad.value.body["param"] == param  # type: ignore[index]
+    for alias in ("qwen", "gemma"):
+        tokens, _ = _greedy_ids(vlm_daemon, alias, png(32, 24))
+        assert len(tokens) == TOKENS
+
+
+def test_without_mlx_vlm_the_model_is_a_422_naming_the_extra(
+    vlm_daemon: RunningDaemon, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """mlx-vlm hidden the way a missing package is (its import fails), for a model not loaded yet."""
+    monkeypatch.setitem(sys.modules, "mlx_vlm.utils", None)
+    with pytest.raises(openai.UnprocessableEntityError) as refused:
+        _ask(_oai(vlm_daemon), "bare", png(32, 24))
+    assert refused.value.body["code"] == "model_unsupported"  # type: ignore[index]
+    assert "pip install 'mlxd[vision]'" in refused.value.message
+    monkeypatch.undo()
+    assert len(_greedy_ids(vlm_daemon, "bare", png(32, 24))[0]) == TOKENS  # installed again: it loads
+
+
+def test_pull_validation_knows_mlx_vlm_families_and_names_the_extra(monkeypatch: pytest.MonkeyPatch) -> None:
+    import importlib.util
+
+    from mlxd.errors import HubError
+    from mlxd.hub.validate import check_config
+
+    idefics = {"model_type": "idefics3", "vision_config": {"model_type": "idefics3_vision"}}
+    check_config(idefics, "org/idefics")  # not mlx-lm's, but mlx-vlm's: accepted
+    real = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda name, *a: None if name == "mlx_vlm" else real(name, *a)
+    )
+    with pytest.raises(HubError, match="served through mlx-vlm") as missing:
+        check_config(idefics, "org/idefics")
+    assert missing.value.hint == "pip install 'mlxd[vision]'"
+    with pytest.raises(HubError, match="not supported by the installed mlx-lm"):
+        check_config({"model_type": "idefics3"}, "org/idefics")  # no vision config: no hint about vision
