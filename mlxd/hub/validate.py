@@ -2,7 +2,8 @@
 
 The checks are cheap (JSON and safetensors headers, file sizes) so the daemon can run
 them before every load: ``config.json`` parses, names no ``model_file`` (mlx-lm would
-import Python from the directory) and a ``model_type`` the installed mlx-lm supports;
+import Python from the directory) and a ``model_type`` the installed mlx-lm supports (or
+an encoder family, served through ``mlxd[embeddings]``);
 weights are safetensors, every shard the index names exists, and every shard is complete.
 """
 
@@ -17,6 +18,7 @@ from functools import lru_cache
 from pathlib import Path, PurePosixPath
 from typing import Any
 
+from mlxd.config.families import encoder_family
 from mlxd.errors import HubError
 from mlxd.hub.files import CODE_PATTERNS, CONFIG_FILE, INDEX_FILE, WEIGHTS_PATTERN
 
@@ -109,7 +111,8 @@ def check_config(config: Any, where: str) -> None:
             hint=_NOT_MLX_HINT,
         )
     types, _, _ = _mlx_lm_tables()
-    if _resolved_model_type(config) not in types:
+    # Encoder embedding models load through mlx-embeddings (the runtime says when it is missing).
+    if _resolved_model_type(config) not in types and encoder_family(config) is None:
         raise HubError(
             f"{where} is not an MLX model: model_type {model_type!r} is not supported by the installed mlx-lm",
             code="not_mlx_model",

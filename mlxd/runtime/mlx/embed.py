@@ -10,6 +10,11 @@ position never sees the padding after it and every pooling reads only real posit
 which makes batched vectors equal one-at-a-time ones to float tolerance. An input longer
 than the budget runs alone, a chunk per pass, through a KV cache of its own.
 
+The model is reached through a ``Forward``: ``DecoderForward`` here for mlx-lm models, and
+``encoder.EncoderForward`` for encoder models (mlx-embeddings), whose attention sees the
+whole input, so their padding is masked instead, and whose long inputs run whole (they
+have no KV cache; their context is a few hundred tokens).
+
 Pooling (``last``, ``mean``, ``cls``) reads the model's final hidden states (after its
 last norm); vectors are normalized to unit length when asked.
 """
@@ -19,7 +24,7 @@ from __future__ import annotations
 import logging
 from collections import deque
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import mlx.core as mx
 import numpy as np
@@ -44,6 +49,48 @@ def hidden_states(model: Any) -> Any:
     return inner
 
 
+class Forward(Protocol):
+    """How an ``Embedder`` runs its model."""
+
+    #: True when an input longer than a batch's budget can run a chunk at a time (``open``,
+    #: ``chunk``); else it runs whole, in a batch of its own.
+    chunked: bool
+
+    def states(self, rows: list[list[int]]) -> Any:
+        """Float32 token states (rows x longest x hidden) of ``rows``, right-padded into one
+        batch; each row's states at its real positions are the ones it gets alone."""
+        ...
+
+    def open(self) -> list[Any]:
+        """A fresh cache for one long input."""
+        ...
+
+    def chunk(self, tokens: list[int], cache: list[Any]) -> Any:
+        """Float32 states (positions x hidden) of the next chunk of a long input."""
+        ...
+
+
+class DecoderForward:
+    """An mlx-lm model: causal attention, so right padding changes no real position."""
+
+    chunked = True
+
+    def __init__(self, model: Any) -> None:
+        self._model = model
+        self._states = hidden_states(model)
+
+    def states(self, rows: list[list[int]]) -> Any:
+        longest = max(len(row) for row in rows)
+        padded = mx.array([row + [0] * (longest - len(row)) for row in rows])
+        return self._states(padded).astype(mx.float32)
+
+    def open(self) -> list[Any]:
+        return make_prompt_cache(self._model)  # type: ignore[no-any-return]
+
+    def chunk(self, tokens: list[int], cache: list[Any]) -> Any:
+        return self._states(mx.array(tokens)[None], cache=cache)[0].astype(mx.float32)
+
+
 @dataclass(slots=True)
 class _Job:
     command: Embed
@@ -66,9 +113,8 @@ class _Input:
 class Embedder:
     """The embedding queue of one model unit."""
 
-    def __init__(self, model: Any) -> None:
-        self._model = model
-        self._states = hidden_states(model)
+    def __init__(self, forward: Forward) -> None:
+        self._forward = forward
         self._queue: deque[_Input] = deque()
         #: Tokens run so far (for the worker's counters).
         self.tokens = 0
@@ -86,7 +132,7 @@ class Embedder:
         long input; settle every request whose last input finished. Returns the tokens run."""
         head = self._queue[0]
         try:
-            if head.fed or len(head.tokens) > budget:
+            if head.fed or (len(head.tokens) > budget and self._forward.chunked):
                 return self._chunk(head, budget)
             return self._batch(budget)
         except Exception as exc:
@@ -109,8 +155,7 @@ class Embedder:
                 break
             chosen.append(self._queue.popleft())
             longest = width
-        padded = mx.array([item.tokens + [0] * (longest - len(item.tokens)) for item in chosen])
-        states = self._states(padded).astype(mx.float32)
+        states = self._forward.states([item.tokens for item in chosen])
         lengths = [len(item.tokens) for item in chosen]
         pooled = []
         for row, (item, length) in enumerate(zip(chosen, lengths, strict=True)):
@@ -120,9 +165,9 @@ class Embedder:
 
     def _chunk(self, item: _Input, budget: int) -> int:
         if item.cache is None:
-            item.cache = make_prompt_cache(self._model)
+            item.cache = self._forward.open()
         chunk = item.tokens[item.fed : item.fed + budget]
-        states = self._states(mx.array(chunk)[None], cache=item.cache)[0].astype(mx.float32)
+        states = self._forward.chunk(chunk, item.cache)
         pooling = item.job.command.pooling
         if pooling == "mean":
             total = states.sum(axis=0)

@@ -1,5 +1,8 @@
 """Load weights, tokenizers and LoRA adapters with mlx-lm, never running remote code.
 
+Encoder embedding models (``config.families``) load through mlx-embeddings instead
+(``encoder.py``); they carry the forward pass their embeddings run through and never generate.
+
 An adapted alias reuses the base model's arrays: the adapted model is built as a
 skeleton, given the base's parameters, then wrapped with LoRA layers, so the base
 weights sit in memory once however many adapters use them.
@@ -17,7 +20,9 @@ from mlx.utils import tree_flatten
 from mlx_lm.tuner.utils import load_adapters
 from mlx_lm.utils import load_model, load_tokenizer
 
-from mlxd.errors import ModelCorruptError, ModelLoadError
+from mlxd.config.families import encoder_family
+from mlxd.errors import ModelCorruptError, ModelLoadError, ModelUnsupportedError
+from mlxd.runtime.mlx import encoder
 from mlxd.runtime.mlx.vision import VisionSupport, load_vision
 from mlxd.runtime.pooling import PoolingSpec, read_pooling
 
@@ -42,6 +47,13 @@ class LoadedModel:
     pooling: PoolingSpec = field(default_factory=PoolingSpec)
     #: The model's image processor (mlx-lm's own), ``None`` for a text-only model.
     vision: VisionSupport | None = None
+    #: An encoder embedding model's forward pass (mlx-embeddings); ``None`` for mlx-lm models.
+    encoder: encoder.EncoderForward | None = None
+
+    @property
+    def generates(self) -> bool:
+        """False for an encoder embedding model: it only embeds."""
+        return self.encoder is None
 
 
 def _read_config(path: Path) -> dict[str, Any]:
@@ -95,13 +107,18 @@ def load_base(path: Path, context_override: int | None = None) -> LoadedModel:
     """Load a model directory's weights and tokenizer, measuring the memory they take."""
     config = _read_config(path)
     before = mx.get_active_memory()
-    try:
-        model, config = load_model(path, lazy=False, strict=True, trust_remote_code=False)
-        tokenizer = load_tokenizer(
-            path, {"trust_remote_code": False}, eos_token_ids=config.get("eos_token_id")
-        )
-    except Exception as exc:  # mlx-lm raises many kinds; none may escape the runtime
-        raise ModelLoadError(f"could not load {path.name}: {type(exc).__name__}: {exc}") from exc
+    family, forward = encoder_family(config), None
+    if family is not None:
+        model, tokenizer, forward = encoder.load_encoder(path, config, family)
+        context_override = context_override or encoder.context_length(config, family)
+    else:
+        try:
+            model, config = load_model(path, lazy=False, strict=True, trust_remote_code=False)
+            tokenizer = load_tokenizer(
+                path, {"trust_remote_code": False}, eos_token_ids=config.get("eos_token_id")
+            )
+        except Exception as exc:  # mlx-lm raises many kinds; none may escape the runtime
+            raise ModelLoadError(f"could not load {path.name}: {type(exc).__name__}: {exc}") from exc
     mx.eval(model.parameters())
     check_finite(model, path.name)
     vocab = int(config.get("vocab_size") or config.get("text_config", {}).get("vocab_size") or len(tokenizer))
@@ -112,12 +129,17 @@ def load_base(path: Path, context_override: int | None = None) -> LoadedModel:
         vocab_size=vocab,
         memory_bytes=max(0, mx.get_active_memory() - before),
         pooling=read_pooling(path),
-        vision=load_vision(model, config, tokenizer),
+        vision=load_vision(model, config, tokenizer) if forward is None else None,
+        encoder=forward,
     )
 
 
 def load_adapted(base: LoadedModel, base_path: Path, adapter_path: Path) -> LoadedModel:
     """A LoRA-adapted view of ``base`` that shares its weight arrays."""
+    if not base.generates:
+        raise ModelUnsupportedError(
+            f"adapter {adapter_path.name}: LoRA adapters apply to mlx-lm models, not encoders"
+        )
     try:
         adapter_config = json.loads((adapter_path / "adapter_config.json").read_text(encoding="utf-8"))
     except (OSError, ValueError) as exc:

@@ -23,7 +23,7 @@ from mlxd.runtime.mlx import vision
 from mlxd.runtime.mlx.batch import Batch, Out, emit, failed
 from mlxd.runtime.mlx.commands import Choice, Embed, Insert
 from mlxd.runtime.mlx.constrained import GrammarCache, make_constraint
-from mlxd.runtime.mlx.embed import Embedder, Pacer
+from mlxd.runtime.mlx.embed import DecoderForward, Embedder, Pacer
 from mlxd.runtime.mlx.loading import LoadedModel
 from mlxd.runtime.mlx.prompt_cache import MIN_REUSE, PromptCache
 from mlxd.runtime.mlx.sampling import make_processors, make_sampler, xtc_special_tokens
@@ -75,15 +75,18 @@ class ModelRunner:
         self._xtc_special = xtc_special_tokens(loaded.tokenizer)
         #: What this unit's draft model proposed and what was accepted.
         self.draft_stats = DraftStats()
-        # Sliding-window and recurrent layers always go through the batch.
-        self._solo_ok = all(type(layer) is KVCache for layer in make_prompt_cache(loaded.model))
+        # Sliding-window and recurrent layers always go through the batch (an encoder only embeds).
+        self._solo_ok = loaded.generates and all(
+            type(layer) is KVCache for layer in make_prompt_cache(loaded.model)
+        )
         self._by_seq: dict[int, Sequence] = {}
         self._solo: _Solo | None = None
         self._embedder: Embedder | None = None
         self._pacer = Pacer()
         self._prefill_step = settings.prefill_step_size
         self.configure(settings)
-        warm_up(loaded.model, self.batch.generator, loaded.vocab_size)
+        if loaded.generates:
+            warm_up(loaded.model, self.batch.generator, loaded.vocab_size)
 
     @property
     def busy(self) -> bool:
@@ -93,7 +96,8 @@ class ModelRunner:
     def embed(self, command: Embed) -> None:
         """Queue a request's embedding inputs: one bounded batch of them runs per step."""
         if self._embedder is None:
-            self._embedder = Embedder(self.loaded.model)
+            loaded = self.loaded
+            self._embedder = Embedder(loaded.encoder or DecoderForward(loaded.model))
         self._embedder.add(command)
 
     def configure(self, settings: RuntimeSettings) -> None:
@@ -105,6 +109,9 @@ class ModelRunner:
 
     def insert(self, command: Insert, out: Out) -> None:
         """Start a request's choices: alone when it is the model's only one, else in the batch."""
+        if not self.loaded.generates:  # admission refuses these: none may reach the batch
+            out.extend((choice.sink, failed("this model only embeds")) for choice in command.choices)
+            return
         tokens, count = command.tokens, len(command.choices)
         key = command.vision.cache_key if command.vision is not None else tokens
         cache, hit = self.prompt_cache.lookup(key)
