@@ -2,9 +2,10 @@
 
 Every pass of the worker loop gives each model at most one embedding batch of at most
 ``budget`` tokens (padding included) before its decode step, so a burst of embedding
-inputs never freezes open streams: while sequences decode, ``Pacer`` sizes each batch to
-take about one decode step (never more than one prefill step), so a stream's gap between
-tokens at most doubles; with nothing decoding, batches are as large as the idle budget.
+inputs never freezes open streams: while sequences decode (of any model on the worker),
+``Pacer`` sizes each batch to take about one decode step (never more than one prefill
+step), so a stream's gap between tokens at most doubles; with nothing decoding, batches
+are as large as the idle budget.
 Short inputs are right-padded into one batch: the model's attention is causal, so a
 position never sees the padding after it and every pooling reads only real positions,
 which makes batched vectors equal one-at-a-time ones to float tolerance. An input longer
@@ -210,32 +211,40 @@ class Embedder:
 
 
 class Pacer:
-    """Sizes embedding batches while sequences decode: each takes about one decode step's
-    time (so a stream's gap between tokens at most doubles), never more than ``cap``
-    tokens (one prefill step). Both times are running averages measured here."""
+    """Sizes a model's embedding batches while sequences decode on the worker (this model's
+    or another's): each takes about one decode step's time (so a stream's gap between tokens
+    at most doubles), never more than ``cap`` tokens (one prefill step). The step's time is
+    the worker's (``DecodeClock``); the time per embedded token is this model's own."""
 
     MIN_TOKENS = 16
 
     def __init__(self) -> None:
         self._per_token: float | None = None
-        self._step: float | None = None
 
-    def budget(self, decoding: bool, cap: int, idle: int) -> int:
+    def budget(self, decoding: bool, step: float | None, cap: int, idle: int) -> int:
         """Tokens (padding included) for the next embedding batch."""
         if not decoding:
             return max(idle, cap)
-        if self._per_token is None or self._step is None:
+        if self._per_token is None or step is None:
             return self.MIN_TOKENS
-        return max(self.MIN_TOKENS, min(cap, int(self._step / self._per_token)))
+        return max(self.MIN_TOKENS, min(cap, int(step / self._per_token)))
 
     def embedded(self, tokens: int, seconds: float) -> None:
         """One embedding batch of ``tokens`` took ``seconds``."""
         if tokens > 0:
             self._per_token = _average(self._per_token, seconds / tokens)
 
+
+class DecodeClock:
+    """How long one pass of the worker spends decoding, over every model (a running average)."""
+
+    def __init__(self) -> None:
+        #: ``None`` until a pass decoded.
+        self.step: float | None = None
+
     def decoded(self, seconds: float) -> None:
-        """One decode step took ``seconds``."""
-        self._step = _average(self._step, seconds)
+        """One pass's decode steps took ``seconds``."""
+        self.step = _average(self.step, seconds)
 
 
 def _average(old: float | None, new: float) -> float:

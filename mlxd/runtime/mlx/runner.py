@@ -23,7 +23,7 @@ from mlxd.runtime.mlx import vision
 from mlxd.runtime.mlx.batch import Batch, Out, emit, failed
 from mlxd.runtime.mlx.commands import Choice, Embed, Insert
 from mlxd.runtime.mlx.constrained import GrammarCache, make_constraint
-from mlxd.runtime.mlx.embed import DecoderForward, Embedder, Pacer
+from mlxd.runtime.mlx.embed import DecodeClock, DecoderForward, Embedder, Pacer
 from mlxd.runtime.mlx.loading import LoadedModel
 from mlxd.runtime.mlx.prompt_cache import MIN_REUSE, PromptCache
 from mlxd.runtime.mlx.sampling import make_processors, make_sampler, xtc_special_tokens
@@ -89,6 +89,11 @@ class ModelRunner:
             warm_up(loaded.model, self.batch.generator, loaded.vocab_size)
 
     @property
+    def decoding(self) -> bool:
+        """True while any sequence of this model is generating."""
+        return bool(self._by_seq)
+
+    @property
     def busy(self) -> bool:
         """True while any sequence of this model is generating or embedding input waits."""
         return bool(self._by_seq) or bool(self._embedder)
@@ -150,20 +155,22 @@ class ModelRunner:
             log.exception("could not start a sequence")
             out.extend((choice.sink, failed(str(exc))) for choice in command.choices)
 
-    def step(self, out: Out) -> None:
-        """One bounded embedding batch, then one decode step of the lone sequence and of the
-        batch, their output into ``out``."""
+    def step(self, out: Out, decoding: bool, clock: DecodeClock) -> float:
+        """One bounded embedding batch (sized to ``clock``'s decode step while ``decoding``:
+        sequences of any model decode), then one decode step of the lone sequence and of the
+        batch, their output into ``out``. Returns the seconds the decode step took."""
         embedder, pacer = self._embedder, self._pacer
         if embedder:
             before, started = embedder.tokens, time.perf_counter()
-            ran = embedder.step(pacer.budget(bool(self._by_seq), self._prefill_step, IDLE_EMBED_TOKENS))
+            budget = pacer.budget(decoding, clock.step, self._prefill_step, IDLE_EMBED_TOKENS)
+            ran = embedder.step(budget)
             pacer.embedded(ran, time.perf_counter() - started)
             self._stats.prompt_tokens_processed += embedder.tokens - before
         if not self._by_seq:
-            return
+            return 0.0
         started = time.perf_counter()
         self._decode(out)
-        pacer.decoded(time.perf_counter() - started)
+        return time.perf_counter() - started
 
     def _decode(self, out: Out) -> None:
         solo = self._solo
