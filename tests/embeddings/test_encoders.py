@@ -16,6 +16,7 @@ import openai
 import pytest
 
 from tests.conftest import RunningDaemon, serving
+from tests.embeddings.conftest import vectors as _vectors
 
 pytestmark = [pytest.mark.mlx, pytest.mark.server]
 
@@ -50,15 +51,6 @@ pooling = "cls"
 {aliases}"""
     with serving(tmp_path_factory.mktemp("encoder-daemon"), config) as running:
         yield running
-
-
-@pytest.fixture(scope="module")
-def oai(served: RunningDaemon) -> openai.OpenAI:
-    return openai.OpenAI(base_url=served.url + "/v1", api_key="unused", max_retries=0)
-
-
-def _vectors(reply: openai.types.CreateEmbeddingResponse) -> np.ndarray:
-    return np.array([item.embedding for item in sorted(reply.data, key=lambda d: d.index)], dtype=np.float32)
 
 
 def _oracle(path: Path, texts: list[str]) -> tuple[np.ndarray, np.ndarray, int]:
