@@ -1,6 +1,6 @@
 """Embeddings: throughput against the raw engine, and what a burst does to open streams.
 
-``python -m bench.embeddings [--total N] [--tokens T]`` builds a small decoder embedding
+``python -m bench.embeddings [--total N] [--tokens T] [--reps R]`` builds a small decoder embedding
 model (qwen3, hidden 128, 4 layers; sentence-transformers files: last-token pooling,
 normalized) and, when mlx-embeddings is installed (``mlxd[embeddings]``), a BERT encoder of
 the same size (mean pooling, normalized); serves both with ``mlxd serve`` and measures, in
@@ -10,7 +10,8 @@ one run:
    vectors through ``/v1/embeddings``) against the raw engine: the same inputs through the
    model's own forward pass in-process (mlx-lm's model for the decoder: right-padded batch,
    last-token pooling; mlx-embeddings' for the encoder: masked batch, its own mean pooling;
-   normalized, evaluated), in batches of the same size;
+   normalized, evaluated), in batches of the same size, the two taking turns ``R`` times
+   (the ratio is the median of the paired ratios);
 2. the largest difference between a batch's vectors and the same inputs' vectors one at a
    time (32 inputs of 8 to 40 words);
 3. the inter-chunk gap of one stream (``stream_interval = 0``: a chunk per token) alone,
@@ -29,6 +30,7 @@ import statistics
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import httpx
@@ -49,53 +51,52 @@ def texts(count: int, offset: int = 0) -> list[str]:
     ]
 
 
-def raw_rate(model_dir: Path, batch: int, total: int) -> tuple[float, float]:
-    """(inputs/s of the raw engine, seconds of one prefill step) on the same inputs."""
+Embedder = Callable[[list[str]], object]
+
+
+def raw_decoder(model_dir: Path) -> tuple[Embedder, float]:
+    """mlx-lm's model in-process: right-padded batch, last-token pooling, normalized,
+    evaluated; and the seconds one prefill step (``PREFILL_STEP`` tokens) takes."""
     import mlx.core as mx
     from mlx_lm.utils import load
 
     model, tokenizer = load(str(model_dir))
     inner = model.model
 
-    def run(inputs: list[str]) -> None:
+    def run(inputs: list[str]) -> object:
         tokens = [tokenizer.encode(t) for t in inputs]
         width = max(len(t) for t in tokens)
         states = inner(mx.array([t + [0] * (width - len(t)) for t in tokens])).astype(mx.float32)
         rows = mx.stack([states[i, len(t) - 1] for i, t in enumerate(tokens)])
-        mx.eval(rows / mx.linalg.norm(rows, axis=-1, keepdims=True))
+        rows = rows / mx.linalg.norm(rows, axis=-1, keepdims=True)
+        mx.eval(rows)
+        return rows
 
-    run(texts(batch, 10**6))  # warm up
-    started = time.perf_counter()
-    for offset in range(0, total, batch):
-        run(texts(batch, offset))
-    rate = total / (time.perf_counter() - started)
     step = mx.array([[5] * PREFILL_STEP])
     mx.eval(inner(step))
     started = time.perf_counter()
     for _ in range(5):
         mx.eval(inner(step))
-    return rate, (time.perf_counter() - started) / 5
+    return run, (time.perf_counter() - started) / 5
 
 
-def raw_encoder_rate(model_dir: Path, batch: int, total: int) -> float:
-    """inputs/s of mlx-embeddings' own forward pass and pooling on the same inputs."""
+def raw_encoder(model_dir: Path) -> Embedder:
+    """mlx-embeddings' model in-process: masked batch, its own mean pooling, normalized."""
     import mlx.core as mx
     from mlx_embeddings.utils import load
 
     model, tokenizer = load(str(model_dir))
 
-    def run(inputs: list[str]) -> None:
+    def run(inputs: list[str]) -> object:
         tokens = [tokenizer.encode(t) for t in inputs]
         width = max(len(t) for t in tokens)
         ids = mx.array([t + [0] * (width - len(t)) for t in tokens])
         mask = mx.array([[1.0] * len(t) + [0.0] * (width - len(t)) for t in tokens])
-        mx.eval(model(ids, attention_mask=mask).text_embeds)
+        vectors = model(ids, attention_mask=mask).text_embeds
+        mx.eval(vectors)
+        return vectors
 
-    run(texts(batch, 10**6))  # warm up
-    started = time.perf_counter()
-    for offset in range(0, total, batch):
-        run(texts(batch, offset))
-    return total / (time.perf_counter() - started)
+    return run
 
 
 def _embed(client: httpx.Client, model: str, inputs: list[str]) -> list[list[float]]:
@@ -104,12 +105,13 @@ def _embed(client: httpx.Client, model: str, inputs: list[str]) -> list[list[flo
     return [item["embedding"] for item in reply.json()["data"]]
 
 
-def mlxd_rate(client: httpx.Client, model: str, batch: int, total: int) -> float:
-    """inputs/s through ``/v1/embeddings``."""
-    _embed(client, model, texts(batch, 10**6))
+def rate(embed: Embedder, batch: int, total: int, offset: int) -> float:
+    """inputs/s of ``embed`` over ``total`` fresh inputs, ``batch`` at a time (after one
+    warm-up batch)."""
+    embed(texts(batch, 10**6 + offset))
     started = time.perf_counter()
-    for offset in range(0, total, batch):
-        _embed(client, model, texts(batch, offset))
+    for start in range(0, total, batch):
+        embed(texts(batch, offset + start))
     return total / (time.perf_counter() - started)
 
 
@@ -178,6 +180,7 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m bench.embeddings", description=__doc__)
     parser.add_argument("--total", type=int, default=512, help="inputs per throughput measurement")
     parser.add_argument("--tokens", type=int, default=300, help="tokens of the stream (default 300)")
+    parser.add_argument("--reps", type=int, default=3, help="paired repetitions of each rate (default 3)")
     args = parser.parse_args(argv)
     import importlib.util
 
@@ -200,24 +203,28 @@ keep_alive = "forever"
 prefill_step_size = {PREFILL_STEP}
 {aliases}"""
         server = start_mlxd_with(config, Path(tmp) / "mlxd")
-        rates: dict[str, dict[int, float]] = {alias: {} for alias in models}
-        raw: dict[str, dict[int, float]] = {alias: {} for alias in models}
+        rates: dict[str, dict[int, list[tuple[float, float]]]] = {a: {b: [] for b in BATCHES} for a in models}
         differences: dict[str, float] = {}
         beside: dict[str, tuple[list[float], int]] = {}
-        step = 0.0
+        raw_decoder_run, step = raw_decoder(model)
+        raws = {"decoder": raw_decoder_run}
+        if encoder:
+            raws["encoder"] = raw_encoder(models["encoder"])
         try:
             server.wait_healthy()
             with httpx.Client(base_url=server.url, timeout=300) as client:
-                # Each raw measurement right after mlxd's on the same batches (the server idle
-                # meanwhile), so that a shared machine's load drifts as little as possible between them.
+                # mlxd and the raw engine take turns on the same batches (the server idles
+                # meanwhile), so a shared machine's load drifts little within a pair.
+                for rep in range(args.reps):
+                    for alias in models:
+                        for batch in BATCHES:
+                            total = max(batch, args.total if batch > 1 else args.total // 4)
+                            served = rate(
+                                lambda xs, a=alias: _embed(client, a, xs), batch, total, rep * total
+                            )
+                            floor = rate(raws[alias], batch, total, rep * total)
+                            rates[alias][batch].append((served, floor))
                 for alias in models:
-                    for batch in BATCHES:
-                        total = max(batch, args.total if batch > 1 else args.total // 4)
-                        rates[alias][batch] = mlxd_rate(client, alias, batch, total)
-                        if alias == "decoder":
-                            raw[alias][batch], step = raw_rate(model, batch, total)
-                        else:
-                            raw[alias][batch] = raw_encoder_rate(models[alias], batch, total)
                     differences[alias] = batch_difference(client, alias)
                 stream_gaps(client, 16)  # warm up
                 alone = stream_gaps(client, args.tokens)
@@ -229,13 +236,16 @@ prefill_step_size = {PREFILL_STEP}
         "decoder": "decoder (qwen3, hidden 128 x 4 layers, last token)",
         "encoder": "encoder (bert through mlx-embeddings, hidden 128 x 4 layers, mean)",
     }
-    print("Embeddings throughput (inputs/s), 8-40 word inputs\n")
-    print("| model | batch | mlxd | raw engine | mlxd / raw |")
+    print(f"Embeddings throughput (inputs/s, medians of {args.reps} paired repetitions), 8-40 word inputs\n")
+    print("| model | batch | mlxd | raw engine | mlxd / raw (paired median) |")
     print("|---|---|---|---|---|")
     for alias in models:
         for batch in BATCHES:
-            rate, floor = rates[alias][batch], raw[alias][batch]
-            print(f"| {names[alias]} | {batch} | {rate:.0f} | {floor:.0f} | {rate / floor:.2f}× |")
+            pairs = rates[alias][batch]
+            served = statistics.median(p[0] for p in pairs)
+            floor = statistics.median(p[1] for p in pairs)
+            ratio = statistics.median(p[0] / p[1] for p in pairs)
+            print(f"| {names[alias]} | {batch} | {served:.0f} | {floor:.0f} | {ratio:.2f}× |")
     print("\nBatched against one at a time (32 inputs), largest difference of any value:\n")
     print("| model | max abs difference |")
     print("|---|---|")

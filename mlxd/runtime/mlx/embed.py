@@ -216,7 +216,7 @@ class Pacer:
     at most doubles), never more than ``cap`` tokens (one prefill step). The step's time is
     the worker's (``DecodeClock``); the time per embedded token is this model's own."""
 
-    MIN_TOKENS = 16
+    MIN_TOKENS = 4
 
     def __init__(self) -> None:
         self._per_token: float | None = None
