@@ -6,6 +6,11 @@ SIGTERM or Ctrl-C drains: new requests get 503, requests in flight run on for up
 ``unavailable`` for a request not streaming yet), the server closes and the process
 exits 0, within the bounds of ``mlxd.supervision.stopping``. A second Ctrl-C ends the
 sequences at once. SIGHUP reloads the config.
+
+A rank of a distributed daemon runs here too: rank 0 is this daemon with its worker in
+lockstep with the others (``run`` with a ``Membership``), a follower runs the worker
+alone (``follow``). Both stay in touch with the launcher; rank 0 exits at once, ending
+every stream in flight with an error event, when the launcher says another rank is gone.
 """
 
 from __future__ import annotations
@@ -14,10 +19,14 @@ import asyncio
 import contextlib
 import logging
 import os
-from collections.abc import Coroutine
+import threading
+import time
+from collections.abc import Callable, Coroutine
 from typing import Any
 
 from mlxd import supervision
+from mlxd.cluster.control import ControlClient
+from mlxd.cluster.membership import Membership
 from mlxd.config.diff import ConfigDiff
 from mlxd.config.schema import MlxdConfig
 from mlxd.config.store import ConfigStore
@@ -26,31 +35,49 @@ from mlxd.errors import UnavailableError
 from mlxd.http.app import create_app
 from mlxd.http.state import DaemonState
 from mlxd.hub import model_directory
+from mlxd.protocol.admin import DistributedStatus
+from mlxd.runtime.cluster import ClusterSpec
 from mlxd.runtime.engine import Engine
 from mlxd.runtime.from_config import keep_alive_for, runtime_settings, spec_for, units_of
-from mlxd.runtime.mlx_engine import MlxEngine
+from mlxd.runtime.mlx_engine import MlxEngine, safetensors_bytes
 from mlxd.server import ConnectionCap, HttpServer, drain, signal_handlers
 from mlxd.supervision.stopping import WORKER_STOP_S
 
 log = logging.getLogger("mlxd")
 
+#: Seconds rank 0 gives the error events of its streams to reach their clients before it
+#: exits, once another rank is gone.
+FAIL_EXIT_S = 0.5
 
-def mlx_engine(store: ConfigStore, connections: ConnectionCap | None = None) -> MlxEngine:
+
+def mlx_engine(
+    store: ConfigStore,
+    connections: ConnectionCap | None = None,
+    cluster: ClusterSpec | None = None,
+    on_fatal: Callable[[str], None] | None = None,
+) -> MlxEngine:
     """The engine ``mlxd serve`` runs: MLX on one worker thread, models from the config's paths
     (validated and confined by the hub; a missing download names the alias to pull). Once
     its thread has imported mlx-lm, which resets the open-file limit, ``connections`` fits
-    the limit again."""
+    the limit again. As rank 0 of ``cluster`` it holds a share of each model: its estimate
+    is that share."""
+    size = cluster.size if cluster is not None else 1
     return MlxEngine(
         runtime_settings(store.current),
         lambda spec: model_directory(spec, store.current),
+        estimate_bytes=lambda path: safetensors_bytes(path) // size,
         worker_stop_s=WORKER_STOP_S,
         on_worker_start=connections.fit if connections is not None else None,
+        cluster=cluster,
+        on_fatal=on_fatal,
     )
 
 
-def shutting_down() -> UnavailableError:
+def shutting_down(reason: str | None = None) -> UnavailableError:
     """What a request gets when the daemon stops under it: retry in a moment (a restart)."""
-    return UnavailableError("mlxd is shutting down", retry_after=5)
+    return UnavailableError(
+        f"mlxd is shutting down: {reason}" if reason else "mlxd is shutting down", retry_after=5
+    )
 
 
 class Daemon:
@@ -203,7 +230,97 @@ class Daemon:
         return self._server.bound_port if self._server is not None else None
 
 
-def run(store: ConfigStore) -> None:
-    """``mlxd serve``: serve the store's config in the foreground until a signal stops it."""
+def run(store: ConfigStore, member: Membership | None = None) -> None:
+    """``mlxd serve``: serve the store's config in the foreground until a signal stops it
+    (as rank 0 of a distributed daemon with ``member``)."""
     connections = ConnectionCap(store.current.server.max_connections)
-    asyncio.run(Daemon(store, mlx_engine(store, connections), connections).serve())
+    if member is None:
+        asyncio.run(Daemon(store, mlx_engine(store, connections), connections).serve())
+    else:
+        asyncio.run(_serve_rank_zero(store, member, connections))
+
+
+def _control(member: Membership) -> ControlClient:
+    """This rank's connection to the launcher, made (retrying) within the start timeout."""
+    control = ControlClient(
+        (member.control_host, member.control_port), member.rank, member.token, member.timeout
+    )
+    control.connect(time.monotonic() + member.start_timeout)
+    return control
+
+
+async def _serve_rank_zero(store: ConfigStore, member: Membership, connections: ConnectionCap) -> None:
+    control = _control(member)
+    loop = asyncio.get_running_loop()
+    ending = threading.Event()
+
+    def fatal(reason: str) -> None:  # any thread; the first reason wins
+        if not ending.is_set():
+            ending.set()
+            loop.call_soon_threadsafe(fail, reason)
+
+    def fail(reason: str) -> None:
+        log.error("%s: stopping the daemon", reason)
+        daemon.state.draining = True
+        failed = engine.abort(shutting_down(reason))
+        log.info("failed %d stream(s) in flight", failed)
+        control.bye(1, reason)
+        # The worker may be stuck in a collective that never returns: exit without it.
+        loop.call_later(FAIL_EXIT_S, _exit_now)
+        threading.Timer(FAIL_EXIT_S * 4, _exit_now).start()
+
+    def worker_failed(reason: str) -> None:
+        # A collective fails when a peer dies, often before the launcher says which one
+        # it was: give the launcher's message, which names the rank, a moment to win.
+        loop.call_later(FAIL_EXIT_S * 2, fatal, reason)
+
+    cluster = ClusterSpec(member.rank, member.size, member.hosts, member.backend, joined=control.joined)
+    engine = mlx_engine(store, connections, cluster, worker_failed)
+    daemon = Daemon(store, engine, connections)
+    daemon.state.distributed = lambda: DistributedStatus(
+        backend=member.backend,
+        size=member.size,
+        hosts=list(member.hosts),
+        ranks_up=control.ranks_up,
+        step_seconds=list(engine.stats.rank_step_seconds),
+    )
+    control.start(on_lost=fatal, on_fail=fatal)
+    try:
+        await daemon.serve()
+    except BaseException as exc:
+        control.bye(1, str(exc) or type(exc).__name__)
+        raise
+    control.bye(0)
+
+
+def _exit_now() -> None:
+    for handler in logging.getLogger().handlers:
+        with contextlib.suppress(Exception):
+            handler.flush()
+    supervision.remove_run_record(only_pid=os.getpid())
+    os._exit(1)
+
+
+def follow(member: Membership) -> bool:
+    """A follower rank: the MLX worker in lockstep with rank 0, until rank 0 shuts down.
+    False when this rank failed (it logged why)."""
+    from mlxd.runtime.mlx.follower import follow as run_worker  # MLX loads here
+
+    control = _control(member)
+
+    def lost(reason: str) -> None:
+        log.error("%s: this rank ends", reason)
+        _exit_now()
+
+    control.start(on_lost=lost)
+    cluster = ClusterSpec(
+        member.rank,
+        member.size,
+        member.hosts,
+        member.backend,
+        joined=control.joined,
+        resolve=lambda spec: model_directory(spec),
+    )
+    ok = run_worker(cluster)
+    control.bye(0 if ok else 1, "" if ok else "its MLX worker failed (see its log lines)")
+    return ok

@@ -15,6 +15,7 @@
     ├── GenerationError               generation failed inside the engine
     ├── DaemonNotRunningError         the CLI found no daemon to talk to
     ├── StartupError                  the daemon cannot start (port in use, cannot bind)
+    ├── RankFailedError               a rank of a distributed daemon died or stopped answering
     ├── ServiceManagerError           launchctl / systemctl refused
     └── HubError                      downloading or validating a model failed
 
@@ -158,6 +159,13 @@ class StartupError(MlxdError):
     """The daemon cannot start: its port is taken, its address cannot be bound."""
 
     code = "startup_failed"
+
+
+class RankFailedError(MlxdError):
+    """A rank of a distributed daemon died or stopped answering; the message names it and
+    its host. The daemon stops (a supervisor may restart it)."""
+
+    code = "rank_failed"
 
 
 class ServiceManagerError(MlxdError):

@@ -62,8 +62,8 @@ class RequestIdFilter(logging.Filter):
 class TextFormatter(logging.Formatter):
     """The text format, with the message escaped to one line."""
 
-    def __init__(self) -> None:
-        super().__init__(_TEXT)
+    def __init__(self, fmt: str = _TEXT) -> None:
+        super().__init__(fmt)
 
     def formatMessage(self, record: logging.LogRecord) -> str:
         message = record.message
@@ -207,9 +207,13 @@ class _NotOnConsole(logging.Filter):
         return not getattr(record, FILE_ONLY, False)
 
 
-def setup_logging(level: str, fmt: str, log_dir: Path | None, *, console: bool) -> Path | None:
-    """Log to ``log_dir/mlxd.log`` (10 MB x 5, rotated) and, when ``console``, to stderr."""
-    formatter: logging.Formatter = JsonFormatter() if fmt == "json" else TextFormatter()
+def setup_logging(level: str, fmt: str, log_dir: Path | None, *, console: bool, tag: str = "") -> Path | None:
+    """Log to ``log_dir/mlxd.log`` (10 MB x 5, rotated) and, when ``console``, to stderr.
+
+    ``tag`` starts every text line instead of the time: a follower rank of a distributed
+    daemon writes to the launcher, whose log adds the time (and this names the rank)."""
+    text = TextFormatter(f"{tag}: %(levelname)s %(name)s%(rid)s: %(message)s") if tag else TextFormatter()
+    formatter: logging.Formatter = JsonFormatter() if fmt == "json" else text
     handlers: list[logging.Handler] = []
     path = None
     if log_dir is not None:

@@ -19,7 +19,8 @@ from mlxd.cli.options import ConfigOption, JsonOption
 from mlxd.errors import HubError, MlxdError, ModelNotFoundError
 
 if TYPE_CHECKING:
-    from mlxd.config.schema import MlxdConfig, ModelConfig
+    from mlxd.config.models import ModelConfig
+    from mlxd.config.schema import MlxdConfig
     from mlxd.hub import CachedRepo, HubEnv
 
 app = typer.Typer(help="Download, list and remove models.", no_args_is_help=True)

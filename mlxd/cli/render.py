@@ -81,9 +81,14 @@ def status_table(report: StatusReport) -> Table:
         table.add_row("gave up", Text(report.gave_up, style="red"))
     elif report.config_error and not report.running:
         table.add_row("config error", Text(report.config_error, style="yellow"))
+    if restart := config.get("restart_required"):
+        table.add_row("restart", Text(f"{', '.join(restart)} changed: restart mlxd to apply", style="yellow"))
     if report.running:
         names = [str(m.get("alias")) for m in data["models"]]
         table.add_row("models", ", ".join(names) if names else "none loaded")
+    if ranks := data.get("distributed"):
+        up = f"{ranks['ranks_up']}/{ranks['size']} up over {ranks['backend']}: {', '.join(ranks['hosts'])}"
+        table.add_row("ranks", Text(up, style="green" if ranks["ranks_up"] == ranks["size"] else "yellow"))
     return table
 
 

@@ -5,6 +5,11 @@ CLI's error map prints it) and in the daemon's log, which is all a user of ``mlx
 or of the login service gets to read. Under a supervisor (``MLXD_SUPERVISED=1``) a
 failure is also recorded for the crash-loop breaker, and once it says stop, ``serve``
 exits 0 so launchd or systemd leave it down (``GaveUp``).
+
+With ``[distributed]`` this process launches the ranks and watches them
+(``mlxd.cluster.launcher``); each rank runs ``mlxd serve`` again, with its membership in
+the environment: rank 0 serves HTTP, the others follow it (``mlxd.daemon``). A rank that
+dies ends the daemon with an error, which the breaker counts like a failed start.
 """
 
 from __future__ import annotations
@@ -19,7 +24,7 @@ import typer
 
 from mlxd.cli.errors import GaveUp
 from mlxd.cli.options import ConfigOption
-from mlxd.errors import ConfigError, MlxdError, StartupError
+from mlxd.errors import ConfigError, MlxdError, RankFailedError, StartupError
 
 
 def _demo_overrides(config_path: Any) -> dict[str, Any]:
@@ -48,17 +53,47 @@ def serve(
     ] = False,
 ) -> None:
     """Run the daemon in the foreground."""
+    from mlxd.cluster.membership import Membership
     from mlxd.config import discover_config_path
 
-    supervised = os.environ.get("MLXD_SUPERVISED") == "1"
+    member = Membership.from_env()
+    if member is not None and member.rank != 0:
+        _follow(member)  # a follower rank: no config, no HTTP
+        return
+    # The launcher of a distributed daemon is the supervised process, not its rank 0.
+    supervised = os.environ.get("MLXD_SUPERVISED") == "1" and member is None
     path = discover_config_path(config)
     try:
-        _serve(path, host, port, demo, supervised)
+        _serve(path, host, port, demo, supervised, member)
     except MlxdError as error:
         raise _failed_start(error, path, supervised) from None
 
 
-def _serve(path: Path | None, host: str | None, port: int | None, demo: bool, supervised: bool) -> None:
+def _follow(member: Any) -> None:
+    from mlxd.daemon import follow
+    from mlxd.logs import setup_logging
+
+    # Its lines go to mlx.launch, which hands them to the launcher's log.
+    setup_logging("info", "text", None, console=True, tag=f"rank {member.rank}")
+    if not follow(member):
+        raise typer.Exit(1)
+
+
+def _rank_argv(path: Path | None, host: str | None, port: int | None, demo: bool) -> list[str]:
+    """How every rank runs ``mlxd serve``: with this one's config and flags."""
+    argv = ["serve"]
+    if path is not None:
+        argv += ["--config", str(path.resolve())]
+    if host is not None:
+        argv += ["--host", host]
+    if port is not None:
+        argv += ["--port", str(port)]
+    return [*argv, "--demo"] if demo else argv
+
+
+def _serve(
+    path: Path | None, host: str | None, port: int | None, demo: bool, supervised: bool, member: Any = None
+) -> None:
     from mlxd.cli.ports import check_listenable
     from mlxd.config.paths import log_dir
     from mlxd.config.store import ConfigStore
@@ -74,13 +109,22 @@ def _serve(path: Path | None, host: str | None, port: int | None, demo: bool, su
     settings = store.current.server
     # In a terminal, log there too; detached or under launchd the file is enough.
     setup_logging(
-        settings.log_level, settings.log_format, log_dir(), console=sys.stderr.isatty() and not supervised
+        settings.log_level,
+        settings.log_format,
+        log_dir(),
+        console=sys.stderr.isatty() and not supervised and member is None,
     )
     check_listenable(settings.host, settings.port)
+    distributed = store.current.distributed
+    if distributed is not None and member is None:
+        from mlxd.cluster.launcher import serve_distributed
+
+        serve_distributed(distributed, _rank_argv(path, host, port, demo))
+        return
     from mlxd.daemon import run  # imported here: `mlxd --help` must not load MLX
 
     try:
-        run(store)
+        run(store, member)
     except SystemExit as exit_:  # uvicorn exits 1 when it cannot bind after all (a race)
         if exit_.code in (0, None):
             raise
@@ -92,7 +136,8 @@ def _failed_start(error: MlxdError, path: Path | None, supervised: bool) -> Mlxd
     from mlxd.cli.errors import details, hint_for
 
     reason = "; ".join([error.message, *details(error)])
-    _log(f"could not start: {reason}" + (f" (hint: {hint})" if (hint := hint_for(error)) else ""))
+    verb = "stopped" if isinstance(error, RankFailedError) else "could not start"
+    _log(f"{verb}: {reason}" + (f" (hint: {hint})" if (hint := hint_for(error)) else ""))
     if not supervised:
         return error
     from mlxd import supervision

@@ -1,6 +1,7 @@
 """What ``mlxd status`` reports: the daemon's own ``/mlxd/status`` plus the manager's view.
 
-The ``--json`` document has exactly the keys of the contract. ``config.last_error`` is
+The ``--json`` document has exactly the keys of the contract (``distributed`` included,
+None for one process). ``config.last_error`` is
 why the config in use is not the file as it stands: while the daemon runs, the problem
 it reports itself (else the one the CLI found reading the file); when it is not running,
 the crash-loop breaker's reason for this config file, else the problem with the file.
@@ -104,8 +105,11 @@ def collect(target: Target) -> StatusReport:
             "path": path or (str(target.config_path) if target.config_path else None),
             "generation": info.config.generation if info else None,
             "last_error": last_error,
+            "restart_required": list(info.config.restart_required) if info else [],
         },
         "models": loaded_models(info.models) if info else [],
+        # The ranks of a distributed daemon; None for one process (or not running).
+        "distributed": msgspec.to_builtins(info.distributed) if info and info.distributed else None,
     }
     detail = manager_problem
     if manager_state is not None:

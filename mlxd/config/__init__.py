@@ -5,8 +5,10 @@ imported here).
 """
 
 from mlxd.config.diff import AliasChange, ConfigDiff
+from mlxd.config.generation import GenerationDefaults
 from mlxd.config.loader import discover_config, discover_config_path, load_config
-from mlxd.config.schema import GenerationDefaults, MlxdConfig, ModelConfig
+from mlxd.config.models import ModelConfig
+from mlxd.config.schema import MlxdConfig
 from mlxd.config.store import ConfigStore, ReloadResult
 
 __all__ = [

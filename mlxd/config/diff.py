@@ -1,8 +1,9 @@
 """What changed between two configs, in the terms the daemon acts on.
 
-Aliases whose ``model``, ``revision`` or ``adapter`` changed need their weights swapped;
-every other change is cheap and applies at once. ``server.host`` and ``server.port``
-need a restart: the listening socket cannot move under running requests.
+Aliases whose ``model``, ``revision``, ``adapter`` or ``parallel`` changed need their
+weights swapped; every other change is cheap and applies at once. ``server.host`` and
+``server.port`` need a restart: the listening socket cannot move under running requests;
+so does ``[distributed]``: the ranks are started once, with the daemon.
 """
 
 from __future__ import annotations
@@ -11,10 +12,11 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from mlxd.config.schema import MlxdConfig, ModelConfig
+from mlxd.config.models import ModelConfig
+from mlxd.config.schema import MlxdConfig
 
 #: Fields whose change means loading other weights (the rest are cheap).
-WEIGHT_FIELDS = ("model", "revision", "adapter")
+WEIGHT_FIELDS = ("model", "revision", "adapter", "parallel")
 #: Fields that only take effect when the daemon binds its socket again.
 RESTART_FIELDS = ("host", "port")
 
@@ -88,6 +90,8 @@ def diff_configs(old: MlxdConfig, new: MlxdConfig) -> ConfigDiff:
     restart = [
         f"server.{name}" for name in RESTART_FIELDS if getattr(old.server, name) != getattr(new.server, name)
     ]
+    if old.distributed != new.distributed:
+        restart.append("distributed")
     keys = _changed_keys(old.model_dump(), new.model_dump())
     return ConfigDiff(added, removed, changed, sections, keys, restart)
 

@@ -117,6 +117,8 @@ def load_config(path: Path | None, overrides: Mapping[str, Any] | None = None) -
     config.runtime.bind(base)
     for model in config.models.values():
         model.bind(base)
+    if config.distributed is not None:
+        config.distributed.bind(base)
     if problems := _missing_directories(config, layers) + _chat_templates(config, layers):
         raise _invalid(path, problems)
     return config

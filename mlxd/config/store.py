@@ -53,6 +53,7 @@ class ConfigStore:
         self._last_error: str | None = None
         self._last_reload_at: datetime | None = None
         self._failures = 0
+        self._restart_required: tuple[str, ...] = ()
         self._subscribers: list[Subscriber] = []
 
     @property
@@ -84,6 +85,13 @@ class ConfigStore:
             return self._last_error
 
     @property
+    def restart_required(self) -> tuple[str, ...]:
+        """Keys the file changed that apply only when mlxd restarts (``server.port``,
+        ``distributed``, ...): the daemon keeps serving the old values meanwhile."""
+        with self._state_lock:
+            return self._restart_required
+
+    @property
     def failures(self) -> int:
         """How many reloads were rejected since start (exported as a metric)."""
         with self._state_lock:
@@ -110,8 +118,9 @@ class ConfigStore:
     def reload(self) -> ReloadResult:
         """Re-read the file and apply it, or raise ``ConfigError`` and keep the old config.
 
-        Logs the outcome. ``server.host``/``server.port`` changes are not applied (the
-        daemon keeps its socket) but listed in ``diff.restart_required``.
+        Logs the outcome. ``server.host``/``server.port`` and ``[distributed]`` changes are
+        not applied (the daemon keeps its socket and its ranks) but listed in
+        ``diff.restart_required``.
         """
         with self._reload_lock:
             with self._state_lock:
@@ -138,6 +147,7 @@ class ConfigStore:
                 )
             with self._state_lock:
                 self._last_error = None
+                self._restart_required = tuple(pending)
                 if new == old:
                     return ReloadResult(False, self._generation, diff, old)
                 self._current = new
@@ -154,6 +164,6 @@ class ConfigStore:
 
 
 def _keep_address(new: MlxdConfig, old: MlxdConfig) -> MlxdConfig:
-    """``new`` with ``old``'s host and port: the address stays what the daemon is bound to."""
+    """``new`` with ``old``'s host, port and ranks: what the daemon is bound to and runs on."""
     server = new.server.model_copy(update={"host": old.server.host, "port": old.server.port})
-    return new.model_copy(update={"server": server})
+    return new.model_copy(update={"server": server, "distributed": old.distributed})

@@ -15,7 +15,9 @@ from typing import Any
 from pydantic import BaseModel, BeforeValidator, SecretStr
 from pydantic.fields import FieldInfo
 
-from mlxd.config.schema import BUILTIN_DEFAULTS, GenerationDefaults, MlxdConfig, ModelConfig
+from mlxd.config.generation import BUILTIN_DEFAULTS, GenerationDefaults
+from mlxd.config.models import ModelConfig
+from mlxd.config.schema import MlxdConfig
 from mlxd.config.units import format_duration, format_size, parse_duration, parse_size
 
 _WIDTH = 88
@@ -50,15 +52,19 @@ def render_starter() -> str:
     out = [_HEADER]
     for name, info in MlxdConfig.model_fields.items():
         model = _section_model(info)
+        optional = model is None and (model := _optional_section(info)) is not None
         if model is None:
             continue
         out.append(_banner(name, info.description))
-        out.append(f"[{name}]")
         example = BUILTIN_DEFAULTS if model is GenerationDefaults else None
+        section = [f"[{name}]"]
         for key, field in model.model_fields.items():
-            out.extend(_comment(field.description))
-            out.append(_entry(key, field, example))
-            out.append("")
+            section.extend(_comment(field.description))
+            section.append(_entry(key, field, example))
+            section.append("")
+        if optional:  # present means on: shown commented out
+            section = [line if line.startswith("#") or not line else f"# {line}" for line in section]
+        out.extend(section)
     out.append(_banner("models", MlxdConfig.model_fields["models"].description))
     out.extend(_model_reference())
     out.extend(_example_alias())
@@ -145,6 +151,17 @@ def _section_model(info: FieldInfo) -> type[BaseModel] | None:
     annotation = info.annotation
     if isinstance(annotation, type) and issubclass(annotation, BaseModel):
         return annotation
+    return None
+
+
+def _optional_section(info: FieldInfo) -> type[BaseModel] | None:
+    """The section model of a ``Section | None`` field (a section whose presence switches it on)."""
+    args = typing.get_args(info.annotation)
+    if type(None) not in args:
+        return None
+    for arg in args:
+        if isinstance(arg, type) and issubclass(arg, BaseModel):
+            return arg
     return None
 
 

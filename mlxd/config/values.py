@@ -13,6 +13,9 @@ from pydantic import BaseModel, BeforeValidator, ConfigDict, PlainSerializer, St
 
 from mlxd.config.units import format_duration, parse_duration, parse_size
 
+#: Longest path value (``model``, ``adapter``, a directory) accepted; anything longer is a mistake.
+MAX_PATH_LENGTH = 4096
+
 _SIZE_PATTERN = r"^\s*[0-9]+(\.[0-9]+)?\s*([KkMmGgTt][Ii]?[Bb]|[Bb])?\s*$"
 _DURATION_PATTERN = r"^\s*(forever|never|-1|[0-9]+(\.[0-9]+)?|([0-9]+(\.[0-9]+)?(ms|s|m|h|d))+)\s*$"
 _PERCENT_PATTERN = r"^\s*[0-9]+(\.[0-9]+)?\s*%\s*$"

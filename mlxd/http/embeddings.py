@@ -18,8 +18,8 @@ from mlxd.config.schema import MlxdConfig
 from mlxd.errors import RequestError
 from mlxd.http.ids import new_id
 from mlxd.http.translate import resolve_alias
-from mlxd.runtime.engine import EmbeddingRequest
 from mlxd.runtime.from_config import keep_alive_for, spec_for
+from mlxd.runtime.requests import EmbeddingRequest
 
 
 def _inputs(value: Any, limit: int) -> tuple[str | tuple[int, ...], ...]:

@@ -28,7 +28,7 @@ from mlxd.http.state import DaemonState
 from mlxd.http.translate import dialect_names
 from mlxd.output.collect import ChoiceOutput
 from mlxd.output.events import Event, Finish, Usage
-from mlxd.runtime.engine import GenerationRequest
+from mlxd.runtime.requests import GenerationRequest
 
 log = logging.getLogger("mlxd.prompts")
 _LOGGED_CHARS = 2000

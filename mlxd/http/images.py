@@ -21,8 +21,8 @@ import httpx
 
 from mlxd.config.schema import MlxdConfig
 from mlxd.errors import RequestError
-from mlxd.runtime.engine import ChatPrompt, GenerationRequest, ImageInput
 from mlxd.runtime.images import check
+from mlxd.runtime.requests import ChatPrompt, GenerationRequest, ImageInput
 
 #: How long fetching one allowed image URL may take.
 FETCH_TIMEOUT = 10.0

@@ -77,6 +77,15 @@ class _RuntimeCollector(Collector):
         for model in status.models:
             memory.add_metric([model.alias], model.memory_bytes)
         yield memory
+        if status.rank_step_seconds:
+            steps = GaugeMetricFamily(
+                "mlxd_rank_step_seconds",
+                "Seconds per decode pass of each rank of a distributed daemon, as last reported.",
+                labels=["rank"],
+            )
+            for rank, seconds in enumerate(status.rank_step_seconds):
+                steps.add_metric([str(rank)], seconds)
+            yield steps
         yield GaugeMetricFamily(
             "mlxd_worker_up",
             "1 while the MLX worker thread runs.",

@@ -10,6 +10,7 @@ from typing import Any, Protocol
 
 from mlxd.config.schema import MlxdConfig
 from mlxd.http.dialects.openai.responses_store import ResponseStore
+from mlxd.protocol.admin import DistributedStatus
 from mlxd.runtime.engine import Engine
 
 
@@ -45,3 +46,5 @@ class DaemonState:
     metrics: Any = None
     #: Stored Responses (``previous_response_id``, ``GET /v1/responses/{id}``).
     responses: ResponseStore = field(default_factory=ResponseStore)
+    #: The ranks of a distributed daemon, as ``/mlxd/status`` shows them (None: one process).
+    distributed: Callable[[], DistributedStatus] | None = None

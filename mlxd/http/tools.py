@@ -12,7 +12,7 @@ from typing import Any, Protocol
 
 from mlxd.errors import RequestError
 from mlxd.output.tool_calls import tool_call_schema
-from mlxd.runtime.engine import Constraint
+from mlxd.runtime.requests import Constraint
 
 MAX_TOOLS = 128
 TOOL_NAME = re.compile(r"[A-Za-z0-9_.\-]{1,64}")

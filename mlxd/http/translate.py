@@ -17,21 +17,17 @@ from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from mlxd.config.schema import CHAT_TEMPLATE_KWARGS, GenerationDefaults, MlxdConfig, ModelConfig
+from mlxd.config.generation import GenerationDefaults
+from mlxd.config.models import CHAT_TEMPLATE_KWARGS, ModelConfig
+from mlxd.config.schema import MlxdConfig
 from mlxd.errors import ModelNotFoundError, RequestError
 from mlxd.http.ids import new_id
 from mlxd.http.images import ImagePart, resolve_images
 from mlxd.http.tools import Tools, structured, tool_choice
 from mlxd.protocol.requests import ResponseFormat
-from mlxd.runtime.engine import (
-    ChatPrompt,
-    Constraint,
-    GenerationRequest,
-    ModelSpec,
-    SamplingParams,
-    TextPrompt,
-)
 from mlxd.runtime.from_config import keep_alive_for, num_draft_tokens_for, spec_for
+from mlxd.runtime.requests import ChatPrompt, Constraint, GenerationRequest, SamplingParams, TextPrompt
+from mlxd.runtime.specs import ModelSpec
 
 _ROLES = frozenset({"system", "user", "assistant", "tool"})
 

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from mlxd.config.schema import REPO_ID, REVISION
+from mlxd.config.models import REPO_ID, REVISION
 from mlxd.errors import HubError
 from mlxd.hub.env import HubEnv
 from mlxd.hub.files import CONFIG_FILE, WEIGHTS_PATTERN

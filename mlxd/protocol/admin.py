@@ -20,6 +20,8 @@ class ConfigStatus(msgspec.Struct, frozen=True, kw_only=True):
     last_error: str | None
     #: ISO 8601, None before the first reload.
     last_reload_at: str | None = None
+    #: Keys the file changed that apply only after a restart (``server.port``, ``distributed``).
+    restart_required: list[str] = msgspec.field(default_factory=list)
 
 
 class ModelStatus(msgspec.Struct, frozen=True, kw_only=True):
@@ -31,6 +33,17 @@ class ModelStatus(msgspec.Struct, frozen=True, kw_only=True):
     memory_bytes: int
     active_sequences: int
     idle_s: float
+
+
+class DistributedStatus(msgspec.Struct, frozen=True, kw_only=True):
+    """A distributed daemon's ranks: the backend, how many, where, and how many are up."""
+
+    backend: str
+    size: int
+    hosts: list[str]
+    ranks_up: int
+    #: Each rank's seconds per decode pass, as last reported (0 before its first).
+    step_seconds: list[float] = msgspec.field(default_factory=list)
 
 
 class DaemonStatus(msgspec.Struct, frozen=True, kw_only=True):
@@ -50,6 +63,8 @@ class DaemonStatus(msgspec.Struct, frozen=True, kw_only=True):
     loads: int = 0
     prompt_tokens_processed: int = 0
     memory: dict[str, int] = msgspec.field(default_factory=dict)
+    #: None for one process.
+    distributed: DistributedStatus | None = None
 
 
 class ReloadResult(msgspec.Struct, frozen=True, kw_only=True):

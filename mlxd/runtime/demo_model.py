@@ -1,8 +1,9 @@
 """Build tiny random-weight models locally: for tests, ``mlxd serve --demo`` and the benchmark.
 
 Nothing can be downloaded here, so one builder writes a real mlx-lm model directory: a
-``llama`` architecture from ``mlx_lm.models`` with seeded random weights and a real
-byte-level BPE tokenizer (``demo_tokenizer``) trained on a short English text. The output is
+``llama`` architecture from ``mlx_lm.models`` (or ``qwen3``, or ``ministral3``, a family mlx-lm can
+split as a pipeline over several ranks) with seeded random weights and a real byte-level
+BPE tokenizer (``demo_tokenizer``) trained on a short English text. The output is
 bit-identical for a given seed, so it doubles as a cache key (``DEMO_VERSION``).
 
 Random weights make gibberish. Two deliberate properties help tests: the output rows of
@@ -22,7 +23,7 @@ import shutil
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from mlxd.runtime.demo_tokenizer import (
     END_OF_TEXT,
@@ -35,6 +36,8 @@ from mlxd.runtime.demo_tokenizer import (
 )
 
 DEMO_VERSION = "2"
+#: The architectures the builder writes: ``ministral3`` can also be loaded as a pipeline.
+ModelType = Literal["llama", "qwen3", "ministral3"]
 
 
 def _random_weights(model: Any, seed: int, silent_rows: list[int]) -> dict[str, Any]:
@@ -75,12 +78,13 @@ def build_tiny_model(
     chat_template: bool = True,
     tie_word_embeddings: bool = True,
     thinking: bool = False,
-    model_type: str = "llama",
+    model_type: ModelType = "llama",
 ) -> Path:
-    """Write a loadable mlx-lm model directory (llama, or ``qwen3``; random weights) to
-    dest; return dest.
+    """Write a loadable mlx-lm model directory (llama, ``qwen3`` or ``ministral3``; random
+    weights) to dest; return dest.
 
-    The same arguments always give byte-identical files.
+    The same arguments always give byte-identical files. ``ministral3`` models also get
+    the ``model.safetensors.index.json`` a pipeline load reads.
     """
     import importlib
 
@@ -92,7 +96,11 @@ def build_tiny_model(
         dest, chat_template=chat_template, max_length=max_position_embeddings, thinking=thinking
     )
     bos_id, eos_id = tokenizer.token_to_id(END_OF_TEXT), tokenizer.token_to_id(IM_END)
-    architecture = {"llama": "LlamaForCausalLM", "qwen3": "Qwen3ForCausalLM"}[model_type]
+    architecture = {
+        "llama": "LlamaForCausalLM",
+        "qwen3": "Qwen3ForCausalLM",
+        "ministral3": "Ministral3ForCausalLM",
+    }[model_type]
     config: dict[str, Any] = {
         "model_type": model_type,
         "architectures": [architecture],
@@ -113,6 +121,13 @@ def build_tiny_model(
         "torch_dtype": "float32",
         "head_dim": hidden_size // num_heads,
     }
+    if model_type == "ministral3":
+        config["rope_parameters"] = {
+            "rope_type": "default",
+            "rope_theta": config.pop("rope_theta"),
+            "llama_4_scaling_beta": 0.1,
+            "original_max_position_embeddings": max_position_embeddings,
+        }
     family = importlib.import_module(f"mlx_lm.models.{model_type}")
     model = family.Model(family.ModelArgs.from_dict(config))
     silent = [
@@ -120,6 +135,9 @@ def build_tiny_model(
     ]
     weights = _random_weights(model, seed, silent)
     mx.save_safetensors(str(dest / "model.safetensors"), weights, metadata={"format": "mlx"})
+    if model_type == "ministral3":
+        index = {"metadata": {}, "weight_map": dict.fromkeys(sorted(weights), "model.safetensors")}
+        write_json(dest / "model.safetensors.index.json", index)
     write_json(dest / "config.json", config)
     generation = {"bos_token_id": bos_id, "eos_token_id": config["eos_token_id"]}
     write_json(dest / "generation_config.json", generation)

@@ -19,17 +19,11 @@ import numpy.typing as npt
 
 from mlxd.errors import MlxdError, RequestError
 from mlxd.runtime.admission import Admission, Admitted, AdmittedEmbeddings, ModelFacts, check_capacity
-from mlxd.runtime.engine import (
-    EmbeddingRequest,
-    Embeddings,
-    EngineStatus,
-    GenerationRequest,
-    ModelSpec,
-    RuntimeSettings,
-    UnitKey,
-)
+from mlxd.runtime.engine import EngineStatus
 from mlxd.runtime.mlx.stats import WorkerStats
+from mlxd.runtime.requests import EmbeddingRequest, Embeddings, GenerationRequest
 from mlxd.runtime.residency import Residency
+from mlxd.runtime.specs import ModelSpec, RuntimeSettings, UnitKey
 from mlxd.runtime.streams import Stream
 from mlxd.runtime.units import ResidencyBackend, Resident, Unit
 
@@ -206,6 +200,7 @@ class EngineCore(Generic[M]):
             loads=self.residency.loads,
             prompt_tokens_processed=stats.prompt_tokens_processed,
             memory=stats.memory(),
+            rank_step_seconds=list(stats.rank_step_seconds),
         )
 
     async def close(self) -> None:

@@ -9,9 +9,10 @@ from __future__ import annotations
 import os
 from dataclasses import replace
 
+from mlxd.config.models import DEFAULT_NUM_DRAFT_TOKENS, ModelConfig
 from mlxd.config.paths import cache_dir
-from mlxd.config.schema import DEFAULT_NUM_DRAFT_TOKENS, MlxdConfig, ModelConfig
-from mlxd.runtime.engine import KvSettings, ModelSpec, RuntimeSettings, UnitKey
+from mlxd.config.schema import MlxdConfig
+from mlxd.runtime.specs import KvSettings, ModelSpec, RuntimeSettings, UnitKey
 
 #: What a draft unit that no alias names is called in status output.
 DRAFT_SUFFIX = "/draft"
@@ -25,6 +26,7 @@ def _weights_spec(model: ModelConfig) -> ModelSpec:
         adapter_path=model.adapter_path,
         context_length=model.context_length,
         label=model.source,
+        parallel=model.parallel,
     )
 
 
@@ -62,8 +64,13 @@ def physical_memory() -> int:
 
 
 def runtime_settings(config: MlxdConfig, memory: int | None = None) -> RuntimeSettings:
-    """``[runtime]`` with the memory budget in bytes (of ``memory``, default: this machine's)."""
+    """``[runtime]`` with the memory budget in bytes (of ``memory``, default: this machine's).
+
+    Several ranks keep no prompt prefixes on disk: each rank would hold its own shard of
+    every file (ranks on one machine would share the files), and a disk hit would have to
+    happen on every rank alike or the ranks would prefill different tokens."""
     runtime = config.runtime
+    disk = runtime.prompt_cache_path(cache_dir() / "prompts") if config.distributed is None else None
     return RuntimeSettings(
         max_loaded_models=runtime.max_loaded_models,
         memory_budget_bytes=runtime.memory_budget_bytes(memory if memory is not None else physical_memory()),
@@ -71,7 +78,7 @@ def runtime_settings(config: MlxdConfig, memory: int | None = None) -> RuntimeSe
         max_queue=runtime.max_queue,
         prefill_step_size=runtime.prefill_step_size,
         prompt_cache_bytes=runtime.prompt_cache_bytes,
-        prompt_cache_dir=runtime.prompt_cache_path(cache_dir() / "prompts"),
+        prompt_cache_dir=disk,
         prompt_cache_disk_bytes=runtime.prompt_cache_disk_bytes,
         prompt_cache_disk_min_tokens=runtime.prompt_cache_disk_min_tokens,
     )

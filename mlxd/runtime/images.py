@@ -17,7 +17,7 @@ import numpy as np
 import numpy.typing as npt
 
 from mlxd.errors import RequestError
-from mlxd.runtime.engine import ImageInput
+from mlxd.runtime.requests import ImageInput
 
 #: What Pillow raises for a file it cannot read (besides its own ``UnidentifiedImageError``,
 #: an ``OSError``): a truncated stream, a broken header, an absurd size field.

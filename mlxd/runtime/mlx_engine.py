@@ -19,10 +19,12 @@ from typing import TYPE_CHECKING, Any
 
 from mlxd.logs import REQUEST_ID
 from mlxd.runtime.admission import AdmittedEmbeddings
-from mlxd.runtime.engine import GenerationRequest, ModelSpec, RuntimeSettings, UnitKey
+from mlxd.runtime.cluster import ClusterSpec
 from mlxd.runtime.engine_core import EngineCore
 from mlxd.runtime.mlx.commands import Cancel, Choice, Command, Configure, Embed, Insert, Load, Unload
 from mlxd.runtime.mlx.handle import WorkerHandle
+from mlxd.runtime.requests import GenerationRequest
+from mlxd.runtime.specs import ModelSpec, RuntimeSettings, UnitKey
 from mlxd.runtime.streams import Stream
 from mlxd.runtime.units import LoadPlan, Unit
 
@@ -75,7 +77,12 @@ class MlxBackend:
 
 
 class MlxEngine(EngineCore["LoadedModel"]):
-    """The runtime behind the HTTP layer, backed by one MLX worker thread."""
+    """The runtime behind the HTTP layer, backed by one MLX worker thread.
+
+    With ``cluster`` the worker is rank 0 of a distributed daemon; the engine passes it
+    on unread. A worker that fails then cannot be restarted alone (the other ranks would
+    not know): ``on_fatal`` is told instead, and ends the daemon.
+    """
 
     def __init__(
         self,
@@ -85,6 +92,8 @@ class MlxEngine(EngineCore["LoadedModel"]):
         clock: Callable[[], float] = time.monotonic,
         worker_stop_s: float = 10.0,
         on_worker_start: Callable[[], None] | None = None,
+        cluster: ClusterSpec | None = None,
+        on_fatal: Callable[[str], None] | None = None,
     ) -> None:
         super().__init__(settings, MlxBackend(self.submit, resolve_path, estimate_bytes), clock)
         #: How long ``stop`` waits for the worker to finish its step (a prefill chunk).
@@ -93,6 +102,8 @@ class MlxEngine(EngineCore["LoadedModel"]):
         self.on_worker_start = on_worker_start
         self._worker: WorkerHandle | None = None
         self._reaper: asyncio.Task[None] | None = None
+        self._cluster = cluster
+        self._on_fatal = on_fatal
 
     async def start(self) -> None:
         """Start the worker thread and the keep_alive reaper."""
@@ -112,11 +123,14 @@ class MlxEngine(EngineCore["LoadedModel"]):
     def _start_worker(self) -> None:
         loop = asyncio.get_running_loop()
         self._worker = WorkerHandle(
-            loop, self.settings, self.stats, self._worker_crashed, self.on_worker_start
+            loop, self.settings, self.stats, self._worker_crashed, self.on_worker_start, self._cluster
         )
         self._worker.start()
 
     def _worker_crashed(self, exc: BaseException) -> None:
+        if self._on_fatal is not None:
+            self._on_fatal(f"the MLX worker failed: {exc}")
+            return
         log.error("restarting the MLX worker after a crash: %s", exc)
         self.residency.clear()
         self._start_worker()

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-from mlxd.runtime.engine import Pooling
+from mlxd.runtime.requests import Pooling
 
 log = logging.getLogger("mlxd.runtime")
 

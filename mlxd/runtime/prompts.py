@@ -6,8 +6,8 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from mlxd.errors import RequestError
-from mlxd.runtime.engine import ChatPrompt, TextPrompt
 from mlxd.runtime.images import decode
+from mlxd.runtime.requests import ChatPrompt, TextPrompt
 
 #: The seed server's prompt format for models without a chat template.
 SEED_ROLE_MAPPING: Mapping[str, str] = {

@@ -26,7 +26,8 @@ from collections.abc import Callable, Collection, Coroutine, Mapping
 from typing import Any, Generic
 
 from mlxd.errors import ModelLoadError, UnavailableError
-from mlxd.runtime.engine import LoadedModelStatus, ModelSpec, UnitKey
+from mlxd.runtime.engine import LoadedModelStatus
+from mlxd.runtime.specs import ModelSpec, UnitKey
 from mlxd.runtime.units import M, ResidencyBackend, Unit
 
 log = logging.getLogger("mlxd.runtime")
@@ -59,17 +60,7 @@ class Residency(Generic[M]):
     def status(self) -> list[LoadedModelStatus]:
         """Every unit as ``/mlxd/status`` and ``mlxd ps`` show it."""
         now = self._clock()
-        return [
-            LoadedModelStatus(
-                alias=", ".join(sorted(u.aliases)),
-                source=u.spec.label or u.spec.source,
-                state="loaded" if u.loaded is not None else "loading",
-                memory_bytes=u.loaded.memory_bytes if u.loaded is not None else 0,
-                active_sequences=u.active,
-                idle_s=0.0 if u.active else round(now - u.last_used, 1),
-            )
-            for u in self._units.values()
-        ]
+        return [unit.status(now) for unit in self._units.values()]
 
     def set_limits(self, max_loaded_models: int, memory_budget_bytes: int) -> None:
         """New limits; idle units over them unload now."""

@@ -12,7 +12,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Generic, Protocol, TypeVar
 
-from mlxd.runtime.engine import ModelSpec, UnitKey
+from mlxd.runtime.engine import LoadedModelStatus
+from mlxd.runtime.specs import ModelSpec, UnitKey
 
 
 class Resident(Protocol):
@@ -77,3 +78,14 @@ class Unit(Generic[M]):
     def idle(self) -> bool:
         """Loaded, serving nothing and drafting for no loaded unit: a candidate for eviction."""
         return self.loaded is not None and self.active == 0 and not self.pinned_by
+
+    def status(self, now: float) -> LoadedModelStatus:
+        """This unit as ``/mlxd/status`` and ``mlxd ps`` show it (``now`` on the residency's clock)."""
+        return LoadedModelStatus(
+            alias=", ".join(sorted(self.aliases)),
+            source=self.spec.label or self.spec.source,
+            state="loaded" if self.loaded is not None else "loading",
+            memory_bytes=self.loaded.memory_bytes if self.loaded is not None else 0,
+            active_sequences=self.active,
+            idle_s=0.0 if self.active else round(now - self.last_used, 1),
+        )

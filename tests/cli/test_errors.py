@@ -52,6 +52,7 @@ EXIT_CODES = {
     "GenerationError": 1,
     "DaemonNotRunningError": 3,
     "StartupError": 1,
+    "RankFailedError": 1,
     "ServiceManagerError": 1,
     "HubError": 1,
     "Interrupted": 130,

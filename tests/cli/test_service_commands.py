@@ -145,6 +145,7 @@ def test_status_json_with_launchd_installed_and_not_running(home: Home, shim: Sh
         "service",
         "config",
         "models",
+        "distributed",
     ]
     assert data["running"] is False
     assert data["service"] == "launchd"
@@ -153,8 +154,10 @@ def test_status_json_with_launchd_installed_and_not_running(home: Home, shim: Sh
         "path": str(home.config.resolve()),
         "generation": None,
         "last_error": None,
+        "restart_required": [],
     }
     assert data["models"] == []
+    assert data["distributed"] is None
 
 
 def test_status_answers_even_when_launchctl_fails(

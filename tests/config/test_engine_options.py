@@ -10,8 +10,8 @@ import pytest
 
 from mlxd.config.loader import load_config
 from mlxd.errors import ConfigError
-from mlxd.runtime.engine import KvSettings
 from mlxd.runtime.from_config import num_draft_tokens_for, runtime_settings, spec_for, units_of
+from mlxd.runtime.specs import KvSettings
 
 
 def write(path: Path, text: str) -> Path:

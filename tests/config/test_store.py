@@ -12,6 +12,7 @@ from mlxd.config.loader import load_config
 from mlxd.config.schema import MlxdConfig
 from mlxd.config.store import ConfigStore
 from mlxd.errors import ConfigError
+from mlxd.runtime.from_config import runtime_settings
 
 BASE = """\
 [server]
@@ -181,6 +182,65 @@ def test_a_host_only_change_is_reported_but_changes_nothing(store: ConfigStore, 
     result = store.reload()
     assert result.diff.restart_required == ["server.host"]
     assert (result.changed, store.generation, store.current.server.host) == (False, 1, "127.0.0.1")
+
+
+def test_a_parallel_change_is_a_weight_change(store: ConfigStore, config_file: Path) -> None:
+    diff = reload_with(store, config_file, BASE + 'parallel = "pipeline"\n')
+    assert diff.weights_changed == ["small"]
+    assert diff.changed[0].fields == ("parallel",)
+
+
+DISTRIBUTED = '\n[distributed]\nhosts = ["127.0.0.1", "127.0.0.1"]\n'
+
+
+def test_distributed_changes_need_a_restart_and_keep_the_old_ranks(tmp_path: Path) -> None:
+    path = tmp_path / "mlxd.toml"
+    path.write_text(BASE + DISTRIBUTED, encoding="utf-8")
+    store = ConfigStore(path)
+    assert store.restart_required == ()
+    path.write_text(
+        BASE.replace("0.5", "0.6") + DISTRIBUTED.replace('"]', '", "127.0.0.1"]'), encoding="utf-8"
+    )
+    result = store.reload()
+    assert result.diff.restart_required == ["distributed"]
+    assert store.restart_required == ("distributed",)
+    assert store.current.distributed is not None
+    assert len(store.current.distributed.hosts) == 2  # the ranks it runs on
+    assert store.current.defaults.temperature == 0.6  # the rest applies
+    path.write_text(BASE + DISTRIBUTED, encoding="utf-8")  # back as it runs
+    store.reload()
+    assert store.restart_required == ()
+
+
+@pytest.mark.parametrize(
+    ("line", "problem"),
+    [
+        (
+            'adapter = "adapters/sql"',
+            "models.small.adapter: LoRA adapters are not served across several ranks",
+        ),
+        (
+            'draft_model = "qwen"',
+            "models.small.draft_model: draft models (speculative decoding) are not served",
+        ),
+    ],
+    ids=["adapter", "draft"],
+)
+def test_what_several_ranks_cannot_serve_is_refused(tmp_path: Path, line: str, problem: str) -> None:
+    (tmp_path / "adapters" / "sql").mkdir(parents=True)
+    path = tmp_path / "mlxd.toml"
+    path.write_text(BASE + line + "\n" + DISTRIBUTED, encoding="utf-8")
+    with pytest.raises(ConfigError) as caught:
+        load_config(path)
+    assert any(problem in p for p in caught.value.problems)
+
+
+def test_several_ranks_keep_no_prompt_prefixes_on_disk(tmp_path: Path) -> None:
+    path = tmp_path / "mlxd.toml"
+    path.write_text(BASE + '[runtime]\nprompt_cache_dir = "prompts"\n', encoding="utf-8")
+    assert runtime_settings(load_config(path)).prompt_cache_dir == tmp_path / "prompts"
+    path.write_text(BASE + '[runtime]\nprompt_cache_dir = "prompts"\n' + DISTRIBUTED, encoding="utf-8")
+    assert runtime_settings(load_config(path)).prompt_cache_dir is None
 
 
 # -- subscribers ---------------------------------------------------------------------------

@@ -10,8 +10,10 @@ from typing import Any
 import pytest
 from pydantic import BaseModel
 
+from mlxd.config.distributed import DistributedConfig
 from mlxd.config.loader import load_config
-from mlxd.config.schema import MlxdConfig, ModelConfig
+from mlxd.config.models import ModelConfig
+from mlxd.config.schema import MlxdConfig
 from mlxd.config.template import EXAMPLE_ALIAS, render_starter
 from mlxd.errors import ConfigError
 
@@ -40,6 +42,9 @@ def test_the_starter_writes_every_key_with_its_description() -> None:
         assert info.description
         assert info.description in text
         model = ModelConfig if section == "models" else info.annotation
+        if section == "distributed":  # `DistributedConfig | None`: present means on
+            model = DistributedConfig
+            assert "# [distributed]" in text
         assert isinstance(model, type)
         assert issubclass(model, BaseModel)
         for key, field in model.model_fields.items():

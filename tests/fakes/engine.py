@@ -24,17 +24,11 @@ from mlxd.errors import MlxdError, ModelLoadError
 from mlxd.output.events import TokenInfo
 from mlxd.output.parser import ChoiceParser, OutputSpec
 from mlxd.runtime.admission import AdmittedEmbeddings
-from mlxd.runtime.engine import (
-    ChatPrompt,
-    Engine,
-    GenerationEvent,
-    GenerationRequest,
-    ModelSpec,
-    RuntimeSettings,
-    UnitKey,
-)
+from mlxd.runtime.engine import Engine, GenerationEvent
 from mlxd.runtime.engine_core import EngineCore
 from mlxd.runtime.pooling import PoolingSpec
+from mlxd.runtime.requests import ChatPrompt, GenerationRequest
+from mlxd.runtime.specs import ModelSpec, RuntimeSettings, UnitKey
 from mlxd.runtime.streams import Stream
 from mlxd.runtime.units import LoadPlan, Unit
 

@@ -85,7 +85,7 @@ def test_streams_sharing_a_batch_are_paced_each(slow_pace: RunningDaemon) -> Non
 def test_the_interval_takes_durations_and_is_bounded() -> None:
     from pydantic import ValidationError
 
-    from mlxd.config.schema import ServerConfig
+    from mlxd.config.sections import ServerConfig
 
     assert ServerConfig(stream_interval="10ms").stream_interval == pytest.approx(0.01)
     assert ServerConfig(stream_interval=0).stream_interval == 0

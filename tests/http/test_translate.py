@@ -17,7 +17,7 @@ from mlxd.config.schema import MlxdConfig
 from mlxd.errors import ModelNotFoundError, RequestError
 from mlxd.http.dialects.openai.translate import translate
 from mlxd.protocol.requests import ChatCompletionRequest, CompletionRequest
-from mlxd.runtime.engine import ChatPrompt, TextPrompt
+from mlxd.runtime.requests import ChatPrompt, TextPrompt
 
 CONFIG = """
 [server]

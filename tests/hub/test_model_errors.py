@@ -24,7 +24,7 @@ from mlxd.errors import (
 )
 from mlxd.http.errors import http_error
 from mlxd.hub import model_directory
-from mlxd.runtime.engine import ModelSpec
+from mlxd.runtime.specs import ModelSpec
 from tests.conftest import RunningDaemon, serving
 
 

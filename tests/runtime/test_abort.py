@@ -12,7 +12,8 @@ import asyncio
 import pytest
 
 from mlxd.errors import UnavailableError
-from mlxd.runtime.engine import ChatPrompt, GenerationRequest, ModelSpec
+from mlxd.runtime.requests import ChatPrompt, GenerationRequest
+from mlxd.runtime.specs import ModelSpec
 from tests.fakes import FakeEngine
 
 STOPPING = UnavailableError("mlxd is shutting down", retry_after=5)

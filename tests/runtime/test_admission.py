@@ -8,16 +8,10 @@ from typing import Any
 import pytest
 
 from mlxd.errors import CapacityError, ContextLengthError, RequestError
-from mlxd.runtime.admission import Admission, check_capacity, check_limits, reasoning_format, tool_format
-from mlxd.runtime.engine import (
-    ChatPrompt,
-    Constraint,
-    GenerationRequest,
-    ModelSpec,
-    RuntimeSettings,
-    SamplingParams,
-    TextPrompt,
-)
+from mlxd.runtime.admission import Admission, check_capacity, check_limits
+from mlxd.runtime.formats import reasoning_format, tool_format
+from mlxd.runtime.requests import ChatPrompt, Constraint, GenerationRequest, SamplingParams, TextPrompt
+from mlxd.runtime.specs import ModelSpec, RuntimeSettings
 from tests.fakes.engine import FakeModel, FakeTokenizer
 
 

@@ -16,14 +16,8 @@ from mlx_lm.generate import BatchGenerator
 
 from mlxd.errors import RequestError
 from mlxd.output.tool_calls import tool_call_schema
-from mlxd.runtime.mlx.constrained import (
-    MAX_SCHEMA_DEPTH,
-    GrammarCache,
-    GrammarError,
-    json_grammar,
-    make_constraint,
-    validate_schema,
-)
+from mlxd.runtime.grammars import MAX_SCHEMA_DEPTH, GrammarError, json_grammar, validate_schema
+from mlxd.runtime.mlx.constrained import GrammarCache, make_constraint
 from tests.schemas import PET
 
 pytestmark = pytest.mark.mlx

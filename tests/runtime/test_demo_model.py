@@ -193,6 +193,21 @@ def test_untied_embeddings_get_their_own_head(tmp_path: Path) -> None:
     assert last.generation_tokens == 8
 
 
+def test_a_pipeline_capable_family_loads_with_its_weight_index(tmp_path: Path) -> None:
+    import mlx_lm
+
+    model_dir = build_tiny_model(tmp_path / "mini", model_type="ministral3")
+    config = json.loads((model_dir / "config.json").read_text())
+    assert config["model_type"] == "ministral3"
+    index = json.loads((model_dir / "model.safetensors.index.json").read_text())
+    assert set(index["weight_map"]) == set(_safetensors(model_dir / "model.safetensors"))
+    model, tokenizer = mlx_lm.load(str(model_dir))
+    assert hasattr(model.model, "pipeline")  # what a pipeline load over several ranks needs
+    _, last = _greedy(model, tokenizer, tokenizer.encode("Hello"), max_tokens=8)
+    assert last.generation_tokens == 8
+    assert not (build_tiny_model(tmp_path / "llama") / "model.safetensors.index.json").exists()
+
+
 def test_same_seed_gives_identical_files_and_another_seed_does_not(tmp_path: Path) -> None:
     first = build_tiny_model(tmp_path / "a", seed=7)
     again = build_tiny_model(tmp_path / "b", seed=7)

@@ -38,8 +38,8 @@ def test_alone_it_quantizes_as_mlx_lm_does(loaded: tuple[Any, Any], bits: int, s
     from mlx_lm.models.cache import QuantizedKVCache, make_prompt_cache
     from mlx_lm.sample_utils import make_sampler
 
-    from mlxd.runtime.engine import KvSettings
     from mlxd.runtime.mlx.solo import SoloDecoder
+    from mlxd.runtime.specs import KvSettings
 
     model, tokenizer = loaded
     prompt = tokenizer.encode("quantized keys and values " * 6)
@@ -83,8 +83,9 @@ def test_the_batch_quantizes_once_it_holds_start_tokens_and_hands_out_quantized_
     from mlx_lm.generate import BatchGenerator
     from mlx_lm.models.cache import KVCache, QuantizedKVCache, make_prompt_cache
 
-    from mlxd.runtime.engine import KvSettings
-    from mlxd.runtime.mlx.kv_quant import QuantizingBatchKVCache, for_batch
+    from mlxd.runtime.mlx.kv_layers import for_batch
+    from mlxd.runtime.mlx.kv_quant import QuantizingBatchKVCache
+    from mlxd.runtime.specs import KvSettings
 
     model, _ = loaded
     kv = KvSettings(8, 64, start=30)
@@ -264,10 +265,10 @@ def test_a_quantized_sequence_joins_the_batch_and_speculates_unchanged(
     from mlx_lm.models.cache import QuantizedKVCache, make_prompt_cache
     from mlx_lm.sample_utils import make_sampler
 
-    from mlxd.runtime.engine import KvSettings
-    from mlxd.runtime.mlx.kv_quant import for_batch
+    from mlxd.runtime.mlx.kv_layers import for_batch
     from mlxd.runtime.mlx.solo import SoloDecoder
     from mlxd.runtime.mlx.speculative import SpeculativeDecoder
+    from mlxd.runtime.specs import KvSettings
 
     model, tokenizer = loaded
     prompt = tokenizer.encode("quantized keys and values " * 6)

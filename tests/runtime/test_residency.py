@@ -11,8 +11,8 @@ from typing import Any, TypeVar
 import pytest
 
 from mlxd.errors import ModelLoadError, UnavailableError
-from mlxd.runtime.engine import ModelSpec
 from mlxd.runtime.residency import Residency
+from mlxd.runtime.specs import ModelSpec
 from tests.fakes.engine import FakeBackend, FakeModel, Faults
 
 T = TypeVar("T")

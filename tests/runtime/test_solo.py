@@ -113,8 +113,8 @@ def _greedy() -> Any:
 
 
 def _seeded() -> Any:
-    from mlxd.runtime.engine import SamplingParams
     from mlxd.runtime.mlx.sampling import make_sampler
+    from mlxd.runtime.requests import SamplingParams
 
     return make_sampler(SamplingParams(temperature=1.0, seed=1234))
 
@@ -152,7 +152,8 @@ def test_joining_a_batch_mid_prefill_keeps_every_token(loaded: tuple[Any, Any, l
 
 
 def test_constrained_output_survives_the_join(loaded: tuple[Any, Any, list[int]]) -> None:
-    from mlxd.runtime.mlx.constrained import GrammarCache, json_grammar, make_constraint
+    from mlxd.runtime.grammars import json_grammar
+    from mlxd.runtime.mlx.constrained import GrammarCache, make_constraint
     from tests.schemas import PET
 
     model, tokenizer, _ = loaded

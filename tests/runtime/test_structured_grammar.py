@@ -13,12 +13,8 @@ from typing import Any
 
 import pytest
 
-from mlxd.runtime.mlx.constrained import (
-    GrammarCache,
-    ThinkingBlock,
-    ToolCalls,
-    structured_grammar,
-)
+from mlxd.runtime.grammars import ThinkingBlock, ToolCalls, structured_grammar
+from mlxd.runtime.mlx.constrained import GrammarCache
 
 pytestmark = pytest.mark.mlx
 
@@ -143,7 +139,7 @@ def test_a_forced_call_admits_exactly_one_call(tokenizer: Any, cache: GrammarCac
 
 
 def test_a_bad_schema_is_still_named_with_a_thinking_block(tokenizer: Any) -> None:
-    from mlxd.runtime.mlx.constrained import GrammarError
+    from mlxd.runtime.grammars import GrammarError
 
     with pytest.raises(GrammarError) as bad:
         structured_grammar({"type": "object", "not": {}}, thinking=thinking(tokenizer))

@@ -15,7 +15,7 @@ THROUGH_ANY_OF: dict[str, Any] = {"anyOf": [{"$ref": "#/$defs/a"}], "$defs": {"a
 
 @pytest.mark.parametrize("schema", [SELF_REFERENCE, THROUGH_ANY_OF])
 def test_a_grammar_that_admits_nothing_is_refused(schema: dict[str, Any]) -> None:
-    from mlxd.runtime.mlx.constrained import GrammarError, json_grammar
+    from mlxd.runtime.grammars import GrammarError, json_grammar
 
     with pytest.raises(GrammarError) as caught:
         json_grammar(schema)
@@ -33,7 +33,7 @@ def test_a_grammar_that_admits_nothing_is_refused(schema: dict[str, Any]) -> Non
     ],
 )
 def test_satisfiable_schemas_still_compile(schema: dict[str, Any]) -> None:
-    from mlxd.runtime.mlx.constrained import json_grammar
+    from mlxd.runtime.grammars import json_grammar
 
     assert json_grammar(schema)
 

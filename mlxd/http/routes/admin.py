@@ -62,6 +62,7 @@ def admin_router(state: DaemonState) -> Router:
                     generation=configs.generation,
                     last_error=configs.last_error,
                     last_reload_at=_iso(getattr(configs, "last_reload_at", None)),
+                    restart_required=list(getattr(configs, "restart_required", ())),
                 ),
                 worker=engine.worker,
                 models=[
@@ -82,6 +83,7 @@ def admin_router(state: DaemonState) -> Router:
                 loads=engine.loads,
                 prompt_tokens_processed=engine.prompt_tokens_processed,
                 memory=engine.memory,
+                distributed=state.distributed() if state.distributed is not None else None,
             )
         )
 

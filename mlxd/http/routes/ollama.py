@@ -27,8 +27,8 @@ from mlxd.http.state import DaemonState
 from mlxd.http.translate import dialect_names, resolve_alias
 from mlxd.protocol.embeddings import OllamaEmbeddingsRequest, OllamaEmbedRequest
 from mlxd.protocol.ollama import ChatRequest, GenerateRequest, ShowRequest
-from mlxd.runtime.engine import GenerationRequest
 from mlxd.runtime.from_config import keep_alive_for, spec_for
+from mlxd.runtime.requests import GenerationRequest
 
 _JSON = "application/json"
 _NDJSON = "application/x-ndjson"

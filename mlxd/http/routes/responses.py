@@ -18,7 +18,7 @@ from mlxd.http.generation import CLIENT_CLOSED, STREAM_HEADERS, Generation, star
 from mlxd.http.state import DaemonState
 from mlxd.output.events import Finish
 from mlxd.protocol.openai_responses import ResponsesRequest
-from mlxd.runtime.engine import GenerationRequest, TextPrompt
+from mlxd.runtime.requests import GenerationRequest, TextPrompt
 
 _JSON = "application/json"
 

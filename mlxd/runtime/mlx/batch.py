@@ -20,12 +20,13 @@ from mlx_lm.generate import BatchGenerator
 from mlx_lm.models.cache import make_prompt_cache
 
 from mlxd.logs import tagged
-from mlxd.runtime.engine import GenerationEvent, KvSettings, RuntimeSettings
+from mlxd.runtime.engine import GenerationEvent
 from mlxd.runtime.mlx.commands import Sink
-from mlxd.runtime.mlx.kv_quant import for_batch
+from mlxd.runtime.mlx.kv_layers import for_batch
 from mlxd.runtime.mlx.prompt_cache import PromptCache
 from mlxd.runtime.mlx.sequence import Sequence
 from mlxd.runtime.mlx.stats import WorkerStats
+from mlxd.runtime.specs import KvSettings, RuntimeSettings
 
 log = logging.getLogger("mlxd.runtime")
 

@@ -15,7 +15,9 @@ from typing import TYPE_CHECKING, Any, Protocol
 from mlxd.output.parser import OutputSpec
 from mlxd.output.reasoning import ReasoningFormat
 from mlxd.output.tool_calls import ToolFormat
-from mlxd.runtime.engine import GenerationEvent, ModelSpec, Pooling, RuntimeSettings, SamplingParams, UnitKey
+from mlxd.runtime.engine import GenerationEvent
+from mlxd.runtime.requests import Pooling, SamplingParams
+from mlxd.runtime.specs import ModelSpec, RuntimeSettings, UnitKey
 
 if TYPE_CHECKING:
     from mlxd.runtime.mlx.loading import LoadedModel

@@ -13,9 +13,10 @@ import threading
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
-from mlxd.runtime.engine import RuntimeSettings
+from mlxd.runtime.cluster import ClusterSpec
 from mlxd.runtime.mlx.commands import Command, Shutdown
 from mlxd.runtime.mlx.stats import WorkerStats
+from mlxd.runtime.specs import RuntimeSettings
 
 if TYPE_CHECKING:
     from mlxd.runtime.mlx.worker import MlxWorker
@@ -35,6 +36,7 @@ class WorkerHandle:
         stats: WorkerStats,
         on_crash: Callable[[BaseException], None],
         on_start: Callable[[], None] | None = None,
+        cluster: ClusterSpec | None = None,
     ) -> None:
         self.commands: queue.SimpleQueue[Command] = queue.SimpleQueue()
         #: Written by the worker thread; kept by the engine across worker restarts.
@@ -43,6 +45,7 @@ class WorkerHandle:
         self._settings = settings
         self._on_crash = on_crash
         self._on_start = on_start
+        self._cluster = cluster
         self._worker: MlxWorker | None = None
         self._thread = threading.Thread(target=self._run, name="mlx-worker", daemon=True)
 
@@ -53,7 +56,9 @@ class WorkerHandle:
     def _run(self) -> None:
         from mlxd.runtime.mlx.worker import MlxWorker  # mlx-lm loads here, off the event loop
 
-        self._worker = MlxWorker(self._loop, self.commands, self._settings, self.stats, self._on_crash)
+        self._worker = MlxWorker(
+            self._loop, self.commands, self._settings, self.stats, self._on_crash, self._cluster
+        )
         if self._on_start is not None:
             self._loop.call_soon_threadsafe(self._on_start)
         self._worker.run()

@@ -11,9 +11,9 @@ later token quantized. Attention takes mlx-lm's quantized path for it exactly as
 ``QuantizedKVCache``: mlx-lm checks for a ``bits`` attribute, which this cache has only
 once it is quantized.
 
-``for_batch`` wraps a sequence's own layers (``KVCache`` or ``QuantizedKVCache``) so that
-``BatchGenerator`` merges them into this class; the caches it extracts again (finished
-sequences, for the prompt cache) are mlx-lm's own classes, so nothing else changes.
+``kv_layers.for_batch`` wraps a sequence's own layers (``KVCache`` or ``QuantizedKVCache``)
+so that ``BatchGenerator`` merges them into this class; the caches it extracts again
+(finished sequences, for the prompt cache) are mlx-lm's own classes, so nothing else changes.
 """
 
 from __future__ import annotations
@@ -21,9 +21,9 @@ from __future__ import annotations
 from typing import Any
 
 import mlx.core as mx
-from mlx_lm.models.cache import BatchKVCache, KVCache, QuantizedKVCache, dynamic_roll
+from mlx_lm.models.cache import BatchKVCache, QuantizedKVCache, dynamic_roll
 
-from mlxd.runtime.engine import KvSettings
+from mlxd.runtime.specs import KvSettings
 
 Arrays = tuple[Any, ...]
 
@@ -40,57 +40,6 @@ def _zeros(batch: int, heads: int, length: int, dim: int, dtype: Any, kv: KvSett
         mx.zeros((*shape, dim // kv.group_size), dtype=dtype),
         mx.zeros((*shape, dim // kv.group_size), dtype=dtype),
     )
-
-
-class _SeqKV(KVCache):  # type: ignore[misc]
-    """A sequence's full-precision layer whose batch is a ``QuantizingBatchKVCache``."""
-
-    kv: KvSettings
-
-    @classmethod
-    def merge(cls, caches: list[Any]) -> QuantizingBatchKVCache:
-        return QuantizingBatchKVCache.merge(caches)
-
-
-class _SeqQuantizedKV(QuantizedKVCache):  # type: ignore[misc]
-    """A sequence's quantized layer whose batch is a ``QuantizingBatchKVCache``."""
-
-    kv: KvSettings
-
-    @classmethod
-    def merge(cls, caches: list[Any]) -> QuantizingBatchKVCache:
-        return QuantizingBatchKVCache.merge(caches)
-
-
-def for_batch(layers: list[Any], kv: KvSettings) -> list[Any]:
-    """A sequence's layers as ``BatchGenerator`` must get them for a quantizing batch.
-
-    The arrays are shared, not copied (merging into the batch copies them); layers that
-    are not key-value caches (sliding windows, recurrent state) pass unchanged.
-    """
-    out: list[Any] = []
-    for layer in layers:
-        wrapped: Any
-        if type(layer) is KVCache or type(layer) is _SeqKV:
-            wrapped = _SeqKV()
-        elif type(layer) is QuantizedKVCache or type(layer) is _SeqQuantizedKV:
-            wrapped = _SeqQuantizedKV(group_size=layer.group_size, bits=layer.bits)
-        else:
-            out.append(layer)
-            continue
-        wrapped.keys, wrapped.values, wrapped.offset = layer.keys, layer.values, layer.offset
-        wrapped.kv = kv
-        out.append(wrapped)
-    return out
-
-
-def quantize_solo(layers: list[Any], kv: KvSettings) -> None:
-    """mlx-lm's rule for one sequence, applied before a forward pass (mlx-lm applies it
-    after the previous one: the same thing): layers holding tokens, at least ``kv.start``
-    of them, become ``QuantizedKVCache`` (in place in the list)."""
-    for i, layer in enumerate(layers):
-        if type(layer) is KVCache and layer.offset >= max(kv.start, 1):
-            layers[i] = layer.to_quantized(group_size=kv.group_size, bits=kv.bits)
 
 
 class QuantizingBatchKVCache(BatchKVCache):  # type: ignore[misc]

@@ -56,7 +56,8 @@ class LoadedModel:
         return self.encoder is None
 
 
-def _read_config(path: Path) -> dict[str, Any]:
+def read_config(path: Path) -> dict[str, Any]:
+    """The model's ``config.json``, refused when it asks to run code of its own."""
     try:
         config = json.loads((path / "config.json").read_text(encoding="utf-8"))
     except (OSError, ValueError) as exc:
@@ -68,7 +69,8 @@ def _read_config(path: Path) -> dict[str, Any]:
     return config
 
 
-def _context_length(config: dict[str, Any], override: int | None) -> int:
+def context_length(config: dict[str, Any], override: int | None) -> int:
+    """The model's context window: the alias's override, else its config's, else 4096."""
     if override:
         return override
     for key in _CONTEXT_KEYS:
@@ -105,7 +107,7 @@ def check_finite(model: Any, name: str) -> None:
 
 def load_base(path: Path, context_override: int | None = None) -> LoadedModel:
     """Load a model directory's weights and tokenizer, measuring the memory they take."""
-    config = _read_config(path)
+    config = read_config(path)
     before = mx.get_active_memory()
     family, forward = encoder_family(config), None
     if family is not None:
@@ -120,12 +122,26 @@ def load_base(path: Path, context_override: int | None = None) -> LoadedModel:
         except Exception as exc:  # mlx-lm raises many kinds; none may escape the runtime
             raise ModelLoadError(f"could not load {path.name}: {type(exc).__name__}: {exc}") from exc
     mx.eval(model.parameters())
+    return loaded_model(path, model, tokenizer, config, before, context_override, forward)
+
+
+def loaded_model(
+    path: Path,
+    model: Any,
+    tokenizer: Any,
+    config: dict[str, Any],
+    before: int,
+    context_override: int | None = None,
+    forward: encoder.EncoderForward | None = None,
+) -> LoadedModel:
+    """A model's evaluated weights checked and described (a whole model or one rank's
+    shard); ``before``: the active memory before they were read; ``forward``: an encoder's."""
     check_finite(model, path.name)
     vocab = int(config.get("vocab_size") or config.get("text_config", {}).get("vocab_size") or len(tokenizer))
     return LoadedModel(
         model=model,
         tokenizer=tokenizer,
-        context_length=_context_length(config, context_override),
+        context_length=context_length(config, context_override),
         vocab_size=vocab,
         memory_bytes=max(0, mx.get_active_memory() - before),
         pooling=read_pooling(path),

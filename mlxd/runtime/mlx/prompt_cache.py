@@ -12,6 +12,7 @@ the disk is a tier behind memory, so a zero memory budget turns both off.
 from __future__ import annotations
 
 import copy
+from collections.abc import Callable
 from typing import Any, Protocol
 
 import mlx.core as mx
@@ -24,6 +25,10 @@ __all__ = ["MIN_REUSE", "MIN_STORE", "SHORT_REUSE", "DiskTier", "PromptCache"]
 #: copying every one-shot prompt's KV out of the batch (it showed in the per-request
 #: profile). A sequence that decoded alone owns its arrays and is kept from ``MIN_REUSE``.
 MIN_STORE = 64
+
+
+def _nbytes(layers: list[Any]) -> int:
+    return sum(int(layer.nbytes) for layer in layers)
 
 
 class DiskTier(Protocol):
@@ -43,6 +48,8 @@ class PromptCache:
     """An LRU of KV caches keyed by token sequences, bounded by ``max_bytes`` and ``max_entries``."""
 
     def __init__(self, max_bytes: int, max_entries: int = 1024, disk: DiskTier | None = None) -> None:
+        #: How an entry's bytes are counted (a distributed daemon counts the same on every rank).
+        self.measure: Callable[[list[Any]], int] = _nbytes
         self.max_bytes = max_bytes
         self.max_entries = max_entries
         self.hits = 0
@@ -98,7 +105,7 @@ class PromptCache:
         self._keep(tokens, layers)
 
     def _keep(self, tokens: list[int], layers: list[Any]) -> None:
-        size = sum(int(layer.nbytes) for layer in layers)
+        size = self.measure(layers)
         if size > self.max_bytes:
             return
         self._index.add(tuple(tokens), layers, size)

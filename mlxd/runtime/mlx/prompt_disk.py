@@ -22,27 +22,24 @@ import contextlib
 import json
 import logging
 import os
-import queue
 import threading
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import mlx.core as mx
-from mlx_lm.models.cache import load_prompt_cache, save_prompt_cache
+from mlx_lm.models.cache import save_prompt_cache
 
+from mlxd.runtime.mlx.file_jobs import FileJobs
 from mlxd.runtime.mlx.prompt_files import (
     FORMAT,
-    NAME,
     TEMP_SUFFIX,
     Signature,
     check_layers,
     digest,
-    finite,
-    header_metadata,
+    read_cache,
     reason,
+    scan_files,
 )
 from mlxd.runtime.prefix_index import PrefixIndex
 
@@ -71,9 +68,9 @@ class DiskPromptCache:
         self._lock = threading.Lock()
         self._indexes: dict[str, PrefixIndex[_File]] = {}
         self._pending: dict[str, set[tuple[int, ...]]] = {}
-        self._jobs: queue.SimpleQueue[Callable[[], None] | None] = queue.SimpleQueue()
+        self._jobs = FileJobs("mlxd-prompt-disk")
+        self._submit = self._jobs.submit
         self._scanned = threading.Event()
-        self._thread: threading.Thread | None = None
         self.configure(directory, max_bytes, min_tokens)
 
     @property
@@ -108,16 +105,11 @@ class DiskPromptCache:
 
     def flush(self, timeout: float = 10.0) -> bool:
         """Wait until the writes and deletions queued so far are done (False: timed out)."""
-        done = threading.Event()
-        self._submit(done.set)
-        return done.wait(timeout)
+        return self._jobs.flush(timeout)
 
     def close(self, timeout: float = 10.0) -> None:
         """Finish the writes queued so far, then stop the writer thread."""
-        if self._thread is not None:
-            self._jobs.put(None)
-            self._thread.join(timeout)
-            self._thread = None
+        self._jobs.close(timeout)
 
     # -- the worker's side ---------------------------------------------------------------
 
@@ -159,16 +151,7 @@ class DiskPromptCache:
             self._forget(identity, key, delete=False)
             return None
         try:
-            layers, metadata = load_prompt_cache(str(entry.path), return_metadata=True)
-            mx.eval([layer.state for layer in layers])
-            if metadata.get("format") != FORMAT or metadata.get("identity") != identity:
-                raise ValueError("it belongs to another model")
-            if json.loads(metadata.get("tokens", "null")) != list(key):
-                raise ValueError("its tokens are not the ones its name promises")
-            if problem := check_layers(layers, signature, len(key)):
-                raise ValueError(problem)
-            if not finite(layers):
-                raise ValueError("its values are not finite (damaged data)")
+            layers = read_cache(entry.path, identity, list(key), signature)
         except Exception as exc:
             log.warning("skipping the prompt cache file %s: %s", entry.path.name, reason(exc))
             self._forget(identity, key, delete=True)
@@ -186,23 +169,6 @@ class DiskPromptCache:
 
     # -- the writer thread ---------------------------------------------------------------
 
-    def _submit(self, job: Callable[[], None]) -> None:
-        if self._thread is None:
-            self._thread = threading.Thread(target=self._run, name="mlxd-prompt-disk", daemon=True)
-            self._thread.start()
-        self._jobs.put(job)
-
-    def _run(self) -> None:
-        try:
-            while (job := self._jobs.get()) is not None:
-                try:
-                    job()
-                except Exception:
-                    log.exception("a prompt cache file operation failed")
-        finally:
-            with contextlib.suppress(Exception):
-                mx.clear_streams()
-
     def _scan(self, directory: Path) -> None:
         """Index the files already there (oldest use first); delete what is not ours."""
         try:
@@ -215,31 +181,10 @@ class DiskPromptCache:
             )
             self._scanned.set()
             return
-        found: list[tuple[float, str, tuple[int, ...], _File, int]] = []
-        for name in names:
-            path = directory / name
-            if name.endswith(TEMP_SUFFIX):  # a write that a crash interrupted
-                with contextlib.suppress(OSError):
-                    path.unlink()
-                continue
-            if not NAME.fullmatch(name):
-                continue
-            try:
-                metadata = header_metadata(path)
-                if metadata.get("0.format") != FORMAT:
-                    raise ValueError("not a prompt cache file of this version")
-                identity = metadata["0.identity"]
-                tokens = json.loads(metadata["0.tokens"])
-                if not isinstance(tokens, list) or not all(isinstance(t, int) for t in tokens):
-                    raise ValueError("no token list")
-                st = path.stat()
-            except Exception as exc:
-                log.warning("skipping the prompt cache file %s: %s", name, reason(exc))
-                with contextlib.suppress(OSError):
-                    path.unlink()
-                continue
-            found.append((st.st_mtime, identity, tuple(tokens), _File(path, st.st_mtime), st.st_size))
-        found.sort(key=lambda item: item[0])
+        found = [
+            (used, identity, key, _File(path, used), size)
+            for used, identity, key, path, size in scan_files(directory, names)
+        ]
         with self._lock:
             if self.directory != directory:
                 return

@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import logging
 import re
 import struct
 from pathlib import Path
@@ -18,7 +19,9 @@ from typing import Any
 
 import mlx.core as mx
 from mlx.utils import tree_flatten
-from mlx_lm.models.cache import KVCache, QuantizedKVCache
+from mlx_lm.models.cache import KVCache, QuantizedKVCache, load_prompt_cache
+
+log = logging.getLogger("mlxd.runtime")
 
 #: The version of the files' layout; other versions are foreign.
 FORMAT = "mlxd-prompt-1"
@@ -118,3 +121,53 @@ def reason(exc: BaseException) -> str:
     """One short line about a bad file (never a path)."""
     text = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
     return text[:200]
+
+
+def read_cache(path: Path, identity: str, tokens: list[int], signature: Signature) -> list[Any]:
+    """The evaluated layers of the file at ``path`` if it is ``identity``'s cache of exactly
+    ``tokens`` with ``signature``'s shape and finite values; else ``ValueError`` (or what
+    reading raised)."""
+    layers: list[Any]
+    layers, metadata = load_prompt_cache(str(path), return_metadata=True)
+    mx.eval([layer.state for layer in layers])
+    if metadata.get("format") != FORMAT or metadata.get("identity") != identity:
+        raise ValueError("it belongs to another model")
+    if json.loads(metadata.get("tokens", "null")) != tokens:
+        raise ValueError("its tokens are not the ones its name promises")
+    if problem := check_layers(layers, signature, len(tokens)):
+        raise ValueError(problem)
+    if not finite(layers):
+        raise ValueError("its values are not finite (damaged data)")
+    return layers
+
+
+def scan_files(directory: Path, names: list[str]) -> list[tuple[float, str, tuple[int, ...], Path, int]]:
+    """The prompt files among ``names`` in ``directory``, each as (last use, model identity,
+    tokens, path, bytes), oldest use first, read from their headers alone. A write a crash
+    interrupted, and a file that is not a prompt cache of this version, are deleted."""
+    found = []
+    for name in names:
+        path = directory / name
+        if name.endswith(TEMP_SUFFIX):  # a write that a crash interrupted
+            with contextlib.suppress(OSError):
+                path.unlink()
+            continue
+        if not NAME.fullmatch(name):
+            continue
+        try:
+            metadata = header_metadata(path)
+            if metadata.get("0.format") != FORMAT:
+                raise ValueError("not a prompt cache file of this version")
+            identity = metadata["0.identity"]
+            tokens = json.loads(metadata["0.tokens"])
+            if not isinstance(tokens, list) or not all(isinstance(t, int) for t in tokens):
+                raise ValueError("no token list")
+            st = path.stat()
+        except Exception as exc:
+            log.warning("skipping the prompt cache file %s: %s", name, reason(exc))
+            with contextlib.suppress(OSError):
+                path.unlink()
+            continue
+        found.append((st.st_mtime, identity, tuple(tokens), path, st.st_size))
+    found.sort(key=lambda item: item[0])
+    return found

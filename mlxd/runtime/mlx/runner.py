@@ -18,7 +18,6 @@ from mlx_lm.models.cache import KVCache, make_prompt_cache
 
 from mlxd.logs import tagged
 from mlxd.output.parser import ChoiceParser
-from mlxd.runtime.engine import RuntimeSettings
 from mlxd.runtime.mlx import vision
 from mlxd.runtime.mlx.batch import Batch, Out, emit, failed
 from mlxd.runtime.mlx.commands import Choice, Embed, Insert
@@ -33,6 +32,7 @@ from mlxd.runtime.mlx.speculative import DraftStats, SpeculativeDecoder
 from mlxd.runtime.mlx.stats import WorkerStats
 from mlxd.runtime.mlx.unit_options import UnitOptions
 from mlxd.runtime.mlx.warmup import warm_up
+from mlxd.runtime.specs import RuntimeSettings
 from mlxd.runtime.token_pieces import TokenPieces
 
 log = logging.getLogger("mlxd.runtime")

@@ -21,7 +21,7 @@ from typing import Any
 import mlx.core as mx
 from mlx_lm.sample_utils import make_logits_processors
 
-from mlxd.runtime.engine import SamplingParams
+from mlxd.runtime.requests import SamplingParams
 
 Sampler = Callable[[Any], Any]
 LogitsProcessor = Callable[[Any, Any], Any]

@@ -15,9 +15,9 @@ from typing import Any
 import mlx.core as mx
 from mlx_lm.models.cache import KVCache, QuantizedKVCache
 
-from mlxd.runtime.engine import KvSettings
-from mlxd.runtime.mlx.kv_quant import quantize_solo
+from mlxd.runtime.mlx.kv_layers import quantize_solo
 from mlxd.runtime.mlx.sampling import LogitsProcessor, Sampler
+from mlxd.runtime.specs import KvSettings
 
 
 @dataclass(slots=True)

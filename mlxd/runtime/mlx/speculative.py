@@ -25,7 +25,7 @@ from typing import Any
 import mlx.core as mx
 from mlx_lm.models.cache import make_prompt_cache, trim_prompt_cache
 
-from mlxd.runtime.mlx.kv_quant import quantize_solo
+from mlxd.runtime.mlx.kv_layers import quantize_solo
 from mlxd.runtime.mlx.solo import Detached, SoloDecoder, SoloResponse
 
 

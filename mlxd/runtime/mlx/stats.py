@@ -6,7 +6,7 @@ step's figures mixed with the next one's, never a torn value.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 
 @dataclass(slots=True)
@@ -27,6 +27,9 @@ class WorkerStats:
     #: The prompt caches of every loaded model, refreshed with the memory figures.
     prompt_cache_bytes: int = 0
     prompt_cache_entries: int = 0
+    #: A distributed daemon's seconds per decode pass of each rank (by rank; empty in one
+    #: process), as the ranks last reported them to rank 0.
+    rank_step_seconds: list[float] = field(default_factory=list)
 
     def stepped(self, rows: int) -> None:
         """Count one decode step of ``rows`` sequences."""

@@ -17,10 +17,10 @@ import mlx.core as mx
 from mlx_lm.models.cache import make_prompt_cache
 
 from mlxd.errors import ModelUnsupportedError
-from mlxd.runtime.engine import KvSettings, ModelSpec
 from mlxd.runtime.mlx.loading import LoadedModel
 from mlxd.runtime.mlx.prompt_disk import DiskPromptCache, DiskTier
 from mlxd.runtime.mlx.prompt_files import Signature, layer_signature, model_identity
+from mlxd.runtime.specs import KvSettings, ModelSpec
 
 
 @dataclass(frozen=True, slots=True)

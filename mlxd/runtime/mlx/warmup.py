@@ -17,8 +17,8 @@ from typing import Any
 import mlx.core as mx
 from mlx_lm.models.cache import make_prompt_cache
 
-from mlxd.runtime.engine import SamplingParams
 from mlxd.runtime.mlx.sampling import make_sampler
+from mlxd.runtime.requests import SamplingParams
 
 log = logging.getLogger("mlxd.runtime")
 

@@ -9,22 +9,33 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 
 from mlxd.errors import ModelLoadError
-from mlxd.runtime.engine import ModelSpec
 from mlxd.runtime.mlx.loading import LoadedModel, load_adapted, load_base
+from mlxd.runtime.specs import ModelSpec
 
 log = logging.getLogger("mlxd.runtime")
 
 BaseKey = tuple[str, str | None]
+#: Reads a unit's base weights from its directory.
+Loader = Callable[[ModelSpec, Path], LoadedModel]
+
+
+def _load_whole(spec: ModelSpec, path: Path) -> LoadedModel:
+    return load_base(path)
 
 
 class WeightStore:
-    """Loads base weights once per base key and counts the units that use them."""
+    """Loads base weights once per base key and counts the units that use them.
 
-    def __init__(self) -> None:
+    ``loader`` reads a base: the whole model in one process, this rank's shard of it in
+    a distributed daemon."""
+
+    def __init__(self, loader: Loader = _load_whole) -> None:
+        self._load = loader
         self._bases: dict[BaseKey, LoadedModel] = {}
         self._users: dict[BaseKey, int] = {}
 
@@ -37,7 +48,7 @@ class WeightStore:
             log.info("reading the weights of %s", spec.label or spec.source)
             # The model's own context: aliases sharing these weights may each override it
             # (admission applies the request's alias's).
-            base = self._bases[key] = load_base(path)
+            base = self._bases[key] = self._load(spec, path)
             loaded = base
         else:  # another unit over the same weights (other engine options): they are counted once
             loaded = replace(base, memory_bytes=0)

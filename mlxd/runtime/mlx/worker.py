@@ -6,17 +6,17 @@ answers with one ``call_soon_threadsafe`` per pass of its loop carrying the even
 every sequence whose output is due (not one hop per token), and resolves
 ``concurrent.futures.Future``s for loads, unloads and calls. Each model unit's batch is
 a ``ModelRunner``; the base weights they share live in the ``WeightStore``.
+
+In a distributed daemon every rank runs this worker, and ``Lockstep`` makes them one:
+rank 0's commands reach the others at the same point of the loop (``lockstep.py``).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import ctypes
-import gc
 import logging
 import queue
-import sys
 from collections.abc import Callable
 from concurrent.futures import Future
 from typing import Any
@@ -25,54 +25,29 @@ import mlx.core as mx
 
 from mlxd.errors import MlxdError, ModelLoadError, ModelUnsupportedError
 from mlxd.logs import tagged
-from mlxd.runtime.engine import GenerationEvent, RuntimeSettings, UnitKey
+from mlxd.runtime.cluster import ClusterSpec
+from mlxd.runtime.engine import GenerationEvent
 from mlxd.runtime.mlx.batch import Out
 from mlxd.runtime.mlx.commands import Call, Cancel, Command, Configure, Embed, Insert, Load, Shutdown, Unload
 from mlxd.runtime.mlx.constrained import GrammarCache
 from mlxd.runtime.mlx.embed import DecodeClock
 from mlxd.runtime.mlx.loading import LoadedModel
+from mlxd.runtime.mlx.lockstep import Lockstep
+from mlxd.runtime.mlx.memory import cache_limit, release_memory, settle_heap
 from mlxd.runtime.mlx.prompt_disk import DiskPromptCache
 from mlxd.runtime.mlx.runner import ModelRunner
 from mlxd.runtime.mlx.stats import WorkerStats
 from mlxd.runtime.mlx.unit_options import prepare
 from mlxd.runtime.mlx.weights import WeightStore
+from mlxd.runtime.specs import RuntimeSettings, UnitKey
 
 log = logging.getLogger("mlxd.runtime")
 
 
-#: MLX's buffer cache may hold at most this share of the memory budget: freed buffers are
-#: reused for the next allocations (fast), but without a bound it grew to many GB on a GPU.
-CACHE_SHARE = 8
-
-
-def cache_limit(settings: RuntimeSettings) -> int:
-    """Bytes of freed buffers MLX may keep for reuse under ``settings``."""
-    return max(256 * 2**20, settings.memory_budget_bytes // CACHE_SHARE)
-
-
-def _settle_heap() -> None:
-    """Put every object alive now out of the cyclic garbage collector's way.
-
-    The daemon holds over 100,000 long-lived objects (the web stack, transformers, the
-    tokenizers and models): a full collection walked them all (50-75 ms on the tiny
-    model's daemon, several times during the first load). Frozen objects are still freed
-    by reference counting, which is how an unloaded model's arrays go (they form no
-    cycles), and collections only look at what was created since.
-    """
-    gc.freeze()
-
-
-def _release_memory() -> None:
-    """Return freed weights to the OS (glibc keeps them otherwise; macOS needs no help)."""
-    gc.collect()
-    mx.clear_cache()
-    if sys.platform == "linux":
-        with contextlib.suppress(OSError, AttributeError):
-            ctypes.CDLL("libc.so.6").malloc_trim(0)
-
-
 class MlxWorker:
-    """Owns the MLX thread state: the runners of the loaded units and their shared weights."""
+    """Owns the MLX thread state: the runners of the loaded units and their shared weights.
+
+    With ``cluster`` it is one rank of a distributed daemon (see ``lockstep.py``)."""
 
     def __init__(
         self,
@@ -81,6 +56,7 @@ class MlxWorker:
         settings: RuntimeSettings,
         stats: WorkerStats,
         on_crash: Callable[[BaseException], None],
+        cluster: ClusterSpec | None = None,
     ) -> None:
         self.alive = True
         self.stats = stats
@@ -97,6 +73,8 @@ class MlxWorker:
         self._disk = DiskPromptCache(
             settings.prompt_cache_dir, settings.prompt_cache_disk_bytes, settings.prompt_cache_disk_min_tokens
         )
+        self._cluster = cluster
+        self._lockstep: Lockstep | None = None
 
     @property
     def runners(self) -> dict[UnitKey, ModelRunner]:
@@ -110,9 +88,12 @@ class MlxWorker:
 
     def run(self) -> None:
         """Serve commands on the calling thread (the worker thread) until shut down."""
-        _settle_heap()
+        settle_heap()
         self._bound_cache()
         try:
+            if self._cluster is not None:
+                self._lockstep = Lockstep.join(self._cluster, self._settings, self.stats)
+                self._weights = WeightStore(self._lockstep.load)
             self._serve()
         except BaseException as exc:  # the worker itself failed: report it, fail everyone
             log.exception("the MLX worker crashed")
@@ -134,7 +115,7 @@ class MlxWorker:
         for runner in self._runners.values():
             with contextlib.suppress(Exception):
                 out.extend((seq.sink, failed) for seq in runner.close())
-        for command in [*self._pending, *self._drain(block=False)]:
+        for command in [*self._pending, *self._take(block=False)]:
             if isinstance(command, Insert):
                 out.extend((choice.sink, failed) for choice in command.choices)
             elif isinstance(command, Load | Unload | Call | Embed) and not command.future.done():
@@ -174,6 +155,11 @@ class MlxWorker:
         stats.prompt_cache_entries = sum(len(cache) for cache in caches)
 
     def _drain(self, *, block: bool) -> list[Command]:
+        if self._lockstep is not None:  # the same commands on every rank, at the same pass
+            return self._lockstep.exchange(self._take, block=block)
+        return self._take(block=block)
+
+    def _take(self, *, block: bool) -> list[Command]:
         commands: list[Command] = []
         if block:
             # Wake up now and then while idle to refresh the memory figures.
@@ -236,13 +222,15 @@ class MlxWorker:
         loaded = self._weights.open(spec, command.path)
         try:
             options = prepare(spec, command.path, loaded, draft.loaded if draft else None, self._disk)
-            self._runners[command.key] = ModelRunner(
+            runner = self._runners[command.key] = ModelRunner(
                 loaded, spec.base_key, self._settings, self.stats, self._grammars, options
             )
+            if self._lockstep is not None:
+                runner.prompt_cache.measure = self._lockstep.agreed_bytes
         except BaseException:
             self._weights.close(command.spec.base_key)
             raise
-        _settle_heap()
+        settle_heap()
         return loaded
 
     def _unload(self, key: UnitKey, out: Out) -> bool:
@@ -253,7 +241,7 @@ class MlxWorker:
         out.extend((seq.sink, unloaded) for seq in runner.close())
         self._weights.close(runner.base_key)
         del runner
-        _release_memory()
+        release_memory()
         return True
 
 

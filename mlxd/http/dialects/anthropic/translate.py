@@ -17,7 +17,7 @@ from mlxd.errors import RequestError
 from mlxd.http.images import ImagePart, content, from_url
 from mlxd.http.translate import CommonRequest, past_call, resolve
 from mlxd.protocol.anthropic import ContentBlock, CountTokensRequest, MessagesRequest, Tool, ToolChoice
-from mlxd.runtime.engine import GenerationRequest
+from mlxd.runtime.requests import GenerationRequest
 
 #: Neutral field -> Anthropic's name, for errors.
 NAMES = {"stop": "stop_sequences", "chat_template_kwargs": "thinking"}

@@ -19,7 +19,7 @@ from mlxd.http.images import ImagePart, content
 from mlxd.http.translate import CommonRequest, past_calls, resolve
 from mlxd.protocol.ollama import ChatRequest, GenerateRequest, KeepAlive, Message, Options
 from mlxd.protocol.requests import ResponseFormat
-from mlxd.runtime.engine import GenerationRequest
+from mlxd.runtime.requests import GenerationRequest
 
 #: Neutral field -> Ollama's name, for errors.
 NAMES = {

@@ -19,7 +19,7 @@ from mlxd.http.images import ImagePart, content, from_url
 from mlxd.http.translate import CommonRequest, past_call, resolve
 from mlxd.protocol.openai_responses import ResponsesRequest
 from mlxd.protocol.requests import ResponseFormat
-from mlxd.runtime.engine import GenerationRequest
+from mlxd.runtime.requests import GenerationRequest
 
 #: Neutral field -> the Responses name, for errors.
 NAMES = {

@@ -15,7 +15,7 @@ from mlxd.http.dialects.openai.logprobs import LogprobShape
 from mlxd.http.images import ImagePart, content, from_url
 from mlxd.http.translate import CommonRequest, past_calls, resolve
 from mlxd.protocol.requests import AnyRequest, ChatCompletionRequest, ChatMessage, CompletionRequest
-from mlxd.runtime.engine import GenerationRequest
+from mlxd.runtime.requests import GenerationRequest
 
 
 @dataclass(frozen=True, slots=True)
