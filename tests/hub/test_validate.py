@@ -168,6 +168,24 @@ def test_file_selection_keeps_only_what_mlx_loads() -> None:
     ]
 
 
+def test_file_selection_takes_an_encoder_embedders_files() -> None:
+    listed = [
+        RemoteFile("config.json", 9),
+        RemoteFile("model.safetensors", 500),
+        RemoteFile("vocab.txt", 30),
+        RemoteFile("modules.json", 3),
+        RemoteFile("1_Pooling/config.json", 2),
+        RemoteFile("onnx/model.onnx", 400),
+    ]
+    assert sorted(f.path for f in select_files("org/bge", listed)) == [
+        "1_Pooling/config.json",
+        "config.json",
+        "model.safetensors",
+        "modules.json",
+        "vocab.txt",
+    ]
+
+
 @pytest.mark.parametrize(
     ("listed", "message"),
     [
