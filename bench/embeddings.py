@@ -1,16 +1,23 @@
 """Embeddings: throughput against the raw engine, and what a burst does to open streams.
 
-``python -m bench.embeddings [--reps R]`` builds a small decoder embedding model (qwen3,
-hidden 128, 4 layers; sentence-transformers files: last-token pooling, normalized), serves
-it with ``mlxd serve`` and measures, in one run:
+``python -m bench.embeddings [--total N] [--tokens T] [--reps R]`` builds a small decoder embedding
+model (qwen3, hidden 128, 4 layers; sentence-transformers files: last-token pooling,
+normalized) and, when mlx-embeddings is installed (``mlxd[embeddings]``), a BERT encoder of
+the same size (mean pooling, normalized); serves both with ``mlxd serve`` and measures, in
+one run:
 
 1. inputs/s at batch 1, 32 and 256 (one request of that many inputs at a time, float
    vectors through ``/v1/embeddings``) against the raw engine: the same inputs through the
-   model's own forward pass in-process (right-padded batch, last-token pooling,
-   normalization, evaluated), in batches of the same size;
-2. the inter-chunk gap of one stream (``stream_interval = 0``: a chunk per token) alone,
-   and while bursts of 256 embedding inputs run beside it: p50 / p99 / max, next to the
-   time one prefill step (``prefill_step_size`` tokens) takes in the raw engine.
+   model's own forward pass in-process (mlx-lm's model for the decoder: right-padded batch,
+   last-token pooling; mlx-embeddings' for the encoder: masked batch, its own mean pooling;
+   normalized, evaluated), in batches of the same size, the two taking turns ``R`` times
+   (the ratio is the median of the paired ratios);
+2. the largest difference between a batch's vectors and the same inputs' vectors one at a
+   time (32 inputs of 8 to 40 words);
+3. the inter-chunk gap of one stream (``stream_interval = 0``: a chunk per token) alone,
+   and while bursts of 256 embedding inputs run beside it, for the stream's own model and
+   for the encoder: p50 / p99 / max, next to the time one prefill step
+   (``prefill_step_size`` tokens) takes in the raw engine.
 
 It prints Markdown for ``bench/RESULTS.md``.
 """
@@ -23,14 +30,15 @@ import statistics
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import httpx
 
 from bench.servers import start_mlxd_with
 
 SIZES = {"hidden_size": 128, "num_layers": 4, "num_heads": 4, "num_kv_heads": 2, "intermediate_size": 256}
+ENCODER_SIZES = {"hidden_size": 128, "num_layers": 4, "num_heads": 4, "intermediate_size": 256}
 PREFILL_STEP = 256
 BATCHES = (1, 32, 256)
 
@@ -43,47 +51,89 @@ def texts(count: int, offset: int = 0) -> list[str]:
     ]
 
 
-def raw_rate(model_dir: Path, batch: int, total: int) -> tuple[float, float]:
-    """(inputs/s of the raw engine, seconds of one prefill step) on the same inputs."""
+Embedder = Callable[[list[str]], object]
+
+
+def raw_decoder(model_dir: Path) -> tuple[Embedder, float]:
+    """mlx-lm's model in-process: right-padded batch, last-token pooling, normalized,
+    evaluated; and the seconds one prefill step (``PREFILL_STEP`` tokens) takes."""
     import mlx.core as mx
     from mlx_lm.utils import load
 
     model, tokenizer = load(str(model_dir))
     inner = model.model
 
-    def run(inputs: list[str]) -> None:
+    def run(inputs: list[str]) -> object:
         tokens = [tokenizer.encode(t) for t in inputs]
         width = max(len(t) for t in tokens)
         states = inner(mx.array([t + [0] * (width - len(t)) for t in tokens])).astype(mx.float32)
         rows = mx.stack([states[i, len(t) - 1] for i, t in enumerate(tokens)])
-        mx.eval(rows / mx.linalg.norm(rows, axis=-1, keepdims=True))
+        rows = rows / mx.linalg.norm(rows, axis=-1, keepdims=True)
+        mx.eval(rows)
+        return rows
 
-    run(texts(batch, 10**6))  # warm up
-    started = time.perf_counter()
-    for offset in range(0, total, batch):
-        run(texts(batch, offset))
-    rate = total / (time.perf_counter() - started)
     step = mx.array([[5] * PREFILL_STEP])
     mx.eval(inner(step))
     started = time.perf_counter()
     for _ in range(5):
         mx.eval(inner(step))
-    return rate, (time.perf_counter() - started) / 5
+    return run, (time.perf_counter() - started) / 5
 
 
-def mlxd_rate(client: httpx.Client, batch: int, total: int) -> float:
-    """inputs/s through ``/v1/embeddings``."""
-    client.post("/v1/embeddings", json={"input": texts(batch, 10**6)}).raise_for_status()
+def raw_encoder(model_dir: Path) -> Embedder:
+    """mlx-embeddings' model in-process: masked batch, its own mean pooling, normalized."""
+    import mlx.core as mx
+    from mlx_embeddings.utils import load
+
+    model, tokenizer = load(str(model_dir))
+
+    def run(inputs: list[str]) -> object:
+        tokens = [tokenizer.encode(t) for t in inputs]
+        width = max(len(t) for t in tokens)
+        ids = mx.array([t + [0] * (width - len(t)) for t in tokens])
+        mask = mx.array([[1.0] * len(t) + [0.0] * (width - len(t)) for t in tokens])
+        vectors = model(ids, attention_mask=mask).text_embeds
+        mx.eval(vectors)
+        return vectors
+
+    return run
+
+
+def _embed(client: httpx.Client, model: str, inputs: list[str]) -> list[list[float]]:
+    reply = client.post("/v1/embeddings", json={"model": model, "input": inputs, "encoding_format": "float"})
+    reply.raise_for_status()
+    return [item["embedding"] for item in reply.json()["data"]]
+
+
+def rate(embed: Embedder, batch: int, total: int, offset: int) -> float:
+    """inputs/s of ``embed`` over ``total`` fresh inputs, ``batch`` at a time (after one
+    warm-up batch)."""
+    embed(texts(batch, 10**6 + offset))
     started = time.perf_counter()
-    for offset in range(0, total, batch):
-        reply = client.post("/v1/embeddings", json={"input": texts(batch, offset)})
-        reply.raise_for_status()
+    for start in range(0, total, batch):
+        embed(texts(batch, offset + start))
     return total / (time.perf_counter() - started)
+
+
+def batch_difference(client: httpx.Client, model: str, count: int = 32) -> float:
+    """The largest difference between batched vectors and one-at-a-time ones."""
+    import numpy as np
+
+    inputs = texts(count, 5000)
+    batched = np.array(_embed(client, model, inputs))
+    alone = np.array([_embed(client, model, [text])[0] for text in inputs])
+    return float(np.abs(batched - alone).max())
 
 
 def stream_gaps(client: httpx.Client, tokens: int) -> list[float]:
     """Seconds between the chunks of one greedy stream."""
-    body = {"prompt": "Once upon a time", "max_tokens": tokens, "stream": True, "temperature": 0}
+    body = {
+        "model": "decoder",
+        "prompt": "Once upon a time",
+        "max_tokens": tokens,
+        "stream": True,
+        "temperature": 0,
+    }
     arrivals: list[float] = []
     with client.stream("POST", "/v1/completions", json=body) as response:
         response.raise_for_status()
@@ -93,15 +143,16 @@ def stream_gaps(client: httpx.Client, tokens: int) -> list[float]:
     return [b - a for a, b in itertools.pairwise(arrivals[1:])]  # the first gap is the TTFT
 
 
-def with_bursts(url: str, client: httpx.Client, tokens: int) -> tuple[list[float], int]:
-    """The stream's gaps while 256-input bursts run one after another beside it."""
+def with_bursts(url: str, client: httpx.Client, tokens: int, model: str) -> tuple[list[float], int]:
+    """The stream's gaps while 256-input bursts for ``model`` run one after another beside it."""
     done = threading.Event()
     bursts = [0]
 
     def burst() -> None:
         with httpx.Client(base_url=url, timeout=300) as other:
             while not done.is_set():
-                other.post("/v1/embeddings", json={"input": texts(256, 7 * bursts[0])}).raise_for_status()
+                body = {"model": model, "input": texts(256, 7 * bursts[0])}
+                other.post("/v1/embeddings", json=body).raise_for_status()
                 bursts[0] += 1
 
     thread = threading.Thread(target=burst)
@@ -129,11 +180,19 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m bench.embeddings", description=__doc__)
     parser.add_argument("--total", type=int, default=512, help="inputs per throughput measurement")
     parser.add_argument("--tokens", type=int, default=300, help="tokens of the stream (default 300)")
+    parser.add_argument("--reps", type=int, default=3, help="paired repetitions of each rate (default 3)")
     args = parser.parse_args(argv)
-    from mlxd.runtime.demo_model import build_embedding_model
+    import importlib.util
 
+    from mlxd.runtime.demo_model import build_embedding_model, build_encoder_model
+
+    encoder = importlib.util.find_spec("mlx_embeddings") is not None
     with tempfile.TemporaryDirectory() as tmp:
         model = build_embedding_model(Path(tmp) / "embed", **SIZES)
+        models = {"decoder": model}
+        if encoder:
+            models["encoder"] = build_encoder_model(Path(tmp) / "bert", **ENCODER_SIZES)
+        aliases = "".join(f'\n[models.{alias}]\nmodel = "{path}"\n' for alias, path in models.items())
         config = f"""
 [server]
 port = {{port}}
@@ -142,41 +201,63 @@ stream_interval = 0
 [runtime]
 keep_alive = "forever"
 prefill_step_size = {PREFILL_STEP}
-
-[models.bench]
-model = "{model}"
-default = true
-"""
+{aliases}"""
         server = start_mlxd_with(config, Path(tmp) / "mlxd")
-        rows: list[tuple[int, float, float]] = []
+        rates: dict[str, dict[int, list[tuple[float, float]]]] = {a: {b: [] for b in BATCHES} for a in models}
+        differences: dict[str, float] = {}
+        beside: dict[str, tuple[list[float], int]] = {}
+        raw_decoder_run, step = raw_decoder(model)
+        raws = {"decoder": raw_decoder_run}
+        if encoder:
+            raws["encoder"] = raw_encoder(models["encoder"])
         try:
             server.wait_healthy()
             with httpx.Client(base_url=server.url, timeout=300) as client:
-                for batch in BATCHES:
-                    total = max(batch, args.total if batch > 1 else args.total // 4)
-                    rows.append((batch, mlxd_rate(client, batch, total), 0.0))
+                # mlxd and the raw engine take turns on the same batches (the server idles
+                # meanwhile), so a shared machine's load drifts little within a pair.
+                for rep in range(args.reps):
+                    for alias in models:
+                        for batch in BATCHES:
+                            total = max(batch, args.total if batch > 1 else args.total // 4)
+                            served = rate(
+                                lambda xs, a=alias: _embed(client, a, xs), batch, total, rep * total
+                            )
+                            floor = rate(raws[alias], batch, total, rep * total)
+                            rates[alias][batch].append((served, floor))
+                for alias in models:
+                    differences[alias] = batch_difference(client, alias)
                 stream_gaps(client, 16)  # warm up
                 alone = stream_gaps(client, args.tokens)
-                beside, bursts = with_bursts(server.url, client, args.tokens)
+                for alias in models:
+                    beside[alias] = with_bursts(server.url, client, args.tokens, alias)
         finally:
             server.stop()
-        raw: dict[int, Any] = {}
-        step = 0.0
-        for batch, _, _ in rows:
-            total = max(batch, args.total if batch > 1 else args.total // 4)
-            raw[batch], step = raw_rate(model, batch, total)
-    print("Embeddings throughput (inputs/s), qwen3 hidden 128 x 4 layers, 8-40 word inputs\n")
-    print("| batch | mlxd | raw engine | mlxd / raw |")
-    print("|---|---|---|---|")
-    for batch, rate, _ in rows:
-        print(f"| {batch} | {rate:.0f} | {raw[batch]:.0f} | {rate / raw[batch]:.2f}× |")
-    print(f"\nOne stream's gap between chunks (ms, p50 / p99 / max), {args.tokens} tokens:\n")
+    names = {
+        "decoder": "decoder (qwen3, hidden 128 x 4 layers, last token)",
+        "encoder": "encoder (bert through mlx-embeddings, hidden 128 x 4 layers, mean)",
+    }
+    print(f"Embeddings throughput (inputs/s, medians of {args.reps} paired repetitions), 8-40 word inputs\n")
+    print("| model | batch | mlxd | raw engine | mlxd / raw (paired median) |")
+    print("|---|---|---|---|---|")
+    for alias in models:
+        for batch in BATCHES:
+            pairs = rates[alias][batch]
+            served = statistics.median(p[0] for p in pairs)
+            floor = statistics.median(p[1] for p in pairs)
+            ratio = statistics.median(p[0] / p[1] for p in pairs)
+            print(f"| {names[alias]} | {batch} | {served:.0f} | {floor:.0f} | {ratio:.2f}× |")
+    print("\nBatched against one at a time (32 inputs), largest difference of any value:\n")
+    print("| model | max abs difference |")
+    print("|---|---|")
+    for alias in models:
+        print(f"| {names[alias]} | {differences[alias]:.1e} |")
+    print(f"\nOne decoder stream's gap between chunks (ms, p50 / p99 / max), {args.tokens} tokens:\n")
     print("| | gaps | p99 / alone |")
     print("|---|---|---|")
     print(f"| alone | {_ms(alone)} | 1.00× |")
-    print(
-        f"| beside {bursts} bursts of 256 inputs | {_ms(beside)} | {_p(beside, 0.99) / _p(alone, 0.99):.2f}× |"
-    )
+    for alias, (gaps, bursts) in beside.items():
+        ratio = _p(gaps, 0.99) / _p(alone, 0.99)
+        print(f"| beside {bursts} bursts of 256 inputs to the {alias} | {_ms(gaps)} | {ratio:.2f}× |")
     print(f"\nOne prefill step ({PREFILL_STEP} tokens) in the raw engine: {step * 1e3:.1f} ms")
 
 

@@ -1,9 +1,10 @@
 """What an alias's model can do besides completing text, read from its files (no mlx import).
 
-``vision``: its ``config.json`` has a ``vision_config`` and the installed mlx-lm has an
+``completion``: it generates text (every model but an encoder embedding model, which only
+embeds). ``vision``: its ``config.json`` has a ``vision_config`` and the installed mlx-lm has an
 image processor for its family (``mlx_lm/processors/<model_type>.py``), or the installed
-mlx-vlm (the ``vision`` extra) has the family. ``embedding``: it
-ships sentence-transformers files (``modules.json``), or its alias sets ``pooling``.
+mlx-vlm (the ``vision`` extra) has the family. ``embedding``: it ships sentence-transformers
+files (``modules.json``), is an encoder, or its alias sets ``pooling``.
 Every model can embed (a decoder pools its last token); ``embedding`` marks the ones made
 for it. ``models list``, ``/v1/models`` and Ollama's ``/api/show`` report these.
 """
@@ -14,6 +15,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+from mlxd.config.families import encoder_family
 from mlxd.hub.validate import _mlx_lm_dir, _resolved_model_type, mlx_vlm_family
 
 
@@ -36,11 +38,17 @@ def takes_images(config: dict[str, Any]) -> bool:
     return mlx_vlm_family(config)
 
 
+def generates(directory: Path) -> bool:
+    """False for an encoder embedding model (it only embeds), True for every other model."""
+    return encoder_family(_config(directory)) is None
+
+
 def capabilities(directory: Path, *, pooling: str | None = None) -> tuple[str, ...]:
     """``vision`` and ``embedding`` as they apply to the model in ``directory``."""
+    config = _config(directory)
     out = []
-    if takes_images(_config(directory)):
+    if takes_images(config):
         out.append("vision")
-    if pooling is not None or (directory / "modules.json").is_file():
+    if pooling is not None or (directory / "modules.json").is_file() or encoder_family(config):
         out.append("embedding")
     return tuple(out)

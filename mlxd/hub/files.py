@@ -33,6 +33,9 @@ SUPPORT_FILES = frozenset(
         "added_tokens.json",
         "chat_template.json",
         "generation_config.json",
+        # encoder tokenizers: BERT's WordPiece vocabulary, XLM-RoBERTa's sentencepiece model
+        "vocab.txt",
+        "sentencepiece.bpe.model",
         # vision models: how images become model input
         "preprocessor_config.json",
         "processor_config.json",

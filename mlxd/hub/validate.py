@@ -2,7 +2,8 @@
 
 The checks are cheap (JSON and safetensors headers, file sizes) so the daemon can run
 them before every load: ``config.json`` parses, names no ``model_file`` (mlx-lm would
-import Python from the directory) and a ``model_type`` the installed mlx-lm supports;
+import Python from the directory) and a ``model_type`` the installed mlx-lm supports (or
+an encoder family, served through ``mlxd[embeddings]``);
 weights are safetensors, every shard the index names exists, and every shard is complete.
 """
 
@@ -17,6 +18,7 @@ from functools import lru_cache
 from pathlib import Path, PurePosixPath
 from typing import Any
 
+from mlxd.config.families import encoder_family
 from mlxd.errors import HubError
 from mlxd.hub.files import CODE_PATTERNS, CONFIG_FILE, INDEX_FILE, WEIGHTS_PATTERN
 
@@ -119,7 +121,9 @@ def check_config(config: Any, where: str) -> None:
             hint=_NOT_MLX_HINT,
         )
     types, _, _ = _mlx_lm_tables()
-    if _resolved_model_type(config) not in types and not mlx_vlm_family(config):
+    # Encoder embedding models load through mlx-embeddings (the runtime says when it is missing).
+    family_known = _resolved_model_type(config) in types or encoder_family(config) is not None
+    if not family_known and not mlx_vlm_family(config):
         if config.get("vision_config") and importlib.util.find_spec("mlx_vlm") is None:
             raise HubError(
                 f"{where} is a vision model of the {model_type!r} family, served through mlx-vlm",

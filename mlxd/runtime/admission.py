@@ -51,6 +51,11 @@ class ModelFacts(Protocol):
     def pooling(self) -> PoolingSpec: ...
 
     @property
+    def generates(self) -> bool:
+        """False for an encoder embedding model, which only embeds."""
+        ...
+
+    @property
     def vision(self) -> Any | None:
         """The model's image support (``prepare`` a prompt with images), ``None`` for text only."""
         ...
@@ -131,6 +136,12 @@ class Admission:
 
     async def admit(self, request: GenerationRequest, model: ModelFacts) -> Admitted:
         """Tokenize, check and compile; raises the 400 a request deserves."""
+        if not model.generates:
+            raise RequestError(
+                f"{request.alias!r} is an embedding model: it cannot generate text "
+                "(send its inputs to /v1/embeddings or /api/embed)",
+                param="model",
+            )
         prompt, vision = request.prompt, None
         if isinstance(prompt, ChatPrompt) and prompt.images:
             vision = await self._vision(request, prompt, model)

@@ -156,3 +156,55 @@ def write_tokenizer(dest: Path, *, chat_template: bool, max_length: int, thinkin
     write_json(dest / "tokenizer_config.json", config)
     write_json(dest / "special_tokens_map.json", specials)
     return tokenizer
+
+
+#: An encoder's special tokens, BERT's names, at ids 0..4 (``[PAD]`` is 0, as in BERT).
+WORDPIECE_SPECIALS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")
+
+
+def write_wordpiece_tokenizer(dest: Path, *, max_length: int) -> Any:
+    """An encoder's tokenizer, as BERT-family embedding models ship it: a WordPiece
+    vocabulary trained on the same text, lower-cased, every input wrapped in
+    ``[CLS] … [SEP]``. Saves ``tokenizer.json`` and its configs; returns the tokenizer."""
+    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors
+
+    # The vocabulary is counted here rather than by the WordPiece trainer, whose ties fall
+    # differently from run to run: the characters, each also as a word piece, then whole
+    # words by frequency.
+    pre = pre_tokenizers.BertPreTokenizer()
+    counts: dict[str, int] = {}
+    for word, _ in pre.pre_tokenize_str(normalizers.BertNormalizer(lowercase=True).normalize_str(_CORPUS)):
+        counts[word] = counts.get(word, 0) + 1
+    chars = sorted({c for word in counts for c in word})
+    pieces = [*WORDPIECE_SPECIALS, *chars, *(f"##{c}" for c in chars)]
+    words = sorted((w for w in counts if len(w) > 1), key=lambda w: (-counts[w], w))
+    pieces += words[: VOCAB_SIZE - len(pieces)]
+    vocab = {piece: i for i, piece in enumerate(pieces)}
+    tokenizer = Tokenizer(models.WordPiece(vocab, unk_token=WORDPIECE_SPECIALS[1]))
+    tokenizer.normalizer = normalizers.BertNormalizer(lowercase=True)
+    tokenizer.pre_tokenizer = pre
+    tokenizer.decoder = decoders.WordPiece()
+    cls_id, sep_id = tokenizer.token_to_id("[CLS]"), tokenizer.token_to_id("[SEP]")
+    tokenizer.post_processor = processors.TemplateProcessing(
+        single="[CLS] $A [SEP]",
+        pair="[CLS] $A [SEP] $B:1 [SEP]:1",
+        special_tokens=[("[CLS]", cls_id), ("[SEP]", sep_id)],
+    )
+    tokenizer.save(str(dest / "tokenizer.json"))
+    specials = {
+        "pad_token": "[PAD]",
+        "unk_token": "[UNK]",
+        "cls_token": "[CLS]",
+        "sep_token": "[SEP]",
+        "mask_token": "[MASK]",
+    }
+    config = {
+        **specials,
+        "tokenizer_class": "BertTokenizer",
+        "do_lower_case": True,
+        "clean_up_tokenization_spaces": False,
+        "model_max_length": max_length,
+    }
+    write_json(dest / "tokenizer_config.json", config)
+    write_json(dest / "special_tokens_map.json", specials)
+    return tokenizer

@@ -17,6 +17,7 @@ import openai
 import pytest
 
 from tests.conftest import RunningDaemon, serving
+from tests.embeddings.conftest import vectors as _vectors
 
 pytestmark = [pytest.mark.mlx, pytest.mark.server]
 
@@ -60,15 +61,6 @@ model = "{tiny_model_dir}"
 """
     with serving(tmp_path_factory.mktemp("embed-daemon"), config) as running:
         yield running
-
-
-@pytest.fixture(scope="module")
-def oai(served: RunningDaemon) -> openai.OpenAI:
-    return openai.OpenAI(base_url=served.url + "/v1", api_key="unused", max_retries=0)
-
-
-def _vectors(reply: openai.types.CreateEmbeddingResponse) -> np.ndarray:
-    return np.array([item.embedding for item in sorted(reply.data, key=lambda d: d.index)], dtype=np.float32)
 
 
 TEXTS = [f"the quick brown fox {i} " * (1 + i % 4) for i in range(12)]

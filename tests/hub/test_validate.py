@@ -74,8 +74,8 @@ def test_code_and_model_file_are_refused(model_dir: Path) -> None:
     ("change", "message"),
     [
         (
-            {"model_type": "bert"},
-            "org/tiny is not an MLX model: model_type 'bert' is not supported by the installed mlx-lm",
+            {"model_type": "nomic_bert"},  # an encoder family mlx-embeddings does not load either
+            "org/tiny is not an MLX model: model_type 'nomic_bert' is not supported by the installed mlx-lm",
         ),
         ({"model_type": None}, "org/tiny is not an MLX model: config.json has no model_type"),
         ({"model_type": "cache"}, "model_type 'cache' is not supported"),  # a helper module, not a model
@@ -86,6 +86,12 @@ def test_unsupported_architectures_are_refused(
 ) -> None:
     edit_config(model_dir, **change)
     assert message in refusal(model_dir)
+
+
+@pytest.mark.parametrize("model_type", ["bert", "xlm-roberta", "modernbert"])
+def test_encoder_families_pass_for_mlx_embeddings(model_dir: Path, model_type: str) -> None:
+    edit_config(model_dir, model_type=model_type)
+    validate_model_dir(model_dir, name="org/tiny")  # the runtime loads them through mlxd[embeddings]
 
 
 def test_broken_config(model_dir: Path) -> None:
@@ -159,6 +165,24 @@ def test_file_selection_keeps_only_what_mlx_loads() -> None:
         "tokenizer.json",
         "model-00001-of-00002.safetensors",
         "model-00002-of-00002.safetensors",
+    ]
+
+
+def test_file_selection_takes_an_encoder_embedders_files() -> None:
+    listed = [
+        RemoteFile("config.json", 9),
+        RemoteFile("model.safetensors", 500),
+        RemoteFile("vocab.txt", 30),
+        RemoteFile("modules.json", 3),
+        RemoteFile("1_Pooling/config.json", 2),
+        RemoteFile("onnx/model.onnx", 400),
+    ]
+    assert sorted(f.path for f in select_files("org/bge", listed)) == [
+        "1_Pooling/config.json",
+        "config.json",
+        "model.safetensors",
+        "modules.json",
+        "vocab.txt",
     ]
 
 

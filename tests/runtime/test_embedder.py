@@ -25,9 +25,9 @@ def _run(
     model: Any, inputs: list[list[int]], pooling: str, budget: int, normalize: bool = True
 ) -> np.ndarray:
     from mlxd.runtime.mlx.commands import Embed
-    from mlxd.runtime.mlx.embed import Embedder
+    from mlxd.runtime.mlx.embed import DecoderForward, Embedder
 
-    embedder = Embedder(model)
+    embedder = Embedder(DecoderForward(model))
     future: Future[Any] = Future()
     embedder.add(Embed(("m", None, None), inputs, pooling, normalize, future))  # type: ignore[arg-type]
     steps = 0

@@ -18,7 +18,7 @@ from mlxd.http.dialects.openai.translate import translate
 from mlxd.http.generation import CLIENT_CLOSED, STREAM_HEADERS, start, whole
 from mlxd.http.state import DaemonState
 from mlxd.hub import model_directory
-from mlxd.hub.capabilities import capabilities
+from mlxd.hub.capabilities import capabilities, generates
 from mlxd.protocol.requests import AnyRequest, ChatCompletionRequest, CompletionRequest
 from mlxd.protocol.responses import ModelCard, ModelList
 from mlxd.runtime.from_config import spec_for
@@ -33,7 +33,10 @@ def _capabilities(config: MlxdConfig, alias: str) -> list[str]:
         directory = model_directory(spec_for(model), config)
     except MlxdError:
         return ["completion"]
-    return ["completion", *capabilities(directory, pooling=model.pooling)]
+    return [
+        *(["completion"] if generates(directory) else []),
+        *capabilities(directory, pooling=model.pooling),
+    ]
 
 
 def openai_router(state: DaemonState) -> Router:

@@ -2,13 +2,19 @@
 
 Every pass of the worker loop gives each model at most one embedding batch of at most
 ``budget`` tokens (padding included) before its decode step, so a burst of embedding
-inputs never freezes open streams: while sequences decode, ``Pacer`` sizes each batch to
-take about one decode step (never more than one prefill step), so a stream's gap between
-tokens at most doubles; with nothing decoding, batches are as large as the idle budget.
+inputs never freezes open streams: while sequences decode (of any model on the worker),
+``Pacer`` sizes each batch to take about one decode step (never more than one prefill
+step), so a stream's gap between tokens at most doubles; with nothing decoding, batches
+are as large as the idle budget.
 Short inputs are right-padded into one batch: the model's attention is causal, so a
 position never sees the padding after it and every pooling reads only real positions,
 which makes batched vectors equal one-at-a-time ones to float tolerance. An input longer
 than the budget runs alone, a chunk per pass, through a KV cache of its own.
+
+The model is reached through a ``Forward``: ``DecoderForward`` here for mlx-lm models, and
+``encoder.EncoderForward`` for encoder models (mlx-embeddings), whose attention sees the
+whole input, so their padding is masked instead, and whose long inputs run whole (they
+have no KV cache; their context is a few hundred tokens).
 
 Pooling (``last``, ``mean``, ``cls``) reads the model's final hidden states (after its
 last norm); vectors are normalized to unit length when asked.
@@ -19,7 +25,7 @@ from __future__ import annotations
 import logging
 from collections import deque
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import mlx.core as mx
 import numpy as np
@@ -44,6 +50,48 @@ def hidden_states(model: Any) -> Any:
     return inner
 
 
+class Forward(Protocol):
+    """How an ``Embedder`` runs its model."""
+
+    #: True when an input longer than a batch's budget can run a chunk at a time (``open``,
+    #: ``chunk``); else it runs whole, in a batch of its own.
+    chunked: bool
+
+    def states(self, rows: list[list[int]]) -> Any:
+        """Float32 token states (rows x longest x hidden) of ``rows``, right-padded into one
+        batch; each row's states at its real positions are the ones it gets alone."""
+        ...
+
+    def open(self) -> list[Any]:
+        """A fresh cache for one long input."""
+        ...
+
+    def chunk(self, tokens: list[int], cache: list[Any]) -> Any:
+        """Float32 states (positions x hidden) of the next chunk of a long input."""
+        ...
+
+
+class DecoderForward:
+    """An mlx-lm model: causal attention, so right padding changes no real position."""
+
+    chunked = True
+
+    def __init__(self, model: Any) -> None:
+        self._model = model
+        self._states = hidden_states(model)
+
+    def states(self, rows: list[list[int]]) -> Any:
+        longest = max(len(row) for row in rows)
+        padded = mx.array([row + [0] * (longest - len(row)) for row in rows])
+        return self._states(padded).astype(mx.float32)
+
+    def open(self) -> list[Any]:
+        return make_prompt_cache(self._model)  # type: ignore[no-any-return]
+
+    def chunk(self, tokens: list[int], cache: list[Any]) -> Any:
+        return self._states(mx.array(tokens)[None], cache=cache)[0].astype(mx.float32)
+
+
 @dataclass(slots=True)
 class _Job:
     command: Embed
@@ -66,9 +114,8 @@ class _Input:
 class Embedder:
     """The embedding queue of one model unit."""
 
-    def __init__(self, model: Any) -> None:
-        self._model = model
-        self._states = hidden_states(model)
+    def __init__(self, forward: Forward) -> None:
+        self._forward = forward
         self._queue: deque[_Input] = deque()
         #: Tokens run so far (for the worker's counters).
         self.tokens = 0
@@ -86,7 +133,7 @@ class Embedder:
         long input; settle every request whose last input finished. Returns the tokens run."""
         head = self._queue[0]
         try:
-            if head.fed or len(head.tokens) > budget:
+            if head.fed or (len(head.tokens) > budget and self._forward.chunked):
                 return self._chunk(head, budget)
             return self._batch(budget)
         except Exception as exc:
@@ -109,8 +156,7 @@ class Embedder:
                 break
             chosen.append(self._queue.popleft())
             longest = width
-        padded = mx.array([item.tokens + [0] * (longest - len(item.tokens)) for item in chosen])
-        states = self._states(padded).astype(mx.float32)
+        states = self._forward.states([item.tokens for item in chosen])
         lengths = [len(item.tokens) for item in chosen]
         pooled = []
         for row, (item, length) in enumerate(zip(chosen, lengths, strict=True)):
@@ -120,9 +166,9 @@ class Embedder:
 
     def _chunk(self, item: _Input, budget: int) -> int:
         if item.cache is None:
-            item.cache = make_prompt_cache(self._model)
+            item.cache = self._forward.open()
         chunk = item.tokens[item.fed : item.fed + budget]
-        states = self._states(mx.array(chunk)[None], cache=item.cache)[0].astype(mx.float32)
+        states = self._forward.chunk(chunk, item.cache)
         pooling = item.job.command.pooling
         if pooling == "mean":
             total = states.sum(axis=0)
@@ -165,32 +211,40 @@ class Embedder:
 
 
 class Pacer:
-    """Sizes embedding batches while sequences decode: each takes about one decode step's
-    time (so a stream's gap between tokens at most doubles), never more than ``cap``
-    tokens (one prefill step). Both times are running averages measured here."""
+    """Sizes a model's embedding batches while sequences decode on the worker (this model's
+    or another's): each takes about one decode step's time (so a stream's gap between tokens
+    at most doubles), never more than ``cap`` tokens (one prefill step). The step's time is
+    the worker's (``DecodeClock``); the time per embedded token is this model's own."""
 
-    MIN_TOKENS = 16
+    MIN_TOKENS = 4
 
     def __init__(self) -> None:
         self._per_token: float | None = None
-        self._step: float | None = None
 
-    def budget(self, decoding: bool, cap: int, idle: int) -> int:
+    def budget(self, decoding: bool, step: float | None, cap: int, idle: int) -> int:
         """Tokens (padding included) for the next embedding batch."""
         if not decoding:
             return max(idle, cap)
-        if self._per_token is None or self._step is None:
+        if self._per_token is None or step is None:
             return self.MIN_TOKENS
-        return max(self.MIN_TOKENS, min(cap, int(self._step / self._per_token)))
+        return max(self.MIN_TOKENS, min(cap, int(step / self._per_token)))
 
     def embedded(self, tokens: int, seconds: float) -> None:
         """One embedding batch of ``tokens`` took ``seconds``."""
         if tokens > 0:
             self._per_token = _average(self._per_token, seconds / tokens)
 
+
+class DecodeClock:
+    """How long one pass of the worker spends decoding, over every model (a running average)."""
+
+    def __init__(self) -> None:
+        #: ``None`` until a pass decoded.
+        self.step: float | None = None
+
     def decoded(self, seconds: float) -> None:
-        """One decode step took ``seconds``."""
-        self._step = _average(self._step, seconds)
+        """One pass's decode steps took ``seconds``."""
+        self.step = _average(self.step, seconds)
 
 
 def _average(old: float | None, new: float) -> float:

@@ -1,5 +1,8 @@
 """Load weights, tokenizers and LoRA adapters with mlx-lm, never running remote code.
 
+Encoder embedding models (``config.families``) load through mlx-embeddings instead
+(``encoder.py``); they carry the forward pass their embeddings run through and never generate.
+
 An adapted alias reuses the base model's arrays: the adapted model is built as a
 skeleton, given the base's parameters, then wrapped with LoRA layers, so the base
 weights sit in memory once however many adapters use them.
@@ -17,7 +20,9 @@ from mlx.utils import tree_flatten
 from mlx_lm.tuner.utils import load_adapters
 from mlx_lm.utils import load_model, load_tokenizer
 
-from mlxd.errors import ModelCorruptError, ModelLoadError
+from mlxd.config.families import encoder_family
+from mlxd.errors import ModelCorruptError, ModelLoadError, ModelUnsupportedError
+from mlxd.runtime.mlx import encoder
 from mlxd.runtime.mlx.vision import VisionBackend, load_vision
 from mlxd.runtime.mlx.vlm import VlmModel, load_vlm, wants_vlm
 from mlxd.runtime.pooling import PoolingSpec, read_pooling
@@ -43,6 +48,13 @@ class LoadedModel:
     pooling: PoolingSpec = field(default_factory=PoolingSpec)
     #: How the model takes images (mlx-lm's processors or mlx-vlm), ``None`` for a text-only model.
     vision: VisionBackend | None = None
+    #: An encoder embedding model's forward pass (mlx-embeddings); ``None`` for mlx-lm models.
+    encoder: encoder.EncoderForward | None = None
+
+    @property
+    def generates(self) -> bool:
+        """False for an encoder embedding model: it only embeds."""
+        return self.encoder is None
 
 
 def read_config(path: Path) -> dict[str, Any]:
@@ -98,21 +110,26 @@ def load_base(path: Path, context_override: int | None = None) -> LoadedModel:
     """Load a model directory's weights and tokenizer, measuring the memory they take."""
     config = read_config(path)
     before = mx.get_active_memory()
+    family, forward = encoder_family(config), None
     vision: VisionBackend | None = None
-    try:
-        if wants_vlm(config):  # a vision family of mlx-vlm's (the ``vision`` extra)
-            model, vision = load_vlm(path, config)
-        else:
-            model, config = load_model(path, lazy=False, strict=True, trust_remote_code=False)
-        tokenizer = load_tokenizer(
-            path, {"trust_remote_code": False}, eos_token_ids=config.get("eos_token_id")
-        )
-    except ModelLoadError:
-        raise
-    except Exception as exc:  # mlx-lm raises many kinds; none may escape the runtime
-        raise ModelLoadError(f"could not load {path.name}: {type(exc).__name__}: {exc}") from exc
+    if family is not None:
+        model, tokenizer, forward = encoder.load_encoder(path, config, family)
+        context_override = context_override or encoder.context_length(config, family)
+    else:
+        try:
+            if wants_vlm(config):  # a vision family of mlx-vlm's (the ``vision`` extra)
+                model, vision = load_vlm(path, config)
+            else:
+                model, config = load_model(path, lazy=False, strict=True, trust_remote_code=False)
+            tokenizer = load_tokenizer(
+                path, {"trust_remote_code": False}, eos_token_ids=config.get("eos_token_id")
+            )
+        except ModelLoadError:
+            raise
+        except Exception as exc:  # mlx-lm raises many kinds; none may escape the runtime
+            raise ModelLoadError(f"could not load {path.name}: {type(exc).__name__}: {exc}") from exc
     mx.eval(model.parameters())
-    return loaded_model(path, model, tokenizer, config, before, context_override, vision)
+    return loaded_model(path, model, tokenizer, config, before, context_override, vision, forward)
 
 
 def loaded_model(
@@ -123,10 +140,12 @@ def loaded_model(
     before: int,
     context_override: int | None = None,
     vision: VisionBackend | None = None,
+    forward: encoder.EncoderForward | None = None,
 ) -> LoadedModel:
     """A model's evaluated weights checked and described (a whole model or one rank's
     shard); ``before``: the active memory before they were read; ``vision``: mlx-vlm's
-    backend when it loaded the model, else mlx-lm's own processors decide."""
+    backend when it loaded the model, else mlx-lm's own processors decide; ``forward``: an
+    encoder's."""
     check_finite(model, path.name)
     vocab = int(config.get("vocab_size") or config.get("text_config", {}).get("vocab_size") or len(tokenizer))
     return LoadedModel(
@@ -136,12 +155,17 @@ def loaded_model(
         vocab_size=vocab,
         memory_bytes=max(0, mx.get_active_memory() - before),
         pooling=read_pooling(path),
-        vision=vision or load_vision(model, config, tokenizer),
+        vision=vision or (load_vision(model, config, tokenizer) if forward is None else None),
+        encoder=forward,
     )
 
 
 def load_adapted(base: LoadedModel, base_path: Path, adapter_path: Path) -> LoadedModel:
     """A LoRA-adapted view of ``base`` that shares its weight arrays."""
+    if not base.generates:
+        raise ModelUnsupportedError(
+            f"adapter {adapter_path.name}: LoRA adapters apply to mlx-lm models, not encoders"
+        )
     try:
         adapter_config = json.loads((adapter_path / "adapter_config.json").read_text(encoding="utf-8"))
     except (OSError, ValueError) as exc:

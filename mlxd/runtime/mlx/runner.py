@@ -24,7 +24,7 @@ from mlxd.runtime.mlx import vision
 from mlxd.runtime.mlx.batch import Batch, Out, emit, failed
 from mlxd.runtime.mlx.commands import Choice, Embed, Insert
 from mlxd.runtime.mlx.constrained import GrammarCache, make_constraint
-from mlxd.runtime.mlx.embed import Embedder, Pacer
+from mlxd.runtime.mlx.embed import DecodeClock, DecoderForward, Embedder, Pacer
 from mlxd.runtime.mlx.loading import LoadedModel
 from mlxd.runtime.mlx.prompt_cache import MIN_REUSE, PromptCache
 from mlxd.runtime.mlx.sampling import make_processors, make_sampler, xtc_special_tokens
@@ -77,8 +77,10 @@ class ModelRunner:
         self._xtc_special = xtc_special_tokens(loaded.tokenizer)
         #: What this unit's draft model proposed and what was accepted.
         self.draft_stats = DraftStats()
-        # Sliding-window and recurrent layers always go through the batch.
-        self._solo_ok = all(type(layer) is KVCache for layer in make_prompt_cache(loaded.model))
+        # Sliding-window and recurrent layers always go through the batch (an encoder only embeds).
+        self._solo_ok = loaded.generates and all(
+            type(layer) is KVCache for layer in make_prompt_cache(loaded.model)
+        )
         self._by_seq: dict[int, Sequence] = {}
         self._solo: _Solo | None = None
         self._embedder: Embedder | None = None
@@ -89,7 +91,13 @@ class ModelRunner:
         self._pacer = Pacer()
         self._prefill_step = settings.prefill_step_size
         self.configure(settings)
-        warm_up(loaded.model, self.batch.generator, loaded.vocab_size)
+        if loaded.generates:
+            warm_up(loaded.model, self.batch.generator, loaded.vocab_size)
+
+    @property
+    def decoding(self) -> bool:
+        """True while any sequence of this model is generating."""
+        return bool(self._by_seq)
 
     @property
     def busy(self) -> bool:
@@ -99,7 +107,8 @@ class ModelRunner:
     def embed(self, command: Embed) -> None:
         """Queue a request's embedding inputs: one bounded batch of them runs per step."""
         if self._embedder is None:
-            self._embedder = Embedder(self.loaded.model)
+            loaded = self.loaded
+            self._embedder = Embedder(loaded.encoder or DecoderForward(loaded.model))
         self._embedder.add(command)
 
     def configure(self, settings: RuntimeSettings) -> None:
@@ -112,6 +121,9 @@ class ModelRunner:
     def insert(self, command: Insert, out: Out) -> None:
         """Start a request's choices: alone when it is the model's only one, else in the batch
         (or later, when a serial prompt with images is in the way)."""
+        if not self.loaded.generates:  # admission refuses these: none may reach the batch
+            out.extend((choice.sink, failed("this model only embeds")) for choice in command.choices)
+            return
         backend = self.loaded.vision
         serial = backend is not None and backend.serial
         if serial and (self._waiting or self._alone or (command.vision is not None and self._by_seq)):
@@ -165,19 +177,22 @@ class ModelRunner:
             log.exception("could not start a sequence")
             out.extend((choice.sink, failed(str(exc))) for choice in command.choices)
 
-    def step(self, out: Out) -> None:
-        """One bounded embedding batch, then one decode step of the lone sequence and of the
-        batch, their output into ``out``."""
+    def step(self, out: Out, decoding: bool, clock: DecodeClock) -> float:
+        """One bounded embedding batch (sized to ``clock``'s decode step while ``decoding``:
+        sequences of any model decode), then one decode step of the lone sequence and of the
+        batch, their output into ``out``. Returns the seconds the decode step took."""
         embedder, pacer = self._embedder, self._pacer
         if embedder:
             before, started = embedder.tokens, time.perf_counter()
-            ran = embedder.step(pacer.budget(bool(self._by_seq), self._prefill_step, IDLE_EMBED_TOKENS))
+            budget = pacer.budget(decoding, clock.step, self._prefill_step, IDLE_EMBED_TOKENS)
+            ran = embedder.step(budget)
             pacer.embedded(ran, time.perf_counter() - started)
             self._stats.prompt_tokens_processed += embedder.tokens - before
+        elapsed = 0.0
         if self._by_seq:
             started = time.perf_counter()
             self._decode(out)
-            pacer.decoded(time.perf_counter() - started)
+            elapsed = time.perf_counter() - started
         if self._alone and not self._by_seq:
             self._alone = False
             if self.loaded.vision is not None:
@@ -189,6 +204,7 @@ class ModelRunner:
             del self._waiting[0]
             self._alone = command.vision is not None
             self._start(command, out)
+        return elapsed
 
     def _decode(self, out: Out) -> None:
         solo = self._solo

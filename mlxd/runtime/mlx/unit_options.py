@@ -68,6 +68,13 @@ def prepare(
 ) -> UnitOptions:
     """Check a unit's options against its loaded model and prepare them for its runner."""
     name = spec.label or spec.source
+    if not loaded.generates:  # an encoder: no KV cache, no drafts, nothing to prepare
+        if spec.kv is not None or spec.draft is not None:
+            raise ModelUnsupportedError(
+                f"{name} is an encoder embedding model: kv_bits and draft_model apply to models that generate",
+                hint="remove them from the alias",
+            )
+        return UnitOptions()
     signature = cache_signature(loaded.model)
     if spec.kv is not None:
         check_kv(spec.kv, signature, name)

@@ -30,6 +30,7 @@ from mlxd.runtime.engine import GenerationEvent
 from mlxd.runtime.mlx.batch import Out
 from mlxd.runtime.mlx.commands import Call, Cancel, Command, Configure, Embed, Insert, Load, Shutdown, Unload
 from mlxd.runtime.mlx.constrained import GrammarCache
+from mlxd.runtime.mlx.embed import DecodeClock
 from mlxd.runtime.mlx.loading import LoadedModel
 from mlxd.runtime.mlx.lockstep import Lockstep
 from mlxd.runtime.mlx.memory import cache_limit, release_memory, settle_heap
@@ -67,6 +68,8 @@ class MlxWorker:
         self._runners: dict[UnitKey, ModelRunner] = {}
         self._weights = WeightStore()
         self._grammars = GrammarCache()
+        #: One pass's decode time: every model's embedding batches are sized to it.
+        self._clock = DecodeClock()
         self._disk = DiskPromptCache(
             settings.prompt_cache_dir, settings.prompt_cache_disk_bytes, settings.prompt_cache_disk_min_tokens
         )
@@ -133,9 +136,13 @@ class MlxWorker:
                 if isinstance(command, Shutdown):
                     return
                 self._handle(command, out)
+            decoding = any(runner.decoding for runner in runners.values())
+            spent = 0.0
             for runner in list(runners.values()):
                 if runner.busy:
-                    runner.step(out)
+                    spent += runner.step(out, decoding, self._clock)
+            if spent:
+                self._clock.decoded(spent)
             if out:
                 self._loop.call_soon_threadsafe(_deliver, out)
 

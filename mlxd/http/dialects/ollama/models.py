@@ -19,6 +19,7 @@ from typing import Any
 from mlxd.config.schema import MlxdConfig
 from mlxd.hub import model_directory
 from mlxd.hub.capabilities import capabilities as model_capabilities
+from mlxd.hub.capabilities import generates
 from mlxd.runtime.from_config import spec_for
 
 #: Headers larger than this are not read (a real one is a few hundred KB at most).
@@ -119,7 +120,7 @@ def model_facts(config: MlxdConfig, alias: str) -> ModelFacts:
     if isinstance(template, list):  # named templates: the default one
         template = next((t.get("template", "") for t in template if t.get("name") == "default"), "")
     vocabulary = json.dumps(tokenizer.get("added_tokens_decoder") or {})
-    capabilities = ["completion"]
+    capabilities = ["completion"] if generates(directory) else []
     if "tools" in template:
         capabilities.append("tools")
     if "<think>" in vocabulary or "<think>" in template:

@@ -1,0 +1,26 @@
+"""Model families mlxd serves through a library other than mlx-lm, by ``config.json``'s ``model_type``.
+
+Encoder embedding models (BERT, XLM-RoBERTa, ModernBERT: bge, e5, gte, modernbert-embed…)
+are not mlx-lm models: they load through ``mlx-embeddings``, the optional extra
+``mlxd[embeddings]``, and only embed. The hub's checks (no MLX import), the capability
+listings and the runtime's loader all ask this one table. Pure Python.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+#: The ``model_type`` values (``-`` written ``_``) of the encoder families mlx-embeddings loads
+#: and mlxd has checked: each takes an attention mask and returns per-token states.
+ENCODER_FAMILIES = frozenset({"bert", "xlm_roberta", "modernbert"})
+#: What to run when such a model is asked for and the extra is missing.
+EMBEDDINGS_HINT = "install the embeddings extra: pip install 'mlxd[embeddings]'"
+
+
+def encoder_family(config: dict[str, Any]) -> str | None:
+    """The encoder family of a model's ``config.json`` (``bert``, …), ``None`` for any other model."""
+    model_type = config.get("model_type")
+    if not isinstance(model_type, str):
+        return None
+    family = model_type.replace("-", "_")
+    return family if family in ENCODER_FAMILIES else None

@@ -1,0 +1,137 @@
+"""Encoder embedding models (BERT, XLM-RoBERTa, ModernBERT) through mlx-embeddings, the
+``mlxd[embeddings]`` extra, on the real path: tiny random-weight models built here (config,
+safetensors, a WordPiece tokenizer, sentence-transformers files), a real daemon, the openai
+and ollama clients. The oracle is mlx-embeddings itself: its own forward pass and its own
+mean pooling (``text_embeds``), one input at a time, against mlxd's batched vectors."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import ollama
+import openai
+import pytest
+
+from tests.conftest import RunningDaemon, serving
+from tests.embeddings.conftest import vectors as _vectors
+
+pytestmark = [pytest.mark.mlx, pytest.mark.server]
+
+FAMILIES = ("bert", "xlm-roberta", "modernbert")
+# Lengths from 3 to about 40 tokens, so a batch pads most of its rows.
+TEXTS = [("the small daemon wakes up " * (1 + i % 5)) + f"unwrapped {i}" for i in range(10)]
+
+
+@pytest.fixture(scope="module")
+def encoder_dirs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    from mlxd.runtime.demo_model import build_encoder_model
+
+    root = tmp_path_factory.mktemp("encoders")
+    return {family: build_encoder_model(root / family, family=family) for family in FAMILIES}
+
+
+@pytest.fixture(scope="module")
+def served(
+    encoder_dirs: dict[str, Path], tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[RunningDaemon]:
+    aliases = "".join(f'\n[models.{family}]\nmodel = "{path}"\n' for family, path in encoder_dirs.items())
+    config = f"""
+[server]
+port = 0
+
+[runtime]
+keep_alive = "forever"
+
+[models.bert-cls]
+model = "{encoder_dirs["bert"]}"
+pooling = "cls"
+{aliases}"""
+    with serving(tmp_path_factory.mktemp("encoder-daemon"), config) as running:
+        yield running
+
+
+def _oracle(path: Path, texts: list[str]) -> tuple[np.ndarray, np.ndarray, int]:
+    """mlx-embeddings' own vectors, one input at a time: its mean-pooled, normalized
+    ``text_embeds``, its first token's states (for CLS pooling), and the tokens it read."""
+    import mlx.core as mx
+    from mlx_embeddings.utils import load
+
+    model, tokenizer = load(str(path))
+    means, firsts, tokens = [], [], 0
+    for text in texts:
+        ids = tokenizer.encode(text)
+        tokens += len(ids)
+        out = model(mx.array([ids]))
+        means.append(np.array(out.text_embeds[0]))
+        if out.last_hidden_state.ndim == 3:  # ModernBERT's head already pooled it
+            firsts.append(np.array(out.last_hidden_state[0, 0]))
+    return np.stack(means), np.stack(firsts) if firsts else np.empty(0), tokens
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_batched_vectors_equal_mlx_embeddings_one_at_a_time(
+    oai: openai.OpenAI, encoder_dirs: dict[str, Path], family: str
+) -> None:
+    reply = oai.embeddings.create(model=family, input=TEXTS)
+    vectors = _vectors(reply)
+    expected, _, tokens = _oracle(encoder_dirs[family], TEXTS)
+    assert vectors.shape == (len(TEXTS), 64)
+    assert np.abs(vectors - expected).max() < 1e-5
+    assert np.allclose(np.linalg.norm(vectors, axis=1), 1.0, atol=1e-5)  # the Normalize module
+    assert not np.allclose(vectors[0], vectors[1], atol=1e-3)
+    alone = _vectors(oai.embeddings.create(model=family, input=TEXTS[3], encoding_format="float"))
+    assert np.abs(alone[0] - vectors[3]).max() < 1e-5
+    assert reply.usage.prompt_tokens == tokens  # [CLS] and [SEP] included
+
+
+def test_the_alias_overrides_the_model_pooling(oai: openai.OpenAI, encoder_dirs: dict[str, Path]) -> None:
+    vectors = _vectors(oai.embeddings.create(model="bert-cls", input=TEXTS[:3]))
+    _, firsts, _ = _oracle(encoder_dirs["bert"], TEXTS[:3])
+    expected = firsts / np.linalg.norm(firsts, axis=1, keepdims=True)
+    assert np.abs(vectors - expected).max() < 1e-5
+
+
+def test_ollama_embed_gives_the_same_vectors(served: RunningDaemon, oai: openai.OpenAI) -> None:
+    reply = ollama.Client(host=served.url).embed(model="bert", input=TEXTS[:4])
+    expected = _vectors(oai.embeddings.create(model="bert", input=TEXTS[:4]))
+    assert np.allclose(np.array(reply.embeddings), expected, atol=1e-6)
+    assert reply.prompt_eval_count
+
+
+def test_generation_is_a_400_naming_the_alias(served: RunningDaemon, oai: openai.OpenAI) -> None:
+    with pytest.raises(openai.BadRequestError) as refused:
+        oai.chat.completions.create(model="bert", messages=[{"role": "user", "content": "Hi"}])
+    assert "'bert' is an embedding model" in refused.value.message
+    with pytest.raises(ollama.ResponseError) as ollama_refused:
+        ollama.Client(host=served.url).generate(model="modernbert", prompt="Hi")
+    assert ollama_refused.value.status_code == 400
+    assert "'modernbert' is an embedding model" in str(ollama_refused.value)
+    with served.client() as http:
+        assert http.get("/health").status_code == 200
+    assert len(oai.embeddings.create(model="bert", input="still here").data) == 1
+
+
+def test_listings_say_embedding_not_completion(served: RunningDaemon) -> None:
+    with served.client() as http:
+        card = http.get("/v1/models/xlm-roberta").json()
+        show = http.post("/api/show", json={"model": "bert"}).json()
+    assert card["capabilities"] == ["embedding"]
+    assert show["capabilities"] == ["embedding"]
+
+
+def test_without_the_extra_the_load_error_says_how_to_get_it(
+    encoder_dirs: dict[str, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from mlxd.errors import ModelUnsupportedError
+    from mlxd.runtime.mlx.loading import load_base
+
+    # None in sys.modules makes the import fail, as it does where the extra is not installed.
+    monkeypatch.setitem(sys.modules, "mlx_embeddings", None)
+    monkeypatch.setitem(sys.modules, "mlx_embeddings.utils", None)
+    with pytest.raises(ModelUnsupportedError) as refused:
+        load_base(encoder_dirs["bert"])
+    assert "encoder embedding model (bert)" in refused.value.message
+    assert "pip install 'mlxd[embeddings]'" in (refused.value.hint or "")
