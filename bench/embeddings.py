@@ -184,7 +184,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     import importlib.util
 
-    from mlxd.runtime.demo_model import build_embedding_model, build_encoder_model
+    from mlxd.runtime.demo_embedders import build_embedding_model, build_encoder_model
 
     encoder = importlib.util.find_spec("mlx_embeddings") is not None
     with tempfile.TemporaryDirectory() as tmp:

@@ -32,7 +32,7 @@ def _demo_overrides(config_path: Any) -> dict[str, Any]:
     of its aliases to un-default)."""
     from mlxd.config import load_config
     from mlxd.config.paths import data_dir
-    from mlxd.runtime.demo_model import ensure_demo_model
+    from mlxd.runtime.demo_setup import ensure_demo_model
 
     path = ensure_demo_model(data_dir())
     base = load_config(config_path)

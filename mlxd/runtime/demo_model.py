@@ -17,11 +17,7 @@ lazy array that escapes to another thread fails there.
 
 from __future__ import annotations
 
-import contextlib
-import os
 import shutil
-import tempfile
-import time
 from pathlib import Path
 from typing import Any, Literal
 
@@ -32,7 +28,6 @@ from mlxd.runtime.demo_tokenizer import (
     THINK_TOKENS,
     write_json,
     write_tokenizer,
-    write_wordpiece_tokenizer,
 )
 
 DEMO_VERSION = "2"
@@ -186,97 +181,6 @@ def build_draft_model(base: Path, dest: Path, *, num_layers: int) -> Path:
     return dest
 
 
-def build_embedding_model(dest: Path, *, seed: int = 0, **sizes: int) -> Path:
-    """A tiny decoder embedding model, as the Qwen3-Embedding family ships: a ``qwen3``
-    architecture with sentence-transformers files (last-token pooling, then normalize).
-    ``sizes`` are ``build_tiny_model``'s (``hidden_size``, ``num_layers``, …)."""
-    dest = build_tiny_model(dest, seed=seed, model_type="qwen3", chat_template=False, **sizes)  # type: ignore[arg-type]
-    _sentence_transformers(dest, "lasttoken", sizes.get("hidden_size", 64))
-    return dest
-
-
-def _sentence_transformers(dest: Path, pooling: str, dimension: int) -> None:
-    """Write the sentence-transformers files of an embedding model: ``pooling`` (``mean``,
-    ``cls`` or ``lasttoken``), then normalize."""
-    modules = [
-        {"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
-        {"idx": 1, "name": "1", "path": "1_Pooling", "type": "sentence_transformers.models.Pooling"},
-        {"idx": 2, "name": "2", "path": "2_Normalize", "type": "sentence_transformers.models.Normalize"},
-    ]
-    write_json(dest / "modules.json", modules)
-    (dest / "1_Pooling").mkdir(exist_ok=True)
-    config: dict[str, Any] = {"word_embedding_dimension": dimension, "include_prompt": True}
-    for mode in ("cls_token", "mean_tokens", "lasttoken"):
-        config[f"pooling_mode_{mode}"] = mode.startswith(pooling)
-    write_json(dest / "1_Pooling" / "config.json", config)
-
-
-#: The encoder families ``build_encoder_model`` writes, with their config fields.
-_ENCODERS: dict[str, dict[str, Any]] = {
-    "bert": {"architectures": ["BertModel"], "type_vocab_size": 2, "layer_norm_eps": 1e-12},
-    "xlm-roberta": {"architectures": ["XLMRobertaModel"], "type_vocab_size": 1, "layer_norm_eps": 1e-5},
-    "modernbert": {
-        "architectures": ["ModernBertModel"],
-        "local_attention": 16,
-        "global_attn_every_n_layers": 2,
-    },
-}
-
-
-def build_encoder_model(
-    dest: Path,
-    *,
-    family: str = "bert",
-    pooling: str = "mean",
-    seed: int = 0,
-    num_layers: int = 2,
-    hidden_size: int = 64,
-    num_heads: int = 4,
-    intermediate_size: int = 128,
-    max_position_embeddings: int = 512,
-) -> Path:
-    """A tiny encoder embedding model, as bge / e5 / modernbert-embed ship: an architecture
-    of mlx-embeddings (``bert``, ``xlm-roberta`` or ``modernbert``; it must be installed, the
-    ``mlxd[embeddings]`` extra) with seeded random weights, a WordPiece tokenizer, and
-    sentence-transformers files (``pooling``, then normalize). Byte-identical per arguments."""
-    import importlib
-
-    import mlx.core as mx
-    from mlx.utils import tree_flatten
-
-    dest = Path(dest)
-    dest.mkdir(parents=True, exist_ok=True)
-    tokenizer = write_wordpiece_tokenizer(dest, max_length=max_position_embeddings)
-    config: dict[str, Any] = {
-        "model_type": family,
-        **_ENCODERS[family],
-        "vocab_size": tokenizer.get_vocab_size(),
-        "hidden_size": hidden_size,
-        "num_hidden_layers": num_layers,
-        "num_attention_heads": num_heads,
-        "intermediate_size": intermediate_size,
-        # XLM-RoBERTa's positions start after its padding index.
-        "max_position_embeddings": max_position_embeddings + (2 if family == "xlm-roberta" else 0),
-        "pad_token_id": tokenizer.token_to_id("[PAD]"),
-        "torch_dtype": "float32",
-    }
-    arch = importlib.import_module(f"mlx_embeddings.models.{family.replace('-', '_')}")
-    model = arch.Model(arch.ModelArgs.from_dict(config))
-    params = sorted(tree_flatten(model.parameters()), key=lambda item: item[0])
-    keys = mx.random.split(mx.random.key(seed), len(params))
-    weights: dict[str, Any] = {}
-    for (name, param), key in zip(params, keys, strict=True):
-        if param.ndim == 1:  # layer norms start as the identity, biases at zero
-            weights[name] = (mx.ones if name.endswith("weight") else mx.zeros)(param.shape, dtype=mx.float32)
-        else:
-            weights[name] = mx.random.normal(param.shape, dtype=mx.float32, key=key) * param.shape[-1] ** -0.5
-    mx.eval(weights)
-    mx.save_safetensors(str(dest / "model.safetensors"), weights, metadata={"format": "mlx"})
-    write_json(dest / "config.json", config)
-    _sentence_transformers(dest, pooling, hidden_size)
-    return dest
-
-
 def build_lora_adapter(
     base: Path,
     dest: Path,
@@ -317,65 +221,3 @@ def build_lora_adapter(
     config = {"fine_tune_type": "lora", "num_layers": layers, "lora_parameters": lora_parameters}
     write_json(dest / "adapter_config.json", config)
     return dest
-
-
-_MODEL_FILES = ("config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json")
-_STALE_BUILD_SECONDS = 3600
-
-
-def _is_complete(path: Path) -> bool:
-    """Whether ``path`` holds every file a model directory needs."""
-    return all((path / name).is_file() for name in _MODEL_FILES)
-
-
-def _fsync_tree(path: Path) -> None:
-    """Flush every file and the directory itself, so a rename never publishes lost data."""
-    for child in [*path.iterdir(), path]:
-        fd = os.open(child, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-
-
-def _remove_stale_builds(data_dir: Path, prefix: str) -> None:
-    """Delete temp dirs that crashed builds left behind (old enough not to be running)."""
-    cutoff = time.time() - _STALE_BUILD_SECONDS
-    for path in data_dir.glob(f"{prefix}*"):
-        with contextlib.suppress(OSError):
-            if path.is_dir() and path.stat().st_mtime < cutoff:
-                shutil.rmtree(path, ignore_errors=True)
-
-
-def ensure_demo_model(data_dir: Path) -> Path:
-    """Build the demo model once under ``data_dir/demo-<DEMO_VERSION>``; return its path.
-
-    Builds into a temp dir beside it and renames it into place, so a crash or a
-    concurrent build never leaves a half model; a hand-damaged directory is rebuilt.
-    """
-    data_dir = Path(data_dir)
-    final = data_dir / f"demo-{DEMO_VERSION}"
-    if _is_complete(final):
-        return final
-    data_dir.mkdir(parents=True, exist_ok=True)
-    prefix = f".{final.name}.tmp-"
-    _remove_stale_builds(data_dir, prefix)
-    if final.exists():
-        # Only reachable by hand damage: move it aside first, as removal is not atomic.
-        trash = Path(tempfile.mkdtemp(prefix=prefix, dir=data_dir))
-        with contextlib.suppress(FileNotFoundError):
-            os.rename(final, trash / "damaged")
-        shutil.rmtree(trash, ignore_errors=True)
-    tmp = Path(tempfile.mkdtemp(prefix=prefix, dir=data_dir))
-    try:
-        build_tiny_model(tmp)
-        _fsync_tree(tmp)
-        try:
-            # POSIX rename refuses a non-empty target: the first finished build wins.
-            os.rename(tmp, final)
-        except OSError:
-            if not _is_complete(final):
-                raise
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return final

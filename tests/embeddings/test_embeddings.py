@@ -24,7 +24,7 @@ pytestmark = [pytest.mark.mlx, pytest.mark.server]
 
 @pytest.fixture(scope="module")
 def embedding_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from mlxd.runtime.demo_model import build_embedding_model
+    from mlxd.runtime.demo_embedders import build_embedding_model
 
     return build_embedding_model(tmp_path_factory.mktemp("models") / "embed")
 

@@ -27,7 +27,7 @@ TEXTS = [("the small daemon wakes up " * (1 + i % 5)) + f"unwrapped {i}" for i i
 
 @pytest.fixture(scope="module")
 def encoder_dirs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    from mlxd.runtime.demo_model import build_encoder_model
+    from mlxd.runtime.demo_embedders import build_encoder_model
 
     root = tmp_path_factory.mktemp("encoders")
     return {family: build_encoder_model(root / family, family=family) for family in FAMILIES}

@@ -12,14 +12,9 @@ from typing import Any
 
 import pytest
 
-from mlxd.runtime import demo_model
-from mlxd.runtime.demo_model import (
-    DEMO_VERSION,
-    build_lora_adapter,
-    build_small_model,
-    build_tiny_model,
-    ensure_demo_model,
-)
+from mlxd.runtime import demo_setup
+from mlxd.runtime.demo_model import DEMO_VERSION, build_lora_adapter, build_small_model, build_tiny_model
+from mlxd.runtime.demo_setup import ensure_demo_model
 
 pytestmark = pytest.mark.mlx
 
@@ -311,7 +306,7 @@ def test_concurrent_ensure_calls_that_both_build_agree(
 ) -> None:
     # Hold both builders until both have finished, so both reach the rename: the loser
     # must accept the winner's directory instead of failing or nesting its own.
-    real_build = demo_model.build_tiny_model
+    real_build = demo_setup.build_tiny_model
     both_built = threading.Barrier(2, timeout=60)
     builds: list[Path] = []
 
@@ -321,7 +316,7 @@ def test_concurrent_ensure_calls_that_both_build_agree(
         both_built.wait()
         return result
 
-    monkeypatch.setattr(demo_model, "build_tiny_model", build_then_wait)
+    monkeypatch.setattr(demo_setup, "build_tiny_model", build_then_wait)
     results: list[Path] = []
     errors: list[BaseException] = []
 
@@ -351,7 +346,7 @@ def test_concurrent_ensure_calls_from_two_processes(tmp_path: Path) -> None:
     data_dir = tmp_path / "data"
     code = (
         "import sys; from pathlib import Path;"
-        "from mlxd.runtime.demo_model import ensure_demo_model;"
+        "from mlxd.runtime.demo_setup import ensure_demo_model;"
         "print(ensure_demo_model(Path(sys.argv[1])))"
     )
     processes = [
@@ -370,18 +365,18 @@ def test_concurrent_ensure_calls_from_two_processes(tmp_path: Path) -> None:
 
 
 def test_a_crashed_build_leaves_no_model_behind(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    real_build = demo_model.build_tiny_model
+    real_build = demo_setup.build_tiny_model
 
     def crash_midway(dest: Path, **kwargs: Any) -> Path:
         (dest / "config.json").write_text("{}")
         raise RuntimeError("simulated crash")
 
-    monkeypatch.setattr(demo_model, "build_tiny_model", crash_midway)
+    monkeypatch.setattr(demo_setup, "build_tiny_model", crash_midway)
     with pytest.raises(RuntimeError, match="simulated crash"):
         ensure_demo_model(tmp_path / "data")
     assert list((tmp_path / "data").iterdir()) == []
 
-    monkeypatch.setattr(demo_model, "build_tiny_model", real_build)
+    monkeypatch.setattr(demo_setup, "build_tiny_model", real_build)
     path = ensure_demo_model(tmp_path / "data")
     assert (path / "model.safetensors").is_file()
 

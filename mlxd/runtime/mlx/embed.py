@@ -210,6 +210,11 @@ class Embedder:
             job.command.future.set_exception(error)
 
 
+#: Tokens of one embedding batch while no sequence of the model decodes (nobody waits on
+#: its step, so a burst runs in as few batches as this allows).
+IDLE_EMBED_TOKENS = 8192
+
+
 class Pacer:
     """Sizes a model's embedding batches while sequences decode on the worker (this model's
     or another's): each takes about one decode step's time (so a stream's gap between tokens

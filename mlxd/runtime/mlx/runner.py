@@ -1,8 +1,8 @@
-"""One loaded model unit on the worker thread: its batch, its prompt cache, its solo decoder.
+"""One loaded model unit on the worker thread: its batch, its prompt cache, its lone sequence.
 
 A runner owns mlx-lm's ``BatchGenerator`` for its model. A request that is the model's
-only one decodes alone (``solo.py``: no batch machinery) and moves into the batch, token
-for token unchanged, when company arrives. Finished sequences leave their KV cache in the
+only one decodes alone (``solo_lane.py``: no batch machinery) and moves into the batch,
+token for token unchanged, when company arrives. Finished sequences leave their KV cache in the
 runner's prompt cache. New ``[runtime]`` settings apply before the next step. A prompt
 with images whose backend is ``serial`` (Qwen's 3-D positions) runs without company:
 requests that arrive meanwhile wait, in order, until it ends.
@@ -13,24 +13,22 @@ from __future__ import annotations
 import copy
 import logging
 import time
-from dataclasses import dataclass
 from typing import Any
 
 from mlx_lm.models.cache import KVCache, make_prompt_cache
 
-from mlxd.logs import tagged
-from mlxd.output.parser import ChoiceParser
 from mlxd.runtime.mlx import vision
-from mlxd.runtime.mlx.batch import Batch, Out, emit, failed
+from mlxd.runtime.mlx.batch import Batch, Out, failed
 from mlxd.runtime.mlx.commands import Choice, Embed, Insert
 from mlxd.runtime.mlx.constrained import GrammarCache, make_constraint
-from mlxd.runtime.mlx.embed import DecodeClock, DecoderForward, Embedder, Pacer
+from mlxd.runtime.mlx.embed import IDLE_EMBED_TOKENS, DecodeClock, DecoderForward, Embedder, Pacer
+from mlxd.runtime.mlx.image_gate import ImageGate
 from mlxd.runtime.mlx.loading import LoadedModel
-from mlxd.runtime.mlx.prompt_cache import MIN_REUSE, PromptCache
+from mlxd.runtime.mlx.prompt_cache import PromptCache
 from mlxd.runtime.mlx.sampling import make_processors, make_sampler, xtc_special_tokens
 from mlxd.runtime.mlx.sequence import Sequence
-from mlxd.runtime.mlx.solo import SoloDecoder, prefill, private_cache
-from mlxd.runtime.mlx.speculative import DraftStats, SpeculativeDecoder
+from mlxd.runtime.mlx.solo import prefill, private_cache
+from mlxd.runtime.mlx.solo_lane import SoloLane
 from mlxd.runtime.mlx.stats import WorkerStats
 from mlxd.runtime.mlx.unit_options import UnitOptions
 from mlxd.runtime.mlx.warmup import warm_up
@@ -38,17 +36,6 @@ from mlxd.runtime.specs import RuntimeSettings
 from mlxd.runtime.token_pieces import TokenPieces
 
 log = logging.getLogger("mlxd.runtime")
-#: Tokens of one embedding batch while no sequence of the model decodes (nobody waits on
-#: its step, so a burst runs in as few batches as this allows).
-IDLE_EMBED_TOKENS = 8192
-
-
-@dataclass(slots=True)
-class _Solo:
-    """The one sequence decoding outside the batch."""
-
-    decoder: SoloDecoder
-    seq: Sequence
 
 
 class ModelRunner:
@@ -75,19 +62,25 @@ class ModelRunner:
         self.batch = Batch(loaded.model, self.eos, self.prompt_cache, stats, options.kv)
         self._pieces = TokenPieces(loaded.tokenizer)
         self._xtc_special = xtc_special_tokens(loaded.tokenizer)
-        #: What this unit's draft model proposed and what was accepted.
-        self.draft_stats = DraftStats()
         # Sliding-window and recurrent layers always go through the batch (an encoder only embeds).
         self._solo_ok = loaded.generates and all(
             type(layer) is KVCache for layer in make_prompt_cache(loaded.model)
         )
         self._by_seq: dict[int, Sequence] = {}
-        self._solo: _Solo | None = None
+        #: The lone sequence decoding outside the batch (``solo_lane``).
+        self.solo = SoloLane(
+            loaded.model,
+            self.batch,
+            self.prompt_cache,
+            stats,
+            options,
+            lambda seq: self._by_seq.pop(seq.seq_id, None),
+        )
+        #: What this unit's draft model proposed and what was accepted.
+        self.draft_stats = self.solo.draft_stats
         self._embedder: Embedder | None = None
         #: Requests waiting for a serial prompt with images to end (or to start alone).
-        self._waiting: list[Insert] = []
-        #: True while a serial prompt with images decodes.
-        self._alone = False
+        self._gate = ImageGate(loaded.vision is not None and loaded.vision.serial)
         self._pacer = Pacer()
         self._prefill_step = settings.prefill_step_size
         self.configure(settings)
@@ -102,7 +95,7 @@ class ModelRunner:
     @property
     def busy(self) -> bool:
         """True while any sequence of this model is generating or embedding input waits."""
-        return bool(self._by_seq) or bool(self._embedder) or bool(self._waiting)
+        return bool(self._by_seq) or bool(self._embedder) or bool(self._gate)
 
     def embed(self, command: Embed) -> None:
         """Queue a request's embedding inputs: one bounded batch of them runs per step."""
@@ -124,14 +117,8 @@ class ModelRunner:
         if not self.loaded.generates:  # admission refuses these: none may reach the batch
             out.extend((choice.sink, failed("this model only embeds")) for choice in command.choices)
             return
-        backend = self.loaded.vision
-        serial = backend is not None and backend.serial
-        if serial and (self._waiting or self._alone or (command.vision is not None and self._by_seq)):
-            self._waiting.append(command)
-            return
-        if serial and command.vision is not None:
-            self._alone = True
-        self._start(command, out)
+        if self._gate.admit(command, bool(self._by_seq)):
+            self._start(command, out)
 
     def _start(self, command: Insert, out: Out) -> None:
         tokens, count = command.tokens, len(command.choices)
@@ -193,26 +180,14 @@ class ModelRunner:
             started = time.perf_counter()
             self._decode(out)
             elapsed = time.perf_counter() - started
-        if self._alone and not self._by_seq:
-            self._alone = False
-            if self.loaded.vision is not None:
-                self.loaded.vision.release(self.loaded.model)
-        while self._waiting and not self._alone:
-            command = self._waiting[0]
-            if command.vision is not None and self._by_seq:
-                break
-            del self._waiting[0]
-            self._alone = command.vision is not None
+        if self._gate.ended_alone(bool(self._by_seq)) and self.loaded.vision is not None:
+            self.loaded.vision.release(self.loaded.model)
+        while (command := self._gate.next(bool(self._by_seq))) is not None:
             self._start(command, out)
         return elapsed
 
     def _decode(self, out: Out) -> None:
-        solo = self._solo
-        if solo is not None:
-            if self.batch:  # company arrived: the lone sequence joins the batch
-                self._join_batch(solo, out)
-            else:
-                self._step_solo(solo, out)
+        self.solo.step(out)  # company arrived: the lone sequence joins the batch
         if self.batch:
             self.batch.step(out, self._ended)
 
@@ -223,52 +198,25 @@ class ModelRunner:
         """Drop a sequence (its client left); False when it is not this runner's."""
         seq = self._by_seq.pop(seq_id, None)
         if seq is None:
-            return self._cancel_waiting(seq_id)
-        if self._solo is not None and self._solo.seq is seq:
-            self._solo = None
-        else:
+            return self._gate.cancel(seq_id)
+        if not self.solo.drop(seq):
             self.batch.remove(seq)
         return True
-
-    def _cancel_waiting(self, seq_id: int) -> bool:
-        for command in self._waiting:
-            for choice in command.choices:
-                if choice.seq_id == seq_id:
-                    command.choices.remove(choice)
-                    if not command.choices:
-                        self._waiting.remove(command)
-                    return True
-        return False
 
     def close(self) -> list[Sequence | Choice]:
         """Free the batch; the sequences still generating (and the choices still waiting to
         start) are returned, to be failed."""
         left: list[Sequence | Choice] = [*self._by_seq.values()]
-        left += [choice for command in self._waiting for choice in command.choices]
-        self._waiting.clear()
+        left += self._gate.clear()
         self._by_seq.clear()
-        self._solo = None
+        self.solo.clear()
         if self._embedder is not None:
             self._embedder.fail_all("the model was unloaded")
         self.batch.close()
         return left
 
     def _new_sequence(self, command: Insert, choice: Choice, hit: int) -> Sequence:
-        seq = Sequence(
-            seq_id=choice.seq_id,
-            uid=-1,
-            sink=choice.sink,
-            detokenizer=self.loaded.tokenizer.detokenizer,
-            parser=ChoiceParser(
-                command.output, reasoning=command.reasoning_format, tool_format=command.tool_format
-            ),
-            eos=self.eos,
-            logprobs=command.logprobs,
-            pieces=self._pieces,
-            interval=command.interval,
-            request_id=command.request_id,
-            cache_key=command.vision.cache_key if command.vision is not None else None,
-        )
+        seq = Sequence.for_choice(command, choice, self.loaded.tokenizer.detokenizer, self.eos, self._pieces)
         self._by_seq[choice.seq_id] = seq
         # A plain int written before any event of this sequence is delivered to the loop.
         choice.sink.cached_tokens = hit
@@ -282,85 +230,19 @@ class ModelRunner:
         layers = private_cache(cache, hit) if cache is not None else make_prompt_cache(self.loaded.model)
         if layers is None:
             return False
-        choice, tokens = command.choices[0], command.tokens
-        common: dict[str, Any] = {
-            "sampler": make_sampler(choice.sampling, self._xtc_special),
-            "processors": self._processors(choice, command.grammar),
-            "max_tokens": command.max_tokens,
-            "stop_tokens": self.eos,
-            "prefill_step_size": self._prefill_step,
-            "stream": self.batch.stream,
-            "kv": self.options.kv,
-        }
-        model, draft = self.loaded.model, self.options.draft
-        decoder: SoloDecoder
-        # A grammar cannot take back the draft's rejected proposals: constrained output decodes plainly.
-        if draft is not None and command.num_draft_tokens > 0 and command.grammar is None:
-            num_draft = command.num_draft_tokens
-            decoder = SpeculativeDecoder(
-                model,
-                draft.model,
-                tokens[hit:],
-                layers,
-                tokens[:hit],
-                num_draft=num_draft,
-                stats=self.draft_stats,
-                **common,
-            )
-        else:
-            decoder = SoloDecoder(model, tokens[hit:], layers, tokens[:hit], **common)
-        self._stats.prompt_tokens_processed += len(tokens) - hit
-        self._solo = _Solo(decoder, self._new_sequence(command, choice, hit))
+        choice = command.choices[0]
+        self.solo.start(
+            command,
+            self._new_sequence(command, choice, hit),
+            layers,
+            hit,
+            sampler=make_sampler(choice.sampling, self._xtc_special),
+            processors=self._processors(choice, command.grammar),
+            max_tokens=command.max_tokens,
+            stop_tokens=self.eos,
+            prefill_step_size=self._prefill_step,
+        )
         return True
-
-    def _step_solo(self, solo: _Solo, out: Out) -> None:
-        try:
-            response = solo.decoder.step()
-        except Exception as exc:  # this sequence's failure is its alone; the model stays
-            with tagged(solo.seq.request_id):
-                log.exception("a decode step failed")
-            self._end_solo(solo, store=False)
-            out.append((solo.seq.sink, failed(exc)))
-            return
-        if response is None:  # a prefill chunk
-            return
-        self._stats.stepped(1)
-        if emit(solo.seq, response, time.monotonic(), out):
-            self._end_solo(solo, store=True)
-
-    def _join_batch(self, solo: _Solo, out: Out) -> None:
-        """Move the lone sequence into the batch, delivering the token it had in flight."""
-        decoder, seq = solo.decoder, solo.seq
-        try:
-            response, state = decoder.detach()
-            if response is not None and emit(seq, response, time.monotonic(), out):
-                self._end_solo(solo, store=True)
-                return
-            if state is None:  # cannot happen: a token that ends the sequence is emitted as final
-                raise RuntimeError("the sequence ended without a final event")
-            self.batch.add(
-                [seq],
-                prompts=[state.prompt],
-                max_tokens=[state.max_tokens],
-                caches=[state.cache],
-                all_tokens=[state.all_tokens],
-                samplers=[decoder.sampler],
-                logits_processors=[decoder.processors],
-            )
-        except Exception as exc:
-            with tagged(seq.request_id):
-                log.exception("a sequence could not join the batch")
-            self._end_solo(solo, store=False)
-            out.append((seq.sink, failed(exc)))
-            return
-        self._solo = None
-
-    def _end_solo(self, solo: _Solo, *, store: bool) -> None:
-        self._solo = None
-        self._by_seq.pop(solo.seq.seq_id, None)
-        if store:
-            tokens, layers = solo.decoder.cache_state()
-            self.prompt_cache.store(list(tokens), layers, min_tokens=MIN_REUSE)
 
     def _processors(self, choice: Choice, grammar: str | None) -> list[Any]:
         processors = make_processors(choice.sampling)

@@ -17,7 +17,7 @@ from mlxd.logs import tagged
 from mlxd.output.events import Event, Finish, FinishReason, TokenInfo
 from mlxd.output.parser import ChoiceParser
 from mlxd.runtime.engine import GenerationEvent
-from mlxd.runtime.mlx.commands import Sink
+from mlxd.runtime.mlx.commands import Choice, Insert, Sink
 from mlxd.runtime.mlx.sampling import top_logprobs
 from mlxd.runtime.token_pieces import TokenPieces
 
@@ -49,6 +49,27 @@ class Sequence:
     request_id: str | None = None
     #: A prompt with images: its prompt-cache key (each image's tokens carry the image's id).
     cache_key: list[int] | None = None
+
+    @classmethod
+    def for_choice(
+        cls, command: Insert, choice: Choice, detokenizer: Any, eos: frozenset[int], pieces: TokenPieces
+    ) -> Sequence:
+        """The sequence of one choice of an inserted request, with its own output parser."""
+        return cls(
+            seq_id=choice.seq_id,
+            uid=-1,
+            sink=choice.sink,
+            detokenizer=detokenizer,
+            parser=ChoiceParser(
+                command.output, reasoning=command.reasoning_format, tool_format=command.tool_format
+            ),
+            eos=eos,
+            logprobs=command.logprobs,
+            pieces=pieces,
+            interval=command.interval,
+            request_id=command.request_id,
+            cache_key=command.vision.cache_key if command.vision is not None else None,
+        )
 
     def cache_tokens(self, tokens: list[int]) -> list[int]:
         """The prompt-cache key of the tokens this sequence's cache holds."""
