@@ -6,12 +6,14 @@ imports the worker (whose module loads mlx-lm) and there is no import cycle.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from concurrent.futures import Future
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
+from mlxd.errors import MlxdError, ModelLoadError
 from mlxd.output.parser import OutputSpec
 from mlxd.output.reasoning import ReasoningFormat
 from mlxd.output.tool_calls import ToolFormat
@@ -21,6 +23,8 @@ from mlxd.runtime.specs import ModelSpec, RuntimeSettings, UnitKey
 
 if TYPE_CHECKING:
     from mlxd.runtime.mlx.loading import LoadedModel
+
+log = logging.getLogger("mlxd.runtime")
 
 
 class Sink(Protocol):
@@ -128,3 +132,24 @@ class Shutdown:
 
 
 Command = Insert | Embed | Cancel | Load | Unload | Configure | Call | Shutdown
+
+
+def settle(future: Future[Any], fn: Callable[[], Any]) -> None:
+    """Resolve a command's future with what ``fn`` returns or raises (any failure an ``MlxdError``)."""
+    try:
+        future.set_result(fn())
+    except MlxdError as exc:
+        future.set_exception(exc)
+    except Exception as exc:
+        log.exception("worker command failed")
+        future.set_exception(ModelLoadError(f"{type(exc).__name__}: {exc}"))
+    except BaseException:
+        # The worker itself is going down: whoever waits on this command must not hang.
+        future.set_exception(ModelLoadError("the engine restarted; try again"))
+        raise
+
+
+def deliver(events: list[tuple[Sink, GenerationEvent]]) -> None:
+    """Hand each event to its sequence's sink (on the event loop)."""
+    for sink, event in events:
+        sink.put(event)

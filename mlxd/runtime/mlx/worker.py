@@ -18,17 +18,27 @@ import contextlib
 import logging
 import queue
 from collections.abc import Callable
-from concurrent.futures import Future
-from typing import Any
 
 import mlx.core as mx
 
-from mlxd.errors import MlxdError, ModelLoadError, ModelUnsupportedError
+from mlxd.errors import ModelLoadError, ModelUnsupportedError
 from mlxd.logs import tagged
 from mlxd.runtime.cluster import ClusterSpec
 from mlxd.runtime.engine import GenerationEvent
 from mlxd.runtime.mlx.batch import Out
-from mlxd.runtime.mlx.commands import Call, Cancel, Command, Configure, Embed, Insert, Load, Shutdown, Unload
+from mlxd.runtime.mlx.commands import (
+    Call,
+    Cancel,
+    Command,
+    Configure,
+    Embed,
+    Insert,
+    Load,
+    Shutdown,
+    Unload,
+    deliver,
+    settle,
+)
 from mlxd.runtime.mlx.constrained import GrammarCache
 from mlxd.runtime.mlx.embed import DecodeClock
 from mlxd.runtime.mlx.loading import LoadedModel
@@ -121,7 +131,7 @@ class MlxWorker:
             elif isinstance(command, Load | Unload | Call | Embed) and not command.future.done():
                 command.future.set_exception(ModelLoadError("the engine restarted; try again"))
         if out:
-            self._loop.call_soon_threadsafe(_deliver, out)
+            self._loop.call_soon_threadsafe(deliver, out)
 
     def _serve(self) -> None:
         runners = self._runners
@@ -144,7 +154,7 @@ class MlxWorker:
             if spent:
                 self._clock.decoded(spent)
             if out:
-                self._loop.call_soon_threadsafe(_deliver, out)
+                self._loop.call_soon_threadsafe(deliver, out)
 
     def _measure(self) -> None:
         stats = self.stats
@@ -205,11 +215,11 @@ class MlxWorker:
             )
         elif isinstance(command, Load):
             with tagged(command.request_id):
-                _settle(command.future, lambda: self._load(command))
+                settle(command.future, lambda: self._load(command))
         elif isinstance(command, Unload):
-            _settle(command.future, lambda: self._unload(command.key, out))
+            settle(command.future, lambda: self._unload(command.key, out))
         elif isinstance(command, Call):
-            _settle(command.future, lambda: command.fn(self))
+            settle(command.future, lambda: command.fn(self))
 
     def _load(self, command: Load) -> LoadedModel:
         runner = self._runners.get(command.key)
@@ -243,22 +253,3 @@ class MlxWorker:
         del runner
         release_memory()
         return True
-
-
-def _settle(future: Future[Any], fn: Callable[[], Any]) -> None:
-    try:
-        future.set_result(fn())
-    except MlxdError as exc:
-        future.set_exception(exc)
-    except Exception as exc:
-        log.exception("worker command failed")
-        future.set_exception(ModelLoadError(f"{type(exc).__name__}: {exc}"))
-    except BaseException:
-        # The worker itself is going down: whoever waits on this command must not hang.
-        future.set_exception(ModelLoadError("the engine restarted; try again"))
-        raise
-
-
-def _deliver(events: Out) -> None:
-    for sink, event in events:
-        sink.put(event)
