@@ -11,7 +11,7 @@ from mlxd.output.reasoning import ReasoningFormat
 from mlxd.output.tool_calls import ToolFormat
 from mlxd.runtime.engine import GenerationEvent
 from mlxd.runtime.mlx.commands import Cancel, Choice, Configure, Insert, Load, Shutdown, Unload
-from mlxd.runtime.mlx.lockstep import Discard, from_wire, to_wire
+from mlxd.runtime.mlx.lockstep_wire import Discard, from_wire, to_wire
 from mlxd.runtime.requests import SamplingParams
 from mlxd.runtime.specs import ModelSpec, RuntimeSettings
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import queue
 
 from mlxd.runtime.cluster import ClusterSpec
-from mlxd.runtime.mlx.lockstep import NoLoop
+from mlxd.runtime.mlx.lockstep_wire import NoLoop
 from mlxd.runtime.mlx.stats import WorkerStats
 from mlxd.runtime.mlx.worker import MlxWorker
 from mlxd.runtime.specs import RuntimeSettings

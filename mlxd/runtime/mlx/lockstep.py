@@ -31,8 +31,6 @@ import pickle
 import random
 import time
 from collections.abc import Callable
-from concurrent.futures import Future
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -41,11 +39,11 @@ import numpy as np
 from mlx_lm.generate import generation_stream
 
 from mlxd import errors
-from mlxd.errors import MlxdError, ModelLoadError, ModelUnsupportedError
+from mlxd.errors import MlxdError, ModelLoadError
 from mlxd.runtime.cluster import ClusterSpec
-from mlxd.runtime.engine import GenerationEvent
-from mlxd.runtime.mlx.commands import Call, Choice, Command, Configure, Embed, Insert, Load, Unload
+from mlxd.runtime.mlx.commands import Call, Command, Configure
 from mlxd.runtime.mlx.loading import LoadedModel
+from mlxd.runtime.mlx.lockstep_wire import from_wire, refused, to_wire
 from mlxd.runtime.mlx.sharded import join_load_barrier, load_sharded, preflight
 from mlxd.runtime.mlx.stats import WorkerStats
 from mlxd.runtime.specs import ModelSpec, RuntimeSettings
@@ -58,60 +56,6 @@ SYNC_BUDGET_S = 0.02
 MAX_PASSES = 32
 #: Header slots before the per-rank step times: payload length, seed, passes.
 _HEADER = 3
-
-
-class Discard:
-    """A follower's sink: the output of every sequence is rank 0's to deliver."""
-
-    cached_tokens = 0
-
-    def put(self, delivery: GenerationEvent) -> None:
-        """Dropped: followers serve no clients."""
-
-
-class NoLoop:
-    """What a follower's worker delivers to: nothing (it has no event loop and no clients)."""
-
-    def call_soon_threadsafe(self, callback: Callable[..., Any], *args: Any) -> None:
-        """Dropped."""
-
-
-#: Commands that answer rank 0 through a future: the other ranks get one of their own.
-_ANSWERED = (Load, Unload)
-
-
-def to_wire(command: Command) -> Command:
-    """The command as the other ranks get it: no sinks or futures (they are rank 0's)."""
-    if isinstance(command, Insert):
-        return replace(command, choices=[Choice(c.seq_id, c.sampling, None) for c in command.choices])  # type: ignore[arg-type]
-    if isinstance(command, _ANSWERED):
-        return replace(command, future=None)  # type: ignore[arg-type]
-    return command
-
-
-def from_wire(command: Command) -> Command:
-    """A command from rank 0 made whole on this rank: sinks that discard, futures of its own."""
-    if isinstance(command, Insert):
-        for choice in command.choices:
-            choice.sink = Discard()
-    elif isinstance(command, _ANSWERED):
-        command.future = Future()
-    return command
-
-
-def _refused(command: Command) -> bool:
-    """Fail what several ranks cannot run alike (rank 0 only): embeddings, whose batches
-    are sized by each rank's own clock, so the ranks would split them differently."""
-    if not isinstance(command, Embed):
-        return False
-    if not command.future.done():
-        command.future.set_exception(
-            ModelUnsupportedError(
-                "embeddings are not served across several ranks yet",
-                hint="serve them from a daemon without [distributed]",
-            )
-        )
-    return True
 
 
 def _describe(exc: BaseException) -> tuple[str, str, str | None]:
@@ -175,7 +119,7 @@ class Lockstep:
         mine: list[Command] = []
         payload = b""
         if self.leader:
-            local = [c for c in take(block=block) if not _refused(c)]
+            local = [c for c in take(block=block) if not refused(c)]
             mine = [*self._opening, *(c for c in local if not isinstance(c, Call))]
             self._opening = []
             payload = pickle.dumps([to_wire(c) for c in mine]) if mine else b""
