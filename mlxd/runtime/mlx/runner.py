@@ -21,9 +21,10 @@ from mlxd.runtime.mlx import vision
 from mlxd.runtime.mlx.batch import Batch, Out, failed
 from mlxd.runtime.mlx.commands import Choice, Embed, Insert
 from mlxd.runtime.mlx.constrained import GrammarCache, make_constraint
-from mlxd.runtime.mlx.embed import IDLE_EMBED_TOKENS, DecodeClock, DecoderForward, Embedder, Pacer
+from mlxd.runtime.mlx.embed import DecoderForward, Embedder
 from mlxd.runtime.mlx.image_gate import ImageGate
 from mlxd.runtime.mlx.loading import LoadedModel
+from mlxd.runtime.mlx.pacing import IDLE_EMBED_TOKENS, DecodeClock, Pacer
 from mlxd.runtime.mlx.prompt_cache import PromptCache
 from mlxd.runtime.mlx.sampling import make_processors, make_sampler, xtc_special_tokens
 from mlxd.runtime.mlx.sequence import Sequence

@@ -40,10 +40,10 @@ from mlxd.runtime.mlx.commands import (
     settle,
 )
 from mlxd.runtime.mlx.constrained import GrammarCache
-from mlxd.runtime.mlx.embed import DecodeClock
 from mlxd.runtime.mlx.loading import LoadedModel
 from mlxd.runtime.mlx.lockstep import Lockstep
 from mlxd.runtime.mlx.memory import cache_limit, release_memory, settle_heap
+from mlxd.runtime.mlx.pacing import DecodeClock
 from mlxd.runtime.mlx.prompt_disk import DiskPromptCache
 from mlxd.runtime.mlx.runner import ModelRunner
 from mlxd.runtime.mlx.stats import WorkerStats
