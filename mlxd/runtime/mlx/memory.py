@@ -42,3 +42,10 @@ def release_memory() -> None:
     if sys.platform == "linux":
         with contextlib.suppress(OSError, AttributeError):
             ctypes.CDLL("libc.so.6").malloc_trim(0)
+
+
+def bound_cache(settings: RuntimeSettings) -> int:
+    """Bound MLX's cache of freed buffers under ``settings``; returns the bound in bytes."""
+    limit = cache_limit(settings)
+    mx.set_cache_limit(limit)
+    return limit

@@ -6,7 +6,12 @@ step's figures mixed with the next one's, never a torn value.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from mlxd.runtime.mlx.prompt_cache import PromptCache
 
 
 @dataclass(slots=True)
@@ -30,6 +35,16 @@ class WorkerStats:
     #: A distributed daemon's seconds per decode pass of each rank (by rank; empty in one
     #: process), as the ranks last reported them to rank 0.
     rank_step_seconds: list[float] = field(default_factory=list)
+
+    def measure(self, prompt_caches: Iterable[PromptCache]) -> None:
+        """Read MLX's memory figures and the prompt caches' sizes now (on the worker thread)."""
+        import mlx.core as mx  # here: the asyncio side imports these stats without MLX
+
+        self.mlx_active_bytes = mx.get_active_memory()
+        self.mlx_cache_bytes = mx.get_cache_memory()
+        caches = list(prompt_caches)
+        self.prompt_cache_bytes = sum(cache.bytes for cache in caches)
+        self.prompt_cache_entries = sum(len(cache) for cache in caches)
 
     def stepped(self, rows: int) -> None:
         """Count one decode step of ``rows`` sequences."""

@@ -42,7 +42,7 @@ from mlxd.runtime.mlx.commands import (
 from mlxd.runtime.mlx.constrained import GrammarCache
 from mlxd.runtime.mlx.loading import LoadedModel
 from mlxd.runtime.mlx.lockstep import Lockstep
-from mlxd.runtime.mlx.memory import cache_limit, release_memory, settle_heap
+from mlxd.runtime.mlx.memory import bound_cache, release_memory, settle_heap
 from mlxd.runtime.mlx.pacing import DecodeClock
 from mlxd.runtime.mlx.prompt_disk import DiskPromptCache
 from mlxd.runtime.mlx.runner import ModelRunner
@@ -91,15 +91,10 @@ class MlxWorker:
         """The loaded units' runners (read them on this thread only)."""
         return self._runners
 
-    def _bound_cache(self) -> None:
-        limit = cache_limit(self._settings)
-        mx.set_cache_limit(limit)
-        self.stats.mlx_cache_limit_bytes = limit
-
     def run(self) -> None:
         """Serve commands on the calling thread (the worker thread) until shut down."""
         settle_heap()
-        self._bound_cache()
+        self.stats.mlx_cache_limit_bytes = bound_cache(self._settings)
         try:
             if self._cluster is not None:
                 self._lockstep = Lockstep.join(self._cluster, self._settings, self.stats)
@@ -138,7 +133,7 @@ class MlxWorker:
         while True:
             busy = any(runner.busy for runner in runners.values())
             if not busy:
-                self._measure()
+                self.stats.measure(runner.prompt_cache for runner in runners.values())
             out: Out = []
             self._pending = self._drain(block=not busy)
             while self._pending:
@@ -155,14 +150,6 @@ class MlxWorker:
                 self._clock.decoded(spent)
             if out:
                 self._loop.call_soon_threadsafe(deliver, out)
-
-    def _measure(self) -> None:
-        stats = self.stats
-        stats.mlx_active_bytes = mx.get_active_memory()
-        stats.mlx_cache_bytes = mx.get_cache_memory()
-        caches = [runner.prompt_cache for runner in self._runners.values()]
-        stats.prompt_cache_bytes = sum(cache.bytes for cache in caches)
-        stats.prompt_cache_entries = sum(len(cache) for cache in caches)
 
     def _drain(self, *, block: bool) -> list[Command]:
         if self._lockstep is not None:  # the same commands on every rank, at the same pass
@@ -205,7 +192,7 @@ class MlxWorker:
                     break
         elif isinstance(command, Configure):
             self._settings = settings = command.settings
-            self._bound_cache()
+            self.stats.mlx_cache_limit_bytes = bound_cache(self._settings)
             for runner in self._runners.values():
                 runner.configure(settings)
             self._disk.configure(
