@@ -152,7 +152,7 @@ def test_joining_a_batch_mid_round_keeps_every_greedy_token(
 def _draft_stats(running: RunningDaemon) -> dict[str, tuple[int, int, int]]:
     def read(worker: Any) -> dict[str, tuple[int, int, int]]:
         return {
-            str(key[3]): (r.draft_stats.rounds, r.draft_stats.proposed, r.draft_stats.accepted)
+            str(key[3]): (r.solo.draft_stats.rounds, r.solo.draft_stats.proposed, r.solo.draft_stats.accepted)
             for key, r in worker.runners.items()
             if r.options.draft is not None
         }

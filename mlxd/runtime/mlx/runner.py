@@ -69,16 +69,7 @@ class ModelRunner:
         )
         self._by_seq: dict[int, Sequence] = {}
         #: The lone sequence decoding outside the batch (``solo_lane``).
-        self.solo = SoloLane(
-            loaded.model,
-            self.batch,
-            self.prompt_cache,
-            stats,
-            options,
-            lambda seq: self._by_seq.pop(seq.seq_id, None),
-        )
-        #: What this unit's draft model proposed and what was accepted.
-        self.draft_stats = self.solo.draft_stats
+        self.solo = SoloLane(loaded.model, self.batch, self.prompt_cache, stats, options, self._forget)
         self._embedder: Embedder | None = None
         #: Requests waiting for a serial prompt with images to end (or to start alone).
         self._gate = ImageGate(loaded.vision is not None and loaded.vision.serial)
@@ -194,6 +185,9 @@ class ModelRunner:
 
     def _ended(self, seq: Sequence) -> None:
         del self._by_seq[seq.seq_id]
+
+    def _forget(self, seq: Sequence) -> None:
+        self._by_seq.pop(seq.seq_id, None)
 
     def cancel(self, seq_id: int) -> bool:
         """Drop a sequence (its client left); False when it is not this runner's."""
