@@ -41,6 +41,7 @@ from mlxd.runtime.mlx.prompt_files import (
     reason,
     scan_files,
 )
+from mlxd.runtime.mlx.prompt_tier import DiskTier
 from mlxd.runtime.prefix_index import PrefixIndex
 
 log = logging.getLogger("mlxd.runtime")
@@ -172,19 +173,14 @@ class DiskPromptCache:
     def _scan(self, directory: Path) -> None:
         """Index the files already there (oldest use first); delete what is not ours."""
         try:
-            directory.mkdir(mode=0o700, parents=True, exist_ok=True)
-            os.chmod(directory, 0o700)
-            names = sorted(os.listdir(directory))
+            files = scan_files(directory)
         except OSError as exc:
             log.error(
                 "the prompt cache directory cannot be used (%s); prefixes stay in memory only", exc.strerror
             )
             self._scanned.set()
             return
-        found = [
-            (used, identity, key, _File(path, used), size)
-            for used, identity, key, path, size in scan_files(directory, names)
-        ]
+        found = [(used, identity, key, _File(path, used), size) for used, identity, key, path, size in files]
         with self._lock:
             if self.directory != directory:
                 return
@@ -252,20 +248,3 @@ class DiskPromptCache:
     def _unlink(path: Path) -> None:
         with contextlib.suppress(OSError):
             path.unlink()
-
-
-@dataclass(slots=True)
-class DiskTier:
-    """One model's view of the disk: its identity and the shape its cache must have."""
-
-    disk: DiskPromptCache
-    identity: str
-    signature: Signature | None
-
-    def offer(self, tokens: list[int], layers: list[Any]) -> None:
-        """Keep a finished sequence's cache on disk too (see ``DiskPromptCache.offer``)."""
-        self.disk.offer(self.identity, self.signature, tokens, layers)
-
-    def load(self, tokens: list[int], better_than: int) -> tuple[list[Any], list[int]] | None:
-        """A file's cache sharing more than ``better_than`` tokens with ``tokens``."""
-        return self.disk.load(self.identity, self.signature, tokens, better_than)

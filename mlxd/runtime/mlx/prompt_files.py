@@ -12,6 +12,7 @@ import contextlib
 import hashlib
 import json
 import logging
+import os
 import re
 import struct
 from pathlib import Path
@@ -141,12 +142,15 @@ def read_cache(path: Path, identity: str, tokens: list[int], signature: Signatur
     return layers
 
 
-def scan_files(directory: Path, names: list[str]) -> list[tuple[float, str, tuple[int, ...], Path, int]]:
-    """The prompt files among ``names`` in ``directory``, each as (last use, model identity,
-    tokens, path, bytes), oldest use first, read from their headers alone. A write a crash
-    interrupted, and a file that is not a prompt cache of this version, are deleted."""
+def scan_files(directory: Path) -> list[tuple[float, str, tuple[int, ...], Path, int]]:
+    """The prompt files in ``directory`` (made 0700 first, created if missing), each as
+    (last use, model identity, tokens, path, bytes), oldest use first, read from their
+    headers alone. A write a crash interrupted, and a file that is not a prompt cache of
+    this version, are deleted. ``OSError`` when the directory cannot be used."""
+    directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+    os.chmod(directory, 0o700)
     found = []
-    for name in names:
+    for name in sorted(os.listdir(directory)):
         path = directory / name
         if name.endswith(TEMP_SUFFIX):  # a write that a crash interrupted
             with contextlib.suppress(OSError):

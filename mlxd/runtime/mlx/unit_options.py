@@ -18,8 +18,9 @@ from mlx_lm.models.cache import make_prompt_cache
 
 from mlxd.errors import ModelUnsupportedError
 from mlxd.runtime.mlx.loading import LoadedModel
-from mlxd.runtime.mlx.prompt_disk import DiskPromptCache, DiskTier
+from mlxd.runtime.mlx.prompt_disk import DiskPromptCache
 from mlxd.runtime.mlx.prompt_files import Signature, layer_signature, model_identity
+from mlxd.runtime.mlx.prompt_tier import DiskTier
 from mlxd.runtime.specs import KvSettings, ModelSpec
 
 
