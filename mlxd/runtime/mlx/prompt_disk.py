@@ -70,7 +70,6 @@ class DiskPromptCache:
         self._indexes: dict[str, PrefixIndex[_File]] = {}
         self._pending: dict[str, set[tuple[int, ...]]] = {}
         self._jobs = FileJobs("mlxd-prompt-disk")
-        self._submit = self._jobs.submit
         self._scanned = threading.Event()
         self.configure(directory, max_bytes, min_tokens)
 
@@ -94,11 +93,11 @@ class DiskPromptCache:
             self.directory = directory
             self._scanned.clear()
             if directory is not None and max_bytes > 0:
-                self._submit(lambda: self._scan(directory))
+                self._jobs.submit(lambda: self._scan(directory))
             else:
                 self._scanned.set()
         elif self.enabled:
-            self._submit(self._evict)
+            self._jobs.submit(self._evict)
 
     def tier(self, identity: str, signature: Signature | None) -> DiskTier:
         """The view one model's prompt cache has of the files (``signature``: its cache's shape)."""
@@ -132,7 +131,7 @@ class DiskPromptCache:
             pending.add(key)
         path = directory / f"{digest(identity, json.dumps(tokens))[:40]}.safetensors"
         metadata = {"format": FORMAT, "identity": identity, "tokens": json.dumps(tokens)}
-        self._submit(lambda: self._write(identity, key, path, list(layers), metadata))
+        self._jobs.submit(lambda: self._write(identity, key, path, list(layers), metadata))
 
     def load(
         self, identity: str, signature: Signature | None, tokens: list[int], better_than: int
