@@ -9,8 +9,9 @@ from typing import Any, Protocol
 from mlxd.runtime.mlx.prompt_files import Signature
 
 
-class DiskPromptCache(Protocol):
-    """What a tier needs of ``prompt_disk.DiskPromptCache`` (which imports this module)."""
+class PromptFiles(Protocol):
+    """What a tier needs of ``prompt_disk.DiskPromptCache`` (which imports this module, so
+    the tier names it by this protocol)."""
 
     def offer(
         self, identity: str, signature: Signature | None, tokens: list[int], layers: list[Any]
@@ -25,7 +26,7 @@ class DiskPromptCache(Protocol):
 class DiskTier:
     """One model's view of the disk: its identity and the shape its cache must have."""
 
-    disk: DiskPromptCache
+    disk: PromptFiles
     identity: str
     signature: Signature | None
 
