@@ -13,9 +13,15 @@ class Pacer:
     """Sizes a model's embedding batches while sequences decode on the worker (this model's
     or another's): each takes about one decode step's time (so a stream's gap between tokens
     at most doubles), never more than ``cap`` tokens (one prefill step). The step's time is
-    the worker's (``DecodeClock``); the time per embedded token is this model's own."""
+    the worker's (``DecodeClock``); the time per embedded token is this model's own.
 
-    MIN_TOKENS = 4
+    That time per token is a batch's whole time over its tokens, fixed cost of the forward
+    pass included, so sizing by it converges on the batch that does fit one step (fixed
+    cost + tokens x per-token cost = step) rather than overshooting it. Where the fixed
+    cost alone is about a step (a tiny model on a CPU) that is one token a batch: the
+    smallest unit of work, so embeddings still advance while the stream keeps its pace."""
+
+    MIN_TOKENS = 1
 
     def __init__(self) -> None:
         self._per_token: float | None = None

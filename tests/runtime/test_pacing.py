@@ -1,0 +1,63 @@
+"""The embedding pacer: while anything decodes, a batch settles at the size whose time is
+one decode step, even when a forward pass has a fixed cost larger than its per-token cost."""
+
+from __future__ import annotations
+
+import pytest
+
+from mlxd.runtime.mlx.pacing import DecodeClock, Pacer
+
+CAP, IDLE = 256, 8192
+
+
+def _settle(pacer: Pacer, step: float, fixed: float, per_token: float, rounds: int = 60) -> list[int]:
+    """Budgets the pacer asks for over ``rounds`` batches of a model whose batch of ``n``
+    tokens takes ``fixed + per_token * n`` seconds."""
+    budgets = []
+    for _ in range(rounds):
+        tokens = pacer.budget(True, step, CAP, IDLE)
+        budgets.append(tokens)
+        pacer.embedded(tokens, fixed + per_token * tokens)
+    return budgets
+
+
+@pytest.mark.parametrize(
+    ("step", "fixed", "per_token"),
+    [
+        (0.020, 0.001, 0.0001),  # a real model: large step, small fixed cost
+        (0.0015, 0.0011, 0.00027),  # the tiny test model on a CPU: fixed cost near one step
+        (0.010, 0.0, 0.0005),  # cost in proportion to tokens
+    ],
+)
+def test_a_batch_settles_at_one_decode_steps_time(step: float, fixed: float, per_token: float) -> None:
+    budgets = _settle(Pacer(), step, fixed, per_token)
+    settled = budgets[-1]
+    assert budgets[-10:] == [settled] * 10
+    # The largest batch that fits in one step (never below one token, never above the cap).
+    fits = max(1, min(CAP, int((step - fixed) / per_token)))
+    assert abs(settled - fits) <= 1
+    assert fixed + per_token * settled <= step * 1.25 or settled == 1
+
+
+def test_a_first_batch_is_small_and_one_token_always_runs() -> None:
+    pacer = Pacer()
+    assert pacer.budget(True, None, CAP, IDLE) == Pacer.MIN_TOKENS == 1
+    # A forward pass slower than a whole step still makes progress, a token at a time.
+    assert _settle(pacer, step=0.001, fixed=0.005, per_token=0.001)[-1] == 1
+
+
+def test_without_decoding_a_batch_takes_the_idle_budget() -> None:
+    pacer = Pacer()
+    pacer.embedded(100, 1.0)
+    assert pacer.budget(False, 0.001, CAP, IDLE) == IDLE
+    assert pacer.budget(False, None, 16384, IDLE) == 16384
+
+
+def test_the_decode_clock_is_a_running_average() -> None:
+    clock = DecodeClock()
+    assert clock.step is None
+    clock.decoded(0.010)
+    assert clock.step == pytest.approx(0.010)
+    for _ in range(40):
+        clock.decoded(0.002)
+    assert clock.step == pytest.approx(0.002, rel=0.01)
