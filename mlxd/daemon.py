@@ -7,10 +7,16 @@ SIGTERM or Ctrl-C drains: new requests get 503, requests in flight run on for up
 exits 0, within the bounds of ``mlxd.supervision.stopping``. A second Ctrl-C ends the
 sequences at once. SIGHUP reloads the config.
 
+An error the daemon cannot serve past goes through one path, ``Fatal``: new requests get
+503 from then on and every stream in flight or request waiting for a model ends with a 503
+naming it. For a single daemon that is an MLX runtime that cannot start (a broken install):
+the server closes and ``run`` raises the error, which ``mlxd serve`` reports in one line and
+exits 1 with (a supervisor sees a failed daemon, not a hung one).
+
 A rank of a distributed daemon runs here too: rank 0 is this daemon with its worker in
 lockstep with the others (``run`` with a ``Membership``), a follower runs the worker
-alone (``follow``). Both stay in touch with the launcher; rank 0 exits at once, ending
-every stream in flight with an error event, when the launcher says another rank is gone.
+alone (``follow``). Both stay in touch with the launcher; rank 0 goes through ``Fatal``
+and exits at once when the launcher says another rank is gone or its worker fails.
 """
 
 from __future__ import annotations
@@ -31,7 +37,7 @@ from mlxd.config.diff import ConfigDiff
 from mlxd.config.schema import MlxdConfig
 from mlxd.config.store import ConfigStore
 from mlxd.config.watcher import watch_config
-from mlxd.errors import UnavailableError
+from mlxd.errors import MlxdError, RankFailedError, UnavailableError
 from mlxd.http.app import create_app
 from mlxd.http.state import DaemonState
 from mlxd.hub import model_directory
@@ -54,13 +60,14 @@ def mlx_engine(
     store: ConfigStore,
     connections: ConnectionCap | None = None,
     cluster: ClusterSpec | None = None,
-    on_fatal: Callable[[str], None] | None = None,
+    on_fatal: Callable[[MlxdError], None] | None = None,
 ) -> MlxEngine:
     """The engine ``mlxd serve`` runs: MLX on one worker thread, models from the config's paths
     (validated and confined by the hub; a missing download names the alias to pull). Once
     its thread has imported mlx-lm, which resets the open-file limit, ``connections`` fits
     the limit again. As rank 0 of ``cluster`` it holds a share of each model: its estimate
-    is that share."""
+    is that share. ``on_fatal`` hears of a worker that cannot start (and, as rank 0, of one
+    that fails)."""
     size = cluster.size if cluster is not None else 1
     return MlxEngine(
         runtime_settings(store.current),
@@ -95,6 +102,8 @@ class Daemon:
         self._server: HttpServer | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._tasks: set[asyncio.Task[None]] = set()
+        #: Why ``serve`` ended early (``fail``), for whoever ran it to raise.
+        self.failure: MlxdError | None = None
 
     def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
         """Run a background task, keeping a reference so it is not collected mid-flight."""
@@ -124,7 +133,23 @@ class Daemon:
                 try:
                     await self.engine.load(alias, spec_for(model), keep_alive_for(config, alias))
                 except Exception as exc:
-                    log.error("could not preload %s: %s", alias, exc)
+                    if self.failure is None:  # else the failure is the one line to read
+                        log.error("could not preload %s: %s", alias, exc)
+
+    def abort(self, error: MlxdError) -> int:
+        """The daemon cannot go on: refuse new requests (503) from now on, and end every
+        stream in flight and every request waiting for a model with a 503 naming ``error``.
+        Returns how many streams were running."""
+        self.state.draining = True
+        return self.engine.abort(shutting_down(error.message))
+
+    def fail(self, error: MlxdError) -> None:
+        """End ``serve`` because of ``error`` (after ``abort``): the server closes, giving the
+        streams' error events a moment to reach their clients, and ``failure`` says why."""
+        self.failure = error
+        if self._server is not None:
+            self._server.exit()
+        self._stop.set()
 
     def _begin_stop(self) -> None:
         """Refuse new requests from now on and drain (once, whatever asks for it)."""
@@ -232,12 +257,54 @@ class Daemon:
 
 def run(store: ConfigStore, member: Membership | None = None) -> None:
     """``mlxd serve``: serve the store's config in the foreground until a signal stops it
-    (as rank 0 of a distributed daemon with ``member``)."""
+    (as rank 0 of a distributed daemon with ``member``). Raises the error that ended it
+    early, if one did (a single daemon's MLX runtime that could not start)."""
     connections = ConnectionCap(store.current.server.max_connections)
     if member is None:
-        asyncio.run(Daemon(store, mlx_engine(store, connections), connections).serve())
+        asyncio.run(_serve_alone(store, connections))
     else:
         asyncio.run(_serve_rank_zero(store, member, connections))
+
+
+class Fatal:
+    """The daemon's one way to end on an error it cannot serve past.
+
+    Call it from any thread; the first error wins. On the event loop the daemon refuses new
+    requests and ends every stream in flight and every request waiting for a model with a
+    503 naming the error (``Daemon.abort``); then ``end`` finishes the process its own way.
+    """
+
+    def __init__(self, end: Callable[[MlxdError], None]) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._end = end
+        self._lock = threading.Lock()
+        self._ending = False
+        #: The daemon it stops (set once made: the daemon's engine is made with this).
+        self.daemon: Daemon | None = None
+
+    def __call__(self, error: MlxdError) -> None:
+        with self._lock:
+            if self._ending:
+                return
+            self._ending = True
+        self._loop.call_soon_threadsafe(self._fail, error)
+
+    def _fail(self, error: MlxdError) -> None:
+        failed = self.daemon.abort(error) if self.daemon is not None else 0
+        self._end(error)
+        if failed:
+            log.info("failed %d stream(s) in flight", failed)
+
+
+async def _serve_alone(store: ConfigStore, connections: ConnectionCap) -> None:
+    """The single daemon. Its fatal error is a worker that cannot start: the server closes
+    and the error is raised, for ``mlxd serve`` to report (one line and the crash-loop
+    breaker, like any failed start) and exit 1."""
+    fatal = Fatal(lambda error: daemon.fail(error))
+    daemon = fatal.daemon = Daemon(store, mlx_engine(store, connections, on_fatal=fatal), connections)
+    await daemon.serve()
+    if daemon.failure is not None:
+        raise daemon.failure
 
 
 def _control(member: Membership) -> ControlClient:
@@ -250,33 +317,32 @@ def _control(member: Membership) -> ControlClient:
 
 
 async def _serve_rank_zero(store: ConfigStore, member: Membership, connections: ConnectionCap) -> None:
+    """Rank 0: its fatal errors are another rank gone (the launcher says so) and its worker
+    failing. It tells the launcher and exits at once, without closing anything: its worker
+    may be stuck in a collective that never returns."""
     control = _control(member)
     loop = asyncio.get_running_loop()
-    ending = threading.Event()
 
-    def fatal(reason: str) -> None:  # any thread; the first reason wins
-        if not ending.is_set():
-            ending.set()
-            loop.call_soon_threadsafe(fail, reason)
-
-    def fail(reason: str) -> None:
+    def end(error: MlxdError) -> None:
+        reason = f"{error.message} ({error.hint})" if error.hint else error.message
         log.error("%s: stopping the daemon", reason)
-        daemon.state.draining = True
-        failed = engine.abort(shutting_down(reason))
-        log.info("failed %d stream(s) in flight", failed)
         control.bye(1, reason)
-        # The worker may be stuck in a collective that never returns: exit without it.
         loop.call_later(FAIL_EXIT_S, _exit_now)
         threading.Timer(FAIL_EXIT_S * 4, _exit_now).start()
 
-    def worker_failed(reason: str) -> None:
+    fatal = Fatal(end)
+
+    def rank_lost(reason: str) -> None:  # from the control thread
+        fatal(RankFailedError(reason))
+
+    def worker_failed(error: MlxdError) -> None:
         # A collective fails when a peer dies, often before the launcher says which one
         # it was: give the launcher's message, which names the rank, a moment to win.
-        loop.call_later(FAIL_EXIT_S * 2, fatal, reason)
+        loop.call_later(FAIL_EXIT_S * 2, fatal, error)
 
     cluster = ClusterSpec(member.rank, member.size, member.hosts, member.backend, joined=control.joined)
     engine = mlx_engine(store, connections, cluster, worker_failed)
-    daemon = Daemon(store, engine, connections)
+    daemon = fatal.daemon = Daemon(store, engine, connections)
     daemon.state.distributed = lambda: DistributedStatus(
         backend=member.backend,
         size=member.size,
@@ -284,7 +350,7 @@ async def _serve_rank_zero(store: ConfigStore, member: Membership, connections: 
         ranks_up=control.ranks_up,
         step_seconds=list(engine.stats.rank_step_seconds),
     )
-    control.start(on_lost=fatal, on_fail=fatal)
+    control.start(on_lost=rank_lost, on_fail=rank_lost)
     try:
         await daemon.serve()
     except BaseException as exc:

@@ -14,7 +14,7 @@
     │   └── ModelUnsupportedError     not an MLX model, or it carries code (HTTP 422)
     ├── GenerationError               generation failed inside the engine
     ├── DaemonNotRunningError         the CLI found no daemon to talk to
-    ├── StartupError                  the daemon cannot start (port in use, cannot bind)
+    ├── StartupError                  the daemon cannot start (port in use, cannot bind, MLX broken)
     ├── RankFailedError               a rank of a distributed daemon died or stopped answering
     ├── ServiceManagerError           launchctl / systemctl refused
     └── HubError                      downloading or validating a model failed
@@ -156,7 +156,7 @@ class DaemonNotRunningError(MlxdError):
 
 
 class StartupError(MlxdError):
-    """The daemon cannot start: its port is taken, its address cannot be bound."""
+    """The daemon cannot start: its port is taken, its address cannot be bound, its MLX does not load."""
 
     code = "startup_failed"
 

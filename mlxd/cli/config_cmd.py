@@ -54,7 +54,7 @@ def check(path: PathArgument = None, config: ConfigOption = None, as_json: JsonO
             {"valid": False, "path": _text(target), "error": error.message, "problems": error.problems}
         )
         raise SystemExit(exit_code_for(error)) from None
-    warnings = _not_downloaded(loaded)
+    warnings = _warnings(loaded)
     if as_json:
         _echo_json(
             {"valid": True, "path": _text(target), "aliases": list(loaded.models), "warnings": warnings}
@@ -67,22 +67,33 @@ def check(path: PathArgument = None, config: ConfigOption = None, as_json: JsonO
         typer.echo(f"warning: {warning}", err=True)
 
 
-def _not_downloaded(config: MlxdConfig) -> list[str]:
-    """One line per alias whose repo is not in the HF cache yet: valid, but not servable yet.
+def _warnings(config: MlxdConfig) -> list[str]:
+    """One line per alias that is valid but cannot serve as things stand: its repo is not in
+    the HF cache yet, or, with ``[distributed]``, its model is an encoder embedding model,
+    which no rank can split (its load is refused).
 
-    (A missing local directory is an error of the config itself: nothing will create it.)
+    (A missing local directory is an error of the config itself: nothing will create it.
+    Whether a model is an encoder is a fact of its files, which a pull may bring later, so
+    it is a warning here and an error at the load, never a reason to reject the config.)
     """
     from mlxd.hub import HubEnv, resolve_cached_model
+    from mlxd.hub.capabilities import generates
 
     cache = HubEnv.from_environ().cache_dir
     lines = []
     for alias, model in config.models.items():
-        if model.is_local:
-            continue
-        try:
-            resolve_cached_model(model.model, model.revision, alias=alias, cache_dir=cache)
-        except HubError as error:
-            lines.append(f"models.{alias}.model: {error.message}; run `mlxd models pull {alias}`")
+        directory = model.local_path
+        if directory is None:
+            try:
+                directory = resolve_cached_model(model.model, model.revision, alias=alias, cache_dir=cache)
+            except HubError as error:
+                lines.append(f"models.{alias}.model: {error.message}; run `mlxd models pull {alias}`")
+                continue
+        if config.distributed is not None and not generates(directory):
+            lines.append(
+                f"models.{alias}.model: encoder embedding models are not served across several ranks"
+                " yet; serve it from a daemon without [distributed]"
+            )
     return lines
 
 

@@ -17,6 +17,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from mlxd.errors import MlxdError, StartupError
 from mlxd.logs import REQUEST_ID
 from mlxd.runtime.admission import AdmittedEmbeddings
 from mlxd.runtime.cluster import ClusterSpec
@@ -79,9 +80,12 @@ class MlxBackend:
 class MlxEngine(EngineCore["LoadedModel"]):
     """The runtime behind the HTTP layer, backed by one MLX worker thread.
 
-    With ``cluster`` the worker is rank 0 of a distributed daemon; the engine passes it
-    on unread. A worker that fails then cannot be restarted alone (the other ranks would
-    not know): ``on_fatal`` is told instead, and ends the daemon.
+    A worker that crashes is restarted. With ``cluster`` the worker is rank 0 of a
+    distributed daemon, which the engine passes on unread; a worker that fails then cannot
+    be restarted alone (the other ranks would not know): ``on_fatal`` is told instead, and
+    ends the daemon. A worker that cannot start (a broken MLX install) would fail the same
+    way again: ``on_fatal`` is told too, with a ``StartupError``, and meanwhile every command
+    is refused with a 503.
     """
 
     def __init__(
@@ -93,7 +97,7 @@ class MlxEngine(EngineCore["LoadedModel"]):
         worker_stop_s: float = 10.0,
         on_worker_start: Callable[[], None] | None = None,
         cluster: ClusterSpec | None = None,
-        on_fatal: Callable[[str], None] | None = None,
+        on_fatal: Callable[[MlxdError], None] | None = None,
     ) -> None:
         super().__init__(settings, MlxBackend(self.submit, resolve_path, estimate_bytes), clock)
         #: How long ``stop`` waits for the worker to finish its step (a prefill chunk).
@@ -123,13 +127,25 @@ class MlxEngine(EngineCore["LoadedModel"]):
     def _start_worker(self) -> None:
         loop = asyncio.get_running_loop()
         self._worker = WorkerHandle(
-            loop, self.settings, self.stats, self._worker_crashed, self.on_worker_start, self._cluster
+            loop,
+            self.settings,
+            self.stats,
+            self._worker_crashed,
+            self.on_worker_start,
+            self._cluster,
+            self._worker_not_started,
         )
         self._worker.start()
 
-    def _worker_crashed(self, exc: BaseException) -> None:
+    def _worker_not_started(self, error: StartupError) -> None:
         if self._on_fatal is not None:
-            self._on_fatal(f"the MLX worker failed: {exc}")
+            self._on_fatal(error)
+        else:
+            log.error("%s (%s)", error.message, error.hint)
+
+    def _worker_crashed(self, exc: BaseException) -> None:
+        if self._cluster is not None and self._on_fatal is not None:
+            self._on_fatal(MlxdError(f"the MLX worker failed: {exc}"))
             return
         log.error("restarting the MLX worker after a crash: %s", exc)
         self.residency.clear()

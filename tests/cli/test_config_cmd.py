@@ -163,6 +163,23 @@ def test_check_json(env: dict[str, str], tmp_path: Path) -> None:
     assert len(report["problems"]) == 3
 
 
+def test_check_warns_of_an_encoder_embedding_model_with_distributed(tmp_path: Path) -> None:
+    """Only the model's files say it is an encoder: valid, with a warning (its load is refused)."""
+    write(tmp_path / "bge" / "config.json", '{"model_type": "bert"}')
+    write(tmp_path / "tiny" / "config.json", '{"model_type": "llama"}')
+    aliases = '[models.bge]\nmodel = "./bge"\n[models.tiny]\nmodel = "./tiny"\n'
+    alone = write(tmp_path / "alone.toml", aliases)
+    split = write(tmp_path / "split.toml", aliases + '[distributed]\nhosts = ["127.0.0.1", "127.0.0.1"]\n')
+    code, out = cli("check", str(alone), "--json")
+    assert (code, json.loads(out)["warnings"]) == (0, [])
+    code, out = cli("check", str(split), "--json")
+    assert code == 0
+    assert json.loads(out)["warnings"] == [
+        "models.bge.model: encoder embedding models are not served across several ranks yet;"
+        " serve it from a daemon without [distributed]"
+    ]
+
+
 # -- show ----------------------------------------------------------------------------------
 
 

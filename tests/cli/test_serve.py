@@ -253,6 +253,30 @@ def test_a_port_in_use_is_one_line_on_stderr_and_in_the_log(tmp_path: Path) -> N
     assert len(log.splitlines()) == 1
 
 
+def test_an_mlx_runtime_that_cannot_load_ends_serve_with_one_line_and_exit_1(tmp_path: Path) -> None:
+    """A broken install (here an mlx-lm whose import fails, first on PYTHONPATH): the worker
+    cannot start, so the daemon must not stay up with requests that would never finish."""
+    broken = tmp_path / "broken"
+    (broken / "mlx_lm").mkdir(parents=True)
+    (broken / "mlx_lm" / "__init__.py").write_text('raise ImportError("stand-in: this mlx-lm is broken")\n')
+    (tmp_path / "mlxd.toml").write_text(f"[server]\nport = {free_port()}\n")
+    path = os.pathsep.join(p for p in (str(broken), os.environ.get("PYTHONPATH")) if p)
+    # The timeout is the bound: a daemon left serving without its worker would run into it.
+    result = mlxd(
+        "serve", "--config", str(tmp_path / "mlxd.toml"), env=isolated_env(tmp_path, PYTHONPATH=path)
+    )
+    assert result.returncode == 1
+    expected = "the MLX runtime failed to load: ImportError: stand-in: this mlx-lm is broken"
+    error, hint = result.stderr.splitlines()
+    assert error == f"error: {expected}"
+    assert hint.startswith("hint: reinstall MLX and mlx-lm: `")
+    assert "-m pip install -U " in hint
+    log = (tmp_path / "state" / "mlxd" / "log" / "mlxd.log").read_text()
+    (line,) = [line for line in log.splitlines() if expected in line]
+    assert f"could not start: {expected} (hint: reinstall MLX" in line
+    assert "Traceback" not in log
+
+
 def test_an_invalid_config_is_in_the_log_too(tmp_path: Path) -> None:
     (tmp_path / "mlxd.toml").write_text("[runtime]\nmax_queue = 1.0\n")
     result = mlxd("serve", "--config", str(tmp_path / "mlxd.toml"), env=isolated_env(tmp_path))

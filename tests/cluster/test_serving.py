@@ -48,7 +48,15 @@ def pipeline_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return build_tiny_model(tmp_path_factory.mktemp("models") / "mini", model_type="ministral3", seed=3)
 
 
-def aliases(tiny: Path, mini: Path) -> str:
+@pytest.fixture(scope="module")
+def encoder_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny BERT: an encoder embedding model (mlx-embeddings'), which no rank can split."""
+    from mlxd.runtime.demo_embedders import build_encoder_model
+
+    return build_encoder_model(tmp_path_factory.mktemp("models") / "bert", family="bert")
+
+
+def aliases(tiny: Path, mini: Path, encoder: Path) -> str:
     return f"""
 [runtime]
 keep_alive = "forever"
@@ -69,16 +77,23 @@ parallel = "pipeline"
 [models.llama-pipeline]
 model = "{tiny}"
 parallel = "pipeline"
+
+[models.bert]
+model = "{encoder}"
 """
 
 
 @pytest.fixture(scope="module")
 def one_process(
-    tiny_model_dir: Path, pipeline_model_dir: Path, tmp_path_factory: pytest.TempPathFactory
+    tiny_model_dir: Path,
+    pipeline_model_dir: Path,
+    encoder_model_dir: Path,
+    tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[RunningDaemon]:
     root = tmp_path_factory.mktemp("one-process")
     config = write_config(
-        root / "mlxd.toml", "[server]\nport = 0\n" + aliases(tiny_model_dir, pipeline_model_dir)
+        root / "mlxd.toml",
+        "[server]\nport = 0\n" + aliases(tiny_model_dir, pipeline_model_dir, encoder_model_dir),
     )
     running, thread = start_daemon(config)
     try:
@@ -89,10 +104,14 @@ def one_process(
 
 @pytest.fixture(scope="module")
 def cluster(
-    tiny_model_dir: Path, pipeline_model_dir: Path, tmp_path_factory: pytest.TempPathFactory
+    tiny_model_dir: Path,
+    pipeline_model_dir: Path,
+    encoder_model_dir: Path,
+    tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[Cluster]:
     root = tmp_path_factory.mktemp("two-ranks")
-    running = start_cluster(root, aliases(tiny_model_dir, pipeline_model_dir) + distributed_section())
+    config = aliases(tiny_model_dir, pipeline_model_dir, encoder_model_dir) + distributed_section()
+    running = start_cluster(root, config)
     try:
         yield running
     finally:
@@ -202,6 +221,13 @@ def test_embeddings_are_refused_clearly_and_the_ranks_keep_serving(cluster: Clus
     with pytest.raises(openai.UnprocessableEntityError, match="not served across several ranks") as caught:
         client.embeddings.create(model="tiny", input="hello")
     assert caught.value.code == "model_unsupported"
+    # An encoder embedding model is refused at its load by every rank, before mlx-lm reads it.
+    with pytest.raises(openai.UnprocessableEntityError) as caught:
+        client.embeddings.create(model="bert", input="hello")
+    assert caught.value.code == "model_unsupported"
+    assert (
+        "bert: bert encoder embedding models are not served across several ranks yet" in caught.value.message
+    )
     assert client.completions.create(model="tiny", prompt="hi", max_tokens=3).usage.completion_tokens == 3  # type: ignore[union-attr]
 
 

@@ -211,6 +211,40 @@ def test_a_dead_worker_is_reported_and_restarted(runtime_daemon: RunningDaemon) 
         assert runtime_daemon.status()["worker"] == "running"
 
 
+def test_a_worker_that_cannot_start_refuses_every_command_and_says_why(
+    tiny_model_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """What a broken MLX install does to the engine: nothing waits on the worker that never came."""
+    import sys
+
+    from mlxd.errors import MlxdError, StartupError, UnavailableError
+    from mlxd.runtime.mlx.commands import Call
+    from mlxd.runtime.mlx_engine import MlxEngine
+    from mlxd.runtime.specs import ModelSpec, RuntimeSettings
+
+    monkeypatch.setitem(sys.modules, "mlxd.runtime.mlx.worker", None)  # its import fails now
+    fatal: list[MlxdError] = []
+    spec = ModelSpec(str(tiny_model_dir), local_path=tiny_model_dir, label="tiny")
+
+    async def main() -> None:
+        engine = MlxEngine(RuntimeSettings(), lambda spec: tiny_model_dir, on_fatal=fatal.append)
+        await engine.start()
+        queued: Future[None] = Future()
+        engine.submit(Call(lambda worker: None, queued))  # before the worker has even failed
+        with pytest.raises(UnavailableError, match="the MLX runtime failed to load: ModuleNotFoundError"):
+            await asyncio.wait_for(asyncio.wrap_future(queued), 10)
+        with pytest.raises(UnavailableError, match="the MLX runtime failed to load"):
+            await asyncio.wait_for(engine.load("tiny", spec, 60.0), 10)  # a request's load
+        assert not engine.healthy()
+        await engine.stop()
+
+    asyncio.run(main())
+    (error,) = fatal  # told once, not restarted over and over
+    assert isinstance(error, StartupError)
+    assert error.hint is not None
+    assert "-m pip install -U" in error.hint
+
+
 def test_a_symlink_out_of_the_model_directory_is_refused(runtime_daemon: RunningDaemon) -> None:
     with runtime_daemon.client() as http:
         refused = http.post("/v1/completions", json={"model": "escaping", "prompt": "x", "max_tokens": 2})

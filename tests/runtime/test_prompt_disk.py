@@ -165,6 +165,59 @@ def test_a_config_edit_moves_the_directory_or_turns_the_disk_off(tmp_path: Path)
     assert len(files(tmp_path / "two")) == 1
 
 
+def test_a_scan_that_fails_unexpectedly_still_lets_reads_go_on(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from mlxd.runtime.mlx import prompt_disk
+
+    def broken(directory: Path) -> list[Any]:
+        raise RuntimeError("a bug in the scan")
+
+    monkeypatch.setattr(prompt_disk, "scan_files", broken)
+    cache = disk(tmp_path).tier("m", SIGNATURE)
+    assert cache.disk.flush()
+    assert cache.disk.scanned(timeout=0)  # reads do not wait for a scan that is over
+    assert cache.load(list(range(80)), better_than=0) is None
+    cache.disk.close()
+
+
+def test_a_directory_moved_away_and_back_mid_scan_keeps_its_files(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import threading
+
+    from mlxd.runtime.mlx import prompt_disk
+    from mlxd.runtime.mlx.prompt_files import scan_files
+
+    tokens = list(range(90))
+    first = disk(tmp_path / "one").tier("m", SIGNATURE)
+    first.offer(tokens, layers(tokens))
+    first.disk.close()
+    inside, release = threading.Event(), threading.Event()
+
+    def slow(directory: Path) -> list[Any]:
+        if not inside.is_set():  # the first scan waits until the test has moved the directory
+            inside.set()
+            assert release.wait(10)
+        return scan_files(directory)
+
+    monkeypatch.setattr(prompt_disk, "scan_files", slow)
+    again = disk(tmp_path / "one").tier("m", SIGNATURE)
+    assert inside.wait(10)
+    again.disk.configure(tmp_path / "two", 10**8, 32)
+    again.disk.configure(tmp_path / "one", 10**8, 32)
+    assert not again.disk.scanned(timeout=0)  # this directory's own scan has not run yet
+    release.set()
+    assert again.disk.flush()
+    assert again.disk.scanned(timeout=0)
+    # Indexed once, by the scan the last move queued: the file is still there, and found.
+    assert len(files(tmp_path / "one")) == 1
+    found = again.load(tokens, better_than=0)
+    assert found is not None
+    assert found[1] == tokens
+    again.disk.close()
+
+
 SYSTEM = "You are the ship's navigator. Keep a careful log of every star you see tonight. " * 14
 
 

@@ -7,7 +7,7 @@ imports the worker (whose module loads mlx-lm) and there is no import cycle.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from concurrent.futures import Future
 from dataclasses import dataclass
 from pathlib import Path
@@ -147,6 +147,19 @@ def settle(future: Future[Any], fn: Callable[[], Any]) -> None:
         # The worker itself is going down: whoever waits on this command must not hang.
         future.set_exception(ModelLoadError("the engine restarted; try again"))
         raise
+
+
+def abandon(commands: Iterable[Command], error: MlxdError) -> list[tuple[Sink, GenerationEvent]]:
+    """Fail commands no worker will run, so nobody waits on them forever: each future gets
+    ``error``, and each inserted choice a failure event, returned for ``deliver`` on the loop."""
+    failed = GenerationEvent.failure(error.message)
+    out: list[tuple[Sink, GenerationEvent]] = []
+    for command in commands:
+        if isinstance(command, Insert):
+            out.extend((choice.sink, failed) for choice in command.choices)
+        elif isinstance(command, Load | Unload | Call | Embed) and not command.future.done():
+            command.future.set_exception(error)
+    return out
 
 
 def deliver(events: list[tuple[Sink, GenerationEvent]]) -> None:

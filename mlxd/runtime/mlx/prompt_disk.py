@@ -48,6 +48,8 @@ log = logging.getLogger("mlxd.runtime")
 
 #: Writes that may wait for the writer thread at once (each holds a cache's arrays).
 MAX_PENDING = 4
+#: Longest a read waits for the directory's files to be indexed (after a start or a move).
+SCAN_WAIT_S = 5.0
 
 
 @dataclass(slots=True)
@@ -70,7 +72,9 @@ class DiskPromptCache:
         self._indexes: dict[str, PrefixIndex[_File]] = {}
         self._pending: dict[str, set[tuple[int, ...]]] = {}
         self._jobs = FileJobs("mlxd-prompt-disk")
+        #: Set once the current directory's files are indexed (at once: no directory yet).
         self._scanned = threading.Event()
+        self._scanned.set()
         self.configure(directory, max_bytes, min_tokens)
 
     @property
@@ -87,17 +91,24 @@ class DiskPromptCache:
         bound evicts now."""
         self.max_bytes, self.min_tokens = max_bytes, min_tokens
         if directory != self.directory:
+            # Each directory gets its own signal: a scan of the one before, still running,
+            # settles its own and never marks this one's files as indexed.
+            scanned = threading.Event()
             with self._lock:
                 self._indexes.clear()
                 self._pending.clear()
-            self.directory = directory
-            self._scanned.clear()
+                self.directory = directory
+                self._scanned = scanned
             if directory is not None and max_bytes > 0:
-                self._jobs.submit(lambda: self._scan(directory))
+                self._jobs.submit(lambda: self._scan(directory, scanned))
             else:
-                self._scanned.set()
+                scanned.set()
         elif self.enabled:
             self._jobs.submit(self._evict)
+
+    def scanned(self, timeout: float) -> bool:
+        """Wait until the files already in the directory are indexed (False: timed out)."""
+        return self._scanned.wait(timeout)
 
     def tier(self, identity: str, signature: Signature | None) -> DiskTier:
         """The view one model's prompt cache has of the files (``signature``: its cache's shape)."""
@@ -140,7 +151,7 @@ class DiskPromptCache:
         ``better_than`` tokens; a bad file is deleted and skipped."""
         if not self.enabled or signature is None:
             return None
-        self._scanned.wait(5.0)
+        self.scanned(SCAN_WAIT_S)
         with self._lock:
             index = self._indexes.get(identity)
             key, shared = index.find(tokens) if index is not None else (None, 0)
@@ -169,27 +180,39 @@ class DiskPromptCache:
 
     # -- the writer thread ---------------------------------------------------------------
 
-    def _scan(self, directory: Path) -> None:
-        """Index the files already there (oldest use first); delete what is not ours."""
+    def _scan(self, directory: Path, scanned: threading.Event) -> None:
+        """Index the files already there (oldest use first); delete what is not ours.
+
+        However it ends (indexed, the directory unusable, moved again meanwhile, or an
+        unexpected error) ``scanned`` is set, so no read waits on it for nothing. A scan
+        whose directory changed meanwhile indexes nothing: the change queued the scan
+        that counts, or turned the disk off."""
+        try:
+            found = self._index(directory, scanned)
+        finally:
+            scanned.set()
+        if found:
+            self._evict()
+            log.info("%d prompt cache file(s) on disk", found)
+
+    def _index(self, directory: Path, scanned: threading.Event) -> int:
+        """How many files of ``directory`` the index holds now (0 when it is not current)."""
         try:
             files = scan_files(directory)
         except OSError as exc:
             log.error(
                 "the prompt cache directory cannot be used (%s); prefixes stay in memory only", exc.strerror
             )
-            self._scanned.set()
-            return
-        found = [(used, identity, key, _File(path, used), size) for used, identity, key, path, size in files]
+            return 0
         with self._lock:
-            if self.directory != directory:
-                return
-            for _, identity, key, entry, size in found:
-                for old in self._indexes.setdefault(identity, PrefixIndex()).add(key, entry, size):
+            if self._scanned is not scanned:
+                return 0
+            for used, identity, key, path, size in files:
+                for old in self._indexes.setdefault(identity, PrefixIndex()).add(
+                    key, _File(path, used), size
+                ):
                     self._unlink(old.path)
-        self._scanned.set()
-        self._evict()
-        if found:
-            log.info("%d prompt cache file(s) on disk", len(found))
+        return len(files)
 
     def _write(
         self, identity: str, key: tuple[int, ...], path: Path, layers: list[Any], metadata: dict[str, str]

@@ -4,7 +4,9 @@
 rank holds a run of whole layers (``model.model.pipeline``), for the families mlx-lm can
 pipeline. What a single process refuses is refused here too: code in the model
 directory, non-finite weights, and any download (``sharded_load`` would fetch a missing
-path from the Hub; mlxd only ever hands it a directory that exists).
+path from the Hub; mlxd only ever hands it a directory that exists). Encoder embedding
+models (mlx-embeddings' families) cannot be split at all: they are refused by name before
+mlx-lm is asked to read them.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from typing import Any
 import mlx.core as mx
 from mlx_lm.utils import load_model, sharded_load
 
+from mlxd.config.families import encoder_family
 from mlxd.errors import ModelDirNotFoundError, ModelLoadError, ModelUnsupportedError
 from mlxd.runtime.mlx.loading import LoadedModel, loaded_model, read_config
 from mlxd.runtime.specs import ModelSpec
@@ -33,6 +36,11 @@ def preflight(spec: ModelSpec, path: Path, size: int) -> None:
     if not path.is_dir():
         raise ModelDirNotFoundError(f"model directory {name!r} does not exist on this host")
     config = read_config(path)
+    if (encoder := encoder_family(config)) is not None:  # mlx-embeddings' model, not mlx-lm's
+        raise ModelUnsupportedError(
+            f"{name}: {encoder} encoder embedding models are not served across several ranks yet",
+            hint="serve them from a daemon without [distributed]",
+        )
     try:
         model, _ = load_model(path, lazy=True, strict=False, trust_remote_code=False)
     except Exception as exc:

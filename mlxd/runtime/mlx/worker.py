@@ -36,6 +36,7 @@ from mlxd.runtime.mlx.commands import (
     Load,
     Shutdown,
     Unload,
+    abandon,
     deliver,
     settle,
 )
@@ -85,6 +86,9 @@ class MlxWorker:
         )
         self._cluster = cluster
         self._lockstep: Lockstep | None = None
+        # MLX's first calls: a worker that cannot make them has not started (see handle.py).
+        settle_heap()
+        self.stats.mlx_cache_limit_bytes = bound_cache(settings)
 
     @property
     def runners(self) -> dict[UnitKey, ModelRunner]:
@@ -93,8 +97,6 @@ class MlxWorker:
 
     def run(self) -> None:
         """Serve commands on the calling thread (the worker thread) until shut down."""
-        settle_heap()
-        self.stats.mlx_cache_limit_bytes = bound_cache(self._settings)
         try:
             if self._cluster is not None:
                 self._lockstep = Lockstep.join(self._cluster, self._settings, self.stats)
@@ -120,11 +122,8 @@ class MlxWorker:
         for runner in self._runners.values():
             with contextlib.suppress(Exception):
                 out.extend((seq.sink, failed) for seq in runner.close())
-        for command in [*self._pending, *self._take(block=False)]:
-            if isinstance(command, Insert):
-                out.extend((choice.sink, failed) for choice in command.choices)
-            elif isinstance(command, Load | Unload | Call | Embed) and not command.future.done():
-                command.future.set_exception(ModelLoadError("the engine restarted; try again"))
+        queued = [*self._pending, *self._take(block=False)]
+        out.extend(abandon(queued, ModelLoadError("the engine restarted; try again")))
         if out:
             self._loop.call_soon_threadsafe(deliver, out)
 
