@@ -7,8 +7,8 @@ listings and the runtime's loader all ask this one table. Pure Python.
 
 Vision models of mlx-vlm's families go through ``mlx-vlm``, the optional extra
 ``mlxd[vision]``, when it is installed; without it, a family whose text half the installed
-mlx-lm loads serves text only. ``vision_extra_installed`` is the one question every layer
-asks about it.
+mlx-lm loads serves text only. ``vision_extra_installed`` asks whether it is there as the
+hub's checks do (``find_spec``, never an import), so the loader and the listings agree.
 """
 
 from __future__ import annotations
