@@ -76,8 +76,10 @@ class RequestError(MlxdError):
 
     code = "invalid_parameter"
 
-    def __init__(self, message: str, *, param: str | None = None, code: str | None = None) -> None:
-        super().__init__(message, code=code)
+    def __init__(
+        self, message: str, *, param: str | None = None, code: str | None = None, hint: str | None = None
+    ) -> None:
+        super().__init__(message, code=code, hint=hint)
         self.param = param
 
 

@@ -3,7 +3,8 @@
 The checks are cheap (JSON and safetensors headers, file sizes) so the daemon can run
 them before every load: ``config.json`` parses, names no ``model_file`` (mlx-lm would
 import Python from the directory) and a ``model_type`` the installed mlx-lm supports (or
-an encoder family, served through ``mlxd[embeddings]``);
+an encoder family, served through ``mlxd[embeddings]``, or a vision family of the installed
+mlx-vlm, ``mlxd[vision]``; without mlx-vlm a vision model mlx-lm has the family of serves text);
 weights are safetensors, every shard the index names exists, and every shard is complete.
 """
 
@@ -18,7 +19,7 @@ from functools import lru_cache
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-from mlxd.config.families import encoder_family
+from mlxd.config.families import VISION_HINT, encoder_family, vision_extra_installed
 from mlxd.errors import HubError
 from mlxd.hub.files import CODE_PATTERNS, CONFIG_FILE, INDEX_FILE, WEIGHTS_PATTERN
 
@@ -124,11 +125,11 @@ def check_config(config: Any, where: str) -> None:
     # Encoder embedding models load through mlx-embeddings (the runtime says when it is missing).
     family_known = _resolved_model_type(config) in types or encoder_family(config) is not None
     if not family_known and not mlx_vlm_family(config):
-        if config.get("vision_config") and importlib.util.find_spec("mlx_vlm") is None:
+        if config.get("vision_config") and not vision_extra_installed():
             raise HubError(
                 f"{where} is a vision model of the {model_type!r} family, served through mlx-vlm",
                 code="not_mlx_model",
-                hint="pip install 'mlxd[vision]'",
+                hint=VISION_HINT,
             )
         raise HubError(
             f"{where} is not an MLX model: model_type {model_type!r} is not supported by the installed mlx-lm",

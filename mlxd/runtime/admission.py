@@ -60,6 +60,11 @@ class ModelFacts(Protocol):
         """The model's image support (``prepare`` a prompt with images), ``None`` for text only."""
         ...
 
+    @property
+    def images_hint(self) -> str | None:
+        """For a text-only model that could take images: what to do for them (install mlx-vlm)."""
+        ...
+
 
 @dataclass(frozen=True, slots=True)
 class Admitted:
@@ -193,7 +198,9 @@ class Admission:
     async def _vision(self, request: GenerationRequest, prompt: ChatPrompt, model: ModelFacts) -> Any:
         if model.vision is None:
             raise RequestError(
-                f"{request.alias!r} is a text model: it does not take images", param=prompt.images[0].param
+                f"{request.alias!r} is a text model: it does not take images",
+                param=prompt.images[0].param,
+                hint=model.images_hint,
             )
         return await self._off_loop(vision_prompt, model.tokenizer, model.vision, prompt)
 

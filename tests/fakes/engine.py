@@ -108,6 +108,8 @@ class FakeModel:
     pooling: PoolingSpec = field(default_factory=PoolingSpec)
     #: Sources with "vision" in their name take images.
     vision: FakeVision | None = None
+    #: What an image for a text-only model is told to do (``None``: nothing to install).
+    images_hint: str | None = None
     #: False for an encoder embedding model (it only embeds).
     generates: bool = True
 

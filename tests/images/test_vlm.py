@@ -2,11 +2,16 @@
 Qwen2.5-VL and Qwen3-VL models built here, served by one daemon. The oracle is mlx-vlm's own
 ``generate`` on the same image and prompt: greedy output through mlxd must be the same
 tokens. Gemma 3 decodes in the shared batch; the Qwen families' prompts with images decode
-alone (3-D positions)."""
+alone (3-D positions).
+
+Without mlx-vlm (hidden as a missing package is: ``find_spec("mlx_vlm")``, which every layer
+asks, finds nothing), copies of the same models load through mlx-lm and serve text; their
+oracle is mlx-lm's own greedy ``stream_generate``."""
 
 from __future__ import annotations
 
 import io
+import json
 import shutil
 import sys
 from collections.abc import Iterator
@@ -21,7 +26,13 @@ import pytest
 
 from tests.conftest import RunningDaemon, serving
 from tests.images.pictures import b64, data_url, png
-from tests.images.vlm_models import build_gemma3, build_qwen2_5_vl, build_qwen3_vl
+from tests.images.vlm_models import (
+    TEXT_HALF_FAMILIES,
+    build_gemma3,
+    build_qwen2_5_vl,
+    build_qwen3_vl,
+    build_text_half,
+)
 
 pytestmark = [pytest.mark.mlx, pytest.mark.server]
 
@@ -36,6 +47,8 @@ def vlm_dirs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
         "gemma": build_gemma3(root / "gemma3"),
         "qwen": build_qwen2_5_vl(root / "qwen2_5_vl"),
         "qwen3": build_qwen3_vl(root / "qwen3_vl"),
+        # Served only as text, by the tests that hide mlx-vlm.
+        **{family: build_text_half(root / family, family) for family in TEXT_HALF_FAMILIES},
     }
 
 
@@ -44,8 +57,10 @@ def vlm_daemon(
     vlm_dirs: dict[str, Path], tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[RunningDaemon]:
     root = tmp_path_factory.mktemp("vlm-daemon")
-    # Another copy of Gemma 3, loaded only by the test that hides mlx-vlm.
-    bare = shutil.copytree(vlm_dirs["gemma"], root / "gemma3-bare")
+    # Copies loaded only by the tests that hide mlx-vlm; "idefics" is a family mlx-lm lacks.
+    copies = {name: shutil.copytree(vlm_dirs[name], root / f"{name}-text") for name in vlm_dirs}
+    idefics = _as_idefics(vlm_dirs["gemma"], root / "idefics")
+    text_aliases = "".join(f'[models.{name}-text]\nmodel = "{path}"\n\n' for name, path in copies.items())
     config = f"""
 [server]
 port = 0
@@ -67,11 +82,19 @@ model = "{vlm_dirs["qwen"]}"
 [models.qwen3]
 model = "{vlm_dirs["qwen3"]}"
 
-[models.bare]
-model = "{bare}"
+{text_aliases}[models.idefics]
+model = "{idefics}"
 """
     with serving(root, config) as running:
         yield running
+
+
+def _as_idefics(directory: Path, dest: Path) -> Path:
+    """A copy of ``directory`` that says it is an Idefics 3, a family mlx-vlm has and mlx-lm lacks."""
+    copy = shutil.copytree(directory, dest)
+    config = json.loads((copy / "config.json").read_text())
+    (copy / "config.json").write_text(json.dumps({**config, "model_type": "idefics3"}))
+    return copy
 
 
 def _oai(daemon: RunningDaemon) -> openai.OpenAI:
@@ -207,31 +230,87 @@ def test_bad_images_are_400s_and_the_alias_keeps_serving(vlm_daemon: RunningDaem
         assert len(tokens) == TOKENS
 
 
-def test_without_mlx_vlm_the_model_is_a_422_naming_the_extra(
-    vlm_daemon: RunningDaemon, monkeypatch: pytest.MonkeyPatch
+@pytest.fixture
+def without_mlx_vlm(monkeypatch: pytest.MonkeyPatch) -> None:
+    """mlx-vlm hidden the way a missing package is: ``find_spec`` finds nothing and every import
+    of it fails, also of the modules that the models built here have imported already."""
+    for name in ["mlx_vlm", *(n for n in sys.modules if n.startswith("mlx_vlm."))]:
+        monkeypatch.setitem(sys.modules, name, None)
+
+
+def _mlx_lm_greedy(directory: Path) -> list[int]:
+    """mlx-lm's own greedy ``stream_generate`` on the same text prompt (the model's template)."""
+    from mlx_lm import load, stream_generate
+
+    model, tokenizer = load(str(directory))
+    prompt = tokenizer.apply_chat_template(
+        [{"role": "user", "content": QUESTION}], add_generation_prompt=True
+    )
+    return [step.token for step in stream_generate(model, tokenizer, prompt, max_tokens=TOKENS)][:TOKENS]
+
+
+@pytest.mark.usefixtures("without_mlx_vlm")
+@pytest.mark.parametrize("alias", ["gemma", "qwen", "qwen3", *TEXT_HALF_FAMILIES])
+def test_without_mlx_vlm_a_vision_model_serves_text_through_mlx_lm(
+    vlm_daemon: RunningDaemon, vlm_dirs: dict[str, Path], alias: str
 ) -> None:
-    """mlx-vlm hidden the way a missing package is (its import fails), for a model not loaded yet."""
-    monkeypatch.setitem(sys.modules, "mlx_vlm.utils", None)
-    with pytest.raises(openai.UnprocessableEntityError) as refused:
-        _ask(_oai(vlm_daemon), "bare", png(32, 24))
-    assert refused.value.body["code"] == "model_unsupported"  # type: ignore[index]
+    tokens, usage = _greedy_ids(vlm_daemon, f"{alias}-text", None)
+    assert len(tokens) == usage["completion_tokens"] == TOKENS
+    assert tokens == _mlx_lm_greedy(vlm_dirs[alias])
+
+
+@pytest.mark.usefixtures("without_mlx_vlm")
+def test_without_mlx_vlm_an_image_is_a_400_naming_the_extra(vlm_daemon: RunningDaemon) -> None:
+    client = _oai(vlm_daemon)
+    chat = client.chat.completions.create(
+        model="gemma-text", messages=[{"role": "user", "content": QUESTION}], max_tokens=TOKENS
+    )
+    assert chat.usage is not None
+    assert chat.usage.completion_tokens == TOKENS
+    assert chat.choices[0].finish_reason == "length"
+    assert chat.choices[0].message.content
+    with pytest.raises(openai.BadRequestError) as refused:
+        _ask(client, "gemma-text", png(32, 24))
+    assert "'gemma-text' is a text model" in refused.value.message
     assert "pip install 'mlxd[vision]'" in refused.value.message
-    monkeypatch.undo()
-    assert len(_greedy_ids(vlm_daemon, "bare", png(32, 24))[0]) == TOKENS  # installed again: it loads
+    assert refused.value.body["param"] == "messages[0].content[1]"  # type: ignore[index]
+    with vlm_daemon.client() as http:
+        listed = {m["id"]: m.get("capabilities", []) for m in http.get("/v1/models").json()["data"]}
+    assert "vision" not in listed["gemma-text"]
+    assert "vision" not in (ollama.Client(host=vlm_daemon.url).show("gemma-text").capabilities or [])
+    # A family mlx-lm has no module for stays a 422 that names the extra.
+    with pytest.raises(openai.UnprocessableEntityError) as refused_model:
+        _ask(client, "idefics", png(32, 24))
+    assert refused_model.value.body["code"] == "model_unsupported"  # type: ignore[index]
+    assert "served through mlx-vlm" in refused_model.value.message
+    assert "pip install 'mlxd[vision]'" in refused_model.value.message
+    again = client.chat.completions.create(
+        model="gemma-text", messages=[{"role": "user", "content": QUESTION}], max_tokens=TOKENS
+    )
+    assert again.choices[0].message.content == chat.choices[0].message.content  # still serving
+
+
+@pytest.mark.usefixtures("without_mlx_vlm")
+def test_without_mlx_vlm_the_loader_refuses_what_mlx_lm_cannot_load_naming_the_extra(
+    vlm_dirs: dict[str, Path], tmp_path: Path
+) -> None:
+    """The daemon's checks refuse such a family before a load (above); the loader says the same."""
+    from mlxd.errors import ModelUnsupportedError
+    from mlxd.runtime.mlx.loading import load_base
+
+    with pytest.raises(ModelUnsupportedError, match="not installed, and mlx-lm cannot load it") as refused:
+        load_base(_as_idefics(vlm_dirs["gemma"], tmp_path / "idefics"))
+    assert refused.value.hint == "pip install 'mlxd[vision]'"
 
 
 def test_pull_validation_knows_mlx_vlm_families_and_names_the_extra(monkeypatch: pytest.MonkeyPatch) -> None:
-    import importlib.util
-
     from mlxd.errors import HubError
     from mlxd.hub.validate import check_config
 
     idefics = {"model_type": "idefics3", "vision_config": {"model_type": "idefics3_vision"}}
     check_config(idefics, "org/idefics")  # not mlx-lm's, but mlx-vlm's: accepted
-    real = importlib.util.find_spec
-    monkeypatch.setattr(
-        importlib.util, "find_spec", lambda name, *a: None if name == "mlx_vlm" else real(name, *a)
-    )
+    monkeypatch.setitem(sys.modules, "mlx_vlm", None)  # find_spec finds nothing
+    check_config({"model_type": "gemma3", "vision_config": {}}, "org/gemma")  # mlx-lm loads its text half
     with pytest.raises(HubError, match="served through mlx-vlm") as missing:
         check_config(idefics, "org/idefics")
     assert missing.value.hint == "pip install 'mlxd[vision]'"

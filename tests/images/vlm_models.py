@@ -48,9 +48,9 @@ def _tokenizer(dest: Path, markers: tuple[str, ...], image_marker: str, named: d
     return tokenizer
 
 
-def _random_weights(model: Any, seed: int, silent_rows: list[int]) -> dict[str, Any]:
+def _random_weights(model: Any, seed: int, silent_rows: list[int], tied: bool) -> dict[str, Any]:
     """Seeded normal weights (std 1/sqrt(fan_in)), unit norms, zero biases, evaluated; the
-    (tied) output rows of ``silent_rows`` are zero, so greedy decoding never picks them."""
+    output rows of ``silent_rows`` are zero, so greedy decoding never picks them."""
     import mlx.core as mx
     from mlx.utils import tree_flatten
 
@@ -58,17 +58,17 @@ def _random_weights(model: Any, seed: int, silent_rows: list[int]) -> dict[str, 
     keys = mx.random.split(mx.random.key(seed), len(params))
     weights: dict[str, Any] = {}
     for (name, param), key in zip(params, keys, strict=True):
-        if name.endswith("lm_head.weight"):  # tied to the embeddings in these configs
+        if tied and name.endswith("lm_head.weight"):  # the embeddings serve as the head
             continue
         if param.ndim == 1:
             weights[name] = (mx.zeros if name.endswith("bias") else mx.ones)(param.shape, dtype=mx.float32)
         else:
             scale = param.shape[-1] ** -0.5
             weights[name] = mx.random.normal(param.shape, dtype=mx.float32, key=key) * scale
-    embed = "language_model.model.embed_tokens.weight"
-    mask = mx.ones((weights[embed].shape[0], 1), dtype=mx.float32)
+    head = "language_model.model.embed_tokens.weight" if tied else "language_model.lm_head.weight"
+    mask = mx.ones((weights[head].shape[0], 1), dtype=mx.float32)
     mask[mx.array(silent_rows)] = 0.0
-    weights[embed] = weights[embed] * mask
+    weights[head] = weights[head] * mask
     mx.eval(weights)
     return weights
 
@@ -82,7 +82,9 @@ def _save(dest: Path, family: str, config: dict[str, Any], tokenizer: Any, seed:
     model_config = module.ModelConfig.from_dict(loading)
     model_config = update_module_configs(model_config, module, loading, ["text", "vision"])
     model = module.Model(model_config)
-    weights = _random_weights(model, seed, [tokenizer.token_to_id(t) for t in SPECIAL_TOKENS])
+    text = config.get("text_config", config)
+    silent = [tokenizer.token_to_id(t) for t in SPECIAL_TOKENS]
+    weights = _random_weights(model, seed, silent, tied=bool(text.get("tie_word_embeddings", True)))
     mx.save_safetensors(str(dest / "model.safetensors"), weights, metadata={"format": "mlx"})
     write_json(dest / "config.json", config)
     eos = config.get("eos_token_id")
@@ -234,4 +236,49 @@ def _build_qwen(dest: Path, family: str, seed: int, *, patch: int) -> Path:
             **_NORM,
         },
     )
+    return _save(dest, family, config, tokenizer, seed)
+
+
+#: Each family's vision settings and its text model's, over ``_text``'s (an output head of its
+#: own, as mlx-lm's modules for these families expect, but for LFM2's).
+_TEXT_HALF_FAMILIES: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {
+    "llava": ({"model_type": "clip_vision_model", "projection_dim": 64}, {"model_type": "llama"}),
+    "pixtral": ({"model_type": "pixtral"}, {"model_type": "mistral", "head_dim": 16}),
+    "mistral3": ({"model_type": "pixtral"}, {"model_type": "mistral", "head_dim": 16}),
+    "lfm2-vl": (
+        {"model_type": "siglip2_vision_model", "num_patches": 16},
+        {
+            "model_type": "lfm2",
+            "layer_types": ["conv", "full_attention"],
+            "full_attn_idxs": [1],
+            "block_dim": 64,
+            "block_ff_dim": 128,
+            "block_multiple_of": 16,
+            "block_ffn_dim_multiplier": 1.0,
+            "block_auto_adjust_ff_dim": False,
+            "conv_L_cache": 3,
+            "conv_bias": False,
+            "norm_eps": 1e-5,
+            "tie_word_embeddings": True,
+        },
+    ),
+}
+#: The families the tests load as text only (mlx-vlm absent): mlx-lm has a module for each.
+TEXT_HALF_FAMILIES = tuple(_TEXT_HALF_FAMILIES)
+
+
+def build_text_half(dest: Path, family: str, *, seed: int = 0) -> Path:
+    """A vision model of one more mlx-vlm family (``TEXT_HALF_FAMILIES``), as mlx-vlm converts it,
+    with no processor files: the tests serve it as text only."""
+    dest.mkdir(parents=True, exist_ok=True)
+    tokenizer = _tokenizer(dest, ("<image>",), "<image>", {"image_token": "<image>"})
+    vision, text = _TEXT_HALF_FAMILIES[family]
+    small = {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 1, "num_attention_heads": 2}
+    config = {
+        "model_type": family,
+        "image_token_index": tokenizer.token_to_id("<image>"),
+        "spatial_merge_size": 2,
+        "text_config": {**_text(tokenizer), "tie_word_embeddings": False, **text},
+        "vision_config": {**small, "patch_size": 8, "image_size": 32, "head_dim": 16, **vision},
+    }
     return _save(dest, family, config, tokenizer, seed)

@@ -11,7 +11,7 @@ weights sit in memory once however many adapters use them.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -20,11 +20,11 @@ from mlx.utils import tree_flatten
 from mlx_lm.tuner.utils import load_adapters
 from mlx_lm.utils import load_model, load_tokenizer
 
-from mlxd.config.families import encoder_family
+from mlxd.config.families import encoder_family, vision_extra_installed
 from mlxd.errors import ModelCorruptError, ModelLoadError, ModelUnsupportedError
 from mlxd.runtime.mlx import encoder
 from mlxd.runtime.mlx.vision import VisionBackend, load_vision
-from mlxd.runtime.mlx.vlm import VlmModel, load_vlm, wants_vlm
+from mlxd.runtime.mlx.vlm import TEXT_ONLY_HINT, VlmModel, load_vlm, needs_vlm, wants_vlm
 from mlxd.runtime.pooling import PoolingSpec, read_pooling
 
 _CONTEXT_KEYS = ("max_position_embeddings", "max_sequence_length", "n_positions", "seq_length")
@@ -48,6 +48,8 @@ class LoadedModel:
     pooling: PoolingSpec = field(default_factory=PoolingSpec)
     #: How the model takes images (mlx-lm's processors or mlx-vlm), ``None`` for a text-only model.
     vision: VisionBackend | None = None
+    #: For a vision model served as text (mlx-vlm missing): what an image for it is told to do.
+    images_hint: str | None = None
     #: An encoder embedding model's forward pass (mlx-embeddings); ``None`` for mlx-lm models.
     encoder: encoder.EncoderForward | None = None
 
@@ -112,12 +114,16 @@ def load_base(path: Path, context_override: int | None = None) -> LoadedModel:
     before = mx.get_active_memory()
     family, forward = encoder_family(config), None
     vision: VisionBackend | None = None
+    # A vision family of mlx-vlm's (the ``vision`` extra); without mlx-vlm, mlx-lm loads its
+    # text half where it has a module for the family (its ``sanitize`` drops the tower).
+    vlm = family is None and wants_vlm(config)
+    text_half = vlm and not vision_extra_installed()
     if family is not None:
         model, tokenizer, forward = encoder.load_encoder(path, config, family)
         context_override = context_override or encoder.context_length(config, family)
     else:
         try:
-            if wants_vlm(config):  # a vision family of mlx-vlm's (the ``vision`` extra)
+            if vlm and not text_half:
                 model, vision = load_vlm(path, config)
             else:
                 model, config = load_model(path, lazy=False, strict=True, trust_remote_code=False)
@@ -127,9 +133,15 @@ def load_base(path: Path, context_override: int | None = None) -> LoadedModel:
         except ModelLoadError:
             raise
         except Exception as exc:  # mlx-lm raises many kinds; none may escape the runtime
-            raise ModelLoadError(f"could not load {path.name}: {type(exc).__name__}: {exc}") from exc
+            why = f"{type(exc).__name__}: {exc}"
+            if text_half:
+                raise needs_vlm(
+                    path, config, f"which is not installed, and mlx-lm cannot load it ({why})"
+                ) from exc
+            raise ModelLoadError(f"could not load {path.name}: {why}") from exc
     mx.eval(model.parameters())
-    return loaded_model(path, model, tokenizer, config, before, context_override, vision, forward)
+    loaded = loaded_model(path, model, tokenizer, config, before, context_override, vision, forward)
+    return replace(loaded, images_hint=TEXT_ONLY_HINT) if text_half else loaded
 
 
 def loaded_model(
@@ -197,4 +209,5 @@ def load_adapted(base: LoadedModel, base_path: Path, adapter_path: Path) -> Load
         memory_bytes=max(0, mx.get_active_memory() - before),
         pooling=base.pooling,
         vision=base.vision,
+        images_hint=base.images_hint,
     )

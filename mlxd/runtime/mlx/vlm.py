@@ -15,6 +15,12 @@ positions, so after it every position is shifted by a delta of that prompt's own
 cache offset plus its delta after), never relying on mlx-vlm's per-model state. One delta
 per model: a prompt with images on such a model decodes alone (``serial``), and prompts
 without images (delta 0) batch together as usual.
+
+Without mlx-vlm, the loader gives such a family to mlx-lm, whose modules for multimodal
+families load the text half of their checkpoints (their ``sanitize`` drops the vision tower;
+the tests load Gemma 3, Qwen2.5-VL, Qwen3-VL, LLaVA, Pixtral, Mistral 3 and LFM2-VL this way):
+the model serves text, and an image for it is the 400 of a text-only alias, with
+``TEXT_ONLY_HINT``. A family mlx-lm cannot load stays a 422 naming the extra (``needs_vlm``).
 """
 
 from __future__ import annotations
@@ -29,15 +35,17 @@ import numpy as np
 import numpy.typing as npt
 from mlx_lm.models.cache import KVCache, RotatingKVCache
 
+from mlxd.config.families import VISION_HINT
 from mlxd.errors import ModelLoadError, ModelUnsupportedError
 from mlxd.runtime.mlx.vision import VisionPrompt, cache_key
 
-#: What to run when a vision model needs mlx-vlm and it is not installed.
-INSTALL_HINT = "pip install 'mlxd[vision]'"
+#: What an image for such a model loaded as text (mlx-vlm missing) is told to do.
+TEXT_ONLY_HINT = f"its vision tower needs mlx-vlm: {VISION_HINT}"
 
 
 def wants_vlm(config: dict[str, Any]) -> bool:
-    """True for a vision model that mlx-lm's own processors do not cover (mlx-vlm's to serve)."""
+    """True for a vision model that mlx-lm's own processors do not cover (mlx-vlm's to serve,
+    when it is installed)."""
     if not config.get("vision_config"):
         return False
     import importlib.util
@@ -206,17 +214,13 @@ def load_vlm(path: Path, config: dict[str, Any]) -> tuple[VlmModel, VlmVision]:
     """Load an mlx-vlm family's weights and processor (never running the model's own code).
 
     Raises:
-        ModelUnsupportedError: mlx-vlm is not installed (the hint says how to get it), or it
-            has no such family.
+        ModelUnsupportedError: mlx-vlm cannot be imported (the hint says how to install it),
+            or it has no such family.
     """
     try:
         from mlx_vlm.utils import get_model_and_args, load_model, load_processor
     except ImportError as exc:
-        raise ModelUnsupportedError(
-            f"{path.name} is a vision model of the {config.get('model_type')!r} family, served through mlx-vlm,"
-            " which is not installed",
-            hint=INSTALL_HINT,
-        ) from exc
+        raise needs_vlm(path, config, f"which cannot be imported ({exc})") from exc
     try:
         get_model_and_args(dict(config))
     except (ValueError, KeyError) as exc:
@@ -235,6 +239,14 @@ def load_vlm(path: Path, config: dict[str, Any]) -> tuple[VlmModel, VlmVision]:
     if token is None:
         raise ModelUnsupportedError(f"{path.name}: its config names no image token")
     return model, VlmVision(processor, token, str(config.get("model_type")), serial=model.mrope)
+
+
+def needs_vlm(path: Path, config: dict[str, Any], why: str) -> ModelUnsupportedError:
+    """The 422 of a vision model only mlx-vlm can load, saying ``why`` it cannot, and how to install it."""
+    return ModelUnsupportedError(
+        f"{path.name} is a vision model of the {config.get('model_type')!r} family, served through mlx-vlm, {why}",
+        hint=VISION_HINT,
+    )
 
 
 def _image_token_id(model_config: Any, config: dict[str, Any]) -> int | None:
