@@ -7,6 +7,7 @@ imports the worker (whose module loads mlx-lm) and there is no import cycle.
 from __future__ import annotations
 
 import logging
+import queue
 from collections.abc import Callable, Iterable
 from concurrent.futures import Future
 from dataclasses import dataclass
@@ -147,6 +148,16 @@ def settle(future: Future[Any], fn: Callable[[], Any]) -> None:
         # The worker itself is going down: whoever waits on this command must not hang.
         future.set_exception(ModelLoadError("the engine restarted; try again"))
         raise
+
+
+def drain(commands: queue.SimpleQueue[Command]) -> list[Command]:
+    """Every command queued right now, in order, without waiting for more."""
+    out: list[Command] = []
+    while True:
+        try:
+            out.append(commands.get_nowait())
+        except queue.Empty:
+            return out
 
 
 def abandon(commands: Iterable[Command], error: MlxdError) -> list[tuple[Sink, GenerationEvent]]:

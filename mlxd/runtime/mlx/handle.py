@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING
 
 from mlxd.errors import StartupError, UnavailableError, one_line
 from mlxd.runtime.cluster import ClusterSpec
-from mlxd.runtime.mlx.commands import Command, Shutdown, abandon, deliver
+from mlxd.runtime.mlx.commands import Command, Shutdown, abandon, deliver, drain
 from mlxd.runtime.mlx.stats import WorkerStats
 from mlxd.runtime.specs import RuntimeSettings
 
@@ -103,13 +103,7 @@ class WorkerHandle:
 
     def _refuse_queued(self) -> None:
         assert self._refusal is not None
-        commands = []
-        while True:
-            try:
-                commands.append(self.commands.get_nowait())
-            except queue.Empty:
-                break
-        out = abandon(commands, self._refusal)
+        out = abandon(drain(self.commands), self._refusal)
         if out:
             self._loop.call_soon_threadsafe(deliver, out)
 

@@ -38,6 +38,7 @@ from mlxd.runtime.mlx.commands import (
     Unload,
     abandon,
     deliver,
+    drain,
     settle,
 )
 from mlxd.runtime.mlx.constrained import GrammarCache
@@ -163,11 +164,7 @@ class MlxWorker:
                 commands.append(self._commands.get(timeout=1.0))
             except queue.Empty:
                 return commands
-        while True:
-            try:
-                commands.append(self._commands.get_nowait())
-            except queue.Empty:
-                return commands
+        return commands + drain(self._commands)
 
     def _handle(self, command: Command, out: Out) -> None:
         if isinstance(command, Insert):
