@@ -3,7 +3,9 @@
 A thread samples every other thread's Python stack (``sys._current_frames``) at a fixed
 rate and, when the daemon exits, writes the counts as folded stacks (``thread;frame;…
 count`` per line, the format flame-graph tools read) to OUT. It needs no ptrace and no
-extra package, so it runs on any machine MLX runs on (a lent GPU included). A thread
+extra package, so it runs on any machine MLX runs on (a lent GPU included). Beside the
+stacks it writes the daemon's timeline (``bench.timeline``: when each request reached each
+stage, what each decode step cost) as ``OUT`` with the suffix ``.timeline.json``. A thread
 blocked in C (waiting on the accelerator in ``mx.eval``, on a socket, on a lock) shows
 its last Python frame: the profile says where each thread is, not only where it computes.
 """
@@ -16,6 +18,8 @@ import threading
 import time
 from pathlib import Path
 from types import FrameType
+
+from bench.timeline import Timeline
 
 
 class StackSampler(threading.Thread):
@@ -59,6 +63,8 @@ def main() -> None:
         raise SystemExit("usage: python -m bench.profiled OUT -- mlxd serve [ARGS]")
     from mlxd.cli.app import app
 
+    timeline = Timeline()
+    timeline.install()
     sampler = StackSampler()
     sampler.start()
     started = time.perf_counter()
@@ -66,6 +72,7 @@ def main() -> None:
         app(argv[1:], prog_name="mlxd")
     finally:
         sampler.stop(Path(out))
+        timeline.write(Path(out).with_suffix(".timeline.json"))
         print(f"profiled {time.perf_counter() - started:.1f}s into {out}", file=sys.stderr)
 
 
