@@ -6,6 +6,8 @@ Diagnostics behind the GPU section of the benchmark, printed as plain lines:
   step (the model forward), of mlx-lm's compiled categorical sampler and of an uncompiled
   one: a first call much slower than the second is a cost the first users of that batch
   size pay (kernel compilation, allocation);
+- prompts admitted into a batch, shape by shape: what a prefill and the new rows' first
+  step cost the first time a shape comes and the second;
 - one stream decoded by mlx-lm's ``stream_generate`` and by mlxd's own solo decoder with
   its per-token output work (detokenizing, the output parser), in-process, so the gap
   between them is mlxd's engine-side overhead and not HTTP.
@@ -120,12 +122,73 @@ def single(model: Any, tokenizer: Any) -> None:
         )
 
 
+#: (rows, fewest and most prompt tokens) of the admissions ``admissions`` times, in order: repeats show
+#: whether a shape costs more the first time, neighbours whether each new length does.
+ADMISSIONS = (
+    (2, 27, 27),
+    (2, 27, 27),
+    (2, 28, 28),
+    (62, 27, 27),
+    (62, 27, 27),
+    (62, 20, 34),
+    (62, 20, 34),
+    (64, 20, 40),
+    (64, 20, 40),
+    (8, 30, 40),
+    (8, 30, 41),
+)
+
+
+def admissions(model: Any, vocab: int) -> None:
+    """Prompts of one length admitted into mlxd's batch while nothing else runs: the
+    prefill (the generator's first call), the new rows' first step (its second) and a
+    decode step (its third), each shape twice, then neighbouring lengths."""
+    import random
+
+    import mlx.core as mx
+    from mlx_lm.models.cache import make_prompt_cache
+
+    from mlxd.runtime.mlx.batch import Batch  # its module keeps MLX's buffers as mlxd does
+
+    del Batch
+    from mlx_lm.generate import BatchGenerator
+
+    generator = BatchGenerator(model, prefill_batch_size=64, completion_batch_size=64, prefill_step_size=256)
+    rng = random.Random(0)
+    print("rows x tokens | prefill ms | first step ms | decode step ms")
+    for rows, shortest, longest in ADMISSIONS:
+        lengths = [shortest if i % 2 else longest for i in range(rows)]
+        prompts = [[rng.randrange(vocab) for _ in range(n)] for n in lengths]
+        generator.insert(prompts, max_tokens=[3] * rows)
+        times: list[float] = []
+        while len(times) < 3:
+            started = time.perf_counter()
+            generator.next()
+            mx.synchronize()
+            times.append((time.perf_counter() - started) * 1000)
+        while generator.next()[1]:
+            pass
+        print(f"{rows} x {shortest}-{longest} | " + " | ".join(f"{t:.1f}" for t in times), flush=True)
+    # Does evaluating an array that is ready wait for a step queued before it?
+    cache = make_prompt_cache(model)
+    mx.eval(model(mx.zeros((64, 16), dtype=mx.int32), cache=cache))
+    ready = mx.array([1, 2])
+    for _ in range(3):
+        mx.async_eval(model(mx.zeros((64, 1), dtype=mx.int32), cache=cache))
+        started = time.perf_counter()
+        mx.eval(ready)
+        waited = time.perf_counter() - started
+        mx.synchronize()
+        print(f"eval of a ready array behind a queued step: {waited * 1000:.2f} ms", flush=True)
+
+
 def main() -> None:
-    """Load the model, then print both probes."""
+    """Load the model, then print the probes."""
     from mlx_lm import load
 
     model, tokenizer = load(sys.argv[1])
     vocab = model.args.vocab_size
+    admissions(model, vocab)
     shapes(model, vocab)
     single(model, tokenizer)
     print(f"probed {Path(sys.argv[1]).name}")
