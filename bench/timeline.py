@@ -44,6 +44,7 @@ class Timeline:
 
         self._wrap_async(engine_core.EngineCore, "admit", "request")
         self._wrap_async(admission.Admission, "admit", "tokenize")
+        self._wrap(admission, "encode_prompt", "template", lambda *_: 0)
         self._wrap(runner.ModelRunner, "insert", "insert", lambda _self, command, _out: len(command.choices))
         self._wrap(runner.ModelRunner, "step", "pass", lambda self, *_: len(self._by_seq))
         self._wrap(
@@ -144,6 +145,7 @@ def summarize(burst: list[Record]) -> list[str]:
     lines = [
         f"{len(by['request'])} requests arrived over {arrived * 1000:.0f} ms; tokenized by {max((r[1] + r[2] - origin for r in by['tokenize']), default=0) * 1000:.0f} ms "
         f"(each {_quantiles([r[2] for r in by['tokenize']])}); "
+        f"template and encoding {_quantiles([r[2] for r in by['template']])}; "
         f"taken by the worker at {_quantiles(inserts)} after the first",
         f"prefills: {len(prefills)}, rows {[r[3] % 1000 for r in prefills]}, "
         f"tokens {[r[3] // 1000 for r in prefills]}, {_quantiles([r[2] for r in prefills])}",

@@ -58,6 +58,8 @@ class EngineCore(Generic[M]):
         self._seq_ids = itertools.count(1)
         #: The streams handed out and not ended yet, by sequence id.
         self._live: dict[int, Stream] = {}
+        #: Requests between their arrival and the end of their admission.
+        self.admitting = 0
         #: Set by ``abort``: what every later admission and every live stream ends with.
         self._aborted: MlxdError | None = None
         #: Resolved by ``abort``, for admissions still waiting for their model to load.
@@ -77,6 +79,7 @@ class EngineCore(Generic[M]):
         if self._aborted is not None:
             raise self._aborted
         unit = self.residency.acquire(request.alias, request.spec, request.keep_alive, request.n)
+        self.admitting += 1
         try:
             ready = self.residency.ready(unit)
             # A load can take a while: a stop must not wait for it.
@@ -86,9 +89,15 @@ class EngineCore(Generic[M]):
             if self._aborted is not None:
                 raise self._aborted
         except BaseException:
+            self.admitting -= 1
             self.residency.release(unit, request.n)
+            self.admission_failed()
             raise
+        self.admitting -= 1
         return unit, admitted
+
+    def admission_failed(self) -> None:
+        """An admission ended in an error (each engine may be waiting for it to end)."""
 
     async def _unless_aborted(self, work: Awaitable[T]) -> T:
         """``work``'s result, or the abort's error if ``abort`` comes first."""

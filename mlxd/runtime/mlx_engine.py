@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 from mlxd.errors import MlxdError, StartupError
 from mlxd.logs import REQUEST_ID
 from mlxd.runtime.admission import AdmittedEmbeddings
+from mlxd.runtime.burst_gate import BurstGate
 from mlxd.runtime.cluster import ClusterSpec
 from mlxd.runtime.engine_core import EngineCore
 from mlxd.runtime.mlx.commands import Cancel, Choice, Command, Configure, Embed, Insert, Load, Unload
@@ -100,6 +101,8 @@ class MlxEngine(EngineCore["LoadedModel"]):
         on_fatal: Callable[[MlxdError], None] | None = None,
     ) -> None:
         super().__init__(settings, MlxBackend(self.submit, resolve_path, estimate_bytes), clock)
+        #: Every command goes through it: a burst of requests reaches the worker together.
+        self._gate: BurstGate[Command] = BurstGate(self._send, lambda: self.admitting)
         #: How long ``stop`` waits for the worker to finish its step (a prefill chunk).
         self.worker_stop_s = worker_stop_s
         #: Runs on the event loop each time a worker thread has imported MLX.
@@ -120,6 +123,7 @@ class MlxEngine(EngineCore["LoadedModel"]):
             self._reaper.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._reaper
+        self._gate.flush()
         if self._worker is not None:
             await asyncio.to_thread(self._worker.stop, self.worker_stop_s)
         await self.close()
@@ -161,9 +165,16 @@ class MlxEngine(EngineCore["LoadedModel"]):
         return self._worker is not None and self._worker.alive
 
     def submit(self, command: Command) -> None:
-        """Hand a command to the worker thread."""
+        """Hand a command to the worker thread (after the requests held before it)."""
+        self._gate.send(command)
+
+    def _send(self, command: Command) -> None:
         if self._worker is not None:
             self._worker.submit(command)
+
+    def admission_failed(self) -> None:
+        """A burst whose last admission failed goes to the worker now."""
+        self._gate.settled()
 
     def cancel(self, seq_id: int) -> None:
         """Drop a sequence before the worker's next step."""
@@ -197,7 +208,7 @@ class MlxEngine(EngineCore["LoadedModel"]):
             num_draft_tokens=request.num_draft_tokens,
             vision=admitted.vision,
         )
-        self.submit(insert)
+        self._gate.send(insert, hold=True)  # with the rest of its burst
         return streams
 
     async def run_embeddings(

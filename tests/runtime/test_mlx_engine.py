@@ -110,6 +110,49 @@ def test_mixed_parameters_share_one_batch_and_keep_their_own(runtime_daemon: Run
     assert [r.json()["choices"][0]["text"] for r in again] == [r.json()["choices"][0]["text"] for r in first]
 
 
+def test_a_burst_reaches_the_worker_together(runtime_daemon: RunningDaemon) -> None:
+    """Requests admitted one after another while the rest of their burst is still being
+    admitted are handed to the worker together, after the last one (one prefill for all)."""
+    import threading
+
+    from mlxd.runtime.mlx.commands import Insert
+
+    engine = runtime_daemon.engine
+    _gather(runtime_daemon, [{"prompt": "load the model", "max_tokens": 1}])
+    order: list[str] = []
+    admission, gate = engine.admission, engine._gate
+    admit, submit = admission.admit, gate._submit
+
+    async def admitted(*args: object) -> object:
+        result = await admit(*args)
+        order.append("admitted")
+        return result
+
+    def submitted(command: object) -> None:
+        if isinstance(command, Insert):
+            order.append("sent")
+        submit(command)
+
+    busy = threading.Event()
+    admission._executor.submit(busy.wait, 30)  # tokenization queues up behind this
+    admission.admit, gate._submit = admitted, submitted
+    try:
+        bodies = [{"prompt": f"burst {i}", "max_tokens": 6} for i in range(6)]
+        sent = threading.Thread(
+            target=lambda: order.extend(str(r.status_code) for r in _gather(runtime_daemon, bodies))
+        )
+        sent.start()
+        deadline = time.monotonic() + 30
+        while engine.admitting < len(bodies) and time.monotonic() < deadline:
+            time.sleep(0.01)
+        busy.set()
+        sent.join(60)
+    finally:
+        busy.set()
+        del admission.admit, gate._submit
+    assert order == ["admitted"] * 6 + ["sent"] * 6 + ["200"] * 6
+
+
 def test_cold_model_loads_once_for_ten_concurrent_requests(runtime_daemon: RunningDaemon) -> None:
     before = runtime_daemon.status()["loads"]
     responses = _gather(
