@@ -182,12 +182,37 @@ def admissions(model: Any, vocab: int) -> None:
         print(f"eval of a ready array behind a queued step: {waited * 1000:.2f} ms", flush=True)
 
 
+def new_lengths(model: Any, vocab: int, count: int = 24) -> None:
+    """Prefills of ``count`` prompt lengths never seen before, one row each: what a new
+    attention shape costs, and whether MLX gives up on its cache of them ("Cache thrashing",
+    raised once misses pass twice ``MLX_CUDA_SDPA_CACHE_SIZE``)."""
+    import mlx.core as mx
+    from mlx_lm.models.cache import make_prompt_cache
+
+    costs = []
+    for length in range(300, 300 + count):
+        started = time.perf_counter()
+        try:
+            mx.eval(model(mx.zeros((1, length), dtype=mx.int32), cache=make_prompt_cache(model)))
+        except RuntimeError as exc:
+            print(f"new length {length}: {exc}", flush=True)
+            return
+        costs.append((time.perf_counter() - started) * 1000)
+    costs.sort()
+    print(
+        f"{count} new prompt lengths: median {costs[count // 2]:.1f} ms, max {costs[-1]:.1f} ms", flush=True
+    )
+
+
 def main() -> None:
-    """Load the model, then print the probes."""
+    """Load the model, then print the probes (``--lengths``: only ``new_lengths``)."""
     from mlx_lm import load
 
     model, tokenizer = load(sys.argv[1])
     vocab = model.args.vocab_size
+    if "--lengths" in sys.argv:
+        new_lengths(model, vocab)
+        return
     admissions(model, vocab)
     shapes(model, vocab)
     single(model, tokenizer)

@@ -1,5 +1,6 @@
 """The worker's memory housekeeping: how much freed memory MLX may keep for reuse, keeping
-long-lived objects out of the garbage collector's way, and giving unloaded weights back.
+long-lived objects out of the garbage collector's way, giving unloaded weights back, and
+MLX's caches of compiled shapes.
 """
 
 from __future__ import annotations
@@ -7,6 +8,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import gc
+import os
 import sys
 
 import mlx.core as mx
@@ -21,6 +23,24 @@ CACHE_SHARE = 8
 def cache_limit(settings: RuntimeSettings) -> int:
     """Bytes of freed buffers MLX may keep for reuse under ``settings``."""
     return max(256 * 2**20, settings.memory_budget_bytes // CACHE_SHARE)
+
+
+#: MLX's switch for raising an error once a cache of compiled shapes has missed too often.
+THRASHING_CHECK = "MLX_ENABLE_CACHE_THRASHING_CHECK"
+
+
+def serve_through_cache_misses() -> None:
+    """Keep MLX from failing work because its caches of compiled shapes miss.
+
+    MLX's CUDA backend keeps LRU caches keyed by exact shapes (one cuDNN attention plan per
+    prefill shape, built in tens of milliseconds to a second) and counts their misses over
+    the life of the process; past twice a cache's capacity it raises "Cache thrashing" from
+    every evaluation that misses again. A daemon prefills prompts of every length, so that
+    would fail requests hours after a start, while a miss only costs time. The check is
+    turned off unless the user set it; MLX reads it when a cache is first used, on the
+    worker, after this. (Metal has no such caches: the variable is then unread.)
+    """
+    os.environ.setdefault(THRASHING_CHECK, "0")
 
 
 def settle_heap() -> None:
