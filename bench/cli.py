@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import shlex
 import sys
 import tempfile
@@ -15,7 +16,7 @@ from pathlib import Path
 
 from rich.console import Console
 
-from bench import accelerator, engine_options, gpu_models, models, report
+from bench import accelerator, engine_options, gpu_models, models, profiled, report
 from bench.clients import closed_loop, new_client, numbered_bodies
 from bench.machine import RunInfo
 from bench.models import BenchModel
@@ -75,7 +76,12 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         "--profile",
         type=Path,
         default=None,
-        help="with --gpu: run mlxd under the sampling profiler, its folded stacks into this folder",
+        help="with --gpu: run mlxd under the sampling profiler, its folded stacks and timeline into this folder",
+    )
+    parser.add_argument(
+        "--timeline-only",
+        action="store_true",
+        help="with --profile: the timeline alone, no stack sampling (whose GIL time slows mlxd a little)",
     )
     parser.add_argument(
         "--engine-options",
@@ -202,6 +208,8 @@ def run_gpu(args: argparse.Namespace, command: str, console: Console) -> None:
         plan = replace(plan, memory_rounds=args.memory_rounds)
     info = RunInfo(command=command, quick=args.quick, models=tuple(args.models))
     started = time.perf_counter()
+    if args.timeline_only:
+        os.environ[profiled.RATE_VARIABLE] = "0"  # the daemons inherit it
     with tempfile.TemporaryDirectory(prefix="mlxd-bench-gpu-") as tmp:
         dirs = [model.path for model in args.models if model.path is not None]
         for preset in args.gpu_model:

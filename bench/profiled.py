@@ -5,7 +5,8 @@ rate and, when the daemon exits, writes the counts as folded stacks (``thread;fr
 count`` per line, the format flame-graph tools read) to OUT. It needs no ptrace and no
 extra package, so it runs on any machine MLX runs on (a lent GPU included). Beside the
 stacks it writes the daemon's timeline (``bench.timeline``: when each request reached each
-stage, what each decode step cost) as ``OUT`` with the suffix ``.timeline.json``. A thread
+stage, what each decode step cost) as ``OUT`` with the suffix ``.timeline.json``; with
+``BENCH_SAMPLE_HZ=0`` in its environment it writes the timeline alone, without sampling. A thread
 blocked in C (waiting on the accelerator in ``mx.eval``, on a socket, on a lock) shows
 its last Python frame: the profile says where each thread is, not only where it computes.
 """
@@ -13,6 +14,8 @@ its last Python frame: the profile says where each thread is, not only where it 
 from __future__ import annotations
 
 import collections
+import math
+import os
 import sys
 import threading
 import time
@@ -21,13 +24,16 @@ from types import FrameType
 
 from bench.timeline import Timeline
 
+#: Samples a second (``0``: none, the timeline alone costs next to nothing).
+RATE_VARIABLE = "BENCH_SAMPLE_HZ"
+
 
 class StackSampler(threading.Thread):
     """Counts the stacks of every other thread, ``rate`` times a second."""
 
     def __init__(self, rate: float = 500.0) -> None:
         super().__init__(name="bench-sampler", daemon=True)
-        self.interval = 1.0 / rate
+        self.interval = 1.0 / rate if rate > 0 else math.inf
         self.counts: collections.Counter[str] = collections.Counter()
         self._done = threading.Event()
 
@@ -42,7 +48,8 @@ class StackSampler(threading.Thread):
     def stop(self, out: Path) -> None:
         """Stop sampling and write the folded stacks, most frequent first."""
         self._done.set()
-        self.join(2)
+        if self.is_alive():
+            self.join(2)
         lines = [f"{stack} {count}" for stack, count in self.counts.most_common()]
         out.write_text("\n".join(lines) + "\n", encoding="utf-8")
 
@@ -65,8 +72,9 @@ def main() -> None:
 
     timeline = Timeline()
     timeline.install()
-    sampler = StackSampler()
-    sampler.start()
+    sampler = StackSampler(float(os.environ.get(RATE_VARIABLE) or 500))
+    if math.isfinite(sampler.interval):  # rate 0: the timeline alone
+        sampler.start()
     started = time.perf_counter()
     try:
         app(argv[1:], prog_name="mlxd")
