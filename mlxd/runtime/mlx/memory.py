@@ -32,12 +32,13 @@ THRASHING_CHECK = "MLX_ENABLE_CACHE_THRASHING_CHECK"
 def serve_through_cache_misses() -> None:
     """Keep MLX from failing work because its caches of compiled shapes miss.
 
-    MLX's CUDA backend keeps LRU caches keyed by exact shapes (one cuDNN attention plan per
-    prefill shape, built in tens of milliseconds to a second) and counts their misses over
-    the life of the process; past twice a cache's capacity it raises "Cache thrashing" from
-    every evaluation that misses again. A daemon prefills prompts of every length, so that
-    would fail requests hours after a start, while a miss only costs time. The check is
-    turned off unless the user set it; MLX reads it when a cache is first used, on the
+    MLX's CUDA backend keeps LRU caches of what it built for a shape (CUDA graphs, cuDNN
+    attention plans: tens of milliseconds each) and counts their misses over the life of
+    the process; past twice a cache's capacity it raises "Cache thrashing" from the
+    evaluation that missed (seen with ``python -m bench.probe DIR --lengths`` and a small
+    ``MLX_CUDA_GRAPH_CACHE_SIZE``). Most requests bring a prompt length not seen before, so
+    a daemon would fail requests sooner or later, while a miss only costs time. The check
+    is turned off unless the user set it; MLX reads it when a cache is first used, on the
     worker, after this. (Metal has no such caches: the variable is then unread.)
     """
     os.environ.setdefault(THRASHING_CHECK, "0")
