@@ -79,6 +79,12 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         help="with --gpu: run mlxd under the sampling profiler, its folded stacks and timeline into this folder",
     )
     parser.add_argument(
+        "--levels",
+        type=lambda text: tuple(int(x) for x in text.split(",")),
+        default=None,
+        help="with --gpu: comma-separated client counts (default 16,64)",
+    )
+    parser.add_argument(
         "--timeline-only",
         action="store_true",
         help="with --profile: the timeline alone, no stack sampling (whose GIL time slows mlxd a little)",
@@ -206,6 +212,8 @@ def run_gpu(args: argparse.Namespace, command: str, console: Console) -> None:
         plan = replace(plan, tokens=args.tokens)
     if args.memory_rounds:
         plan = replace(plan, memory_rounds=args.memory_rounds)
+    if args.levels:
+        plan = replace(plan, levels=args.levels)
     info = RunInfo(command=command, quick=args.quick, models=tuple(args.models))
     started = time.perf_counter()
     if args.timeline_only:
