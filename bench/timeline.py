@@ -59,9 +59,7 @@ class Timeline:
         self._wrap(
             generate.GenerationBatch, "__init__", "first-step", lambda self, model, uids, *_: len(uids)
         )
-        self._wrap(
-            prompt_cache.PromptCache, "store_all", "cache-store", lambda _self, finished, **_: len(finished)
-        )
+        self._wrap(prompt_cache.PromptCache, "store", "cache-store", lambda *_, **__: 0)
         delivered = self._wrapped_function(commands.deliver, "deliver", lambda events: len(events))
         setattr(worker, "deliver", delivered)  # the worker imported it by name  # noqa: B010
 

@@ -99,18 +99,3 @@ def test_the_byte_budget_evicts_the_least_recently_used_and_resize_shrinks_now()
     assert (len(cache), cache.bytes) == (0, 0)
     cache.store(seq(0, 64), layers(seq(0, 64)))
     assert len(cache) == 0  # a zero budget keeps nothing
-
-
-def test_sequences_that_finish_together_are_kept_in_order_with_one_evaluation(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    cache = PromptCache(10**9)
-    first, short, second = seq(0, MIN_STORE), seq(100, MIN_STORE - 1), seq(200, MIN_STORE + 5)
-    evaluations: list[int] = []
-    evaluate = mx.eval
-    monkeypatch.setattr(mx, "eval", lambda *arrays: evaluations.append(len(arrays[0])) or evaluate(*arrays))
-    cache.store_all([(first, layers(first)), (short, layers(short)), (second, layers(second))])
-    assert evaluations == [4]  # both kept entries' two layers, in one call
-    assert len(cache) == 2  # the short one is not worth keeping
-    assert cache.lookup([*second, 7])[1] == len(second)
-    assert cache.lookup([*first, 7])[1] == len(first)

@@ -144,7 +144,6 @@ class Batch:
         now = time.monotonic()
         cache = self._prompt_cache
         leaving: dict[int, Sequence] = {}
-        finished: list[tuple[list[int], list[Any]]] = []
         for response in responses:
             found = self._by_uid.get(response.uid)
             if found is None or not emit(found, response, now, out):
@@ -154,13 +153,11 @@ class Batch:
             if response.finish_reason is None:  # its parser ended it: mlx-lm does not know
                 leaving[response.uid] = found
             elif response.prompt_cache is not None:
-                finished.append((found.cache_tokens(response.all_tokens), response.prompt_cache))
+                cache.store(found.cache_tokens(response.all_tokens), response.prompt_cache)
         if leaving:
             caches = self.generator.remove(list(leaving), return_prompt_caches=cache.max_bytes > 0)
             for uid, (layers, tokens) in caches.items():
-                finished.append((leaving[uid].cache_tokens(list(tokens)), layers))
-        if finished:
-            cache.store_all(finished)
+                cache.store(leaving[uid].cache_tokens(list(tokens)), layers)
 
     def close(self) -> None:
         """Free the batch (its sequences are the runner's to fail)."""

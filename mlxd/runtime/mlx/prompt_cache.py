@@ -95,23 +95,14 @@ class PromptCache:
 
     def store(self, tokens: list[int], layers: list[Any], *, min_tokens: int = MIN_STORE) -> None:
         """Keep the cache of a finished sequence; entries it extends are dropped."""
-        self.store_all([(tokens, layers)], min_tokens=min_tokens)
-
-    def store_all(self, finished: list[tuple[list[int], list[Any]]], *, min_tokens: int = MIN_STORE) -> None:
-        """Keep the caches of sequences that finished in the same step, in order."""
-        least = max(min_tokens, MIN_REUSE)
-        kept = [(tokens, layers) for tokens, layers in finished if len(tokens) >= least]
-        if self.max_bytes <= 0 or not kept:
+        if self.max_bytes <= 0 or len(tokens) < max(min_tokens, MIN_REUSE):
             return
         # A cache extracted from a batch is a lazy slice that keeps the whole batch's KV
-        # buffer alive until it is evaluated: materialise them so only their own bytes stay,
-        # all at once (one wait for the accelerator, not one per sequence: a burst's
-        # sequences finish together).
-        mx.eval([layer.state for _, layers in kept for layer in layers])
-        for tokens, layers in kept:
-            if self.disk is not None:
-                self.disk.offer(tokens, layers)
-            self._keep(tokens, layers)
+        # buffer alive until it is evaluated: materialise it so only its own bytes stay.
+        mx.eval([layer.state for layer in layers])
+        if self.disk is not None:
+            self.disk.offer(tokens, layers)
+        self._keep(tokens, layers)
 
     def _keep(self, tokens: list[int], layers: list[Any]) -> None:
         size = self.measure(layers)
