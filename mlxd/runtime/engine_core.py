@@ -58,7 +58,7 @@ class EngineCore(Generic[M]):
         self._seq_ids = itertools.count(1)
         #: The streams handed out and not ended yet, by sequence id.
         self._live: dict[int, Stream] = {}
-        #: Requests between their arrival and the end of their admission.
+        #: Requests being admitted (tokenized and checked, their model loaded).
         self.admitting = 0
         #: Set by ``abort``: what every later admission and every live stream ends with.
         self._aborted: MlxdError | None = None
@@ -79,21 +79,23 @@ class EngineCore(Generic[M]):
         if self._aborted is not None:
             raise self._aborted
         unit = self.residency.acquire(request.alias, request.spec, request.keep_alive, request.n)
-        self.admitting += 1
         try:
             ready = self.residency.ready(unit)
             # A load can take a while: a stop must not wait for it.
             model = await (ready if unit.loaded is not None else self._unless_aborted(ready))
             check_capacity(request.alias, unit.active, self.settings)
-            admitted = await self.admission.admit(request, model)
+            # Counted from here: a request waiting for its model to load is not about to start.
+            self.admitting += 1
+            try:
+                admitted = await self.admission.admit(request, model)
+            finally:
+                self.admitting -= 1
             if self._aborted is not None:
                 raise self._aborted
         except BaseException:
-            self.admitting -= 1
             self.residency.release(unit, request.n)
             self.admission_failed()
             raise
-        self.admitting -= 1
         return unit, admitted
 
     def admission_failed(self) -> None:

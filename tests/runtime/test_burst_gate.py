@@ -7,6 +7,8 @@ import functools
 from collections.abc import Callable, Coroutine
 from typing import Any
 
+import pytest
+
 from mlxd.runtime.burst_gate import BurstGate
 
 
@@ -44,11 +46,13 @@ async def test_a_request_alone_goes_at_once() -> None:
 async def test_a_burst_goes_together_when_its_last_request_is_admitted() -> None:
     worker = _Worker()
     gate = worker.gate()
-    worker.admitting = 2
-    for name in ("a", "b"):
-        worker.admitting -= 1
-        gate.send(f"insert {name}", hold=True)
-        assert worker.received == [] if name == "a" else ["insert a", "insert b"]
+    worker.admitting = 1  # b is still being admitted when a is
+    gate.send("insert a", hold=True)
+    assert worker.received == []
+    assert len(gate) == 1
+    worker.admitting = 0
+    gate.send("insert b", hold=True)
+    assert worker.received == ["insert a", "insert b"]
     assert len(gate) == 0
 
 
@@ -93,3 +97,42 @@ async def test_no_request_waits_longer_than_the_hold() -> None:
     assert worker.received == ["insert a", "insert b"]
     gate.flush()
     assert worker.received == ["insert a", "insert b", "insert c"]
+
+
+def test_the_engine_counts_admissions_not_loads() -> None:
+    """Requests waiting for their model to load are not about to start: a request for a loaded
+    model is not held for them. Admissions are counted until they end, failed ones too."""
+    from mlxd.errors import ContextLengthError
+    from mlxd.runtime.requests import ChatPrompt, GenerationRequest
+    from mlxd.runtime.specs import ModelSpec
+    from tests.fakes import FakeEngine
+
+    def request(source: str, content: str = "hi") -> GenerationRequest:
+        return GenerationRequest(
+            request_id="r",
+            alias=source,
+            spec=ModelSpec(source),
+            prompt=ChatPrompt(({"role": "user", "content": content},)),
+            max_tokens=4,
+        )
+
+    async def main() -> None:
+        engine = FakeEngine()
+        await engine.generate(request("org/loaded"))
+        engine.backend.hold = asyncio.Event()
+        cold = asyncio.ensure_future(engine.generate(request("org/cold")))
+        await asyncio.sleep(0.01)
+        assert engine.admitting == 0  # waiting for its load
+        admitted = asyncio.ensure_future(engine.admit(request("org/loaded")))
+        await asyncio.sleep(0)
+        assert engine.admitting == 1  # tokenizing
+        await admitted
+        assert engine.admitting == 0
+        with pytest.raises(ContextLengthError):
+            await engine.admit(request("org/loaded", content="word " * 5000))  # refused
+        assert engine.admitting == 0
+        engine.backend.hold.set()
+        await cold
+        assert engine.admitting == 0
+
+    asyncio.run(main())

@@ -25,11 +25,15 @@ def test_a_daemon_worker_turns_it_off(monkeypatch: pytest.MonkeyPatch) -> None:
     import asyncio
     import queue
 
+    from mlxd.runtime.mlx import worker
     from mlxd.runtime.mlx.stats import WorkerStats
     from mlxd.runtime.mlx.worker import MlxWorker
     from mlxd.runtime.specs import RuntimeSettings
 
     monkeypatch.delenv(THRASHING_CHECK, raising=False)
+    # The worker's process-wide settings (a frozen heap, MLX's cache bound) stay out of this process.
+    monkeypatch.setattr(worker, "settle_heap", lambda: None)
+    monkeypatch.setattr(worker, "bound_cache", lambda _: 0)
     loop = asyncio.new_event_loop()
     try:
         MlxWorker(loop, queue.SimpleQueue(), RuntimeSettings(), WorkerStats(), lambda _: None)
