@@ -45,7 +45,20 @@ def mlx_vlm_family(config: dict[str, Any]) -> bool:
     if not config.get("vision_config") or spec is None or not spec.submodule_search_locations:
         return False
     root = Path(next(iter(spec.submodule_search_locations)))
-    return isinstance(family, str) and (root / "models" / family / "__init__.py").is_file()
+    if not isinstance(family, str):
+        return False
+    family = _mlx_vlm_remapping(root).get(family, family)  # e.g. "lfm2-vl" is its lfm2_vl
+    return (root / "models" / family / "__init__.py").is_file()
+
+
+@lru_cache(maxsize=4)
+def _mlx_vlm_remapping(root: Path) -> dict[str, str]:
+    """mlx-vlm's own ``model_type`` → module table (``MODEL_REMAPPING``), read, not imported."""
+    try:
+        table = _literal_dict((root / "utils.py").read_text(encoding="utf-8"), "MODEL_REMAPPING")
+    except (OSError, SyntaxError, UnicodeDecodeError):
+        return {}
+    return {k: v for k, v in table.items() if isinstance(k, str) and isinstance(v, str)}
 
 
 def _literal_dict(source: str, name: str) -> dict[Any, Any]:

@@ -94,6 +94,19 @@ def test_encoder_families_pass_for_mlx_embeddings(model_dir: Path, model_type: s
     validate_model_dir(model_dir, name="org/tiny")  # the runtime loads them through mlxd[embeddings]
 
 
+@pytest.mark.parametrize("model_type", ["qwen2_5_vl", "lfm2-vl"])
+def test_vision_families_of_mlx_vlm_pass_and_say_vision(model_dir: Path, model_type: str) -> None:
+    """Named as mlx-vlm names them, its own renames included ("lfm2-vl" is its lfm2_vl)."""
+    pytest.importorskip("mlx_vlm")
+    from mlxd.hub.capabilities import capabilities
+
+    edit_config(model_dir, model_type=model_type, vision_config={"hidden_size": 8})
+    validate_model_dir(model_dir, name="org/tiny")
+    assert "vision" in capabilities(model_dir)
+    edit_config(model_dir, model_type="no_such_vlm")
+    assert "vision" not in capabilities(model_dir)
+
+
 def test_broken_config(model_dir: Path) -> None:
     (model_dir / "config.json").write_text("{not json")
     assert refusal(model_dir).startswith("org/tiny: config.json is not valid JSON")
