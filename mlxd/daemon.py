@@ -45,6 +45,7 @@ from mlxd.protocol.admin import DistributedStatus
 from mlxd.runtime.cluster import ClusterSpec
 from mlxd.runtime.engine import Engine
 from mlxd.runtime.from_config import keep_alive_for, runtime_settings, spec_for, units_of
+from mlxd.runtime.mlx.handle import start_failure
 from mlxd.runtime.mlx_engine import MlxEngine, safetensors_bytes
 from mlxd.server import ConnectionCap, HttpServer, drain, signal_handlers
 from mlxd.supervision.stopping import WORKER_STOP_S
@@ -369,9 +370,7 @@ def _exit_now() -> None:
 
 def follow(member: Membership) -> bool:
     """A follower rank: the MLX worker in lockstep with rank 0, until rank 0 shuts down.
-    False when this rank failed (it logged why)."""
-    from mlxd.runtime.mlx.follower import follow as run_worker  # MLX loads here
-
+    False when this rank failed (it logged why, and told the launcher in one line)."""
     control = _control(member)
 
     def lost(reason: str) -> None:
@@ -387,6 +386,14 @@ def follow(member: Membership) -> bool:
         joined=control.joined,
         resolve=lambda spec: model_directory(spec),
     )
-    ok = run_worker(cluster)
+    try:
+        from mlxd.runtime.mlx.follower import follow as run_worker  # MLX loads here
+
+        ok = run_worker(cluster)
+    except Exception as exc:  # its worker could not start: as on rank 0, one line and a hint
+        error = start_failure(exc)
+        log.error("%s (%s)", error.message, error.hint)
+        control.bye(1, error.message)
+        return False
     control.bye(0 if ok else 1, "" if ok else "its MLX worker failed (see its log lines)")
     return ok

@@ -306,3 +306,55 @@ temperature = 0.0
 def _command(pid: int) -> list[str]:
     done = subprocess.run(["ps", "-o", "command=", "-p", str(pid)], capture_output=True, text=True)
     return done.stdout.split()
+
+
+#: Loaded by every Python that starts with this folder on its path: on rank 1 alone, mlx-lm
+#: does not import (a broken install on one of the Macs).
+_BROKEN_ON_RANK_1 = """
+import os
+import sys
+
+
+class _Broken:
+    def find_spec(self, name, path=None, target=None):
+        if name == "mlx_lm" or name.startswith("mlx_lm."):
+            raise ImportError("mlx_lm is broken on this machine")
+        return None
+
+
+if os.environ.get("MLX_RANK") == "1":
+    sys.meta_path.insert(0, _Broken())
+"""
+
+
+def test_a_rank_whose_mlx_does_not_load_ends_the_daemon_in_one_line(
+    tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    from tests.cli.conftest import isolated_env
+    from tests.conftest import free_port
+
+    site = tmp_path / "site"
+    site.mkdir()
+    (site / "sitecustomize.py").write_text(_BROKEN_ON_RANK_1, encoding="utf-8")
+    port = free_port()
+    config = write_config(
+        tmp_path / "mlxd.toml",
+        f'[server]\nport = {port}\n[models.tiny]\nmodel = "{tiny_model_dir}"\n{distributed_section()}',
+    )
+    path = os.pathsep.join(filter(None, [str(site), os.environ.get("PYTHONPATH")]))
+    env = {**os.environ, **isolated_env(tmp_path), "PYTHONUNBUFFERED": "1", "PYTHONPATH": path}
+    env.pop("MLXD_CONFIG", None)
+    done = subprocess.run(
+        [sys.executable, "-m", "mlxd", "serve", "--config", str(config)],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=tmp_path,
+        timeout=120,
+    )
+    assert done.returncode != 0
+    last = (done.stdout + done.stderr).strip().splitlines()[-1]
+    assert last == (
+        "error: rank 1 (127.0.0.1) failed: the MLX runtime failed to load: "
+        "ImportError: mlx_lm is broken on this machine"
+    )
