@@ -303,6 +303,24 @@ def test_without_mlx_vlm_the_loader_refuses_what_mlx_lm_cannot_load_naming_the_e
     assert refused.value.hint == "pip install 'mlxd[vision]'"
 
 
+def test_an_mlx_vlm_without_the_family_leaves_the_text_half_to_mlx_lm(
+    vlm_dirs: dict[str, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An mlx-vlm older than the model: it serves text as without mlx-vlm, and an image for
+    it is told to upgrade mlx-vlm rather than to install it."""
+    from mlxd.runtime.mlx import loading
+    from mlxd.runtime.mlx.vlm import UPGRADE_HINT, VlmModel, vlm_has_family
+
+    config = json.loads((vlm_dirs["gemma"] / "config.json").read_text(encoding="utf-8"))
+    assert vlm_has_family(config)
+    assert not vlm_has_family({**config, "model_type": "no_such_family"})
+    monkeypatch.setattr(loading, "vlm_has_family", lambda config: False)
+    loaded = loading.load_base(vlm_dirs["gemma"])
+    assert loaded.vision is None
+    assert not isinstance(loaded.model, VlmModel)  # mlx-lm's own module for the family
+    assert loaded.images_hint == UPGRADE_HINT
+
+
 def test_pull_validation_knows_mlx_vlm_families_and_names_the_extra(monkeypatch: pytest.MonkeyPatch) -> None:
     from mlxd.errors import HubError
     from mlxd.hub.validate import check_config

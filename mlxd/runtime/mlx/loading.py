@@ -24,7 +24,15 @@ from mlxd.config.families import encoder_family, vision_extra_installed
 from mlxd.errors import ModelCorruptError, ModelLoadError, ModelUnsupportedError
 from mlxd.runtime.mlx import encoder
 from mlxd.runtime.mlx.vision import VisionBackend, load_vision
-from mlxd.runtime.mlx.vlm import TEXT_ONLY_HINT, VlmModel, load_vlm, needs_vlm, wants_vlm
+from mlxd.runtime.mlx.vlm import (
+    TEXT_ONLY_HINT,
+    UPGRADE_HINT,
+    VlmModel,
+    load_vlm,
+    needs_vlm,
+    vlm_has_family,
+    wants_vlm,
+)
 from mlxd.runtime.pooling import PoolingSpec, read_pooling
 
 _CONTEXT_KEYS = ("max_position_embeddings", "max_sequence_length", "n_positions", "seq_length")
@@ -114,10 +122,12 @@ def load_base(path: Path, context_override: int | None = None) -> LoadedModel:
     before = mx.get_active_memory()
     family, forward = encoder_family(config), None
     vision: VisionBackend | None = None
-    # A vision family of mlx-vlm's (the ``vision`` extra); without mlx-vlm, mlx-lm loads its
-    # text half where it has a module for the family (its ``sanitize`` drops the tower).
+    # A vision family of mlx-vlm's (the ``vision`` extra); without mlx-vlm, or with one that
+    # lacks the family, mlx-lm loads its text half where it has a module for the family (its
+    # ``sanitize`` drops the tower).
     vlm = family is None and wants_vlm(config)
-    text_half = vlm and not vision_extra_installed()
+    text_half = vlm and not vlm_has_family(config)
+    missing = "is not installed" if not vision_extra_installed() else "has no such family"
     if family is not None:
         model, tokenizer, forward = encoder.load_encoder(path, config, family)
         context_override = context_override or encoder.context_length(config, family)
@@ -135,13 +145,13 @@ def load_base(path: Path, context_override: int | None = None) -> LoadedModel:
         except Exception as exc:  # mlx-lm raises many kinds; none may escape the runtime
             why = f"{type(exc).__name__}: {exc}"
             if text_half:
-                raise needs_vlm(
-                    path, config, f"which is not installed, and mlx-lm cannot load it ({why})"
-                ) from exc
+                raise needs_vlm(path, config, f"which {missing}, and mlx-lm cannot load it ({why})") from exc
             raise ModelLoadError(f"could not load {path.name}: {why}") from exc
     mx.eval(model.parameters())
     loaded = loaded_model(path, model, tokenizer, config, before, context_override, vision, forward)
-    return replace(loaded, images_hint=TEXT_ONLY_HINT) if text_half else loaded
+    if not text_half:
+        return loaded
+    return replace(loaded, images_hint=TEXT_ONLY_HINT if not vision_extra_installed() else UPGRADE_HINT)
 
 
 def loaded_model(

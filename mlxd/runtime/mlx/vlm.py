@@ -16,11 +16,12 @@ cache offset plus its delta after), never relying on mlx-vlm's per-model state. 
 per model: a prompt with images on such a model decodes alone (``serial``), and prompts
 without images (delta 0) batch together as usual.
 
-Without mlx-vlm, the loader gives such a family to mlx-lm, whose modules for multimodal
-families load the text half of their checkpoints (their ``sanitize`` drops the vision tower;
-the tests load Gemma 3, Qwen2.5-VL, Qwen3-VL, LLaVA, Pixtral, Mistral 3 and LFM2-VL this way):
-the model serves text, and an image for it is the 400 of a text-only alias, with
-``TEXT_ONLY_HINT``. A family mlx-lm cannot load stays a 422 naming the extra (``needs_vlm``).
+Without mlx-vlm, or with an mlx-vlm that has no such family, the loader gives it to mlx-lm,
+whose modules for multimodal families load the text half of their checkpoints (their
+``sanitize`` drops the vision tower; the tests load Gemma 3, Qwen2.5-VL, Qwen3-VL, LLaVA,
+Pixtral, Mistral 3 and LFM2-VL this way): the model serves text, and an image for it is the
+400 of a text-only alias, with ``TEXT_ONLY_HINT`` (``UPGRADE_HINT``). A family mlx-lm cannot
+load stays a 422 naming the extra (``needs_vlm``).
 """
 
 from __future__ import annotations
@@ -41,6 +42,8 @@ from mlxd.runtime.mlx.vision import VisionPrompt, cache_key
 
 #: What an image for such a model loaded as text (mlx-vlm missing) is told to do.
 TEXT_ONLY_HINT = f"its vision tower needs mlx-vlm: {VISION_HINT}"
+#: The same when mlx-vlm is installed but has no such family (an mlx-vlm older than the model).
+UPGRADE_HINT = "the installed mlx-vlm has no such family: pip install -U mlx-vlm"
 
 
 def wants_vlm(config: dict[str, Any]) -> bool:
@@ -52,6 +55,19 @@ def wants_vlm(config: dict[str, Any]) -> bool:
 
     family = config.get("processor_type") or config.get("model_type")
     return not isinstance(family, str) or importlib.util.find_spec(f"mlx_lm.processors.{family}") is None
+
+
+def vlm_has_family(config: dict[str, Any]) -> bool:
+    """True when mlx-vlm is installed and has the model's family (its module is imported)."""
+    try:
+        from mlx_vlm.utils import get_model_and_args
+    except ImportError:
+        return False
+    try:
+        get_model_and_args(dict(config))
+    except (ValueError, KeyError, ImportError):
+        return False
+    return True
 
 
 class VlmModel(nn.Module):  # type: ignore[misc]  # mlx has no type stubs
