@@ -47,7 +47,8 @@ def mlx_vlm_family(config: dict[str, Any]) -> bool:
     root = Path(next(iter(spec.submodule_search_locations)))
     if not isinstance(family, str):
         return False
-    family = _mlx_vlm_remapping(root).get(family, family)  # e.g. "lfm2-vl" is its lfm2_vl
+    family = family.lower()  # as mlx-vlm reads it; e.g. "lfm2-vl" is its lfm2_vl
+    family = _mlx_vlm_remapping(root).get(family, family)
     return (root / "models" / family / "__init__.py").is_file()
 
 
@@ -56,7 +57,7 @@ def _mlx_vlm_remapping(root: Path) -> dict[str, str]:
     """mlx-vlm's own ``model_type`` → module table (``MODEL_REMAPPING``), read, not imported."""
     try:
         table = _literal_dict((root / "utils.py").read_text(encoding="utf-8"), "MODEL_REMAPPING")
-    except (OSError, SyntaxError, UnicodeDecodeError):
+    except (OSError, SyntaxError, ValueError, TypeError):  # unreadable: no renames known
         return {}
     return {k: v for k, v in table.items() if isinstance(k, str) and isinstance(v, str)}
 

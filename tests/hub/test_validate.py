@@ -94,7 +94,7 @@ def test_encoder_families_pass_for_mlx_embeddings(model_dir: Path, model_type: s
     validate_model_dir(model_dir, name="org/tiny")  # the runtime loads them through mlxd[embeddings]
 
 
-@pytest.mark.parametrize("model_type", ["qwen2_5_vl", "lfm2-vl"])
+@pytest.mark.parametrize("model_type", ["qwen2_5_vl", "lfm2-vl", "LFM2-VL"])
 def test_vision_families_of_mlx_vlm_pass_and_say_vision(model_dir: Path, model_type: str) -> None:
     """Named as mlx-vlm names them, its own renames included ("lfm2-vl" is its lfm2_vl)."""
     pytest.importorskip("mlx_vlm")

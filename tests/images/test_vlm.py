@@ -304,16 +304,28 @@ def test_without_mlx_vlm_the_loader_refuses_what_mlx_lm_cannot_load_naming_the_e
 
 
 def test_an_mlx_vlm_without_the_family_leaves_the_text_half_to_mlx_lm(
-    vlm_dirs: dict[str, Path], monkeypatch: pytest.MonkeyPatch
+    vlm_dirs: dict[str, Path], monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
     """An mlx-vlm older than the model: it serves text as without mlx-vlm, and an image for
     it is told to upgrade mlx-vlm rather than to install it."""
+    from mlxd.errors import ModelUnsupportedError
     from mlxd.runtime.mlx import loading
     from mlxd.runtime.mlx.vlm import UPGRADE_HINT, VlmModel, vlm_has_family
 
     config = json.loads((vlm_dirs["gemma"] / "config.json").read_text(encoding="utf-8"))
     assert vlm_has_family(config)
     assert not vlm_has_family({**config, "model_type": "no_such_family"})
+    monkeypatch.setitem(sys.modules, "mlx_vlm.utils", None)  # installed, but broken:
+    assert vlm_has_family(config)  # its load says why (below), nothing is hidden
+    with pytest.raises(ModelUnsupportedError, match="which cannot be imported"):
+        loading.load_base(vlm_dirs["gemma"])
+    monkeypatch.delitem(sys.modules, "mlx_vlm.utils")
+    # Neither mlx-vlm nor mlx-lm has the family: the 422 says to upgrade mlx-vlm, not to install it.
+    unknown = shutil.copytree(vlm_dirs["gemma"], tmp_path / "unknown")
+    (unknown / "config.json").write_text(json.dumps({**config, "model_type": "no_such_family"}))
+    with pytest.raises(ModelUnsupportedError, match="which has no such family, and mlx-lm cannot") as refused:
+        loading.load_base(unknown)
+    assert refused.value.hint == UPGRADE_HINT
     monkeypatch.setattr(loading, "vlm_has_family", lambda config: False)
     loaded = loading.load_base(vlm_dirs["gemma"])
     assert loaded.vision is None

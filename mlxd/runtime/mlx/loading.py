@@ -20,7 +20,7 @@ from mlx.utils import tree_flatten
 from mlx_lm.tuner.utils import load_adapters
 from mlx_lm.utils import load_model, load_tokenizer
 
-from mlxd.config.families import encoder_family, vision_extra_installed
+from mlxd.config.families import VISION_HINT, encoder_family, vision_extra_installed
 from mlxd.errors import ModelCorruptError, ModelLoadError, ModelUnsupportedError
 from mlxd.runtime.mlx import encoder
 from mlxd.runtime.mlx.vision import VisionBackend, load_vision
@@ -127,7 +127,7 @@ def load_base(path: Path, context_override: int | None = None) -> LoadedModel:
     # ``sanitize`` drops the tower).
     vlm = family is None and wants_vlm(config)
     text_half = vlm and not vlm_has_family(config)
-    missing = "is not installed" if not vision_extra_installed() else "has no such family"
+    installed = vision_extra_installed()
     if family is not None:
         model, tokenizer, forward = encoder.load_encoder(path, config, family)
         context_override = context_override or encoder.context_length(config, family)
@@ -145,13 +145,18 @@ def load_base(path: Path, context_override: int | None = None) -> LoadedModel:
         except Exception as exc:  # mlx-lm raises many kinds; none may escape the runtime
             why = f"{type(exc).__name__}: {exc}"
             if text_half:
-                raise needs_vlm(path, config, f"which {missing}, and mlx-lm cannot load it ({why})") from exc
+                missing, hint = (
+                    ("has no such family", UPGRADE_HINT) if installed else ("is not installed", VISION_HINT)
+                )
+                raise needs_vlm(
+                    path, config, f"which {missing}, and mlx-lm cannot load it ({why})", hint
+                ) from exc
             raise ModelLoadError(f"could not load {path.name}: {why}") from exc
     mx.eval(model.parameters())
     loaded = loaded_model(path, model, tokenizer, config, before, context_override, vision, forward)
     if not text_half:
         return loaded
-    return replace(loaded, images_hint=TEXT_ONLY_HINT if not vision_extra_installed() else UPGRADE_HINT)
+    return replace(loaded, images_hint=UPGRADE_HINT if installed else TEXT_ONLY_HINT)
 
 
 def loaded_model(

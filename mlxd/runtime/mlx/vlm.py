@@ -36,14 +36,14 @@ import numpy as np
 import numpy.typing as npt
 from mlx_lm.models.cache import KVCache, RotatingKVCache
 
-from mlxd.config.families import VISION_HINT
+from mlxd.config.families import VISION_HINT, vision_extra_installed
 from mlxd.errors import ModelLoadError, ModelUnsupportedError
 from mlxd.runtime.mlx.vision import VisionPrompt, cache_key
 
 #: What an image for such a model loaded as text (mlx-vlm missing) is told to do.
 TEXT_ONLY_HINT = f"its vision tower needs mlx-vlm: {VISION_HINT}"
 #: The same when mlx-vlm is installed but has no such family (an mlx-vlm older than the model).
-UPGRADE_HINT = "the installed mlx-vlm has no such family: pip install -U mlx-vlm"
+UPGRADE_HINT = "its vision tower needs a newer mlx-vlm: pip install -U mlx-vlm"
 
 
 def wants_vlm(config: dict[str, Any]) -> bool:
@@ -58,16 +58,27 @@ def wants_vlm(config: dict[str, Any]) -> bool:
 
 
 def vlm_has_family(config: dict[str, Any]) -> bool:
-    """True when mlx-vlm is installed and has the model's family (its module is imported)."""
+    """False when mlx-vlm is not installed, or has no module for the model's family (found
+    as mlx-vlm finds it, without importing the family); True otherwise, also for an mlx-vlm
+    that does not import, whose load then says why."""
+    if not vision_extra_installed():
+        return False
+    import importlib.util
+
     try:
-        from mlx_vlm.utils import get_model_and_args
+        from mlx_vlm.utils import get_model_type
     except ImportError:
-        return False
+        return True
     try:
-        get_model_and_args(dict(config))
-    except (ValueError, KeyError, ImportError):
-        return False
-    return True
+        family = get_model_type(dict(config))
+    except Exception:  # a config mlx-vlm cannot read: its load says so
+        return True
+    if family is None:
+        return True
+    return any(
+        importlib.util.find_spec(f"{package}.{family}") is not None
+        for package in ("mlx_vlm.models", "mlx_vlm.speculative.drafters")
+    )
 
 
 class VlmModel(nn.Module):  # type: ignore[misc]  # mlx has no type stubs
@@ -257,11 +268,12 @@ def load_vlm(path: Path, config: dict[str, Any]) -> tuple[VlmModel, VlmVision]:
     return model, VlmVision(processor, token, str(config.get("model_type")), serial=model.mrope)
 
 
-def needs_vlm(path: Path, config: dict[str, Any], why: str) -> ModelUnsupportedError:
-    """The 422 of a vision model only mlx-vlm can load, saying ``why`` it cannot, and how to install it."""
+def needs_vlm(path: Path, config: dict[str, Any], why: str, hint: str = VISION_HINT) -> ModelUnsupportedError:
+    """The 422 of a vision model only mlx-vlm can load, saying ``why`` it cannot, and how to
+    install it (``hint``: or upgrade it)."""
     return ModelUnsupportedError(
         f"{path.name} is a vision model of the {config.get('model_type')!r} family, served through mlx-vlm, {why}",
-        hint=VISION_HINT,
+        hint=hint,
     )
 
 
