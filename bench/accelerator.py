@@ -19,6 +19,7 @@ of tokens; the model should have a realistic vocabulary so that sampling its end
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import math
 import platform
@@ -56,6 +57,9 @@ class GpuPlan:
     single_reps: int = 5
     prefill_reps: int = 3
     temperature: float = 0.7
+    #: Each level's rounds reuse one client's connections (as SDK clients do), opened in an
+    #: unmeasured round; otherwise every round opens its own and their setup is in its TTFT.
+    keep_connections: bool = False
 
     @classmethod
     def quick(cls) -> GpuPlan:
@@ -98,13 +102,18 @@ def _body(index: int, plan: GpuPlan) -> dict[str, Any]:
     }
 
 
-async def _server_round(url: str, clients: int, numbers: Iterator[int], plan: GpuPlan) -> LoadResult:
-    """``clients`` requests sent at once; the round ends when the last one does."""
-    async with new_client(url, clients) as client:
-        origin, cpu = time.perf_counter(), time.process_time()
-        bodies = [_body(next(numbers), plan) for _ in range(clients)]
-        results = await asyncio.gather(*(request(client, body, origin) for body in bodies))
-        return LoadResult(time.perf_counter() - origin, list(results), client_cpu=time.process_time() - cpu)
+async def _server_round(
+    url: str, clients: int, numbers: Iterator[int], plan: GpuPlan, client: httpx.AsyncClient | None = None
+) -> LoadResult:
+    """``clients`` requests sent at once; the round ends when the last one does. Without
+    ``client`` the round opens its own connections (their setup is in every TTFT)."""
+    if client is None:
+        async with new_client(url, clients) as own:
+            return await _server_round(url, clients, numbers, plan, own)
+    origin, cpu = time.perf_counter(), time.process_time()
+    bodies = [_body(next(numbers), plan) for _ in range(clients)]
+    results = await asyncio.gather(*(request(client, body, origin) for body in bodies))
+    return LoadResult(time.perf_counter() - origin, list(results), client_cpu=time.process_time() - cpu)
 
 
 def _raw_round(targets: Targets, clients: int, numbers: Iterator[int], plan: GpuPlan) -> LoadResult:
@@ -198,15 +207,23 @@ async def _levels(
     top = level == max(plan.levels)
     mlxd_rounds = max(plan.rounds, plan.memory_rounds) if top else plan.rounds
     say(f"{report.name}: {level} clients, {plan.rounds} rounds each ({mlxd_rounds} for mlxd)")
-    for index in range(mlxd_rounds):
-        mine = Round(await _server_round(targets.mlxd.url, level, numbers, plan))
-        mine.memory = await _mlxd_memory(targets.mlxd)
-        report.rounds.setdefault((level, MLXD), []).append(mine)
-        if index < plan.rounds:
-            seed = Round(await _server_round(targets.seed.url, level, numbers, plan))
-            report.rounds.setdefault((level, SEED), []).append(seed)
-            raw = Round(_raw_round(targets, level, numbers, plan))
-            report.rounds.setdefault((level, RAW), []).append(raw)
+    async with contextlib.AsyncExitStack() as stack:
+        # With kept connections, each server's client opens them in a round before the measured ones.
+        mine_client = seed_client = None
+        if plan.keep_connections:
+            mine_client = await stack.enter_async_context(new_client(targets.mlxd.url, level))
+            seed_client = await stack.enter_async_context(new_client(targets.seed.url, level))
+            await _server_round(targets.mlxd.url, level, numbers, plan, mine_client)
+            await _server_round(targets.seed.url, level, numbers, plan, seed_client)
+        for index in range(mlxd_rounds):
+            mine = Round(await _server_round(targets.mlxd.url, level, numbers, plan, mine_client))
+            mine.memory = await _mlxd_memory(targets.mlxd)
+            report.rounds.setdefault((level, MLXD), []).append(mine)
+            if index < plan.rounds:
+                seed = Round(await _server_round(targets.seed.url, level, numbers, plan, seed_client))
+                report.rounds.setdefault((level, SEED), []).append(seed)
+                raw = Round(_raw_round(targets, level, numbers, plan))
+                report.rounds.setdefault((level, RAW), []).append(raw)
 
 
 def _spread(rounds: list[Round]) -> float:
@@ -219,10 +236,16 @@ def _spread(rounds: list[Round]) -> float:
 def render(reports: list[ModelReport], plan: GpuPlan, info: str) -> str:
     """The GPU section of ``RESULTS.md``."""
     lines = [GPU_START, "## On a GPU", "", info, ""]
+    connections = (
+        "each level's rounds reusing one client's connections"
+        if plan.keep_connections
+        else "new connections every round"
+    )
     lines.append(
         f"Streaming chat requests for {plan.tokens} tokens at temperature {plan.temperature}; "
         f"rounds of B clients each sending one request at once ({plan.rounds} rounds per target and "
-        f"level, {plan.memory_rounds} for mlxd at the top level); raw = mlx-lm's `BatchGenerator` "
+        f"level, {plan.memory_rounds} for mlxd at the top level; {connections}); "
+        "raw = mlx-lm's `BatchGenerator` "
         "in-process with every prompt of a round prefilled in one batch; single stream = tokens/s "
         "after the first token. Ratios come from this one run."
     )

@@ -85,6 +85,12 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         help="with --gpu: comma-separated client counts (default 16,64)",
     )
     parser.add_argument(
+        "--keep-connections",
+        action="store_true",
+        help="with --gpu: each level's rounds reuse one client's connections (as SDK clients do), "
+        "so TTFT leaves out connection setup",
+    )
+    parser.add_argument(
         "--timeline-only",
         action="store_true",
         help="with --profile: the timeline alone, no stack sampling (whose GIL time slows mlxd a little)",
@@ -214,6 +220,8 @@ def run_gpu(args: argparse.Namespace, command: str, console: Console) -> None:
         plan = replace(plan, memory_rounds=args.memory_rounds)
     if args.levels:
         plan = replace(plan, levels=args.levels)
+    if args.keep_connections:
+        plan = replace(plan, keep_connections=True)
     info = RunInfo(command=command, quick=args.quick, models=tuple(args.models))
     started = time.perf_counter()
     if args.timeline_only:
