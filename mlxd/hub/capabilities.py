@@ -15,8 +15,8 @@ import json
 from pathlib import Path
 from typing import Any
 
-from mlxd.config.families import encoder_family
-from mlxd.hub.validate import _mlx_lm_dir, _resolved_model_type, mlx_vlm_family
+from mlxd.config.families import encoder_family, mlx_vlm_family
+from mlxd.hub.validate import _mlx_lm_dir, _resolved_model_type
 
 
 def _config(directory: Path) -> dict[str, Any]:

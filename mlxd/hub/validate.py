@@ -10,7 +10,6 @@ weights are safetensors, every shard the index names exists, and every shard is 
 
 from __future__ import annotations
 
-import ast
 import fnmatch
 import importlib.util
 import json
@@ -19,7 +18,13 @@ from functools import lru_cache
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-from mlxd.config.families import VISION_HINT, encoder_family, vision_extra_installed
+from mlxd.config.families import (
+    VISION_HINT,
+    encoder_family,
+    literal_dict,
+    mlx_vlm_family,
+    vision_extra_installed,
+)
 from mlxd.errors import HubError
 from mlxd.hub.files import CODE_PATTERNS, CONFIG_FILE, INDEX_FILE, WEIGHTS_PATTERN
 
@@ -38,43 +43,6 @@ def _mlx_lm_dir() -> Path | None:
     return Path(next(iter(spec.submodule_search_locations)))
 
 
-def mlx_vlm_family(config: dict[str, Any]) -> bool:
-    """True for a vision model whose family the installed mlx-vlm (the ``vision`` extra) has."""
-    spec = importlib.util.find_spec("mlx_vlm")
-    family = config.get("model_type")
-    if not config.get("vision_config") or spec is None or not spec.submodule_search_locations:
-        return False
-    root = Path(next(iter(spec.submodule_search_locations)))
-    if not isinstance(family, str):
-        return False
-    family = family.lower()  # as mlx-vlm reads it; e.g. "lfm2-vl" is its lfm2_vl
-    family = _mlx_vlm_remapping(root).get(family, family)
-    return (root / "models" / family / "__init__.py").is_file()
-
-
-@lru_cache(maxsize=4)
-def _mlx_vlm_remapping(root: Path) -> dict[str, str]:
-    """mlx-vlm's own ``model_type`` → module table (``MODEL_REMAPPING``), read, not imported."""
-    try:
-        table = _literal_dict((root / "utils.py").read_text(encoding="utf-8"), "MODEL_REMAPPING")
-    except (OSError, SyntaxError, ValueError, TypeError):  # unreadable: no renames known
-        return {}
-    return {k: v for k, v in table.items() if isinstance(k, str) and isinstance(v, str)}
-
-
-def _literal_dict(source: str, name: str) -> dict[Any, Any]:
-    for node in ast.parse(source).body:
-        if isinstance(node, ast.Assign) and any(
-            isinstance(t, ast.Name) and t.id == name for t in node.targets
-        ):
-            try:
-                value = ast.literal_eval(node.value)
-            except ValueError:
-                return {}
-            return value if isinstance(value, dict) else {}
-    return {}
-
-
 @lru_cache(maxsize=1)
 def _mlx_lm_tables() -> tuple[frozenset[str], dict[str, str], dict[tuple[str, str], str]]:
     root = _mlx_lm_dir()
@@ -89,10 +57,10 @@ def _mlx_lm_tables() -> tuple[frozenset[str], dict[str, str], dict[tuple[str, st
         utils = (root / "utils.py").read_text(encoding="utf-8")
     except OSError:
         utils = ""
-    remap = {str(k): str(v) for k, v in _literal_dict(utils, "MODEL_REMAPPING").items()}
+    remap = {str(k): str(v) for k, v in literal_dict(utils, "MODEL_REMAPPING").items()}
     arch = {
         (str(k[0]), str(k[1])): str(v)
-        for k, v in _literal_dict(utils, "MODEL_ARCHITECTURE_REMAPPING").items()
+        for k, v in literal_dict(utils, "MODEL_ARCHITECTURE_REMAPPING").items()
         if isinstance(k, tuple) and len(k) == 2
     }
     return frozenset(types), remap, arch

@@ -308,15 +308,16 @@ def test_an_mlx_vlm_without_the_family_leaves_the_text_half_to_mlx_lm(
 ) -> None:
     """An mlx-vlm older than the model: it serves text as without mlx-vlm, and an image for
     it is told to upgrade mlx-vlm rather than to install it."""
+    from mlxd.config.families import mlx_vlm_family
     from mlxd.errors import ModelUnsupportedError
     from mlxd.runtime.mlx import loading
-    from mlxd.runtime.mlx.vlm import UPGRADE_HINT, VlmModel, vlm_has_family
+    from mlxd.runtime.mlx.vlm import UPGRADE_HINT, VlmModel
 
     config = json.loads((vlm_dirs["gemma"] / "config.json").read_text(encoding="utf-8"))
-    assert vlm_has_family(config)
-    assert not vlm_has_family({**config, "model_type": "no_such_family"})
+    assert mlx_vlm_family(config)
+    assert not mlx_vlm_family({**config, "model_type": "no_such_family"})
     monkeypatch.setitem(sys.modules, "mlx_vlm.utils", None)  # installed, but broken:
-    assert vlm_has_family(config)  # its load says why (below), nothing is hidden
+    assert mlx_vlm_family(config)  # its load says why (below), nothing is hidden
     with pytest.raises(ModelUnsupportedError, match="which cannot be imported"):
         loading.load_base(vlm_dirs["gemma"])
     monkeypatch.delitem(sys.modules, "mlx_vlm.utils")
@@ -326,7 +327,7 @@ def test_an_mlx_vlm_without_the_family_leaves_the_text_half_to_mlx_lm(
     with pytest.raises(ModelUnsupportedError, match="which has no such family, and mlx-lm cannot") as refused:
         loading.load_base(unknown)
     assert refused.value.hint == UPGRADE_HINT
-    monkeypatch.setattr(loading, "vlm_has_family", lambda config: False)
+    monkeypatch.setattr(loading, "mlx_vlm_family", lambda config: False)
     loaded = loading.load_base(vlm_dirs["gemma"])
     assert loaded.vision is None
     assert not isinstance(loaded.model, VlmModel)  # mlx-lm's own module for the family

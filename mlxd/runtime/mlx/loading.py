@@ -20,7 +20,7 @@ from mlx.utils import tree_flatten
 from mlx_lm.tuner.utils import load_adapters
 from mlx_lm.utils import load_model, load_tokenizer
 
-from mlxd.config.families import VISION_HINT, encoder_family, vision_extra_installed
+from mlxd.config.families import VISION_HINT, encoder_family, mlx_vlm_family, vision_extra_installed
 from mlxd.errors import ModelCorruptError, ModelLoadError, ModelUnsupportedError
 from mlxd.runtime.mlx import encoder
 from mlxd.runtime.mlx.vision import VisionBackend, load_vision
@@ -30,7 +30,6 @@ from mlxd.runtime.mlx.vlm import (
     VlmModel,
     load_vlm,
     needs_vlm,
-    vlm_has_family,
     wants_vlm,
 )
 from mlxd.runtime.pooling import PoolingSpec, read_pooling
@@ -126,7 +125,7 @@ def load_base(path: Path, context_override: int | None = None) -> LoadedModel:
     # lacks the family, mlx-lm loads its text half where it has a module for the family (its
     # ``sanitize`` drops the tower).
     vlm = family is None and wants_vlm(config)
-    text_half = vlm and not vlm_has_family(config)
+    text_half = vlm and not mlx_vlm_family(config)
     installed = vision_extra_installed()
     if family is not None:
         model, tokenizer, forward = encoder.load_encoder(path, config, family)

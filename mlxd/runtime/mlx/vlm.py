@@ -36,7 +36,7 @@ import numpy as np
 import numpy.typing as npt
 from mlx_lm.models.cache import KVCache, RotatingKVCache
 
-from mlxd.config.families import VISION_HINT, vision_extra_installed
+from mlxd.config.families import VISION_HINT
 from mlxd.errors import ModelLoadError, ModelUnsupportedError
 from mlxd.runtime.mlx.vision import VisionPrompt, cache_key
 
@@ -55,30 +55,6 @@ def wants_vlm(config: dict[str, Any]) -> bool:
 
     family = config.get("processor_type") or config.get("model_type")
     return not isinstance(family, str) or importlib.util.find_spec(f"mlx_lm.processors.{family}") is None
-
-
-def vlm_has_family(config: dict[str, Any]) -> bool:
-    """False when mlx-vlm is not installed, or has no module for the model's family (found
-    as mlx-vlm finds it, without importing the family); True otherwise, also for an mlx-vlm
-    that does not import, whose load then says why."""
-    if not vision_extra_installed():
-        return False
-    import importlib.util
-
-    try:
-        from mlx_vlm.utils import get_model_type
-    except ImportError:
-        return True
-    try:
-        family = get_model_type(dict(config))
-    except Exception:  # a config mlx-vlm cannot read: its load says so
-        return True
-    if family is None:
-        return True
-    return any(
-        importlib.util.find_spec(f"{package}.{family}") is not None
-        for package in ("mlx_vlm.models", "mlx_vlm.speculative.drafters")
-    )
 
 
 class VlmModel(nn.Module):  # type: ignore[misc]  # mlx has no type stubs
