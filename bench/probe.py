@@ -11,6 +11,10 @@ Diagnostics behind the GPU section of the benchmark, printed as plain lines:
 - one stream decoded by mlx-lm's ``stream_generate`` and by mlxd's own solo decoder with
   its per-token output work (detokenizing, the output parser), in-process, so the gap
   between them is mlxd's engine-side overhead and not HTTP.
+
+``--rounds`` instead asks why rounds of the same work differ in speed: the host's CPU pace,
+core by core and over time on one core, then identical rounds of 64 decoding rows with each
+step split into building the graph, submitting it and waiting for the accelerator.
 """
 
 from __future__ import annotations
@@ -204,14 +208,100 @@ def new_lengths(model: Any, vocab: int, count: int = 24) -> None:
     )
 
 
+def _pace_ms(loops: int = 200_000) -> float:
+    """Milliseconds for a fixed piece of pure Python: the pace of the core it runs on."""
+    started = time.perf_counter()
+    total = 0
+    for i in range(loops):
+        total += i & 7
+    return (time.perf_counter() - started) * 1000
+
+
+def _quantiles(values: list[float]) -> str:
+    ordered = sorted(values)
+    pick = [ordered[int(q * (len(ordered) - 1))] for q in (0.0, 0.1, 0.5, 0.9, 1.0)]
+    return "min {:.2f} p10 {:.2f} p50 {:.2f} p90 {:.2f} max {:.2f}".format(*pick)
+
+
+def _cpu() -> int:
+    """The core the calling thread is on now (Linux; -1 elsewhere)."""
+    try:
+        fields = Path("/proc/thread-self/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return -1
+    return int(fields[36])  # field 39 of stat(5), counted after the command name
+
+
+def cpu_pace(seconds: float = 8.0) -> None:
+    """The same pure-Python work on every core, then every 50 ms on one core."""
+    import os
+
+    allowed = sorted(os.sched_getaffinity(0))
+    per_core = []
+    for core in allowed:
+        os.sched_setaffinity(0, {core})
+        per_core.append(f"{core}:{min(_pace_ms() for _ in range(3)):.1f}")
+    os.sched_setaffinity(0, set(allowed))
+    print("pure-Python pace per core, ms (lower is faster): " + " ".join(per_core), flush=True)
+    samples = []
+    deadline = time.perf_counter() + seconds
+    while time.perf_counter() < deadline:
+        samples.append(_pace_ms())
+        time.sleep(0.05)
+    print(f"the same work every 50 ms for {seconds:.0f} s, unpinned: {_quantiles(samples)} ms", flush=True)
+
+
+def decode_rounds(model: Any, vocab: int, rounds: int = 12, rows: int = 64) -> None:
+    """Identical rounds of ``rows`` sequences decoding ``TOKENS`` tokens, pipelined as mlx-lm
+    does; per round the p50 of each step's parts: building the graph in Python, submitting it
+    (``async_eval``) and waiting for the previous step's tokens (the accelerator's share)."""
+    import mlx.core as mx
+    from mlx_lm.models.cache import make_prompt_cache
+
+    inverse = 1.0 / TEMPERATURE
+    prompt = mx.array([[(7 * i + j) % vocab for j in range(28)] for i in range(rows)])
+    print(f"round | cores | build / submit / wait / step p50 ms, {rows} rows x {TOKENS} tokens", flush=True)
+    for index in range(rounds):
+        cache = make_prompt_cache(model)
+        tokens = mx.random.categorical(model(prompt, cache=cache)[:, -1, :] * inverse)
+        mx.eval(tokens)
+        parts: list[tuple[float, float, float]] = []
+        cores = {_cpu()}
+        for _ in range(TOKENS):
+            started = time.perf_counter()
+            logits = model(tokens[:, None], cache=cache)
+            following = mx.random.categorical(logits[:, -1, :] * inverse)
+            built = time.perf_counter()
+            mx.async_eval(following)
+            submitted = time.perf_counter()
+            tokens.tolist()
+            parts.append((built - started, submitted - built, time.perf_counter() - submitted))
+            tokens = following
+        cores.add(_cpu())
+        mx.eval(tokens)
+        medians = [sorted(p[i] for p in parts)[len(parts) // 2] * 1000 for i in range(3)]
+        steps = sorted(sum(p) for p in parts)
+        print(
+            f"{index} | {','.join(map(str, sorted(cores)))} | "
+            + " / ".join(f"{m:.2f}" for m in medians)
+            + f" / {steps[len(steps) // 2] * 1000:.2f}",
+            flush=True,
+        )
+
+
 def main() -> None:
-    """Load the model, then print the probes (``--lengths``: only ``new_lengths``)."""
+    """Load the model, then print the probes (``--lengths``: only ``new_lengths``; ``--rounds``:
+    only ``cpu_pace`` and ``decode_rounds``)."""
     from mlx_lm import load
 
     model, tokenizer = load(sys.argv[1])
     vocab = model.args.vocab_size
     if "--lengths" in sys.argv:
         new_lengths(model, vocab)
+        return
+    if "--rounds" in sys.argv:
+        cpu_pace()
+        decode_rounds(model, vocab)
         return
     admissions(model, vocab)
     shapes(model, vocab)

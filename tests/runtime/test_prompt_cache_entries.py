@@ -99,3 +99,16 @@ def test_the_byte_budget_evicts_the_least_recently_used_and_resize_shrinks_now()
     assert (len(cache), cache.bytes) == (0, 0)
     cache.store(seq(0, 64), layers(seq(0, 64)))
     assert len(cache) == 0  # a zero budget keeps nothing
+
+
+def test_a_cache_stored_later_is_found_once_the_pending_stores_ran() -> None:
+    cache = PromptCache(10**9)
+    tokens = seq(0, 100)
+    cache.store_later(tokens, layers(tokens))
+    cache.store_later(seq(0, 10), layers(seq(0, 10)))  # too short to keep
+    assert cache.lookup([*tokens, 1])[1] == 0
+    cache.store_pending()
+    assert cache.lookup([*tokens, 1])[1] == 100
+    assert len(cache) == 1
+    cache.store_pending()  # nothing left to store
+    assert len(cache) == 1

@@ -153,11 +153,11 @@ class Batch:
             if response.finish_reason is None:  # its parser ended it: mlx-lm does not know
                 leaving[response.uid] = found
             elif response.prompt_cache is not None:
-                cache.store(found.cache_tokens(response.all_tokens), response.prompt_cache)
+                cache.store_later(found.cache_tokens(response.all_tokens), response.prompt_cache)
         if leaving:
             caches = self.generator.remove(list(leaving), return_prompt_caches=cache.max_bytes > 0)
             for uid, (layers, tokens) in caches.items():
-                cache.store(leaving[uid].cache_tokens(list(tokens)), layers)
+                cache.store_later(leaving[uid].cache_tokens(list(tokens)), layers)
 
     def close(self) -> None:
         """Free the batch (its sequences are the runner's to fail)."""

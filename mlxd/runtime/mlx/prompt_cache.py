@@ -57,6 +57,7 @@ class PromptCache:
         self.disk_hits = 0
         self.disk = disk
         self._index: PrefixIndex[list[Any]] = PrefixIndex()
+        self._later: list[tuple[list[int], list[Any]]] = []
 
     def __len__(self) -> int:
         return len(self._index)
@@ -103,6 +104,19 @@ class PromptCache:
         if self.disk is not None:
             self.disk.offer(tokens, layers)
         self._keep(tokens, layers)
+
+    def store_later(self, tokens: list[int], layers: list[Any], *, min_tokens: int = MIN_STORE) -> None:
+        """``store``, when ``store_pending`` runs: the worker calls it once the pass's events
+        went out, so a finished sequence's last event does not wait for its cache to be
+        materialised (which waits for the decode step in flight)."""
+        if self.max_bytes > 0 and len(tokens) >= max(min_tokens, MIN_REUSE):
+            self._later.append((tokens, layers))
+
+    def store_pending(self) -> None:
+        """Store what ``store_later`` was given."""
+        later, self._later = self._later, []
+        for tokens, layers in later:
+            self.store(tokens, layers, min_tokens=0)
 
     def _keep(self, tokens: list[int], layers: list[Any]) -> None:
         size = self.measure(layers)

@@ -160,4 +160,4 @@ class SoloLane:
         self._forget(solo.seq)
         if store:
             tokens, layers = solo.decoder.cache_state()
-            self._prompt_cache.store(list(tokens), layers, min_tokens=MIN_REUSE)
+            self._prompt_cache.store_later(list(tokens), layers, min_tokens=MIN_REUSE)

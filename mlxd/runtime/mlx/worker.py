@@ -151,6 +151,8 @@ class MlxWorker:
                 self._clock.decoded(spent)
             if out:
                 self._loop.call_soon_threadsafe(deliver, out)
+            for runner in runners.values():  # finished sequences' caches, after their last events
+                runner.prompt_cache.store_pending()
 
     def _drain(self, *, block: bool) -> list[Command]:
         if self._lockstep is not None:  # the same commands on every rank, at the same pass
