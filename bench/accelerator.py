@@ -226,6 +226,17 @@ async def _levels(
                 report.rounds.setdefault((level, RAW), []).append(raw)
 
 
+def _client_share(rounds: list[Round]) -> str:
+    """The median share of a round's wall time the client process spent on the CPU: near
+    100% means the client, not the server, set the pace ("-" for the in-process engine)."""
+    shares = [
+        r.load.client_cpu / r.load.wall
+        for r in rounds
+        if r.load.wall > 0 and not math.isnan(r.load.client_cpu)
+    ]
+    return f"{median(shares) * 100:.0f}%" if shares else "-"
+
+
 def _spread(rounds: list[Round]) -> float:
     """The largest deviation of a round's tokens/s from their median, in percent."""
     rates = [r.rate for r in rounds if not math.isnan(r.rate)]
@@ -274,7 +285,18 @@ def _tables(report: ModelReport, plan: GpuPlan, headlines: list[Headline]) -> li
     headlines.append(Headline("1 client: mlxd / stream_generate", vs_stream, Goal(0.95), model=report.name))
     levels = Table(
         "Rounds of concurrent clients",
-        ["clients", "target", "tok/s median", "min", "max", "spread", "TTFT p50", "TTFT p99", "errors"],
+        [
+            "clients",
+            "target",
+            "tok/s median",
+            "min",
+            "max",
+            "spread",
+            "TTFT p50",
+            "TTFT p99",
+            "errors",
+            "client CPU",
+        ],
     )
     top = max(plan.levels)
     prefill = median(report.prefill_s)
@@ -298,6 +320,7 @@ def _tables(report: ModelReport, plan: GpuPlan, headlines: list[Headline]) -> li
                     fmt_ms(p50),
                     fmt_ms(p99),
                     str(sum(rnd.load.errors for rnd in rounds)),
+                    _client_share(rounds),
                 ]
             )
             if target == MLXD and level == top:
