@@ -38,7 +38,7 @@ class Timeline:
         import importlib
 
         from mlxd.runtime import admission, engine_core
-        from mlxd.runtime.mlx import commands, prompt_cache, runner, worker
+        from mlxd.runtime.mlx import commands, prompt_cache, runner, solo, worker
 
         generate = importlib.import_module("mlx_lm.generate")  # the package's name is a function
 
@@ -60,6 +60,7 @@ class Timeline:
             generate.GenerationBatch, "__init__", "first-step", lambda self, model, uids, *_: len(uids)
         )
         self._wrap(prompt_cache.PromptCache, "store", "cache-store", lambda *_, **__: 0)
+        self._wrap(solo.SoloDecoder, "_prefill_chunk", "solo-prefill", lambda self: len(self._unfed))
         delivered = self._wrapped_function(commands.deliver, "deliver", lambda events: len(events))
         setattr(worker, "deliver", delivered)  # the worker imported it by name  # noqa: B010
 
