@@ -43,8 +43,11 @@ def generates(directory: Path) -> bool:
     return encoder_family(_config(directory)) is None
 
 
-def capabilities(directory: Path, *, pooling: str | None = None) -> tuple[str, ...]:
-    """``vision`` and ``embedding`` as they apply to the model in ``directory``."""
+def capabilities(directory: Path, *, pooling: str | None = None, split: bool = False) -> tuple[str, ...]:
+    """``vision`` and ``embedding`` as they apply to the model in ``directory``; none when the
+    model is ``split`` across several ranks, which serve neither images nor embeddings yet."""
+    if split:
+        return ()
     config = _config(directory)
     out = []
     if takes_images(config):

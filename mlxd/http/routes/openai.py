@@ -35,7 +35,7 @@ def _capabilities(config: MlxdConfig, alias: str) -> list[str]:
         return ["completion"]
     return [
         *(["completion"] if generates(directory) else []),
-        *capabilities(directory, pooling=model.pooling),
+        *capabilities(directory, pooling=model.pooling, split=config.distributed is not None),
     ]
 
 

@@ -125,7 +125,9 @@ def model_facts(config: MlxdConfig, alias: str) -> ModelFacts:
         capabilities.append("tools")
     if "<think>" in vocabulary or "<think>" in template:
         capabilities.append("thinking")
-    capabilities.extend(model_capabilities(directory, pooling=model.pooling))
+    capabilities.extend(
+        model_capabilities(directory, pooling=model.pooling, split=config.distributed is not None)
+    )
     context = model.context_length or settings.get("max_position_embeddings") or 0
     return ModelFacts(
         family=str(settings.get("model_type") or ""),
