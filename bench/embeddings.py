@@ -38,8 +38,9 @@ import httpx
 from bench.servers import start_mlxd_with
 
 #: Model shapes by ``--shape``: (decoder, encoder) sizes and how the report names them. ``tiny``
-#: suits this project's 2-core CPU; ``real`` is Qwen3-Embedding-0.6B's decoder and bge-base's
-#: encoder (random weights), for an accelerator.
+#: suits this project's 2-core CPU; ``real`` has the width and depth of Qwen3-Embedding-0.6B's
+#: decoder and bge-base's encoder (random float32 weights; head size hidden / heads, 64 where
+#: Qwen3's is 128), for an accelerator.
 SHAPES = {
     "tiny": (
         {"hidden_size": 128, "num_layers": 4, "num_heads": 4, "num_kv_heads": 2, "intermediate_size": 256},

@@ -2,7 +2,8 @@
 
 ``bench.profiled`` installs ``Timeline`` in the daemon it runs: a few of mlxd's and mlx-lm's
 methods are wrapped so that each call leaves ``(what, start, seconds, size)`` behind —
-admission (template and tokenization), the worker taking a request, every prefill, every
+admission (template and tokenization), the worker taking a request, every prefill (a lone
+sequence's chunks too), every
 decode step and its batch size, the batch's KV copies (extend, filter), the worker's whole
 pass and each delivery to the event loop. ``python -m bench.timeline FILE [LEAST]`` reads what it
 wrote and prints, per burst of at least LEAST (8) requests, how they spread over those stages: where the time
@@ -72,11 +73,12 @@ class Timeline:
 
         @functools.wraps(fn)
         def wrapper(*args: Any, **kwargs: Any) -> Any:
+            amount = _size(size, args, kwargs)  # before the call: what it was given (rows, tokens)
             started = time.perf_counter()
             try:
                 return fn(*args, **kwargs)
             finally:
-                records.append((what, started, time.perf_counter() - started, _size(size, args, kwargs)))
+                records.append((what, started, time.perf_counter() - started, amount))
 
         return wrapper
 

@@ -175,7 +175,9 @@ def _revision_names(repo: CachedRepo) -> list[str]:
     return [name for rev in repo.revisions for name in (rev.refs or (rev.commit[:12],))]
 
 
-def _alias_row(alias: str, model: ModelConfig, repos: dict[str, CachedRepo], loaded: set[str]) -> _Row:
+def _alias_row(
+    alias: str, model: ModelConfig, repos: dict[str, CachedRepo], loaded: set[str], *, split: bool = False
+) -> _Row:
     row = _Row(alias, model.source, model.is_local, model.revision, model.adapter, loaded=alias in loaded)
     if model.is_local:
         path = model.local_path
@@ -183,7 +185,7 @@ def _alias_row(alias: str, model: ModelConfig, repos: dict[str, CachedRepo], loa
             row.size_bytes = _dir_size(path)
             row.problem = _check(path, alias, local=True)
             row.downloaded = row.problem is None
-            row.capabilities = _capabilities(path, model)
+            row.capabilities = _capabilities(path, model, split)
         return row
     repo = repos.get(model.model)
     if repo is None:
@@ -194,14 +196,14 @@ def _alias_row(alias: str, model: ModelConfig, repos: dict[str, CachedRepo], loa
         row.size_bytes = rev.size_bytes
         row.problem = _check(rev.path, alias)
         row.downloaded = row.problem is None
-        row.capabilities = _capabilities(rev.path, model)
+        row.capabilities = _capabilities(rev.path, model, split)
     return row
 
 
-def _capabilities(path: Path, model: ModelConfig) -> list[str]:
+def _capabilities(path: Path, model: ModelConfig, split: bool) -> list[str]:
     from mlxd.hub.capabilities import capabilities
 
-    return list(capabilities(path, pooling=model.pooling))
+    return list(capabilities(path, pooling=model.pooling, split=split))
 
 
 def _rows(cfg: MlxdConfig, env: HubEnv, config: Path | None) -> list[_Row]:
@@ -209,7 +211,8 @@ def _rows(cfg: MlxdConfig, env: HubEnv, config: Path | None) -> list[_Row]:
 
     repos = {r.repo_id: r for r in cached_repos(env.cache_dir)}
     loaded = _loaded_aliases(config) if cfg.models else set()
-    rows = [_alias_row(alias, model, repos, loaded) for alias, model in cfg.models.items()]
+    split = cfg.distributed is not None
+    rows = [_alias_row(alias, model, repos, loaded, split=split) for alias, model in cfg.models.items()]
     configured = {m.model for m in cfg.models.values() if not m.is_local}
     for repo in repos.values():
         if repo.repo_id in configured or not repo.looks_mlx:

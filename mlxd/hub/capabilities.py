@@ -6,7 +6,8 @@ image processor for its family (``mlx_lm/processors/<model_type>.py``), or the i
 mlx-vlm (the ``vision`` extra) has the family. ``embedding``: it ships sentence-transformers
 files (``modules.json``), is an encoder, or its alias sets ``pooling``.
 Every model can embed (a decoder pools its last token); ``embedding`` marks the ones made
-for it. ``models list``, ``/v1/models`` and Ollama's ``/api/show`` report these.
+for it. ``models list``, ``/v1/models`` and Ollama's ``/api/show`` report these (neither across
+several ranks, which serve no images or embeddings yet).
 """
 
 from __future__ import annotations

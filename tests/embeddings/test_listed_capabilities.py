@@ -1,5 +1,5 @@
-"""What the listings promise an embedding model: ``embedding``, except across several ranks,
-which serve no embeddings yet (a request there is a 422)."""
+"""What the listings (``/v1/models``, ``/api/show``, ``mlxd models list``) promise an embedding
+model: ``embedding``, except across several ranks, which serve no embeddings yet (a 422 there)."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from mlxd.cli.models import _alias_row
 from mlxd.config.loader import load_config
 from mlxd.http.dialects.ollama.models import model_facts
 from mlxd.http.routes.openai import _capabilities
@@ -30,3 +31,5 @@ def test_embedding_is_listed_only_where_it_is_served(tmp_path: Path, ranks: int)
     assert "completion" in shown
     assert ("embedding" in listed) is (ranks == 1)
     assert ("embedding" in shown) is (ranks == 1)
+    row = _alias_row("embed", config.models["embed"], {}, set(), split=config.distributed is not None)
+    assert row.capabilities == (["embedding"] if ranks == 1 else [])

@@ -27,3 +27,15 @@ def test_the_cpu_keeps_mlxs_own_bound_and_reports_it() -> None:
         assert mx.set_cache_limit(own) == own  # unchanged
     finally:
         mx.set_cache_limit(own)
+
+
+def test_a_gpu_gets_the_share_and_it_is_set(monkeypatch: pytest.MonkeyPatch) -> None:
+    own = mx.set_cache_limit(0)
+    mx.set_cache_limit(own)
+    settings = RuntimeSettings(memory_budget_bytes=64 * 2**30)
+    monkeypatch.setattr(mx, "default_device", lambda: mx.Device(mx.gpu))
+    try:
+        assert bound_cache(settings) == cache_limit(settings)
+        assert mx.set_cache_limit(own) == cache_limit(settings)
+    finally:
+        mx.set_cache_limit(own)

@@ -101,14 +101,28 @@ def test_the_byte_budget_evicts_the_least_recently_used_and_resize_shrinks_now()
     assert len(cache) == 0  # a zero budget keeps nothing
 
 
-def test_a_cache_stored_later_is_found_once_the_pending_stores_ran() -> None:
+def test_a_cache_stored_later_is_found_by_the_next_lookup() -> None:
+    """Stored once the pass's events went out, or by a lookup in the same pass (a request the
+    image gate releases when another one ends)."""
     cache = PromptCache(10**9)
     tokens = seq(0, 100)
     cache.store_later(tokens, layers(tokens))
-    cache.store_later(seq(0, 10), layers(seq(0, 10)))  # too short to keep
-    assert cache.lookup([*tokens, 1])[1] == 0
-    cache.store_pending()
+    assert len(cache) == 0
     assert cache.lookup([*tokens, 1])[1] == 100
     assert len(cache) == 1
+    cache.store_later(seq(500, 100), layers(seq(500, 100)))
+    cache.store_pending()
+    assert len(cache) == 2
     cache.store_pending()  # nothing left to store
+    assert len(cache) == 2
+
+
+def test_stored_later_as_stored_now_a_short_batch_sequence_is_not_kept() -> None:
+    cache = PromptCache(10**9)
+    short = seq(0, 40)  # under MIN_STORE, over MIN_REUSE
+    cache.store_later(short, layers(short))
+    cache.store_pending()
+    assert len(cache) == 0
+    cache.store_later(short, layers(short), min_tokens=MIN_REUSE)  # decoded alone: kept
+    cache.store_pending()
     assert len(cache) == 1

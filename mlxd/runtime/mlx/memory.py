@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import functools
 import gc
 import os
 import sys
@@ -65,6 +66,15 @@ def release_memory() -> None:
             ctypes.CDLL("libc.so.6").malloc_trim(0)
 
 
+@functools.cache
+def _cpu_own_bound() -> int:
+    """MLX's own bound on the CPU, read once (reading it means setting it, which empties the
+    cache, so a config reload must not read it again)."""
+    own = mx.set_cache_limit(0)
+    mx.set_cache_limit(own)
+    return int(own)
+
+
 def bound_cache(settings: RuntimeSettings) -> int:
     """Bound MLX's cache of freed buffers under ``settings``; returns the bound in bytes.
 
@@ -77,9 +87,7 @@ def bound_cache(settings: RuntimeSettings) -> int:
     32 MB one.
     """
     if mx.default_device() == mx.cpu:
-        own = mx.set_cache_limit(0)
-        mx.set_cache_limit(own)
-        return int(own)
+        return _cpu_own_bound()
     limit = cache_limit(settings)
     mx.set_cache_limit(limit)
     return limit

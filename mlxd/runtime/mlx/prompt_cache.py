@@ -57,6 +57,7 @@ class PromptCache:
         self.disk_hits = 0
         self.disk = disk
         self._index: PrefixIndex[list[Any]] = PrefixIndex()
+        #: Finished sequences' caches waiting for ``store_pending`` (see ``store_later``).
         self._later: list[tuple[list[int], list[Any]]] = []
 
     def __len__(self) -> int:
@@ -69,6 +70,8 @@ class PromptCache:
 
     def lookup(self, tokens: list[int]) -> tuple[list[Any] | None, int]:
         """A cache covering the longest reusable prefix of ``tokens`` and its length."""
+        if self._later:  # a request started in the pass another one finished in finds it
+            self.store_pending()
         key, best = self._index.find(tokens)
         layers = self._index.get(key) if key is not None else None
         if self.disk is not None and self.max_bytes > 0 and len(tokens) - 1 > best:
@@ -132,6 +135,7 @@ class PromptCache:
 
     def clear(self) -> None:
         """Forget every entry."""
+        self._later.clear()
         self._index.clear()
 
     def _evict(self) -> None:

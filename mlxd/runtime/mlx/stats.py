@@ -27,7 +27,7 @@ class WorkerStats:
     #: MLX's live array bytes and buffer-cache bytes, refreshed when the worker is idle.
     mlx_active_bytes: int = 0
     mlx_cache_bytes: int = 0
-    #: The bound on MLX's buffer cache (a share of the memory budget).
+    #: The bound on MLX's buffer cache (a share of the memory budget on a GPU, MLX's own on the CPU).
     mlx_cache_limit_bytes: int = 0
     #: The prompt caches of every loaded model, refreshed with the memory figures.
     prompt_cache_bytes: int = 0

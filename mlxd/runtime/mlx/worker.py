@@ -151,7 +151,9 @@ class MlxWorker:
                 self._clock.decoded(spent)
             if out:
                 self._loop.call_soon_threadsafe(deliver, out)
-            for runner in runners.values():  # finished sequences' caches, after their last events
+            # Finished sequences' caches, after their last events went out (each store waits
+            # for the work queued on MLX's stream so far: this pass's steps of every model).
+            for runner in runners.values():
                 runner.prompt_cache.store_pending()
 
     def _drain(self, *, block: bool) -> list[Command]:
