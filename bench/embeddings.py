@@ -1,13 +1,13 @@
 """Embeddings: throughput against the raw engine, and what a burst does to open streams.
 
-``python -m bench.embeddings [--total N] [--tokens T] [--reps R]`` builds a small decoder embedding
-model (qwen3, hidden 128, 4 layers; sentence-transformers files: last-token pooling,
-normalized) and, when mlx-embeddings is installed (``mlxd[embeddings]``), a BERT encoder of
+``python -m bench.embeddings [--total N] [--tokens T] [--reps R] [--format F] [--shape S]`` builds a
+decoder embedding model (qwen3, hidden 128, 4 layers by default; sentence-transformers files:
+last-token pooling, normalized) and, when mlx-embeddings is installed (``mlxd[embeddings]``), a BERT encoder of
 the same size (mean pooling, normalized); serves both with ``mlxd serve`` and measures, in
 one run:
 
-1. inputs/s at batch 1, 32 and 256 (one request of that many inputs at a time, float
-   vectors through ``/v1/embeddings``) against the raw engine: the same inputs through the
+1. inputs/s at batch 1, 32 and 256 (one request of that many inputs at a time, vectors
+   through ``/v1/embeddings`` as JSON numbers, or as base64 with ``--format base64``) against the raw engine: the same inputs through the
    model's own forward pass in-process (mlx-lm's model for the decoder: right-padded batch,
    last-token pooling; mlx-embeddings' for the encoder: masked batch, its own mean pooling;
    normalized, evaluated), in batches of the same size, the two taking turns ``R`` times
@@ -25,6 +25,7 @@ It prints Markdown for ``bench/RESULTS.md``.
 from __future__ import annotations
 
 import argparse
+import base64
 import itertools
 import statistics
 import tempfile
@@ -32,6 +33,7 @@ import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import httpx
 
@@ -117,10 +119,15 @@ def raw_encoder(model_dir: Path) -> Embedder:
     return run
 
 
-def _embed(client: httpx.Client, model: str, inputs: list[str]) -> list[list[float]]:
-    reply = client.post("/v1/embeddings", json={"model": model, "input": inputs, "encoding_format": "float"})
+def _embed(client: httpx.Client, model: str, inputs: list[str], fmt: str = "float") -> list[Any]:
+    """The vectors of ``inputs``: JSON numbers (``float``) or, as the official OpenAI SDK asks by
+    default, ``base64`` decoded to float32 arrays."""
+    import numpy as np
+
+    reply = client.post("/v1/embeddings", json={"model": model, "input": inputs, "encoding_format": fmt})
     reply.raise_for_status()
-    return [item["embedding"] for item in reply.json()["data"]]
+    rows = [item["embedding"] for item in reply.json()["data"]]
+    return rows if fmt == "float" else [np.frombuffer(base64.b64decode(row), dtype="<f4") for row in rows]
 
 
 def rate(embed: Embedder, batch: int, total: int, offset: int) -> float:
@@ -200,6 +207,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--tokens", type=int, default=300, help="tokens of the stream (default 300)")
     parser.add_argument("--reps", type=int, default=3, help="paired repetitions of each rate (default 3)")
     parser.add_argument(
+        "--format",
+        choices=("float", "base64"),
+        default="float",
+        help="encoding_format of the throughput requests (default float; the OpenAI SDK sends base64)",
+    )
+    parser.add_argument(
         "--shape",
         choices=sorted(SHAPES),
         default="tiny",
@@ -245,7 +258,10 @@ prefill_step_size = {PREFILL_STEP}
                         for batch in BATCHES:
                             total = max(batch, args.total if batch > 1 else args.total // 4)
                             served = rate(
-                                lambda xs, a=alias: _embed(client, a, xs), batch, total, rep * total
+                                lambda xs, a=alias: _embed(client, a, xs, args.format),
+                                batch,
+                                total,
+                                rep * total,
                             )
                             floor = rate(raws[alias], batch, total, rep * total)
                             rates[alias][batch].append((served, floor))
@@ -262,7 +278,10 @@ prefill_step_size = {PREFILL_STEP}
         "encoder": f"encoder (bert through mlx-embeddings, hidden {encoder_sizes['hidden_size']} x "
         f"{encoder_sizes['num_layers']} layers, mean)",
     }
-    print(f"Embeddings throughput (inputs/s, medians of {args.reps} paired repetitions), 8-40 word inputs\n")
+    print(
+        f"Embeddings throughput (inputs/s, medians of {args.reps} paired repetitions), 8-40 word inputs, "
+        f"`encoding_format` {args.format}\n"
+    )
     print("| model | batch | mlxd | raw engine | mlxd / raw (paired median) |")
     print("|---|---|---|---|---|")
     for alias in models:
