@@ -219,26 +219,26 @@ async def _levels(
     mlxd_rounds = max(plan.rounds, plan.memory_rounds) if top else plan.rounds
     say(f"{report.name}: {level} clients, {plan.rounds} rounds each ({mlxd_rounds} for mlxd)")
     async with contextlib.AsyncExitStack() as stack:
-        # With kept connections, each server's client opens them in a round before the measured ones.
-        # Kept connections: one client per simulated user, as each app holds its own SDK client.
-        # (Through one client's pool of 64 kept connections, httpx sent a round's requests one
-        # after another over ~0.5 s, its trace hooks showed: the client, not the server, set TTFT.)
-        mine_client = seed_client = None
+        # Kept connections: one client per simulated user, as each app holds its own SDK client
+        # (through one client's pool of 64 kept connections, httpx sent a round's requests one
+        # after another over ~0.5 s, its trace hooks showed: the client, not the server, set TTFT).
+        # Each server's clients open their connections in a round before the measured ones.
+        mine_kept = seed_kept = None
         if plan.keep_connections:
-            mine_client = [
+            mine_kept = [
                 await stack.enter_async_context(new_client(targets.mlxd.url, 1)) for _ in range(level)
             ]
-            seed_client = [
+            seed_kept = [
                 await stack.enter_async_context(new_client(targets.seed.url, 1)) for _ in range(level)
             ]
-            await _server_round(targets.mlxd.url, level, numbers, plan, mine_client)
-            await _server_round(targets.seed.url, level, numbers, plan, seed_client)
+            await _server_round(targets.mlxd.url, level, numbers, plan, mine_kept)
+            await _server_round(targets.seed.url, level, numbers, plan, seed_kept)
         for index in range(mlxd_rounds):
-            mine = Round(await _server_round(targets.mlxd.url, level, numbers, plan, mine_client))
+            mine = Round(await _server_round(targets.mlxd.url, level, numbers, plan, mine_kept))
             mine.memory = await _mlxd_memory(targets.mlxd)
             report.rounds.setdefault((level, MLXD), []).append(mine)
             if index < plan.rounds:
-                seed = Round(await _server_round(targets.seed.url, level, numbers, plan, seed_client))
+                seed = Round(await _server_round(targets.seed.url, level, numbers, plan, seed_kept))
                 report.rounds.setdefault((level, SEED), []).append(seed)
                 raw = Round(_raw_round(targets, level, numbers, plan))
                 report.rounds.setdefault((level, RAW), []).append(raw)

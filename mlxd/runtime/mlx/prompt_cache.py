@@ -57,8 +57,8 @@ class PromptCache:
         self.disk_hits = 0
         self.disk = disk
         self._index: PrefixIndex[list[Any]] = PrefixIndex()
-        #: Finished sequences' caches waiting for ``store_pending`` (see ``store_later``).
-        self._later: list[tuple[list[int], list[Any]]] = []
+        #: Finished sequences' caches (and ``min_tokens``) waiting for ``store_pending``.
+        self._later: list[tuple[list[int], list[Any], int]] = []
 
     def __len__(self) -> int:
         return len(self._index)
@@ -112,14 +112,13 @@ class PromptCache:
         """``store``, when ``store_pending`` runs: the worker calls it once the pass's events
         went out, so a finished sequence's last event does not wait for its cache to be
         materialised (which waits for the decode step in flight)."""
-        if self.max_bytes > 0 and len(tokens) >= max(min_tokens, MIN_REUSE):
-            self._later.append((tokens, layers))
+        self._later.append((tokens, layers, min_tokens))
 
     def store_pending(self) -> None:
         """Store what ``store_later`` was given."""
         later, self._later = self._later, []
-        for tokens, layers in later:
-            self.store(tokens, layers, min_tokens=0)
+        for tokens, layers, min_tokens in later:
+            self.store(tokens, layers, min_tokens=min_tokens)
 
     def _keep(self, tokens: list[int], layers: list[Any]) -> None:
         size = self.measure(layers)
