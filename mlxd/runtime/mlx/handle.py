@@ -123,6 +123,8 @@ class WorkerHandle:
 
     @property
     def alive(self) -> bool:
-        """True while the thread runs (also while it is still importing MLX)."""
+        """True while the thread runs (also while it is still importing MLX), false from
+        the moment a failed start is known, though the thread may not have ended yet."""
         worker = self._worker
-        return self._thread.is_alive() and (worker is None or worker.alive)
+        alive = self._thread.is_alive() and (worker is None or worker.alive)
+        return alive and self._refusal is None
