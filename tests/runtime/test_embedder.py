@@ -85,3 +85,34 @@ def test_read_pooling_follows_the_sentence_transformers_files(tmp_path: Path) ->
     modules[1]["path"] = "../outside"
     (tmp_path / "modules.json").write_text(json.dumps(modules))
     assert read_pooling(tmp_path).pooling == "last"  # a path out of the directory is never read
+
+
+def test_a_batch_takes_inputs_of_like_length_and_answers_in_the_request_order(model: Any) -> None:
+    from mlxd.runtime.mlx.commands import Embed
+    from mlxd.runtime.mlx.embed import DecoderForward, Embedder
+
+    mixed = [INPUTS[7], INPUTS[0], INPUTS[6], INPUTS[1]]  # 38, 3, 33 and 8 tokens
+    embedder = Embedder(DecoderForward(model))
+    future: Future[Any] = Future()
+    embedder.add(Embed(("m", None, None), mixed, "mean", True, future))  # type: ignore[arg-type]
+    padded = []
+    while embedder:
+        padded.append(embedder.step(80))
+    # [3, 8] then [33, 38]: 2 x 8 + 2 x 38 tokens; in the given order it would be 2 x 38 + 2 x 33
+    assert padded == [16, 76]
+    alone = np.stack([_run(model, [tokens], "mean", budget=4096)[0] for tokens in mixed])
+    assert np.allclose(future.result(), alone, atol=1e-5)
+
+
+def test_requests_that_pool_differently_share_a_batch(model: Any) -> None:
+    from mlxd.runtime.mlx.commands import Embed
+    from mlxd.runtime.mlx.embed import DecoderForward, Embedder
+
+    embedder = Embedder(DecoderForward(model))
+    futures: dict[str, Future[Any]] = {pooling: Future() for pooling in ("last", "mean", "cls")}
+    for pooling, future in futures.items():
+        embedder.add(Embed(("m", None, None), INPUTS[2:5], pooling, False, future))  # type: ignore[arg-type]
+    embedder.step(4096)
+    assert not embedder  # one batch ran all three requests
+    for pooling, future in futures.items():
+        assert np.allclose(future.result(), _run(model, INPUTS[2:5], pooling, 4096, normalize=False), atol=1e-5)

@@ -126,7 +126,10 @@ class Embedder:
     def add(self, command: Embed) -> None:
         """Queue a request's inputs (they run in the coming passes)."""
         job = _Job(command, [None] * len(command.tokens), len(command.tokens))
-        self._queue.extend(_Input(job, i, tokens) for i, tokens in enumerate(command.tokens))
+        # Shortest first: neighbours in a batch have about the same length, so little of it
+        # is padding (the vectors go back in the request's own order).
+        order = sorted(range(len(command.tokens)), key=lambda i: len(command.tokens[i]))
+        self._queue.extend(_Input(job, i, command.tokens[i]) for i in order)
 
     def step(self, budget: int) -> int:
         """Run one batch of at most ``budget`` tokens (padding included), or one chunk of a
@@ -157,11 +160,14 @@ class Embedder:
             chosen.append(self._queue.popleft())
             longest = width
         states = self._forward.states([item.tokens for item in chosen])
-        lengths = [len(item.tokens) for item in chosen]
-        pooled = []
-        for row, (item, length) in enumerate(zip(chosen, lengths, strict=True)):
-            pooled.append(_pool(states[row, :length], item.job.command.pooling))
-        self._finish(chosen, pooled)
+        lengths = mx.array([len(item.tokens) for item in chosen])
+        poolings = [item.job.command.pooling for item in chosen]
+        pooled = {pooling: _pool(states, lengths, pooling) for pooling in set(poolings)}
+        if len(pooled) == 1:
+            vectors = pooled[poolings[0]]
+        else:  # aliases of one model that pool differently, in one batch
+            vectors = mx.stack([pooled[pooling][row] for row, pooling in enumerate(poolings)])
+        self._finish(chosen, vectors)
         return longest * len(chosen)
 
     def _chunk(self, item: _Input, budget: int) -> int:
@@ -184,12 +190,12 @@ class Embedder:
         self._queue.popleft()
         item.cache = None
         vector = item.pooled / len(item.tokens) if pooling == "mean" else item.pooled
-        self._finish([item], [vector])
+        self._finish([item], vector[None])
         return len(chunk)
 
-    def _finish(self, items: list[_Input], vectors: list[Any]) -> None:
+    def _finish(self, items: list[_Input], stacked: Any) -> None:
+        """Settle ``items`` with their vectors (one row each)."""
         normalize = [item.job.command.normalize for item in items]
-        stacked = mx.stack(vectors)
         norms = mx.maximum(mx.linalg.norm(stacked, axis=-1, keepdims=True), 1e-12)
         scaled = mx.where(mx.array(normalize)[:, None], stacked / norms, stacked)
         rows = np.asarray(scaled, dtype=np.float32)
@@ -210,10 +216,12 @@ class Embedder:
             job.command.future.set_exception(error)
 
 
-def _pool(states: Any, pooling: str) -> Any:
-    """One input's vector from its hidden states (positions x hidden size)."""
+def _pool(states: Any, lengths: Any, pooling: str) -> Any:
+    """Each row's vector from a batch's hidden states (rows x positions x hidden size),
+    reading only its first ``lengths[row]`` positions."""
     if pooling == "mean":
-        return states.mean(axis=0)
+        real = mx.arange(states.shape[1])[None, :] < lengths[:, None]
+        return mx.where(real[..., None], states, 0.0).sum(axis=1) / lengths[:, None]
     if pooling == "cls":
-        return states[0]
-    return states[-1]
+        return states[:, 0]
+    return states[mx.arange(states.shape[0]), lengths - 1]
