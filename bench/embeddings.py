@@ -1,17 +1,20 @@
 """Embeddings: throughput against the raw engine, and what a burst does to open streams.
 
-``python -m bench.embeddings [--total N] [--tokens T] [--reps R] [--format F] [--shape S]`` builds a
-decoder embedding model (qwen3, hidden 128, 4 layers by default; sentence-transformers files:
-last-token pooling, normalized) and, when mlx-embeddings is installed (``mlxd[embeddings]``), a BERT encoder of
-the same size (mean pooling, normalized); serves both with ``mlxd serve`` and measures, in
-one run:
+``python -m bench.embeddings [--total N] [--tokens T] [--reps R] [--format F] [--shape S]
+[--profile FILE]`` builds a decoder embedding model (qwen3, hidden 128, 4 layers by default;
+sentence-transformers files: last-token pooling, normalized) and, when mlx-embeddings is
+installed (``mlxd[embeddings]``), a BERT encoder of the same size (mean pooling, normalized);
+serves both with ``mlxd serve`` (under the sampling profiler with ``--profile``) and
+measures, in one run:
 
 1. inputs/s at batch 1, 32 and 256 (one request of that many inputs at a time, vectors
-   through ``/v1/embeddings`` as JSON numbers, or as base64 with ``--format base64``) against the raw engine: the same inputs through the
-   model's own forward pass in-process (mlx-lm's model for the decoder: right-padded batch,
-   last-token pooling; mlx-embeddings' for the encoder: masked batch, its own mean pooling;
-   normalized, evaluated), in batches of the same size, the two taking turns ``R`` times
-   (the ratio is the median of the paired ratios);
+   through ``/v1/embeddings`` as JSON numbers, or as base64 with ``--format base64``) against
+   the raw engine: the same inputs through the model's own forward pass in-process (mlx-lm's
+   model for the decoder: right-padded batch, last-token pooling; mlx-embeddings' for the
+   encoder: masked batch, its own mean pooling; normalized, evaluated), in batches of the
+   same size, the two taking turns ``R`` times (the ratio is the median of the paired
+   ratios); and where a request's time goes: until its reply arrived, then the client's
+   decoding;
 2. the largest difference between a batch's vectors and the same inputs' vectors one at a
    time (32 inputs of 8 to 40 words);
 3. the inter-chunk gap of one stream (``stream_interval = 0``: a chunk per token) alone,
@@ -72,6 +75,8 @@ def texts(count: int, offset: int = 0) -> list[str]:
 
 
 Embedder = Callable[[list[str]], object]
+#: (seconds until a reply arrived, seconds decoding it) per request.
+Split = list[tuple[float, float]]
 
 
 def raw_decoder(model_dir: Path) -> tuple[Embedder, float]:
@@ -119,15 +124,24 @@ def raw_encoder(model_dir: Path) -> Embedder:
     return run
 
 
-def _embed(client: httpx.Client, model: str, inputs: list[str], fmt: str = "float") -> list[Any]:
+def _embed(
+    client: httpx.Client, model: str, inputs: list[str], fmt: str = "float", split: Split | None = None
+) -> list[Any]:
     """The vectors of ``inputs``: JSON numbers (``float``) or, as the official OpenAI SDK asks by
-    default, ``base64`` decoded to float32 arrays."""
+    default, ``base64`` decoded to float32 arrays. ``split`` gets the seconds until the reply
+    had arrived and the seconds the client then spent decoding it."""
     import numpy as np
 
+    started = time.perf_counter()
     reply = client.post("/v1/embeddings", json={"model": model, "input": inputs, "encoding_format": fmt})
     reply.raise_for_status()
+    arrived = time.perf_counter()
     rows = [item["embedding"] for item in reply.json()["data"]]
-    return rows if fmt == "float" else [np.frombuffer(base64.b64decode(row), dtype="<f4") for row in rows]
+    if fmt == "base64":
+        rows = [np.frombuffer(base64.b64decode(row), dtype="<f4") for row in rows]
+    if split is not None:
+        split.append((arrived - started, time.perf_counter() - arrived))
+    return rows
 
 
 def rate(embed: Embedder, batch: int, total: int, offset: int) -> float:
@@ -218,6 +232,11 @@ def main(argv: list[str] | None = None) -> None:
         default="tiny",
         help="model sizes: tiny (default) or real (accelerators)",
     )
+    parser.add_argument(
+        "--profile",
+        type=Path,
+        help="run mlxd under the sampling profiler (bench.profiled), its folded stacks into this file",
+    )
     args = parser.parse_args(argv)
     sizes, encoder_sizes = SHAPES[args.shape]
     import importlib.util
@@ -240,8 +259,9 @@ stream_interval = 0
 keep_alive = "forever"
 prefill_step_size = {PREFILL_STEP}
 {aliases}"""
-        server = start_mlxd_with(config, Path(tmp) / "mlxd")
+        server = start_mlxd_with(config, Path(tmp) / "mlxd", profile=args.profile)
         rates: dict[str, dict[int, list[tuple[float, float]]]] = {a: {b: [] for b in BATCHES} for a in models}
+        splits: dict[str, dict[int, Split]] = {a: {b: [] for b in BATCHES} for a in models}
         differences: dict[str, float] = {}
         beside: dict[str, tuple[list[float], int]] = {}
         raw_decoder_run, step = raw_decoder(model)
@@ -258,7 +278,7 @@ prefill_step_size = {PREFILL_STEP}
                         for batch in BATCHES:
                             total = max(batch, args.total if batch > 1 else args.total // 4)
                             served = rate(
-                                lambda xs, a=alias: _embed(client, a, xs, args.format),
+                                lambda xs, a=alias, b=batch: _embed(client, a, xs, args.format, splits[a][b]),
                                 batch,
                                 total,
                                 rep * total,
@@ -291,6 +311,19 @@ prefill_step_size = {PREFILL_STEP}
             floor = statistics.median(p[1] for p in pairs)
             ratio = statistics.median(p[0] / p[1] for p in pairs)
             print(f"| {names[alias]} | {batch} | {served:.0f} | {floor:.0f} | {ratio:.2f}× |")
+    print(
+        "\nWhere one request's time goes (ms, medians): until its reply had arrived (HTTP, tokenizing, "
+        "the model, encoding the reply), then the client decoding it; beside, the raw engine's time "
+        "for the same batch:\n"
+    )
+    print("| model | batch | reply arrived | client decoding | raw engine |")
+    print("|---|---|---|---|---|")
+    for alias in models:
+        for batch in BATCHES:
+            arrived = statistics.median(split[0] for split in splits[alias][batch]) * 1e3
+            decoding = statistics.median(split[1] for split in splits[alias][batch]) * 1e3
+            floor = batch / statistics.median(p[1] for p in rates[alias][batch]) * 1e3
+            print(f"| {names[alias]} | {batch} | {arrived:.1f} | {decoding:.1f} | {floor:.1f} |")
     print("\nBatched against one at a time (32 inputs), largest difference of any value:\n")
     print("| model | max abs difference |")
     print("|---|---|")
