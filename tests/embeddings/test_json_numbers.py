@@ -29,5 +29,7 @@ def test_unit_vectors_take_nine_digits_not_seventeen() -> None:
     short = msgspec.json.encode(as_floats(vectors))
     full = msgspec.json.encode(vectors.tolist())
     assert len(short) < 0.7 * len(full)
-    mantissas = [repr(abs(x)).split("e")[0].replace(".", "").strip("0") for row in as_floats(vectors) for x in row]
+    mantissas = [
+        repr(abs(x)).split("e")[0].replace(".", "").strip("0") for row in as_floats(vectors) for x in row
+    ]
     assert max(len(m) for m in mantissas) == 9

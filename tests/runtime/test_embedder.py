@@ -115,4 +115,6 @@ def test_requests_that_pool_differently_share_a_batch(model: Any) -> None:
     embedder.step(4096)
     assert not embedder  # one batch ran all three requests
     for pooling, future in futures.items():
-        assert np.allclose(future.result(), _run(model, INPUTS[2:5], pooling, 4096, normalize=False), atol=1e-5)
+        assert np.allclose(
+            future.result(), _run(model, INPUTS[2:5], pooling, 4096, normalize=False), atol=1e-5
+        )
