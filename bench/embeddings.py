@@ -259,7 +259,7 @@ stream_interval = 0
 keep_alive = "forever"
 prefill_step_size = {PREFILL_STEP}
 {aliases}"""
-        server = start_mlxd_with(config, Path(tmp) / "mlxd", profile=args.profile)
+        server = start_mlxd_with(config, Path(tmp) / "mlxd", profile=args.profile and args.profile.resolve())
         rates: dict[str, dict[int, list[tuple[float, float]]]] = {a: {b: [] for b in BATCHES} for a in models}
         splits: dict[str, dict[int, Split]] = {a: {b: [] for b in BATCHES} for a in models}
         differences: dict[str, float] = {}
@@ -283,6 +283,7 @@ prefill_step_size = {PREFILL_STEP}
                                 total,
                                 rep * total,
                             )
+                            del splits[alias][batch][-total // batch - 1]  # the warm-up's
                             floor = rate(raws[alias], batch, total, rep * total)
                             rates[alias][batch].append((served, floor))
                 for alias in models:

@@ -84,9 +84,12 @@ def as_floats(vectors: npt.NDArray[np.float32]) -> list[list[float]]:
     exact = vectors.astype(np.float64)
     magnitude = np.abs(exact)
     with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
-        exponent = np.floor(np.log10(np.where(magnitude > 0, magnitude, 1.0)))
-        scale = 10.0 ** (8 - exponent)
-        short = np.round(exact * scale) / scale
+        digits = 8 - np.floor(np.log10(np.where(magnitude > 0, magnitude, 1.0)))
+        # An integer times or over an exact power of ten (up to 1e22) is the double nearest
+        # the 9-digit decimal, which then prints as those 9 digits: so for magnitudes from
+        # 1e-14 to 1e30; further out, some values take more digits (and still read back).
+        up, down = 10.0 ** np.maximum(digits, 0), 10.0 ** np.maximum(-digits, 0)
+        short = np.round(exact * up / down) / up * down
     # Where rounding could not keep the value (the extremes of float32's range), it stays whole.
     kept = np.isfinite(short) & (short.astype(np.float32) == vectors)
     return np.where(kept, short, exact).tolist()  # type: ignore[no-any-return]

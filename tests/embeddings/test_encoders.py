@@ -135,3 +135,37 @@ def test_without_the_extra_the_load_error_says_how_to_get_it(
         load_base(encoder_dirs["bert"])
     assert "encoder embedding model (bert)" in refused.value.message
     assert "pip install 'mlxd[embeddings]'" in (refused.value.hint or "")
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_an_input_over_the_budget_runs_a_layer_per_step(tmp_path: Path, family: str) -> None:
+    """While streams decode, an encoder input larger than the step's budget cannot be cut into
+    chunks: it runs one layer per worker pass, and its vector is the one it gets whole."""
+    import json
+    from concurrent.futures import Future
+    from typing import Any
+
+    from mlxd.runtime.demo_embedders import build_encoder_model
+    from mlxd.runtime.mlx.commands import Embed
+    from mlxd.runtime.mlx.embed import Embedder
+    from mlxd.runtime.mlx.encoder import load_encoder
+
+    path = build_encoder_model(tmp_path / family, family=family, num_layers=3)
+    config = json.loads((path / "config.json").read_text())
+    _, _, forward = load_encoder(path, config, config["model_type"])
+    rows = [[7 + i % 50 for i in range(40)], [9, 10, 11]]
+
+    def embed(budget: int) -> tuple[np.ndarray, list[int]]:
+        embedder = Embedder(forward)
+        future: Future[Any] = Future()
+        embedder.add(Embed(("m", None, None), rows, "mean", True, future))  # type: ignore[arg-type]
+        ran = []
+        while embedder:
+            ran.append(embedder.step(budget))
+        return future.result(), ran
+
+    whole, whole_steps = embed(4096)
+    layered, layered_steps = embed(8)
+    assert whole_steps == [80]  # both rows in one batch, padded to 40 tokens
+    assert layered_steps == [3, 14, 14, 14]  # the short one alone, then the long one's 3 layers
+    assert np.allclose(layered, whole, atol=1e-5)

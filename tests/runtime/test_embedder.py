@@ -115,6 +115,34 @@ def test_requests_that_pool_differently_share_a_batch(model: Any) -> None:
     embedder.step(4096)
     assert not embedder  # one batch ran all three requests
     for pooling, future in futures.items():
-        assert np.allclose(
-            future.result(), _run(model, INPUTS[2:5], pooling, 4096, normalize=False), atol=1e-5
-        )
+        alone = [_run(model, [tokens], pooling, 8, normalize=False)[0] for tokens in INPUTS[2:5]]  # in chunks
+        assert np.allclose(future.result(), np.stack(alone), atol=1e-5)
+
+
+def test_a_failed_batch_fails_every_request_in_it_and_the_next_ones_still_run() -> None:
+    from mlxd.errors import GenerationError
+    from mlxd.runtime.mlx.commands import Embed
+    from mlxd.runtime.mlx.embed import Embedder
+
+    class Broken:
+        chunked = True
+
+        def states(self, rows: list[list[int]]) -> Any:
+            if any(7 in row for row in rows):
+                raise RuntimeError("out of memory")
+            import mlx.core as mx
+
+            return mx.ones((len(rows), max(map(len, rows)), 4))
+
+    embedder = Embedder(Broken())  # type: ignore[arg-type]
+    futures: list[Future[Any]] = [Future() for _ in range(3)]
+    embedder.add(Embed(("m", None, None), [[1, 2], [7]], "mean", True, futures[0]))  # type: ignore[arg-type]
+    embedder.add(Embed(("m", None, None), [[3]], "mean", True, futures[1]))  # type: ignore[arg-type]
+    embedder.step(4096)  # one batch holds both requests' inputs, and fails
+    embedder.add(Embed(("m", None, None), [[4, 5]], "last", False, futures[2]))  # type: ignore[arg-type]
+    while embedder:
+        embedder.step(4096)
+    for future in futures[:2]:
+        with pytest.raises(GenerationError, match="embedding failed: out of memory"):
+            future.result(timeout=0)
+    assert futures[2].result(timeout=0).tolist() == [[1.0, 1.0, 1.0, 1.0]]

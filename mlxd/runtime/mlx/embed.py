@@ -13,8 +13,8 @@ than the budget runs alone, a chunk per pass, through a KV cache of its own.
 
 The model is reached through a ``Forward``: ``DecoderForward`` here for mlx-lm models, and
 ``encoder.EncoderForward`` for encoder models (mlx-embeddings), whose attention sees the
-whole input, so their padding is masked instead, and whose long inputs run whole (they
-have no KV cache; their context is a few hundred tokens).
+whole input, so their padding is masked instead, and which have no KV cache to chunk
+through: a batch of theirs larger than the budget runs a layer per pass instead.
 
 Pooling (``last``, ``mean``, ``cls``) reads the model's final hidden states (after its
 last norm); vectors are normalized to unit length when asked.
@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import logging
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -70,6 +71,11 @@ class Forward(Protocol):
         """Float32 states (positions x hidden) of the next chunk of a long input."""
         ...
 
+    def layered(self, rows: list[list[int]]) -> tuple[list[Any], Any]:
+        """``states(rows)`` built but not evaluated, and the layer outputs it goes through in
+        order, to evaluate one at a time (none where the model is not split so)."""
+        ...
+
 
 class DecoderForward:
     """An mlx-lm model: causal attention, so right padding changes no real position."""
@@ -91,12 +97,26 @@ class DecoderForward:
     def chunk(self, tokens: list[int], cache: list[Any]) -> Any:
         return self._states(mx.array(tokens)[None], cache=cache)[0].astype(mx.float32)
 
+    def layered(self, rows: list[list[int]]) -> tuple[list[Any], Any]:
+        return [], self.states(rows)  # a long input runs in chunks instead
+
 
 @dataclass(slots=True)
 class _Job:
     command: Embed
     rows: list[npt.NDArray[np.float32] | None]
     left: int
+
+
+@dataclass(slots=True)
+class _Layered:
+    """A batch whose forward pass runs a layer per pass: the layers' outputs still to
+    evaluate, and the vectors at the end of them."""
+
+    items: list[_Input]
+    layers: list[Any]
+    vectors: Any
+    share: int  # the batch's padded tokens over its layers
 
 
 @dataclass(slots=True)
@@ -117,11 +137,12 @@ class Embedder:
     def __init__(self, forward: Forward) -> None:
         self._forward = forward
         self._queue: deque[_Input] = deque()
+        self._layered: _Layered | None = None
         #: Tokens run so far (for the worker's counters).
         self.tokens = 0
 
     def __bool__(self) -> bool:
-        return bool(self._queue)
+        return bool(self._queue) or self._layered is not None
 
     def add(self, command: Embed) -> None:
         """Queue a request's inputs (they run in the coming passes)."""
@@ -132,24 +153,35 @@ class Embedder:
         self._queue.extend(_Input(job, i, command.tokens[i]) for i in order)
 
     def step(self, budget: int) -> int:
-        """Run one batch of at most ``budget`` tokens (padding included), or one chunk of a
-        long input; settle every request whose last input finished. Returns the tokens run."""
+        """Run one batch of at most ``budget`` tokens (padding included), one chunk of a
+        long input, or one layer of a batch too large for the budget that cannot be chunked;
+        settle every request whose last input finished. Returns the tokens run (a layer's
+        share of its batch's)."""
+        if self._layered is not None:
+            items = self._layered.items
+            return self._guarded(items, self._next_layer)
         head = self._queue[0]
-        try:
-            if head.fed or (len(head.tokens) > budget and self._forward.chunked):
-                return self._chunk(head, budget)
-            return self._batch(budget)
-        except Exception as exc:
-            log.exception("an embedding batch failed")
-            self._fail(head.job, exc)
-            return 0
+        if head.fed or (len(head.tokens) > budget and self._forward.chunked):
+            return self._guarded([head], lambda: self._chunk(head, budget))
+        chosen = self._choose(budget)
+        return self._guarded(chosen, lambda: self._batch(chosen, budget))
 
     def fail_all(self, message: str) -> None:
         """Fail every queued request (the model is going away)."""
-        for job in {id(item.job): item.job for item in self._queue}.values():
-            self._fail(job, GenerationError(message))
+        items = [*self._queue, *(self._layered.items if self._layered is not None else ())]
+        self._fail_jobs(items, GenerationError(message))
 
-    def _batch(self, budget: int) -> int:
+    def _guarded(self, items: list[_Input], run: Callable[[], int]) -> int:
+        """``run()``; when it fails, so does every request with an input among ``items``."""
+        try:
+            return run()
+        except Exception as exc:
+            log.exception("an embedding batch failed")
+            self._layered = None
+            self._fail_jobs(items, exc)
+            return 0
+
+    def _choose(self, budget: int) -> list[_Input]:
         chosen: list[_Input] = []
         longest = 0
         while self._queue and not self._queue[0].fed:
@@ -159,16 +191,38 @@ class Embedder:
                 break
             chosen.append(self._queue.popleft())
             longest = width
-        states = self._forward.states([item.tokens for item in chosen])
+        return chosen
+
+    def _batch(self, chosen: list[_Input], budget: int) -> int:
+        rows = [item.tokens for item in chosen]
+        padded = max(len(row) for row in rows) * len(rows)
+        if padded > budget:  # one input that cannot be chunked: a layer at a time
+            layers, states = self._forward.layered(rows)
+        else:
+            layers, states = [], self._forward.states(rows)
+        vectors = self._pooled(chosen, states)
+        if layers:
+            self._layered = _Layered(chosen, layers, vectors, -(-padded // len(layers)))
+            return self._next_layer()
+        self._finish(chosen, vectors)
+        return padded
+
+    def _next_layer(self) -> int:
+        layered = self._layered
+        assert layered is not None
+        mx.eval(layered.layers.pop(0))
+        if not layered.layers:  # the last layer: the rest of the pass (norm, pooling) is small
+            self._layered = None
+            self._finish(layered.items, layered.vectors)
+        return layered.share
+
+    def _pooled(self, chosen: list[_Input], states: Any) -> Any:
         lengths = mx.array([len(item.tokens) for item in chosen])
         poolings = [item.job.command.pooling for item in chosen]
         pooled = {pooling: _pool(states, lengths, pooling) for pooling in set(poolings)}
-        if len(pooled) == 1:
-            vectors = pooled[poolings[0]]
-        else:  # aliases of one model that pool differently, in one batch
-            vectors = mx.stack([pooled[pooling][row] for row, pooling in enumerate(poolings)])
-        self._finish(chosen, vectors)
-        return longest * len(chosen)
+        if len(pooled) > 1:  # aliases of one model that pool differently, in one batch
+            return mx.stack([pooled[pooling][row] for row, pooling in enumerate(poolings)])
+        return pooled[poolings[0]]
 
     def _chunk(self, item: _Input, budget: int) -> int:
         if item.cache is None:
@@ -207,13 +261,16 @@ class Embedder:
             if job.left == 0 and not job.command.future.done():
                 job.command.future.set_result(np.stack(job.rows))  # type: ignore[arg-type]
 
-    def _fail(self, job: _Job, exc: BaseException) -> None:
-        with tagged(job.command.request_id):
-            log.error("embedding failed: %s", exc)
-        self._queue = deque(item for item in self._queue if item.job is not job)
-        if not job.command.future.done():
-            error = exc if isinstance(exc, GenerationError) else GenerationError(f"embedding failed: {exc}")
-            job.command.future.set_exception(error)
+    def _fail_jobs(self, items: list[_Input], exc: BaseException) -> None:
+        """Fail each request with an input among ``items``, and drop its other inputs."""
+        jobs = {id(item.job): item.job for item in items}
+        self._queue = deque(item for item in self._queue if id(item.job) not in jobs)
+        error = exc if isinstance(exc, GenerationError) else GenerationError(f"embedding failed: {exc}")
+        for job in jobs.values():
+            with tagged(job.command.request_id):
+                log.error("embedding failed: %s", exc)
+            if not job.command.future.done():
+                job.command.future.set_exception(error)
 
 
 def _pool(states: Any, lengths: Any, pooling: str) -> Any:

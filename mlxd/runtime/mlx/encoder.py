@@ -9,12 +9,15 @@ These models only embed: a generation request for one is refused at admission.
 The attention of an encoder sees every position, padding included, so a batch of inputs
 of different lengths is right-padded with the model's padding token and masked; each row
 then gets the states it gets alone, to float tolerance. An encoder has no KV cache, so an
-input longer than a batch's budget runs whole, alone (its context is a few hundred to a
-few thousand tokens).
+input cannot be cut into chunks as a decoder's is; a batch larger than the worker's budget
+(while streams decode, one decode step) runs a layer per pass instead: its whole forward
+pass is built lazily, with a tap on each layer's output, and the worker evaluates one more
+layer at each pass (``LayerTaps``), so no stream waits for a whole input of a deep encoder.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +25,62 @@ import mlx.core as mx
 
 from mlxd.config.families import EMBEDDINGS_HINT
 from mlxd.errors import GenerationError, ModelLoadError, ModelUnsupportedError
+
+
+class LayerTaps:
+    """Records the output of each of a model's layers while ``record`` runs its forward pass.
+
+    The layers are the model's longest list of modules (``encoder.layer`` of BERT and
+    XLM-RoBERTa, ``model.layers`` of ModernBERT); each gets a subclass of its own class whose
+    call also hands its output to the recording in progress, so the model's parameters and
+    its forward pass stay the library's own.
+    """
+
+    def __init__(self, model: Any) -> None:
+        self._outputs: list[Any] | None = None
+        self.layers = _layer_list(model)
+        tapped: dict[type, type] = {}
+        for layer in self.layers:
+            cls = type(layer)
+            if cls not in tapped:
+                tapped[cls] = self._tapped(cls)
+            layer.__class__ = tapped[cls]
+
+    def _tapped(self, cls: type) -> type:
+        taps = self
+
+        class Tapped(cls):  # type: ignore[misc]
+            def __call__(self, *args: Any, **kwargs: Any) -> Any:
+                out = super().__call__(*args, **kwargs)
+                if taps._outputs is not None:
+                    taps._outputs.append(out)
+                return out
+
+        Tapped.__name__, Tapped.__qualname__ = cls.__name__, cls.__qualname__
+        return Tapped
+
+    def record(self, forward: Callable[[], Any]) -> tuple[list[Any], Any]:
+        """``forward()``'s result (lazy, nothing evaluated) and the layer outputs it goes
+        through, in order."""
+        self._outputs = []
+        try:
+            result = forward()
+            return self._outputs, result
+        finally:
+            self._outputs = None
+
+
+def _layer_list(model: Any) -> list[Any]:
+    """The model's longest list of sub-modules (its layers; empty where it has none)."""
+    groups: dict[str, dict[int, Any]] = {}
+    for name, module in model.named_modules():
+        parent, _, index = name.rpartition(".")
+        if index.isdigit():
+            groups.setdefault(parent, {})[int(index)] = module
+    if not groups:
+        return []
+    longest = max(groups.values(), key=len)
+    return [longest[i] for i in sorted(longest)]
 
 
 class EncoderForward:
@@ -34,6 +93,11 @@ class EncoderForward:
         self._pad = pad_id
         # ModernBERT's task model pools inside its head: its encoder gives the token states.
         self._encoder = model.model if family == "modernbert" else None
+        self._taps = LayerTaps(model)
+
+    def layered(self, rows: list[list[int]]) -> tuple[list[Any], Any]:
+        """``states(rows)``, built but not evaluated, and the layer outputs it goes through."""
+        return self._taps.record(lambda: self.states(rows))
 
     def states(self, rows: list[list[int]]) -> Any:
         longest = max(len(row) for row in rows)

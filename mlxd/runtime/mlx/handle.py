@@ -96,9 +96,9 @@ class WorkerHandle:
 
     def _not_started(self, error: StartupError) -> None:
         """On the loop: report the failure, then refuse what is queued and all that comes."""
+        self._refusal = UnavailableError(error.message)  # unhealthy from here on
         if self._on_start_failed is not None:
             self._on_start_failed(error)
-        self._refusal = UnavailableError(error.message)
         self._refuse_queued()
 
     def _refuse_queued(self) -> None:
