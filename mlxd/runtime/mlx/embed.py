@@ -55,7 +55,7 @@ class Forward(Protocol):
     """How an ``Embedder`` runs its model."""
 
     #: True when an input longer than a batch's budget can run a chunk at a time (``open``,
-    #: ``chunk``); else it runs whole, in a batch of its own.
+    #: ``chunk``); else it runs in a batch of its own, a layer per pass (``layered``).
     chunked: bool
 
     def states(self, rows: list[list[int]]) -> Any:
