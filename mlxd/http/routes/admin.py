@@ -43,7 +43,13 @@ def admin_router(state: DaemonState) -> Router:
         if state.draining:
             return _json({"status": "draining"}, 503)
         if not state.engine.healthy():
-            return _json({"status": "unhealthy", "reason": "the MLX worker is restarting"}, 503)
+            return _json(
+                {
+                    "status": "unhealthy",
+                    "reason": "the MLX worker is not running (restarting, or it could not start)",
+                },
+                503,
+            )
         return _json({"status": "ok"})
 
     @get("/mlxd/status")
