@@ -158,8 +158,7 @@ class Embedder:
         settle every request whose last input finished. Returns the tokens run (a layer's
         share of its batch's)."""
         if self._layered is not None:
-            items = self._layered.items
-            return self._guarded(items, self._next_layer)
+            return self._guarded(self._layered.items, self._next_layer)
         head = self._queue[0]
         if head.fed or (len(head.tokens) > budget and self._forward.chunked):
             return self._guarded([head], lambda: self._chunk(head, budget))

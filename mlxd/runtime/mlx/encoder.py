@@ -38,9 +38,8 @@ class LayerTaps:
 
     def __init__(self, model: Any) -> None:
         self._outputs: list[Any] | None = None
-        self.layers = _layer_list(model)
         tapped: dict[type, type] = {}
-        for layer in self.layers:
+        for layer in _layer_list(model):
             cls = type(layer)
             if cls not in tapped:
                 tapped[cls] = self._tapped(cls)
