@@ -35,7 +35,7 @@ def encoder_dirs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 
 @pytest.fixture(scope="module")
 def served(
-    encoder_dirs: dict[str, Path], tmp_path_factory: pytest.TempPathFactory
+    encoder_dirs: dict[str, Path], tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[RunningDaemon]:
     aliases = "".join(f'\n[models.{family}]\nmodel = "{path}"\n' for family, path in encoder_dirs.items())
     config = f"""
@@ -44,6 +44,10 @@ port = 0
 
 [runtime]
 keep_alive = "forever"
+prefill_step_size = 64  # while a stream decodes, no embedding batch exceeds it
+
+[models.chat]
+model = "{tiny_model_dir}"
 
 [models.bert-cls]
 model = "{encoder_dirs["bert"]}"
@@ -169,3 +173,33 @@ def test_an_input_over_the_budget_runs_a_layer_per_step(tmp_path: Path, family: 
     assert whole_steps == [80]  # both rows in one batch, padded to 40 tokens
     assert layered_steps == [3, 14, 14, 14]  # the short one alone, then the long one's 3 layers
     assert np.allclose(layered, whole, atol=1e-5)
+
+
+def test_beside_an_open_stream_an_encoder_gives_the_vectors_it_gives_idle(
+    oai: openai.OpenAI, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """While a stream decodes, an embedding batch is at most ``prefill_step_size`` tokens (64
+    here), so these inputs (about 100 tokens) run a layer per pass; through the daemon they
+    come out as they do with nothing else running."""
+    from mlxd.runtime.mlx.embed import Embedder
+
+    layers: list[int] = []
+    next_layer = Embedder._next_layer
+
+    def counted(self: Embedder) -> int:
+        layers.append(1)
+        return next_layer(self)
+
+    monkeypatch.setattr(Embedder, "_next_layer", counted)  # the daemon runs in this process
+    long_inputs = [("the small daemon wakes up " * 20) + f"again {i}" for i in range(3)]
+    idle = _vectors(oai.embeddings.create(model="bert", input=long_inputs, encoding_format="float"))
+    assert not layers  # with nothing decoding, one batch runs whole
+    stream = oai.completions.create(
+        model="chat", prompt="Once upon a time", max_tokens=400, stream=True, temperature=0
+    )
+    chunks = iter(stream)
+    next(chunks)  # the stream decodes from here on
+    beside = _vectors(oai.embeddings.create(model="bert", input=long_inputs, encoding_format="float"))
+    assert sum(1 for _ in chunks) > 10  # and went on after
+    assert len(layers) >= 2 * len(long_inputs)  # each input a layer at a time (2 layers here)
+    assert np.allclose(beside, idle, atol=1e-5)
