@@ -11,8 +11,10 @@ from __future__ import annotations
 import base64
 from typing import Any
 
+import msgspec
 import numpy as np
 import numpy.typing as npt
+import orjson
 
 from mlxd.config.schema import MlxdConfig
 from mlxd.errors import RequestError
@@ -77,22 +79,13 @@ def resolve_embeddings(
     )
 
 
-def as_floats(vectors: npt.NDArray[np.float32]) -> list[list[float]]:
-    """The vectors as JSON numbers, each with the 9 significant digits that read back as the
-    same float32 (float64's shortest form of a float32 takes up to 17: the reply is a third
-    smaller, and a client parses it 2-3 times faster)."""
-    exact = vectors.astype(np.float64)
-    magnitude = np.abs(exact)
-    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
-        digits = 8 - np.floor(np.log10(np.where(magnitude > 0, magnitude, 1.0)))
-        # An integer times or over an exact power of ten (up to 1e22) is the double nearest
-        # the 9-digit decimal, which then prints as those 9 digits: so for magnitudes from
-        # 1e-14 to 1e30; further out, some values take more digits (and still read back).
-        up, down = 10.0 ** np.maximum(digits, 0), 10.0 ** np.maximum(-digits, 0)
-        short = np.round(exact * up / down) / up * down
-    # Where rounding could not keep the value (the extremes of float32's range), it stays whole.
-    kept = np.isfinite(short) & (short.astype(np.float32) == vectors)
-    return np.where(kept, short, exact).tolist()  # type: ignore[no-any-return]
+def as_floats(vectors: npt.NDArray[np.float32]) -> list[msgspec.Raw]:
+    """Each vector as a JSON array of numbers, ready to embed in a reply: every value the
+    shortest decimal that reads back as the same float32 (orjson writes float32 arrays
+    directly; float64's shortest form of a float32 takes up to 17 digits, so the reply is
+    about 40% smaller, and writing it takes a quarter of the time of Python floats)."""
+    rows = np.ascontiguousarray(vectors, dtype=np.float32)
+    return [msgspec.Raw(orjson.dumps(row, option=orjson.OPT_SERIALIZE_NUMPY)) for row in rows]
 
 
 def as_base64(row: npt.NDArray[np.float32]) -> str:

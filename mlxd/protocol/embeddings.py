@@ -26,10 +26,11 @@ class EmbeddingRequest(msgspec.Struct, forbid_unknown_fields=False, kw_only=True
 
 
 class EmbeddingData(msgspec.Struct):
-    """One input's vector: floats, or base64 of little-endian float32."""
+    """One input's vector: a JSON array of floats (written ahead), or base64 of
+    little-endian float32."""
 
     index: int
-    embedding: list[float] | str
+    embedding: msgspec.Raw | str
     object: str = "embedding"
 
 

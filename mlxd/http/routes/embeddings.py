@@ -22,7 +22,7 @@ def embeddings_router(state: DaemonState) -> Router:
         )
         result = await state.engine.embed(request)
         vectors = result.vectors
-        rows: list[list[float] | str] = (
+        rows: list[msgspec.Raw | str] = (
             [as_base64(row) for row in vectors] if data.encoding_format == "base64" else [*as_floats(vectors)]
         )
         body = EmbeddingList(
