@@ -12,6 +12,10 @@ Diagnostics behind the GPU section of the benchmark, printed as plain lines:
   its per-token output work (detokenizing, the output parser), in-process, so the gap
   between them is mlxd's engine-side overhead and not HTTP.
 
+``--first-round`` instead asks what the first batches after a load still pay once mlxd's
+warm-up has run: 64 rows at a prompt length, a neighbouring length, the first again, then
+other row counts.
+
 ``--rounds`` instead asks why rounds of the same work differ in speed: the host's CPU pace,
 core by core and over time on one core, then identical rounds of 64 decoding rows with each
 step split into building the graph, submitting it and waiting for the accelerator.
@@ -186,6 +190,43 @@ def admissions(model: Any, vocab: int) -> None:
         print(f"eval of a ready array behind a queued step: {waited * 1000:.2f} ms", flush=True)
 
 
+FIRST_ROUND = ((64, 38), (64, 39), (64, 38), (16, 40), (64, 52), (2, 41))
+
+
+def first_round(model: Any, vocab: int) -> None:
+    """What the first batches after a load pay, after mlxd's warm-up at load: rows x prompt
+    length admitted one batch at a time (a length seen before, then new ones); the first
+    call of a new rows-and-length shape against a repeat says what a warm-up could still
+    take off the first users."""
+    import random
+
+    import mlx.core as mx
+    from mlx_lm.generate import BatchGenerator
+
+    from mlxd.runtime.mlx.warmup import warm_up
+
+    generator = BatchGenerator(model, prefill_batch_size=64, completion_batch_size=64, prefill_step_size=2048)
+    started = time.perf_counter()
+    warm_up(model, generator, vocab)
+    mx.synchronize()
+    print(f"mlxd's warm-up at load: {(time.perf_counter() - started) * 1000:.0f} ms")
+    rng = random.Random(0)
+    print("rows x tokens | prefill ms | first step ms | decode step ms")
+    for rows, length in FIRST_ROUND:
+        generator.insert(
+            [[rng.randrange(vocab) for _ in range(length)] for _ in range(rows)], max_tokens=[3] * rows
+        )
+        times: list[float] = []
+        while len(times) < 3:
+            started = time.perf_counter()
+            generator.next()
+            mx.synchronize()
+            times.append((time.perf_counter() - started) * 1000)
+        while generator.next()[1]:
+            pass
+        print(f"{rows} x {length} | " + " | ".join(f"{t:.1f}" for t in times), flush=True)
+
+
 def new_lengths(model: Any, vocab: int, count: int = 24) -> None:
     """Prefills of ``count`` prompt lengths never seen before, one row each: what a new
     attention shape costs, and whether MLX gives up on its cache of them ("Cache thrashing",
@@ -291,13 +332,16 @@ def decode_rounds(model: Any, vocab: int, rounds: int = 12, rows: int = 64) -> N
 
 def main() -> None:
     """Load the model, then print the probes (``--lengths``: only ``new_lengths``; ``--rounds``:
-    only ``cpu_pace`` and ``decode_rounds``)."""
+    only ``cpu_pace`` and ``decode_rounds``; ``--first-round``: only ``first_round``)."""
     from mlx_lm import load
 
     model, tokenizer = load(sys.argv[1])
     vocab = model.args.vocab_size
     if "--lengths" in sys.argv:
         new_lengths(model, vocab)
+        return
+    if "--first-round" in sys.argv:
+        first_round(model, vocab)
         return
     if "--rounds" in sys.argv:
         cpu_pace()
