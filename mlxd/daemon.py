@@ -25,6 +25,7 @@ import asyncio
 import contextlib
 import logging
 import os
+import sys
 import threading
 import time
 from collections.abc import Callable, Coroutine
@@ -256,10 +257,18 @@ class Daemon:
         return self._server.bound_port if self._server is not None else None
 
 
+#: Longest a thread keeps the GIL while another waits for it (Python's default: 5 ms). The
+#: MLX worker lets go of the GIL while the accelerator computes and wants it back at once to
+#: queue the next step; with the default it waited up to 5 ms each time the event loop or
+#: the tokenizer was running Python, against decode steps of 5-15 ms on a GPU.
+GIL_SWITCH_INTERVAL = 0.0005
+
+
 def run(store: ConfigStore, member: Membership | None = None) -> None:
     """``mlxd serve``: serve the store's config in the foreground until a signal stops it
     (as rank 0 of a distributed daemon with ``member``). Raises the error that ended it
     early, if one did (a single daemon's MLX runtime that could not start)."""
+    sys.setswitchinterval(GIL_SWITCH_INTERVAL)
     connections = ConnectionCap(store.current.server.max_connections)
     if member is None:
         asyncio.run(_serve_alone(store, connections))
