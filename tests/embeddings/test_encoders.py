@@ -142,9 +142,12 @@ def test_without_the_extra_the_load_error_says_how_to_get_it(
 
 
 @pytest.mark.parametrize("family", FAMILIES)
-def test_an_input_over_the_budget_runs_a_layer_per_step(tmp_path: Path, family: str) -> None:
+def test_an_input_over_the_budget_runs_a_few_pieces_of_its_layers_per_step(
+    tmp_path: Path, family: str
+) -> None:
     """While streams decode, an encoder input larger than the step's budget cannot be cut into
-    chunks: it runs one layer per worker pass, and its vector is the one it gets whole."""
+    chunks: it runs as many pieces of its layers (linear maps, norms) per worker pass as the
+    budget holds, one at least, and its vector is the one it gets whole."""
     import json
     from concurrent.futures import Future
     from typing import Any
@@ -168,32 +171,40 @@ def test_an_input_over_the_budget_runs_a_layer_per_step(tmp_path: Path, family: 
             ran.append(embedder.step(budget))
         return future.result(), ran
 
+    pieces, _ = forward.layered(rows[:1])
+    assert len(pieces) >= 3 * 8  # a layer's linear maps (q, k, v, out, MLP) and norms, at least
     whole, whole_steps = embed(4096)
-    layered, layered_steps = embed(8)
     assert whole_steps == [80]  # both rows in one batch, padded to 40 tokens
-    assert layered_steps == [3, 14, 14, 14]  # the short one alone, then the long one's 3 layers
-    assert np.allclose(layered, whole, atol=1e-5)
+    one_by_one, steps = embed(3)  # 40 tokens over the pieces: 2 a piece, so one a pass
+    assert steps[0] == 3  # the short one, whole
+    assert len(steps) == 1 + len(pieces)
+    few, steps = embed(8)  # 40 tokens over the pieces: 2 a piece, so 4 pieces a pass
+    assert steps[0] == 3
+    assert len(steps) == 1 + -(-len(pieces) // 4)
+    assert all(0 < ran <= 8 for ran in steps)
+    assert np.allclose(one_by_one, whole, atol=1e-5)
+    assert np.allclose(few, whole, atol=1e-5)
 
 
 def test_beside_an_open_stream_an_encoder_gives_the_vectors_it_gives_idle(
     oai: openai.OpenAI, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """While a stream decodes, an embedding batch is at most ``prefill_step_size`` tokens (64
-    here), so these inputs (about 100 tokens) run a layer per pass; through the daemon they
-    come out as they do with nothing else running."""
+    here), so these inputs (about 100 tokens) run a few pieces of their layers per pass;
+    through the daemon they come out as they do with nothing else running."""
     from mlxd.runtime.mlx.embed import Embedder
 
-    layers: list[int] = []
-    next_layer = Embedder._next_layer
+    passes: list[int] = []
+    next_pieces = Embedder._next_pieces
 
-    def counted(self: Embedder) -> int:
-        layers.append(1)
-        return next_layer(self)
+    def counted(self: Embedder, budget: int) -> int:
+        passes.append(budget)
+        return next_pieces(self, budget)
 
-    monkeypatch.setattr(Embedder, "_next_layer", counted)  # the daemon runs in this process
+    monkeypatch.setattr(Embedder, "_next_pieces", counted)  # the daemon runs in this process
     long_inputs = [("the small daemon wakes up " * 20) + f"again {i}" for i in range(3)]
     idle = _vectors(oai.embeddings.create(model="bert", input=long_inputs, encoding_format="float"))
-    assert not layers  # with nothing decoding, one batch runs whole
+    assert not passes  # with nothing decoding, one batch runs whole
     stream = oai.completions.create(
         model="chat", prompt="Once upon a time", max_tokens=400, stream=True, temperature=0
     )
@@ -201,5 +212,5 @@ def test_beside_an_open_stream_an_encoder_gives_the_vectors_it_gives_idle(
     next(chunks)  # the stream decodes from here on
     beside = _vectors(oai.embeddings.create(model="bert", input=long_inputs, encoding_format="float"))
     assert sum(1 for _ in chunks) > 10  # and went on after
-    assert len(layers) >= 2 * len(long_inputs)  # each input a layer at a time (2 layers here)
+    assert len(passes) >= 2 * len(long_inputs)  # each input a few pieces at a time (2 layers here)
     assert np.allclose(beside, idle, atol=1e-5)

@@ -14,7 +14,8 @@ than the budget runs alone, a chunk per pass, through a KV cache of its own.
 The model is reached through a ``Forward``: ``DecoderForward`` here for mlx-lm models, and
 ``encoder.EncoderForward`` for encoder models (mlx-embeddings), whose attention sees the
 whole input, so their padding is masked instead, and which have no KV cache to chunk
-through: a batch of theirs larger than the budget runs a layer per pass instead.
+through: a batch of theirs larger than the budget runs a few pieces of its layers per pass
+instead (as many as the budget holds).
 
 Pooling (``last``, ``mean``, ``cls``) reads the model's final hidden states (after its
 last norm); vectors are normalized to unit length when asked.
@@ -55,7 +56,8 @@ class Forward(Protocol):
     """How an ``Embedder`` runs its model."""
 
     #: True when an input longer than a batch's budget can run a chunk at a time (``open``,
-    #: ``chunk``); else it runs in a batch of its own, a layer per pass (``layered``).
+    #: ``chunk``); else it runs in a batch of its own, a few pieces of its layers per pass
+    #: (``layered``).
     chunked: bool
 
     def states(self, rows: list[list[int]]) -> Any:
@@ -72,8 +74,9 @@ class Forward(Protocol):
         ...
 
     def layered(self, rows: list[list[int]]) -> tuple[list[Any], Any]:
-        """``states(rows)`` built but not evaluated, and the layer outputs it goes through in
-        order, to evaluate one at a time (none where the model is not split so)."""
+        """``states(rows)`` built but not evaluated, and the outputs of the pieces of its
+        layers it goes through, in order, to evaluate a few at a time (none where the model is
+        not split so)."""
         ...
 
 
@@ -110,13 +113,13 @@ class _Job:
 
 @dataclass(slots=True)
 class _Layered:
-    """A batch whose forward pass runs a layer per pass: the layers' outputs still to
-    evaluate, and the vectors at the end of them."""
+    """A batch whose forward pass runs a few pieces of its layers per pass: the pieces'
+    outputs still to evaluate, and the vectors at the end of them."""
 
     items: list[_Input]
-    layers: list[Any]
+    pieces: list[Any]
     vectors: Any
-    share: int  # the batch's padded tokens over its layers
+    share: int  # the batch's padded tokens over its pieces
 
 
 @dataclass(slots=True)
@@ -154,11 +157,11 @@ class Embedder:
 
     def step(self, budget: int) -> int:
         """Run one batch of at most ``budget`` tokens (padding included), one chunk of a
-        long input, or one layer of a batch too large for the budget that cannot be chunked;
-        settle every request whose last input finished. Returns the tokens run (a layer's
-        share of its batch's)."""
+        long input, or the next pieces of a batch too large for the budget that cannot be
+        chunked; settle every request whose last input finished. Returns the tokens run (for
+        pieces, their share of their batch's)."""
         if self._layered is not None:
-            return self._guarded(self._layered.items, self._next_layer)
+            return self._guarded(self._layered.items, lambda: self._next_pieces(budget))
         head = self._queue[0]
         if head.fed or (len(head.tokens) > budget and self._forward.chunked):
             return self._guarded([head], lambda: self._chunk(head, budget))
@@ -195,25 +198,29 @@ class Embedder:
     def _batch(self, chosen: list[_Input], budget: int) -> int:
         rows = [item.tokens for item in chosen]
         padded = max(len(row) for row in rows) * len(rows)
-        if padded > budget:  # one input that cannot be chunked: a layer at a time
-            layers, states = self._forward.layered(rows)
+        if padded > budget:  # one input that cannot be chunked: a few pieces at a time
+            pieces, states = self._forward.layered(rows)
         else:
-            layers, states = [], self._forward.states(rows)
+            pieces, states = [], self._forward.states(rows)
         vectors = self._pooled(chosen, states)
-        if layers:
-            self._layered = _Layered(chosen, layers, vectors, -(-padded // len(layers)))
-            return self._next_layer()
+        if pieces:
+            self._layered = _Layered(chosen, pieces, vectors, -(-padded // len(pieces)))
+            return self._next_pieces(budget)
         self._finish(chosen, vectors)
         return padded
 
-    def _next_layer(self) -> int:
+    def _next_pieces(self, budget: int) -> int:
+        """Evaluate as many of the layered batch's next pieces as ``budget`` tokens hold (one
+        at least); after the last, the rest of the pass (final norm, pooling) is small."""
         layered = self._layered
         assert layered is not None
-        mx.eval(layered.layers.pop(0))
-        if not layered.layers:  # the last layer: the rest of the pass (norm, pooling) is small
+        count = max(1, budget // layered.share)
+        now, layered.pieces = layered.pieces[:count], layered.pieces[count:]
+        mx.eval(now)
+        if not layered.pieces:
             self._layered = None
             self._finish(layered.items, layered.vectors)
-        return layered.share
+        return len(now) * layered.share
 
     def _pooled(self, chosen: list[_Input], states: Any) -> Any:
         lengths = mx.array([len(item.tokens) for item in chosen])

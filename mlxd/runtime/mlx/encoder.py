@@ -10,9 +10,10 @@ The attention of an encoder sees every position, padding included, so a batch of
 of different lengths is right-padded with the model's padding token and masked; each row
 then gets the states it gets alone, to float tolerance. An encoder has no KV cache, so an
 input cannot be cut into chunks as a decoder's is; a batch larger than the worker's budget
-(while streams decode, one decode step) runs a layer per pass instead: its whole forward
-pass is built lazily, with a tap on each layer's output, and the worker evaluates one more
-layer at each pass (``LayerTaps``), so no stream waits for a whole input of a deep encoder.
+(while streams decode, one decode step) runs a piece of a layer at a time instead: its whole
+forward pass is built lazily, with a tap on the output of each linear map and norm of each
+layer, and the worker evaluates as many more of them at each pass as its budget holds
+(``LayerTaps``), so no stream waits for a whole input, or a whole layer, of an encoder.
 """
 
 from __future__ import annotations
@@ -28,22 +29,29 @@ from mlxd.errors import GenerationError, ModelLoadError, ModelUnsupportedError
 
 
 class LayerTaps:
-    """Records the output of each of a model's layers while ``record`` runs its forward pass.
+    """Records the outputs of the pieces of a model's layers while ``record`` runs its forward
+    pass: each module inside a layer that holds no other module (a linear map, a norm), in
+    the order they run.
 
     The layers are the model's longest list of modules (``encoder.layer`` of BERT and
-    XLM-RoBERTa, ``model.layers`` of ModernBERT); each gets a subclass of its own class whose
-    call also hands its output to the recording in progress, so the model's parameters and
-    its forward pass stay the library's own.
+    XLM-RoBERTa, ``model.layers`` of ModernBERT); each piece gets a subclass of its own class
+    whose call also hands its output to the recording in progress, so the model's parameters
+    and its forward pass stay the library's own. A piece's output depends on the pieces
+    before it, so evaluating them in turn runs the forward pass a piece at a time (attention
+    itself runs with the piece after it).
     """
 
     def __init__(self, model: Any) -> None:
         self._outputs: list[Any] | None = None
         tapped: dict[type, type] = {}
         for layer in _layer_list(model):
-            cls = type(layer)
-            if cls not in tapped:
-                tapped[cls] = self._tapped(cls)
-            layer.__class__ = tapped[cls]
+            for _, piece in layer.named_modules():
+                if len(piece.named_modules()) > 1:  # it holds other modules
+                    continue
+                cls = type(piece)
+                if cls not in tapped:
+                    tapped[cls] = self._tapped(cls)
+                piece.__class__ = tapped[cls]
 
     def _tapped(self, cls: type) -> type:
         taps = self
@@ -51,7 +59,7 @@ class LayerTaps:
         class Tapped(cls):  # type: ignore[misc]
             def __call__(self, *args: Any, **kwargs: Any) -> Any:
                 out = super().__call__(*args, **kwargs)
-                if taps._outputs is not None:
+                if taps._outputs is not None and isinstance(out, mx.array):
                     taps._outputs.append(out)
                 return out
 
@@ -59,8 +67,8 @@ class LayerTaps:
         return Tapped
 
     def record(self, forward: Callable[[], Any]) -> tuple[list[Any], Any]:
-        """``forward()``'s result (lazy, nothing evaluated) and the layer outputs it goes
-        through, in order."""
+        """``forward()``'s result (lazy, nothing evaluated) and the outputs of the pieces it
+        goes through, in order."""
         self._outputs = []
         try:
             result = forward()
@@ -95,7 +103,8 @@ class EncoderForward:
         self._taps = LayerTaps(model)
 
     def layered(self, rows: list[list[int]]) -> tuple[list[Any], Any]:
-        """``states(rows)``, built but not evaluated, and the layer outputs it goes through."""
+        """``states(rows)``, built but not evaluated, and the outputs of the layers' pieces it
+        goes through."""
         return self._taps.record(lambda: self.states(rows))
 
     def states(self, rows: list[list[int]]) -> Any:
