@@ -17,7 +17,7 @@ def _settle(pacer: Pacer, step: float, fixed: float, per_token: float, rounds: i
     for _ in range(rounds):
         tokens = pacer.budget(True, step, CAP, IDLE)
         budgets.append(tokens)
-        pacer.embedded(tokens, fixed + per_token * tokens)
+        pacer.embedded(tokens, fixed + per_token * tokens, step)
     return budgets
 
 
@@ -48,9 +48,23 @@ def test_a_first_batch_is_small_and_one_token_always_runs() -> None:
 
 def test_without_decoding_a_batch_takes_the_idle_budget() -> None:
     pacer = Pacer()
-    pacer.embedded(100, 1.0)
+    pacer.embedded(100, 1.0, 0.01)
     assert pacer.budget(False, 0.001, CAP, IDLE) == IDLE
     assert pacer.budget(False, None, 16384, IDLE) == 16384
+
+
+def test_idle_batches_do_not_make_the_first_ones_beside_a_stream_overshoot() -> None:
+    """A burst that ran alone in 8,192-token batches (fixed cost spread thin) must not size
+    the first batches once a stream starts: they start small and grow to one step."""
+    step, fixed, per_token = 0.0015, 0.0011, 0.00002
+    pacer = Pacer()
+    for _ in range(20):
+        pacer.embedded(IDLE, fixed + per_token * IDLE, None)
+    assert pacer.budget(True, step, CAP, IDLE) == Pacer.MIN_TOKENS
+    budgets = _settle(pacer, step, fixed, per_token)
+    assert all(fixed + per_token * tokens <= step for tokens in budgets)  # from below
+    fits = int((step - fixed) / per_token)  # 20 tokens: a forward pass's fixed cost near a step
+    assert fits - 3 <= budgets[-1] <= fits  # no longer stuck at one token
 
 
 def test_the_decode_clock_is_a_running_average() -> None:

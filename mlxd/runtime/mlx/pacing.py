@@ -13,31 +13,39 @@ class Pacer:
     """Sizes a model's embedding batches while sequences decode on the worker (this model's
     or another's): each takes about one decode step's time (so a stream's gap between tokens
     at most doubles), never more than ``cap`` tokens (one prefill step). The step's time is
-    the worker's (``DecodeClock``); the time per embedded token is this model's own.
+    the worker's (``DecodeClock``).
 
-    That time per token is a batch's whole time over its tokens, fixed cost of the forward
-    pass included, so sizing by it converges on the batch that does fit one step (fixed
-    cost + tokens x per-token cost = step) rather than overshooting it. Where the fixed
-    cost alone is about a step (a tiny model on a CPU) that is one token a batch: the
-    smallest unit of work, so embeddings still advance while the stream keeps its pace."""
+    A model's first batch beside decoding is one token; after each, the size scales by how
+    the batch's whole time (fixed cost of the forward pass included) compared with the step,
+    and grows by a token at least while a batch took under ``GROW_BELOW`` of a step. So it
+    approaches the batch that fits one step from below and never overshoots it on the way.
+    Batches run with nothing decoding teach it nothing: sized by the idle budget, their fixed
+    cost spread over thousands of tokens, they used to make the first batches beside a
+    stream overshoot the step. Where the fixed cost alone is about a step (a tiny model on a
+    CPU) a batch stays at one token: the smallest unit of work, so embeddings still advance
+    while the stream keeps its pace."""
 
     MIN_TOKENS = 1
+    GROW_BELOW = 0.9
 
     def __init__(self) -> None:
-        self._per_token: float | None = None
+        self._tokens = self.MIN_TOKENS
 
     def budget(self, decoding: bool, step: float | None, cap: int, idle: int) -> int:
         """Tokens (padding included) for the next embedding batch."""
         if not decoding:
             return max(idle, cap)
-        if self._per_token is None or step is None:
-            return self.MIN_TOKENS
-        return max(self.MIN_TOKENS, min(cap, int(step / self._per_token)))
+        return max(self.MIN_TOKENS, min(cap, self._tokens))
 
-    def embedded(self, tokens: int, seconds: float) -> None:
-        """One embedding batch of ``tokens`` took ``seconds``."""
-        if tokens > 0:
-            self._per_token = _average(self._per_token, seconds / tokens)
+    def embedded(self, tokens: int, seconds: float, step: float | None) -> None:
+        """One embedding batch of ``tokens`` took ``seconds`` beside decode steps of
+        ``step`` seconds (``None``: nothing decoded, or no step measured yet)."""
+        if step is None or tokens <= 0 or seconds <= 0:
+            return
+        scaled = round(tokens * step / seconds)
+        if seconds < self.GROW_BELOW * step:
+            scaled = max(scaled, tokens + 1)
+        self._tokens = max(self.MIN_TOKENS, scaled)
 
 
 class DecodeClock:
