@@ -24,7 +24,7 @@ from concurrent.futures import Future
 from pathlib import Path
 from typing import Any
 
-from bench.embeddings import SHAPES, texts
+from bench.embeddings import SHAPES, encoder_available, texts
 from mlxd.runtime.mlx.pacing import IDLE_EMBED_TOKENS
 
 REQUESTS = 8
@@ -131,7 +131,6 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--batches", default="1,32,256", help="inputs a request, comma-separated")
     args = parser.parse_args(argv)
     sizes, encoder_sizes = SHAPES[args.shape]
-    import importlib.util
 
     from mlx_lm.utils import load
 
@@ -141,7 +140,7 @@ def main(argv: list[str] | None = None) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         model, tokenizer = load(str(build_embedding_model(Path(tmp) / "embed", **sizes)))
         models = [("decoder", tokenizer, DecoderForward(model), "last")]
-        if importlib.util.find_spec("mlx_embeddings") is not None:
+        if encoder_available():
             import json
 
             from mlxd.runtime.mlx.encoder import load_encoder

@@ -124,6 +124,16 @@ def raw_encoder(model_dir: Path) -> Embedder:
     return run
 
 
+def encoder_available() -> bool:
+    """Whether mlx-embeddings loads here (its import needs mlx-vlm and part of that one's
+    stack; where it does not, the decoder is measured alone)."""
+    try:
+        import mlx_embeddings.utils  # noqa: F401
+    except Exception:
+        return False
+    return True
+
+
 def _embed(
     client: httpx.Client, model: str, inputs: list[str], fmt: str = "float", split: Split | None = None
 ) -> list[Any]:
@@ -239,11 +249,9 @@ def main(argv: list[str] | None = None) -> None:
     )
     args = parser.parse_args(argv)
     sizes, encoder_sizes = SHAPES[args.shape]
-    import importlib.util
-
     from mlxd.runtime.demo_embedders import build_embedding_model, build_encoder_model
 
-    encoder = importlib.util.find_spec("mlx_embeddings") is not None
+    encoder = encoder_available()
     with tempfile.TemporaryDirectory() as tmp:
         model = build_embedding_model(Path(tmp) / "embed", **sizes)
         models = {"decoder": model}
