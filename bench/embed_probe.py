@@ -53,10 +53,10 @@ def _raw(states: Any, pooling: str) -> Any:
 class _Recorded:
     """A forward pass that notes the shape of each batch it runs."""
 
-    chunked = True
-
     def __init__(self, forward: Any) -> None:
         self._forward = forward
+        self.chunked = forward.chunked
+        self.open, self.chunk = forward.open, forward.chunk
         self.shapes: list[tuple[int, int]] = []
 
     def states(self, rows: list[list[int]]) -> Any:

@@ -67,6 +67,23 @@ def test_idle_batches_do_not_make_the_first_ones_beside_a_stream_overshoot() -> 
     assert fits - 3 <= budgets[-1] <= fits  # no longer stuck at one token
 
 
+def test_one_cheap_batch_at_most_doubles_the_next() -> None:
+    """A piece of an encoder's layer that costs next to nothing (a norm) must not make the
+    next batch many steps long."""
+    pacer = Pacer()
+    settled = _settle(pacer, step=0.010, fixed=0.001, per_token=0.0001)[-1]
+    pacer.embedded(settled, 1e-6, 0.010)
+    assert pacer.budget(True, 0.010, 10**6, IDLE) <= 2 * settled
+
+
+def test_a_size_learned_beside_long_steps_shrinks_beside_short_ones() -> None:
+    pacer = Pacer()
+    settled = _settle(pacer, step=0.020, fixed=0.0, per_token=0.0001)[-1]
+    assert settled == 200
+    assert pacer.budget(True, 0.002, CAP, IDLE) == 20  # a tenth of the step: a tenth of the size
+    assert pacer.budget(True, 0.040, CAP, IDLE) == 200  # longer steps: it grows by learning
+
+
 def test_the_decode_clock_is_a_running_average() -> None:
     clock = DecodeClock()
     assert clock.step is None

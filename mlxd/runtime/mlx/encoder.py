@@ -30,8 +30,9 @@ from mlxd.errors import GenerationError, ModelLoadError, ModelUnsupportedError
 
 class LayerTaps:
     """Records the outputs of the pieces of a model's layers while ``record`` runs its forward
-    pass: each module inside a layer that holds no other module (a linear map, a norm), in
-    the order they run.
+    pass: each module inside a layer that holds no other module (a linear map, a norm, an
+    activation), in the order they run; an output already recorded (a dropout, which at
+    inference hands back its input) or handed in as an argument is left out.
 
     The layers are the model's longest list of modules (``encoder.layer`` of BERT and
     XLM-RoBERTa, ``model.layers`` of ModernBERT); each piece gets a subclass of its own class
@@ -49,6 +50,8 @@ class LayerTaps:
                 if len(piece.named_modules()) > 1:  # it holds other modules
                     continue
                 cls = type(piece)
+                if getattr(cls, "_taps", None) is not None:  # tapped already
+                    continue
                 if cls not in tapped:
                     tapped[cls] = self._tapped(cls)
                 piece.__class__ = tapped[cls]
@@ -57,10 +60,17 @@ class LayerTaps:
         taps = self
 
         class Tapped(cls):  # type: ignore[misc]
+            _taps = taps
+
             def __call__(self, *args: Any, **kwargs: Any) -> Any:
                 out = super().__call__(*args, **kwargs)
-                if taps._outputs is not None and isinstance(out, mx.array):
-                    taps._outputs.append(out)
+                outputs = taps._outputs
+                if (
+                    outputs is not None
+                    and isinstance(out, mx.array)
+                    and not any(out is seen for seen in (*args, *outputs[-2:]))
+                ):
+                    outputs.append(out)
                 return out
 
         Tapped.__name__, Tapped.__qualname__ = cls.__name__, cls.__qualname__

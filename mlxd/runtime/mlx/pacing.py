@@ -17,8 +17,11 @@ class Pacer:
 
     A model's first batch beside decoding is one token; after each, the size scales by how
     the batch's whole time (fixed cost of the forward pass included) compared with the step,
-    and grows by a token at least while a batch took under ``GROW_BELOW`` of a step. So it
-    approaches the batch that fits one step from below and never overshoots it on the way.
+    at most doubling, and grows by a token at least while a batch took under
+    ``GROW_BELOW`` of a step. So it approaches the batch that fits one step from below, and
+    one batch much cheaper than its tokens say (a norm among an encoder's pieces) cannot
+    make the next one many steps long. A size learned beside longer steps shrinks with the
+    step it is used beside.
     Batches run with nothing decoding teach it nothing: sized by the idle budget, their fixed
     cost spread over thousands of tokens, they used to make the first batches beside a
     stream overshoot the step. Where the fixed cost alone is about a step (a tiny model on a
@@ -30,22 +33,26 @@ class Pacer:
 
     def __init__(self) -> None:
         self._tokens = self.MIN_TOKENS
+        self._step: float | None = None  # the step ``_tokens`` was learned beside
 
     def budget(self, decoding: bool, step: float | None, cap: int, idle: int) -> int:
         """Tokens (padding included) for the next embedding batch."""
         if not decoding:
             return max(idle, cap)
-        return max(self.MIN_TOKENS, min(cap, self._tokens))
+        tokens = self._tokens
+        if step is not None and self._step is not None and step < self._step:
+            tokens = int(tokens * step / self._step)
+        return max(self.MIN_TOKENS, min(cap, tokens))
 
     def embedded(self, tokens: int, seconds: float, step: float | None) -> None:
         """One embedding batch of ``tokens`` took ``seconds`` beside decode steps of
         ``step`` seconds (``None``: nothing decoded, or no step measured yet)."""
         if step is None or tokens <= 0 or seconds <= 0:
             return
-        scaled = round(tokens * step / seconds)
+        scaled = min(round(tokens * step / seconds), 2 * tokens)
         if seconds < self.GROW_BELOW * step:
             scaled = max(scaled, tokens + 1)
-        self._tokens = max(self.MIN_TOKENS, scaled)
+        self._tokens, self._step = max(self.MIN_TOKENS, scaled), step
 
 
 class DecodeClock:
