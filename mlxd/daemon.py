@@ -380,6 +380,7 @@ def _exit_now() -> None:
 def follow(member: Membership) -> bool:
     """A follower rank: the MLX worker in lockstep with rank 0, until rank 0 shuts down.
     False when this rank failed (it logged why, and told the launcher in one line)."""
+    sys.setswitchinterval(GIL_SWITCH_INTERVAL)  # its worker paces rank 0's as well
     control = _control(member)
 
     def lost(reason: str) -> None:
