@@ -147,6 +147,23 @@ ADMISSIONS = (
 )
 
 
+def _admitted(generator: Any, prompts: list[list[int]]) -> list[float]:
+    """Insert ``prompts`` (3 tokens each) into ``generator`` with nothing else running; ms of
+    its next three calls (the prefill, the new rows' first step, a decode step), then drain."""
+    import mlx.core as mx
+
+    generator.insert(prompts, max_tokens=[3] * len(prompts))
+    times: list[float] = []
+    while len(times) < 3:
+        started = time.perf_counter()
+        generator.next()
+        mx.synchronize()
+        times.append((time.perf_counter() - started) * 1000)
+    while generator.next()[1]:
+        pass
+    return times
+
+
 def admissions(model: Any, vocab: int) -> None:
     """Prompts of one length admitted into mlxd's batch while nothing else runs: the
     prefill (the generator's first call), the new rows' first step (its second) and a
@@ -167,15 +184,7 @@ def admissions(model: Any, vocab: int) -> None:
     for rows, shortest, longest in ADMISSIONS:
         lengths = [shortest if i % 2 else longest for i in range(rows)]
         prompts = [[rng.randrange(vocab) for _ in range(n)] for n in lengths]
-        generator.insert(prompts, max_tokens=[3] * rows)
-        times: list[float] = []
-        while len(times) < 3:
-            started = time.perf_counter()
-            generator.next()
-            mx.synchronize()
-            times.append((time.perf_counter() - started) * 1000)
-        while generator.next()[1]:
-            pass
+        times = _admitted(generator, prompts)
         print(f"{rows} x {shortest}-{longest} | " + " | ".join(f"{t:.1f}" for t in times), flush=True)
     # Does evaluating an array that is ready wait for a step queued before it?
     cache = make_prompt_cache(model)
@@ -213,17 +222,7 @@ def first_round(model: Any, vocab: int) -> None:
     rng = random.Random(0)
     print("rows x tokens | prefill ms | first step ms | decode step ms")
     for rows, length in FIRST_ROUND:
-        generator.insert(
-            [[rng.randrange(vocab) for _ in range(length)] for _ in range(rows)], max_tokens=[3] * rows
-        )
-        times: list[float] = []
-        while len(times) < 3:
-            started = time.perf_counter()
-            generator.next()
-            mx.synchronize()
-            times.append((time.perf_counter() - started) * 1000)
-        while generator.next()[1]:
-            pass
+        times = _admitted(generator, [[rng.randrange(vocab) for _ in range(length)] for _ in range(rows)])
         print(f"{rows} x {length} | " + " | ".join(f"{t:.1f}" for t in times), flush=True)
 
 

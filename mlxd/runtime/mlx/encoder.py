@@ -11,8 +11,8 @@ of different lengths is right-padded with the model's padding token and masked; 
 then gets the states it gets alone, to float tolerance. An encoder has no KV cache, so an
 input cannot be cut into chunks as a decoder's is; a batch larger than the worker's budget
 (while streams decode, one decode step) runs a piece of a layer at a time instead: its whole
-forward pass is built lazily, with a tap on the output of each linear map and norm of each
-layer, and the worker evaluates as many more of them at each pass as its budget holds
+forward pass is built lazily, with a tap on the output of each piece of each layer (a
+linear map, a norm, an activation), and the worker evaluates as many more of them at each pass as its budget holds
 (``LayerTaps``), so no stream waits for a whole input, or a whole layer, of an encoder.
 """
 

@@ -21,10 +21,9 @@ class Pacer:
     ``GROW_BELOW`` of a step. So it approaches the batch that fits one step from below, and
     one batch much cheaper than its tokens say (a norm among an encoder's pieces) cannot
     make the next one many steps long. A size learned beside longer steps shrinks with the
-    step it is used beside.
-    Batches run with nothing decoding teach it nothing: sized by the idle budget, their fixed
-    cost spread over thousands of tokens, they used to make the first batches beside a
-    stream overshoot the step. Where the fixed cost alone is about a step (a tiny model on a
+    step it is used beside. Batches run with nothing decoding teach it nothing: sized by the
+    idle budget, their fixed cost spread over thousands of tokens, they used to make the
+    first batches beside a stream overshoot the step. Where the fixed cost alone is about a step (a tiny model on a
     CPU) a batch stays at one token: the smallest unit of work, so embeddings still advance
     while the stream keeps its pace."""
 
