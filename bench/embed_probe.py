@@ -26,6 +26,7 @@ from typing import Any
 
 from bench.embeddings import SHAPES, encoder_available, texts
 from mlxd.runtime.mlx.pacing import IDLE_EMBED_TOKENS
+from mlxd.runtime.prompts import encode_inputs
 
 REQUESTS = 8
 
@@ -89,7 +90,7 @@ def requests(name: str, tokenizer: Any, forward: Any, pooling: str, batches: lis
     for batch in batches:
         inputs = [texts(batch, 10_000 * (n + 1)) for n in range(REQUESTS)]
         started = time.perf_counter()
-        tokens = [[tokenizer.encode(t) for t in request] for request in inputs]
+        tokens = [encode_inputs(tokenizer, request) for request in inputs]
         tokenizing = (time.perf_counter() - started) / REQUESTS
         recorded = _Recorded(forward)
         runs = {

@@ -9,7 +9,8 @@ measures, in one run:
 
 1. inputs/s at batch 1, 32 and 256 (one request of that many inputs at a time, vectors
    through ``/v1/embeddings`` as JSON numbers, or as base64 with ``--format base64``) against
-   the raw engine: the same inputs through the model's own forward pass in-process (mlx-lm's
+   the raw engine: the same inputs tokenized with the tokenizer's batch call (as mlxd does)
+   and run through the model's own forward pass in-process (mlx-lm's
    model for the decoder: right-padded batch, last-token pooling; mlx-embeddings' for the
    encoder: masked batch, its own mean pooling; normalized, evaluated), in batches of the
    same size, the two taking turns ``R`` times (the ratio is the median of the paired
@@ -90,7 +91,7 @@ def raw_decoder(model_dir: Path) -> tuple[Embedder, float]:
     inner = model.model
 
     def run(inputs: list[str]) -> object:
-        tokens = [tokenizer.encode(t) for t in inputs]
+        tokens = tokenizer._tokenizer(inputs)["input_ids"]  # transformers' batch call, as mlxd's
         width = max(len(t) for t in tokens)
         states = inner(mx.array([t + [0] * (width - len(t)) for t in tokens])).astype(mx.float32)
         rows = mx.stack([states[i, len(t) - 1] for i, t in enumerate(tokens)])
@@ -114,7 +115,7 @@ def raw_encoder(model_dir: Path) -> Embedder:
     model, tokenizer = load(str(model_dir))
 
     def run(inputs: list[str]) -> object:
-        tokens = [tokenizer.encode(t) for t in inputs]
+        tokens = tokenizer(inputs)["input_ids"]  # the batch call its README shows
         width = max(len(t) for t in tokens)
         ids = mx.array([t + [0] * (width - len(t)) for t in tokens])
         mask = mx.array([[1.0] * len(t) + [0.0] * (width - len(t)) for t in tokens])

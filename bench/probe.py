@@ -199,7 +199,21 @@ def admissions(model: Any, vocab: int) -> None:
         print(f"eval of a ready array behind a queued step: {waited * 1000:.2f} ms", flush=True)
 
 
-FIRST_ROUND = ((64, 38), (64, 39), (64, 38), (16, 40), (64, 52), (2, 41))
+FIRST_ROUND = (
+    (64, 38),
+    (64, 39),
+    (64, 38),
+    (16, 40),
+    (64, 52),
+    (2, 41),
+    (2, 42),
+    (3, 43),
+    (64, 45),
+    (64, 46),
+    (32, 47),
+    (64, 39),
+    (2, 41),
+)
 
 
 def first_round(model: Any, vocab: int) -> None:

@@ -5,6 +5,8 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from transformers import PreTrainedTokenizerBase
+
 from mlxd.errors import RequestError
 from mlxd.runtime.images import decode
 from mlxd.runtime.requests import ChatPrompt, TextPrompt
@@ -57,7 +59,26 @@ def _apply_template(tokenizer: Any, prompt: ChatPrompt, **kwargs: Any) -> Any:
 def encode_inputs(tokenizer: Any, inputs: Sequence[str | Sequence[int]]) -> list[list[int]]:
     """Token ids of embedding inputs: texts as the tokenizer encodes them (special tokens
     included, as the model was trained to embed them), token ids as given."""
-    return [list(tokenizer.encode(x)) if isinstance(x, str) else [int(t) for t in x] for x in inputs]
+    encoded = iter(_encode_texts(tokenizer, [x for x in inputs if isinstance(x, str)]))
+    return [list(next(encoded)) if isinstance(x, str) else [int(t) for t in x] for x in inputs]
+
+
+def _encode_texts(tokenizer: Any, texts: list[str]) -> list[list[int]]:
+    """``tokenizer.encode`` of each text; several at once through the Rust tokenizer's batch
+    call where that gives the same ids (256 short inputs: 2x faster on 2 cores, and it
+    spreads them over more where a Mac has them). A tokenizer class that changes ``encode``
+    itself (mlx-lm's newline tokenizer, say) encodes one text at a time."""
+    hf = getattr(tokenizer, "_tokenizer", tokenizer)  # under mlx-lm's wrapper
+    cls = type(hf)
+    batched = (
+        len(texts) > 1
+        and getattr(hf, "is_fast", False) is True
+        and getattr(cls, "encode", None) is PreTrainedTokenizerBase.encode
+        and cls.__call__ is PreTrainedTokenizerBase.__call__
+    )
+    if batched:
+        return [list(ids) for ids in hf(texts)["input_ids"]]
+    return [list(tokenizer.encode(text)) for text in texts]
 
 
 def vision_prompt(tokenizer: Any, vision: Any, prompt: ChatPrompt) -> Any:
