@@ -222,6 +222,14 @@ def _p(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
+def _longest(gaps: list[float], count: int = 5) -> list[tuple[float, int]]:
+    """The ``count`` longest gaps in ms, each with the token it followed (counting from the
+    stream's second chunk): stalls at fixed positions point at the decode's own shapes (its
+    KV cache grows in steps of 256 positions), stalls anywhere at what ran beside it."""
+    ranked = sorted(range(len(gaps)), key=gaps.__getitem__, reverse=True)[:count]
+    return [(gaps[i] * 1e3, i + 2) for i in sorted(ranked)]
+
+
 def _ms(values: list[float]) -> str:
     return f"{statistics.median(values) * 1e3:.1f} / {_p(values, 0.99) * 1e3:.1f} / {max(values) * 1e3:.1f}"
 
@@ -352,6 +360,9 @@ prefill_step_size = {PREFILL_STEP}
         ratio = _p(gaps, 0.99) / _p(alone, 0.99)
         print(f"| beside {bursts} bursts of 256 inputs to the {alias} | {_ms(gaps)} | {ratio:.2f}× |")
     print(f"\nOne prefill step ({PREFILL_STEP} tokens) in the raw engine: {step * 1e3:.1f} ms")
+    print("\nThe stream's longest gaps (ms, after which of its tokens):\n")
+    for label, gaps in [("alone", alone), *((f"beside the {a}", g) for a, (g, _) in beside.items())]:
+        print(f"- {label}: " + ", ".join(f"{ms:.1f} @ {at}" for ms, at in _longest(gaps)))
 
 
 if __name__ == "__main__":
