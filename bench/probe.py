@@ -14,7 +14,7 @@ Diagnostics behind the GPU section of the benchmark, printed as plain lines:
 
 ``--first-round`` instead asks what the first batches after a load still pay once mlxd's
 warm-up has run: 64 rows at a prompt length, a neighbouring length, the first again, then
-other row counts.
+other row counts; then one lone stream decoded twice, with the steps that stalled.
 
 ``--rounds`` instead asks why rounds of the same work differ in speed: the host's CPU pace,
 core by core and over time on one core, then identical rounds of 64 decoding rows with each
@@ -305,6 +305,33 @@ def cpu_pace(seconds: float = 8.0) -> None:
     print(f"the same work every 50 ms for {seconds:.0f} s, unpinned: {_quantiles(samples)} ms", flush=True)
 
 
+def decode_stalls(model: Any, vocab: int, tokens: int = 300, prompt_length: int = 7) -> None:
+    """One lone stream decoded in-process as mlx-lm's ``generate_step`` does, twice from the
+    same prompt: each pass's median step and the steps over three times it, with the KV
+    length at each. A stall in the first pass only is something built for a new shape; one
+    in both passes is something else."""
+    import statistics
+
+    import mlx.core as mx
+    from mlx_lm.generate import generate_step
+
+    prompt = mx.array([(5 * j + 3) % vocab for j in range(prompt_length)])
+    for attempt in (1, 2):
+        steps: list[float] = []
+        last = time.perf_counter()
+        for _ in zip(range(tokens), generate_step(prompt, model, max_tokens=tokens), strict=False):
+            now = time.perf_counter()
+            steps.append(now - last)
+            last = now
+        median = statistics.median(steps[1:])
+        stalls = [
+            f"{t * 1e3:.0f} ms at KV {prompt_length + i}" for i, t in enumerate(steps) if i and t > 3 * median
+        ]
+        print(
+            f"lone stream, pass {attempt}: step p50 {median * 1e3:.2f} ms; stalls: {', '.join(stalls) or 'none'}"
+        )
+
+
 def decode_rounds(model: Any, vocab: int, rounds: int = 12, rows: int = 64) -> None:
     """Identical rounds of ``rows`` sequences decoding ``TOKENS`` tokens, pipelined as mlx-lm
     does; per round the p50 of each step's parts: building the graph in Python, submitting it
@@ -345,9 +372,15 @@ def decode_rounds(model: Any, vocab: int, rounds: int = 12, rows: int = 64) -> N
 
 def main() -> None:
     """Load the model, then print the probes (``--lengths``: only ``new_lengths``; ``--rounds``:
-    only ``cpu_pace`` and ``decode_rounds``; ``--first-round``: only ``first_round``)."""
+    only ``cpu_pace`` and ``decode_rounds``; ``--first-round``: ``first_round`` and
+    ``decode_stalls``)."""
     from mlx_lm import load
 
+    if "--first-round" in sys.argv:  # where the daemon keeps the kernels it compiles
+        from mlxd.config.paths import cache_dir
+        from mlxd.runtime.mlx.memory import keep_compiled_kernels
+
+        print(f"compiled kernels kept in {keep_compiled_kernels(cache_dir())}")
     model, tokenizer = load(sys.argv[1])
     vocab = model.args.vocab_size
     if "--lengths" in sys.argv:
@@ -355,6 +388,7 @@ def main() -> None:
         return
     if "--first-round" in sys.argv:
         first_round(model, vocab)
+        decode_stalls(model, vocab)
         return
     if "--rounds" in sys.argv:
         cpu_pace()

@@ -1,12 +1,19 @@
-"""MLX's caches of compiled shapes may miss: the daemon's worker never fails work for it."""
+"""MLX's caches of compiled shapes may miss: the daemon's worker never fails work for it; and
+the kernels MLX compiles are kept in mlxd's cache folder."""
 
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 import pytest
 
-from mlxd.runtime.mlx.memory import THRASHING_CHECK, serve_through_cache_misses
+from mlxd.runtime.mlx.memory import (
+    KERNEL_CACHE,
+    THRASHING_CHECK,
+    keep_compiled_kernels,
+    serve_through_cache_misses,
+)
 
 pytestmark = pytest.mark.mlx
 
@@ -31,6 +38,8 @@ def test_a_daemon_worker_turns_it_off(monkeypatch: pytest.MonkeyPatch) -> None:
     from mlxd.runtime.specs import RuntimeSettings
 
     monkeypatch.delenv(THRASHING_CHECK, raising=False)
+    monkeypatch.delenv(KERNEL_CACHE, raising=False)
+    monkeypatch.setattr(worker, "cache_dir", lambda: Path("/nonexistent/mlxd-cache"))
     # The worker's process-wide settings (a frozen heap, MLX's cache bound) stay out of this process.
     monkeypatch.setattr(worker, "settle_heap", lambda: None)
     monkeypatch.setattr(worker, "bound_cache", lambda _: 0)
@@ -40,3 +49,18 @@ def test_a_daemon_worker_turns_it_off(monkeypatch: pytest.MonkeyPatch) -> None:
     finally:
         loop.close()
     assert os.environ[THRASHING_CHECK] == "0"
+    assert Path(os.environ[KERNEL_CACHE]).parent == Path("/nonexistent/mlxd-cache/kernels")
+
+
+def test_compiled_kernels_go_to_the_cache_folder_unless_the_user_chose(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    import mlx.core as mx
+
+    monkeypatch.delenv(KERNEL_CACHE, raising=False)
+    chosen = keep_compiled_kernels(tmp_path)
+    assert chosen == tmp_path / "kernels" / f"mlx-{mx.__version__}"  # a new MLX compiles afresh
+    assert os.environ[KERNEL_CACHE] == str(chosen)
+    monkeypatch.setenv(KERNEL_CACHE, "/elsewhere")
+    assert keep_compiled_kernels(tmp_path) == Path("/elsewhere")
+    assert os.environ[KERNEL_CACHE] == "/elsewhere"

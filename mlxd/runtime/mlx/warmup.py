@@ -6,6 +6,12 @@ first request after a start paid it all (14 to 30 seconds to the first token on 
 CUDA backend, measured with ``python -m bench --gpu``). A load now runs one tiny request
 through every path a request can take (a lone decode, a batch of two, each sampler kind)
 and throws it away, so that cost is paid while the model loads.
+
+MLX's CUDA backend also specialises some kernels by how a prefill's width (the longest
+prompt less its last token) aligns: odd, or a multiple of 2, 4, 8 or 16 positions. Each
+was compiled the first time a burst brought one (~0.5 s on an H100 with nothing cached,
+``python -m bench.probe DIR --first-round``), so on CUDA the warm-up prefills one batch of
+each, with and without padding. Metal's kernels come built, so a Mac skips those.
 """
 
 from __future__ import annotations
@@ -31,6 +37,22 @@ _SAMPLERS = (
 )
 
 
+#: Prefill widths of each alignment but odd (the first batch below is odd).
+ALIGNED_WIDTHS = (2, 4, 8, 16)
+
+
+def warm_up_batches(vocab_size: int, *, cuda: bool) -> list[list[list[int]]]:
+    """The throwaway batches the warm-up prefills: two prompts of 4 and 3 tokens (an odd
+    width, padded); on CUDA also, for each of ``ALIGNED_WIDTHS``, two prompts of that width
+    plus one token, and the same with the second a token shorter (padded)."""
+    batches = [[[t % vocab_size for t in (1, 2, 3, 4)], [t % vocab_size for t in (1, 2, 3)]]]
+    if cuda:
+        for width in ALIGNED_WIDTHS:
+            prompt = [t % vocab_size for t in range(1, width + 2)]
+            batches += [[prompt, prompt], [prompt, prompt[:-1]]]
+    return batches
+
+
 def warm_up(model: Any, generator: Any, vocab_size: int) -> None:
     """Run throwaway decodes through ``model`` alone and through its ``BatchGenerator``."""
     started = time.perf_counter()
@@ -39,9 +61,9 @@ def warm_up(model: Any, generator: Any, vocab_size: int) -> None:
     logprobs = logits - mx.logsumexp(logits, axis=-1, keepdims=True)
     mx.eval([make_sampler(params)(logprobs) for params in _SAMPLERS])
     mx.eval(mx.argpartition(-logprobs[0], kth=0))  # top logprobs
-    uids = generator.insert([prompt, prompt[:3]], max_tokens=[2, 2])
-    left = set(uids)
-    while left:
-        _, responses = generator.next()
-        left -= {r.uid for r in responses if r.finish_reason is not None}
+    for batch in warm_up_batches(vocab_size, cuda=mx.cuda.is_available()):
+        left = set(generator.insert(batch, max_tokens=[2] * len(batch)))
+        while left:
+            _, responses = generator.next()
+            left -= {r.uid for r in responses if r.finish_reason is not None}
     log.debug("warmed the model up in %.2fs", time.perf_counter() - started)

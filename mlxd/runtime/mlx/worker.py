@@ -21,6 +21,7 @@ from collections.abc import Callable
 
 import mlx.core as mx
 
+from mlxd.config.paths import cache_dir
 from mlxd.errors import ModelLoadError, ModelUnsupportedError
 from mlxd.logs import tagged
 from mlxd.runtime.cluster import ClusterSpec
@@ -44,7 +45,13 @@ from mlxd.runtime.mlx.commands import (
 from mlxd.runtime.mlx.constrained import GrammarCache
 from mlxd.runtime.mlx.loading import LoadedModel
 from mlxd.runtime.mlx.lockstep import Lockstep
-from mlxd.runtime.mlx.memory import bound_cache, release_memory, serve_through_cache_misses, settle_heap
+from mlxd.runtime.mlx.memory import (
+    bound_cache,
+    keep_compiled_kernels,
+    release_memory,
+    serve_through_cache_misses,
+    settle_heap,
+)
 from mlxd.runtime.mlx.pacing import DecodeClock
 from mlxd.runtime.mlx.prompt_disk import DiskPromptCache
 from mlxd.runtime.mlx.runner import ModelRunner
@@ -89,6 +96,7 @@ class MlxWorker:
         self._lockstep: Lockstep | None = None
         # MLX's first calls: a worker that cannot make them has not started (see handle.py).
         serve_through_cache_misses()
+        keep_compiled_kernels(cache_dir())
         settle_heap()
         self.stats.mlx_cache_limit_bytes = bound_cache(settings)
 
