@@ -75,3 +75,16 @@ def test_a_tokenizer_with_its_own_encode_keeps_it(tokenizer: Any) -> None:
     finally:
         tokenizer._tokenizer = inner
     assert got == [list(inner.encode("QUIET WORDS")), list(inner.encode("MORE"))]
+
+
+def test_a_wrapper_with_its_own_encode_keeps_it(tokenizer: Any) -> None:
+    """A wrapper class of its own ``encode`` around a plain tokenizer is asked too."""
+
+    class Wrapper:
+        def __init__(self, inner: Any) -> None:
+            self._tokenizer = inner
+
+        def encode(self, text: str) -> list[int]:
+            return [len(text)]
+
+    assert encode_inputs(Wrapper(tokenizer._tokenizer), ["ab", "abc"]) == [[2], [3]]

@@ -7,11 +7,12 @@ CUDA backend, measured with ``python -m bench --gpu``). A load now runs one tiny
 through every path a request can take (a lone decode, a batch of two, each sampler kind)
 and throws it away, so that cost is paid while the model loads.
 
-MLX's CUDA backend also specialises some kernels by how a prefill's width (the longest
-prompt less its last token) aligns: odd, or a multiple of 2, 4, 8 or 16 positions. Each
-was compiled the first time a burst brought one (~0.5 s on an H100 with nothing cached,
-``python -m bench.probe DIR --first-round``), so on CUDA the warm-up prefills one batch of
-each, with and without padding. Metal's kernels come built, so a Mac skips those.
+On CUDA, prefills of some widths (the longest prompt less its last token) still compiled
+a kernel the first time (~0.5 s each on an H100 with nothing cached, ``python -m
+bench.probe DIR --first-round``): widths 38, 40 and 44 did, 37, 39, 41, 45 and 51 did not,
+nor 42 and 46 once 38 had, which fits kernels specialised by how the width aligns (odd, or
+a multiple of 2, 4, 8). So there the warm-up also prefills one batch of each alignment up
+to 16, padded and not. Metal's kernels come built, so a Mac skips those.
 """
 
 from __future__ import annotations
