@@ -43,6 +43,7 @@ from typing import Any
 import httpx
 
 from bench.servers import start_mlxd_with
+from mlxd.runtime.prompts import encode_inputs
 
 #: Model shapes by ``--shape``: (decoder, encoder) sizes and how the report names them. ``tiny``
 #: suits this project's 2-core CPU; ``real`` has the width and depth of Qwen3-Embedding-0.6B's
@@ -91,7 +92,7 @@ def raw_decoder(model_dir: Path) -> tuple[Embedder, float]:
     inner = model.model
 
     def run(inputs: list[str]) -> object:
-        tokens = tokenizer._tokenizer(inputs)["input_ids"]  # transformers' batch call, as mlxd's
+        tokens = encode_inputs(tokenizer, inputs)  # as mlxd does: one batch call where it can
         width = max(len(t) for t in tokens)
         states = inner(mx.array([t + [0] * (width - len(t)) for t in tokens])).astype(mx.float32)
         rows = mx.stack([states[i, len(t) - 1] for i, t in enumerate(tokens)])
@@ -115,7 +116,7 @@ def raw_encoder(model_dir: Path) -> Embedder:
     model, tokenizer = load(str(model_dir))
 
     def run(inputs: list[str]) -> object:
-        tokens = tokenizer(inputs)["input_ids"]  # the batch call its README shows
+        tokens = encode_inputs(tokenizer, inputs)
         width = max(len(t) for t in tokens)
         ids = mx.array([t + [0] * (width - len(t)) for t in tokens])
         mask = mx.array([[1.0] * len(t) + [0.0] * (width - len(t)) for t in tokens])

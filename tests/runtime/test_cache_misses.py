@@ -19,7 +19,8 @@ pytestmark = pytest.mark.mlx
 
 
 def test_the_thrashing_check_is_off_unless_the_user_set_it(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.delenv(THRASHING_CHECK, raising=False)
+    monkeypatch.setenv(THRASHING_CHECK, "")  # restored after the test, set or not
+    monkeypatch.delenv(THRASHING_CHECK)
     serve_through_cache_misses()
     assert os.environ[THRASHING_CHECK] == "0"
     monkeypatch.setenv(THRASHING_CHECK, "1")  # whoever wants the check keeps it
@@ -37,8 +38,10 @@ def test_a_daemon_worker_turns_it_off(monkeypatch: pytest.MonkeyPatch) -> None:
     from mlxd.runtime.mlx.worker import MlxWorker
     from mlxd.runtime.specs import RuntimeSettings
 
-    monkeypatch.delenv(THRASHING_CHECK, raising=False)
-    monkeypatch.delenv(KERNEL_CACHE, raising=False)
+    monkeypatch.setenv(THRASHING_CHECK, "")  # restored after the test, set or not
+    monkeypatch.delenv(THRASHING_CHECK)
+    monkeypatch.setenv(KERNEL_CACHE, "")  # restored after the test, set or not
+    monkeypatch.delenv(KERNEL_CACHE)
     monkeypatch.setattr(worker, "cache_dir", lambda: Path("/nonexistent/mlxd-cache"))
     # The worker's process-wide settings (a frozen heap, MLX's cache bound) stay out of this process.
     monkeypatch.setattr(worker, "settle_heap", lambda: None)
@@ -57,7 +60,8 @@ def test_compiled_kernels_go_to_the_cache_folder_unless_the_user_chose(
 ) -> None:
     import mlx.core as mx
 
-    monkeypatch.delenv(KERNEL_CACHE, raising=False)
+    monkeypatch.setenv(KERNEL_CACHE, "")  # restored after the test, set or not
+    monkeypatch.delenv(KERNEL_CACHE)
     chosen = keep_compiled_kernels(tmp_path)
     assert chosen == tmp_path / "kernels" / f"mlx-{mx.__version__}"  # a new MLX compiles afresh
     assert os.environ[KERNEL_CACHE] == str(chosen)

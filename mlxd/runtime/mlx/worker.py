@@ -96,7 +96,7 @@ class MlxWorker:
         self._lockstep: Lockstep | None = None
         # MLX's first calls: a worker that cannot make them has not started (see handle.py).
         serve_through_cache_misses()
-        keep_compiled_kernels(cache_dir())
+        log.debug("compiled kernels (CUDA) kept in %s", keep_compiled_kernels(cache_dir()))
         settle_heap()
         self.stats.mlx_cache_limit_bytes = bound_cache(settings)
 
