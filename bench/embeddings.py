@@ -9,10 +9,11 @@ measures, in one run:
 
 1. inputs/s at batch 1, 32 and 256 (one request of that many inputs at a time, vectors
    through ``/v1/embeddings`` as JSON numbers, or as base64 with ``--format base64``) against
-   the raw engine: the same inputs tokenized with the tokenizer's batch call (as mlxd does)
-   and run through the model's own forward pass in-process (mlx-lm's
-   model for the decoder: right-padded batch, last-token pooling; mlx-embeddings' for the
-   encoder: masked batch, its own mean pooling; normalized, evaluated), in batches of the
+   the raw engine: the same inputs tokenized as mlxd tokenizes them (``encode_inputs``: one
+   batch call of the Rust tokenizer) and run through the model's own forward pass
+   in-process (mlx-lm's model for the decoder: right-padded batch, last-token pooling;
+   mlx-embeddings' for the encoder: masked batch, its own mean pooling; normalized,
+   evaluated), in batches of the
    same size, the two taking turns ``R`` times (the ratio is the median of the paired
    ratios); and where a request's time goes: until its reply arrived, then the client's
    decoding;

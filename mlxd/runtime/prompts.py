@@ -58,7 +58,7 @@ def encode_inputs(tokenizer: Any, inputs: Sequence[str | Sequence[int]]) -> list
     """Token ids of embedding inputs: texts as the tokenizer encodes them (special tokens
     included, as the model was trained to embed them), token ids as given."""
     encoded = iter(_encode_texts(tokenizer, [x for x in inputs if isinstance(x, str)]))
-    return [list(next(encoded)) if isinstance(x, str) else [int(t) for t in x] for x in inputs]
+    return [next(encoded) if isinstance(x, str) else [int(t) for t in x] for x in inputs]
 
 
 #: The tokenizer methods a batch call and ``encode`` share; a class that overrides any of them

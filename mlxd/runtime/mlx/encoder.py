@@ -12,8 +12,9 @@ then gets the states it gets alone, to float tolerance. An encoder has no KV cac
 input cannot be cut into chunks as a decoder's is; a batch larger than the worker's budget
 (while streams decode, one decode step) runs a piece of a layer at a time instead: its whole
 forward pass is built lazily, with a tap on the output of each piece of each layer (a
-linear map, a norm, an activation), and the worker evaluates as many more of them at each pass as its budget holds
-(``LayerTaps``), so no stream waits for a whole input, or a whole layer, of an encoder.
+linear map, a norm, an activation), and the worker evaluates as many more of them at each
+pass as its budget holds (``LayerTaps``), so no stream waits for a whole input, or a whole
+layer, of an encoder.
 """
 
 from __future__ import annotations

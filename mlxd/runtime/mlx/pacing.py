@@ -23,9 +23,9 @@ class Pacer:
     make the next one many steps long. A size learned beside longer steps shrinks with the
     step it is used beside. Batches run with nothing decoding teach it nothing: sized by the
     idle budget, their fixed cost spread over thousands of tokens, they used to make the
-    first batches beside a stream overshoot the step. Where the fixed cost alone is about a step (a tiny model on a
-    CPU) a batch stays at one token: the smallest unit of work, so embeddings still advance
-    while the stream keeps its pace."""
+    first batches beside a stream overshoot the step. Where the fixed cost alone is about a
+    step (a tiny model on a CPU) a batch stays at one token: the smallest unit of work, so
+    embeddings still advance while the stream keeps its pace."""
 
     MIN_TOKENS = 1
     GROW_BELOW = 0.9

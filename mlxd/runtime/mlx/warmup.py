@@ -46,19 +46,23 @@ def warm_up_batches(vocab_size: int, *, cuda: bool) -> list[list[list[int]]]:
     """The throwaway batches the warm-up prefills: two prompts of 4 and 3 tokens (an odd
     width, padded); on CUDA also, for each of ``ALIGNED_WIDTHS``, two prompts of that width
     plus one token, and the same with the second a token shorter (padded)."""
-    batches = [[[t % vocab_size for t in (1, 2, 3, 4)], [t % vocab_size for t in (1, 2, 3)]]]
+    batches = [[_prompt(4, vocab_size), _prompt(3, vocab_size)]]
     if cuda:
         for width in ALIGNED_WIDTHS:
-            prompt = [t % vocab_size for t in range(1, width + 2)]
+            prompt = _prompt(width + 1, vocab_size)
             batches += [[prompt, prompt], [prompt, prompt[:-1]]]
     return batches
+
+
+def _prompt(length: int, vocab_size: int) -> list[int]:
+    """Token ids 1, 2, … ``length``, wrapped into the vocabulary."""
+    return [t % vocab_size for t in range(1, length + 1)]
 
 
 def warm_up(model: Any, generator: Any, vocab_size: int) -> None:
     """Run throwaway decodes through ``model`` alone and through its ``BatchGenerator``."""
     started = time.perf_counter()
-    prompt = [t % vocab_size for t in (1, 2, 3, 4)]
-    logits = model(mx.array([prompt]), cache=make_prompt_cache(model))[:, -1, :]
+    logits = model(mx.array([_prompt(4, vocab_size)]), cache=make_prompt_cache(model))[:, -1, :]
     logprobs = logits - mx.logsumexp(logits, axis=-1, keepdims=True)
     mx.eval([make_sampler(params)(logprobs) for params in _SAMPLERS])
     mx.eval(mx.argpartition(-logprobs[0], kth=0))  # top logprobs
