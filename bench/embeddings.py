@@ -19,10 +19,13 @@ measures, in one run:
    decoding;
 2. the largest difference between a batch's vectors and the same inputs' vectors one at a
    time (32 inputs of 8 to 40 words);
-3. the inter-chunk gap of one stream (``stream_interval = 0``: a chunk per token) alone,
-   and while bursts of 256 embedding inputs run beside it, for the stream's own model and
-   for the encoder: p50 / p99 / max, next to the time one prefill step
-   (``prefill_step_size`` tokens) takes in the raw engine.
+3. the gap between the tokens of one stream (``stream_interval = 0`` and ``logprobs``: a
+   chunk per token) alone, and while bursts of 256 embedding inputs run beside it, for the
+   stream's own model and for the encoder: p50 / p99 / max, next to the time one prefill
+   step (``prefill_step_size`` tokens) takes in the raw engine; its longest gaps, and this
+   client's own garbage collections;
+4. the same stream decoded in this process by mlx-lm and by mlxd's solo decoder
+   (``bench.probe.decode_stalls``), without HTTP.
 
 It prints Markdown for ``bench/RESULTS.md``.
 """
@@ -32,17 +35,21 @@ from __future__ import annotations
 import argparse
 import base64
 import itertools
+import json
 import statistics
 import sys
 import tempfile
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import httpx
 
+from bench.gc_pauses import GcPauses
+from bench.probe import decode_stalls
 from bench.servers import start_mlxd_with
 from mlxd.runtime.prompts import encode_inputs
 
@@ -83,9 +90,10 @@ Embedder = Callable[[list[str]], object]
 Split = list[tuple[float, float]]
 
 
-def raw_decoder(model_dir: Path) -> tuple[Embedder, float]:
+def raw_decoder(model_dir: Path) -> tuple[Embedder, float, tuple[Any, Any]]:
     """mlx-lm's model in-process: right-padded batch, last-token pooling, normalized,
-    evaluated; and the seconds one prefill step (``PREFILL_STEP`` tokens) takes."""
+    evaluated; the seconds one prefill step (``PREFILL_STEP`` tokens) takes; and the loaded
+    model and tokenizer."""
     import mlx.core as mx
     from mlx_lm.utils import load
 
@@ -106,7 +114,7 @@ def raw_decoder(model_dir: Path) -> tuple[Embedder, float]:
     started = time.perf_counter()
     for _ in range(5):
         mx.eval(inner(step))
-    return run, (time.perf_counter() - started) / 5
+    return run, (time.perf_counter() - started) / 5, (model, tokenizer)
 
 
 def raw_encoder(model_dir: Path) -> Embedder:
@@ -178,25 +186,81 @@ def batch_difference(client: httpx.Client, model: str, count: int = 32) -> float
     return float(np.abs(batched - alone).max())
 
 
-def stream_gaps(client: httpx.Client, tokens: int) -> list[float]:
-    """Seconds between the chunks of one greedy stream."""
+STREAM_PROMPT = "Once upon a time"
+
+
+@dataclass
+class Stream:
+    """When each token of one greedy stream arrived, and the collections this process ran
+    meanwhile (a client's own pause reads as the daemon's gap).
+
+    The stream asks for ``logprobs``, so every token comes in a chunk of its own, its text
+    empty while it holds part of a character: without them a chunk carries every token
+    since the last whole character, and a random-weight model's runs of byte tokens read as
+    stalls of many steps (on the accelerator, 20-60 ms gaps after the same tokens in every
+    run, alone and beside bursts alike)."""
+
+    #: (arrival, tokens in the chunk) of each chunk that carried tokens.
+    chunks: list[tuple[float, int]]
+    collector: GcPauses
+
+    @property
+    def gaps(self) -> list[float]:
+        """Seconds between tokens, from the first (after the TTFT) on; a chunk of several
+        tokens (none expected with ``logprobs``) spreads its gap over them."""
+        out: list[float] = []
+        for (before, _), (at, count) in itertools.pairwise(self.chunks):
+            out += [(at - before) / count] * count
+        return out
+
+    @property
+    def shared(self) -> int:
+        """Chunks that carried more than one token."""
+        return sum(1 for _, count in self.chunks if count > 1)
+
+    def longest(self, count: int = 5) -> str:
+        """The ``count`` longest gaps in ms, each with the token it ended (the first token is
+        1), the client's own collection pause inside it, if any, and this client's
+        collections over the stream."""
+        gaps = self.gaps
+        ends = [at for at, n in self.chunks[1:] for _ in range(n)]
+        ranked = sorted(range(len(gaps)), key=gaps.__getitem__, reverse=True)[:count]
+        parts = []
+        for i in sorted(ranked):
+            start, end = ends[i] - gaps[i], ends[i]
+            inside = sum(p.seconds for p in self.collector.pauses if start < p.ended <= end)
+            note = f" (client GC {inside * 1e3:.1f})" if inside > 0.001 else ""
+            parts.append(f"{gaps[i] * 1e3:.1f} @ {i + 2}{note}")
+        return (
+            ", ".join(parts)
+            + f"; client: {self.collector.summary()}; chunks of several tokens: {self.shared}"
+        )
+
+
+def stream_gaps(client: httpx.Client, tokens: int) -> Stream:
+    """One greedy stream's token arrivals."""
     body = {
         "model": "decoder",
-        "prompt": "Once upon a time",
+        "prompt": STREAM_PROMPT,
         "max_tokens": tokens,
         "stream": True,
         "temperature": 0,
+        "logprobs": 0,
     }
-    arrivals: list[float] = []
-    with client.stream("POST", "/v1/completions", json=body) as response:
+    chunks: list[tuple[float, int]] = []
+    with GcPauses() as collector, client.stream("POST", "/v1/completions", json=body) as response:
         response.raise_for_status()
         for line in response.iter_lines():
             if line.startswith("data: {"):
-                arrivals.append(time.perf_counter())
-    return [b - a for a, b in itertools.pairwise(arrivals[1:])]  # the first gap is the TTFT
+                now = time.perf_counter()
+                choice = json.loads(line[6:])["choices"]
+                count = len((choice[0].get("logprobs") or {}).get("tokens") or []) if choice else 0
+                if count:
+                    chunks.append((now, count))
+    return Stream(chunks, collector)
 
 
-def with_bursts(url: str, client: httpx.Client, tokens: int, model: str) -> tuple[list[float], int]:
+def with_bursts(url: str, client: httpx.Client, tokens: int, model: str) -> tuple[Stream, int]:
     """The stream's gaps while 256-input bursts for ``model`` run one after another beside it."""
     done = threading.Event()
     bursts = [0]
@@ -212,24 +276,16 @@ def with_bursts(url: str, client: httpx.Client, tokens: int, model: str) -> tupl
     thread.start()
     time.sleep(0.05)
     try:
-        gaps = stream_gaps(client, tokens)
+        stream = stream_gaps(client, tokens)
     finally:
         done.set()
         thread.join()
-    return gaps, bursts[0]
+    return stream, bursts[0]
 
 
 def _p(values: list[float], q: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
-
-
-def _longest(gaps: list[float], count: int = 5) -> list[tuple[float, int]]:
-    """The ``count`` longest gaps in ms, each with the token it followed (counting from the
-    stream's second chunk): stalls at fixed positions point at the decode's own shapes (its
-    KV cache grows in steps of 256 positions), stalls anywhere at what ran beside it."""
-    ranked = sorted(range(len(gaps)), key=gaps.__getitem__, reverse=True)[:count]
-    return [(gaps[i] * 1e3, i + 2) for i in sorted(ranked)]
 
 
 def _ms(values: list[float]) -> str:
@@ -287,8 +343,8 @@ prefill_step_size = {PREFILL_STEP}
         rates: dict[str, dict[int, list[tuple[float, float]]]] = {a: {b: [] for b in BATCHES} for a in models}
         splits: dict[str, dict[int, Split]] = {a: {b: [] for b in BATCHES} for a in models}
         differences: dict[str, float] = {}
-        beside: dict[str, tuple[list[float], int]] = {}
-        raw_decoder_run, step = raw_decoder(model)
+        beside: dict[str, tuple[Stream, int]] = {}
+        raw_decoder_run, step, loaded = raw_decoder(model)
         raws = {"decoder": raw_decoder_run}
         if encoder:
             raws["encoder"] = raw_encoder(models["encoder"])
@@ -318,6 +374,9 @@ prefill_step_size = {PREFILL_STEP}
                     beside[alias] = with_bursts(server.url, client, args.tokens, alias)
         finally:
             server.stop()
+        print("The same stream in this process, without HTTP:\n", flush=True)
+        decode_stalls(*loaded, loaded[1].encode(STREAM_PROMPT), args.tokens)
+        print()
     names = {
         "decoder": f"decoder (qwen3, hidden {sizes['hidden_size']} x {sizes['num_layers']} layers, last token)",
         "encoder": f"encoder (bert through mlx-embeddings, hidden {encoder_sizes['hidden_size']} x "
@@ -357,14 +416,14 @@ prefill_step_size = {PREFILL_STEP}
     print(f"\nOne decoder stream's gap between chunks (ms, p50 / p99 / max), {args.tokens} tokens:\n")
     print("| | gaps | p99 / alone |")
     print("|---|---|---|")
-    print(f"| alone | {_ms(alone)} | 1.00× |")
-    for alias, (gaps, bursts) in beside.items():
-        ratio = _p(gaps, 0.99) / _p(alone, 0.99)
-        print(f"| beside {bursts} bursts of 256 inputs to the {alias} | {_ms(gaps)} | {ratio:.2f}× |")
+    print(f"| alone | {_ms(alone.gaps)} | 1.00× |")
+    for alias, (stream, bursts) in beside.items():
+        ratio = _p(stream.gaps, 0.99) / _p(alone.gaps, 0.99)
+        print(f"| beside {bursts} bursts of 256 inputs to the {alias} | {_ms(stream.gaps)} | {ratio:.2f}× |")
     print(f"\nOne prefill step ({PREFILL_STEP} tokens) in the raw engine: {step * 1e3:.1f} ms")
-    print("\nThe stream's longest gaps (ms, after which of its tokens):\n")
-    for label, gaps in [("alone", alone), *((f"beside the {a}", g) for a, (g, _) in beside.items())]:
-        print(f"- {label}: " + ", ".join(f"{ms:.1f} @ {at}" for ms, at in _longest(gaps)))
+    print("\nThe stream's longest gaps (ms, after which of its tokens), and this client's collections:\n")
+    for label, stream in [("alone", alone), *((f"beside the {a}", s) for a, (s, _) in beside.items())]:
+        print(f"- {label}: {stream.longest()}")
 
 
 if __name__ == "__main__":

@@ -14,7 +14,8 @@ Diagnostics behind the GPU section of the benchmark, printed as plain lines:
 
 ``--first-round`` instead asks what the first batches after a load still pay once mlxd's
 warm-up has run: 64 rows at a prompt length, a neighbouring length, the first again, then
-other row counts; then one lone stream decoded twice, with the steps that stalled.
+other row counts; then one lone stream decoded twice by mlx-lm and twice by mlxd's solo
+decoder, with the steps that stalled.
 
 ``--rounds`` instead asks why rounds of the same work differ in speed: the host's CPU pace,
 core by core and over time on one core, then identical rounds of 64 decoding rows with each
@@ -305,31 +306,96 @@ def cpu_pace(seconds: float = 8.0) -> None:
     print(f"the same work every 50 ms for {seconds:.0f} s, unpinned: {_quantiles(samples)} ms", flush=True)
 
 
-def decode_stalls(model: Any, vocab: int, tokens: int = 300, prompt_length: int = 7) -> None:
-    """One lone stream decoded in-process as mlx-lm's ``generate_step`` does, twice from the
-    same prompt: each pass's median step and the steps over three times it, with the KV
-    length at each. A stall in the first pass only is something built for a new shape; one
-    in both passes is something else."""
-    import statistics
+def _solo_steps(model: Any, tokenizer: Any, prompt: list[int], tokens: int) -> list[float]:
+    """Seconds per token of mlxd's solo decoder with its per-token output work (greedy)."""
+    import mlx.core as mx
+    from mlx_lm.models.cache import make_prompt_cache
 
+    from mlxd.output.parser import ChoiceParser, OutputSpec
+    from mlxd.runtime.mlx.sequence import Sequence
+    from mlxd.runtime.mlx.solo import SoloDecoder
+    from mlxd.runtime.token_pieces import TokenPieces
+
+    decoder = SoloDecoder(
+        model,
+        list(prompt),
+        make_prompt_cache(model),
+        [],
+        sampler=lambda logprobs: mx.argmax(logprobs, axis=-1),
+        processors=[],
+        max_tokens=tokens,
+        stop_tokens=frozenset(),
+        prefill_step_size=256,
+        stream=mx.new_stream(mx.default_device()),
+    )
+    seq = Sequence(
+        1,
+        -1,
+        None,
+        tokenizer.detokenizer,
+        ChoiceParser(OutputSpec()),
+        frozenset(),
+        None,
+        TokenPieces(tokenizer),
+    )  # type: ignore[arg-type]
+    steps: list[float] = []
+    last = time.perf_counter()
+    while len(steps) < tokens:
+        response = decoder.step()
+        if response is None:
+            continue
+        event = SimpleNamespace(
+            token=response.token, logprobs=response.logprobs, finish_reason=response.finish_reason
+        )
+        seq.output(event, time.monotonic())
+        now = time.perf_counter()
+        steps.append(now - last)
+        last = now
+    return steps
+
+
+def _raw_steps(model: Any, prompt: list[int], tokens: int) -> list[float]:
+    """Seconds per token of mlx-lm's ``generate_step`` (greedy)."""
     import mlx.core as mx
     from mlx_lm.generate import generate_step
 
-    prompt = mx.array([(5 * j + 3) % vocab for j in range(prompt_length)])
+    steps: list[float] = []
+    last = time.perf_counter()
+    for _ in zip(range(tokens), generate_step(mx.array(prompt), model, max_tokens=tokens), strict=False):
+        now = time.perf_counter()
+        steps.append(now - last)
+        last = now
+    return steps
+
+
+def decode_stalls(model: Any, tokenizer: Any, prompt: list[int], tokens: int = 300) -> None:
+    """One lone greedy stream decoded in-process by mlx-lm's ``generate_step`` and by mlxd's
+    solo decoder with its output work, each twice from the same prompt: each pass's median
+    step and its longest steps, with the token each produced (counting from 1, the token
+    the prefill gives) and the KV length then. A stall in the first pass only is something
+    built for a new shape; in both passes of both engines, the accelerator's own; in mlxd's
+    alone, mlxd's. Garbage collections in this process are counted beside."""
+    import statistics
+
+    from bench.gc_pauses import GcPauses
+
     for attempt in (1, 2):
-        steps: list[float] = []
-        last = time.perf_counter()
-        for _ in zip(range(tokens), generate_step(prompt, model, max_tokens=tokens), strict=False):
-            now = time.perf_counter()
-            steps.append(now - last)
-            last = now
-        median = statistics.median(steps[1:])
-        stalls = [
-            f"{t * 1e3:.0f} ms at KV {prompt_length + i}" for i, t in enumerate(steps) if i and t > 3 * median
-        ]
-        print(
-            f"lone stream, pass {attempt}: step p50 {median * 1e3:.2f} ms; stalls: {', '.join(stalls) or 'none'}"
-        )
+        for name, run in (
+            ("generate_step", lambda: _raw_steps(model, prompt, tokens)),
+            ("mlxd solo", lambda: _solo_steps(model, tokenizer, prompt, tokens)),
+        ):
+            with GcPauses() as pauses:
+                steps = run()
+            median = statistics.median(steps[1:])
+            longest = sorted(range(1, len(steps)), key=steps.__getitem__, reverse=True)[:5]
+            print(
+                f"lone stream, {name}, pass {attempt}: step p50 {median * 1e3:.2f} ms; longest: "
+                + ", ".join(
+                    f"{steps[i] * 1e3:.1f} ms @ token {i + 1} (KV {len(prompt) + i})" for i in sorted(longest)
+                )
+                + f"; garbage collector here: {pauses.summary()}",
+                flush=True,
+            )
 
 
 def decode_rounds(model: Any, vocab: int, rounds: int = 12, rows: int = 64) -> None:
@@ -388,7 +454,7 @@ def main() -> None:
         return
     if "--first-round" in sys.argv:
         first_round(model, vocab)
-        decode_stalls(model, vocab)
+        decode_stalls(model, tokenizer, [(5 * j + 3) % vocab for j in range(7)])
         return
     if "--rounds" in sys.argv:
         cpu_pace()
