@@ -1,5 +1,6 @@
 """The embedding pacer: while anything decodes, a batch settles at the size whose time is
-one decode step, even when a forward pass has a fixed cost larger than its per-token cost."""
+its share of one decode step (``Pacer.SHARE``), even when a forward pass has a fixed cost
+larger than its per-token cost."""
 
 from __future__ import annotations
 
@@ -25,18 +26,26 @@ def _settle(pacer: Pacer, step: float, fixed: float, per_token: float, rounds: i
     ("step", "fixed", "per_token"),
     [
         (0.020, 0.001, 0.0001),  # a real model: large step, small fixed cost
-        (0.0015, 0.0011, 0.00027),  # the tiny test model on a CPU: fixed cost near one step
+        (0.0015, 0.0005, 0.00009),  # the tiny test model on a CPU: fixed cost near the share
         (0.010, 0.0, 0.0005),  # cost in proportion to tokens
     ],
 )
-def test_a_batch_settles_at_one_decode_steps_time(step: float, fixed: float, per_token: float) -> None:
+def test_a_batch_settles_at_its_share_of_a_decode_step(step: float, fixed: float, per_token: float) -> None:
     budgets = _settle(Pacer(), step, fixed, per_token)
     settled = budgets[-1]
     assert budgets[-10:] == [settled] * 10
-    # The largest batch that fits in one step (never below one token, never above the cap).
-    fits = max(1, min(CAP, int((step - fixed) / per_token)))
+    # The largest batch that fits in its share (never below one token, never above the cap).
+    share = Pacer.SHARE * step
+    fits = max(1, min(CAP, int((share - fixed) / per_token)))
     assert abs(settled - fits) <= 1
-    assert fixed + per_token * settled <= step * 1.25 or settled == 1
+    assert fixed + per_token * settled <= share * 1.25 or settled == 1
+
+
+def test_a_batch_takes_half_a_step() -> None:
+    """Half, not all of it: a whole step doubled a stream's gap by design."""
+    assert Pacer.SHARE == 0.5
+    settled = _settle(Pacer(), step=0.020, fixed=0.0, per_token=0.0001)[-1]
+    assert settled == 100
 
 
 def test_a_first_batch_is_small_and_one_token_always_runs() -> None:
@@ -56,14 +65,15 @@ def test_without_decoding_a_batch_takes_the_idle_budget() -> None:
 def test_idle_batches_do_not_make_the_first_ones_beside_a_stream_overshoot() -> None:
     """A burst that ran alone in 8,192-token batches (fixed cost spread thin) must not size
     the first batches once a stream starts: they start small and grow to one step."""
-    step, fixed, per_token = 0.0015, 0.0011, 0.00002
+    step, fixed, per_token = 0.0015, 0.0005, 0.00001
     pacer = Pacer()
     for _ in range(20):
         pacer.embedded(IDLE, fixed + per_token * IDLE, None)
     assert pacer.budget(True, step, CAP, IDLE) == Pacer.MIN_TOKENS
     budgets = _settle(pacer, step, fixed, per_token)
-    assert all(fixed + per_token * tokens <= step for tokens in budgets)  # from below
-    fits = int((step - fixed) / per_token)  # 20 tokens: a forward pass's fixed cost near a step
+    share = Pacer.SHARE * step
+    assert all(fixed + per_token * tokens <= share for tokens in budgets)  # from below
+    fits = int((share - fixed) / per_token)  # a forward pass's fixed cost near the share
     assert fits - 3 <= budgets[-1] <= fits  # no longer stuck at one token
 
 
@@ -79,9 +89,9 @@ def test_one_cheap_batch_at_most_doubles_the_next() -> None:
 def test_a_size_learned_beside_long_steps_shrinks_beside_short_ones() -> None:
     pacer = Pacer()
     settled = _settle(pacer, step=0.020, fixed=0.0, per_token=0.0001)[-1]
-    assert settled == 200
-    assert pacer.budget(True, 0.002, CAP, IDLE) == 20  # a tenth of the step: a tenth of the size
-    assert pacer.budget(True, 0.040, CAP, IDLE) == 200  # longer steps: it grows by learning
+    assert settled == 100
+    assert pacer.budget(True, 0.002, CAP, IDLE) == 10  # a tenth of the step: a tenth of the size
+    assert pacer.budget(True, 0.040, CAP, IDLE) == 100  # longer steps: it grows by learning
 
 
 def test_the_decode_clock_is_a_running_average() -> None:
