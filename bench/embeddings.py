@@ -413,7 +413,7 @@ prefill_step_size = {PREFILL_STEP}
     print("|---|---|")
     for alias in models:
         print(f"| {names[alias]} | {differences[alias]:.1e} |")
-    print(f"\nOne decoder stream's gap between chunks (ms, p50 / p99 / max), {args.tokens} tokens:\n")
+    print(f"\nOne decoder stream's gap between tokens (ms, p50 / p99 / max), {args.tokens} tokens:\n")
     print("| | gaps | p99 / alone |")
     print("|---|---|---|")
     print(f"| alone | {_ms(alone.gaps)} | 1.00× |")
@@ -421,7 +421,10 @@ prefill_step_size = {PREFILL_STEP}
         ratio = _p(stream.gaps, 0.99) / _p(alone.gaps, 0.99)
         print(f"| beside {bursts} bursts of 256 inputs to the {alias} | {_ms(stream.gaps)} | {ratio:.2f}× |")
     print(f"\nOne prefill step ({PREFILL_STEP} tokens) in the raw engine: {step * 1e3:.1f} ms")
-    print("\nThe stream's longest gaps (ms, after which of its tokens), and this client's collections:\n")
+    print(
+        "\nThe stream's longest gaps (ms @ the token each ended, the first token being 1), and this client's "
+        "collections:\n"
+    )
     for label, stream in [("alone", alone), *((f"beside the {a}", s) for a, (s, _) in beside.items())]:
         print(f"- {label}: {stream.longest()}")
 
