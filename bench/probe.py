@@ -70,21 +70,13 @@ def shapes(model: Any, vocab: int) -> None:
 
 def single(model: Any, tokenizer: Any) -> None:
     """One stream: ``stream_generate`` against mlxd's solo decoder plus its output work."""
-    import mlx.core as mx
     from mlx_lm.generate import stream_generate
-    from mlx_lm.models.cache import make_prompt_cache
     from mlx_lm.sample_utils import make_sampler
-
-    from mlxd.output.parser import ChoiceParser, OutputSpec
-    from mlxd.runtime.mlx.sequence import Sequence
-    from mlxd.runtime.mlx.solo import SoloDecoder
-    from mlxd.runtime.token_pieces import TokenPieces
 
     prompt = tokenizer.apply_chat_template(
         [{"role": "user", "content": "tell me a long story"}], add_generation_prompt=True, tokenize=True
     )
     eos = frozenset(tokenizer.eos_token_ids)
-    stream = mx.new_stream(mx.default_device())
     for _ in range(3):
         started = time.perf_counter()
         count = sum(
@@ -94,37 +86,8 @@ def single(model: Any, tokenizer: Any) -> None:
             )
         )
         raw = count / (time.perf_counter() - started)
-        decoder = SoloDecoder(
-            model,
-            list(prompt),
-            make_prompt_cache(model),
-            [],
-            sampler=make_sampler(temp=TEMPERATURE),
-            processors=[],
-            max_tokens=TOKENS,
-            stop_tokens=eos,
-            prefill_step_size=256,
-            stream=stream,
-        )
-        seq = Sequence(
-            1, -1, None, tokenizer.detokenizer, ChoiceParser(OutputSpec()), eos, None, TokenPieces(tokenizer)
-        )  # type: ignore[arg-type]
-        started = time.perf_counter()
-        generated = 0
-        while True:
-            response = decoder.step()
-            if response is None:
-                continue
-            generated += 1
-            delivery = seq.output(
-                SimpleNamespace(
-                    token=response.token, logprobs=response.logprobs, finish_reason=response.finish_reason
-                ),
-                time.monotonic(),
-            )
-            if delivery is not None and delivery.finish is not None:
-                break
-        solo = generated / (time.perf_counter() - started)
+        steps = _solo_steps(model, tokenizer, prompt, TOKENS, make_sampler(temp=TEMPERATURE), eos)
+        solo = len(steps) / sum(steps)
         print(
             f"single stream: stream_generate {raw:.1f} tok/s, mlxd solo decoder {solo:.1f} tok/s ({solo / raw:.2f}x)",
             flush=True,
@@ -306,8 +269,12 @@ def cpu_pace(seconds: float = 8.0) -> None:
     print(f"the same work every 50 ms for {seconds:.0f} s, unpinned: {_quantiles(samples)} ms", flush=True)
 
 
-def _solo_steps(model: Any, tokenizer: Any, prompt: list[int], tokens: int) -> list[float]:
-    """Seconds per token of mlxd's solo decoder with its per-token output work (greedy)."""
+def _solo_steps(
+    model: Any, tokenizer: Any, prompt: list[int], tokens: int, sampler: Any, stop_tokens: frozenset[int]
+) -> list[float]:
+    """Seconds per token of mlxd's solo decoder with its per-token output work (detokenizing,
+    the output parser), until a stop token or ``tokens`` tokens; the first includes the
+    prefill."""
     import mlx.core as mx
     from mlx_lm.models.cache import make_prompt_cache
 
@@ -321,10 +288,10 @@ def _solo_steps(model: Any, tokenizer: Any, prompt: list[int], tokens: int) -> l
         list(prompt),
         make_prompt_cache(model),
         [],
-        sampler=lambda logprobs: mx.argmax(logprobs, axis=-1),
+        sampler=sampler,
         processors=[],
         max_tokens=tokens,
-        stop_tokens=frozenset(),
+        stop_tokens=stop_tokens,
         prefill_step_size=256,
         stream=mx.new_stream(mx.default_device()),
     )
@@ -334,13 +301,13 @@ def _solo_steps(model: Any, tokenizer: Any, prompt: list[int], tokens: int) -> l
         None,
         tokenizer.detokenizer,
         ChoiceParser(OutputSpec()),
-        frozenset(),
+        stop_tokens,
         None,
         TokenPieces(tokenizer),
     )  # type: ignore[arg-type]
     steps: list[float] = []
     last = time.perf_counter()
-    while len(steps) < tokens:
+    while True:
         response = decoder.step()
         if response is None:
             continue
@@ -351,7 +318,8 @@ def _solo_steps(model: Any, tokenizer: Any, prompt: list[int], tokens: int) -> l
         now = time.perf_counter()
         steps.append(now - last)
         last = now
-    return steps
+        if response.finish_reason is not None:
+            return steps
 
 
 def _raw_steps(model: Any, prompt: list[int], tokens: int) -> list[float]:
@@ -368,6 +336,12 @@ def _raw_steps(model: Any, prompt: list[int], tokens: int) -> list[float]:
     return steps
 
 
+def _greedy(logprobs: Any) -> Any:
+    import mlx.core as mx
+
+    return mx.argmax(logprobs, axis=-1)
+
+
 def decode_stalls(model: Any, tokenizer: Any, prompt: list[int], tokens: int = 300) -> None:
     """One lone greedy stream decoded in-process by mlx-lm's ``generate_step`` and by mlxd's
     solo decoder with its output work, each twice from the same prompt: each pass's median
@@ -382,7 +356,7 @@ def decode_stalls(model: Any, tokenizer: Any, prompt: list[int], tokens: int = 3
     for attempt in (1, 2):
         for name, run in (
             ("generate_step", lambda: _raw_steps(model, prompt, tokens)),
-            ("mlxd solo", lambda: _solo_steps(model, tokenizer, prompt, tokens)),
+            ("mlxd solo", lambda: _solo_steps(model, tokenizer, prompt, tokens, _greedy, frozenset())),
         ):
             with GcPauses() as pauses:
                 steps = run()

@@ -12,7 +12,8 @@ IDLE_EMBED_TOKENS = 8192
 class Pacer:
     """Sizes a model's embedding batches while sequences decode on the worker (this model's
     or another's): each takes about ``SHARE`` of one decode step's time (so a stream's gap
-    between tokens grows by about half), never more than ``cap`` tokens (one prefill step). The step's time is the worker's (``DecodeClock``).
+    between tokens grows by about half), never more than ``cap`` tokens (one prefill step).
+    The step's time is the worker's (``DecodeClock``).
 
     A model's first batch beside decoding is one token; after each, the size scales by how
     the batch's whole time (fixed cost of the forward pass included) compared with its
