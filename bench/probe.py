@@ -73,6 +73,9 @@ def single(model: Any, tokenizer: Any) -> None:
     from mlx_lm.generate import stream_generate
     from mlx_lm.sample_utils import make_sampler
 
+    from mlxd.runtime.mlx.sampling import make_sampler as mlxd_sampler
+    from mlxd.runtime.requests import SamplingParams
+
     prompt = tokenizer.apply_chat_template(
         [{"role": "user", "content": "tell me a long story"}], add_generation_prompt=True, tokenize=True
     )
@@ -86,7 +89,11 @@ def single(model: Any, tokenizer: Any) -> None:
             )
         )
         raw = count / (time.perf_counter() - started)
-        steps = _solo_steps(model, tokenizer, prompt, TOKENS, make_sampler(temp=TEMPERATURE), eos)
+        # mlxd's own sampler, as the daemon builds it (mlx-lm's compiled one hid that mlxd
+        # drew through ten uncompiled operations per token).
+        steps = _solo_steps(
+            model, tokenizer, prompt, TOKENS, mlxd_sampler(SamplingParams(temperature=TEMPERATURE)), eos
+        )
         solo = len(steps) / sum(steps)
         print(
             f"single stream: stream_generate {raw:.1f} tok/s, mlxd solo decoder {solo:.1f} tok/s ({solo / raw:.2f}x)",

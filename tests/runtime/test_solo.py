@@ -128,6 +128,26 @@ def test_alone_it_decodes_exactly_what_generate_step_does(loaded: tuple[Any, Any
     assert run_alone(_decoder(model, prompt, _greedy(), step=16)) == reference
 
 
+def test_alone_an_unseeded_sampler_draws_what_generate_step_draws_with_it(
+    loaded: tuple[Any, Any, list[int]],
+) -> None:
+    """A lone sequence draws through the compiled one-row draw, the batch and
+    ``generate_step`` through the plain operations: from one random state, the same tokens."""
+    import mlx.core as mx
+
+    from mlxd.runtime.mlx.sampling import Categorical, make_sampler
+    from mlxd.runtime.requests import SamplingParams
+
+    model, _, prompt = loaded
+    sampler = make_sampler(SamplingParams(temperature=1.5, top_p=0.95))
+    assert isinstance(sampler, Categorical)
+    mx.random.seed(7)
+    reference = _reference(model, prompt, sampler)
+    assert len(set(reference)) > 5  # really sampled, not one token over and over
+    mx.random.seed(7)
+    assert run_alone(_decoder(model, prompt, sampler)) == reference
+
+
 @pytest.mark.parametrize("after_steps", [1, 7, 25])
 def test_joining_a_batch_mid_decode_keeps_every_greedy_token(
     loaded: tuple[Any, Any, list[int]], after_steps: int

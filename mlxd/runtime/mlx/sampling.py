@@ -4,7 +4,14 @@ The samplers are plain MLX operations, deliberately not ``mx.compile``d: a compi
 function is traced again for every new input shape and every new constant, and a
 continuous batch changes its row count at almost every admission. On a GPU each new
 trace cost a request seconds of time to first token (measured with ``python -m
-bench.probe``), for a fusion of a handful of element-wise operations worth microseconds.
+bench.probe``).
+
+A lone sequence is different: its row has one shape per model, and it samples at every
+step of a decode whose time is mostly the host's (a small model on a GPU, any model on
+the CPU). There the draw itself (about ten operations: the random bits, two logarithms,
+the argmax) is compiled into one fused pass, with the temperature as an input so no
+request traces it again (``for_one_row``); the warm-up traces it at load. It draws the
+very tokens the plain operations draw from the same random state.
 
 Rows of a batch that share a sampler object sample in one batched call, so unseeded
 requests with equal parameters get the same object (``shared_sampler``); a seeded one owns
@@ -135,15 +142,52 @@ def shared_sampler(
         xtc_probability=xtc_probability,
         xtc_threshold=xtc_threshold,
     )
-    filters = _keyed(params, xtc_special)
-    inverse_temperature = 1.0 / temperature
+    return Categorical(_keyed(params, xtc_special), 1.0 / temperature)
 
-    def sample(logprobs: Any) -> Any:
-        for apply in filters:
+
+def _draw(logprobs: Any, scale: Any) -> Any:
+    return mx.random.categorical(logprobs * scale)
+
+
+#: ``_draw`` compiled, for one row at a time: on the CPU backend it took 75 µs a call where
+#: the plain operations took 130 µs, and one stream of a tiny model decoded 8% faster.
+_one_row_draw = mx.compile(_draw, inputs=mx.random.state, outputs=mx.random.state)
+
+
+class Categorical:
+    """An unseeded sampler: its filters, then a draw at its temperature from MLX's global
+    random state (rows that share one sample in one batched call)."""
+
+    __slots__ = ("_filters", "_scale", "_scales")
+
+    def __init__(self, filters: list[KeyedFilter], scale: float) -> None:
+        self._filters = filters
+        self._scale = scale
+        #: The scale as an array of each data type it met (the compiled draw's input).
+        self._scales: dict[Any, Any] = {}
+
+    def __call__(self, logprobs: Any) -> Any:
+        return _draw(self._filtered(logprobs), self._scale)
+
+    def one_row(self, logprobs: Any) -> Any:
+        """The same draw for a lone sequence's row, compiled (``for_one_row``)."""
+        logprobs = self._filtered(logprobs)
+        scale = self._scales.get(logprobs.dtype)
+        if scale is None:
+            scale = self._scales[logprobs.dtype] = mx.array(self._scale, dtype=logprobs.dtype)
+        return _one_row_draw(logprobs, scale)
+
+    def _filtered(self, logprobs: Any) -> Any:
+        for apply in self._filters:
             logprobs = apply(logprobs, None)
-        return mx.random.categorical(logprobs * inverse_temperature)
+        return logprobs
 
-    return sample
+
+def for_one_row(sampler: Sampler) -> Sampler:
+    """What a lone sequence samples with: an unseeded sampler's compiled draw (one shape per
+    model, traced once), else ``sampler`` itself (greedy is one operation; a seeded draw
+    stays plain so that its tokens never depend on which path drew them)."""
+    return sampler.one_row if isinstance(sampler, Categorical) else sampler
 
 
 def _seeded_sampler(params: SamplingParams, seed: int, xtc_special: tuple[int, ...]) -> Sampler:

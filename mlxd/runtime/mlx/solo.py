@@ -16,7 +16,7 @@ import mlx.core as mx
 from mlx_lm.models.cache import KVCache, QuantizedKVCache
 
 from mlxd.runtime.mlx.kv_layers import quantize_solo
-from mlxd.runtime.mlx.sampling import LogitsProcessor, Sampler
+from mlxd.runtime.mlx.sampling import LogitsProcessor, Sampler, for_one_row
 from mlxd.runtime.specs import KvSettings
 
 
@@ -99,7 +99,9 @@ class SoloDecoder:
         #: Tokens whose keys and values are in the cache.
         self.fed = list(cached_tokens)
         self._unfed = list(prompt)
+        #: The batch's kind of sampler, handed over by ``detach``.
         self.sampler = sampler
+        self._sample = for_one_row(sampler)
         self.processors = processors
         self._max_tokens = max_tokens
         self.stop_tokens = stop_tokens
@@ -186,7 +188,7 @@ class SoloDecoder:
             for processor in self.processors:
                 logits = processor(self._context, logits)
         logprobs = logits - mx.logsumexp(logits, axis=-1, keepdims=True)
-        sampled = self.sampler(logprobs)
+        sampled = self._sample(logprobs)
         pair = (sampled, logprobs.squeeze(0))
         mx.async_eval(*pair)  # type: ignore[no-untyped-call]
         return pair

@@ -169,7 +169,7 @@ class SpeculativeDecoder(SoloDecoder):
             logits = self.draft(inputs[None], cache=self.draft_cache)[:, -1, :]
             if context is not None:
                 logits = self._process(mx.concatenate([context, *proposals]), logits)
-            token = self.sampler(logits - mx.logsumexp(logits, axis=-1, keepdims=True))
+            token = self._sample(logits - mx.logsumexp(logits, axis=-1, keepdims=True))
             mx.async_eval(token)  # type: ignore[no-untyped-call]
             proposals.append(token)
             inputs = token

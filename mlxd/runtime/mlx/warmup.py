@@ -24,7 +24,7 @@ from typing import Any
 import mlx.core as mx
 from mlx_lm.models.cache import make_prompt_cache
 
-from mlxd.runtime.mlx.sampling import make_sampler
+from mlxd.runtime.mlx.sampling import for_one_row, make_sampler
 from mlxd.runtime.requests import SamplingParams
 
 log = logging.getLogger("mlxd.runtime")
@@ -64,7 +64,9 @@ def warm_up(model: Any, generator: Any, vocab_size: int) -> None:
     started = time.perf_counter()
     logits = model(mx.array([_prompt(4, vocab_size)]), cache=make_prompt_cache(model))[:, -1, :]
     logprobs = logits - mx.logsumexp(logits, axis=-1, keepdims=True)
-    mx.eval([make_sampler(params)(logprobs) for params in _SAMPLERS])
+    samplers = [make_sampler(params) for params in _SAMPLERS]
+    mx.eval([sampler(logprobs) for sampler in samplers])
+    mx.eval([for_one_row(sampler)(logprobs) for sampler in samplers])  # a lone sequence's (traced)
     mx.eval(mx.argpartition(-logprobs[0], kth=0))  # top logprobs
     for batch in warm_up_batches(vocab_size, cuda=mx.cuda.is_available()):
         left = set(generator.insert(batch, max_tokens=[2] * len(batch)))
