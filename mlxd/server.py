@@ -18,9 +18,8 @@ import sys
 import time
 from collections.abc import Callable, Iterator
 
-import h11
 import uvicorn
-from uvicorn.protocols.http.h11_impl import H11Protocol
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from mlxd.errors import UnavailableError
 from mlxd.http.errors import send_error
@@ -68,9 +67,9 @@ class ConnectionCap:
         await send_error(send, error, scope["path"], [(b"connection", b"close")])
 
 
-def guarded_protocol(seconds: float, cap: ConnectionCap) -> type[H11Protocol]:
-    """uvicorn's h11 protocol with a deadline for a request's headers (slowloris) and a cap
-    on open connections (floods).
+def guarded_protocol(seconds: float, cap: ConnectionCap) -> type[HttpToolsProtocol]:
+    """uvicorn's httptools protocol with a deadline for a request's headers (slowloris) and
+    a cap on open connections (floods).
 
     uvicorn waits forever for a connection that sends nothing or trickles its headers; the
     body has its own deadline in the guards. The deadline starts when a connection opens
@@ -79,15 +78,19 @@ def guarded_protocol(seconds: float, cap: ConnectionCap) -> type[H11Protocol]:
     ``cap.refuse`` as its app and ``SURPLUS_DEADLINE_S`` for its request. (uvicorn's own
     ``limit_concurrency`` counts every open connection at each request, so under a flood
     it would refuse the connections already being served too.)
+
+    httptools (llhttp, the parser in C that Node.js uses) rather than h11: pure-Python h11
+    was a quarter of the event loop's time per request, and the event loop is where a burst
+    of requests waits to be admitted (``python -m bench.overhead``).
     """
 
-    class GuardedProtocol(H11Protocol):
+    class GuardedProtocol(HttpToolsProtocol):
         _deadline: asyncio.TimerHandle | None = None
         _seconds = seconds
         _counted = False
 
-        def connection_made(self, transport: asyncio.BaseTransport) -> None:
-            super().connection_made(transport)  # type: ignore[arg-type]
+        def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+            super().connection_made(transport)
             cap.open += 1
             self._counted = True
             if cap.open > cap.limit:
@@ -95,12 +98,13 @@ def guarded_protocol(seconds: float, cap: ConnectionCap) -> type[H11Protocol]:
                 self._seconds = min(seconds, SURPLUS_DEADLINE_S)
             self._arm()
 
-        def data_received(self, data: bytes) -> None:
-            if self.conn.their_state is h11.IDLE:
-                self._arm()
-            super().data_received(data)
-            if self.conn.their_state is not h11.IDLE:
-                self._disarm()
+        def on_message_begin(self) -> None:
+            self._arm()  # a kept-alive connection's next request: its headers are due
+            super().on_message_begin()
+
+        def on_headers_complete(self) -> None:
+            self._disarm()
+            super().on_headers_complete()
 
         def connection_lost(self, exc: Exception | None) -> None:
             if self._counted:
@@ -119,8 +123,8 @@ def guarded_protocol(seconds: float, cap: ConnectionCap) -> type[H11Protocol]:
                 self._deadline = None
 
         def _too_slow(self) -> None:
-            self._deadline = None
-            if self.conn.their_state is h11.IDLE and not self.transport.is_closing():
+            self._deadline = None  # armed until the headers were in: they are not
+            if not self.transport.is_closing():
                 self.transport.close()
 
     return GuardedProtocol
