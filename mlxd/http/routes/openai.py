@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 import msgspec
@@ -75,8 +76,7 @@ def openai_router(state: DaemonState) -> Router:
         """OpenAI text completions, streaming or not."""
         return await complete(request, data, chat=False)
 
-    def cards() -> list[ModelCard]:
-        config = state.configs.current
+    def cards(config: MlxdConfig) -> list[ModelCard]:
         created = int(state.started_at)
         out = []
         for alias, model in config.models.items():
@@ -87,8 +87,10 @@ def openai_router(state: DaemonState) -> Router:
 
     @get("/models")
     async def list_models() -> Response[bytes]:
-        """The configured aliases (and their extra names)."""
-        return Response(msgspec.json.encode(ModelList(cards())), media_type=_JSON)
+        """The configured aliases (and their extra names). Their capabilities come from each
+        model's files, read on a thread: the event loop keeps streaming meanwhile."""
+        listed = await asyncio.to_thread(cards, state.configs.current)
+        return Response(msgspec.json.encode(ModelList(listed)), media_type=_JSON)
 
     @get("/models/{model_id:path}")
     async def get_model(model_id: str) -> Response[bytes]:
@@ -105,7 +107,7 @@ def openai_router(state: DaemonState) -> Router:
             id=name,
             created=int(state.started_at),
             source=config.models[alias].source,
-            capabilities=_capabilities(config, alias),
+            capabilities=await asyncio.to_thread(_capabilities, config, alias),
         )
         return Response(msgspec.json.encode(card), media_type=_JSON)
 
