@@ -56,19 +56,31 @@ def test_greedy_and_seeded_samplers_stay_as_they_are() -> None:
         assert for_one_row(sampler) is sampler
 
 
-def test_a_new_temperature_reuses_the_draw_and_keeps_its_own_scale() -> None:
+def test_a_new_temperature_reuses_the_trace_and_keeps_its_own_scale(monkeypatch: pytest.MonkeyPatch) -> None:
     """The temperature is the compiled draw's input, not a constant baked into it: two
-    temperatures in turn each draw what their plain sampler draws."""
+    temperatures in turn share one trace, and each draws what its plain sampler draws."""
     import mlx.core as mx
 
-    from mlxd.runtime.mlx.sampling import for_one_row, make_sampler
+    from mlxd.runtime.mlx import sampling
 
-    rows = _rows(mx.float32, count=1) * 40  # one row again and again
-    cold, hot = (make_sampler(SamplingParams(temperature=t)) for t in (0.2, 5.0))
+    rows = _rows(mx.float32, count=1, vocab=301) * 40  # one row again and again (a shape of its own)
+    cold, hot = (sampling.make_sampler(SamplingParams(temperature=t)) for t in (0.2, 5.0))
     mx.random.seed(3)
     plain = [(int(cold(row).item()), int(hot(row).item())) for row in rows]
+    traces: list[tuple[int, ...]] = []
+    draw = sampling._draw
+
+    def counted(logprobs: Any, scale: Any) -> Any:
+        traces.append(tuple(logprobs.shape))
+        return draw(logprobs, scale)
+
+    monkeypatch.setattr(sampling, "_draw", counted)
     mx.random.seed(3)
-    lone = [(int(for_one_row(cold)(row).item()), int(for_one_row(hot)(row).item())) for row in rows]
+    lone = [
+        (int(sampling.for_one_row(cold)(row).item()), int(sampling.for_one_row(hot)(row).item()))
+        for row in rows
+    ]
     assert lone == plain
+    assert traces == [(1, 301)]  # traced once, for both temperatures and all 80 draws
     # From one row a cold draw keeps to its likeliest tokens, a hot one wanders: the scales differ.
     assert len({c for c, _ in plain}) < len({h for _, h in plain})

@@ -129,7 +129,7 @@ def test_alone_it_decodes_exactly_what_generate_step_does(loaded: tuple[Any, Any
 
 
 def test_alone_an_unseeded_sampler_draws_what_generate_step_draws_with_it(
-    loaded: tuple[Any, Any, list[int]],
+    loaded: tuple[Any, Any, list[int]], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A lone sequence draws through the compiled one-row draw, the batch and
     ``generate_step`` through the plain operations: from one random state, the same tokens."""
@@ -144,8 +144,17 @@ def test_alone_an_unseeded_sampler_draws_what_generate_step_draws_with_it(
     mx.random.seed(7)
     reference = _reference(model, prompt, sampler)
     assert len(set(reference)) > 5  # really sampled, not one token over and over
+    one_row = Categorical.one_row
+    rows: list[int] = []
+
+    def counted(self: Categorical, logprobs: Any) -> Any:
+        rows.append(logprobs.shape[0])
+        return one_row(self, logprobs)
+
+    monkeypatch.setattr(Categorical, "one_row", counted)
     mx.random.seed(7)
     assert run_alone(_decoder(model, prompt, sampler)) == reference
+    assert rows == [1] * TOKENS  # every token through the one-row draw
 
 
 @pytest.mark.parametrize("after_steps", [1, 7, 25])

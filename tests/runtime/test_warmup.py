@@ -52,3 +52,50 @@ def test_every_batch_runs_through_the_generator(
     warm_up(model, generator, model.args.vocab_size)
     assert inserted == warm_up_batches(model.args.vocab_size, cuda=True)
     assert generator.next()[1] == []  # each batch ran to its end: nothing is left decoding
+
+
+def test_a_lone_sequence_draws_through_the_trace_the_warm_up_made(
+    tiny_model_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """MLX keeps a compiled function's traces per stream: the warm-up traces the one-row draw
+    on the stream the decoders draw on, so the first lone request traces nothing."""
+    import mlx.core as mx
+    from mlx_lm.generate import BatchGenerator
+    from mlx_lm.models.cache import make_prompt_cache
+    from mlx_lm.utils import load
+
+    from mlxd.runtime.mlx import sampling
+    from mlxd.runtime.mlx.solo import SoloDecoder
+    from mlxd.runtime.requests import SamplingParams
+    from tests.runtime.helpers import run_alone
+
+    traces: list[tuple[int, ...]] = []
+    draw = sampling._draw
+
+    def counted(logprobs: Any, scale: Any) -> Any:
+        traces.append(tuple(logprobs.shape))
+        return draw(logprobs, scale)
+
+    model, _ = load(str(tiny_model_dir))
+    stream = mx.new_stream(mx.default_device())  # traced on nowhere yet
+    generator = BatchGenerator(model, stop_tokens=[], stream=stream)
+    warm_up(model, generator, model.args.vocab_size)  # before counting: it may trace plain draws too
+    monkeypatch.setattr(sampling, "_draw", counted)
+    decoder = SoloDecoder(
+        model,
+        [1, 2, 3, 4, 5],
+        make_prompt_cache(model),
+        [],
+        sampler=sampling.make_sampler(SamplingParams(temperature=0.9, top_p=0.95)),
+        processors=[],
+        max_tokens=8,
+        stop_tokens=frozenset(),
+        prefill_step_size=256,
+        stream=stream,
+    )
+    assert len(run_alone(decoder)) == 8
+    assert traces == []
+    # The count does see a trace: another stream has none yet.
+    with mx.stream(mx.new_stream(mx.default_device())):
+        mx.eval(sampling.for_one_row(decoder.sampler)(mx.zeros((1, model.args.vocab_size))))
+    assert traces == [(1, model.args.vocab_size)]

@@ -66,7 +66,8 @@ def warm_up(model: Any, generator: Any, vocab_size: int) -> None:
     logprobs = logits - mx.logsumexp(logits, axis=-1, keepdims=True)
     samplers = [make_sampler(params) for params in _SAMPLERS]
     mx.eval([sampler(logprobs) for sampler in samplers])
-    mx.eval([for_one_row(sampler)(logprobs) for sampler in samplers])  # a lone sequence's (traced)
+    with mx.stream(generator.stream):  # a lone sequence's draw, traced where decoders draw (per stream)
+        mx.eval([for_one_row(sampler)(logprobs) for sampler in samplers])
     mx.eval(mx.argpartition(-logprobs[0], kth=0))  # top logprobs
     for batch in warm_up_batches(vocab_size, cuda=mx.cuda.is_available()):
         left = set(generator.insert(batch, max_tokens=[2] * len(batch)))
