@@ -81,7 +81,7 @@ def guarded_protocol(seconds: float, cap: ConnectionCap) -> type[HttpToolsProtoc
 
     httptools (llhttp, the parser in C that Node.js uses) rather than h11: pure-Python h11
     was a quarter of the event loop's time per request, and the event loop is where a burst
-    of requests waits to be admitted (``python -m bench.overhead``).
+    of requests waits to be admitted (``python -m bench.admission``).
     """
 
     class GuardedProtocol(HttpToolsProtocol):
@@ -124,7 +124,11 @@ def guarded_protocol(seconds: float, cap: ConnectionCap) -> type[HttpToolsProtoc
 
         def _too_slow(self) -> None:
             self._deadline = None  # armed until the headers were in: they are not
-            if not self.transport.is_closing():
+            if self.cycle is not None and not self.cycle.response_complete:
+                # A response is still going out (a stream): the next request's first bytes came
+                # early and the rest cannot be read until it ends, so its deadline starts again.
+                self._arm()
+            elif not self.transport.is_closing():
                 self.transport.close()
 
     return GuardedProtocol
@@ -230,6 +234,9 @@ class HttpServer:
             timeout_graceful_shutdown=CLOSE_GRACE_S,
             timeout_keep_alive=30,
             http=guarded_protocol(request_timeout, self.connections),
+            # No WebSocket route exists; an upgrade would hand the connection to another protocol
+            # object, whose end the connection cap would never hear of.
+            ws="none",
         )
         self._server = _Uvicorn(config)
         self._server.extra = extra

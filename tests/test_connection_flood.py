@@ -130,6 +130,33 @@ def test_connections_beyond_the_cap_get_a_quick_503_and_health_keeps_answering(
     assert not [line for line in lines if "Traceback" in line or "ERROR" in line]
 
 
+UPGRADE = (
+    b"GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n"
+    b"Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n"
+)
+
+
+def test_websocket_upgrades_are_plain_requests_and_free_their_place_under_the_cap(
+    capped: tuple[str, Path],
+) -> None:
+    """No route speaks WebSocket: an upgrade is answered as the HTTP request it also is, and
+    its connection leaves the cap when it closes (a protocol swapped in would never tell it)."""
+    url, _ = capped
+    for _ in range(3 * CAP):
+        with connect(url) as sock:
+            sock.sendall(UPGRADE)
+            status, _, _ = answer(sock)
+            assert status == 200  # /health itself, not 101 Switching Protocols
+    deadline = time.monotonic() + 10
+    while True:  # the closed ones are counted out once the daemon sees them go
+        with connect(url) as sock:
+            sock.sendall(HEALTH)
+            if answer(sock)[0] == 200:
+                break
+        assert time.monotonic() < deadline, "upgraded connections still hold the cap"
+        time.sleep(0.05)
+
+
 def _low_file_limit() -> None:
     """In the child: start with a soft open-file limit of 300, as macOS starts at 256."""
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
