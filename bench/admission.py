@@ -54,6 +54,8 @@ class Bursts:
     loop_cpu: float | None = None
 
     def row(self, clients: int) -> str:
+        if not self.ttfts:
+            return f"| {self.name} | {clients} | – | – | – | – | – | {self.errors} |"
         median = statistics.median(statistics.median(burst) for burst in self.ttfts) * 1e3
         last = [max(burst) * 1e3 for burst in self.ttfts]
         loop = f"{self.loop_cpu * 1e3:.2f} ms" if self.loop_cpu is not None else "n/a"
@@ -69,7 +71,9 @@ async def _burst(clients: list[httpx.AsyncClient], offset: int, into: Bursts | N
     results = await asyncio.gather(*(request(c, b, origin) for c, b in zip(clients, bodies, strict=True)))
     if into is not None:
         into.errors += sum(1 for r in results if r.error is not None)
-        into.ttfts.append([r.ttft for r in results if r.error is None])
+        served = [r.ttft for r in results if r.error is None]
+        if served:  # a burst whose every request failed has no time to first token
+            into.ttfts.append(served)
 
 
 async def measure(server: ServerProcess, name: str, clients: int, rounds: int, offset: int) -> Bursts:
