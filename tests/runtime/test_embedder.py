@@ -146,3 +146,49 @@ def test_a_failed_batch_fails_every_request_in_it_and_the_next_ones_still_run() 
         with pytest.raises(GenerationError, match="embedding failed: out of memory"):
             future.result(timeout=0)
     assert futures[2].result(timeout=0).tolist() == [[1.0, 1.0, 1.0, 1.0]]
+
+
+def test_with_nothing_decoding_a_batch_is_read_after_the_next_one_is_queued(model: Any) -> None:
+    """``overlap``: the accelerator runs one batch while the worker builds the next, so a
+    batch's request settles one step later, with the vectors it gets without overlap."""
+    from mlxd.runtime.mlx.commands import Embed
+    from mlxd.runtime.mlx.embed import DecoderForward, Embedder
+
+    embedder = Embedder(DecoderForward(model))
+    first: Future[Any] = Future()
+    second: Future[Any] = Future()
+    embedder.add(Embed(("m", None, None), INPUTS[:4], "mean", True, first))  # type: ignore[arg-type]
+    embedder.add(Embed(("m", None, None), INPUTS[4:6], "mean", True, second))  # type: ignore[arg-type]
+    ran = [embedder.step(80, overlap=True)]
+    assert not first.done()  # queued, not read
+    while embedder:
+        ran.append(embedder.step(80, overlap=True))
+    assert ran[-1] == 0  # the last step only read the batch before it
+    assert len(ran) >= 3
+    overlapped = np.concatenate([first.result(timeout=0), second.result(timeout=0)])
+    assert np.allclose(overlapped, _run(model, INPUTS[:6], "mean", budget=80), atol=1e-6)
+
+
+def test_a_queued_batch_is_failed_with_the_rest_when_the_model_goes() -> None:
+    from mlxd.errors import GenerationError
+    from mlxd.runtime.mlx.commands import Embed
+    from mlxd.runtime.mlx.embed import Embedder
+
+    class Ones:
+        chunked = True
+
+        def states(self, rows: list[list[int]]) -> Any:
+            import mlx.core as mx
+
+            return mx.ones((len(rows), max(map(len, rows)), 4))
+
+    embedder = Embedder(Ones())  # type: ignore[arg-type]
+    future: Future[Any] = Future()
+    embedder.add(Embed(("m", None, None), [[1, 2]], "mean", True, future))  # type: ignore[arg-type]
+    embedder.step(4096, overlap=True)
+    assert embedder
+    assert not future.done()
+    embedder.fail_all("the model was unloaded")
+    assert not embedder
+    with pytest.raises(GenerationError, match="the model was unloaded"):
+        future.result(timeout=0)
