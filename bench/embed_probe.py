@@ -7,11 +7,9 @@ decoder and the encoder of ``bench.embeddings`` (``--shape real`` on an accelera
 - one request of 1, 32 and 256 inputs (8 to 40 words, fresh each time) through the model's own
   forward pass in one batch (the benchmark's raw engine, tokens given), and through mlxd's
   ``Embedder`` as the worker runs it with nothing decoding (batches of at most
-  ``IDLE_EMBED_TOKENS`` padded tokens, shortest inputs first, each batch read after the next
-  is queued), the same reading each batch before building the next ("each read"), and all
-  inputs in one batch: per request p50 / max, and the batch shapes mlxd ran; the gap between
-  raw and the embedder is mlxd's worker-side cost, and what the benchmark's reply time adds
-  beyond it is HTTP, admission and the reply;
+  ``IDLE_EMBED_TOKENS`` padded tokens, shortest inputs first): per request p50 / max, and the
+  batch shapes mlxd ran; the gap between the two is mlxd's worker-side cost, and what the
+  benchmark's reply time adds beyond it is HTTP, admission and the reply;
 - the first call of a new batch shape against the second (kernel plans or compilation an
   accelerator builds per shape).
 """
@@ -70,10 +68,8 @@ class _Recorded:
         return [], self.states(rows)
 
 
-def _through_embedder(forward: _Recorded, pooling: str, budget: int, overlap: bool = True) -> Any:
-    """mlxd's ``Embedder`` run as the idle worker runs it, batches of ``budget`` tokens (with
-    ``overlap``, each batch read after the next is queued, as the worker does while nothing
-    decodes)."""
+def _through_embedder(forward: _Recorded, pooling: str, budget: int) -> Any:
+    """mlxd's ``Embedder`` run as the idle worker runs it, batches of ``budget`` tokens."""
     from mlxd.runtime.mlx.commands import Embed
     from mlxd.runtime.mlx.embed import Embedder
 
@@ -83,7 +79,7 @@ def _through_embedder(forward: _Recorded, pooling: str, budget: int, overlap: bo
         future: Future[Any] = Future()
         embedder.add(Embed(key=None, tokens=rows, pooling=pooling, normalize=True, future=future))  # type: ignore[arg-type]
         while embedder:
-            embedder.step(budget, overlap=overlap)
+            embedder.step(budget, overlap=True)  # nothing decodes: each batch overlaps the next
         return future.result()
 
     return run
@@ -100,7 +96,6 @@ def requests(name: str, tokenizer: Any, forward: Any, pooling: str, batches: lis
         runs = {
             "raw": _raw(forward.states, pooling),
             "embedder": _through_embedder(recorded, pooling, IDLE_EMBED_TOKENS),
-            "each read": _through_embedder(_Recorded(forward), pooling, IDLE_EMBED_TOKENS, overlap=False),
             "one batch": _through_embedder(_Recorded(forward), pooling, 1 << 30),
         }
         times: dict[str, list[float]] = {k: [] for k in runs}
