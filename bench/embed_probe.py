@@ -79,7 +79,7 @@ def _through_embedder(forward: _Recorded, pooling: str, budget: int) -> Any:
         future: Future[Any] = Future()
         embedder.add(Embed(key=None, tokens=rows, pooling=pooling, normalize=True, future=future))  # type: ignore[arg-type]
         while embedder:
-            embedder.step(budget, overlap=True)  # nothing decodes: each batch overlaps the next
+            embedder.step(budget)
         return future.result()
 
     return run

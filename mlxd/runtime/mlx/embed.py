@@ -123,14 +123,6 @@ class _Layered:
 
 
 @dataclass(slots=True)
-class _Queued:
-    """A batch evaluating on the accelerator: its inputs and their vectors-to-be."""
-
-    items: list[_Input]
-    vectors: Any
-
-
-@dataclass(slots=True)
 class _Input:
     """One input of a job; a long one keeps its cache and pooled state between chunks."""
 
@@ -149,13 +141,11 @@ class Embedder:
         self._forward = forward
         self._queue: deque[_Input] = deque()
         self._layered: _Layered | None = None
-        #: A batch queued on the accelerator at the previous step, its vectors not read yet.
-        self._queued: _Queued | None = None
         #: Tokens run so far (for the worker's counters).
         self.tokens = 0
 
     def __bool__(self) -> bool:
-        return bool(self._queue) or self._layered is not None or self._queued is not None
+        return bool(self._queue) or self._layered is not None
 
     def add(self, command: Embed) -> None:
         """Queue a request's inputs (they run in the coming passes)."""
@@ -165,36 +155,22 @@ class Embedder:
         order = sorted(range(len(command.tokens)), key=lambda i: len(command.tokens[i]))
         self._queue.extend(_Input(job, i, command.tokens[i]) for i in order)
 
-    def step(self, budget: int, *, overlap: bool = False) -> int:
+    def step(self, budget: int) -> int:
         """Run one batch of at most ``budget`` tokens (padding included), one chunk of a
         long input, or the next pieces of a batch too large for the budget that cannot be
         chunked; settle every request whose last input finished. Returns the tokens run (for
-        pieces, their share of their batch's).
-
-        With ``overlap`` (nothing decodes, so nobody times the batch), a batch's vectors are
-        read at the next step, after the batch that follows it is queued: the accelerator
-        runs one while this thread builds the next, instead of waiting for it."""
-        queued, self._queued = self._queued, None
-        ran = 0
+        pieces, their share of their batch's)."""
         if self._layered is not None:
-            ran = self._guarded(self._layered.items, lambda: self._next_pieces(budget))
-        elif self._queue:
-            head = self._queue[0]
-            if head.fed or (len(head.tokens) > budget and self._forward.chunked):
-                ran = self._guarded([head], lambda: self._chunk(head, budget))
-            else:
-                chosen = self._choose(budget)
-                ran = self._guarded(chosen, lambda: self._batch(chosen, budget, overlap))
-        if queued is not None:
-            self._guarded(queued.items, lambda: self._settle(queued.items, queued.vectors))
-        return ran
+            return self._guarded(self._layered.items, lambda: self._next_pieces(budget))
+        head = self._queue[0]
+        if head.fed or (len(head.tokens) > budget and self._forward.chunked):
+            return self._guarded([head], lambda: self._chunk(head, budget))
+        chosen = self._choose(budget)
+        return self._guarded(chosen, lambda: self._batch(chosen, budget))
 
     def fail_all(self, message: str) -> None:
         """Fail every queued request (the model is going away)."""
         items = [*self._queue, *(self._layered.items if self._layered is not None else ())]
-        if self._queued is not None:
-            items += self._queued.items
-            self._queued = None
         self._fail_jobs(items, GenerationError(message))
 
     def _guarded(self, items: list[_Input], run: Callable[[], int]) -> int:
@@ -219,7 +195,7 @@ class Embedder:
             longest = width
         return chosen
 
-    def _batch(self, chosen: list[_Input], budget: int, overlap: bool) -> int:
+    def _batch(self, chosen: list[_Input], budget: int) -> int:
         rows = [item.tokens for item in chosen]
         padded = max(len(row) for row in rows) * len(rows)
         if padded > budget:  # one input that cannot be chunked: a few pieces at a time
@@ -230,12 +206,7 @@ class Embedder:
         if pieces:
             self._layered = _Layered(chosen, pieces, vectors, -(-padded // len(pieces)))
             return self._next_pieces(budget)
-        if overlap:
-            scaled = self._normalized(chosen, vectors)
-            mx.async_eval(scaled)  # type: ignore[no-untyped-call]
-            self._queued = _Queued(chosen, scaled)
-        else:
-            self._finish(chosen, vectors)
+        self._finish(chosen, vectors)
         return padded
 
     def _next_pieces(self, budget: int) -> int:
@@ -284,17 +255,9 @@ class Embedder:
 
     def _finish(self, items: list[_Input], stacked: Any) -> None:
         """Settle ``items`` with their vectors (one row each)."""
-        self._settle(items, self._normalized(items, stacked))
-
-    @staticmethod
-    def _normalized(items: list[_Input], stacked: Any) -> Any:
-        """The vectors, each scaled to unit length where its request asks (lazy)."""
         normalize = [item.job.command.normalize for item in items]
         norms = mx.maximum(mx.linalg.norm(stacked, axis=-1, keepdims=True), 1e-12)
-        return mx.where(mx.array(normalize)[:, None], stacked / norms, stacked)
-
-    def _settle(self, items: list[_Input], scaled: Any) -> int:
-        """Read the vectors (waiting for them) and resolve each request whose last one this is."""
+        scaled = mx.where(mx.array(normalize)[:, None], stacked / norms, stacked)
         rows = np.asarray(scaled, dtype=np.float32)
         for item, row in zip(items, rows, strict=True):
             job = item.job
@@ -303,7 +266,6 @@ class Embedder:
             job.left -= 1
             if job.left == 0 and not job.command.future.done():
                 job.command.future.set_result(np.stack(job.rows))  # type: ignore[arg-type]
-        return 0
 
     def _fail_jobs(self, items: list[_Input], exc: BaseException) -> None:
         """Fail each request with an input among ``items``, and drop its other inputs."""

@@ -164,7 +164,7 @@ class ModelRunner:
         if embedder:
             before, started = embedder.tokens, time.perf_counter()
             budget = pacer.budget(decoding, clock.step, self._prefill_step, IDLE_EMBED_TOKENS)
-            ran = embedder.step(budget, overlap=not decoding)
+            ran = embedder.step(budget)
             pacer.embedded(ran, time.perf_counter() - started, clock.step if decoding else None)
             self._stats.prompt_tokens_processed += embedder.tokens - before
         elapsed = 0.0
