@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import os
 import statistics
 import sys
 import tempfile
@@ -29,18 +28,17 @@ import httpx
 
 from bench.clients import chat_body, new_client, request
 from bench.prompts import request_messages
-from bench.servers import ServerProcess, cpu_seconds, mlxd_config, model_table, start_mlx_lm, start_mlxd_with
+from bench.servers import (
+    ServerProcess,
+    cpu_seconds,
+    mlxd_config,
+    model_table,
+    start_mlx_lm,
+    start_mlxd_with,
+    thread_cpu_seconds,
+)
 
 TOKENS = 4
-
-
-def thread_cpu_seconds(pid: int, tid: int) -> float | None:
-    """CPU time of one thread of a process (``None`` without ``/proc``)."""
-    stat = Path(f"/proc/{pid}/task/{tid}/stat")
-    if not stat.exists():
-        return None
-    fields = stat.read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 @dataclass

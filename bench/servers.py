@@ -43,12 +43,23 @@ def rss_kb(pid: int) -> int:
     return int(out.stdout.strip())
 
 
+def _stat_cpu_seconds(stat: Path) -> float:
+    """User plus system CPU time in a ``/proc`` ``stat`` file (of a process or of one thread)."""
+    fields = stat.read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def thread_cpu_seconds(pid: int, tid: int) -> float | None:
+    """CPU time of one thread of a process (``None`` without ``/proc``)."""
+    stat = Path(f"/proc/{pid}/task/{tid}/stat")
+    return _stat_cpu_seconds(stat) if stat.exists() else None
+
+
 def cpu_seconds(pid: int) -> float:
     """User plus system CPU time a process has used, all threads (``/proc``, else ``ps``)."""
     stat = Path(f"/proc/{pid}/stat")
     if stat.exists():
-        fields = stat.read_text().rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        return _stat_cpu_seconds(stat)
     out = subprocess.run(["ps", "-o", "time=", "-p", str(pid)], capture_output=True, text=True, check=True)
     days, _, clock = out.stdout.strip().rpartition("-")
     seconds = 0.0

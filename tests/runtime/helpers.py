@@ -1,10 +1,13 @@
-"""Helpers the runtime tests share: driving a solo decoder, asking the daemon's worker."""
+"""Helpers the runtime tests share: driving a solo decoder, counting the one-row draw's
+traces, asking the daemon's worker."""
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from concurrent.futures import Future
 from typing import Any
+
+import pytest
 
 from tests.conftest import RunningDaemon
 
@@ -19,6 +22,22 @@ def run_alone(decoder: Any) -> list[int]:
         out.append(response.token)
         if response.finish_reason is not None:
             return out
+
+
+def count_draw_traces(monkeypatch: pytest.MonkeyPatch) -> list[tuple[int, ...]]:
+    """The shapes the compiled one-row draw is traced for from now on (``_traced_draw`` looks
+    ``_draw`` up at each trace; plain draws call it too, so count after drawing them)."""
+    from mlxd.runtime.mlx import sampling
+
+    traces: list[tuple[int, ...]] = []
+    draw = sampling._draw
+
+    def counted(logprobs: Any, scale: Any) -> Any:
+        traces.append(tuple(logprobs.shape))
+        return draw(logprobs, scale)
+
+    monkeypatch.setattr(sampling, "_draw", counted)
+    return traces
 
 
 def on_worker(running: RunningDaemon, fn: Callable[[Any], Any]) -> Any:

@@ -62,19 +62,13 @@ def test_a_new_temperature_reuses_the_trace_and_keeps_its_own_scale(monkeypatch:
     import mlx.core as mx
 
     from mlxd.runtime.mlx import sampling
+    from tests.runtime.helpers import count_draw_traces
 
     rows = _rows(mx.float32, count=1, vocab=301) * 40  # one row again and again (a shape of its own)
     cold, hot = (sampling.make_sampler(SamplingParams(temperature=t)) for t in (0.2, 5.0))
     mx.random.seed(3)
     plain = [(int(cold(row).item()), int(hot(row).item())) for row in rows]
-    traces: list[tuple[int, ...]] = []
-    draw = sampling._draw
-
-    def counted(logprobs: Any, scale: Any) -> Any:
-        traces.append(tuple(logprobs.shape))
-        return draw(logprobs, scale)
-
-    monkeypatch.setattr(sampling, "_draw", counted)
+    traces = count_draw_traces(monkeypatch)
     mx.random.seed(3)
     lone = [
         (int(sampling.for_one_row(cold)(row).item()), int(sampling.for_one_row(hot)(row).item()))

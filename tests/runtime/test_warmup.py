@@ -67,20 +67,13 @@ def test_a_lone_sequence_draws_through_the_trace_the_warm_up_made(
     from mlxd.runtime.mlx import sampling
     from mlxd.runtime.mlx.solo import SoloDecoder
     from mlxd.runtime.requests import SamplingParams
-    from tests.runtime.helpers import run_alone
-
-    traces: list[tuple[int, ...]] = []
-    draw = sampling._draw
-
-    def counted(logprobs: Any, scale: Any) -> Any:
-        traces.append(tuple(logprobs.shape))
-        return draw(logprobs, scale)
+    from tests.runtime.helpers import count_draw_traces, run_alone
 
     model, _ = load(str(tiny_model_dir))
     stream = mx.new_stream(mx.default_device())  # traced on nowhere yet
     generator = BatchGenerator(model, stop_tokens=[], stream=stream)
     warm_up(model, generator, model.args.vocab_size)  # before counting: it may trace plain draws too
-    monkeypatch.setattr(sampling, "_draw", counted)
+    traces = count_draw_traces(monkeypatch)
     decoder = SoloDecoder(
         model,
         [1, 2, 3, 4, 5],
