@@ -3,6 +3,11 @@
 We watch the file's PARENT directory, not the file: editors (vim, VS Code, JetBrains)
 save by writing a temporary file and renaming it over the original, which replaces the
 inode a file watch would be attached to, and the file may briefly not exist at all.
+
+Events can be missed: an edit made after the first read but before the watch is in
+place, or a file system that reports nothing. So every wake-up, event or not, also
+compares the file's identity, size and modification time with what the last reload
+saw; a missed edit is picked up within ``_RECHECK_MS``.
 """
 
 from __future__ import annotations
@@ -43,10 +48,11 @@ async def watch_config(store: ConfigStore, stop: asyncio.Event, debounce_ms: int
     # never sets the caller's event (which may stop the whole daemon).
     inner = asyncio.Event()
     relay = asyncio.create_task(_relay(stop, inner))
+    reloader = _Reloader(store, target)
     try:
-        await _reload(store)
+        await reloader.reload()
         while not inner.is_set():
-            await _watch_directory(store, target.parent, names, inner, debounce_ms)
+            await _watch_directory(reloader, target.parent, names, inner, debounce_ms)
     finally:
         relay.cancel()
         with contextlib.suppress(asyncio.CancelledError):
@@ -54,7 +60,7 @@ async def watch_config(store: ConfigStore, stop: asyncio.Event, debounce_ms: int
 
 
 async def _watch_directory(
-    store: ConfigStore, directory: Path, names: set[str], stop: asyncio.Event, debounce_ms: int
+    reloader: _Reloader, directory: Path, names: set[str], stop: asyncio.Event, debounce_ms: int
 ) -> None:
     """Watch ``directory`` until stopped, or until it disappears or is replaced."""
     identity = _identity(directory)
@@ -75,24 +81,53 @@ async def _watch_directory(
         ):
             if changes:
                 log.debug("config file changed: %s", sorted(Path(p).name for _, p in changes))
-                await _reload(store)
+                await reloader.reload()
+            elif reloader.stale():
+                log.debug("config file changed without an event")
+                await reloader.reload()
             if _identity(directory) != identity:
                 log.info("config directory %s was replaced; watching it again", directory)
-                await _reload(store)
+                await reloader.reload()
                 return
     except (OSError, RuntimeError) as exc:
         log.warning("watching %s failed (%s); trying again", directory, exc)
         await _wait(stop, _RETRY_S)
 
 
-async def _reload(store: ConfigStore) -> None:
-    """Reload off the event loop (pure Python, no MLX); the store logs the outcome."""
+_Fingerprint = tuple[int, int, int, int] | None
+
+
+class _Reloader:
+    """Reloads ``store`` and remembers what its file looked like when it last did."""
+
+    def __init__(self, store: ConfigStore, path: Path) -> None:
+        self._store = store
+        self._path = path
+        self._seen: _Fingerprint = None
+
+    def stale(self) -> bool:
+        """Whether the file changed since the last reload read it."""
+        return _fingerprint(self._path) != self._seen
+
+    async def reload(self) -> None:
+        """Reload off the event loop (pure Python, no MLX); the store logs the outcome."""
+        # Taken before the read: a write racing the read leaves the file stale, not lost.
+        self._seen = _fingerprint(self._path)
+        try:
+            await asyncio.to_thread(self._store.reload)
+        except ConfigError:
+            pass  # already logged and kept in store.last_error; the old config keeps serving
+        except Exception:
+            log.exception("config reload failed unexpectedly; the old config keeps serving")
+
+
+def _fingerprint(path: Path) -> _Fingerprint:
+    """The file's device, inode, size and modification time (following a symlink), or None."""
     try:
-        await asyncio.to_thread(store.reload)
-    except ConfigError:
-        pass  # already logged and kept in store.last_error; the old config keeps serving
-    except Exception:
-        log.exception("config reload failed unexpectedly; the old config keeps serving")
+        info = path.stat()
+    except OSError:
+        return None
+    return info.st_dev, info.st_ino, info.st_size, info.st_mtime_ns
 
 
 def _identity(directory: Path) -> tuple[int, int] | None:
