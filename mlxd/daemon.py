@@ -56,6 +56,8 @@ log = logging.getLogger("mlxd")
 #: Seconds rank 0 gives the error events of its streams to reach their clients before it
 #: exits, once another rank is gone.
 FAIL_EXIT_S = 0.5
+#: How long shutting down waits for the config watcher to end by itself before cancelling it.
+_WATCHER_STOP_S = 2.0
 
 
 def mlx_engine(
@@ -106,6 +108,8 @@ class Daemon:
         self._tasks: set[asyncio.Task[None]] = set()
         #: Why ``serve`` ended early (``fail``), for whoever ran it to raise.
         self.failure: MlxdError | None = None
+        #: Set once ``serve`` shuts down: config changes no longer reach the engine.
+        self._closing = False
 
     def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
         """Run a background task, keeping a reference so it is not collected mid-flight."""
@@ -115,8 +119,7 @@ class Daemon:
 
     async def reload(self) -> int:
         """Re-read the config file (the same path SIGHUP and the watcher take)."""
-        await asyncio.to_thread(self.store.reload)
-        return self.store.generation
+        return (await asyncio.to_thread(self.store.reload)).generation
 
     def _on_config(self, old: MlxdConfig, new: MlxdConfig, diff: ConfigDiff) -> None:
         """Store subscriber (any thread): apply the new generation on the event loop."""
@@ -124,6 +127,8 @@ class Daemon:
             self._loop.call_soon_threadsafe(self._apply, new)
 
     def _apply(self, config: MlxdConfig) -> None:
+        if self._closing:
+            return
         self.engine.configure(runtime_settings(config), units_of(config))
         self.connections.fit(config.server.max_connections)
         log.info("config generation %d applied", self.store.generation)
@@ -204,7 +209,12 @@ class Daemon:
             finally:
                 announce.cancel()
                 self._stop.set()
+                self._closing = True  # a reload still in flight applies nothing now
                 unsubscribe()
+                # The watcher ends by itself within a step of its watch once stopped; waiting
+                # lets a reload in flight finish before the engine stops.
+                with contextlib.suppress(Exception):  # its own error, or the wait timed out
+                    await asyncio.wait_for(asyncio.shield(watcher), _WATCHER_STOP_S)
                 for task in (watcher, preload):
                     task.cancel()
                     with contextlib.suppress(asyncio.CancelledError, Exception):

@@ -25,6 +25,20 @@ log = logging.getLogger("mlxd.config")
 #: Called as ``callback(old, new, diff)`` after a change is applied, on the reloading thread.
 Subscriber = Callable[[MlxdConfig, MlxdConfig, ConfigDiff], None]
 
+#: A file's device, inode, size and modification time (``None``: there is no file).
+Fingerprint = tuple[int, int, int, int] | None
+
+
+def fingerprint(path: Path | None) -> Fingerprint:
+    """What tells one version of a file from the next (following a symlink), or None."""
+    if path is None:
+        return None
+    try:
+        info = path.stat()
+    except OSError:
+        return None
+    return info.st_dev, info.st_ino, info.st_size, info.st_mtime_ns
+
 
 @dataclass(frozen=True)
 class ReloadResult:
@@ -48,6 +62,8 @@ class ConfigStore:
         self._overrides = dict(overrides or {})
         self._state_lock = threading.Lock()  # guards the (config, generation) pair
         self._reload_lock = threading.Lock()  # one reload at a time, subscribers in order
+        # Taken before each read: a write racing the read leaves the file changed, not lost.
+        self._read_as = fingerprint(path)
         self._current = load_config(path, self._overrides)
         self._generation = 1
         self._last_error: str | None = None
@@ -103,6 +119,11 @@ class ConfigStore:
         with self._state_lock:
             return self._last_reload_at
 
+    def file_changed(self) -> bool:
+        """Whether the file is no longer the one the last load read (by any path: the
+        watcher, ``SIGHUP``, ``POST /mlxd/reload``), valid or not."""
+        return self._path is not None and fingerprint(self._path) != self._read_as
+
     def subscribe(self, callback: Subscriber) -> Callable[[], None]:
         """Call ``callback(old, new, diff)`` after each applied change; returns an unsubscribe."""
         with self._state_lock:
@@ -126,6 +147,7 @@ class ConfigStore:
             with self._state_lock:
                 self._last_reload_at = datetime.now(UTC)
                 old = self._current
+            self._read_as = fingerprint(self._path)
             try:
                 loaded = load_config(self._path, self._overrides)
             except ConfigError as error:

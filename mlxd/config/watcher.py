@@ -5,9 +5,11 @@ save by writing a temporary file and renaming it over the original, which replac
 inode a file watch would be attached to, and the file may briefly not exist at all.
 
 Events can be missed: an edit made after the first read but before the watch is in
-place, or a file system that reports nothing. So every wake-up, event or not, also
-compares the file's identity, size and modification time with what the last reload
-saw; a missed edit is picked up within ``_RECHECK_MS``.
+place, a symlinked config whose target lives in another directory, a file system that
+reports nothing. So every wake-up of the watch (a change to any file of the directory,
+or ``_RECHECK_MS`` without one) also asks the store whether the file still is the one
+it last read (identity, size, modification time); such an edit is applied once the file
+has kept still for the debounce time.
 """
 
 from __future__ import annotations
@@ -19,12 +21,12 @@ from pathlib import Path
 
 import watchfiles
 
-from mlxd.config.store import ConfigStore
+from mlxd.config.store import ConfigStore, fingerprint
 from mlxd.errors import ConfigError
 
 log = logging.getLogger("mlxd.config")
 
-#: How often the watch loop wakes up without events, to notice a replaced directory.
+#: The longest the watch sleeps without events before it checks the file and directory.
 _RECHECK_MS = 2000
 #: Pause before trying again when the directory is missing or the watch failed.
 _RETRY_S = 1.0
@@ -40,94 +42,91 @@ async def watch_config(store: ConfigStore, stop: asyncio.Event, debounce_ms: int
     """
     if store.path is None:
         return
-    target = store.path.absolute()
-    names = {target.name}
-    with contextlib.suppress(OSError, RuntimeError):
-        names.add(target.resolve().name)  # a symlinked config: its target's name changes too
     # awatch sets its stop event when cancelled; give it our own so a cancelled watcher
     # never sets the caller's event (which may stop the whole daemon).
     inner = asyncio.Event()
     relay = asyncio.create_task(_relay(stop, inner))
-    reloader = _Reloader(store, target)
+    watch = _Watch(store, store.path.absolute(), inner, debounce_ms)
     try:
-        await reloader.reload()
+        await _reload(store)
         while not inner.is_set():
-            await _watch_directory(reloader, target.parent, names, inner, debounce_ms)
+            await watch.directory()
     finally:
         relay.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await relay
 
 
-async def _watch_directory(
-    reloader: _Reloader, directory: Path, names: set[str], stop: asyncio.Event, debounce_ms: int
-) -> None:
-    """Watch ``directory`` until stopped, or until it disappears or is replaced."""
-    identity = _identity(directory)
-    if identity is None:
-        log.warning("config directory %s does not exist; waiting for it", directory)
-        await _wait(stop, _RETRY_S)
-        return
-    try:
-        async for changes in watchfiles.awatch(
-            directory,
-            watch_filter=lambda _change, changed: Path(changed).name in names,
-            debounce=debounce_ms,
-            step=min(50, debounce_ms),
-            stop_event=stop,
-            recursive=False,
-            rust_timeout=_RECHECK_MS,
-            yield_on_timeout=True,
-        ):
-            if changes:
-                log.debug("config file changed: %s", sorted(Path(p).name for _, p in changes))
-                await reloader.reload()
-            elif reloader.stale():
-                log.debug("config file changed without an event")
-                await reloader.reload()
-            if _identity(directory) != identity:
-                log.info("config directory %s was replaced; watching it again", directory)
-                await reloader.reload()
-                return
-    except (OSError, RuntimeError) as exc:
-        log.warning("watching %s failed (%s); trying again", directory, exc)
-        await _wait(stop, _RETRY_S)
+class _Watch:
+    """The watch on the config file's directory, started again when it goes or is replaced."""
 
-
-_Fingerprint = tuple[int, int, int, int] | None
-
-
-class _Reloader:
-    """Reloads ``store`` and remembers what its file looked like when it last did."""
-
-    def __init__(self, store: ConfigStore, path: Path) -> None:
+    def __init__(self, store: ConfigStore, target: Path, stop: asyncio.Event, debounce_ms: int) -> None:
         self._store = store
-        self._path = path
-        self._seen: _Fingerprint = None
+        self._target = target
+        self._names = {target.name}
+        with contextlib.suppress(OSError, RuntimeError):
+            self._names.add(target.resolve().name)  # a symlinked config: its target's name changes too
+        self._stop = stop
+        self._debounce_ms = debounce_ms
+        self._missing = False  # the directory's absence was logged
 
-    def stale(self) -> bool:
-        """Whether the file changed since the last reload read it."""
-        return _fingerprint(self._path) != self._seen
-
-    async def reload(self) -> None:
-        """Reload off the event loop (pure Python, no MLX); the store logs the outcome."""
-        # Taken before the read: a write racing the read leaves the file stale, not lost.
-        self._seen = _fingerprint(self._path)
+    async def directory(self) -> None:
+        """Watch the directory until stopped, or until it disappears or is replaced."""
+        directory = self._target.parent
+        identity = _identity(directory)
+        if identity is None:
+            if not self._missing:
+                log.warning("config directory %s does not exist; waiting for it", directory)
+            self._missing = True
+            await _wait(self._stop, _RETRY_S)
+            return
+        self._missing = False
         try:
-            await asyncio.to_thread(self._store.reload)
-        except ConfigError:
-            pass  # already logged and kept in store.last_error; the old config keeps serving
-        except Exception:
-            log.exception("config reload failed unexpectedly; the old config keeps serving")
+            # No watch_filter: awatch yields nothing while only other files change, and
+            # every wake-up must reach the check for an edit no event reported.
+            async for changes in watchfiles.awatch(
+                directory,
+                debounce=self._debounce_ms,
+                step=min(50, self._debounce_ms),
+                stop_event=self._stop,
+                recursive=False,
+                rust_timeout=_RECHECK_MS,
+                yield_on_timeout=True,
+            ):
+                named = sorted({Path(p).name for _, p in changes} & self._names)
+                if named:
+                    log.debug("config file changed: %s", named)
+                    await _reload(self._store)
+                elif await self._changed_quietly():
+                    log.debug("config file changed without an event")
+                    await _reload(self._store)
+                if _identity(directory) != identity:
+                    log.info("config directory %s was replaced; watching it again", directory)
+                    if self._store.file_changed():
+                        await _reload(self._store)
+                    return
+        except (OSError, RuntimeError) as exc:
+            log.warning("watching %s failed (%s); trying again", directory, exc)
+            await _wait(self._stop, _RETRY_S)
+
+    async def _changed_quietly(self) -> bool:
+        """The file differs from what the store last read and kept still for the debounce
+        time (an editor writing it in place without an event is not read half-written)."""
+        if not self._store.file_changed():
+            return False
+        before = fingerprint(self._target)
+        await _wait(self._stop, self._debounce_ms / 1000)
+        return not self._stop.is_set() and fingerprint(self._target) == before
 
 
-def _fingerprint(path: Path) -> _Fingerprint:
-    """The file's device, inode, size and modification time (following a symlink), or None."""
+async def _reload(store: ConfigStore) -> None:
+    """Reload off the event loop (pure Python, no MLX); the store logs the outcome."""
     try:
-        info = path.stat()
-    except OSError:
-        return None
-    return info.st_dev, info.st_ino, info.st_size, info.st_mtime_ns
+        await asyncio.to_thread(store.reload)
+    except ConfigError:
+        pass  # already logged and kept in store.last_error; the old config keeps serving
+    except Exception:
+        log.exception("config reload failed unexpectedly; the old config keeps serving")
 
 
 def _identity(directory: Path) -> tuple[int, int] | None:

@@ -110,6 +110,27 @@ def test_a_deleted_file_is_a_rejected_reload(store: ConfigStore, config_file: Pa
     assert store.current.models["qwen"].default is True
 
 
+def test_file_changed_until_any_reload_reads_the_file(store: ConfigStore, config_file: Path) -> None:
+    """Whichever path reloads (the watcher, SIGHUP, POST /mlxd/reload), the store knows
+    the file it read: the watcher does not read it again, valid or not."""
+    assert store.file_changed() is False
+    config_file.write_text(BASE.replace("0.5", "0.6"), encoding="utf-8")
+    assert store.file_changed() is True
+    store.reload()
+    assert store.file_changed() is False
+    config_file.write_text("[server\n", encoding="utf-8")
+    assert store.file_changed() is True
+    with pytest.raises(ConfigError):
+        store.reload()
+    assert store.file_changed() is False  # rejected, but read: not read again until it changes
+    config_file.unlink()
+    assert store.file_changed() is True
+
+
+def test_no_file_never_changes() -> None:
+    assert ConfigStore(None).file_changed() is False
+
+
 def test_overrides_survive_reloads(config_file: Path) -> None:
     store = ConfigStore(config_file, {"runtime": {"max_queue": 7}})
     config_file.write_text(BASE + "\n[runtime]\nmax_queue = 99\nmax_batch_size = 3\n", encoding="utf-8")

@@ -3,11 +3,17 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
+import logging
+import shutil
 import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
 
+import pytest
+
+from mlxd.config import watcher
 from mlxd.config.store import ConfigStore
 from mlxd.config.watcher import watch_config
 from tests.config.conftest import replace_file
@@ -129,6 +135,57 @@ def test_applies_an_edit_no_event_reported(tmp_path: Path) -> None:
             assert await until(lambda: store.current.defaults.max_tokens == 700)
 
     asyncio.run(scenario())
+
+
+def test_applies_an_edit_no_event_reported_while_the_directory_is_busy(tmp_path: Path) -> None:
+    """Another file of the directory changing all the time still leaves the watch time to
+    notice an edit that raised no event of its own (the watch wakes for the other file)."""
+    store, path = make_store(tmp_path)
+    (tmp_path / "elsewhere").mkdir()
+    link = tmp_path / "elsewhere" / "linked.toml"
+
+    async def scenario() -> None:
+        async with watching(store):
+            await edit_until_applied(store, path, 200)
+            link.hardlink_to(path)
+            busy = asyncio.create_task(_keep_writing(tmp_path / "other.log"))
+            try:
+                await asyncio.sleep(0.3)
+                link.write_text(config_text(800), encoding="utf-8")
+                assert await until(lambda: store.current.defaults.max_tokens == 800)
+            finally:
+                busy.cancel()
+
+    asyncio.run(scenario())
+
+
+async def _keep_writing(path: Path) -> None:
+    for i in itertools.count():
+        path.write_text(str(i), encoding="utf-8")
+        await asyncio.sleep(0.02)
+
+
+def test_a_missing_directory_is_logged_once_and_then_found(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    monkeypatch.setattr(watcher, "_RETRY_S", 0.05)
+    folder = tmp_path / "conf"
+    folder.mkdir()
+    store, path = make_store(folder)
+
+    async def scenario() -> None:
+        async with watching(store):
+            await edit_until_applied(store, path, 200)
+            shutil.rmtree(folder)
+            await asyncio.sleep(0.5)  # ten retries
+            folder.mkdir()
+            path.write_text(config_text(900), encoding="utf-8")
+            assert await until(lambda: store.current.defaults.max_tokens == 900)
+
+    with caplog.at_level(logging.WARNING, logger="mlxd.config"):
+        asyncio.run(scenario())
+    missing = [r for r in caplog.records if "does not exist" in r.getMessage()]
+    assert len(missing) == 1
 
 
 def test_returns_promptly_when_stopped(tmp_path: Path) -> None:
