@@ -7,6 +7,7 @@ import json
 import threading
 import time
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -67,11 +68,14 @@ def tokens(daemon: RunningDaemon, **body: Any) -> int:
 
 def test_defaults_edit_applies_within_two_seconds(live: RunningDaemon, tiny_model_dir: Path) -> None:
     assert tokens(live) == 8
+    written = datetime.now(UTC)
     write_config(live.config_path, config_text(tiny_model_dir, max_tokens=5))
-    written = time.monotonic()
-    assert eventually(lambda: tokens(live) == 5, 15.0)
-    assert time.monotonic() - written < 2.0
-    assert live.status()["config"]["generation"] == 2  # type: ignore[index]
+    assert eventually(lambda: live.status()["config"]["generation"] == 2, 15.0)  # type: ignore[index]
+    # Timed by the daemon's own clock (when the reload read the file), not by requests
+    # polling it on a loaded machine.
+    reloaded = datetime.fromisoformat(live.status()["config"]["last_reload_at"])  # type: ignore[index]
+    assert (reloaded - written).total_seconds() < 2.0
+    assert tokens(live) == 5
 
 
 def test_aliases_appear_and_disappear(live: RunningDaemon, tiny_model_dir: Path) -> None:
@@ -218,11 +222,17 @@ def burst(daemon: RunningDaemon, count: int, tag: str) -> None:
     asyncio.run(run())
 
 
-def settled_cache(daemon: RunningDaemon) -> tuple[int, int]:
-    """(prompt-cache bytes, entries) as the worker measured them once idle."""
-    time.sleep(0.3)  # the worker measures the moment it goes idle (and then once a second)
+def cache_state(daemon: RunningDaemon) -> tuple[int, int]:
+    """(prompt-cache bytes, entries) as the worker last measured them (when it goes idle,
+    then once a second)."""
     memory = daemon.status()["memory"]
     return memory["prompt_cache_bytes"], memory["prompt_cache_entries"]  # type: ignore[index]
+
+
+def settled_cache(daemon: RunningDaemon) -> tuple[int, int]:
+    """``cache_state`` once the worker has measured again since now."""
+    time.sleep(1.2)  # past its once-a-second measurement, however busy the machine
+    return cache_state(daemon)
 
 
 def prefill_steps(daemon: RunningDaemon) -> list[int]:
@@ -248,15 +258,14 @@ def test_runtime_settings_reach_the_worker_on_an_edit(tiny_model_dir: Path, tmp_
         burst(live, 6, "first")
         assert live.status()["largest_batch"] == 2  # six at once, two per step
         assert prefill_steps(live) == [64]
-        cached, entries = settled_cache(live)
-        assert entries >= 3
+        assert eventually(lambda: cache_state(live)[1] >= 3, 15.0)
+        cached, entries = cache_state(live)
         smaller = cached // 3
         write_config(path, runtime_text(tiny_model_dir, batch=6, cache=str(smaller), prefill=128))
         assert eventually(lambda: live.status()["config"]["generation"] == 2, 15.0)  # type: ignore[index]
         # The edit shrank the prompt cache at once (evicting), and the prefill step changed.
-        shrunk, kept = settled_cache(live)
-        assert shrunk <= smaller
-        assert kept < entries
+        assert eventually(lambda: cache_state(live)[0] <= smaller, 15.0)
+        assert cache_state(live)[1] < entries
         assert prefill_steps(live) == [128]
         burst(live, 6, "second")
         assert 2 < int(live.status()["largest_batch"]) <= 6  # type: ignore[call-overload]

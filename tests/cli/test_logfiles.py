@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from mlxd.cli import logfiles
@@ -33,27 +34,31 @@ def test_follow_emits_appended_lines_and_survives_rotation(tmp_path: Path) -> No
     log = tmp_path / "mlxd.log"
     log.write_text("before follow\n")
     seen: list[str] = []
-    done = threading.Event()
+    following = threading.Event()
+    deadline = time.monotonic() + 10
+
+    def until(condition: Callable[[], bool]) -> None:
+        while not condition() and time.monotonic() < deadline:
+            time.sleep(0.01)
 
     def writer() -> None:
-        time.sleep(0.1)
+        following.wait(10)  # follow starts at the end: what came before is not news
         with log.open("a") as handle:
             handle.write("one\ntw")
             handle.flush()
-            time.sleep(0.1)
+            until(lambda: seen == ["one"])  # the half line was read and held back
+            time.sleep(0.05)
             handle.write("o\n")
-        time.sleep(0.1)
+        until(lambda: seen == ["one", "two"])
         log.rename(tmp_path / "mlxd.log.1")  # the daemon rotates by renaming
         log.write_text("three\n")
 
     thread = threading.Thread(target=writer)
     thread.start()
-    deadline = time.monotonic() + 10
 
     def keep_going() -> bool:
-        if seen[-1:] == ["three"] or time.monotonic() > deadline:
-            done.set()
-        return not done.is_set()
+        following.set()
+        return seen[-1:] != ["three"] and time.monotonic() < deadline
 
     logfiles.follow(log, seen.append, interval_s=0.02, keep_going=keep_going)
     thread.join()

@@ -17,7 +17,7 @@ import openai
 import pytest
 
 from mlxd.runtime.demo_model import DEMO_VERSION
-from tests.conftest import free_port
+from tests.conftest import free_port, write_config
 
 pytestmark = [pytest.mark.mlx, pytest.mark.server]
 
@@ -345,10 +345,10 @@ def test_mlxd_reload_command(
     def reload() -> subprocess.CompletedProcess[str]:
         return mlxd("reload", "--config", str(config), env=env, timeout=60)
 
-    config.write_text(text + "[defaults]\nmax_tokens = 3\n")
+    write_config(config, text + "[defaults]\nmax_tokens = 3\n")  # as editors save: never half-read
     applied = reload()
     assert applied.returncode == 0, applied.stderr
-    config.write_text(text + "[defaults]\nmax_tokens = 'three'\n")
+    write_config(config, text + "[defaults]\nmax_tokens = 'three'\n")
     rejected = reload()
     assert rejected.returncode == 78
     assert "defaults.max_tokens" in rejected.stderr

@@ -65,14 +65,14 @@ def test_a_rank_whose_connection_drops_is_lost_at_once(server: ControlServer) ->
 def test_a_joined_rank_that_goes_silent_is_lost_after_the_heartbeat_timeout(server: ControlServer) -> None:
     raw = socket.create_connection(("127.0.0.1", server.port))
     raw.sendall((json.dumps({"t": "hello", "rank": 1, "pid": 7, "token": TOKEN}) + "\n").encode())
-    raw.sendall(b'{"t": "joined"}\n')
     assert next_event(server).kind == "hello"
-    joined_at = time.monotonic()
+    joined_at = time.monotonic()  # before the server can have read "joined": a lower bound
+    raw.sendall(b'{"t": "joined"}\n')
     assert next_event(server) == Event("joined", 1)
     lost = next_event(server)  # then nothing: a stopped process
     assert (lost.kind, lost.rank) == ("lost", 1)
     assert "stopped answering (silent for 1.5s)" in lost.reason
-    assert 1.4 < time.monotonic() - joined_at < 3.0
+    assert 1.5 <= time.monotonic() - joined_at < 4.5
     raw.close()
 
 

@@ -163,10 +163,11 @@ def test_a_dead_worker_makes_health_unhealthy_until_it_is_back(
 def test_when_every_loaded_model_is_busy_a_new_one_gets_503_model_loading(tmp_path: Path) -> None:
     with faked(tmp_path, config(max_loaded=1), token_delay=0.01) as daemon:
         lines: list[str] = []
-        body = {"model": "small", "messages": HI, "max_tokens": 50, "stream": True}
+        # Two seconds of stream: time enough on a loaded machine to ask for the other model.
+        body = {"model": "small", "messages": HI, "max_tokens": 200, "stream": True}
         reader = threading.Thread(target=lambda: lines.extend(sse_lines(daemon, body)))
         reader.start()
-        assert eventually(lambda: len(lines) > 2 or daemon.status()["active_sequences"] == 1)
+        assert eventually(lambda: daemon.status()["active_sequences"] == 1)
         with daemon.client() as http:
             refused = http.post("/v1/chat/completions", json={"model": "other", "messages": HI})
         assert refused.status_code == 503
@@ -202,17 +203,18 @@ def test_preload_loads_at_start(tmp_path: Path) -> None:
 def test_a_removed_alias_finishes_its_request_then_leaves(tmp_path: Path) -> None:
     with faked(tmp_path, config(), token_delay=0.005) as daemon:
         lines: list[str] = []
-        body = {"model": "other", "messages": HI, "max_tokens": 300, "stream": True}
+        body = {"model": "other", "messages": HI, "max_tokens": 600, "stream": True}
         reader = threading.Thread(target=lambda: lines.extend(sse_lines(daemon, body)))
         reader.start()
         assert eventually(lambda: "other" in resident(daemon))
         text = config().replace('[models.other]\nmodel = "org/other"\n', "")
         write_config(daemon.config_path, text)
-        assert eventually(lambda: daemon.status()["config"]["generation"] == 2)  # type: ignore[index]
+        with daemon.client() as http:  # now, not when the watcher wakes: the stream is still on
+            assert http.post("/mlxd/reload").json() == {"generation": 2}
         assert "other" in resident(daemon)  # still streaming
         reader.join(30)
         assert lines[-1] == "data: [DONE]"
-        assert len(lines) == 300 + 3  # role, 300 tokens, finish, [DONE]
+        assert len(lines) == 600 + 3  # role, 600 tokens, finish, [DONE]
         assert eventually(lambda: "other" not in resident(daemon))
         with daemon.client() as http:
             assert (
@@ -225,7 +227,7 @@ def test_load_and_unload_on_demand(tmp_path: Path) -> None:
         assert http.post("/mlxd/models/other/load").json() == {"alias": "other", "loaded": True}
         assert resident(daemon) == ["other"]
         lines: list[str] = []
-        body = {"model": "other", "messages": HI, "max_tokens": 40, "stream": True}
+        body = {"model": "other", "messages": HI, "max_tokens": 200, "stream": True}
         reader = threading.Thread(target=lambda: lines.extend(sse_lines(daemon, body)))
         reader.start()
         assert eventually(lambda: daemon.status()["active_sequences"] == 1)
