@@ -223,16 +223,22 @@ def burst(daemon: RunningDaemon, count: int, tag: str) -> None:
 
 
 def cache_state(daemon: RunningDaemon) -> tuple[int, int]:
-    """(prompt-cache bytes, entries) as the worker last measured them (when it goes idle,
-    then once a second)."""
-    memory = daemon.status()["memory"]
-    return memory["prompt_cache_bytes"], memory["prompt_cache_entries"]  # type: ignore[index]
+    """(prompt-cache bytes, entries) over the loaded models, read on the worker thread."""
+    from concurrent.futures import Future
 
+    from mlxd.runtime.mlx.commands import Call
 
-def settled_cache(daemon: RunningDaemon) -> tuple[int, int]:
-    """``cache_state`` once the worker has measured again since now."""
-    time.sleep(1.2)  # past its once-a-second measurement, however busy the machine
-    return cache_state(daemon)
+    future: Future[tuple[int, int]] = Future()
+    daemon.engine.submit(
+        Call(
+            lambda worker: (
+                sum(r.prompt_cache.bytes for r in worker.runners.values()),
+                sum(len(r.prompt_cache) for r in worker.runners.values()),
+            ),
+            future,
+        )
+    )
+    return future.result(timeout=10)
 
 
 def prefill_steps(daemon: RunningDaemon) -> list[int]:
@@ -258,17 +264,19 @@ def test_runtime_settings_reach_the_worker_on_an_edit(tiny_model_dir: Path, tmp_
         burst(live, 6, "first")
         assert live.status()["largest_batch"] == 2  # six at once, two per step
         assert prefill_steps(live) == [64]
-        assert eventually(lambda: cache_state(live)[1] >= 3, 15.0)
         cached, entries = cache_state(live)
+        assert entries >= 3
         smaller = cached // 3
         write_config(path, runtime_text(tiny_model_dir, batch=6, cache=str(smaller), prefill=128))
         assert eventually(lambda: live.status()["config"]["generation"] == 2, 15.0)  # type: ignore[index]
-        # The edit shrank the prompt cache at once (evicting), and the prefill step changed.
-        assert eventually(lambda: cache_state(live)[0] <= smaller, 15.0)
-        assert cache_state(live)[1] < entries
-        assert prefill_steps(live) == [128]
+        # The new settings reached the worker (generation 2 is counted before it is sent)...
+        assert eventually(lambda: prefill_steps(live) == [128], 15.0)
+        # ... and shrank the prompt cache at once (evicting).
+        shrunk, kept = cache_state(live)
+        assert shrunk <= smaller
+        assert kept < entries
         burst(live, 6, "second")
         assert 2 < int(live.status()["largest_batch"]) <= 6  # type: ignore[call-overload]
-        assert settled_cache(live)[0] <= smaller
+        assert cache_state(live)[0] <= smaller
     finally:
         stop_daemon(live, thread)

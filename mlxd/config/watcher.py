@@ -81,11 +81,15 @@ class _Watch:
             await _wait(self._stop, _RETRY_S)
             return
         self._missing = False
+        quiet = False  # the last wake-up read the file without an event
         try:
-            # No watch_filter: awatch yields nothing while only other files change, and
-            # every wake-up must reach the check for an edit no event reported.
+            # watch_filter=None: awatch yields nothing for changes its filter drops (by
+            # default editor swap files, and every path under a ".git" or ".venv"), and
+            # every change must wake the loop, to reach the check for an edit no event
+            # reported; the file's own names are picked out here.
             async for changes in watchfiles.awatch(
                 directory,
+                watch_filter=None,
                 debounce=self._debounce_ms,
                 step=min(50, self._debounce_ms),
                 stop_event=self._stop,
@@ -94,10 +98,13 @@ class _Watch:
                 yield_on_timeout=True,
             ):
                 named = sorted({Path(p).name for _, p in changes} & self._names)
-                if named:
+                if named and quiet and not self._store.file_changed():
+                    quiet = False  # the event of the save the last wake-up already read
+                elif named:
                     log.debug("config file changed: %s", named)
                     await _reload(self._store)
-                elif await self._changed_quietly():
+                    quiet = False
+                elif quiet := await self._changed_quietly():
                     log.debug("config file changed without an event")
                     await _reload(self._store)
                 if _identity(directory) != identity:
@@ -107,6 +114,8 @@ class _Watch:
                     return
         except (OSError, RuntimeError) as exc:
             log.warning("watching %s failed (%s); trying again", directory, exc)
+            if self._store.file_changed():
+                await _reload(self._store)
             await _wait(self._stop, _RETRY_S)
 
     async def _changed_quietly(self) -> bool:

@@ -60,19 +60,28 @@ def make_store(tmp_path: Path) -> tuple[ConfigStore, Path]:
     return ConfigStore(path), path
 
 
-def test_a_saved_edit_is_applied(tmp_path: Path) -> None:
-    store, path = make_store(tmp_path)
+# ".venv": a directory watchfiles' default filter ignores everything under.
+@pytest.mark.parametrize("folder", ["conf", ".venv"])
+def test_a_saved_edit_is_applied_on_its_event(
+    tmp_path: Path, folder: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    (tmp_path / folder).mkdir()
+    store, path = make_store(tmp_path / folder)
 
     async def scenario() -> None:
         async with watching(store):
             await edit_until_applied(store, path, 200)
             assert store.generation >= 2
             generation = store.generation
+            caplog.clear()
             replace_file(path, config_text(300))  # the watch is up now: one save is enough
             assert await until(lambda: store.current.defaults.max_tokens == 300)
             assert store.generation == generation + 1
 
-    asyncio.run(scenario())
+    with caplog.at_level(logging.DEBUG, logger="mlxd.config"):
+        asyncio.run(scenario())
+    # Applied because the save raised its event, not by the recheck every 2 s.
+    assert "config file changed: ['mlxd.toml']" in caplog.messages
 
 
 def test_an_invalid_edit_keeps_the_old_config(tmp_path: Path) -> None:
@@ -137,7 +146,11 @@ def test_applies_an_edit_no_event_reported(tmp_path: Path) -> None:
     asyncio.run(scenario())
 
 
-def test_applies_an_edit_no_event_reported_while_the_directory_is_busy(tmp_path: Path) -> None:
+# ".other.swp": a name watchfiles' default filter drops, which must still wake the watch.
+@pytest.mark.parametrize("busy_name", ["other.log", ".other.swp"])
+def test_applies_an_edit_no_event_reported_while_the_directory_is_busy(
+    tmp_path: Path, busy_name: str
+) -> None:
     """Another file of the directory changing all the time still leaves the watch time to
     notice an edit that raised no event of its own (the watch wakes for the other file)."""
     store, path = make_store(tmp_path)
@@ -148,7 +161,7 @@ def test_applies_an_edit_no_event_reported_while_the_directory_is_busy(tmp_path:
         async with watching(store):
             await edit_until_applied(store, path, 200)
             link.hardlink_to(path)
-            busy = asyncio.create_task(_keep_writing(tmp_path / "other.log"))
+            busy = asyncio.create_task(_keep_writing(tmp_path / busy_name))
             try:
                 await asyncio.sleep(0.3)
                 link.write_text(config_text(800), encoding="utf-8")
@@ -177,7 +190,8 @@ def test_a_missing_directory_is_logged_once_and_then_found(
         async with watching(store):
             await edit_until_applied(store, path, 200)
             shutil.rmtree(folder)
-            await asyncio.sleep(0.5)  # ten retries
+            assert await until(lambda: any("does not exist" in m for m in caplog.messages))
+            await asyncio.sleep(0.3)  # a few more retries, which must not log again
             folder.mkdir()
             path.write_text(config_text(900), encoding="utf-8")
             assert await until(lambda: store.current.defaults.max_tokens == 900)
