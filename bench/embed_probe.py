@@ -10,9 +10,6 @@ decoder and the encoder of ``bench.embeddings`` (``--shape real`` on an accelera
   ``IDLE_EMBED_TOKENS`` padded tokens, shortest inputs first): per request p50 / max, and the
   batch shapes mlxd ran; the gap between the two is mlxd's worker-side cost, and what the
   benchmark's reply time adds beyond it is HTTP, admission and the reply;
-- the same requests through the ``Embedder`` sized as the idle worker sizes it now: by the
-  ``PassCost`` its earlier batches taught (one ``Pacer`` per model, across the request sizes
-  in the order given), with the budget it learned;
 - the first call of a new batch shape against the second (kernel plans or compilation an
   accelerator builds per shape).
 """
@@ -88,41 +85,17 @@ def _through_embedder(forward: _Recorded, pooling: str, budget: int) -> Any:
     return run
 
 
-def _through_worker(forward: _Recorded, pooling: str, pacer: Any) -> Any:
-    """mlxd's ``Embedder`` as the idle worker runs it: each batch sized by ``pacer``, whose
-    ``PassCost`` learns from each."""
-    from mlxd.runtime.mlx.commands import Embed
-    from mlxd.runtime.mlx.embed import Embedder
-
-    embedder = Embedder(forward)  # type: ignore[arg-type]
-
-    def run(rows: list[list[int]]) -> Any:
-        future: Future[Any] = Future()
-        embedder.add(Embed(key=None, tokens=rows, pooling=pooling, normalize=True, future=future))  # type: ignore[arg-type]
-        while embedder:
-            started = time.perf_counter()
-            ran = embedder.step(pacer.budget(False, None, 256))
-            pacer.embedded(ran, time.perf_counter() - started, None, False)
-        return future.result()
-
-    return run
-
-
 def requests(name: str, tokenizer: Any, forward: Any, pooling: str, batches: list[int]) -> None:
     """Tokenizing, then raw against mlxd's Embedder, per request of each of ``batches`` inputs."""
-    from mlxd.runtime.mlx.pacing import Pacer
-
-    pacer = Pacer()
     for batch in batches:
         inputs = [texts(batch, 10_000 * (n + 1)) for n in range(REQUESTS)]
         started = time.perf_counter()
         tokens = [encode_inputs(tokenizer, request) for request in inputs]
         tokenizing = (time.perf_counter() - started) / REQUESTS
-        recorded, learning = _Recorded(forward), _Recorded(forward)
+        recorded = _Recorded(forward)
         runs = {
             "raw": _raw(forward.states, pooling),
             "embedder": _through_embedder(recorded, pooling, IDLE_EMBED_TOKENS),
-            "learned": _through_worker(learning, pooling, pacer),
             "one batch": _through_embedder(_Recorded(forward), pooling, 1 << 30),
         }
         times: dict[str, list[float]] = {k: [] for k in runs}
@@ -137,10 +110,6 @@ def requests(name: str, tokenizer: Any, forward: Any, pooling: str, batches: lis
             print(f"  {key:9s} {_ms(values)}; per request: {', '.join(f'{v * 1e3:.1f}' for v in values)}")
         per_request = len(recorded.shapes) // REQUESTS
         print(f"  embedder batches (rows x width), first two requests: {recorded.shapes[: per_request * 2]}")
-        print(
-            f"  learned: budget {pacer.cost.idle_budget} tokens; its batches, last request: "
-            f"{learning.shapes[-(len(learning.shapes) // REQUESTS or 1) :]}"
-        )
 
 
 def new_shapes(name: str, forward: Any) -> None:

@@ -24,7 +24,7 @@ from mlxd.runtime.mlx.constrained import GrammarCache, make_constraint
 from mlxd.runtime.mlx.embed import DecoderForward, Embedder
 from mlxd.runtime.mlx.image_gate import ImageGate
 from mlxd.runtime.mlx.loading import LoadedModel
-from mlxd.runtime.mlx.pacing import DecodeClock, Pacer
+from mlxd.runtime.mlx.pacing import IDLE_EMBED_TOKENS, DecodeClock, Pacer
 from mlxd.runtime.mlx.prompt_cache import PromptCache
 from mlxd.runtime.mlx.sampling import make_processors, make_sampler, xtc_special_tokens
 from mlxd.runtime.mlx.sequence import Sequence
@@ -163,9 +163,9 @@ class ModelRunner:
         embedder, pacer = self._embedder, self._pacer
         if embedder:
             before, started = embedder.tokens, time.perf_counter()
-            budget = pacer.budget(decoding, clock.step, self._prefill_step)
+            budget = pacer.budget(decoding, clock.step, self._prefill_step, IDLE_EMBED_TOKENS)
             ran = embedder.step(budget)
-            pacer.embedded(ran, time.perf_counter() - started, clock.step, decoding)
+            pacer.embedded(ran, time.perf_counter() - started, clock.step if decoding else None)
             self._stats.prompt_tokens_processed += embedder.tokens - before
         elapsed = 0.0
         if self._by_seq:
