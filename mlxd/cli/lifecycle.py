@@ -198,11 +198,12 @@ def _unmanaged_pid(target: Target) -> int | None:
 
 
 def restart(target: Target, *, demo: bool, timeout_s: float) -> Outcome:
-    """Restart through the login service (``kickstart -k`` / ``restart``), else stop + start.
+    """Restart through the login service (launchd: bootout, then bootstrap; systemd:
+    ``restart``), else stop + start; the old daemon drains either way.
 
     A detached daemon that had to be killed on the way is still replaced, and then
-    reported (``ServiceManagerError``) rather than passed over. (``kickstart -k`` and
-    ``systemctl restart`` kill and relaunch in one step, out of the CLI's sight.)
+    reported (``ServiceManagerError``) rather than passed over. (A service manager stops
+    and relaunches the daemon out of the CLI's sight, killing it only at its stop timeout.)
     """
     service = installed_login_service()
     if service is None:

@@ -8,7 +8,10 @@ gives (3, 5, 36, 113, per REFERENCE.md section 4).
 
 from __future__ import annotations
 
+import os
 import plistlib
+import shutil
+import stat
 import sys
 from pathlib import Path
 from typing import Any
@@ -128,7 +131,9 @@ def test_rendered_plist_matches_the_deploy_template(spec: ServiceSpec) -> None:
     def same_shape(tmpl: Any, out: Any, where: str) -> None:
         if isinstance(tmpl, dict):
             assert isinstance(out, dict), where
-            assert list(out) == list(tmpl), where
+            # The installing shell's Hub and MLXD_ settings come after the template's own.
+            passed = len(out) - len(tmpl) if where == "plist.EnvironmentVariables" else 0
+            assert list(out)[: len(out) - passed] == list(tmpl), where
             for key in tmpl:
                 same_shape(tmpl[key], out[key], f"{where}.{key}")
         elif isinstance(tmpl, list):
@@ -142,6 +147,23 @@ def test_rendered_plist_matches_the_deploy_template(spec: ServiceSpec) -> None:
             assert out == tmpl, where
 
     same_shape(template, rendered, "plist")
+
+
+def test_the_shells_hub_location_and_settings_go_with_the_service(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A LaunchAgent starts without the shell's environment: a model pulled under the
+    shell's HF_HOME, or a port moved by MLXD_SERVER__PORT, must hold for the daemon too."""
+    passed = {"HF_HOME": "/Volumes/SSD/hf", "MLXD_SERVER__PORT": "9000", "XDG_CACHE_HOME": "/c"}
+    withheld = {"MLXD_SERVER__API_KEY": "sk-secret", "HF_TOKEN": "hf_secret", "MLXD_LAUNCHCTL": "/x"}
+    for name, value in {**passed, **withheld}.items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.delenv("HF_HUB_CACHE", raising=False)
+    spec = build_spec(None, working_dir=tmp_path, log_dir=tmp_path)
+    environment = plistlib.loads(render_plist(spec).encode())["EnvironmentVariables"]
+    assert {name: environment.get(name) for name in passed} == passed
+    assert not set(withheld) & set(environment)
+    assert environment["MLXD_SUPERVISED"] == "1"  # the template's own stay
 
 
 def test_no_config_file_means_no_config_option(tmp_path: Path) -> None:
@@ -279,6 +301,35 @@ def test_start_bootstraps_a_job_that_is_not_loaded(
     ]
 
 
+def test_start_and_restart_make_the_directories_the_plist_names(
+    launchd: LaunchdManager, shim: Shim, spec: ServiceSpec
+) -> None:
+    """A cleaner app (or a user) removed them: launchd would not start a job whose working
+    or log directory is missing, and says nothing the CLI could show."""
+    launchd.write_file(spec)
+    for directory in (spec.log_dir, spec.working_dir):  # on Linux the first is in the second
+        shutil.rmtree(directory, ignore_errors=True)
+    shim.answer(GUI_DOMAIN_EXISTS)
+    launchd.start(spec)
+    assert spec.working_dir.is_dir()
+    assert spec.log_dir.is_dir()
+    shutil.rmtree(spec.log_dir)
+    shim.answer(GUI_DOMAIN_EXISTS, rule("bootout", exit=3))
+    launchd.restart(spec, timeout_s=1)
+    assert spec.log_dir.is_dir()
+
+
+def test_the_plist_is_written_readable_by_all_and_writable_by_its_owner_only(
+    launchd: LaunchdManager, spec: ServiceSpec
+) -> None:
+    old = os.umask(0o002)  # a group-writable default, which launchd may refuse for an agent
+    try:
+        path, _ = launchd.write_file(spec)
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE(path.stat().st_mode) == 0o644
+
+
 def test_start_kickstarts_a_loaded_job(launchd: LaunchdManager, shim: Shim, spec: ServiceSpec) -> None:
     shim.answer(GUI_DOMAIN_EXISTS)
     launchd.start(spec)
@@ -315,21 +366,31 @@ def test_stop_that_never_finishes_is_an_error(launchd: LaunchdManager, shim: Shi
         launchd.stop(timeout_s=0.3)
 
 
-def test_restart_kickstarts_with_kill(launchd: LaunchdManager, shim: Shim, spec: ServiceSpec) -> None:
-    shim.answer(GUI_DOMAIN_EXISTS)
-    launchd.restart(spec, timeout_s=1)
-    assert shim.calls()[1:] == [["kickstart", "-k", TARGET]]
-
-
-def test_restart_113_bootstraps_then_retries(launchd: LaunchdManager, shim: Shim, spec: ServiceSpec) -> None:
+def test_restart_drains_then_bootstraps(launchd: LaunchdManager, shim: Shim, spec: ServiceSpec) -> None:
+    """Never ``kickstart -k`` (SIGKILL): bootout gives the daemon SIGTERM and its drain."""
     launchd.write_file(spec)
-    shim.answer(GUI_DOMAIN_EXISTS, rule("kickstart", "-k", exit=113))
+    shim.answer(GUI_DOMAIN_EXISTS, rule("print", TARGET, times=1), NOT_LOADED)
     launchd.restart(spec, timeout_s=1)
     assert shim.calls()[1:] == [
-        ["kickstart", "-k", TARGET],
+        ["bootout", TARGET],
+        ["print", TARGET],
+        ["print", TARGET],
         ["enable", TARGET],
         ["bootstrap", GUI, str(launchd.service_file())],
-        ["kickstart", TARGET],
+    ]
+    assert not any("kickstart" in call for call in shim.calls())
+
+
+def test_restart_of_a_job_not_loaded_bootstraps_it(
+    launchd: LaunchdManager, shim: Shim, spec: ServiceSpec
+) -> None:
+    launchd.write_file(spec)
+    shim.answer(GUI_DOMAIN_EXISTS, rule("bootout", exit=3))
+    launchd.restart(spec, timeout_s=1)
+    assert shim.calls()[1:] == [
+        ["bootout", TARGET],
+        ["enable", TARGET],
+        ["bootstrap", GUI, str(launchd.service_file())],
     ]
 
 

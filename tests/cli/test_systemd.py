@@ -8,6 +8,7 @@ this suite. The unit file itself is checked by the real ``systemd-analyze verify
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import re
 import shutil
@@ -101,6 +102,14 @@ def test_rendered_unit_has_every_key_with_absolute_paths(spec: ServiceSpec) -> N
     assert "MLXD_SUPERVISED=1" in environment
     assert any(v.startswith('"PATH=/') for v in environment)
     assert dict(unit["Install"])["WantedBy"] == "default.target"
+
+
+def test_the_shells_hub_location_and_settings_go_with_the_unit(spec: ServiceSpec, tmp_path: Path) -> None:
+    """A user unit starts with the user manager's environment, not the shell's."""
+    passing = dataclasses.replace(spec, env=(("HF_HOME", "/srv/hf cache"), ("MLXD_SERVER__PORT", "9000")))
+    environment = [value for key, value in sections(render_unit(passing))["Service"] if key == "Environment"]
+    assert environment[0].startswith('"PATH=/')
+    assert environment[0].endswith('" "HF_HOME=/srv/hf cache" "MLXD_SERVER__PORT=9000"')
 
 
 def test_no_value_line_carries_a_comment(spec: ServiceSpec) -> None:

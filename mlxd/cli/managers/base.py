@@ -10,11 +10,12 @@ from __future__ import annotations
 import contextlib
 import itertools
 import os
+import re
 import subprocess
 import sys
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import ClassVar
@@ -38,6 +39,8 @@ class ServiceSpec:
     path_env: str
     drain_timeout_s: float = 30.0
     demo: bool = False
+    #: Variables of the installing shell the daemon must see too (``passed_environment``).
+    env: tuple[tuple[str, str], ...] = ()
 
     def serve_options(self) -> list[str]:
         """The options after ``mlxd serve``: an absolute config path, maybe ``--demo``."""
@@ -53,6 +56,41 @@ class ServiceSpec:
         """How long a stop may take before the daemon is killed: what the CLI waits, launchd's
         ``ExitTimeOut`` and systemd's ``TimeoutStopSec`` (all from the drain timeout)."""
         return stop_timeout_s(self.drain_timeout_s)
+
+
+def make_dirs(spec: ServiceSpec) -> None:
+    """The working and log directories the service file names: a service manager does not
+    create them, and a job whose directory was cleaned away (a cleaner app, by hand) would
+    not start."""
+    for directory in (spec.working_dir, spec.log_dir):
+        directory.mkdir(parents=True, exist_ok=True)
+
+
+#: Where the Hub cache is and which Hub: a model pulled under the shell's ``HF_HOME`` must
+#: be found by the daemon, which a login service starts without the shell's environment.
+_HUB_VARIABLES = (
+    "HF_HOME",
+    "HF_HUB_CACHE",
+    "HUGGINGFACE_HUB_CACHE",
+    "HF_ENDPOINT",
+    "HF_HUB_OFFLINE",
+    "XDG_CACHE_HOME",
+)
+#: Never written into a service file, which other users may be able to read.
+_SECRET = re.compile(r"KEY|TOKEN|SECRET|PASSWORD|AUTH", re.IGNORECASE)
+
+
+def passed_environment(environ: Mapping[str, str]) -> tuple[tuple[str, str], ...]:
+    """What the service must carry from the installing shell: the Hub's location and the
+    ``MLXD_SECTION__KEY`` settings the CLI itself reads (``MLXD_SERVER__PORT`` moves the port
+    the CLI waits on too), secrets left out."""
+    names = sorted(
+        name
+        for name in environ
+        if (name in _HUB_VARIABLES or (name.startswith("MLXD_") and "__" in name))
+        and not _SECRET.search(name)
+    )
+    return tuple((name, environ[name]) for name in names)
 
 
 def default_path_env(python: Path) -> str:
@@ -89,6 +127,7 @@ def build_spec(
         path_env=default_path_env(python),
         drain_timeout_s=drain_timeout_s,
         demo=demo,
+        env=passed_environment(os.environ),
     )
 
 
@@ -237,9 +276,11 @@ class LoginService(ServiceManager):
         path = self.service_file()
         existed = path.is_file()
         text = self.render(spec)
-        for directory in (path.parent, spec.working_dir, spec.log_dir):
-            directory.mkdir(parents=True, exist_ok=True)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        make_dirs(spec)
         path.write_text(text, encoding="utf-8")
+        # Not the umask's: a group- or world-writable agent is one launchd may refuse.
+        path.chmod(0o644)
         return path, existed
 
     @contextlib.contextmanager

@@ -22,6 +22,7 @@ from mlxd.cli.managers.base import (
     Tool,
     ToolResult,
     config_from_argv,
+    make_dirs,
     poll_until,
 )
 from mlxd.cli.managers.templates import template_path
@@ -54,6 +55,8 @@ def render_plist(spec: ServiceSpec, label: str = LABEL) -> str:
         "PATH": spec.path_env,
     }
     rendered = _fill(template, values, spec.serve_options())
+    environment = rendered["EnvironmentVariables"]
+    environment.update((name, value) for name, value in spec.env if name not in environment)
     return plistlib.dumps(rendered, sort_keys=False).decode()
 
 
@@ -152,6 +155,7 @@ class LaunchdManager(LoginService):
 
     def start(self, spec: ServiceSpec) -> None:
         """Bootstrap when not loaded (RunAtLoad starts it), else kickstart the loaded job."""
+        make_dirs(spec)
         if not self.is_loaded():
             self._bootstrap(spec.stop_timeout_s)
             return
@@ -166,13 +170,15 @@ class LaunchdManager(LoginService):
         return self._bootout(timeout_s)
 
     def restart(self, spec: ServiceSpec, timeout_s: float) -> None:
-        """``kickstart -k``; when the job is not bootstrapped, bootstrap it and retry."""
-        result = self.tool.run("kickstart", "-k", self.target)
-        if result.returncode == NOT_FOUND:
-            self._bootstrap(timeout_s)
-            # RunAtLoad has just started a fresh daemon: retry without -k so nothing is killed.
-            result = self.tool.run("kickstart", self.target)
-        self._check(result)
+        """Boot the job out and wait until launchd let go of it, then bootstrap it again
+        (RunAtLoad starts the new daemon, from the plist as it is now).
+
+        Not ``kickstart -k``: that kills the running daemon with SIGKILL, so its streams
+        would end cut off instead of drained, as ``stop`` (bootout: SIGTERM, then
+        ExitTimeOut) and the systemd backend's restart do."""
+        make_dirs(spec)
+        self._bootout(timeout_s)
+        self._bootstrap(timeout_s)
 
     def state(self) -> ServiceState:
         """Parse ``launchctl print`` defensively."""

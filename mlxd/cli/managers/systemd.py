@@ -19,6 +19,7 @@ from mlxd.cli.managers.base import (
     Tool,
     ToolResult,
     config_from_argv,
+    make_dirs,
 )
 from mlxd.cli.managers.templates import template_path
 from mlxd.errors import ServiceManagerError
@@ -64,7 +65,8 @@ def render_unit(spec: ServiceSpec) -> str:
     values = {
         "EXEC_START": " ".join(quote_word(word) for word in spec.argv()),
         "WORKING_DIRECTORY": _escape(str(spec.working_dir)),
-        "ENV_PATH": quote_assignment("PATH", spec.path_env),
+        # PATH, then what the installing shell passes on (a user unit does not inherit it).
+        "ENV_PATH": " ".join(quote_assignment(n, v) for n, v in (("PATH", spec.path_env), *spec.env)),
         "TIMEOUT_STOP_SEC": str(spec.stop_timeout_s),
     }
 
@@ -130,6 +132,7 @@ class SystemdManager(LoginService):
 
     def start(self, spec: ServiceSpec) -> None:
         """``systemctl --user start mlxd.service``."""
+        make_dirs(spec)
         self._check(self._ctl("start", UNIT))
 
     def stop(self, timeout_s: float) -> bool:
@@ -143,6 +146,7 @@ class SystemdManager(LoginService):
 
     def restart(self, spec: ServiceSpec, timeout_s: float) -> None:
         """``systemctl --user restart mlxd.service``."""
+        make_dirs(spec)
         self._check(self._ctl("restart", UNIT, timeout_s=timeout_s))
 
     def state(self) -> ServiceState:
