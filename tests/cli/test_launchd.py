@@ -349,9 +349,19 @@ def test_stop_boots_out_and_waits_for_113(launchd: LaunchdManager, shim: Shim) -
 
 @pytest.mark.parametrize("code", [3, 5])
 def test_stop_when_not_loaded_succeeds(launchd: LaunchdManager, shim: Shim, code: int) -> None:
-    shim.answer(GUI_DOMAIN_EXISTS, rule("bootout", exit=code))
+    shim.answer(GUI_DOMAIN_EXISTS, rule("bootout", exit=code), NOT_LOADED)
     assert launchd.stop(timeout_s=1) is False
-    assert shim.calls()[1:] == [["bootout", TARGET]]
+    # 5 is also a plain I/O error: launchd is asked whether the job is still there.
+    assert shim.calls()[1:] == [["bootout", TARGET]] + ([["print", TARGET]] if code == 5 else [])
+
+
+def test_a_bootout_that_fails_with_5_while_loaded_is_an_error(launchd: LaunchdManager, shim: Shim) -> None:
+    shim.answer(
+        GUI_DOMAIN_EXISTS,
+        {"args": ["bootout"], "exit": 5, "stderr": "Boot-out failed: 5: Input/output error\n"},
+    )
+    with pytest.raises(ServiceManagerError, match="Input/output error"):
+        launchd.stop(timeout_s=1)
 
 
 def test_stop_while_draining_36_waits(launchd: LaunchdManager, shim: Shim) -> None:

@@ -220,8 +220,13 @@ class LaunchdManager(LoginService):
 
     def _bootout(self, timeout_s: float) -> bool:
         result = self.tool.run("bootout", self.target)
-        if result.returncode in (NO_SUCH_PROCESS, IO_ERROR, NOT_FOUND):
+        if result.returncode in (NO_SUCH_PROCESS, NOT_FOUND):
             return False  # not loaded: nothing to stop
+        if result.returncode == IO_ERROR:
+            # Newer macOS says "not loaded" with 5, which is also a plain I/O error: ask.
+            if not self.is_loaded():
+                return False
+            self._check(result)
         if result.returncode not in (0, IN_PROGRESS):  # 36: already draining, wait for it
             self._check(result)
         # launchd kills the daemon at ExitTimeOut (= timeout_s): wait until it let go of it.
