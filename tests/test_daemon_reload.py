@@ -15,6 +15,7 @@ import httpx
 import pytest
 
 from tests.conftest import RunningDaemon, eventually, start_daemon, stop_daemon, write_config
+from tests.runtime.helpers import on_worker
 
 pytestmark = [pytest.mark.mlx, pytest.mark.server]
 
@@ -224,34 +225,20 @@ def burst(daemon: RunningDaemon, count: int, tag: str) -> None:
 
 def cache_state(daemon: RunningDaemon) -> tuple[int, int]:
     """(prompt-cache bytes, entries) over the loaded models, read on the worker thread."""
-    from concurrent.futures import Future
-
-    from mlxd.runtime.mlx.commands import Call
-
-    future: Future[tuple[int, int]] = Future()
-    daemon.engine.submit(
-        Call(
-            lambda worker: (
-                sum(r.prompt_cache.bytes for r in worker.runners.values()),
-                sum(len(r.prompt_cache) for r in worker.runners.values()),
-            ),
-            future,
-        )
+    return on_worker(
+        daemon,
+        lambda worker: (
+            sum(r.prompt_cache.bytes for r in worker.runners.values()),
+            sum(len(r.prompt_cache) for r in worker.runners.values()),
+        ),
     )
-    return future.result(timeout=10)
 
 
 def prefill_steps(daemon: RunningDaemon) -> list[int]:
     """The prefill step each loaded model's batch runs with, read on the worker thread."""
-    from concurrent.futures import Future
-
-    from mlxd.runtime.mlx.commands import Call
-
-    future: Future[list[int]] = Future()
-    daemon.engine.submit(
-        Call(lambda worker: [r.batch.generator.prefill_step_size for r in worker.runners.values()], future)
+    return on_worker(
+        daemon, lambda worker: [r.batch.generator.prefill_step_size for r in worker.runners.values()]
     )
-    return future.result(timeout=10)
 
 
 def test_runtime_settings_reach_the_worker_on_an_edit(tiny_model_dir: Path, tmp_path: Path) -> None:

@@ -222,11 +222,8 @@ class LaunchdManager(LoginService):
         result = self.tool.run("bootout", self.target)
         if result.returncode in (NO_SUCH_PROCESS, NOT_FOUND):
             return False  # not loaded: nothing to stop
-        if result.returncode == IO_ERROR:
-            # Newer macOS says "not loaded" with 5, which is also a plain I/O error: ask.
-            if not self.is_loaded():
-                return False
-            self._check(result)
+        if result.returncode == IO_ERROR and not self.is_loaded():
+            return False  # newer macOS says "not loaded" with 5, also a plain I/O error: asked
         if result.returncode not in (0, IN_PROGRESS):  # 36: already draining, wait for it
             self._check(result)
         # launchd kills the daemon at ExitTimeOut (= timeout_s): wait until it let go of it.
