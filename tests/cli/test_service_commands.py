@@ -75,6 +75,26 @@ def test_install_dry_run_prints_the_file_and_does_nothing_else(home: Home, shim:
     assert not (Path(home.env["XDG_CONFIG_HOME"]) / "systemd").exists()
 
 
+@pytest.mark.parametrize("manager", ["launchd", "systemd"])
+def test_install_carries_the_shells_hub_location_and_settings_not_its_secrets(
+    home: Home, shim: Shim, manager: str
+) -> None:
+    shell = {"HF_HOME": "/Volumes/SSD/hf", "MLXD_SERVER__PORT": "9000", "MLXD_SERVER__API_KEY": "sk-xyz"}
+    result = subprocess.run(
+        [sys.executable, "-m", "mlxd", "install", "--dry-run", "--manager", manager],
+        capture_output=True,
+        text=True,
+        env=home.env | {"PATH": "/usr/bin:/bin"} | shell,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    assert "/Volumes/SSD/hf" in result.stdout
+    assert "MLXD_SERVER__PORT" in result.stdout
+    assert "sk-xyz" not in result.stdout
+    assert "API_KEY" not in result.stdout
+
+
 def test_install_launchd_writes_and_bootstraps(home: Home, shim: Shim) -> None:
     launchctl_not_loaded(shim)
     code, out, err = mlxd("install", "--manager", "launchd")
