@@ -112,6 +112,17 @@ def test_breaker_gave_up_and_clear(tmp_path: Path) -> None:
     assert not supervision.breaker_file(tmp_path).exists()
 
 
+def test_last_failure_is_the_latest_reason_of_that_config(tmp_path: Path) -> None:
+    mine, other = tmp_path / "mine.toml", tmp_path / "other.toml"
+    assert supervision.last_failure(tmp_path, config=mine) is None
+    supervision.record_start_failure("port 8080 is in use", state_dir=tmp_path, config=mine, now=100.0)
+    supervision.record_start_failure("model not found", state_dir=tmp_path, config=mine, now=101.0)
+    assert supervision.last_failure(tmp_path, config=mine) == "model not found"
+    assert supervision.last_failure(tmp_path, config=other) is None
+    supervision.clear_breaker(tmp_path, config=mine)
+    assert supervision.last_failure(tmp_path, config=mine) is None
+
+
 def test_breaker_records_are_kept_per_config_file(tmp_path: Path) -> None:
     mine, other = tmp_path / "a" / "mlxd.toml", tmp_path / "b" / "mlxd.toml"
     for _ in range(5):

@@ -55,8 +55,13 @@ class StartFailed(MlxdError):
 
     code = "start_failed"
 
-    def __init__(self, message: str, log_lines: list[str] | None = None) -> None:
-        super().__init__(message, hint="see the whole log with `mlxd logs`")
+    def __init__(
+        self,
+        message: str,
+        log_lines: list[str] | None = None,
+        hint: str = "see the whole log with `mlxd logs`",
+    ) -> None:
+        super().__init__(message, hint=hint)
         self.log_lines = log_lines or []
 
 

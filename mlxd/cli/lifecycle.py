@@ -17,7 +17,7 @@ from mlxd import supervision
 from mlxd.cli import logfiles
 from mlxd.cli.client import DaemonClient
 from mlxd.cli.errors import StartFailed
-from mlxd.cli.managers import ServiceManager, installed_login_service
+from mlxd.cli.managers import LoginService, ServiceManager, installed_login_service
 from mlxd.cli.managers.base import ServiceSpec, build_spec
 from mlxd.cli.managers.process import ProcessManager, terminate
 from mlxd.cli.target import Target
@@ -58,7 +58,8 @@ def wait_healthy(
     """Poll ``/health`` until it answers 200; return None, or why it never did.
 
     ``exit_code`` reports a spawned process that died (no point waiting further);
-    ``config``'s crash-loop record says a supervised daemon gave up; ``not_pid`` ignores
+    ``config``'s crash-loop record says a supervised daemon failed (launchd and systemd would
+    relaunch it, to fail the same way) or gave up: the caller cleared it first; ``not_pid`` ignores
     the old daemon still answering during a restart.
     """
     deadline = time.monotonic() + timeout_s
@@ -69,6 +70,8 @@ def wait_healthy(
             return f"the daemon exited with code {code}"
         if (reason := supervision.gave_up_reason(config=config)) is not None:
             return f"the daemon gave up: {reason}"
+        if (reason := supervision.last_failure(config=config)) is not None:
+            return reason
         if time.monotonic() >= deadline:
             return f"no answer from {client.base_url}/health within {timeout_s:g}s"
         time.sleep(interval_s)
@@ -111,6 +114,7 @@ def start(target: Target, *, demo: bool, timeout_s: float, warn: Callable[[str],
     if service is not None:
         if demo:
             warn(f"--demo is ignored: the {service.name} service runs the installed command line")
+        service.check_program()
         service.start(spec)
         _raise_unless_healthy(wait_healthy(client, timeout_s, config=target.config_path), offsets)
         return Outcome(target.url, service.name, daemon_pid(client))
@@ -129,6 +133,35 @@ def start(target: Target, *, demo: bool, timeout_s: float, warn: Callable[[str],
         _abandon(process, manager, target)
         _raise_unless_healthy(failure, offsets)
     return Outcome(target.url, manager.name, process.pid)
+
+
+def install(
+    target: Target, service: LoginService, *, timeout_s: float | None, say: Callable[[str], None]
+) -> Outcome:
+    """Install ``service`` for ``target`` and wait (``timeout_s``; None: not at all) until the
+    daemon it launched answers; raise ``StartFailed`` with its log when it does not. The service
+    stays installed either way: fixed, it starts with ``mlxd restart`` or at the next login."""
+    # A detached daemon holds the port the service's daemon needs.
+    detached = ProcessManager()
+    spec = spec_for(target)
+    if (pid := detached.live_pid()) is not None:
+        detached.stop(spec.stop_timeout_s)
+        say(f"stopped the detached daemon (pid {pid}) first")
+    client = target.client(timeout=2.0)
+    old_pid = daemon_pid(client)  # an older daemon answers until the install replaced it
+    supervision.clear_breaker(config=target.config_path)
+    offsets = _log_offsets()
+    say(f"installed {service.install(spec, spec.stop_timeout_s)}")
+    if timeout_s is None:
+        return Outcome(target.url, service.name, None)
+    failure = wait_healthy(client, timeout_s, config=target.config_path, not_pid=old_pid)
+    if failure is not None:
+        raise StartFailed(
+            f"mlxd is installed as a {service.name} service but did not start: {failure}",
+            _failure_lines(offsets),
+            hint="fix what the log says, then `mlxd restart`; `mlxd logs` shows the whole log",
+        )
+    return Outcome(target.url, service.name, daemon_pid(client))
 
 
 def _abandon(process: subprocess.Popen[bytes], manager: ProcessManager, target: Target) -> None:
@@ -219,6 +252,7 @@ def restart(target: Target, *, demo: bool, timeout_s: float) -> Outcome:
                 f"mlxd is running again at {outcome.url}, but {killed.message}", hint=killed.hint
             )
         return outcome
+    service.check_program()
     old_pid = daemon_pid(target.client(timeout=2.0))
     target = _as_configured(target)
     client = target.client(timeout=2.0)

@@ -164,12 +164,18 @@ def install(
     dry_run: Annotated[
         bool, typer.Option("--dry-run", help="Print the file it would write; change nothing.")
     ] = False,
+    timeout: TimeoutOption = 30.0,
+    no_wait: Annotated[
+        bool, typer.Option("--no-wait", help="Return once the service is loaded; don't wait for /health.")
+    ] = False,
     config: ConfigOption = None,
 ) -> None:
-    """Install mlxd as a login service and start it."""
+    """Install mlxd as a login service and start it.
+
+    Returns once /health answers (or at once with --no-wait).
+    """
     from mlxd.cli import lifecycle
     from mlxd.cli.managers import login_service, platform_login_service
-    from mlxd.cli.managers.process import ProcessManager
     from mlxd.errors import ServiceManagerError
 
     name = manager.value if manager is not None else platform_login_service()
@@ -180,20 +186,20 @@ def install(
         )
     target = _strict_target(config)
     service = login_service(name)
-    spec = lifecycle.spec_for(target)
     if dry_run:
-        sys.stdout.write(service.render(spec))
+        sys.stdout.write(service.render(lifecycle.spec_for(target)))
         return
-    # A detached daemon holds the port the service's daemon needs.
-    detached = ProcessManager()
-    if (pid := detached.live_pid()) is not None:
-        detached.stop(spec.stop_timeout_s)
-        typer.echo(f"stopped the detached daemon (pid {pid}) first")
-    path = service.install(spec, spec.stop_timeout_s)
-    typer.echo(f"installed {path}")
-    config_text = str(spec.config) if spec.config else "built-in defaults"
-    typer.echo(f"the {name} service runs mlxd now and at every login ({target.url}, config: {config_text})")
-    typer.echo("check it with `mlxd status`")
+    outcome = lifecycle.install(target, service, timeout_s=None if no_wait else timeout, say=typer.echo)
+    config_path = target.config_path
+    config_text = str(config_path.expanduser().resolve()) if config_path else "built-in defaults"
+    if no_wait:
+        typer.echo(
+            f"the {name} service starts mlxd now and at every login ({target.url}, config: {config_text})"
+        )
+        typer.echo("check it with `mlxd status`")
+        return
+    _say_started(outcome)
+    typer.echo(f"the {name} service starts it at every login too (config: {config_text})")
 
 
 def uninstall(config: ConfigOption = None) -> None:

@@ -121,6 +121,14 @@ def gave_up_reason(state_dir: Path | None = None, *, config: Path | None = None)
     return str(gave_up.get("reason") or "unknown reason")
 
 
+def last_failure(state_dir: Path | None = None, *, config: Path | None = None) -> str | None:
+    """Why ``config``'s daemon last failed to start, if it did since the breaker was cleared
+    (a supervised daemon records it before it exits and is relaunched)."""
+    record = read_breaker(state_dir, config=config)
+    failures = record["failures"] if record else []
+    return str(failures[-1].get("reason") or "unknown reason") if failures else None
+
+
 def clear_breaker(state_dir: Path | None = None, *, config: Path | None = None) -> None:
     """Forget ``config``'s failures and any "gave up" (``mlxd start`` means: try again)."""
     _write_breaker(None, state_dir, config)

@@ -1,8 +1,9 @@
 """The daemon-control commands end to end through the CLI, with no daemon running.
 
-Where a command drives launchctl or systemctl, the recording shim stands in for it (the
-one sanctioned stand-in in this suite: launchd and systemd cannot run on Linux). The
-commands that need a real daemon are in test_process_backend.py.
+Where a command drives launchctl or systemctl, the recording shim stands in for it (launchd
+and systemd cannot run on Linux), so ``install`` here does not wait for a daemon
+(``--no-wait``). The commands with a real daemon are in test_process_backend.py and, through
+a launchctl stand-in that launches the plist's program, test_launchd_daemon.py.
 """
 
 from __future__ import annotations
@@ -97,7 +98,7 @@ def test_install_carries_the_shells_hub_location_and_settings_not_its_secrets(
 
 def test_install_launchd_writes_and_bootstraps(home: Home, shim: Shim) -> None:
     launchctl_not_loaded(shim)
-    code, out, err = mlxd("install", "--manager", "launchd")
+    code, out, err = mlxd("install", "--manager", "launchd", "--no-wait")
     assert code == 0, err
     assert plist_path(home).is_file()
     assert "installed" in out
@@ -152,7 +153,7 @@ def test_commands_that_start_a_daemon_exit_78_on_an_invalid_config(
 
 def test_status_json_with_launchd_installed_and_not_running(home: Home, shim: Shim) -> None:
     launchctl_not_loaded(shim)
-    assert mlxd("install", "--manager", "launchd")[0] == 0
+    assert mlxd("install", "--manager", "launchd", "--no-wait")[0] == 0
     code, out, _ = mlxd("status", "--json")
     assert code == 3
     data = json.loads(out)
@@ -184,11 +185,32 @@ def test_status_answers_even_when_launchctl_fails(
     home: Home, shim: Shim, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     launchctl_not_loaded(shim)
-    assert mlxd("install", "--manager", "launchd")[0] == 0
+    assert mlxd("install", "--manager", "launchd", "--no-wait")[0] == 0
     monkeypatch.setenv("MLXD_LAUNCHCTL", str(home.root / "no-such-launchctl"))
     code, out, _ = mlxd("status")
     assert code == 3
     assert "launchctl not found" in out
+
+
+@pytest.mark.parametrize("command", [["start"], ["restart"]])
+def test_a_service_whose_python_is_gone_says_so_at_once(home: Home, shim: Shim, command: list[str]) -> None:
+    # The virtualenv mlxd was installed from was removed or moved: launchd would relaunch a
+    # program that does not exist every 10 s, and the CLI would wait for /health in vain.
+    launchctl_not_loaded(shim)
+    assert mlxd("install", "--manager", "launchd", "--no-wait")[0] == 0
+    plist = plistlib.loads(plist_path(home).read_bytes())
+    gone = home.root / "old-venv" / "bin" / "python3"
+    plist["ProgramArguments"][0] = str(gone)
+    plist_path(home).write_bytes(plistlib.dumps(plist))
+    shim.reset()
+    code, _, err = mlxd(*command, "--timeout", "20")
+    assert code == 1
+    assert err.splitlines()[0] == f"error: the launchd service runs {gone}, which no longer exists"
+    assert "mlxd install" in err.splitlines()[1]
+    assert not any(call[0] in ("bootstrap", "kickstart", "bootout") for call in shim.calls())
+    code, out, _ = mlxd("status")
+    assert code == 3
+    assert "no longer exists" in " ".join(out.split())
 
 
 def test_status_human_shows_the_breaker_reason(home: Home) -> None:
@@ -227,7 +249,7 @@ def test_status_works_with_an_invalid_config(home: Home) -> None:
 
 def test_stop_through_launchd_when_not_loaded(home: Home, shim: Shim) -> None:
     launchctl_not_loaded(shim)
-    assert mlxd("install", "--manager", "launchd")[0] == 0
+    assert mlxd("install", "--manager", "launchd", "--no-wait")[0] == 0
     shim.reset()
     code, out, _ = mlxd("stop")
     assert code == 0
@@ -237,7 +259,7 @@ def test_stop_through_launchd_when_not_loaded(home: Home, shim: Shim) -> None:
 
 def test_start_through_launchd_times_out_with_exit_1(home: Home, shim: Shim) -> None:
     launchctl_not_loaded(shim)
-    assert mlxd("install", "--manager", "launchd")[0] == 0
+    assert mlxd("install", "--manager", "launchd", "--no-wait")[0] == 0
     shim.reset()
     home.log_dir.mkdir(parents=True, exist_ok=True)
     (home.log_dir / "mlxd.log").write_text("old line\n")
@@ -251,7 +273,7 @@ def test_start_through_launchd_times_out_with_exit_1(home: Home, shim: Shim) -> 
 
 def test_uninstall_then_uninstall_again(home: Home, shim: Shim) -> None:
     launchctl_not_loaded(shim)
-    assert mlxd("install", "--manager", "launchd")[0] == 0
+    assert mlxd("install", "--manager", "launchd", "--no-wait")[0] == 0
     code, out, _ = mlxd("uninstall")
     assert code == 0
     assert "removed the launchd service" in out
@@ -263,7 +285,7 @@ def test_uninstall_then_uninstall_again(home: Home, shim: Shim) -> None:
 
 def test_systemd_install_then_status_and_uninstall(home: Home, shim: Shim) -> None:
     shim.answer({"args": ["--user", "show"], "stdout": "ActiveState=inactive\nMainPID=0\n"})
-    assert mlxd("install", "--manager", "systemd")[0] == 0
+    assert mlxd("install", "--manager", "systemd", "--no-wait")[0] == 0
     data = json.loads(mlxd("status", "--json")[1])
     assert data["service"] == "systemd"
     code, out, _ = mlxd("uninstall")

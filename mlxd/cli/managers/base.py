@@ -256,6 +256,32 @@ class LoginService(ServiceManager):
         return self.service_file().is_file()
 
     @abstractmethod
+    def recorded_argv(self) -> list[str] | None:
+        """The command line the installed file runs, if it can be read."""
+
+    def recorded_config(self) -> Path | None:
+        """The ``--config`` on the installed command line."""
+        return config_from_argv(self.recorded_argv())
+
+    def missing_program(self) -> Path | None:
+        """The interpreter the installed file runs when it no longer exists (the virtualenv
+        was removed or moved, the Python it was made from upgraded away): the service
+        cannot start until ``mlxd install`` writes it again."""
+        argv = self.recorded_argv()
+        if not argv:
+            return None
+        program = Path(argv[0])
+        return None if program.exists() else program
+
+    def check_program(self) -> None:
+        """Raise ``ServiceManagerError`` when the installed interpreter is gone."""
+        if (program := self.missing_program()) is not None:
+            raise ServiceManagerError(
+                f"the {self.name} service runs {program}, which no longer exists",
+                hint="run `mlxd install` again with the mlxd you use now",
+            )
+
+    @abstractmethod
     def render(self, spec: ServiceSpec) -> str:
         """The service file's text for ``spec``."""
 

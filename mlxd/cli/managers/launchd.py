@@ -21,7 +21,6 @@ from mlxd.cli.managers.base import (
     ServiceState,
     Tool,
     ToolResult,
-    config_from_argv,
     make_dirs,
     poll_until,
 )
@@ -196,13 +195,14 @@ class LaunchdManager(LoginService):
             detail=state,
         )
 
-    def recorded_config(self) -> Path | None:
-        """The ``--config`` in the installed plist's ProgramArguments."""
+    def recorded_argv(self) -> list[str] | None:
+        """The installed plist's ProgramArguments."""
         try:
             data = plistlib.loads(self.service_file().read_bytes())
         except (OSError, ValueError, plistlib.InvalidFileException):
             return None
-        return config_from_argv(data.get("ProgramArguments")) if isinstance(data, dict) else None
+        argv = data.get("ProgramArguments") if isinstance(data, dict) else None
+        return [str(word) for word in argv] if isinstance(argv, list) else None
 
     # --- launchctl sequences ----------------------------------------------------------
 

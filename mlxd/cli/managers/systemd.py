@@ -18,7 +18,6 @@ from mlxd.cli.managers.base import (
     ServiceState,
     Tool,
     ToolResult,
-    config_from_argv,
     make_dirs,
 )
 from mlxd.cli.managers.templates import template_path
@@ -167,8 +166,8 @@ class SystemdManager(LoginService):
             detail=detail,
         )
 
-    def recorded_config(self) -> Path | None:
-        """The ``--config`` on the installed unit's ExecStart line."""
+    def recorded_argv(self) -> list[str] | None:
+        """The installed unit's ExecStart line, as words."""
         try:
             text = self.service_file().read_text(encoding="utf-8")
         except OSError:
@@ -176,7 +175,7 @@ class SystemdManager(LoginService):
         for line in text.splitlines():
             if line.startswith("ExecStart="):
                 words = shlex.split(line.removeprefix("ExecStart=").replace("%%", "%"))
-                return config_from_argv([w.replace("$$", "$") for w in words])
+                return [w.replace("$$", "$") for w in words]
         return None
 
     def journal_argv(self, lines: int, follow: bool) -> list[str]:

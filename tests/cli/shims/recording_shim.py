@@ -1,7 +1,8 @@
 """A recording stand-in for launchctl / systemctl / journalctl.
 
 launchd does not exist on Linux and systemd is not PID 1 on the machines the tests run
-on, so this is the one place a test double stands in for a real program. It appends
+on, so test doubles stand in for their tools (this one, and ``launchd_shim.py``, which
+also runs the job). It appends
 its argv (as a JSON list) to ``$MLXD_SHIM_LOG`` and answers from the scenario in
 ``$MLXD_SHIM_SCENARIO``: a JSON list of rules ``{"args": [...prefix], "exit": N,
 "stdout": "...", "stderr": "...", "times": N}``. The first rule whose ``args`` prefixes
