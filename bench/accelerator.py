@@ -32,6 +32,7 @@ from typing import Any
 
 import httpx
 
+from bench.client_pool import ClientPool
 from bench.clients import LoadResult, RequestResult, new_client, request
 from bench.machine import RunInfo
 from bench.prompts import request_messages
@@ -60,6 +61,9 @@ class GpuPlan:
     #: Each level's rounds reuse one client's connections (as SDK clients do), opened in an
     #: unmeasured round; otherwise every round opens its own and their setup is in its TTFT.
     keep_connections: bool = False
+    #: With kept connections: the simulated users spread over this many client processes
+    #: (``client_pool``), so that no one client process reads every stream.
+    client_processes: int = 1
 
     @classmethod
     def quick(cls) -> GpuPlan:
@@ -107,11 +111,14 @@ async def _server_round(
     clients: int,
     numbers: Iterator[int],
     plan: GpuPlan,
-    kept: list[httpx.AsyncClient] | None = None,
+    kept: list[httpx.AsyncClient] | ClientPool | None = None,
 ) -> LoadResult:
     """``clients`` requests sent at once; the round ends when the last one does. Without
     ``kept`` the round opens its own connections (their setup is in every TTFT); with it,
-    request ``i`` goes through ``kept[i]``, a client of its own with one kept connection."""
+    request ``i`` goes through ``kept[i]``, a client of its own with one kept connection
+    (in a process of its own share of the users, for a ``ClientPool``)."""
+    if isinstance(kept, ClientPool):
+        return await kept.round([_body(next(numbers), plan) for _ in range(clients)])
     if kept is None:
         async with new_client(url, clients) as own:
             return await _requests([own] * clients, numbers, plan)
@@ -223,14 +230,21 @@ async def _levels(
         # (through one client's pool of 64 kept connections, httpx sent a round's requests one
         # after another over ~0.5 s, its trace hooks showed: the client, not the server, set TTFT).
         # Each server's clients open their connections in a round before the measured ones.
-        mine_kept = seed_kept = None
-        if plan.keep_connections:
+        mine_kept: list[httpx.AsyncClient] | ClientPool | None = None
+        seed_kept: list[httpx.AsyncClient] | ClientPool | None = None
+        if plan.keep_connections and plan.client_processes > 1:
+            mine_kept = ClientPool(targets.mlxd.url, level, plan.client_processes)
+            stack.callback(mine_kept.close)
+            seed_kept = ClientPool(targets.seed.url, level, plan.client_processes)
+            stack.callback(seed_kept.close)
+        elif plan.keep_connections:
             mine_kept = [
                 await stack.enter_async_context(new_client(targets.mlxd.url, 1)) for _ in range(level)
             ]
             seed_kept = [
                 await stack.enter_async_context(new_client(targets.seed.url, 1)) for _ in range(level)
             ]
+        if mine_kept is not None and seed_kept is not None:
             await _server_round(targets.mlxd.url, level, numbers, plan, mine_kept)
             await _server_round(targets.seed.url, level, numbers, plan, seed_kept)
         for index in range(mlxd_rounds):
@@ -270,6 +284,8 @@ def render(reports: list[ModelReport], plan: GpuPlan, info: str) -> str:
         if plan.keep_connections
         else "new connections every round"
     )
+    if plan.keep_connections and plan.client_processes > 1:
+        connections += f", the clients spread over {plan.client_processes} processes"
     lines.append(
         f"Streaming chat requests for {plan.tokens} tokens at temperature {plan.temperature}; "
         f"rounds of B clients each sending one request at once ({plan.rounds} rounds per target and "

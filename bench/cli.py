@@ -91,6 +91,13 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         "so TTFT leaves out connection setup",
     )
     parser.add_argument(
+        "--client-processes",
+        type=int,
+        default=1,
+        help="with --keep-connections: spread each level's simulated users over this many client "
+        "processes, as users' apps are (default 1: one process reads every stream)",
+    )
+    parser.add_argument(
         "--timeline-only",
         action="store_true",
         help="with --profile: the timeline alone, no stack sampling (whose GIL time slows mlxd a little)",
@@ -221,7 +228,7 @@ def run_gpu(args: argparse.Namespace, command: str, console: Console) -> None:
     if args.levels:
         plan = replace(plan, levels=args.levels)
     if args.keep_connections:
-        plan = replace(plan, keep_connections=True)
+        plan = replace(plan, keep_connections=True, client_processes=max(1, args.client_processes))
     info = RunInfo(command=command, quick=args.quick, models=tuple(args.models))
     started = time.perf_counter()
     if args.timeline_only:

@@ -63,9 +63,13 @@ def test_quick_gpu_run_on_the_tiny_model_writes_its_section(tiny_model_dir: Path
 @pytest.mark.mlx
 @pytest.mark.server
 @pytest.mark.timeout(600)
-def test_kept_connections_one_level_and_the_daemons_timeline(tiny_model_dir: Path, tmp_path: Path) -> None:
+@pytest.mark.parametrize("processes", [1, 2])
+def test_kept_connections_one_level_and_the_daemons_timeline(
+    tiny_model_dir: Path, tmp_path: Path, processes: int
+) -> None:
     out, profile = tmp_path / "RESULTS.md", tmp_path / "profile"
     argv = ["--gpu", "--quick", "--levels", "4", "--keep-connections", "--model-dir", str(tiny_model_dir)]
+    argv += ["--client-processes", str(processes)]
     argv += ["--profile", str(profile), "--timeline-only", "--out", str(out)]
     done = subprocess.run(
         [sys.executable, "-m", "bench", *argv], cwd=REPO, capture_output=True, text=True, timeout=600
@@ -73,6 +77,7 @@ def test_kept_connections_one_level_and_the_daemons_timeline(tiny_model_dir: Pat
     assert done.returncode == 0, done.stderr[-3000:]
     section = out.read_text(encoding="utf-8").split(GPU_START, 1)[1]
     assert "each level's rounds reusing one client's connections" in section
+    assert ("the clients spread over 2 processes" in section) == (processes == 2)
     assert "4 clients, agg tok/s: mlxd / raw BatchGenerator" in section
     assert "2 clients" not in section  # only the level asked for
     timeline = profile / f"mlxd-{tiny_model_dir.name}.timeline.json"
@@ -84,4 +89,5 @@ def test_kept_connections_one_level_and_the_daemons_timeline(tiny_model_dir: Pat
     )
     assert summary.returncode == 0, summary.stderr[-3000:]
     assert "4 requests arrived over" in summary.stdout
-    assert "prefills: 1, rows [4]" in summary.stdout  # a burst of 4 started in one prefill
+    # A burst of 4 started in one prefill: the client processes sent their shares together.
+    assert "prefills: 1, rows [4]" in summary.stdout
