@@ -8,6 +8,7 @@ from typing import Any
 
 import pytest
 
+from mlxd.runtime.mlx.prefill_widths import MAX_PADDED
 from mlxd.runtime.mlx.warmup import ALIGNED_WIDTHS, warm_up, warm_up_batches
 
 pytestmark = pytest.mark.mlx
@@ -27,7 +28,8 @@ def test_on_cuda_every_alignment_with_and_without_padding() -> None:
     batches = warm_up_batches(300, cuda=True)
     seen = {widths(b) for b in batches}
     assert seen == {(3, True)} | {(w, padded) for w in ALIGNED_WIDTHS for padded in (False, True)}
-    assert {w & -w for w, _ in seen} == {1, 2, 4, 8, 16}  # the largest power of two dividing each
+    # The largest power of two dividing each, up to the widest padded prefill.
+    assert {w & -w for w, _ in seen} == {1, 2, 4, 8, 16, 32, 64, 128, MAX_PADDED}
     assert all(0 <= t < 5 for b in warm_up_batches(5, cuda=True) for p in b for t in p)  # in the vocabulary
 
 
