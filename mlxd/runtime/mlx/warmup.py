@@ -12,10 +12,7 @@ a kernel the first time (~0.5 s each on an H100 with nothing cached, ``python -m
 bench.probe DIR --first-round``): widths 38, 40 and 44 did, 37, 39, 41, 45 and 51 did not,
 nor 42 and 46 once 38 had, which fits kernels specialised by how the width aligns (odd, or
 a multiple of 2, 4, 8). So there the warm-up also prefills one batch of each alignment up
-to 256, padded and not: batch prefills run at widths padded to multiples of 16 or 32
-(``prefill_widths``), and with alignments up to 16 warmed, two prefills of 64 rows still
-took 0.7-0.8 s in a run of 64-client bursts on an H100, where the same rows took 33-43 ms
-at widths met before. Metal's kernels come built, so a Mac skips those.
+to 16, padded and not. Metal's kernels come built, so a Mac skips those.
 """
 
 from __future__ import annotations
@@ -41,9 +38,8 @@ _SAMPLERS = (
 )
 
 
-#: Prefill widths of each alignment but odd (the first batch below is odd), up to the
-#: widest padded prefill (``prefill_widths.MAX_PADDED``).
-ALIGNED_WIDTHS = (2, 4, 8, 16, 32, 64, 128, 256)
+#: Prefill widths of each alignment but odd (the first batch below is odd).
+ALIGNED_WIDTHS = (2, 4, 8, 16)
 
 
 def warm_up_batches(vocab_size: int, *, cuda: bool) -> list[list[list[int]]]:
