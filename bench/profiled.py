@@ -6,8 +6,7 @@ count`` per line, the format flame-graph tools read) to OUT. It needs no ptrace 
 extra package, so it runs on any machine MLX runs on (a lent GPU included). Beside the
 stacks it writes the daemon's timeline (``bench.timeline``: when each request reached each
 stage, what each decode step cost) as ``OUT`` with the suffix ``.timeline.json``; with
-``BENCH_SAMPLE_HZ=0`` in its environment it writes the timeline alone, without sampling; with
-``BENCH_EXACT_PREFILL=1`` batch prefills keep their exact widths on CUDA too. A thread
+``BENCH_SAMPLE_HZ=0`` in its environment it writes the timeline alone, without sampling. A thread
 blocked in C (waiting on the accelerator in ``mx.eval``, on a socket, on a lock) shows
 its last Python frame: the profile says where each thread is, not only where it computes.
 """
@@ -27,8 +26,6 @@ from bench.timeline import Timeline
 
 #: Samples a second (``0``: none, the timeline alone costs next to nothing).
 RATE_VARIABLE = "BENCH_SAMPLE_HZ"
-#: ``1``: batch prefills at their exact widths, also on CUDA (``prefill_widths``), to compare.
-EXACT_PREFILL_VARIABLE = "BENCH_EXACT_PREFILL"
 
 
 class StackSampler(threading.Thread):
@@ -73,11 +70,6 @@ def main() -> None:
         raise SystemExit("usage: python -m bench.profiled OUT -- mlxd serve [ARGS]")
     from mlxd.cli.app import app
 
-    if os.environ.get(EXACT_PREFILL_VARIABLE) == "1":  # the before of an A/B run
-        import mlxd.runtime.mlx.batch  # noqa: F401 (it pads on CUDA as it loads)
-        from mlxd.runtime.mlx.prefill_widths import pad_prefill_widths
-
-        pad_prefill_widths(False)  # before the timeline wraps the prefill
     timeline = Timeline()
     timeline.install()
     sampler = StackSampler(float(os.environ.get(RATE_VARIABLE) or 500))

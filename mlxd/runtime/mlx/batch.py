@@ -23,7 +23,6 @@ from mlxd.logs import tagged
 from mlxd.runtime.engine import GenerationEvent
 from mlxd.runtime.mlx.commands import Sink
 from mlxd.runtime.mlx.kv_layers import for_batch
-from mlxd.runtime.mlx.prefill_widths import pad_prefill_widths
 from mlxd.runtime.mlx.prompt_cache import PromptCache
 from mlxd.runtime.mlx.sequence import Sequence
 from mlxd.runtime.mlx.stats import WorkerStats
@@ -46,8 +45,6 @@ def _keep_buffers() -> None:
 
 
 _keep_buffers()
-# On CUDA, batch prefills run at a few widths, each planned once (``prefill_widths``).
-pad_prefill_widths(mx.cuda.is_available())
 
 #: Events to deliver to the event loop after this pass of the worker loop.
 Out = list[tuple[Sink, GenerationEvent]]
