@@ -17,6 +17,11 @@ warm-up has run: 64 rows at a prompt length, a neighbouring length, the first ag
 other row counts; then one lone stream decoded twice by mlx-lm and twice by mlxd's solo
 decoder, with the steps that stalled.
 
+``--rows-change`` instead asks what a batch whose rows change costs the first time after
+mlxd's warm-up (``--without-changes``: after the warm-up without its changing batch, to
+compare): 64 rows decoding, of which the 8 with the longest prompts leave early while 56
+decode on, then 8 rows join the 56; twice, with new prompts, each step timed.
+
 ``--rounds`` instead asks why rounds of the same work differ in speed: the host's CPU pace,
 core by core and over time on one core, then identical rounds of 64 decoding rows with each
 step split into building the graph, submitting it and waiting for the accelerator.
@@ -209,6 +214,52 @@ def first_round(model: Any, vocab: int) -> None:
     for rows, length in FIRST_ROUND:
         times = _admitted(generator, [[rng.randrange(vocab) for _ in range(length)] for _ in range(rows)])
         print(f"{rows} x {length} | " + " | ".join(f"{t:.1f}" for t in times), flush=True)
+
+
+def rows_change(model: Any, vocab: int, *, warm_changes: bool) -> None:
+    """Two rounds of 64 rows whose longest 8 leave early and to which 8 rows then join; the
+    steps after each change, the first round against the second."""
+    import random
+
+    import mlx.core as mx
+    from mlx_lm.generate import BatchGenerator
+
+    from mlxd.runtime.mlx.warmup import warm_up
+
+    generator = BatchGenerator(model, prefill_batch_size=64, completion_batch_size=64, prefill_step_size=2048)
+    started = time.perf_counter()
+    warm_up(model, generator, vocab, changes=warm_changes)
+    mx.synchronize()
+    print(
+        f"mlxd's warm-up at load (changing batch {'on' if warm_changes else 'off'}): "
+        f"{(time.perf_counter() - started) * 1000:.0f} ms"
+    )
+    rng = random.Random(0)
+    for round_ in (1, 2):
+        lengths = sorted((rng.randrange(20, 44) for _ in range(64)), reverse=True)
+        prompts = [[rng.randrange(vocab) for _ in range(n)] for n in lengths]
+        left = set(generator.insert(prompts, max_tokens=[6] * 8 + [24] * 56))
+        phases: dict[str, list[float]] = {"64 rows": [], "56 left": [], "8 joining": []}
+        phase = "64 rows"
+        while left:
+            tick = time.perf_counter()
+            _, responses = generator.next()
+            phases[phase].append((time.perf_counter() - tick) * 1000)
+            left -= {r.uid for r in responses if r.finish_reason is not None}
+            if phase == "64 rows" and len(left) == 56:
+                phase = "56 left"  # the next step is the first after 8 rows left
+            elif phase == "56 left" and len(phases[phase]) == 3:
+                phase = "8 joining"
+                left |= set(generator.insert(prompts[:8], max_tokens=[6] * 8))
+        print(
+            f"round {round_}: "
+            + "; ".join(
+                f"{name}: first {times[0]:.1f} ms, max {max(times):.1f} ms ({len(times)} calls)"
+                for name, times in phases.items()
+                if times
+            ),
+            flush=True,
+        )
 
 
 def new_lengths(model: Any, vocab: int, count: int = 24) -> None:
@@ -436,6 +487,9 @@ def main() -> None:
     if "--first-round" in sys.argv:
         first_round(model, vocab)
         decode_stalls(model, tokenizer, [(5 * j + 3) % vocab for j in range(7)])
+        return
+    if "--rows-change" in sys.argv:
+        rows_change(model, vocab, warm_changes="--without-changes" not in sys.argv)
         return
     if "--rounds" in sys.argv:
         cpu_pace()

@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from mlxd.runtime.mlx.warmup import ALIGNED_WIDTHS, warm_up, warm_up_batches
+from mlxd.runtime.mlx.warmup import ALIGNED_WIDTHS, changing_batch, warm_up, warm_up_batches
 
 pytestmark = pytest.mark.mlx
 
@@ -50,8 +50,45 @@ def test_every_batch_runs_through_the_generator(
     monkeypatch.setattr(generator, "insert", recorded)
     monkeypatch.setattr(mx.cuda, "is_available", lambda: True)  # the CUDA batches, on this CPU
     warm_up(model, generator, model.args.vocab_size)
-    assert inserted == warm_up_batches(model.args.vocab_size, cuda=True)
+    prompts, _, joining = changing_batch(model.args.vocab_size)
+    assert inserted == [*warm_up_batches(model.args.vocab_size, cuda=True), prompts, [joining]]
     assert generator.next()[1] == []  # each batch ran to its end: nothing is left decoding
+
+
+def test_a_row_joins_a_decoding_batch_and_one_leaves_while_others_decode_on(
+    tiny_model_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The paths whose first use stalled a GPU for seconds: prompts prefilled beside decoding
+    rows and merged into them, rows gathered out of a batch that then decodes on."""
+    from mlx_lm.generate import BatchGenerator, GenerationBatch
+    from mlx_lm.utils import load
+
+    events: list[tuple[str, int, int]] = []  # (what, rows before, rows after)
+    extend, filter_, next_ = GenerationBatch.extend, GenerationBatch.filter, GenerationBatch.next
+
+    def extended(self: Any, batch: Any) -> None:
+        events.append(("join", len(self.uids), len(self.uids) + len(batch.uids)))
+        extend(self, batch)
+
+    def filtered(self: Any, keep: list[int]) -> None:
+        events.append(("leave", len(self.uids), len(keep)))
+        filter_(self, keep)
+
+    def stepped(self: Any) -> Any:
+        if self.uids:
+            events.append(("step", len(self.uids), len(self.uids)))
+        return next_(self)
+
+    monkeypatch.setattr(GenerationBatch, "extend", extended)
+    monkeypatch.setattr(GenerationBatch, "filter", filtered)
+    monkeypatch.setattr(GenerationBatch, "next", stepped)
+    model, _ = load(str(tiny_model_dir))
+    warm_up(model, BatchGenerator(model, stop_tokens=[]), model.args.vocab_size)
+    joined = [i for i, (what, before, _) in enumerate(events) if what == "join" and before > 0]
+    left = [i for i, (what, _, after) in enumerate(events) if what == "leave" and after > 0]
+    assert joined, events
+    assert left, events
+    assert any(what == "step" for what, _, _ in events[left[0] + 1 :])  # and it decodes on
 
 
 def test_a_lone_sequence_draws_through_the_trace_the_warm_up_made(

@@ -13,6 +13,13 @@ bench.probe DIR --first-round``): widths 38, 40 and 44 did, 37, 39, 41, 45 and 5
 nor 42 and 46 once 38 had, which fits kernels specialised by how the width aligns (odd, or
 a multiple of 2, 4, 8). So there the warm-up also prefills one batch of each alignment up
 to 16, padded and not. Metal's kernels come built, so a Mac skips those.
+
+Last, a batch that changes while it decodes: a row joins it (prefilled beside the decoding
+rows, then merged into them) and the longest row leaves it first (the rows that stay are
+gathered, their common left padding cut off, and they decode on). On CUDA the first decode
+step after rows left a batch took 2.6-4.1 s, once in every daemon of five 64-client runs
+(the daemon's timeline, ``python -m bench --gpu``), and the first prompts prefilled beside
+a decoding batch up to 1.5 s: kernels for those paths were compiled then.
 """
 
 from __future__ import annotations
@@ -54,13 +61,21 @@ def warm_up_batches(vocab_size: int, *, cuda: bool) -> list[list[list[int]]]:
     return batches
 
 
+def changing_batch(vocab_size: int) -> tuple[list[list[int]], list[int], list[int]]:
+    """The batch whose rows change as it decodes: its prompts and ``max_tokens``, the longest
+    prompt leaving first, and the prompt that joins after its first step."""
+    prompts = [_prompt(5, vocab_size), _prompt(3, vocab_size), _prompt(3, vocab_size)]
+    return prompts, [2, 5, 5], _prompt(4, vocab_size)
+
+
 def _prompt(length: int, vocab_size: int) -> list[int]:
     """Token ids 1, 2, … ``length``, wrapped into the vocabulary."""
     return [t % vocab_size for t in range(1, length + 1)]
 
 
-def warm_up(model: Any, generator: Any, vocab_size: int) -> None:
-    """Run throwaway decodes through ``model`` alone and through its ``BatchGenerator``."""
+def warm_up(model: Any, generator: Any, vocab_size: int, *, changes: bool = True) -> None:
+    """Run throwaway decodes through ``model`` alone and through its ``BatchGenerator``
+    (``changes``: also the batch whose rows change as it decodes)."""
     started = time.perf_counter()
     logits = model(mx.array([_prompt(4, vocab_size)]), cache=make_prompt_cache(model))[:, -1, :]
     logprobs = logits - mx.logsumexp(logits, axis=-1, keepdims=True)
@@ -70,8 +85,18 @@ def warm_up(model: Any, generator: Any, vocab_size: int) -> None:
         mx.eval([for_one_row(sampler)(logprobs) for sampler in samplers])
     mx.eval(mx.argpartition(-logprobs[0], kth=0))  # top logprobs
     for batch in warm_up_batches(vocab_size, cuda=mx.cuda.is_available()):
-        left = set(generator.insert(batch, max_tokens=[2] * len(batch)))
-        while left:
-            _, responses = generator.next()
-            left -= {r.uid for r in responses if r.finish_reason is not None}
+        _decode(generator, set(generator.insert(batch, max_tokens=[2] * len(batch))))
+    if changes:
+        prompts, max_tokens, joining = changing_batch(vocab_size)
+        left = set(generator.insert(prompts, max_tokens=max_tokens))
+        while not any(r.uid in left for r in generator.next()[1]):
+            pass  # prefilled: the batch decodes its first tokens
+        _decode(generator, left | set(generator.insert([joining], max_tokens=[2])))
     log.debug("warmed the model up in %.2fs", time.perf_counter() - started)
+
+
+def _decode(generator: Any, left: set[int]) -> None:
+    """Step ``generator`` until the sequences ``left`` have all finished."""
+    while left:
+        _, responses = generator.next()
+        left -= {r.uid for r in responses if r.finish_reason is not None}
