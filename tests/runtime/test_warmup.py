@@ -129,3 +129,17 @@ def test_a_lone_sequence_draws_through_the_trace_the_warm_up_made(
     with mx.stream(mx.new_stream(mx.default_device())):
         mx.eval(sampling.for_one_row(decoder.sampler)(mx.zeros((1, model.args.vocab_size))))
     assert traces == [(1, model.args.vocab_size)]
+
+
+@pytest.mark.timeout(60)
+def test_the_warm_up_ends_when_every_row_ends_at_its_first_token(tiny_model_dir: Path) -> None:
+    """A model whose warm-up rows all draw an end token at once must still load (an earlier
+    warm-up waited for the rows that had ended at their first token, for ever)."""
+    from mlx_lm.generate import BatchGenerator
+    from mlx_lm.utils import load
+
+    model, _ = load(str(tiny_model_dir))
+    vocab = model.args.vocab_size
+    generator = BatchGenerator(model, stop_tokens=[[t] for t in range(vocab)])  # every token ends a row
+    warm_up(model, generator, vocab)
+    assert generator.next()[1] == []

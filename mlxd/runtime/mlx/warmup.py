@@ -88,15 +88,18 @@ def warm_up(model: Any, generator: Any, vocab_size: int, *, changes: bool = True
         _decode(generator, set(generator.insert(batch, max_tokens=[2] * len(batch))))
     if changes:
         prompts, max_tokens, joining = changing_batch(vocab_size)
-        left = set(generator.insert(prompts, max_tokens=max_tokens))
-        while not any(r.uid in left for r in generator.next()[1]):
-            pass  # prefilled: the batch decodes its first tokens
+        left = _decode(generator, set(generator.insert(prompts, max_tokens=max_tokens)), until_first=True)
         _decode(generator, left | set(generator.insert([joining], max_tokens=[2])))
     log.debug("warmed the model up in %.2fs", time.perf_counter() - started)
 
 
-def _decode(generator: Any, left: set[int]) -> None:
-    """Step ``generator`` until the sequences ``left`` have all finished."""
+def _decode(generator: Any, left: set[int], *, until_first: bool = False) -> set[int]:
+    """Step ``generator`` until the sequences ``left`` have all finished (``until_first``: until
+    the first tokens came); returns those still decoding. A sequence can end at any token,
+    its first included (an end token)."""
     while left:
         _, responses = generator.next()
         left -= {r.uid for r in responses if r.finish_reason is not None}
+        if until_first and responses:
+            break
+    return left
