@@ -26,6 +26,8 @@ from mlxd.supervision import RunRecord
 
 #: Log lines shown when a start fails.
 FAILURE_LINES = 20
+#: How ``wait_healthy`` says the daemon did not answer in time (it may still be starting).
+NO_ANSWER = "no answer from"
 
 
 @dataclass(frozen=True)
@@ -59,21 +61,23 @@ def wait_healthy(
 
     ``exit_code`` reports a spawned process that died (no point waiting further);
     ``config``'s crash-loop record says a supervised daemon failed (launchd and systemd would
-    relaunch it, to fail the same way) or gave up: the caller cleared it first; ``not_pid`` ignores
-    the old daemon still answering during a restart.
+    relaunch it, to fail the same way) or gave up, counting only what was recorded once the
+    wait began (the caller has had the old daemon stopped by then, and a new one takes a
+    second to get as far as failing); ``not_pid`` ignores the old daemon still answering
+    during a restart.
     """
-    deadline = time.monotonic() + timeout_s
+    since, deadline = time.time(), time.monotonic() + timeout_s
     while True:
         if client.is_healthy() and (not_pid is None or daemon_pid(client) != not_pid):
             return None
         if (code := exit_code()) is not None:
             return f"the daemon exited with code {code}"
-        if (reason := supervision.gave_up_reason(config=config)) is not None:
+        if (reason := supervision.gave_up_reason(config=config, since=since)) is not None:
             return f"the daemon gave up: {reason}"
-        if (reason := supervision.last_failure(config=config)) is not None:
+        if (reason := supervision.last_failure(config=config, since=since)) is not None:
             return reason
         if time.monotonic() >= deadline:
-            return f"no answer from {client.base_url}/health within {timeout_s:g}s"
+            return f"{NO_ANSWER} {client.base_url}/health within {timeout_s:g}s"
         time.sleep(interval_s)
 
 
@@ -107,14 +111,15 @@ def start(target: Target, *, demo: bool, timeout_s: float, warn: Callable[[str],
         return Outcome(target.url, service_name(), daemon_pid(client), already_running=True)
     target = _as_configured(target)
     client = target.client(timeout=2.0)
+    service = installed_login_service()
+    if service is not None:
+        service.check_program()  # before the breaker is cleared: status keeps its reason
     supervision.clear_breaker(config=target.config_path)
     spec = spec_for(target, demo=demo)
     offsets = _log_offsets()
-    service = installed_login_service()
     if service is not None:
         if demo:
             warn(f"--demo is ignored: the {service.name} service runs the installed command line")
-        service.check_program()
         service.start(spec)
         _raise_unless_healthy(wait_healthy(client, timeout_s, config=target.config_path), offsets)
         return Outcome(target.url, service.name, daemon_pid(client))
@@ -140,28 +145,52 @@ def install(
 ) -> Outcome:
     """Install ``service`` for ``target`` and wait (``timeout_s``; None: not at all) until the
     daemon it launched answers; raise ``StartFailed`` with its log when it does not. The service
-    stays installed either way: fixed, it starts with ``mlxd restart`` or at the next login."""
-    # A detached daemon holds the port the service's daemon needs.
-    detached = ProcessManager()
+    stays installed either way: fixed, it starts with ``mlxd restart`` or at the next login.
+
+    A detached daemon is stopped first (it holds the port the service's daemon needs); a
+    daemon no manager runs (``mlxd serve`` in a terminal) is left alone and the install
+    refused, before anything is written.
+    """
     spec = spec_for(target)
+    detached = ProcessManager()
     if (pid := detached.live_pid()) is not None:
         detached.stop(spec.stop_timeout_s)
         say(f"stopped the detached daemon (pid {pid}) first")
+    elif (pid := _unmanaged_pid(target)) is not None and pid != _service_pid(service):
+        raise MlxdError(
+            f"mlxd (pid {pid}) is already running at {target.url}, outside any service manager",
+            hint="stop it first (Ctrl-C in its terminal, or `mlxd stop`), then install again",
+        )
+    target = _as_configured(target)  # where the service's daemon will answer
     client = target.client(timeout=2.0)
-    old_pid = daemon_pid(client)  # an older daemon answers until the install replaced it
+    old_pid = daemon_pid(client)  # the service's older daemon answers until it is replaced
     supervision.clear_breaker(config=target.config_path)
     offsets = _log_offsets()
     say(f"installed {service.install(spec, spec.stop_timeout_s)}")
     if timeout_s is None:
         return Outcome(target.url, service.name, None)
     failure = wait_healthy(client, timeout_s, config=target.config_path, not_pid=old_pid)
-    if failure is not None:
-        raise StartFailed(
-            f"mlxd is installed as a {service.name} service but did not start: {failure}",
-            _failure_lines(offsets),
-            hint="fix what the log says, then `mlxd restart`; `mlxd logs` shows the whole log",
-        )
-    return Outcome(target.url, service.name, daemon_pid(client))
+    if failure is None:
+        return Outcome(target.url, service.name, daemon_pid(client))
+    if failure.startswith(NO_ANSWER):
+        hint = "it may still be starting: `mlxd status` says when it answers, `mlxd logs` shows its log"
+    else:
+        hint = "fix what the log says, then `mlxd restart`; `mlxd logs` shows the whole log"
+    raise StartFailed(
+        f"mlxd is installed as a {service.name} service but did not start: {failure}",
+        _failure_lines(offsets),
+        hint=hint,
+    )
+
+
+def _service_pid(service: LoginService) -> int | None:
+    """The pid of the daemon ``service`` runs now, if it is installed and knows one."""
+    if not service.is_installed():
+        return None
+    try:
+        return service.state().pid
+    except MlxdError:
+        return None
 
 
 def _abandon(process: subprocess.Popen[bytes], manager: ProcessManager, target: Target) -> None:

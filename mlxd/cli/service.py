@@ -194,7 +194,7 @@ def install(
     config_text = str(config_path.expanduser().resolve()) if config_path else "built-in defaults"
     if no_wait:
         typer.echo(
-            f"the {name} service starts mlxd now and at every login ({target.url}, config: {config_text})"
+            f"the {name} service starts mlxd now and at every login ({outcome.url}, config: {config_text})"
         )
         typer.echo("check it with `mlxd status`")
         return

@@ -17,6 +17,7 @@ import msgspec
 from mlxd import supervision
 from mlxd.cli.lifecycle import running_manager
 from mlxd.cli.managers import LoginService, ServiceManager, ServiceState
+from mlxd.cli.managers.base import gone
 from mlxd.cli.target import Target
 from mlxd.errors import ConfigError, DaemonNotRunningError, MlxdError
 from mlxd.protocol.admin import DaemonStatus, ModelStatus
@@ -119,5 +120,5 @@ def collect(target: Target) -> StatusReport:
         if manager_state.last_exit is not None:
             detail += f", last exit code {manager_state.last_exit}"
     if isinstance(manager, LoginService) and (program := manager.missing_program()) is not None:
-        detail = f"{detail or 'stopped'}; it runs {program}, which no longer exists: run `mlxd install` again"
+        detail = f"{detail or 'stopped'}; it runs {gone(program)}: run `mlxd install` again"
     return StatusReport(data, detail, gave_up)

@@ -112,20 +112,24 @@ def record_gave_up(
     _write_breaker(record, state_dir, config)
 
 
-def gave_up_reason(state_dir: Path | None = None, *, config: Path | None = None) -> str | None:
-    """Why ``config``'s daemon gave up, if it did."""
+def gave_up_reason(
+    state_dir: Path | None = None, *, config: Path | None = None, since: float | None = None
+) -> str | None:
+    """Why ``config``'s daemon gave up, if it did (``since``: at that time or later)."""
     record = read_breaker(state_dir, config=config)
     gave_up = record["gave_up"] if record else None
-    if gave_up is None:
+    if gave_up is None or (since is not None and not float(gave_up.get("at") or 0) >= since):
         return None
     return str(gave_up.get("reason") or "unknown reason")
 
 
-def last_failure(state_dir: Path | None = None, *, config: Path | None = None) -> str | None:
-    """Why ``config``'s daemon last failed to start, if it did since the breaker was cleared
-    (a supervised daemon records it before it exits and is relaunched)."""
+def last_failure(
+    state_dir: Path | None = None, *, config: Path | None = None, since: float | None = None
+) -> str | None:
+    """Why ``config``'s daemon last failed to start (``since``: at that time or later), as a
+    supervised daemon records it before it exits and is relaunched."""
     record = read_breaker(state_dir, config=config)
-    failures = record["failures"] if record else []
+    failures = [f for f in (record["failures"] if record else []) if since is None or f["at"] >= since]
     return str(failures[-1].get("reason") or "unknown reason") if failures else None
 
 

@@ -7,12 +7,14 @@ daemon, the CLI and the HTTP checks are real.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import plistlib
 import re
 import socket
 import stat
+import subprocess
 import sys
 import time
 from collections.abc import Iterator
@@ -22,7 +24,7 @@ import httpx
 import pytest
 
 from mlxd.cli.managers.launchd import LABEL
-from tests.cli.conftest import Home, run_mlxd
+from tests.cli.conftest import Home, free_port, run_mlxd
 
 LAUNCHD_SHIM = Path(__file__).parent / "shims" / "launchd_shim.py"
 RUNNING = re.compile(r"mlxd is running at (\S+) \(launchd, pid (\d+)\)")
@@ -80,10 +82,8 @@ def test_install_waits_for_the_daemon_and_every_command_follows_the_service(laun
     assert httpx.get(f"{home.url}/health").status_code == 200
     code, status = _status(home)
     assert (code, status["service"], status["running"], status["pid"]) == (0, "launchd", True, first)
-    # launchd gave it the plist's environment, not the shell's.
-    environ = Path(f"/proc/{first}/environ").read_bytes().split(b"\0")
-    assert b"MLXD_SUPERVISED=1" in environ
-    assert not any(v.startswith(b"MLXD_SHIM_STATE=") for v in environ)
+    if sys.platform == "linux":  # the plist's environment reached it (/proc is Linux's)
+        assert b"MLXD_SUPERVISED=1" in Path(f"/proc/{first}/environ").read_bytes().split(b"\0")
 
     restarted = run_mlxd("restart")
     assert restarted.returncode == 0, restarted.stderr
@@ -130,15 +130,60 @@ def test_install_reports_a_daemon_that_fails_at_once_and_restart_recovers(launch
     assert run_mlxd("uninstall").returncode == 0
 
 
-def test_install_no_wait_returns_before_the_daemon_answers(launchd: Home) -> None:
+def test_install_no_wait_does_not_wait_for_the_daemon(launchd: Home) -> None:
     home = launchd
-    installed = run_mlxd("install", "--manager", "launchd", "--no-wait")
+    with socket.socket() as taken:  # the daemon cannot start: only --no-wait makes this exit 0
+        taken.bind(("127.0.0.1", home.port))
+        taken.listen()
+        installed = run_mlxd("install", "--manager", "launchd", "--no-wait")
     assert installed.returncode == 0, installed.stderr
-    assert "starts mlxd now and at every login" in installed.stdout
+    assert f"starts mlxd now and at every login ({home.url}" in installed.stdout
     assert RUNNING.search(installed.stdout) is None
     plist = plistlib.loads(_plist(home).read_bytes())
     assert plist["ProgramArguments"][0] == str(Path(sys.executable).absolute())
-    started = run_mlxd("start")  # waits for the daemon the install launched
-    assert started.returncode == 0, started.stderr
-    assert "is already running" in started.stdout or RUNNING.search(started.stdout)
+    restarted = run_mlxd("restart")  # the port is free now
+    assert restarted.returncode == 0, restarted.stderr
+    _started_pid(restarted.stdout, home)
     assert run_mlxd("uninstall").returncode == 0
+
+
+def test_install_waits_where_the_config_says_not_where_a_detached_daemon_ran(launchd: Home) -> None:
+    home = launchd
+    started = run_mlxd("start")  # detached, on the config's port
+    assert started.returncode == 0, started.stderr
+    detached = int(re.search(r"pid (\d+)", started.stdout).group(1))  # type: ignore[union-attr]
+    moved = free_port()
+    home.config.write_text(home.config.read_text().replace(f"port = {home.port}", f"port = {moved}"))
+    installed = run_mlxd("install", "--manager", "launchd")
+    assert installed.returncode == 0, installed.stderr
+    assert f"stopped the detached daemon (pid {detached}) first" in installed.stdout
+    assert f"mlxd is running at http://127.0.0.1:{moved} (launchd" in installed.stdout
+    assert not _alive(detached)
+    assert run_mlxd("uninstall").returncode == 0
+
+
+def test_install_is_refused_while_a_daemon_runs_in_a_terminal(launchd: Home) -> None:
+    home = launchd
+    serving = subprocess.Popen(
+        [sys.executable, "-m", "mlxd", "serve"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            with contextlib.suppress(httpx.HTTPError):
+                if httpx.get(f"{home.url}/health").status_code == 200:
+                    break
+            time.sleep(0.1)
+        installed = run_mlxd("install", "--manager", "launchd")
+        assert installed.returncode == 1
+        lines = installed.stderr.splitlines()
+        assert (
+            lines[0]
+            == f"error: mlxd (pid {serving.pid}) is already running at {home.url}, outside any service manager"
+        )
+        assert "stop it first" in lines[1]
+        assert not _plist(home).exists()  # nothing written
+        assert serving.poll() is None  # and the terminal's daemon left alone
+    finally:
+        serving.terminate()
+        serving.wait(timeout=30)

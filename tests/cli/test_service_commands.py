@@ -213,6 +213,30 @@ def test_a_service_whose_python_is_gone_says_so_at_once(home: Home, shim: Shim, 
     assert "no longer exists" in " ".join(out.split())
 
 
+@pytest.mark.parametrize("damage", [b"<?xml version=", b"not a plist at all"])
+def test_a_damaged_plist_is_no_traceback(home: Home, shim: Shim, damage: bytes) -> None:
+    launchctl_not_loaded(shim)
+    assert mlxd("install", "--manager", "launchd", "--no-wait")[0] == 0
+    plist_path(home).write_bytes(damage)
+    code, out, err = mlxd("status")
+    assert code == 3, err
+    assert "launchd" in out
+    assert "unexpected error" not in err
+
+
+def test_a_refused_start_keeps_the_reason_status_shows(home: Home, shim: Shim) -> None:
+    from mlxd import supervision
+
+    launchctl_not_loaded(shim)
+    assert mlxd("install", "--manager", "launchd", "--no-wait")[0] == 0
+    plist = plistlib.loads(plist_path(home).read_bytes())
+    plist["ProgramArguments"][0] = str(home.root / "gone" / "python3")
+    plist_path(home).write_bytes(plistlib.dumps(plist))
+    supervision.record_gave_up("port 8080 is in use", config=home.config)
+    assert mlxd("start", "--timeout", "5")[0] == 1
+    assert supervision.gave_up_reason(config=home.config) == "port 8080 is in use"
+
+
 def test_status_human_shows_the_breaker_reason(home: Home) -> None:
     from mlxd import supervision
 

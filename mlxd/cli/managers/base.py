@@ -244,6 +244,14 @@ class ServiceManager(ABC):
         """The config file the managed daemon runs with, when the manager recorded one."""
 
 
+def gone(program: Path) -> str:
+    """How a missing interpreter is named: a virtualenv's ``python3`` is a link to the Python
+    it was made from, which may be what went away (``ls`` still shows the link)."""
+    if program.is_symlink():
+        return f"{program}, whose Python ({os.readlink(program)}) no longer exists"
+    return f"{program}, which no longer exists"
+
+
 class LoginService(ServiceManager):
     """A service manager that starts the daemon at login from a file it owns."""
 
@@ -277,7 +285,7 @@ class LoginService(ServiceManager):
         """Raise ``ServiceManagerError`` when the installed interpreter is gone."""
         if (program := self.missing_program()) is not None:
             raise ServiceManagerError(
-                f"the {self.name} service runs {program}, which no longer exists",
+                f"the {self.name} service runs {gone(program)}",
                 hint="run `mlxd install` again with the mlxd you use now",
             )
 

@@ -12,6 +12,7 @@ import plistlib
 import re
 from pathlib import Path
 from typing import Any
+from xml.parsers.expat import ExpatError
 
 from mlxd.cli.logfiles import CONSOLE_LOG
 from mlxd.cli.managers.base import (
@@ -199,7 +200,7 @@ class LaunchdManager(LoginService):
         """The installed plist's ProgramArguments."""
         try:
             data = plistlib.loads(self.service_file().read_bytes())
-        except (OSError, ValueError, plistlib.InvalidFileException):
+        except (OSError, ValueError, ExpatError):  # missing, or damaged (truncated XML, not a plist)
             return None
         argv = data.get("ProgramArguments") if isinstance(data, dict) else None
         return [str(word) for word in argv] if isinstance(argv, list) else None

@@ -174,7 +174,10 @@ class SystemdManager(LoginService):
             return None
         for line in text.splitlines():
             if line.startswith("ExecStart="):
-                words = shlex.split(line.removeprefix("ExecStart=").replace("%%", "%"))
+                try:
+                    words = shlex.split(line.removeprefix("ExecStart=").replace("%%", "%"))
+                except ValueError:  # a damaged line (an unclosed quote)
+                    return None
                 return [w.replace("$$", "$") for w in words]
         return None
 

@@ -14,8 +14,10 @@ that ``mlxd install/start/stop/restart/status`` run a real daemon through it:
 - ``print TARGET`` shows ``state``/``pid`` (exit 113 when not loaded); ``print DOMAIN`` exits 0;
   ``kickstart TARGET`` launches a loaded job that is not running; ``enable`` does nothing.
 
-It does not relaunch a job that exits (``KeepAlive``): the daemon, told by ``MLXD_SUPERVISED``
-in the plist, records why it gave up and exits 0 so that launchd would not either.
+A program that cannot be launched (its Python gone) leaves the job loaded and not running,
+``last exit code = 78``, as launchd reports it. It follows launchctl as mlxd drives it, not
+all of launchd: it does not relaunch a job that exits (``KeepAlive``; the daemon, told by
+``MLXD_SUPERVISED`` in the plist, records why it failed before it exits), nor throttle.
 Every call is appended to ``$MLXD_SHIM_LOG``; the jobs live in ``$MLXD_SHIM_STATE``.
 """
 
@@ -66,22 +68,29 @@ def _alive(pid: int | None) -> bool:
         return True
 
 
-def _launch(plist: dict[str, Any]) -> int:
+#: What launchd reports for a job whose program could not be spawned (EX_CONFIG).
+SPAWN_FAILED = 78
+
+
+def _launch(plist: dict[str, Any]) -> int | None:
     env = {name: os.environ[name] for name in LAUNCHD_VARIABLES if name in os.environ}
     env.update(plist.get("EnvironmentVariables", {}))
     out = open(plist.get("StandardOutPath", os.devnull), "ab")  # noqa: SIM115 (the child keeps it)
     err = open(plist.get("StandardErrorPath", os.devnull), "ab")  # noqa: SIM115
     umask = plist.get("Umask")
-    process = subprocess.Popen(
-        plist["ProgramArguments"],
-        cwd=plist.get("WorkingDirectory", "/"),
-        env=env,
-        stdin=subprocess.DEVNULL,
-        stdout=out,
-        stderr=err,
-        start_new_session=True,
-        umask=umask if isinstance(umask, int) else -1,
-    )
+    try:
+        process = subprocess.Popen(
+            plist["ProgramArguments"],
+            cwd=plist.get("WorkingDirectory", "/"),
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=out,
+            stderr=err,
+            start_new_session=True,
+            umask=umask if isinstance(umask, int) else -1,
+        )
+    except OSError:
+        return None
     return process.pid
 
 
@@ -91,11 +100,17 @@ def bootstrap(domain: str, plist_path: str) -> int:
     if _read(target) is not None:
         sys.stderr.write("Bootstrap failed: 5: Input/output error\n")
         return 5
-    job = {"plist": plist_path, "pid": None, "stopping": False}
+    job: dict[str, Any] = {"plist": plist_path, "pid": None, "stopping": False, "last_exit": None}
     if plist.get("RunAtLoad"):
-        job["pid"] = _launch(plist)
+        _run(job, plist)
     _write(target, job)
     return 0
+
+
+def _run(job: dict[str, Any], plist: dict[str, Any]) -> None:
+    job["pid"] = _launch(plist)
+    if job["pid"] is None:
+        job["last_exit"] = SPAWN_FAILED
 
 
 def bootout(target: str) -> int:
@@ -148,7 +163,8 @@ def print_(target: str) -> int:
     lines = [f"{target} = {{", f"\tstate = {'running' if running else 'not running'}"]
     if running:
         lines.append(f"\tpid = {job['pid']}")
-    lines += ["\tlast exit code = (never exited)", "}"]
+    last = job.get("last_exit")
+    lines += [f"\tlast exit code = {'(never exited)' if last is None else last}", "}"]
     sys.stdout.write("\n".join(lines) + "\n")
     return 0
 
@@ -158,7 +174,7 @@ def kickstart(target: str) -> int:
     if job is None:
         return 113
     if not _alive(job["pid"]):
-        job["pid"] = _launch(plistlib.loads(Path(job["plist"]).read_bytes()))
+        _run(job, plistlib.loads(Path(job["plist"]).read_bytes()))
         _write(target, job)
     return 0
 
