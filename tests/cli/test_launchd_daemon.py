@@ -141,9 +141,6 @@ def test_install_no_wait_does_not_wait_for_the_daemon(launchd: Home) -> None:
     assert RUNNING.search(installed.stdout) is None
     plist = plistlib.loads(_plist(home).read_bytes())
     assert plist["ProgramArguments"][0] == str(Path(sys.executable).absolute())
-    restarted = run_mlxd("restart")  # the port is free now
-    assert restarted.returncode == 0, restarted.stderr
-    _started_pid(restarted.stdout, home)
     assert run_mlxd("uninstall").returncode == 0
 
 
