@@ -173,7 +173,10 @@ def install(
     if failure is None:
         return Outcome(target.url, service.name, daemon_pid(client))
     if failure.startswith(NO_ANSWER):
-        hint = "it may still be starting: `mlxd status` says when it answers, `mlxd logs` shows its log"
+        hint = (
+            "if it is still starting, `mlxd status` says when it answers; "
+            "if the log shows it failed, fix that, then `mlxd restart`"
+        )
     else:
         hint = "fix what the log says, then `mlxd restart`; `mlxd logs` shows the whole log"
     raise StartFailed(

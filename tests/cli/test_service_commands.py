@@ -110,6 +110,20 @@ def test_install_launchd_writes_and_bootstraps(home: Home, shim: Shim) -> None:
     ]
 
 
+def test_install_that_gets_no_answer_in_time_exits_1_and_stays_installed(home: Home, shim: Shim) -> None:
+    launchctl_not_loaded(shim)  # launchd's stand-in here starts nothing: the daemon never answers
+    code, out, err = mlxd("install", "--manager", "launchd", "--timeout", "0.5")
+    assert code == 1
+    lines = err.splitlines()
+    assert lines[0] == (
+        f"error: mlxd is installed as a launchd service but did not start: "
+        f"no answer from {home.url}/health within 0.5s"
+    )
+    assert lines[-1].startswith("hint: if it is still starting, `mlxd status` says when it answers")
+    assert f"installed {plist_path(home)}" in out
+    assert plist_path(home).is_file()
+
+
 def test_install_failure_exits_1_with_the_tools_message(home: Home, shim: Shim) -> None:
     launchctl_not_loaded(shim)
     shim.answer(
