@@ -79,6 +79,8 @@ def status_table(report: StatusReport) -> Table:
     table.add_row("config", where)
     if report.gave_up:
         table.add_row("gave up", Text(report.gave_up, style="red"))
+    elif report.failed:
+        table.add_row("last start", Text(f"failed: {report.failed}", style="red"))
     elif report.config_error and not report.running:
         table.add_row("config error", Text(report.config_error, style="yellow"))
     if restart := config.get("restart_required"):

@@ -9,6 +9,7 @@ the crash-loop breaker's reason for this config file, else the problem with the 
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -33,6 +34,9 @@ class StatusReport:
     data: dict[str, Any]
     manager_detail: str | None = None
     gave_up: str | None = None
+    #: Why the supervised daemon last failed to start, while it is down and has not given up
+    #: (launchd or systemd relaunch it: the next try may work).
+    failed: str | None = None
 
     @property
     def running(self) -> bool:
@@ -121,4 +125,19 @@ def collect(target: Target) -> StatusReport:
             detail += f", last exit code {manager_state.last_exit}"
     if isinstance(manager, LoginService) and (program := manager.missing_program()) is not None:
         detail = f"{detail or 'stopped'}; it runs {gone(program)}: run `mlxd install` again"
-    return StatusReport(data, detail, gave_up)
+    failed = None if running or gave_up else _recent_failure(target)
+    return StatusReport(data, detail, gave_up, failed)
+
+
+def _recent_failure(target: Target) -> str | None:
+    """Why the daemon last failed to start, if that was within the breaker's window (the
+    service is still relaunching it; an older failure says nothing about now), and when."""
+    record = supervision.read_breaker(config=target.config_path)
+    failures = record["failures"] if record else []
+    if not failures:
+        return None
+    last = failures[-1]
+    age = time.time() - float(last["at"])
+    if age > supervision.BREAKER_WINDOW_S:
+        return None
+    return f"{last.get('reason') or 'unknown reason'} ({max(0, round(age))}s ago)"

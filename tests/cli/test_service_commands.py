@@ -251,6 +251,23 @@ def test_a_refused_start_keeps_the_reason_status_shows(home: Home, shim: Shim) -
     assert supervision.gave_up_reason(config=home.config) == "port 8080 is in use"
 
 
+def test_status_shows_a_recent_failed_start_and_forgets_an_old_one(home: Home) -> None:
+    import time
+
+    from mlxd import supervision
+
+    # launchd relaunches a daemon that failed; until the breaker gives up, status says why.
+    supervision.record_start_failure("port 8080 is in use by pid 4242", config=home.config)
+    code, out, _ = mlxd("status")
+    assert code == 3
+    assert "last start" in out
+    assert "port 8080 is in use by pid 4242" in " ".join(out.split())
+    supervision.clear_breaker(config=home.config)
+    an_hour_ago = time.time() - 3600  # it has run well since: nothing to say now
+    supervision.record_start_failure("port 8080 is in use by pid 4242", config=home.config, now=an_hour_ago)
+    assert "last start" not in mlxd("status")[1]
+
+
 def test_status_human_shows_the_breaker_reason(home: Home) -> None:
     from mlxd import supervision
 
