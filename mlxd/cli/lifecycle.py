@@ -55,18 +55,19 @@ def wait_healthy(
     config: Path | None = None,
     exit_code: Callable[[], int | None] = lambda: None,
     not_pid: int | None = None,
+    since: float | None = None,
     interval_s: float = 0.1,
 ) -> str | None:
     """Poll ``/health`` until it answers 200; return None, or why it never did.
 
     ``exit_code`` reports a spawned process that died (no point waiting further);
     ``config``'s crash-loop record says a supervised daemon failed (launchd and systemd would
-    relaunch it, to fail the same way) or gave up, counting only what was recorded once the
-    wait began (the caller has had the old daemon stopped by then, and a new one takes a
-    second to get as far as failing); ``not_pid`` ignores the old daemon still answering
-    during a restart.
+    relaunch it, to fail the same way) or gave up, counting only what was recorded from
+    ``since`` on (a ``time.time()`` taken before the new daemon was started; default: now,
+    for a caller whose command also stopped an old daemon, which may record a failure of its
+    own meanwhile); ``not_pid`` ignores the old daemon still answering during a restart.
     """
-    since, deadline = time.time(), time.monotonic() + timeout_s
+    since, deadline = since or time.time(), time.monotonic() + timeout_s
     while True:
         if client.is_healthy() and (not_pid is None or daemon_pid(client) != not_pid):
             return None
@@ -120,8 +121,11 @@ def start(target: Target, *, demo: bool, timeout_s: float, warn: Callable[[str],
     if service is not None:
         if demo:
             warn(f"--demo is ignored: the {service.name} service runs the installed command line")
+        since = time.time()
         service.start(spec)
-        _raise_unless_healthy(wait_healthy(client, timeout_s, config=target.config_path), offsets)
+        _raise_unless_healthy(
+            wait_healthy(client, timeout_s, config=target.config_path, since=since), offsets
+        )
         return Outcome(target.url, service.name, daemon_pid(client))
     manager = ProcessManager()
     if (pid := manager.live_pid()) is not None:
@@ -156,7 +160,7 @@ def install(
     if (pid := detached.live_pid()) is not None:
         detached.stop(spec.stop_timeout_s)
         say(f"stopped the detached daemon (pid {pid}) first")
-    elif (pid := _unmanaged_pid(target)) is not None and pid != _service_pid(service):
+    elif (pid := _unmanaged_pid(target)) is not None and not _service_running():
         raise MlxdError(
             f"mlxd (pid {pid}) is already running at {target.url}, outside any service manager",
             hint="stop it first (Ctrl-C in its terminal, or `mlxd stop`), then install again",
@@ -166,6 +170,8 @@ def install(
     old_pid = daemon_pid(client)  # the service's older daemon answers until it is replaced
     supervision.clear_breaker(config=target.config_path)
     offsets = _log_offsets()
+    # What the old job records while it is booted out is not the new daemon's: the wait
+    # counts from after the install (the new daemon takes a second to get as far as failing).
     say(f"installed {service.install(spec, spec.stop_timeout_s)}")
     if timeout_s is None:
         return Outcome(target.url, service.name, None)
@@ -186,14 +192,17 @@ def install(
     )
 
 
-def _service_pid(service: LoginService) -> int | None:
-    """The pid of the daemon ``service`` runs now, if it is installed and knows one."""
-    if not service.is_installed():
-        return None
+def _service_running() -> bool:
+    """Whether the installed login service (whichever it is) runs a daemon now: the daemon
+    answering is then its own (a distributed daemon's rank 0 answers with its own pid, not
+    the launcher's the service knows)."""
+    service = installed_login_service()
+    if service is None:
+        return False
     try:
-        return service.state().pid
+        return service.state().running
     except MlxdError:
-        return None
+        return False
 
 
 def _abandon(process: subprocess.Popen[bytes], manager: ProcessManager, target: Target) -> None:

@@ -125,7 +125,10 @@ def collect(target: Target) -> StatusReport:
             detail += f", last exit code {manager_state.last_exit}"
     if isinstance(manager, LoginService) and (program := manager.missing_program()) is not None:
         detail = f"{detail or 'stopped'}; it runs {gone(program)}: run `mlxd install` again"
-    failed = None if running or gave_up else _recent_failure(target)
+    # The service still has the job and will start it again (launchd after its throttle,
+    # systemd by Restart=): not after a stop or an uninstall, nor for a detached daemon.
+    relaunching = manager_state is not None and manager_state.loaded and not manager_state.running
+    failed = _recent_failure(target) if relaunching and not (running or gave_up) else None
     return StatusReport(data, detail, gave_up, failed)
 
 

@@ -159,18 +159,28 @@ def test_install_waits_where_the_config_says_not_where_a_detached_daemon_ran(lau
     assert run_mlxd("uninstall").returncode == 0
 
 
+def test_install_again_while_the_service_runs_replaces_its_daemon(launchd: Home) -> None:
+    home = launchd
+    first = run_mlxd("install", "--manager", "launchd")
+    assert first.returncode == 0, first.stderr
+    again = run_mlxd("install", "--manager", "launchd")
+    assert again.returncode == 0, again.stderr  # its own daemon is no terminal's
+    assert _started_pid(again.stdout, home) != _started_pid(first.stdout, home)
+    assert run_mlxd("uninstall").returncode == 0
+
+
 def test_install_is_refused_while_a_daemon_runs_in_a_terminal(launchd: Home) -> None:
     home = launchd
     serving = subprocess.Popen(
         [sys.executable, "-m", "mlxd", "serve"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
     )
     try:
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
+        deadline, answered = time.monotonic() + 60, False
+        while not answered and time.monotonic() < deadline:
             with contextlib.suppress(httpx.HTTPError):
-                if httpx.get(f"{home.url}/health").status_code == 200:
-                    break
+                answered = httpx.get(f"{home.url}/health").status_code == 200
             time.sleep(0.1)
+        assert answered, "the terminal's daemon did not start"
         installed = run_mlxd("install", "--manager", "launchd")
         assert installed.returncode == 1
         lines = installed.stderr.splitlines()

@@ -251,11 +251,21 @@ def test_a_refused_start_keeps_the_reason_status_shows(home: Home, shim: Shim) -
     assert supervision.gave_up_reason(config=home.config) == "port 8080 is in use"
 
 
-def test_status_shows_a_recent_failed_start_and_forgets_an_old_one(home: Home) -> None:
+def test_status_shows_a_recent_failed_start_and_forgets_an_old_one(home: Home, shim: Shim) -> None:
     import time
 
     from mlxd import supervision
 
+    assert mlxd("status")[0] == 3
+    supervision.record_start_failure("port 8080 is in use by pid 4242", config=home.config)
+    assert "last start" not in mlxd("status")[1]  # no service: nothing relaunches it
+    launchctl_not_loaded(shim)
+    assert mlxd("install", "--manager", "launchd", "--no-wait")[0] == 0
+    assert "last start" not in mlxd("status")[1]  # the job is not loaded: nothing relaunches it
+    shim.answer(
+        {"args": ["print", f"gui/{_uid()}"], "exit": 0},
+        {"args": ["print"], "exit": 0, "stdout": "state = not running\nlast exit code = 1\n"},
+    )
     # launchd relaunches a daemon that failed; until the breaker gives up, status says why.
     supervision.record_start_failure("port 8080 is in use by pid 4242", config=home.config)
     code, out, _ = mlxd("status")

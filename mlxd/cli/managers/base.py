@@ -248,7 +248,7 @@ def gone(program: Path) -> str:
     """How a missing interpreter is named: a virtualenv's ``python3`` is a link to the Python
     it was made from, which may be what went away (``ls`` still shows the link)."""
     if program.is_symlink():
-        return f"{program}, whose Python ({os.readlink(program)}) no longer exists"
+        return f"{program}, whose Python ({os.path.realpath(program)}) no longer exists"
     return f"{program}, which no longer exists"
 
 

@@ -200,7 +200,8 @@ class LaunchdManager(LoginService):
         """The installed plist's ProgramArguments."""
         try:
             data = plistlib.loads(self.service_file().read_bytes())
-        except (OSError, ValueError, ExpatError):  # missing, or damaged (truncated XML, not a plist)
+        # Missing, or damaged: truncated XML, not a plist, a value plistlib cannot read.
+        except (OSError, ValueError, ExpatError, AttributeError, TypeError):
             return None
         argv = data.get("ProgramArguments") if isinstance(data, dict) else None
         return [str(word) for word in argv] if isinstance(argv, list) else None

@@ -170,7 +170,7 @@ class SystemdManager(LoginService):
         """The installed unit's ExecStart line, as words."""
         try:
             text = self.service_file().read_text(encoding="utf-8")
-        except OSError:
+        except (OSError, ValueError):  # missing, or not UTF-8
             return None
         for line in text.splitlines():
             if line.startswith("ExecStart="):
