@@ -55,11 +55,29 @@ def test_every_batch_runs_through_the_generator(
     assert generator.next()[1] == []  # each batch ran to its end: nothing is left decoding
 
 
+def test_off_cuda_the_warm_up_has_no_changing_batch(
+    tiny_model_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from mlx_lm.generate import BatchGenerator
+    from mlx_lm.utils import load
+
+    model, _ = load(str(tiny_model_dir))
+    generator = BatchGenerator(model, stop_tokens=[])
+    inserted: list[list[list[int]]] = []
+    insert = generator.insert
+    monkeypatch.setattr(
+        generator, "insert", lambda prompts, **kw: inserted.append(prompts) or insert(prompts, **kw)
+    )
+    warm_up(model, generator, model.args.vocab_size)  # on this CPU
+    assert inserted == warm_up_batches(model.args.vocab_size, cuda=False)
+
+
 def test_a_row_joins_a_decoding_batch_and_one_leaves_while_others_decode_on(
     tiny_model_dir: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The paths whose first use stalled a GPU for seconds: prompts prefilled beside decoding
     rows and merged into them, rows gathered out of a batch that then decodes on."""
+    import mlx.core as mx
     from mlx_lm.generate import BatchGenerator, GenerationBatch
     from mlx_lm.utils import load
 
@@ -82,6 +100,7 @@ def test_a_row_joins_a_decoding_batch_and_one_leaves_while_others_decode_on(
     monkeypatch.setattr(GenerationBatch, "extend", extended)
     monkeypatch.setattr(GenerationBatch, "filter", filtered)
     monkeypatch.setattr(GenerationBatch, "next", stepped)
+    monkeypatch.setattr(mx.cuda, "is_available", lambda: True)  # the CUDA batches, on this CPU
     model, _ = load(str(tiny_model_dir))
     warm_up(model, BatchGenerator(model, stop_tokens=[]), model.args.vocab_size)
     joined = [i for i, (what, before, _) in enumerate(events) if what == "join" and before > 0]
@@ -132,11 +151,16 @@ def test_a_lone_sequence_draws_through_the_trace_the_warm_up_made(
 
 
 @pytest.mark.timeout(60)
-def test_the_warm_up_ends_when_every_row_ends_at_its_first_token(tiny_model_dir: Path) -> None:
+def test_the_warm_up_ends_when_every_row_ends_at_its_first_token(
+    tiny_model_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """A model whose warm-up rows all draw an end token at once must still load (an earlier
     warm-up waited for the rows that had ended at their first token, for ever)."""
+    import mlx.core as mx
     from mlx_lm.generate import BatchGenerator
     from mlx_lm.utils import load
+
+    monkeypatch.setattr(mx.cuda, "is_available", lambda: True)  # the changing batch too
 
     model, _ = load(str(tiny_model_dir))
     vocab = model.args.vocab_size

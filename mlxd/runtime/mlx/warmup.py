@@ -20,7 +20,8 @@ it (prefilled beside the decoding rows, then merged into them). On CUDA the firs
 step after rows left a batch took 2.6-4.1 s, once in every daemon of five 64-client runs
 (the daemon's timeline, ``python -m bench --gpu``): kernels for that path were compiled
 then. After this warm-up it took 42 ms (``python -m bench.probe DIR --rows-change``: 3,118
-ms without). Joining did not stall there; it is warmed while at it.
+ms without). Joining did not stall there; it is warmed while at it. CUDA only, as the
+alignments: Metal's kernels come built.
 """
 
 from __future__ import annotations
@@ -76,7 +77,7 @@ def _prompt(length: int, vocab_size: int) -> list[int]:
 
 def warm_up(model: Any, generator: Any, vocab_size: int, *, changes: bool = True) -> None:
     """Run throwaway decodes through ``model`` alone and through its ``BatchGenerator``
-    (``changes``: also the batch whose rows change as it decodes)."""
+    (``changes``: on CUDA, also the batch whose rows change as it decodes)."""
     started = time.perf_counter()
     logits = model(mx.array([_prompt(4, vocab_size)]), cache=make_prompt_cache(model))[:, -1, :]
     logprobs = logits - mx.logsumexp(logits, axis=-1, keepdims=True)
@@ -85,9 +86,10 @@ def warm_up(model: Any, generator: Any, vocab_size: int, *, changes: bool = True
     with mx.stream(generator.stream):  # a lone sequence's draw, traced where decoders draw (per stream)
         mx.eval([for_one_row(sampler)(logprobs) for sampler in samplers])
     mx.eval(mx.argpartition(-logprobs[0], kth=0))  # top logprobs
-    for batch in warm_up_batches(vocab_size, cuda=mx.cuda.is_available()):
+    cuda = mx.cuda.is_available()
+    for batch in warm_up_batches(vocab_size, cuda=cuda):
         _decode(generator, set(generator.insert(batch, max_tokens=[2] * len(batch))))
-    if changes:
+    if changes and cuda:
         prompts, max_tokens, joining = changing_batch(vocab_size)
         left = _decode(generator, set(generator.insert(prompts, max_tokens=max_tokens)), until_first=True)
         _decode(generator, left | set(generator.insert([joining], max_tokens=[2])))
