@@ -117,9 +117,11 @@ def test_last_failure_is_the_latest_reason_of_that_config(tmp_path: Path) -> Non
     assert supervision.last_failure(tmp_path, config=mine) is None
     supervision.record_start_failure("port 8080 is in use", state_dir=tmp_path, config=mine, now=100.0)
     supervision.record_start_failure("model not found", state_dir=tmp_path, config=mine, now=101.0)
-    assert supervision.last_failure(tmp_path, config=mine) == "model not found"
+    assert supervision.last_failure(tmp_path, config=mine) == supervision.Failure("model not found", 101.0)
     assert supervision.last_failure(tmp_path, config=other) is None
-    assert supervision.last_failure(tmp_path, config=mine, since=100.5) == "model not found"
+    assert supervision.last_failure(tmp_path, config=mine, since=100.5) == supervision.Failure(
+        "model not found", 101.0
+    )
     assert supervision.last_failure(tmp_path, config=mine, since=101.5) is None  # recorded before
     supervision.record_gave_up("model not found", state_dir=tmp_path, config=mine, now=101.0)
     assert supervision.gave_up_reason(tmp_path, config=mine, since=100.0) == "model not found"

@@ -75,8 +75,8 @@ def wait_healthy(
             return f"the daemon exited with code {code}"
         if (reason := supervision.gave_up_reason(config=config, since=since)) is not None:
             return f"the daemon gave up: {reason}"
-        if (reason := supervision.last_failure(config=config, since=since)) is not None:
-            return reason
+        if (failure := supervision.last_failure(config=config, since=since)) is not None:
+            return failure.reason
         if time.monotonic() >= deadline:
             return f"{NO_ANSWER} {client.base_url}/health within {timeout_s:g}s"
         time.sleep(interval_s)

@@ -135,12 +135,6 @@ def collect(target: Target) -> StatusReport:
 def _recent_failure(target: Target) -> str | None:
     """Why the daemon last failed to start, if that was within the breaker's window (the
     service is still relaunching it; an older failure says nothing about now), and when."""
-    record = supervision.read_breaker(config=target.config_path)
-    failures = record["failures"] if record else []
-    if not failures:
-        return None
-    last = failures[-1]
-    age = time.time() - float(last["at"])
-    if age > supervision.BREAKER_WINDOW_S:
-        return None
-    return f"{last.get('reason') or 'unknown reason'} ({max(0, round(age))}s ago)"
+    now = time.time()
+    failure = supervision.last_failure(config=target.config_path, since=now - supervision.BREAKER_WINDOW_S)
+    return None if failure is None else f"{failure.reason} ({max(0, round(now - failure.at))}s ago)"

@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import json
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -118,19 +119,29 @@ def gave_up_reason(
     """Why ``config``'s daemon gave up, if it did (``since``: at that time or later)."""
     record = read_breaker(state_dir, config=config)
     gave_up = record["gave_up"] if record else None
-    if gave_up is None or (since is not None and not float(gave_up.get("at") or 0) >= since):
+    if gave_up is None or (since is not None and float(gave_up.get("at") or 0) < since):
         return None
     return str(gave_up.get("reason") or "unknown reason")
 
 
+@dataclass(frozen=True)
+class Failure:
+    """One failed start: why, and when (``time.time()``)."""
+
+    reason: str
+    at: float
+
+
 def last_failure(
     state_dir: Path | None = None, *, config: Path | None = None, since: float | None = None
-) -> str | None:
-    """Why ``config``'s daemon last failed to start (``since``: at that time or later), as a
+) -> Failure | None:
+    """``config``'s daemon's last failed start (``since``: at that time or later), as a
     supervised daemon records it before it exits and is relaunched."""
     record = read_breaker(state_dir, config=config)
     failures = [f for f in (record["failures"] if record else []) if since is None or f["at"] >= since]
-    return str(failures[-1].get("reason") or "unknown reason") if failures else None
+    if not failures:
+        return None
+    return Failure(str(failures[-1].get("reason") or "unknown reason"), float(failures[-1]["at"]))
 
 
 def clear_breaker(state_dir: Path | None = None, *, config: Path | None = None) -> None:
