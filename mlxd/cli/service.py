@@ -186,12 +186,12 @@ def install(
         )
     target = _strict_target(config)
     service = login_service(name)
+    spec = lifecycle.spec_for(target)
     if dry_run:
-        sys.stdout.write(service.render(lifecycle.spec_for(target)))
+        sys.stdout.write(service.render(spec))
         return
     outcome = lifecycle.install(target, service, timeout_s=None if no_wait else timeout, say=typer.echo)
-    config_path = target.config_path
-    config_text = str(config_path.expanduser().resolve()) if config_path else "built-in defaults"
+    config_text = str(spec.config) if spec.config else "built-in defaults"
     if no_wait:
         typer.echo(
             f"the {name} service starts mlxd now and at every login ({outcome.url}, config: {config_text})"
