@@ -22,6 +22,10 @@ mlxd's warm-up (``--without-changes``: after the warm-up without its changing ba
 compare): 64 rows decoding, of which the 8 with the longest prompts leave early while 56
 decode on, then 8 rows join the 56; twice, with new prompts, each step timed.
 
+``--long-prompts`` instead times prefills from a short burst of 64 rows to one prompt of
+16,384 tokens, each shape twice, with the peak memory they took (run with and without
+``MLX_CUDA_USE_CUDNN_SDPA=0`` to weigh cuDNN's attention against MLX's unfused one).
+
 ``--rounds`` instead asks why rounds of the same work differ in speed: the host's CPU pace,
 core by core and over time on one core, then identical rounds of 64 decoding rows with each
 step split into building the graph, submitting it and waiting for the accelerator.
@@ -284,6 +288,41 @@ def new_lengths(model: Any, vocab: int, count: int = 24) -> None:
     )
 
 
+LONG_PROMPTS = ((64, 40), (64, 1024), (8, 4096), (1, 2048), (1, 8192), (1, 16384))
+
+
+def long_prompts(model: Any, vocab: int) -> None:
+    """Prefills from short bursts to long prompts, each shape twice (the first pays for what
+    MLX builds per shape), through mlx-lm's batch with mlxd's prefill step of 256 tokens:
+    milliseconds until every row has its first token, and the peak memory MLX held. Run
+    once with ``MLX_CUDA_USE_CUDNN_SDPA=0`` and once without, to weigh cuDNN's fused
+    attention (a plan built per shape) against MLX's unfused one (scores held whole)."""
+    import random
+
+    import mlx.core as mx
+    from mlx_lm.generate import BatchGenerator
+
+    generator = BatchGenerator(model, prefill_batch_size=64, completion_batch_size=64, prefill_step_size=256)
+    rng = random.Random(0)
+    print("rows x tokens | first ms | peak GB | second ms | peak GB", flush=True)
+    for rows, length in LONG_PROMPTS:
+        cells = []
+        for _ in range(2):
+            prompts = [[rng.randrange(vocab) for _ in range(length)] for _ in range(rows)]
+            mx.synchronize()
+            mx.reset_peak_memory()
+            started = time.perf_counter()
+            generator.insert(prompts, max_tokens=[1] * rows)
+            finished = 0
+            for _ in range(10_000):
+                finished += sum(r.finish_reason is not None for r in generator.next()[1])
+                if finished == rows:
+                    break
+            mx.synchronize()
+            cells.append(f"{(time.perf_counter() - started) * 1000:.1f} | {mx.get_peak_memory() / 1e9:.2f}")
+        print(f"{rows} x {length} | " + " | ".join(cells), flush=True)
+
+
 def _pace_ms(loops: int = 200_000) -> float:
     """Milliseconds for a fixed piece of pure Python: the pace of the core it runs on."""
     started = time.perf_counter()
@@ -490,6 +529,9 @@ def main() -> None:
         return
     if "--rows-change" in sys.argv:
         rows_change(model, vocab, warm_changes="--without-changes" not in sys.argv)
+        return
+    if "--long-prompts" in sys.argv:
+        long_prompts(model, vocab)
         return
     if "--rounds" in sys.argv:
         cpu_pace()
