@@ -1,5 +1,5 @@
-"""MLX's caches of compiled shapes may miss: the daemon's worker never fails work for it; and
-the kernels MLX compiles are kept in mlxd's cache folder."""
+"""MLX's caches of compiled shapes may miss: the daemon's worker never fails work for it, builds
+no cuDNN attention plan per shape, and keeps the kernels MLX compiles in mlxd's cache folder."""
 
 from __future__ import annotations
 
@@ -9,8 +9,10 @@ from pathlib import Path
 import pytest
 
 from mlxd.runtime.mlx.memory import (
+    CUDNN_ATTENTION,
     KERNEL_CACHE,
     THRASHING_CHECK,
+    attend_without_plans,
     keep_compiled_kernels,
     serve_through_cache_misses,
 )
@@ -28,7 +30,17 @@ def test_the_thrashing_check_is_off_unless_the_user_set_it(monkeypatch: pytest.M
     assert os.environ[THRASHING_CHECK] == "1"
 
 
-def test_a_daemon_worker_turns_it_off(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_cudnn_attention_is_off_unless_the_user_set_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(CUDNN_ATTENTION, "")  # restored after the test, set or not
+    monkeypatch.delenv(CUDNN_ATTENTION)
+    attend_without_plans()
+    assert os.environ[CUDNN_ATTENTION] == "0"
+    monkeypatch.setenv(CUDNN_ATTENTION, "1")  # whoever wants cuDNN's attention keeps it
+    attend_without_plans()
+    assert os.environ[CUDNN_ATTENTION] == "1"
+
+
+def test_a_daemon_worker_turns_them_off(monkeypatch: pytest.MonkeyPatch) -> None:
     """Set where every worker starts (rank 0 and the followers alike)."""
     import asyncio
     import queue
@@ -40,6 +52,8 @@ def test_a_daemon_worker_turns_it_off(monkeypatch: pytest.MonkeyPatch) -> None:
 
     monkeypatch.setenv(THRASHING_CHECK, "")  # restored after the test, set or not
     monkeypatch.delenv(THRASHING_CHECK)
+    monkeypatch.setenv(CUDNN_ATTENTION, "")
+    monkeypatch.delenv(CUDNN_ATTENTION)
     monkeypatch.setenv(KERNEL_CACHE, "")  # restored after the test, set or not
     monkeypatch.delenv(KERNEL_CACHE)
     monkeypatch.setattr(worker, "cache_dir", lambda: Path("/nonexistent/mlxd-cache"))
@@ -52,6 +66,7 @@ def test_a_daemon_worker_turns_it_off(monkeypatch: pytest.MonkeyPatch) -> None:
     finally:
         loop.close()
     assert os.environ[THRASHING_CHECK] == "0"
+    assert os.environ[CUDNN_ATTENTION] == "0"
     assert Path(os.environ[KERNEL_CACHE]).parent == Path("/nonexistent/mlxd-cache/kernels")
 
 

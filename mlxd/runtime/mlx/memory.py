@@ -46,6 +46,28 @@ def serve_through_cache_misses() -> None:
     os.environ.setdefault(THRASHING_CHECK, "0")
 
 
+#: MLX's switch for cuDNN's fused attention on CUDA (a plan built and cached per shape).
+CUDNN_ATTENTION = "MLX_CUDA_USE_CUDNN_SDPA"
+
+
+def attend_without_plans() -> None:
+    """Keep MLX's CUDA backend from building a cuDNN attention plan for every new shape.
+
+    cuDNN's fused attention needs a plan per shape (rows, prompt width, key length, mask),
+    built the first time a shape comes (40-120 ms on an H100) and kept in an LRU of 256,
+    and a server meets new shapes all the time: every burst brings its own widest prompt,
+    every prefill chunk its own key length. MLX's own attention, as on a Mac, needs none.
+    On an H100 (``bench/RESULTS.md``, "Sixth run") 64 streaming clients' p99 time to first
+    token fell 286 -> 169 ms (1B) and 511 -> 365 ms (8B shape). Long prompts' first prefill
+    of a length cost 30-50% less, the warm ones were mixed (one 2,048-token prompt 43% slower,
+    one of 16,384 17% faster), and peak memory was lower: mlxd prefills in chunks of
+    ``prefill_step_size`` tokens, so the scores held whole stay small. Off unless the user
+    set it (1 keeps cuDNN's attention); MLX reads it at the first attention, on the worker,
+    after this. Metal has no such plans: the variable is then unread.
+    """
+    os.environ.setdefault(CUDNN_ATTENTION, "0")
+
+
 #: Where MLX's CUDA backend keeps the kernels it compiles at run time.
 KERNEL_CACHE = "MLX_PTX_CACHE_DIR"
 

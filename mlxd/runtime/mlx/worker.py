@@ -46,6 +46,7 @@ from mlxd.runtime.mlx.constrained import GrammarCache
 from mlxd.runtime.mlx.loading import LoadedModel
 from mlxd.runtime.mlx.lockstep import Lockstep
 from mlxd.runtime.mlx.memory import (
+    attend_without_plans,
     bound_cache,
     keep_compiled_kernels,
     release_memory,
@@ -96,6 +97,7 @@ class MlxWorker:
         self._lockstep: Lockstep | None = None
         # MLX's first calls: a worker that cannot make them has not started (see handle.py).
         serve_through_cache_misses()
+        attend_without_plans()
         log.debug("compiled kernels (CUDA) kept in %s", keep_compiled_kernels(cache_dir()))
         settle_heap()
         self.stats.mlx_cache_limit_bytes = bound_cache(settings)
