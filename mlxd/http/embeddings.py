@@ -19,8 +19,8 @@ import orjson
 from mlxd.config.schema import MlxdConfig
 from mlxd.errors import RequestError
 from mlxd.http.ids import new_id
-from mlxd.http.translate import resolve_alias
-from mlxd.runtime.from_config import keep_alive_for, spec_for
+from mlxd.http.translate import alias_view, resolve_alias
+from mlxd.runtime.from_config import keep_alive_for
 from mlxd.runtime.requests import EmbeddingRequest
 
 
@@ -69,7 +69,7 @@ def resolve_embeddings(
     return EmbeddingRequest(
         request_id=new_id(),
         alias=alias,
-        spec=spec_for(settings),
+        spec=alias_view(config, alias)[0],
         inputs=_inputs(inputs, config.limits.max_embedding_inputs),
         pooling=settings.pooling,
         normalize=settings.normalize,

@@ -93,7 +93,9 @@ class _PerConfig:
     aliases: dict[str, tuple[ModelSpec, GenerationDefaults]] = {}  # noqa: RUF012 - rebound per config
 
 
-def _alias_view(config: MlxdConfig, alias: str) -> tuple[ModelSpec, GenerationDefaults]:
+def alias_view(config: MlxdConfig, alias: str) -> tuple[ModelSpec, GenerationDefaults]:
+    """``alias``'s model spec and generation defaults under ``config``, computed once per
+    config generation (a reload brings a new one)."""
     if _PerConfig.config is not config:
         _PerConfig.config, _PerConfig.aliases = config, {}
     view = _PerConfig.aliases.get(alias)
@@ -290,7 +292,7 @@ def _resolve(request: CommonRequest, config: MlxdConfig) -> GenerationRequest:
     if request.adapters is not None:
         alias = _adapter_alias(config, alias, request.adapters)
     model = config.models[alias]
-    spec, defaults = _alias_view(config, alias)
+    spec, defaults = alias_view(config, alias)
     limits = config.limits
     if request.logit_bias and len(request.logit_bias) > limits.max_logit_bias:
         raise RequestError(f"at most {limits.max_logit_bias} logit_bias entries", param="logit_bias")

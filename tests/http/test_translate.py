@@ -16,6 +16,7 @@ from mlxd.config import load_config
 from mlxd.config.schema import MlxdConfig
 from mlxd.errors import ModelNotFoundError, RequestError
 from mlxd.http.dialects.openai.translate import translate
+from mlxd.http.embeddings import resolve_embeddings
 from mlxd.protocol.requests import ChatCompletionRequest, CompletionRequest
 from mlxd.runtime.requests import ChatPrompt, TextPrompt
 
@@ -144,3 +145,15 @@ def test_the_alias_view_is_recomputed_for_a_new_config(config: MlxdConfig, tmp_p
     path.write_text(CONFIG.replace('model = "org/other"', 'model = "org/changed"'))
     second, _ = translate(chat(model="other"), load_config(path))
     assert (first.spec.source, second.spec.source) == ("org/other", "org/changed")
+
+
+def test_embedding_requests_share_the_alias_view(config: MlxdConfig, tmp_path: Path) -> None:
+    """The alias's spec is resolved once per config generation for embeddings too (resolving
+    a model's path on every request was 40-90 us of the event loop's time per request)."""
+    first = resolve_embeddings(config, "other", "a text")
+    again = resolve_embeddings(config, "other", ["another"])
+    assert again.spec is first.spec
+    path = tmp_path / "mlxd.toml"
+    path.write_text(CONFIG.replace('model = "org/other"', 'model = "org/changed"'))
+    changed = resolve_embeddings(load_config(path), "other", "a text")
+    assert (first.spec.source, changed.spec.source) == ("org/other", "org/changed")
