@@ -89,18 +89,20 @@ class _PerConfig:
     """What each alias resolves to under one config generation, computed once: resolving
     paths and merging defaults on every request showed up in the profile."""
 
-    config: MlxdConfig | None = None
-    aliases: dict[str, tuple[ModelSpec, GenerationDefaults]] = {}  # noqa: RUF012 - rebound per config
+    #: The config and its aliases' views, swapped together when a new config comes.
+    views: tuple[MlxdConfig | None, dict[str, tuple[ModelSpec, GenerationDefaults]]] = (None, {})
 
 
 def alias_view(config: MlxdConfig, alias: str) -> tuple[ModelSpec, GenerationDefaults]:
     """``alias``'s model spec and generation defaults under ``config``, computed once per
     config generation (a reload brings a new one)."""
-    if _PerConfig.config is not config:
-        _PerConfig.config, _PerConfig.aliases = config, {}
-    view = _PerConfig.aliases.get(alias)
+    cached, aliases = _PerConfig.views
+    if cached is not config:
+        aliases = {}
+        _PerConfig.views = (config, aliases)
+    view = aliases.get(alias)
     if view is None:
-        view = _PerConfig.aliases[alias] = (spec_for(config.models[alias]), config.generation_defaults(alias))
+        view = aliases[alias] = (spec_for(config.models[alias]), config.generation_defaults(alias))
     return view
 
 

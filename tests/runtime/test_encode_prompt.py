@@ -98,3 +98,29 @@ def test_a_tokenizer_rendering_its_own_way_keeps_the_library_path(tokenizer: Any
             add_special_tokens=False,
         )
     )
+
+
+class _Spy:
+    """The Rust tokenizer, recording which of its encoding calls was made."""
+
+    def __init__(self, rust: Any) -> None:
+        self.rust, self.calls = rust, []
+
+    def encode(self, *args: Any, **kwargs: Any) -> Any:
+        self.calls.append("encode")
+        return self.rust.encode(*args, **kwargs)
+
+    def encode_batch(self, *args: Any, **kwargs: Any) -> Any:
+        self.calls.append("encode_batch")
+        return self.rust.encode_batch(*args, **kwargs)
+
+
+def test_the_encoding_lets_go_of_the_gil(tokenizer: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The batch call releases the GIL while it encodes (``encode`` holds it: the event loop
+    froze for ~20 ms on a 32k-token prompt), as transformers' own path does."""
+    from mlxd.runtime import prompts
+
+    spy = _Spy(_rust_encoder(tokenizer))
+    monkeypatch.setattr(prompts, "_rust_encoder", lambda _: spy)
+    assert encode_prompt(tokenizer, PROMPTS[1]) == library(tokenizer, PROMPTS[1])
+    assert spy.calls == ["encode_batch"]

@@ -61,9 +61,12 @@ def attend_without_plans() -> None:
     token fell 286 -> 169 ms (1B) and 511 -> 365 ms (8B shape). Long prompts' first prefill
     of a length cost 30-50% less, the warm ones were mixed (one 2,048-token prompt 43% slower,
     one of 16,384 17% faster), and peak memory was lower: mlxd prefills in chunks of
-    ``prefill_step_size`` tokens, so the scores held whole stay small. Off unless the user
-    set it (1 keeps cuDNN's attention); MLX reads it at the first attention, on the worker,
-    after this. Metal has no such plans: the variable is then unread.
+    ``prefill_step_size`` tokens, so the scores MLX's attention holds whole stay small. An
+    encoder's input and an image's patches attend whole, unchunked: there the scores grow
+    with the square of the input, within the embedding batches' token budget and the image
+    caps. Off unless the user set it (1 keeps cuDNN's attention); MLX reads it at the first
+    attention, on the worker, after this. Metal has no such plans: the variable is then
+    unread.
     """
     os.environ.setdefault(CUDNN_ATTENTION, "0")
 
