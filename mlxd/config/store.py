@@ -171,7 +171,11 @@ class ConfigStore:
                 self._last_error = None
                 self._restart_required = tuple(pending)
                 if new == old:
-                    return ReloadResult(False, self._generation, diff, old)
+                    # Nothing to apply, but the fresh read replaces the old one, so what is
+                    # derived from it per config object (each alias's resolved model path:
+                    # a symlink may point elsewhere now) is worked out again.
+                    self._current = new
+                    return ReloadResult(False, self._generation, diff, new)
                 self._current = new
                 self._generation += 1
                 generation = self._generation

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
+import msgspec
 import pytest
 
 from mlxd.config.diff import ConfigDiff
@@ -279,7 +280,7 @@ def test_subscribers_see_each_applied_change(store: ConfigStore, config_file: Pa
     config_file.write_text(BASE.replace("temperature = 0.5", "temperature = 0.1"), encoding="utf-8")
     store.reload()
     [(old, new, diff)] = seen
-    assert old is first
+    assert old == first  # the config in force before (an unchanged reload re-read it)
     assert new is store.current
     assert diff.keys == ["defaults.temperature"]
 
@@ -309,3 +310,32 @@ def test_unsubscribe(store: ConfigStore, config_file: Path) -> None:
     config_file.write_text(BASE.replace("temperature = 0.5", "temperature = 0.1"), encoding="utf-8")
     store.reload()
     assert calls == []
+
+
+def test_an_unchanged_reload_refreshes_what_requests_derive_from_the_config(
+    store: ConfigStore, config_file: Path, tmp_path: Path
+) -> None:
+    """An alias at a symlink that now points elsewhere: ``mlxd reload`` changes nothing in the
+    config, yet requests resolve the model's new target."""
+    from mlxd.http.dialects.openai.translate import translate
+    from mlxd.http.embeddings import resolve_embeddings
+    from mlxd.protocol.requests import ChatCompletionRequest
+
+    for version in ("v1", "v2"):
+        (tmp_path / version).mkdir()
+    link = tmp_path / "current"
+    link.symlink_to(tmp_path / "v1")
+    config_file.write_text(BASE + f'[models.linked]\nmodel = "{link}"\n', encoding="utf-8")
+    store.reload()
+    chat = msgspec.convert(
+        {"model": "linked", "messages": [{"role": "user", "content": "hi"}]}, ChatCompletionRequest
+    )
+    assert resolve_embeddings(store.current, "linked", "a").spec.local_path == tmp_path / "v1"
+    assert translate(chat, store.current)[0].spec.local_path == tmp_path / "v1"
+    link.unlink()
+    link.symlink_to(tmp_path / "v2")
+    generation = store.generation
+    assert store.reload().changed is False
+    assert store.generation == generation
+    assert resolve_embeddings(store.current, "linked", "a").spec.local_path == tmp_path / "v2"
+    assert translate(chat, store.current)[0].spec.local_path == tmp_path / "v2"
