@@ -321,21 +321,22 @@ def test_an_unchanged_reload_refreshes_what_requests_derive_from_the_config(
     from mlxd.http.embeddings import resolve_embeddings
     from mlxd.protocol.requests import ChatCompletionRequest
 
-    for version in ("v1", "v2"):
-        (tmp_path / version).mkdir()
+    v1, v2 = (tmp_path / "v1").resolve(), (tmp_path / "v2").resolve()  # macOS: /var is a link
+    v1.mkdir()
+    v2.mkdir()
     link = tmp_path / "current"
-    link.symlink_to(tmp_path / "v1")
+    link.symlink_to(v1)
     config_file.write_text(BASE + f'[models.linked]\nmodel = "{link}"\n', encoding="utf-8")
     store.reload()
     chat = msgspec.convert(
         {"model": "linked", "messages": [{"role": "user", "content": "hi"}]}, ChatCompletionRequest
     )
-    assert resolve_embeddings(store.current, "linked", "a").spec.local_path == tmp_path / "v1"
-    assert translate(chat, store.current)[0].spec.local_path == tmp_path / "v1"
+    assert resolve_embeddings(store.current, "linked", "a").spec.local_path == v1
+    assert translate(chat, store.current)[0].spec.local_path == v1
     link.unlink()
-    link.symlink_to(tmp_path / "v2")
+    link.symlink_to(v2)
     generation = store.generation
     assert store.reload().changed is False
     assert store.generation == generation
-    assert resolve_embeddings(store.current, "linked", "a").spec.local_path == tmp_path / "v2"
-    assert translate(chat, store.current)[0].spec.local_path == tmp_path / "v2"
+    assert resolve_embeddings(store.current, "linked", "a").spec.local_path == v2
+    assert translate(chat, store.current)[0].spec.local_path == v2
