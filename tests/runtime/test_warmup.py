@@ -31,10 +31,8 @@ def test_on_cuda_every_alignment_with_and_without_padding() -> None:
     assert all(0 <= t < 5 for b in warm_up_batches(5, cuda=True) for p in b for t in p)  # in the vocabulary
 
 
-def test_every_batch_runs_through_the_generator(
-    tiny_model_dir: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    import mlx.core as mx
+def warmed_up(tiny_model_dir: Path, monkeypatch: pytest.MonkeyPatch) -> tuple[Any, Any, list[Any]]:
+    """The tiny model warmed up through a ``BatchGenerator``; the prompts each insert got."""
     from mlx_lm.generate import BatchGenerator
     from mlx_lm.utils import load
 
@@ -48,8 +46,17 @@ def test_every_batch_runs_through_the_generator(
         return insert(prompts, **kwargs)
 
     monkeypatch.setattr(generator, "insert", recorded)
-    monkeypatch.setattr(mx.cuda, "is_available", lambda: True)  # the CUDA batches, on this CPU
     warm_up(model, generator, model.args.vocab_size)
+    return model, generator, inserted
+
+
+def test_every_batch_runs_through_the_generator(
+    tiny_model_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import mlx.core as mx
+
+    monkeypatch.setattr(mx.cuda, "is_available", lambda: True)  # the CUDA batches, on this CPU
+    model, generator, inserted = warmed_up(tiny_model_dir, monkeypatch)
     prompts, _, joining = changing_batch(model.args.vocab_size)
     assert inserted == [*warm_up_batches(model.args.vocab_size, cuda=True), prompts, [joining]]
     assert generator.next()[1] == []  # each batch ran to its end: nothing is left decoding
@@ -58,17 +65,7 @@ def test_every_batch_runs_through_the_generator(
 def test_off_cuda_the_warm_up_has_no_changing_batch(
     tiny_model_dir: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from mlx_lm.generate import BatchGenerator
-    from mlx_lm.utils import load
-
-    model, _ = load(str(tiny_model_dir))
-    generator = BatchGenerator(model, stop_tokens=[])
-    inserted: list[list[list[int]]] = []
-    insert = generator.insert
-    monkeypatch.setattr(
-        generator, "insert", lambda prompts, **kw: inserted.append(prompts) or insert(prompts, **kw)
-    )
-    warm_up(model, generator, model.args.vocab_size)  # on this CPU
+    model, _, inserted = warmed_up(tiny_model_dir, monkeypatch)  # on this CPU
     assert inserted == warm_up_batches(model.args.vocab_size, cuda=False)
 
 
