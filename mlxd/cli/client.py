@@ -43,10 +43,11 @@ class DaemonClient:
         except httpx.TimeoutException as exc:
             raise MlxdError(f"mlxd at {self.base_url} did not answer in time") from exc
 
-    def is_healthy(self) -> bool:
-        """True when ``GET /health`` answers 200."""
+    def is_healthy(self, timeout: float | None = None) -> bool:
+        """True when ``GET /health`` answers 200 (within ``timeout``, default the client's)."""
+        extra: dict[str, Any] = {} if timeout is None else {"timeout": timeout}
         try:
-            return self.request("GET", "/health").status_code == 200
+            return self.request("GET", "/health", **extra).status_code == 200
         except MlxdError:
             return False
 

@@ -28,6 +28,9 @@ from mlxd.supervision import RunRecord
 FAILURE_LINES = 20
 #: How ``wait_healthy`` says the daemon did not answer in time (it may still be starting).
 NO_ANSWER = "no answer from"
+#: How long one health poll waits: a starting daemon on this machine answers in
+#: milliseconds, and a miss only costs another poll.
+PROBE_TIMEOUT_S = 0.5
 
 
 @dataclass(frozen=True)
@@ -69,14 +72,16 @@ def wait_healthy(
     """
     since, deadline = since or time.time(), time.monotonic() + timeout_s
     while True:
-        if client.is_healthy() and (not_pid is None or daemon_pid(client) != not_pid):
-            return None
+        # What the daemon recorded first: asking a port that some other program holds
+        # without answering costs a probe's timeout.
         if (code := exit_code()) is not None:
             return f"the daemon exited with code {code}"
         if (reason := supervision.gave_up_reason(config=config, since=since)) is not None:
             return f"the daemon gave up: {reason}"
         if (failure := supervision.last_failure(config=config, since=since)) is not None:
             return failure.reason
+        if client.is_healthy(PROBE_TIMEOUT_S) and (not_pid is None or daemon_pid(client) != not_pid):
+            return None
         if time.monotonic() >= deadline:
             return f"{NO_ANSWER} {client.base_url}/health within {timeout_s:g}s"
         time.sleep(interval_s)
@@ -267,7 +272,7 @@ def _unmanaged_pid(target: Target) -> int | None:
     if target.record is not None and supervision.is_mlxd_process(target.record.pid):
         return target.record.pid
     client = target.client(timeout=2.0)
-    pid = daemon_pid(client) if client.is_healthy() else None
+    pid = daemon_pid(client) if client.is_healthy(PROBE_TIMEOUT_S) else None
     return pid if pid is not None and supervision.is_mlxd_process(pid) else None
 
 

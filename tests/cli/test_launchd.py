@@ -370,7 +370,10 @@ def test_stop_while_draining_36_waits(launchd: LaunchdManager, shim: Shim) -> No
     assert shim.calls()[1:] == [["bootout", TARGET], ["print", TARGET], ["print", TARGET]]
 
 
-def test_stop_that_never_finishes_is_an_error(launchd: LaunchdManager, shim: Shim) -> None:
+def test_stop_that_never_finishes_is_an_error(
+    launchd: LaunchdManager, shim: Shim, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("mlxd.cli.managers.launchd.KILL_WAIT_S", 0.2)  # beyond the stop timeout
     shim.answer(GUI_DOMAIN_EXISTS)  # print keeps answering 0: the job never goes away
     with pytest.raises(ServiceManagerError, match="still stopping"):
         launchd.stop(timeout_s=0.3)
