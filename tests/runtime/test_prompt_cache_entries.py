@@ -126,3 +126,22 @@ def test_stored_later_as_stored_now_a_short_batch_sequence_is_not_kept() -> None
     cache.store_later(short, layers(short), min_tokens=MIN_REUSE)  # decoded alone: kept
     cache.store_pending()
     assert len(cache) == 1
+
+
+def test_the_rows_a_pass_finished_are_materialised_in_one_evaluation(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each evaluation waits on the device: a batch's rows ending together are evaluated at once."""
+    evaluated: list[int] = []
+    real_eval = mx.eval
+
+    def counting_eval(arrays: list[Any]) -> None:
+        evaluated.append(len(arrays))
+        real_eval(arrays)
+
+    monkeypatch.setattr("mlxd.runtime.mlx.prompt_cache.mx.eval", counting_eval)
+    cache = PromptCache(10**9)
+    for start in (0, 1000, 2000):
+        cache.store_later(seq(start, 80), layers(seq(start, 80)))
+    cache.store_later(seq(3000, 40), layers(seq(3000, 40)))  # too short to keep: not evaluated
+    cache.store_pending()
+    assert len(cache) == 3
+    assert evaluated == [3 * 2]  # three rows of two layers, in one call
