@@ -11,6 +11,10 @@ model, and measures, all in that one run so that ratios compare like with like:
 - mlxd's first round at 64 clients after a start (kernel compilation), and its memory
   (RSS, MLX active and buffer-cache bytes) after each of many rounds.
 
+mlxd's and the raw engine's rounds alternate; mlx_lm.server's runs come last, since at many
+clients some of its requests fail and the work it goes on doing for them would share the GPU
+with whichever round came next.
+
 Requests are streaming chat requests at temperature 0.7 (``--temperature``) for a fixed number
 of tokens; the model should have a realistic vocabulary so that sampling its end token is rare
 (token counts come from ``usage`` either way, and short answers are noted in the report).
@@ -25,7 +29,7 @@ import math
 import platform
 import subprocess
 import time
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -165,7 +169,10 @@ async def measure_model(
     name: str, model_dir: Path, workdir: Path, plan: GpuPlan, say: Any, profile: Path | None = None
 ) -> ModelReport:
     """Start the three targets on ``model_dir`` and run every measurement on them (mlxd under
-    the sampling profiler when ``profile`` names a folder for its stacks)."""
+    the sampling profiler when ``profile`` names a folder for its stacks).
+
+    mlx_lm.server's runs come last: at many clients some of its requests fail, and it goes
+    on with work of theirs that would share the GPU with the next target's round."""
     report = ModelReport(name)
     numbers = itertools.count(1_000_000)
     say(f"{name}: starting mlxd, mlx_lm.server and the raw engine")
@@ -179,8 +186,7 @@ async def measure_model(
         report.first_round = Round(await _server_round(targets.mlxd.url, top, numbers, plan))
         say(f"{name}: warming up")
         for level in (1, *plan.levels):
-            for server in targets.servers:
-                await _server_round(server.url, level, numbers, plan)
+            await _server_round(targets.mlxd.url, level, numbers, plan)
             _raw_round(targets, level, numbers, plan)
         await _single(report, targets, numbers, plan, say)
         for level in plan.levels:
@@ -190,6 +196,7 @@ async def measure_model(
             report.prefill_s.append(
                 targets.raw.prefill([request_messages(next(numbers)) for _ in range(top)])
             )
+        await _seed(report, targets, numbers, plan, say)
     finally:
         targets.close()
     return report
@@ -199,11 +206,11 @@ async def _single(
     report: ModelReport, targets: Targets, numbers: Iterator[int], plan: GpuPlan, say: Any
 ) -> None:
     say(f"{report.name}: one client, {plan.single_reps} repetitions")
+    # mlx_lm.server's repetitions are added by ``_seed``, after everything else.
     rates: dict[str, list[float]] = {MLXD: [], SEED: [], "stream_generate": [], "raw BatchGenerator": []}
     for _ in range(plan.single_reps):
-        for server, label in ((targets.mlxd, MLXD), (targets.seed, SEED)):
-            load = await _server_round(server.url, 1, numbers, plan)
-            rates[label].append(_decode_rate(load.results[0]))
+        load = await _server_round(targets.mlxd.url, 1, numbers, plan)
+        rates[MLXD].append(_decode_rate(load.results[0]))
         raw = targets.raw.single(request_messages(next(numbers)), plan.tokens, temperature=plan.temperature)
         rates["stream_generate"].append(_decode_rate(raw))
         batch = _raw_round(targets, 1, numbers, plan)
@@ -219,43 +226,63 @@ def _decode_rate(result: RequestResult) -> float:
     return (result.tokens - 1) / span
 
 
+@contextlib.asynccontextmanager
+async def _kept_clients(
+    url: str, level: int, plan: GpuPlan
+) -> AsyncIterator[list[httpx.AsyncClient] | ClientPool | None]:
+    """With kept connections, one client per simulated user, as each app holds its own SDK
+    client (through one client's pool of 64 kept connections, httpx sent a round's requests
+    one after another over ~0.5 s, its trace hooks showed: the client, not the server, set
+    TTFT); spread over client processes when the plan says so. None: each round opens its own."""
+    if not plan.keep_connections:
+        yield None
+    elif plan.client_processes > 1:
+        pool = ClientPool(url, level, plan.client_processes)
+        try:
+            yield pool
+        finally:
+            pool.close()
+    else:
+        async with contextlib.AsyncExitStack() as stack:
+            yield [await stack.enter_async_context(new_client(url, 1)) for _ in range(level)]
+
+
 async def _levels(
     report: ModelReport, targets: Targets, level: int, numbers: Iterator[int], plan: GpuPlan, say: Any
 ) -> None:
+    """mlxd's rounds at ``level``, each followed by one of the raw engine's."""
     top = level == max(plan.levels)
     mlxd_rounds = max(plan.rounds, plan.memory_rounds) if top else plan.rounds
     say(f"{report.name}: {level} clients, {plan.rounds} rounds each ({mlxd_rounds} for mlxd)")
-    async with contextlib.AsyncExitStack() as stack:
-        # Kept connections: one client per simulated user, as each app holds its own SDK client
-        # (through one client's pool of 64 kept connections, httpx sent a round's requests one
-        # after another over ~0.5 s, its trace hooks showed: the client, not the server, set TTFT).
-        # Each server's clients open their connections in a round before the measured ones.
-        mine_kept: list[httpx.AsyncClient] | ClientPool | None = None
-        seed_kept: list[httpx.AsyncClient] | ClientPool | None = None
-        if plan.keep_connections and plan.client_processes > 1:
-            mine_kept = ClientPool(targets.mlxd.url, level, plan.client_processes)
-            stack.callback(mine_kept.close)
-            seed_kept = ClientPool(targets.seed.url, level, plan.client_processes)
-            stack.callback(seed_kept.close)
-        elif plan.keep_connections:
-            mine_kept = [
-                await stack.enter_async_context(new_client(targets.mlxd.url, 1)) for _ in range(level)
-            ]
-            seed_kept = [
-                await stack.enter_async_context(new_client(targets.seed.url, 1)) for _ in range(level)
-            ]
-        if mine_kept is not None and seed_kept is not None:
-            await _server_round(targets.mlxd.url, level, numbers, plan, mine_kept)
-            await _server_round(targets.seed.url, level, numbers, plan, seed_kept)
+    async with _kept_clients(targets.mlxd.url, level, plan) as kept:
+        if kept is not None:  # the connections open in a round before the measured ones
+            await _server_round(targets.mlxd.url, level, numbers, plan, kept)
         for index in range(mlxd_rounds):
-            mine = Round(await _server_round(targets.mlxd.url, level, numbers, plan, mine_kept))
+            mine = Round(await _server_round(targets.mlxd.url, level, numbers, plan, kept))
             mine.memory = await _mlxd_memory(targets.mlxd)
             report.rounds.setdefault((level, MLXD), []).append(mine)
             if index < plan.rounds:
-                seed = Round(await _server_round(targets.seed.url, level, numbers, plan, seed_kept))
-                report.rounds.setdefault((level, SEED), []).append(seed)
                 raw = Round(_raw_round(targets, level, numbers, plan))
                 report.rounds.setdefault((level, RAW), []).append(raw)
+
+
+async def _seed(
+    report: ModelReport, targets: Targets, numbers: Iterator[int], plan: GpuPlan, say: Any
+) -> None:
+    """mlx_lm.server's one client and rounds, after everything else on this model."""
+    say(f"{report.name}: mlx_lm.server, one client and {plan.rounds} rounds per level")
+    for level in (1, *plan.levels):
+        await _server_round(targets.seed.url, level, numbers, plan)
+    for _ in range(plan.single_reps):
+        load = await _server_round(targets.seed.url, 1, numbers, plan)
+        report.single[SEED].append(_decode_rate(load.results[0]))
+    for level in plan.levels:
+        async with _kept_clients(targets.seed.url, level, plan) as kept:
+            if kept is not None:
+                await _server_round(targets.seed.url, level, numbers, plan, kept)
+            for _ in range(plan.rounds):
+                seed = Round(await _server_round(targets.seed.url, level, numbers, plan, kept))
+                report.rounds.setdefault((level, SEED), []).append(seed)
 
 
 def _client_share(rounds: list[Round]) -> str:
@@ -292,7 +319,9 @@ def render(reports: list[ModelReport], plan: GpuPlan, info: str) -> str:
         f"level, {plan.memory_rounds} for mlxd at the top level; {connections}); "
         "raw = mlx-lm's `BatchGenerator` "
         "in-process with every prompt of a round prefilled in one batch; single stream = tokens/s "
-        "after the first token. Ratios come from this one run."
+        "after the first token. mlxd's and the raw engine's rounds alternate; mlx_lm.server's "
+        "come after both (work it keeps doing for its failed requests would slow the next round). "
+        "Ratios come from this one run."
     )
     headlines: list[Headline] = []
     for report in reports:
