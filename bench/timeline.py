@@ -60,7 +60,9 @@ class Timeline:
         self._wrap(
             generate.GenerationBatch, "__init__", "first-step", lambda self, model, uids, *_: len(uids)
         )
-        self._wrap(prompt_cache.PromptCache, "store", "cache-store", lambda *_, **__: 0)
+        self._wrap(
+            prompt_cache.PromptCache, "_store_all", "cache-store", lambda _self, finished: len(finished)
+        )
         self._wrap(solo.SoloDecoder, "_prefill_chunk", "solo-prefill", lambda self: len(self._unfed))
         delivered = self._wrapped_function(commands.deliver, "deliver", lambda events: len(events))
         setattr(worker, "deliver", delivered)  # the worker imported it by name  # noqa: B010
@@ -143,6 +145,7 @@ def summarize(burst: list[Record]) -> list[str]:
     inserts = [r[1] - origin for r in by["insert"]]
     prefills = [r for r in by["prefill"] if r[3] > 0]
     decodes = by["decode"]
+    stores = [r for r in by["cache-store"] if r[3] > 0]  # the worker's every pass asks; most have none
     full = max((r[3] for r in decodes), default=0)
     arrived = by["request"][-1][1] - origin
     lines = [
@@ -155,7 +158,8 @@ def summarize(burst: list[Record]) -> list[str]:
         f"first steps of new rows: {len(by['first-step'])}, {_quantiles([r[2] for r in by['first-step']])}; "
         f"extends {len(by['extend'])} ({sum(r[2] for r in by['extend']) * 1000:.1f} ms), "
         f"filters {len(by['filter'])} ({sum(r[2] for r in by['filter']) * 1000:.1f} ms), "
-        f"cache stores {len(by['cache-store'])} ({sum(r[2] for r in by['cache-store']) * 1000:.1f} ms)",
+        f"cache stores of {sum(r[3] for r in stores)} rows in {len(stores)} evaluations "
+        f"({sum(r[2] for r in stores) * 1000:.1f} ms)",
         f"decode steps: {len(decodes)}; at B={full}: {_quantiles([r[2] for r in decodes if r[3] == full])}; "
         f"all: {_quantiles([r[2] for r in decodes])}",
         f"worker passes: {_quantiles([r[2] for r in by['pass']])}; deliveries {len(by['deliver'])}, "

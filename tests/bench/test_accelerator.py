@@ -90,3 +90,4 @@ def test_kept_connections_one_level_and_the_daemons_timeline(tiny_model_dir: Pat
     assert "4 requests arrived over" in summary.stdout
     # A burst of 4 started in one prefill: the client processes sent their shares together.
     assert "prefills: 1, rows [4]" in summary.stdout
+    assert "cache stores of " in summary.stdout
