@@ -11,9 +11,9 @@ model, and measures, all in that one run so that ratios compare like with like:
 - mlxd's first round at 64 clients after a start (kernel compilation), and its memory
   (RSS, MLX active and buffer-cache bytes) after each of many rounds.
 
-mlxd's and the raw engine's rounds alternate; mlx_lm.server's runs come last, since at many
-clients some of its requests fail and the work it goes on doing for them would share the GPU
-with whichever round came next.
+mlxd's and the raw engine's rounds alternate; mlx_lm.server's runs come last: at many clients
+some of its requests fail, and the rounds that followed its own, whichever target's, ran
+slower and unevenly (on an H100, ±18-38% against ±2-7% since).
 
 Requests are streaming chat requests at temperature 0.7 (``--temperature``) for a fixed number
 of tokens; the model should have a realistic vocabulary so that sampling its end token is rare
@@ -171,8 +171,8 @@ async def measure_model(
     """Start the three targets on ``model_dir`` and run every measurement on them (mlxd under
     the sampling profiler when ``profile`` names a folder for its stacks).
 
-    mlx_lm.server's runs come last: at many clients some of its requests fail, and it goes
-    on with work of theirs that would share the GPU with the next target's round."""
+    mlx_lm.server's runs come last: at many clients some of its requests fail, and the rounds
+    after its own ran slower and unevenly (work it goes on doing for them, it seems)."""
     report = ModelReport(name)
     numbers = itertools.count(1_000_000)
     say(f"{name}: starting mlxd, mlx_lm.server and the raw engine")
@@ -320,7 +320,7 @@ def render(reports: list[ModelReport], plan: GpuPlan, info: str) -> str:
         "raw = mlx-lm's `BatchGenerator` "
         "in-process with every prompt of a round prefilled in one batch; single stream = tokens/s "
         "after the first token. mlxd's and the raw engine's rounds alternate; mlx_lm.server's "
-        "come after both (work it keeps doing for its failed requests would slow the next round). "
+        "come after both (the rounds after its own, whose requests partly fail, ran slower). "
         "Ratios come from this one run."
     )
     headlines: list[Headline] = []
