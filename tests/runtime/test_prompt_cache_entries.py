@@ -145,3 +145,5 @@ def test_the_rows_a_pass_finished_are_materialised_in_one_evaluation(monkeypatch
     cache.store_pending()
     assert len(cache) == 3
     assert evaluated == [3 * 2]  # three rows of two layers, in one call
+    cache.store_pending()  # a pass that finished nothing evaluates nothing
+    assert evaluated == [3 * 2]

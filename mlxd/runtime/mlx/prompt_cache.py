@@ -118,6 +118,8 @@ class PromptCache:
         kept = [
             (tokens, layers) for tokens, layers, least in finished if len(tokens) >= max(least, MIN_REUSE)
         ]
+        if not kept:  # the worker asks after every pass; most passes finished nothing
+            return
         # A cache extracted from a batch is a lazy slice that keeps the whole batch's KV
         # buffer alive until it is evaluated: materialise it so only its own bytes stay.
         # One evaluation for all: a batch's rows finishing together each waited on their
