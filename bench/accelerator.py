@@ -13,7 +13,7 @@ model, and measures, all in that one run so that ratios compare like with like:
 
 mlxd's and the raw engine's rounds alternate; mlx_lm.server's runs come last: at many clients
 some of its requests fail, and the rounds that followed its own, whichever target's, ran
-slower and unevenly (on an H100, ±18-38% against ±2-7% since).
+slower and unevenly (on an H100, ±18-38% against ±2-11% since).
 
 Requests are streaming chat requests at temperature 0.7 (``--temperature``) for a fixed number
 of tokens; the model should have a realistic vocabulary so that sampling its end token is rare
