@@ -88,10 +88,27 @@ def _plain_fast_tokenizer(tokenizer: Any) -> Any:
     if hf is not tokenizer and getattr(type(tokenizer), "encode", None) is not None:
         return None  # a wrapper with an encode of its own
     for name in _SHARED_PATH:
-        owner = next((c for c in type(hf).__mro__ if name in vars(c)), None)
-        if owner is not None and not owner.__module__.startswith("transformers.tokenization_utils"):
+        module = _defined_in(type(hf), name)
+        if module is not None and not module.startswith(_TRANSFORMERS_BASE):
             return None
     return hf
+
+
+#: Where transformers' own tokenizer base classes live.
+_TRANSFORMERS_BASE = "transformers.tokenization_utils"
+
+
+#: ``_defined_in``'s answers: asked for every prompt, about classes that never change.
+_DEFINED_IN: dict[tuple[type, str], str | None] = {}
+
+
+def _defined_in(cls: type, name: str) -> str | None:
+    """The module of the class in ``cls``'s MRO that defines ``name`` (None: no class does)."""
+    key = (cls, name)
+    if key not in _DEFINED_IN:
+        owner = next((c for c in cls.__mro__ if name in vars(c)), None)
+        _DEFINED_IN[key] = None if owner is None else owner.__module__
+    return _DEFINED_IN[key]
 
 
 def vision_prompt(tokenizer: Any, vision: Any, prompt: ChatPrompt) -> Any:
@@ -145,8 +162,8 @@ def _rust_encoder(tokenizer: Any) -> Any:
     hf = _plain_fast_tokenizer(tokenizer)
     if hf is None:
         return None
-    owner = next((c for c in type(hf).__mro__ if "apply_chat_template" in vars(c)), None)
-    if owner is None or not owner.__module__.startswith("transformers.tokenization_utils"):
+    module = _defined_in(type(hf), "apply_chat_template")
+    if module is None or not module.startswith(_TRANSFORMERS_BASE):
         return None
     rust = getattr(hf, "_tokenizer", None)
     if rust is None or rust.truncation is not None or rust.padding is not None:
