@@ -16,7 +16,10 @@ measures, in one run:
    evaluated), in batches of the
    same size, the two taking turns ``R`` times (the ratio is the median of the paired
    ratios); and where a request's time goes: until its reply arrived, then the client's
-   decoding;
+   decoding, beside the round trip of ``GET /health`` (HTTP's own share);
+   then the same under load (``--clients C``, default 4; ``bench.embed_load``): C client
+   processes each sending such requests one after another, all at once, against the raw
+   engine at the same batch size, with the inputs per batch mlxd ran (``/mlxd/status``);
 2. the largest difference between a batch's vectors and the same inputs' vectors one at a
    time (32 inputs of 8 to 40 words);
 3. the gap between the tokens of one stream (``stream_interval = 0`` and ``logprobs``: a
@@ -283,6 +286,50 @@ def with_bursts(url: str, client: httpx.Client, tokens: int, model: str) -> tupl
     return stream, bursts[0]
 
 
+def http_floor(client: httpx.Client, count: int = 200) -> float:
+    """The median round trip of ``GET /health``: what HTTP alone costs this client a request."""
+    times = []
+    for _ in range(count):
+        started = time.perf_counter()
+        client.get("/health").raise_for_status()
+        times.append(time.perf_counter() - started)
+    return statistics.median(times)
+
+
+def under_load(
+    url: str,
+    client: httpx.Client,
+    args: argparse.Namespace,
+    raws: dict[str, Embedder],
+    busy: dict[str, dict[int, list[tuple[float, float, float]]]],
+) -> None:
+    """Each model and batch size, ``args.reps`` times: ``args.clients`` processes sending
+    requests at once, then the raw engine on as many inputs at that batch size; into
+    ``busy``: (mlxd's inputs/s, the raw engine's, inputs per batch mlxd ran)."""
+    from bench.embed_load import EmbedClients
+
+    clients = EmbedClients(url, args.clients, args.format)
+    try:
+        for rep in range(args.reps):
+            for alias, runs in busy.items():
+                for batch, found in runs.items():
+                    total = max(batch, args.total if batch > 1 else args.total // 4)
+                    each = max(1, total // batch // args.clients)
+                    inputs = each * batch * args.clients
+                    offset = 2 * 10**6 + rep * inputs
+                    clients.prepare(alias, batch, each, offset)
+                    before = client.get("/mlxd/status").json()
+                    seconds = clients.go()
+                    after = client.get("/mlxd/status").json()
+                    merged = (after["embedded_inputs"] - before["embedded_inputs"]) / max(
+                        1, after["embedding_batches"] - before["embedding_batches"]
+                    )
+                    floor = rate(raws[alias], batch, inputs, offset)
+                    found.append((inputs / seconds, floor, merged))
+    finally:
+        clients.close()
+
+
 def _p(values: list[float], q: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
@@ -298,6 +345,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--total", type=int, default=512, help="inputs per throughput measurement")
     parser.add_argument("--tokens", type=int, default=300, help="tokens of the stream (default 300)")
     parser.add_argument("--reps", type=int, default=3, help="paired repetitions of each rate (default 3)")
+    parser.add_argument(
+        "--clients", type=int, default=4, help="client processes under load (default 4; 1 skips it)"
+    )
     parser.add_argument(
         "--format",
         choices=("float", "base64"),
@@ -342,6 +392,9 @@ prefill_step_size = {PREFILL_STEP}
         server = start_mlxd_with(config, Path(tmp) / "mlxd", profile=args.profile and args.profile.resolve())
         rates: dict[str, dict[int, list[tuple[float, float]]]] = {a: {b: [] for b in BATCHES} for a in models}
         splits: dict[str, dict[int, Split]] = {a: {b: [] for b in BATCHES} for a in models}
+        busy: dict[str, dict[int, list[tuple[float, float, float]]]] = {
+            a: {b: [] for b in BATCHES} for a in models
+        }
         differences: dict[str, float] = {}
         beside: dict[str, tuple[Stream, int]] = {}
         raw_decoder_run, step, loaded = raw_decoder(model)
@@ -366,6 +419,9 @@ prefill_step_size = {PREFILL_STEP}
                             del splits[alias][batch][-total // batch - 1]  # the warm-up's
                             floor = rate(raws[alias], batch, total, rep * total)
                             rates[alias][batch].append((served, floor))
+                health = http_floor(client)
+                if args.clients > 1:
+                    under_load(server.url, client, args, raws, busy)
                 for alias in models:
                     differences[alias] = batch_difference(client, alias)
                 stream_gaps(client, 16)  # warm up
@@ -395,10 +451,27 @@ prefill_step_size = {PREFILL_STEP}
             floor = statistics.median(p[1] for p in pairs)
             ratio = statistics.median(p[0] / p[1] for p in pairs)
             print(f"| {names[alias]} | {batch} | {served:.0f} | {floor:.0f} | {ratio:.2f}× |")
+    if args.clients > 1:
+        print(
+            f"\nUnder load: {args.clients} client processes at once, each sending requests of that many "
+            "inputs one after another (inputs/s, medians; inputs per batch: what mlxd merged):\n"
+        )
+        print("| model | batch | mlxd | raw engine | mlxd / raw (paired median) | inputs per batch |")
+        print("|---|---|---|---|---|---|")
+        for alias in models:
+            for batch in BATCHES:
+                runs = busy[alias][batch]
+                served = statistics.median(r[0] for r in runs)
+                floor = statistics.median(r[1] for r in runs)
+                ratio = statistics.median(r[0] / r[1] for r in runs)
+                merged = statistics.median(r[2] for r in runs)
+                print(
+                    f"| {names[alias]} | {batch} | {served:.0f} | {floor:.0f} | {ratio:.2f}× | {merged:.1f} |"
+                )
     print(
         "\nWhere one request's time goes (ms, medians): until its reply had arrived (HTTP, tokenizing, "
         "the model, encoding the reply), then the client decoding it; beside, the raw engine's time "
-        "for the same batch:\n"
+        f"for the same batch. HTTP alone (`GET /health`, the same client): {health * 1e3:.2f} ms.\n"
     )
     print("| model | batch | reply arrived | client decoding | raw engine |")
     print("|---|---|---|---|---|")

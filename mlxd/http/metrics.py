@@ -7,7 +7,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
-from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from mlxd.http.state import DaemonState
@@ -59,7 +59,7 @@ class _RuntimeCollector(Collector):
     def __init__(self, state: DaemonState) -> None:
         self.state = state
 
-    def collect(self) -> Iterator[GaugeMetricFamily]:
+    def collect(self) -> Iterator[GaugeMetricFamily | CounterMetricFamily]:
         status = self.state.engine.status()
         yield GaugeMetricFamily(
             "mlxd_active_sequences", "Sequences admitted and not finished.", value=status.active_sequences
@@ -70,6 +70,14 @@ class _RuntimeCollector(Collector):
         yield GaugeMetricFamily("mlxd_loaded_models", "Model units in memory.", value=len(status.models))
         yield GaugeMetricFamily(
             "mlxd_largest_batch", "Most sequences decoded in one step so far.", value=status.largest_batch
+        )
+        yield CounterMetricFamily(
+            "mlxd_embedding_batches",
+            "Embedding batches run on the worker (a long input's chunk counts as one).",
+            value=status.embedding_batches,
+        )
+        yield CounterMetricFamily(
+            "mlxd_embedded_inputs", "Embedding inputs embedded.", value=status.embedded_inputs
         )
         memory = GaugeMetricFamily(
             "mlxd_model_memory_bytes", "Memory of each loaded model unit.", labels=["alias"]

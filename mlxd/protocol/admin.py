@@ -62,6 +62,10 @@ class DaemonStatus(msgspec.Struct, frozen=True, kw_only=True):
     largest_batch: int = 0
     loads: int = 0
     prompt_tokens_processed: int = 0
+    #: Embedding batches run on the worker and the inputs they embedded (their ratio: how
+    #: many inputs of concurrent requests shared a forward pass).
+    embedding_batches: int = 0
+    embedded_inputs: int = 0
     memory: dict[str, int] = msgspec.field(default_factory=dict)
     #: None for one process.
     distributed: DistributedStatus | None = None

@@ -77,6 +77,8 @@ class EngineStatus:
     largest_batch: int = 0
     loads: int = 0
     prompt_tokens_processed: int = 0
+    embedding_batches: int = 0
+    embedded_inputs: int = 0
     memory: dict[str, int] = field(default_factory=dict)
     #: A distributed daemon's seconds per decode pass of each rank (empty in one process).
     rank_step_seconds: list[float] = field(default_factory=list)

@@ -210,6 +210,8 @@ class EngineCore(Generic[M]):
             largest_batch=stats.largest_batch,
             loads=self.residency.loads,
             prompt_tokens_processed=stats.prompt_tokens_processed,
+            embedding_batches=stats.embedding_batches,
+            embedded_inputs=stats.embedded_inputs,
             memory=stats.memory(),
             rank_step_seconds=list(stats.rank_step_seconds),
         )

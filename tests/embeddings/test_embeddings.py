@@ -84,12 +84,20 @@ def test_float_and_base64_are_the_same_unit_vectors(oai: openai.OpenAI) -> None:
     assert np.frombuffer(base64.b64decode(payload), dtype="<f4").shape == (64,)
 
 
-def test_batched_equals_one_at_a_time(oai: openai.OpenAI) -> None:
+def test_batched_equals_one_at_a_time(served: RunningDaemon, oai: openai.OpenAI) -> None:
+    before = served.status()
     batched = _vectors(oai.embeddings.create(model="embed", input=TEXTS, encoding_format="float"))
     for i, text in enumerate(TEXTS[:6]):
         alone = _vectors(oai.embeddings.create(model="embed", input=text, encoding_format="float"))
         assert np.allclose(alone[0], batched[i], atol=1e-5)
     assert not np.allclose(batched[0], batched[1], atol=1e-3)  # different texts, different vectors
+    # The twelve ran in one batch, then six batches of one: the status counts both.
+    after = served.status()
+    assert int(after["embedded_inputs"]) - int(before["embedded_inputs"]) == 18  # type: ignore[call-overload]
+    assert int(after["embedding_batches"]) - int(before["embedding_batches"]) == 7  # type: ignore[call-overload]
+    with served.client() as http:
+        metrics = http.get("/metrics").text
+    assert f"mlxd_embedded_inputs_total {float(after['embedded_inputs'])}" in metrics  # type: ignore[arg-type]
 
 
 def test_dimensions_truncate_then_renormalize(oai: openai.OpenAI) -> None:

@@ -88,6 +88,8 @@ def admin_router(state: DaemonState) -> Router:
                 largest_batch=engine.largest_batch,
                 loads=engine.loads,
                 prompt_tokens_processed=engine.prompt_tokens_processed,
+                embedding_batches=engine.embedding_batches,
+                embedded_inputs=engine.embedded_inputs,
                 memory=engine.memory,
                 distributed=state.distributed() if state.distributed is not None else None,
             )

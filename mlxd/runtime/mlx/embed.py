@@ -141,8 +141,9 @@ class Embedder:
         self._forward = forward
         self._queue: deque[_Input] = deque()
         self._layered: _Layered | None = None
-        #: Tokens run so far (for the worker's counters).
+        #: Tokens run and inputs embedded so far (for the worker's counters).
         self.tokens = 0
+        self.inputs = 0
 
     def __bool__(self) -> bool:
         return bool(self._queue) or self._layered is not None
@@ -259,6 +260,7 @@ class Embedder:
         norms = mx.maximum(mx.linalg.norm(stacked, axis=-1, keepdims=True), 1e-12)
         scaled = mx.where(mx.array(normalize)[:, None], stacked / norms, stacked)
         rows = np.asarray(scaled, dtype=np.float32)
+        self.inputs += len(items)
         for item, row in zip(items, rows, strict=True):
             job = item.job
             self.tokens += len(item.tokens)

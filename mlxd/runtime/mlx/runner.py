@@ -162,11 +162,11 @@ class ModelRunner:
         batch, their output into ``out``. Returns the seconds the decode step took."""
         embedder, pacer = self._embedder, self._pacer
         if embedder:
-            before, started = embedder.tokens, time.perf_counter()
+            tokens, inputs, started = embedder.tokens, embedder.inputs, time.perf_counter()
             budget = pacer.budget(decoding, clock.step, self._prefill_step, IDLE_EMBED_TOKENS)
             ran = embedder.step(budget)
             pacer.embedded(ran, time.perf_counter() - started, clock.step if decoding else None)
-            self._stats.prompt_tokens_processed += embedder.tokens - before
+            self._stats.embedded(ran, embedder.tokens - tokens, embedder.inputs - inputs)
         elapsed = 0.0
         if self._by_seq:
             started = time.perf_counter()

@@ -24,6 +24,10 @@ class WorkerStats:
     largest_batch: int = 0
     #: Prompt tokens run through a model (cached prefixes excluded).
     prompt_tokens_processed: int = 0
+    #: Embedding batches run (a long input's chunk, or a few layers of a batch too large for
+    #: one pass, counts as one) and the inputs they embedded: how well requests were merged.
+    embedding_batches: int = 0
+    embedded_inputs: int = 0
     #: MLX's live array bytes and buffer-cache bytes, refreshed when the worker is idle.
     mlx_active_bytes: int = 0
     mlx_cache_bytes: int = 0
@@ -51,6 +55,14 @@ class WorkerStats:
         self.steps += 1
         if rows > self.largest_batch:
             self.largest_batch = rows
+
+    def embedded(self, ran: int, tokens: int, inputs: int) -> None:
+        """Count one embedding batch that ran ``ran`` tokens (none: it failed) and finished
+        ``inputs`` inputs of ``tokens`` tokens."""
+        if ran:
+            self.embedding_batches += 1
+        self.prompt_tokens_processed += tokens
+        self.embedded_inputs += inputs
 
     def memory(self) -> dict[str, int]:
         """The memory figures as ``/mlxd/status`` shows them."""
