@@ -3,14 +3,22 @@
 from __future__ import annotations
 
 import asyncio
+import threading
 from typing import Any
 
 import pytest
 
 from mlxd.errors import CapacityError, ContextLengthError, RequestError
-from mlxd.runtime.admission import Admission, check_capacity, check_limits
+from mlxd.runtime.admission import INLINE_INPUT_CHARS, Admission, check_capacity, check_limits
 from mlxd.runtime.formats import reasoning_format, tool_format
-from mlxd.runtime.requests import ChatPrompt, Constraint, GenerationRequest, SamplingParams, TextPrompt
+from mlxd.runtime.requests import (
+    ChatPrompt,
+    Constraint,
+    EmbeddingRequest,
+    GenerationRequest,
+    SamplingParams,
+    TextPrompt,
+)
 from mlxd.runtime.specs import ModelSpec, RuntimeSettings
 from tests.fakes.engine import FakeModel, FakeTokenizer
 
@@ -124,3 +132,34 @@ def test_admit_tokenizes_checks_and_compiles_off_the_loop() -> None:
             admission.close()
 
     asyncio.run(main())
+
+
+def test_one_short_embedding_input_is_tokenized_on_the_loop_the_rest_off_it() -> None:
+    threads: list[str] = []
+
+    class Recording(FakeTokenizer):
+        def encode(self, text: str) -> list[int]:
+            threads.append(threading.current_thread().name)
+            return super().encode(text)
+
+    model = FakeModel(memory_bytes=0, context_length=10_000, vocab_size=100, tokenizer=Recording())
+
+    def embedding(*inputs: str) -> EmbeddingRequest:
+        return EmbeddingRequest(request_id="r", alias="e", spec=ModelSpec(source="org/e"), inputs=inputs)
+
+    async def main() -> list[str]:
+        admission = Admission()
+        try:
+            assert (await admission.admit_embeddings(embedding("a b"), model)).tokens[0] != []
+            await admission.admit_embeddings(embedding("a " * INLINE_INPUT_CHARS), model)
+            await admission.admit_embeddings(embedding("a b", "c d"), model)
+        finally:
+            admission.close()
+        return threads
+
+    loop_thread = threading.current_thread().name
+    short, long, two, other = asyncio.run(main())
+    assert short == loop_thread
+    assert long.startswith("mlxd-tokenize")
+    assert two == other
+    assert two.startswith("mlxd-tokenize")
