@@ -104,6 +104,28 @@ def test_a_batch_takes_inputs_of_like_length_and_answers_in_the_request_order(mo
     assert np.allclose(future.result(), alone, atol=1e-5)
 
 
+def test_a_round_sorts_the_inputs_of_every_queued_request_and_later_ones_wait(model: Any) -> None:
+    from mlxd.runtime.mlx.commands import Embed
+    from mlxd.runtime.mlx.embed import DecoderForward, Embedder
+
+    embedder = Embedder(DecoderForward(model))
+    futures: list[Future[Any]] = [Future() for _ in range(3)]
+    requests = [[INPUTS[7], INPUTS[0]], [INPUTS[6], INPUTS[1]], [INPUTS[0]]]  # 38 + 3, 33 + 8, then 3
+    for inputs, future in zip(requests[:2], futures, strict=False):
+        embedder.add(Embed(("m", None, None), inputs, "mean", True, future))  # type: ignore[arg-type]
+    padded = [embedder.step(80)]
+    embedder.add(Embed(("m", None, None), requests[2], "mean", True, futures[2]))  # type: ignore[arg-type]
+    while embedder:
+        padded.append(embedder.step(80))
+    # Both requests' inputs in one round: [3, 8] then [33, 38] (each request on its own would
+    # pad its 3 to 38 and its 8 to 33: 76 + 66). The third request came during the round and
+    # runs after it, though shorter than what was left.
+    assert padded == [16, 76, 3]
+    for inputs, future in zip(requests, futures, strict=True):
+        alone = np.stack([_run(model, [tokens], "mean", budget=4096)[0] for tokens in inputs])
+        assert np.allclose(future.result(), alone, atol=1e-5)
+
+
 def test_requests_that_pool_differently_share_a_batch(model: Any) -> None:
     from mlxd.runtime.mlx.commands import Embed
     from mlxd.runtime.mlx.embed import DecoderForward, Embedder

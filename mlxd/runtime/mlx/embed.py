@@ -11,6 +11,12 @@ position never sees the padding after it and every pooling reads only real posit
 which makes batched vectors equal one-at-a-time ones to float tolerance. An input longer
 than the budget runs alone, a chunk per pass, through a KV cache of its own.
 
+Inputs run in rounds: every input queued when a round begins, of every request, sorted
+shortest first, so neighbours in a batch have about the same length and little of it is
+padding (in arrival order, one request's longest inputs would share a batch with the next
+one's shortest). What arrives meanwhile waits for the next round, so no request waits
+behind inputs that came after it.
+
 The model is reached through a ``Forward``: ``DecoderForward`` here for mlx-lm models, and
 ``encoder.EncoderForward`` for encoder models (mlx-embeddings), whose attention sees the
 whole input, so their padding is masked instead, and which have no KV cache to chunk
@@ -139,22 +145,20 @@ class Embedder:
 
     def __init__(self, forward: Forward) -> None:
         self._forward = forward
-        self._queue: deque[_Input] = deque()
+        self._queue: deque[_Input] = deque()  # this round's inputs, shortest first
+        self._arrived: list[_Input] = []  # the next round's
         self._layered: _Layered | None = None
         #: Tokens run and inputs embedded so far (for the worker's counters).
         self.tokens = 0
         self.inputs = 0
 
     def __bool__(self) -> bool:
-        return bool(self._queue) or self._layered is not None
+        return bool(self._queue) or bool(self._arrived) or self._layered is not None
 
     def add(self, command: Embed) -> None:
-        """Queue a request's inputs (they run in the coming passes)."""
+        """Queue a request's inputs for the next round (the vectors go back in its order)."""
         job = _Job(command, [None] * len(command.tokens), len(command.tokens))
-        # Shortest first: neighbours in a batch have about the same length, so little of it
-        # is padding (the vectors go back in the request's own order).
-        order = sorted(range(len(command.tokens)), key=lambda i: len(command.tokens[i]))
-        self._queue.extend(_Input(job, i, command.tokens[i]) for i in order)
+        self._arrived.extend(_Input(job, i, tokens) for i, tokens in enumerate(command.tokens))
 
     def step(self, budget: int) -> int:
         """Run one batch of at most ``budget`` tokens (padding included), one chunk of a
@@ -163,6 +167,9 @@ class Embedder:
         pieces, their share of their batch's)."""
         if self._layered is not None:
             return self._guarded(self._layered.items, lambda: self._next_pieces(budget))
+        if not self._queue:  # a new round
+            self._queue = deque(sorted(self._arrived, key=lambda item: len(item.tokens)))
+            self._arrived = []
         head = self._queue[0]
         if head.fed or (len(head.tokens) > budget and self._forward.chunked):
             return self._guarded([head], lambda: self._chunk(head, budget))
@@ -171,7 +178,7 @@ class Embedder:
 
     def fail_all(self, message: str) -> None:
         """Fail every queued request (the model is going away)."""
-        items = [*self._queue, *(self._layered.items if self._layered is not None else ())]
+        items = [*self._queue, *self._arrived, *(self._layered.items if self._layered is not None else ())]
         self._fail_jobs(items, GenerationError(message))
 
     def _guarded(self, items: list[_Input], run: Callable[[], int]) -> int:
@@ -273,6 +280,7 @@ class Embedder:
         """Fail each request with an input among ``items``, and drop its other inputs."""
         jobs = {id(item.job): item.job for item in items}
         self._queue = deque(item for item in self._queue if id(item.job) not in jobs)
+        self._arrived = [item for item in self._arrived if id(item.job) not in jobs]
         error = exc if isinstance(exc, GenerationError) else GenerationError(f"embedding failed: {exc}")
         for job in jobs.values():
             with tagged(job.command.request_id):
