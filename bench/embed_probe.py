@@ -6,8 +6,8 @@ decoder and the encoder of ``bench.embeddings`` (``--shape real`` on an accelera
 - tokenizing one request's inputs, as admission does;
 - one request of 1, 32 and 256 inputs (8 to 40 words, fresh each time) through the model's own
   forward pass in one batch (the benchmark's raw engine, tokens given), and through mlxd's
-  ``Embedder`` as the worker runs it with nothing decoding (batches of at most
-  ``IDLE_EMBED_TOKENS`` padded tokens, shortest inputs first): per request p50 / max, and the
+  ``Embedder`` as the worker runs it with nothing decoding (batches sized by the idle
+  ``Pacer``: 8,192 padded tokens, more where the model runs them fast; shortest inputs first): per request p50 / max, and the
   batch shapes mlxd ran; the gap between the two is mlxd's worker-side cost, and what the
   benchmark's reply time adds beyond it is HTTP, admission and the reply;
 - the first call of a new batch shape against the second (kernel plans or compilation an
@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.embeddings import SHAPES, encoder_available, texts
-from mlxd.runtime.mlx.pacing import IDLE_EMBED_TOKENS
+from mlxd.runtime.mlx.pacing import Pacer
 from mlxd.runtime.prompts import encode_inputs
 
 REQUESTS = 8
@@ -68,18 +68,21 @@ class _Recorded:
         return [], self.states(rows)
 
 
-def _through_embedder(forward: _Recorded, pooling: str, budget: int) -> Any:
-    """mlxd's ``Embedder`` run as the idle worker runs it, batches of ``budget`` tokens."""
+def _through_embedder(forward: _Recorded, pooling: str, budget: int | None = None) -> Any:
+    """mlxd's ``Embedder`` run as the idle worker runs it: batches sized by its ``Pacer``, or
+    of ``budget`` tokens."""
     from mlxd.runtime.mlx.commands import Embed
     from mlxd.runtime.mlx.embed import Embedder
 
-    embedder = Embedder(forward)  # type: ignore[arg-type]
+    embedder, pacer = Embedder(forward), Pacer()  # type: ignore[arg-type]
 
     def run(rows: list[list[int]]) -> Any:
         future: Future[Any] = Future()
         embedder.add(Embed(key=None, tokens=rows, pooling=pooling, normalize=True, future=future))  # type: ignore[arg-type]
         while embedder:
-            embedder.step(budget)
+            started = time.perf_counter()
+            ran = embedder.step(budget or pacer.budget(False, None, 0))
+            pacer.idle(ran, time.perf_counter() - started)
         return future.result()
 
     return run
@@ -95,7 +98,7 @@ def requests(name: str, tokenizer: Any, forward: Any, pooling: str, batches: lis
         recorded = _Recorded(forward)
         runs = {
             "raw": _raw(forward.states, pooling),
-            "embedder": _through_embedder(recorded, pooling, IDLE_EMBED_TOKENS),
+            "embedder": _through_embedder(recorded, pooling),
             "one batch": _through_embedder(_Recorded(forward), pooling, 1 << 30),
         }
         times: dict[str, list[float]] = {k: [] for k in runs}

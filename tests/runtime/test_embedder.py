@@ -168,3 +168,43 @@ def test_a_failed_batch_fails_every_request_in_it_and_the_next_ones_still_run() 
         with pytest.raises(GenerationError, match="embedding failed: out of memory"):
             future.result(timeout=0)
     assert futures[2].result(timeout=0).tolist() == [[1.0, 1.0, 1.0, 1.0]]
+
+
+def test_a_large_budget_never_holds_a_wider_attention_than_one_widest_input() -> None:
+    """An idle batch on a fast accelerator may hold 32,768 tokens, but never more attention
+    scores (rows x width x width) than one input of ``WIDEST`` tokens, and a longer input
+    still runs in chunks."""
+    import mlx.core as mx
+
+    from mlxd.runtime.mlx.commands import Embed
+    from mlxd.runtime.mlx.embed import WIDEST, Embedder
+
+    class Shapes:
+        chunked = True
+
+        def __init__(self) -> None:
+            self.batches: list[tuple[int, int]] = []
+            self.chunks: list[int] = []
+
+        def states(self, rows: list[list[int]]) -> Any:
+            self.batches.append((len(rows), max(map(len, rows))))
+            return mx.ones((len(rows), max(map(len, rows)), 4))
+
+        def open(self) -> list[Any]:
+            return []
+
+        def chunk(self, tokens: list[int], cache: list[Any]) -> Any:
+            self.chunks.append(len(tokens))
+            return mx.ones((len(tokens), 4))
+
+    forward = Shapes()
+    embedder = Embedder(forward)  # type: ignore[arg-type]
+    future: Future[Any] = Future()
+    inputs = [[5] * 10_000] + [[6] * 4096] * 6 + [[7] * 100] * 300
+    embedder.add(Embed(("m", None, None), inputs, "mean", True, future))  # type: ignore[arg-type]
+    while embedder:
+        embedder.step(32768)
+    assert WIDEST == 8192
+    assert forward.batches == [(300, 100), (4, 4096), (2, 4096)]  # 4 x 4096^2 = 8192^2
+    assert forward.chunks == [8192, 1808]
+    assert future.result().shape == (len(inputs), 4)

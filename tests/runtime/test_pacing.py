@@ -6,9 +6,15 @@ from __future__ import annotations
 
 import pytest
 
-from mlxd.runtime.mlx.pacing import DecodeClock, Pacer
+from mlxd.runtime.mlx.pacing import (
+    IDLE_BATCH_S,
+    IDLE_EMBED_TOKENS,
+    IDLE_EMBED_TOKENS_MAX,
+    DecodeClock,
+    Pacer,
+)
 
-CAP, IDLE = 256, 8192
+CAP, IDLE, IDLE_MAX = 256, IDLE_EMBED_TOKENS, IDLE_EMBED_TOKENS_MAX
 
 
 def _settle(pacer: Pacer, step: float, fixed: float, per_token: float, rounds: int = 60) -> list[int]:
@@ -16,7 +22,7 @@ def _settle(pacer: Pacer, step: float, fixed: float, per_token: float, rounds: i
     tokens takes ``fixed + per_token * n`` seconds."""
     budgets = []
     for _ in range(rounds):
-        tokens = pacer.budget(True, step, CAP, IDLE)
+        tokens = pacer.budget(True, step, CAP)
         budgets.append(tokens)
         pacer.embedded(tokens, fixed + per_token * tokens, step)
     return budgets
@@ -50,7 +56,7 @@ def test_a_batch_takes_half_a_step() -> None:
 
 def test_a_first_batch_is_small_and_one_token_always_runs() -> None:
     pacer = Pacer()
-    assert pacer.budget(True, None, CAP, IDLE) == Pacer.MIN_TOKENS == 1
+    assert pacer.budget(True, None, CAP) == Pacer.MIN_TOKENS == 1
     # A forward pass slower than a whole step still makes progress, a token at a time.
     assert _settle(pacer, step=0.001, fixed=0.005, per_token=0.001)[-1] == 1
 
@@ -58,8 +64,42 @@ def test_a_first_batch_is_small_and_one_token_always_runs() -> None:
 def test_without_decoding_a_batch_takes_the_idle_budget() -> None:
     pacer = Pacer()
     pacer.embedded(100, 1.0, 0.01)
-    assert pacer.budget(False, 0.001, CAP, IDLE) == IDLE
-    assert pacer.budget(False, None, 16384, IDLE) == 16384
+    assert pacer.budget(False, 0.001, CAP) == IDLE
+    assert pacer.budget(False, None, 16384) == 16384  # a prefill step larger than it
+
+
+def _idle_budgets(pacer: Pacer, fixed: float, per_token: float, rounds: int = 12) -> list[int]:
+    """Idle budgets over ``rounds`` full batches of a model whose batch of ``n`` tokens takes
+    ``fixed + per_token * n`` seconds."""
+    budgets = []
+    for _ in range(rounds):
+        tokens = pacer.budget(False, None, CAP)
+        budgets.append(tokens)
+        pacer.idle(tokens, fixed + per_token * tokens)
+    return budgets
+
+
+def test_idle_batches_grow_to_what_a_fast_accelerator_runs_in_their_time() -> None:
+    # An encoder on an H100: 8,192 tokens in ~14 ms, so batches grow (each at most doubling)
+    # to the largest allowed.
+    assert _idle_budgets(Pacer(), fixed=0.0025, per_token=1.4e-6)[:4] == [IDLE, 2 * IDLE, IDLE_MAX, IDLE_MAX]
+    # A model that runs ~150,000 tokens a second: batches of about IDLE_BATCH_S.
+    settled = _idle_budgets(Pacer(), fixed=0.003, per_token=6.5e-6)[-1]
+    assert IDLE < settled < IDLE_MAX
+    assert 0.003 + 6.5e-6 * settled == pytest.approx(IDLE_BATCH_S, rel=0.05)
+    # A Mac's GPU or a CPU, where 8,192 tokens take longer than that: they stay at 8,192.
+    assert set(_idle_budgets(Pacer(), fixed=0.003, per_token=5e-5)) == {IDLE}
+
+
+def test_a_small_idle_batch_may_lower_the_budget_never_raise_it() -> None:
+    pacer = Pacer()
+    learned = _idle_budgets(pacer, fixed=0.0025, per_token=1.4e-6)[-1]
+    pacer.idle(80, 0.004)  # one short request: its fixed cost over few tokens says little
+    assert pacer.budget(False, None, CAP) == learned
+    pacer.idle(80, 1.0)  # but a batch slower than the whole budget's time is heard
+    assert pacer.budget(False, None, CAP) == IDLE
+    pacer.idle(IDLE, 0.001)  # and it grows back at most twofold a batch
+    assert pacer.budget(False, None, CAP) == 2 * IDLE
 
 
 def test_idle_batches_do_not_make_the_first_ones_beside_a_stream_overshoot() -> None:
@@ -69,7 +109,7 @@ def test_idle_batches_do_not_make_the_first_ones_beside_a_stream_overshoot() -> 
     pacer = Pacer()
     for _ in range(20):
         pacer.embedded(IDLE, fixed + per_token * IDLE, None)
-    assert pacer.budget(True, step, CAP, IDLE) == Pacer.MIN_TOKENS
+    assert pacer.budget(True, step, CAP) == Pacer.MIN_TOKENS
     budgets = _settle(pacer, step, fixed, per_token)
     share = Pacer.SHARE * step
     assert all(fixed + per_token * tokens <= share for tokens in budgets)  # from below
@@ -83,15 +123,15 @@ def test_one_cheap_batch_at_most_doubles_the_next() -> None:
     pacer = Pacer()
     settled = _settle(pacer, step=0.010, fixed=0.001, per_token=0.0001)[-1]
     pacer.embedded(settled, 1e-6, 0.010)
-    assert pacer.budget(True, 0.010, 10**6, IDLE) <= 2 * settled
+    assert pacer.budget(True, 0.010, 10**6) <= 2 * settled
 
 
 def test_a_size_learned_beside_long_steps_shrinks_beside_short_ones() -> None:
     pacer = Pacer()
     settled = _settle(pacer, step=0.020, fixed=0.0, per_token=0.0001)[-1]
     assert settled == 100
-    assert pacer.budget(True, 0.002, CAP, IDLE) == 10  # a tenth of the step: a tenth of the size
-    assert pacer.budget(True, 0.040, CAP, IDLE) == 100  # longer steps: it grows by learning
+    assert pacer.budget(True, 0.002, CAP) == 10  # a tenth of the step: a tenth of the size
+    assert pacer.budget(True, 0.040, CAP) == 100  # longer steps: it grows by learning
 
 
 def test_the_decode_clock_is_a_running_average() -> None:

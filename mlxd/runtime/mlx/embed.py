@@ -9,7 +9,8 @@ are as large as the idle budget.
 Short inputs are right-padded into one batch: the model's attention is causal, so a
 position never sees the padding after it and every pooling reads only real positions,
 which makes batched vectors equal one-at-a-time ones to float tolerance. An input longer
-than the budget runs alone, a chunk per pass, through a KV cache of its own.
+than the budget (or than ``WIDEST``) runs alone, a chunk per pass, through a KV cache of
+its own.
 
 Inputs run in rounds: every input queued when a round begins, of every request, sorted
 shortest first, so neighbours in a batch have about the same length and little of it is
@@ -43,6 +44,13 @@ from mlx_lm.models.cache import make_prompt_cache
 from mlxd.errors import GenerationError
 from mlxd.logs import tagged
 from mlxd.runtime.mlx.commands import Embed
+from mlxd.runtime.mlx.pacing import IDLE_EMBED_TOKENS
+
+#: The longest input that runs whole, and the most attention scores a batch holds at once
+#: (rows x width x width, per head): an idle batch may hold more tokens than this on a fast
+#: accelerator, never a wider attention than one input of this length (MLX's attention on
+#: CUDA holds a whole input's scores).
+WIDEST = IDLE_EMBED_TOKENS
 
 log = logging.getLogger("mlxd.runtime")
 
@@ -171,8 +179,8 @@ class Embedder:
             self._queue = deque(sorted(self._arrived, key=lambda item: len(item.tokens)))
             self._arrived = []
         head = self._queue[0]
-        if head.fed or (len(head.tokens) > budget and self._forward.chunked):
-            return self._guarded([head], lambda: self._chunk(head, budget))
+        if head.fed or (len(head.tokens) > min(budget, WIDEST) and self._forward.chunked):
+            return self._guarded([head], lambda: self._chunk(head, min(budget, WIDEST)))
         chosen = self._choose(budget)
         return self._guarded(chosen, lambda: self._batch(chosen, budget))
 
@@ -197,7 +205,8 @@ class Embedder:
         while self._queue and not self._queue[0].fed:
             item = self._queue[0]
             width = max(longest, len(item.tokens))
-            if chosen and (width * (len(chosen) + 1) > budget or len(item.tokens) > budget):
+            rows = len(chosen) + 1
+            if chosen and (width * rows > budget or rows * width * width > WIDEST**2):
                 break
             chosen.append(self._queue.popleft())
             longest = width

@@ -24,7 +24,7 @@ from mlxd.runtime.mlx.constrained import GrammarCache, make_constraint
 from mlxd.runtime.mlx.embed import DecoderForward, Embedder
 from mlxd.runtime.mlx.image_gate import ImageGate
 from mlxd.runtime.mlx.loading import LoadedModel
-from mlxd.runtime.mlx.pacing import IDLE_EMBED_TOKENS, DecodeClock, Pacer
+from mlxd.runtime.mlx.pacing import DecodeClock, Pacer
 from mlxd.runtime.mlx.prompt_cache import PromptCache
 from mlxd.runtime.mlx.sampling import make_processors, make_sampler, xtc_special_tokens
 from mlxd.runtime.mlx.sequence import Sequence
@@ -163,9 +163,11 @@ class ModelRunner:
         embedder, pacer = self._embedder, self._pacer
         if embedder:
             tokens, inputs, started = embedder.tokens, embedder.inputs, time.perf_counter()
-            budget = pacer.budget(decoding, clock.step, self._prefill_step, IDLE_EMBED_TOKENS)
-            ran = embedder.step(budget)
-            pacer.embedded(ran, time.perf_counter() - started, clock.step if decoding else None)
+            ran = embedder.step(pacer.budget(decoding, clock.step, self._prefill_step))
+            if decoding:
+                pacer.embedded(ran, time.perf_counter() - started, clock.step)
+            else:
+                pacer.idle(ran, time.perf_counter() - started)
             self._stats.embedded(ran, embedder.tokens - tokens, embedder.inputs - inputs)
         elapsed = 0.0
         if self._by_seq:
