@@ -44,7 +44,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -330,6 +330,14 @@ def under_load(
         clients.close()
 
 
+def _rate_cells(runs: Sequence[tuple[float, ...]]) -> str:
+    """mlxd's and the raw engine's inputs/s (medians) and their paired median ratio, as cells."""
+    served = statistics.median(r[0] for r in runs)
+    floor = statistics.median(r[1] for r in runs)
+    ratio = statistics.median(r[0] / r[1] for r in runs)
+    return f"{served:.0f} | {floor:.0f} | {ratio:.2f}×"
+
+
 def _p(values: list[float], q: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
@@ -446,11 +454,7 @@ prefill_step_size = {PREFILL_STEP}
     print("|---|---|---|---|---|")
     for alias in models:
         for batch in BATCHES:
-            pairs = rates[alias][batch]
-            served = statistics.median(p[0] for p in pairs)
-            floor = statistics.median(p[1] for p in pairs)
-            ratio = statistics.median(p[0] / p[1] for p in pairs)
-            print(f"| {names[alias]} | {batch} | {served:.0f} | {floor:.0f} | {ratio:.2f}× |")
+            print(f"| {names[alias]} | {batch} | {_rate_cells(rates[alias][batch])} |")
     if args.clients > 1:
         print(
             f"\nUnder load: {args.clients} client processes at once, each sending requests of that many "
@@ -461,13 +465,8 @@ prefill_step_size = {PREFILL_STEP}
         for alias in models:
             for batch in BATCHES:
                 runs = busy[alias][batch]
-                served = statistics.median(r[0] for r in runs)
-                floor = statistics.median(r[1] for r in runs)
-                ratio = statistics.median(r[0] / r[1] for r in runs)
                 merged = statistics.median(r[2] for r in runs)
-                print(
-                    f"| {names[alias]} | {batch} | {served:.0f} | {floor:.0f} | {ratio:.2f}× | {merged:.1f} |"
-                )
+                print(f"| {names[alias]} | {batch} | {_rate_cells(runs)} | {merged:.1f} |")
     print(
         "\nWhere one request's time goes (ms, medians): until its reply had arrived (HTTP, tokenizing, "
         "the model, encoding the reply), then the client decoding it; beside, the raw engine's time "

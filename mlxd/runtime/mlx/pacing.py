@@ -11,8 +11,9 @@ from __future__ import annotations
 #: nothing against its tokens, and a longer batch would only delay what arrives meanwhile (a
 #: chat request's first prefill waits for it). On an H100 a pass's fixed cost (building the
 #: graph, launching its kernels) weighs: four clients sending 256 inputs each got 0.74x the
-#: raw engine's throughput from bge-base's shape with 8,192-token batches and 0.88x with
-#: 32,768 (a 0.6B decoder 0.96x and 1.04x).
+#: raw engine's throughput from bge-base's shape with 8,192-token batches, 0.88x with 32,768
+#: and 0.91x with this sizing (which reached 32,768); a 0.6B decoder 0.96x, 1.04x and 0.90x
+#: (its batches grew to ~13,000 tokens; each figure one run, the last on another machine).
 IDLE_EMBED_TOKENS = 8192
 IDLE_EMBED_TOKENS_MAX = 32768
 IDLE_BATCH_S = 0.1
