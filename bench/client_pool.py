@@ -14,6 +14,7 @@ import asyncio
 import contextlib
 import multiprocessing
 import time
+from collections.abc import Callable
 from multiprocessing.connection import Connection
 from typing import Any
 
@@ -23,20 +24,39 @@ from bench.clients import LoadResult, RequestResult, new_client, request
 START_AHEAD_S = 0.05
 
 
+class PipedProcesses:
+    """Client processes, each running ``target(pipe, *args)`` with its end of a pipe of its
+    own (``pipes`` holds ours); ``close`` sends each ``None``, which ends it."""
+
+    def __init__(self, target: Callable[..., None], args: list[tuple[Any, ...]]) -> None:
+        context = multiprocessing.get_context("spawn")  # the bench process holds MLX's threads
+        self.pipes: list[Connection] = []
+        self._processes: list[Any] = []
+        for each in args:
+            mine, theirs = context.Pipe()
+            process = context.Process(target=target, args=(theirs, *each), daemon=True)
+            process.start()
+            self.pipes.append(mine)
+            self._processes.append(process)
+
+    def close(self) -> None:
+        """End the processes (their connections close with them)."""
+        for pipe in self.pipes:
+            with contextlib.suppress(OSError):  # the process is gone already
+                pipe.send(None)
+        for process in self._processes:
+            process.join(timeout=10)
+            if process.is_alive():
+                process.kill()
+
+
 class ClientPool:
     """``users`` kept clients of ``url`` in ``processes`` processes; ``close`` ends them."""
 
     def __init__(self, url: str, users: int, processes: int) -> None:
-        context = multiprocessing.get_context("spawn")  # the bench process holds MLX's threads
         self._shares = [len(range(i, users, processes)) for i in range(processes)]
-        self._pipes: list[Connection] = []
-        self._processes: list[Any] = []
-        for share in self._shares:
-            mine, theirs = context.Pipe()
-            process = context.Process(target=_serve, args=(theirs, url, share), daemon=True)
-            process.start()
-            self._pipes.append(mine)
-            self._processes.append(process)
+        self._processes = PipedProcesses(_serve, [(url, share) for share in self._shares])
+        self._pipes = self._processes.pipes
 
     async def round(self, bodies: list[dict[str, Any]]) -> LoadResult:
         """Send ``bodies`` at once, request ``i`` from user ``i``; the round ends with its last."""
@@ -54,13 +74,7 @@ class ClientPool:
 
     def close(self) -> None:
         """End the client processes (their connections close with them)."""
-        for pipe in self._pipes:
-            with contextlib.suppress(OSError):  # the process is gone already
-                pipe.send(None)
-        for process in self._processes:
-            process.join(timeout=10)
-            if process.is_alive():
-                process.kill()
+        self._processes.close()
 
 
 def _serve(pipe: Connection, url: str, users: int) -> None:

@@ -11,29 +11,18 @@ requests one after another, all starting at the same instant after a warm-up req
 
 from __future__ import annotations
 
-import contextlib
-import multiprocessing
 import time
 from multiprocessing.connection import Connection
-from typing import Any
 
-#: How far ahead a round's start is set once every process has warmed up.
-START_AHEAD_S = 0.05
+from bench.client_pool import START_AHEAD_S, PipedProcesses
 
 
 class EmbedClients:
     """``count`` client processes of ``url``; ``close`` ends them."""
 
     def __init__(self, url: str, count: int, fmt: str) -> None:
-        context = multiprocessing.get_context("spawn")  # the bench process holds MLX's threads
-        self._pipes: list[Connection] = []
-        self._processes: list[Any] = []
-        for _ in range(count):
-            mine, theirs = context.Pipe()
-            process = context.Process(target=_serve, args=(theirs, url, fmt), daemon=True)
-            process.start()
-            self._pipes.append(mine)
-            self._processes.append(process)
+        self._processes = PipedProcesses(_serve, [(url, fmt)] * count)
+        self._pipes = self._processes.pipes
 
     def prepare(self, model: str, batch: int, requests: int, offset: int) -> None:
         """Each process warms its connection with one request of ``batch`` inputs and then
@@ -52,11 +41,7 @@ class EmbedClients:
 
     def close(self) -> None:
         """End the client processes."""
-        for pipe in self._pipes:
-            with contextlib.suppress(OSError):  # the process is gone already
-                pipe.send(None)
-        for process in self._processes:
-            process.join(timeout=5)
+        self._processes.close()
 
 
 def _serve(pipe: Connection, url: str, fmt: str) -> None:
