@@ -178,9 +178,9 @@ class Embedder:
         if not self._queue:  # a new round
             self._queue = deque(sorted(self._arrived, key=lambda item: len(item.tokens)))
             self._arrived = []
-        head = self._queue[0]
-        if head.fed or (len(head.tokens) > min(budget, WIDEST) and self._forward.chunked):
-            return self._guarded([head], lambda: self._chunk(head, min(budget, WIDEST)))
+        head, whole = self._queue[0], min(budget, WIDEST)
+        if head.fed or (len(head.tokens) > whole and self._forward.chunked):
+            return self._guarded([head], lambda: self._chunk(head, whole))
         chosen = self._choose(budget)
         return self._guarded(chosen, lambda: self._batch(chosen, budget))
 
