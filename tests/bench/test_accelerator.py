@@ -6,6 +6,7 @@ the quick plan, to prove the harness, never its timings.
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -87,7 +88,13 @@ def test_kept_connections_one_level_and_the_daemons_timeline(tiny_model_dir: Pat
         [sys.executable, "-m", "bench.timeline", str(timeline), "4"], cwd=REPO, capture_output=True, text=True
     )
     assert summary.returncode == 0, summary.stderr[-3000:]
-    assert "4 requests arrived over" in summary.stdout
-    # A burst of 4 started in one prefill: the client processes sent their shares together.
-    assert "prefills: 1, rows [4]" in summary.stdout
+    # A timed round is a burst of its own: the two processes sent their shares within 0.1 s
+    # of one another. How many prefills took them depends on when each process got a core
+    # (one, on an idle machine), and a prompt the cache holds whole needs none.
+    rounds = [b for b in summary.stdout.split("burst ")[1:] if "\n  4 requests arrived over" in b]
+    assert rounds, summary.stdout
+    for burst in rounds:
+        rows = re.search(r"prefills: [1-4], rows \[([\d, ]+)\]", burst)
+        assert rows is not None, burst
+        assert sum(int(n) for n in rows.group(1).split(",")) <= 4, burst
     assert "cache stores of " in summary.stdout
