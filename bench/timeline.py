@@ -3,13 +3,12 @@
 ``bench.profiled`` installs ``Timeline`` in the daemon it runs: a few of mlxd's and mlx-lm's
 methods are wrapped so that each call leaves ``(what, start, seconds, size)`` behind —
 admission (template and tokenization), the worker taking a request, every prefill (a lone
-sequence's chunks too), every
-decode step and its batch size, the batch's KV copies (extend, filter), the worker's whole
-pass and each delivery to the event loop. ``python -m bench.timeline FILE [LEAST]`` reads what it
-wrote and prints, per burst of at least LEAST (8) requests, how they spread over those stages: where the time
-between a client's request and its first token goes, and what a decode step costs beyond
-the model's own.
-"""
+sequence's chunks too), every decode step and its batch size, the batch's KV copies
+(extend, filter), each embedding batch and its budget, the worker's whole pass and each
+delivery to the event loop. ``python -m bench.timeline FILE [LEAST]`` reads what it wrote
+and prints, per burst of at least LEAST (8) requests, how they spread over those stages:
+where the time between a client's request and its first token goes, and what a decode
+step costs beyond the model's own."""
 
 from __future__ import annotations
 
@@ -39,7 +38,7 @@ class Timeline:
         import importlib
 
         from mlxd.runtime import admission, engine_core
-        from mlxd.runtime.mlx import commands, prompt_cache, runner, solo, worker
+        from mlxd.runtime.mlx import commands, embed, prompt_cache, runner, solo, worker
 
         generate = importlib.import_module("mlx_lm.generate")  # the package's name is a function
 
@@ -64,6 +63,7 @@ class Timeline:
             prompt_cache.PromptCache, "_store_all", "cache-store", lambda _self, finished: len(finished)
         )
         self._wrap(solo.SoloDecoder, "_prefill_chunk", "solo-prefill", lambda self: len(self._unfed))
+        self._wrap(embed.Embedder, "step", "embed", lambda _self, budget: budget)
         delivered = self._wrapped_function(commands.deliver, "deliver", lambda events: len(events))
         setattr(worker, "deliver", delivered)  # the worker imported it by name  # noqa: B010
 
@@ -165,6 +165,12 @@ def summarize(burst: list[Record]) -> list[str]:
         f"worker passes: {_quantiles([r[2] for r in by['pass']])}; deliveries {len(by['deliver'])}, "
         f"{_quantiles([r[2] for r in by['deliver']])}",
     ]
+    if by["embed"]:
+        budgets = sorted(r[3] for r in by["embed"])
+        lines.append(
+            f"embedding batches: {len(budgets)}, budgets p50 {budgets[len(budgets) // 2]} max {budgets[-1]} "
+            f"tokens, {_quantiles([r[2] for r in by['embed']])}"
+        )
     if decodes:
         span = decodes[-1][1] + decodes[-1][2] - decodes[0][1]
         busy = sum(r[2] for r in decodes)
