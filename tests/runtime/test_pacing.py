@@ -54,11 +54,34 @@ def test_a_batch_takes_half_a_step() -> None:
     assert settled == 100
 
 
-def test_a_first_batch_is_small_and_one_token_always_runs() -> None:
+def test_a_first_batch_is_small() -> None:
+    assert Pacer().budget(True, None, CAP) == Pacer.MIN_TOKENS == 1
+
+
+@pytest.mark.parametrize("fixed", [0.0025, 0.005])
+def test_a_token_slower_than_the_share_runs_some_passes_and_keeps_the_share_on_average(fixed: float) -> None:
+    """A 28-layer decoder on an H100: one token's forward pass costs about a decode step
+    (kernel launches), more than its share. It still makes progress, a token at a time, on
+    as many passes as keep the time beside the stream at its share."""
+    step, passes = 0.004, 400
+    budgets = _settle(Pacer(), step, fixed, 1e-6, rounds=passes)
+    ran = [tokens for tokens in budgets if tokens]
+    assert set(ran) == {1}
+    spent = sum(fixed + 1e-6 * tokens for tokens in ran)
+    assert Pacer.SHARE * step * passes - fixed <= spent <= Pacer.SHARE * step * passes + fixed
+    assert budgets[0] == 1  # the first pass runs one
+
+
+def test_the_bank_holds_one_share_and_resets_when_nothing_decodes() -> None:
     pacer = Pacer()
-    assert pacer.budget(True, None, CAP) == Pacer.MIN_TOKENS == 1
-    # A forward pass slower than a whole step still makes progress, a token at a time.
-    assert _settle(pacer, step=0.001, fixed=0.005, per_token=0.001)[-1] == 1
+    for _ in range(50):  # passes that ran no batch (the queue was empty) bank no more than one share
+        pacer.budget(True, 0.004, CAP)
+    pacer.embedded(1, 0.005, 0.004)  # 3 ms in debt: the next pass (+2 ms) still is
+    assert pacer.budget(True, 0.004, CAP) == 0
+    assert pacer.budget(True, 0.004, CAP) == 1
+    pacer.embedded(1, 0.005, 0.004)
+    assert pacer.budget(False, None, CAP) == IDLE  # nothing decodes: debts are forgotten
+    assert pacer.budget(True, 0.004, CAP) == 1
 
 
 def test_without_decoding_a_batch_takes_the_idle_budget() -> None:

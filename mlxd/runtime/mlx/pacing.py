@@ -34,8 +34,11 @@ class Pacer:
     with the step it is used beside. Batches run with nothing decoding teach it nothing:
     sized by the idle budget, their fixed cost spread over thousands of tokens, they used to
     make the first batches beside a stream overshoot the step. Where the fixed cost alone is
-    about the share (a tiny model on a CPU) a batch stays at one token: the smallest unit of
-    work, so embeddings still advance while the stream keeps most of its pace.
+    about the share or more (a tiny model on a CPU; a 28-layer decoder on an H100, whose one
+    token costs about a decode step in kernel launches) a batch stays at one token, the
+    smallest unit of work, and the share holds on average instead: each pass banks its share,
+    a batch spends what it took, and no batch runs while the bank is in debt. Embeddings
+    still advance, every second or third pass, and the stream keeps its pace in between.
 
     With nothing decoding, batches are sized apart (``idle``): to what the model ran in
     ``IDLE_BATCH_S`` at the last batch's pace, between the idle bounds, at most doubling."""
@@ -50,11 +53,17 @@ class Pacer:
         self._tokens = self.MIN_TOKENS
         self._step: float | None = None  # the step ``_tokens`` was learned beside
         self._idle = IDLE_EMBED_TOKENS
+        self._credit = 0.0  # seconds: shares banked, less what batches beside decoding took
 
     def budget(self, decoding: bool, step: float | None, cap: int) -> int:
-        """Tokens (padding included) for the next embedding batch."""
+        """Tokens (padding included) for the next embedding batch; 0: none this pass."""
         if not decoding:
+            self._credit = 0.0
             return max(self._idle, cap)
+        if step is not None:  # at most one share banked: no catching up in a burst of batches
+            self._credit = min(self._credit + self.SHARE * step, self.SHARE * step)
+        if self._credit < 0:
+            return 0
         tokens = self._tokens
         if step is not None and self._step is not None and step < self._step:
             tokens = int(tokens * step / self._step)
@@ -75,6 +84,7 @@ class Pacer:
         ``step`` seconds (``None``: nothing decoded, or no step measured yet)."""
         if step is None or tokens <= 0 or seconds <= 0:
             return
+        self._credit -= seconds
         share = self.SHARE * step
         scaled = min(round(tokens * share / seconds), 2 * tokens)
         if seconds < self.GROW_BELOW * share:

@@ -158,12 +158,14 @@ class ModelRunner:
 
     def step(self, out: Out, decoding: bool, clock: DecodeClock) -> float:
         """One bounded embedding batch (sized to ``clock``'s decode step while ``decoding``:
-        sequences of any model decode), then one decode step of the lone sequence and of the
-        batch, their output into ``out``. Returns the seconds the decode step took."""
+        sequences of any model decode; then some passes run none), then one decode step of
+        the lone sequence and of the batch, their output into ``out``. Returns the seconds
+        the decode step took."""
         embedder, pacer = self._embedder, self._pacer
-        if embedder:
+        budget = pacer.budget(decoding, clock.step, self._prefill_step) if embedder else 0
+        if embedder and budget:
             tokens, inputs, started = embedder.tokens, embedder.inputs, time.perf_counter()
-            ran = embedder.step(pacer.budget(decoding, clock.step, self._prefill_step))
+            ran = embedder.step(budget)
             if decoding:
                 pacer.embedded(ran, time.perf_counter() - started, clock.step)
             else:
