@@ -1,7 +1,7 @@
 """Embeddings: throughput against the raw engine, and what a burst does to open streams.
 
-``python -m bench.embeddings [--total N] [--tokens T] [--reps R] [--format F] [--shape S]
-[--profile FILE]`` builds a decoder embedding model (qwen3, hidden 128, 4 layers by default;
+``python -m bench.embeddings [--total N] [--tokens T] [--reps R] [--streams S] [--format F]
+[--shape S] [--profile FILE]`` builds a decoder embedding model (qwen3, hidden 128, 4 layers by default;
 sentence-transformers files: last-token pooling, normalized) and, when mlx-embeddings is
 installed (``mlxd[embeddings]``), a BERT encoder of the same size (mean pooling, normalized);
 serves both with ``mlxd serve`` (under the sampling profiler with ``--profile``) and
@@ -24,9 +24,11 @@ measures, in one run:
    time (32 inputs of 8 to 40 words);
 3. the gap between the tokens of one stream (``stream_interval = 0`` and ``logprobs``: a
    chunk per token) alone, and while bursts of 256 embedding inputs run beside it, for the
-   stream's own model and for the encoder: p50 / p99 / max, next to the time one prefill
-   step (``prefill_step_size`` tokens) takes in the raw engine; its longest gaps, and this
-   client's own garbage collections;
+   stream's own model and for the encoder, ``--streams`` times each (default 3; one
+   stream's p99 is its second-longest gap of a few hundred): p50 / p99 / max over them all
+   and each stream's p99, the embedding batches that ran per token of the stream, next to
+   the time one prefill step (``prefill_step_size`` tokens) takes in the raw engine; each
+   stream's longest gaps, and this client's own garbage collections;
 4. the same stream decoded in this process by mlx-lm and by mlxd's solo decoder
    (``bench.probe.decode_stalls``), without HTTP.
 
@@ -263,8 +265,30 @@ def stream_gaps(client: httpx.Client, tokens: int) -> Stream:
     return Stream(chunks, collector)
 
 
-def with_bursts(url: str, client: httpx.Client, tokens: int, model: str) -> tuple[Stream, int]:
-    """The stream's gaps while 256-input bursts for ``model`` run one after another beside it."""
+@dataclass
+class Beside:
+    """Streams beside bursts of 256 inputs to one model: how many bursts they took, and how
+    many embedding batches ran from each stream's request to its last token."""
+
+    streams: list[Stream]
+    bursts: int
+    batches: int
+
+
+def beside_bursts(url: str, client: httpx.Client, tokens: int, model: str, count: int) -> Beside:
+    """``count`` streams, each while 256-input bursts for ``model`` run beside it."""
+    streams, bursts, batches = [], 0, 0
+    for _ in range(count):
+        stream, burst, ran = with_bursts(url, client, tokens, model)
+        streams.append(stream)
+        bursts += burst
+        batches += ran
+    return Beside(streams, bursts, batches)
+
+
+def with_bursts(url: str, client: httpx.Client, tokens: int, model: str) -> tuple[Stream, int, int]:
+    """The stream's gaps while 256-input bursts for ``model`` run one after another beside
+    it, the bursts sent, and the embedding batches run during the stream."""
     done = threading.Event()
     bursts = [0]
 
@@ -279,11 +303,13 @@ def with_bursts(url: str, client: httpx.Client, tokens: int, model: str) -> tupl
     thread.start()
     time.sleep(0.05)
     try:
+        before = client.get("/mlxd/status").json()["embedding_batches"]
         stream = stream_gaps(client, tokens)
+        batches = client.get("/mlxd/status").json()["embedding_batches"] - before
     finally:
         done.set()
         thread.join()
-    return stream, bursts[0]
+    return stream, bursts[0], batches
 
 
 def http_floor(client: httpx.Client, count: int = 200) -> float:
@@ -354,6 +380,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--tokens", type=int, default=300, help="tokens of the stream (default 300)")
     parser.add_argument("--reps", type=int, default=3, help="paired repetitions of each rate (default 3)")
     parser.add_argument(
+        "--streams", type=int, default=3, help="streams alone and beside each model's bursts (default 3)"
+    )
+    parser.add_argument(
         "--clients", type=int, default=4, help="client processes under load (default 4; 1 skips it)"
     )
     parser.add_argument(
@@ -404,7 +433,7 @@ prefill_step_size = {PREFILL_STEP}
             a: {b: [] for b in BATCHES} for a in models
         }
         differences: dict[str, float] = {}
-        beside: dict[str, tuple[Stream, int]] = {}
+        beside: dict[str, Beside] = {}
         raw_decoder_run, step, loaded = raw_decoder(model)
         raws = {"decoder": raw_decoder_run}
         if encoder:
@@ -433,9 +462,9 @@ prefill_step_size = {PREFILL_STEP}
                 for alias in models:
                     differences[alias] = batch_difference(client, alias)
                 stream_gaps(client, 16)  # warm up
-                alone = stream_gaps(client, args.tokens)
+                alone = [stream_gaps(client, args.tokens) for _ in range(args.streams)]
                 for alias in models:
-                    beside[alias] = with_bursts(server.url, client, args.tokens, alias)
+                    beside[alias] = beside_bursts(server.url, client, args.tokens, alias, args.streams)
         finally:
             server.stop()
         print("The same stream in this process, without HTTP:\n", flush=True)
@@ -485,20 +514,35 @@ prefill_step_size = {PREFILL_STEP}
     print("|---|---|")
     for alias in models:
         print(f"| {names[alias]} | {differences[alias]:.1e} |")
-    print(f"\nOne decoder stream's gap between tokens (ms, p50 / p99 / max), {args.tokens} tokens:\n")
-    print("| | gaps | p99 / alone |")
-    print("|---|---|---|")
-    print(f"| alone | {_ms(alone.gaps)} | 1.00× |")
-    for alias, (stream, bursts) in beside.items():
-        ratio = _p(stream.gaps, 0.99) / _p(alone.gaps, 0.99)
-        print(f"| beside {bursts} bursts of 256 inputs to the {alias} | {_ms(stream.gaps)} | {ratio:.2f}× |")
+    alone_gaps = [gap for stream in alone for gap in stream.gaps]
+    print(
+        f"\nOne decoder stream's gap between tokens (ms, p50 / p99 / max, over {args.streams} streams of "
+        f"{args.tokens} tokens; each stream's own p99; embedding batches per token of the stream):\n"
+    )
+    print("| | gaps | p99 / alone | each stream's p99 | batches per token |")
+    print("|---|---|---|---|---|")
+    print(f"| alone | {_ms(alone_gaps)} | 1.00× | {_each_p99(alone)} | |")
+    for alias, side in beside.items():
+        gaps = [gap for stream in side.streams for gap in stream.gaps]
+        ratio = _p(gaps, 0.99) / _p(alone_gaps, 0.99)
+        per_token = side.batches / sum(len(stream.gaps) + 1 for stream in side.streams)
+        print(
+            f"| beside {side.bursts} bursts of 256 inputs to the {alias} | {_ms(gaps)} | {ratio:.2f}× "
+            f"| {_each_p99(side.streams)} | {per_token:.2f} |"
+        )
     print(f"\nOne prefill step ({PREFILL_STEP} tokens) in the raw engine: {step * 1e3:.1f} ms")
     print(
-        "\nThe stream's longest gaps (ms @ the token each ended, the first token being 1), and this client's "
+        "\nEach stream's longest gaps (ms @ the token each ended, the first token being 1), and this client's "
         "collections:\n"
     )
-    for label, stream in [("alone", alone), *((f"beside the {a}", s) for a, (s, _) in beside.items())]:
-        print(f"- {label}: {stream.longest()}")
+    labelled = [("alone", alone), *((f"beside the {a}", side.streams) for a, side in beside.items())]
+    for label, streams in labelled:
+        for index, stream in enumerate(streams, 1):
+            print(f"- {label}, {index}: {stream.longest()}")
+
+
+def _each_p99(streams: list[Stream]) -> str:
+    return " / ".join(f"{_p(stream.gaps, 0.99) * 1e3:.1f}" for stream in streams)
 
 
 if __name__ == "__main__":
