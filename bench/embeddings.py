@@ -1,11 +1,11 @@
 """Embeddings: throughput against the raw engine, and what a burst does to open streams.
 
 ``python -m bench.embeddings [--total N] [--tokens T] [--reps R] [--streams S] [--format F]
-[--shape S] [--profile FILE]`` builds a decoder embedding model (qwen3, hidden 128, 4 layers by default;
-sentence-transformers files: last-token pooling, normalized) and, when mlx-embeddings is
-installed (``mlxd[embeddings]``), a BERT encoder of the same size (mean pooling, normalized);
-serves both with ``mlxd serve`` (under the sampling profiler with ``--profile``) and
-measures, in one run:
+[--shape S] [--profile FILE]`` builds a decoder embedding model (qwen3, hidden 128, 4
+layers by default; sentence-transformers files: last-token pooling, normalized) and, when
+mlx-embeddings is installed (``mlxd[embeddings]``), a BERT encoder of the same size (mean
+pooling, normalized); serves both with ``mlxd serve`` (under the sampling profiler with
+``--profile``) and measures, in one run:
 
 1. inputs/s at batch 1, 32 and 256 (one request of that many inputs at a time, vectors
    through ``/v1/embeddings`` as JSON numbers, or as base64 with ``--format base64``) against
