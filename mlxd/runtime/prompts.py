@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from typing import Any
 
 from mlxd.errors import RequestError
@@ -59,6 +59,17 @@ def encode_inputs(tokenizer: Any, inputs: Sequence[str | Sequence[int]]) -> list
     included, as the model was trained to embed them), token ids as given."""
     encoded = iter(_encode_texts(tokenizer, [x for x in inputs if isinstance(x, str)]))
     return [next(encoded) if isinstance(x, str) else [int(t) for t in x] for x in inputs]
+
+
+def cut_to_context(ids: list[int], context: int, special: Collection[int]) -> None:
+    """Cut an over-long input to ``context`` tokens in place, as sentence-transformers
+    truncates: from the end of its text, keeping the special tokens the tokenizer closed it
+    with (BERT's ``[SEP]``, a decoder's end of sequence), which the model was trained to see
+    last and which last-token pooling reads."""
+    closing = 0
+    while closing < min(len(ids), context - 1) and ids[len(ids) - 1 - closing] in special:
+        closing += 1
+    del ids[context - closing : len(ids) - closing]
 
 
 #: The tokenizer methods a batch call and ``encode`` share; a class that overrides any of them

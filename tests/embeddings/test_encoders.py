@@ -105,6 +105,24 @@ def test_ollama_embed_gives_the_same_vectors(served: RunningDaemon, oai: openai.
     assert reply.prompt_eval_count
 
 
+def test_ollama_truncates_as_sentence_transformers_does(
+    served: RunningDaemon, oai: openai.OpenAI, encoder_dirs: dict[str, Path]
+) -> None:
+    """An input over the context is cut from the end of its text and keeps its closing
+    ``[SEP]``, as the Hugging Face tokenizer truncates for sentence-transformers."""
+    from transformers import AutoTokenizer
+
+    text = "the small daemon wakes up " * 150
+    cut = AutoTokenizer.from_pretrained(encoder_dirs["bert"])(text, truncation=True, max_length=512)[
+        "input_ids"
+    ]
+    assert len(cut) == 512
+    reply = ollama.Client(host=served.url).embed(model="bert", input=text)
+    expected = _vectors(oai.embeddings.create(model="bert", input=[cut]))
+    assert np.allclose(np.array(reply.embeddings), expected, atol=1e-6)
+    assert reply.prompt_eval_count == 512
+
+
 def test_generation_is_a_400_naming_the_alias(served: RunningDaemon, oai: openai.OpenAI) -> None:
     with pytest.raises(openai.BadRequestError) as refused:
         oai.chat.completions.create(model="bert", messages=[{"role": "user", "content": "Hi"}])

@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 from mlxd.runtime.demo_tokenizer import write_tokenizer
-from mlxd.runtime.prompts import _apply_template, _rust_encoder, encode_prompt
+from mlxd.runtime.prompts import _apply_template, _rust_encoder, cut_to_context, encode_prompt
 from mlxd.runtime.requests import ChatPrompt
 
 pytestmark = pytest.mark.mlx
@@ -124,3 +124,20 @@ def test_the_encoding_lets_go_of_the_gil(tokenizer: Any, monkeypatch: pytest.Mon
     monkeypatch.setattr(prompts, "_rust_encoder", lambda _: spy)
     assert encode_prompt(tokenizer, PROMPTS[1]) == library(tokenizer, PROMPTS[1])
     assert spy.calls == ["encode_batch"]
+
+
+@pytest.mark.parametrize(
+    ("ids", "context", "cut"),
+    [
+        ([101, 1, 2, 3, 4, 5, 102], 5, [101, 1, 2, 3, 102]),  # [CLS] text [SEP]: the text's end goes
+        ([1, 2, 3, 4, 5, 0], 4, [1, 2, 3, 0]),  # a decoder's end of sequence stays last
+        ([1, 2, 3, 4, 5], 3, [1, 2, 3]),  # nothing closes it: a plain cut
+        ([1, 2, 102, 0, 0], 3, [1, 0, 0]),  # the last closing tokens, leaving one of the text
+        ([1, 102, 0], 1, [1]),
+    ],
+)
+def test_an_over_long_input_keeps_its_closing_special_tokens(
+    ids: list[int], context: int, cut: list[int]
+) -> None:
+    cut_to_context(ids, context, frozenset({0, 101, 102}))
+    assert ids == cut
