@@ -142,7 +142,7 @@ class Guards:
                 await refuse(UnsupportedMediaType("the body must be application/json"), cors)
                 return
         limit = server.max_request_bytes
-        too_large = BodyTooLarge(f"the body is larger than {limit} bytes")
+        too_large = _too_large(limit)
         if length_header is not None:
             if not length_header.isdigit():
                 await refuse(RequestError("invalid Content-Length", code="invalid_parameter"), cors)
@@ -177,7 +177,7 @@ class Guards:
             if message["type"] == "http.request":
                 seen += len(message.get("body", b""))
                 if seen > limit:
-                    raise BodyTooLarge(f"the body is larger than {limit} bytes")
+                    raise _too_large(limit)
                 body_done = not message.get("more_body", False)
             return message
 
@@ -191,3 +191,10 @@ class Guards:
             await send(message)
 
         return sending
+
+
+def _too_large(limit: int) -> BodyTooLarge:
+    return BodyTooLarge(
+        f"the body is larger than {limit} bytes",
+        hint="[server] max_request_bytes sets the limit; an image sent inline counts a third more than its file",
+    )
