@@ -162,6 +162,34 @@ def test_bad_images_are_400s_and_the_daemon_keeps_serving(
         assert http.post("/v1/chat/completions", json=_chat(data_url(png(8, 8)))).status_code == 200
 
 
+def test_an_image_in_a_tool_result_counts_as_one_of_the_turn(vision_daemon: RunningDaemon) -> None:
+    image = {"type": "image", "source": {"type": "base64", "media_type": "image/png", "data": b64(png(8, 8))}}
+    use = {"type": "tool_use", "id": "t1", "name": "screenshot", "input": {}}
+
+    def body(model: str, result: list[object]) -> dict[str, object]:
+        return {
+            "model": model,
+            "max_tokens": 4,
+            "messages": [
+                {"role": "user", "content": "Take a screenshot"},
+                {"role": "assistant", "content": [use]},
+                {
+                    "role": "user",
+                    "content": [{"type": "tool_result", "tool_use_id": "t1", "content": result}],
+                },
+            ],
+        }
+
+    with vision_daemon.client() as http:
+        assert http.post("/v1/messages", json=body("vision", [image])).status_code == 200
+        refused = http.post("/v1/messages", json=body("tiny", [{"type": "text", "text": "x"}, image]))
+        assert refused.status_code == 400, refused.text
+        assert "'tiny' is a text model" in refused.json()["error"]["message"]
+        odd = http.post("/v1/messages", json=body("vision", [{"type": "document", "source": {}}]))
+        assert odd.status_code == 400
+        assert "not accepted in a tool result" in odd.json()["error"]["message"]
+
+
 def test_too_many_images_and_each_dialects_envelope(vision_daemon: RunningDaemon) -> None:
     picture = b64(png(8, 8))
     with vision_daemon.client() as http:

@@ -177,6 +177,43 @@ def test_every_dialect_sends_images_to_an_mlx_vlm_model(vlm_daemon: RunningDaemo
     assert (reply.prompt_eval_count or 0) > text_only  # the image's tokens count
 
 
+def _screenshot_turns(result: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """A conversation in which a screenshot tool's result comes back as Anthropic blocks."""
+    use = {"type": "tool_use", "id": "shot1", "name": "screenshot", "input": {}}
+    return [
+        {"role": "user", "content": "Take a screenshot and describe it."},
+        {"role": "assistant", "content": [use]},
+        {"role": "user", "content": [{"type": "tool_result", "tool_use_id": "shot1", "content": result}]},
+    ]
+
+
+@pytest.mark.parametrize("alias", ["gemma", "qwen"])
+def test_an_anthropic_tool_result_carries_an_image(vlm_daemon: RunningDaemon, alias: str) -> None:
+    claude = anthropic.Anthropic(base_url=vlm_daemon.url, api_key="x", max_retries=0)
+    image = {
+        "type": "image",
+        "source": {"type": "base64", "media_type": "image/png", "data": b64(png(32, 24))},
+    }
+    text = {"type": "text", "text": "The screen:"}
+    shown = claude.messages.count_tokens(
+        model=alias,
+        messages=_screenshot_turns([text, image]),  # type: ignore[arg-type]
+    )
+    told = claude.messages.count_tokens(
+        model=alias,
+        messages=_screenshot_turns([text]),  # type: ignore[arg-type]
+    )
+    assert shown.input_tokens > told.input_tokens  # the image's tokens count
+    message = claude.messages.create(
+        model=alias,
+        max_tokens=TOKENS,
+        messages=_screenshot_turns([text, image]),  # type: ignore[arg-type]
+    )
+    # Anthropic counts the tokens read from the prompt cache apart.
+    assert message.usage.input_tokens + (message.usage.cache_read_input_tokens or 0) == shown.input_tokens
+    assert message.usage.output_tokens > 0
+
+
 def test_listings_say_vision(vlm_daemon: RunningDaemon) -> None:
     with vlm_daemon.client() as http:
         listed = {m["id"]: m.get("capabilities", []) for m in http.get("/v1/models").json()["data"]}

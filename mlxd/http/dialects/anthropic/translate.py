@@ -3,8 +3,9 @@
 ``system`` becomes the first message; ``tool_result`` blocks become tool messages and
 ``tool_use`` blocks the assistant's earlier calls; ``tools`` (``input_schema``) become
 function tools and ``tool_choice`` ``any`` / ``tool`` force a call under its grammar;
-``thinking`` turns the template's thinking on or off. ``image`` blocks of user turns
-(base64 or URL sources) are images for a vision model; server tools are 400s naming the tool.
+``thinking`` turns the template's thinking on or off. ``image`` blocks of user turns and
+of their tool results (base64 or URL sources) are images for a vision model; server tools
+are 400s naming the tool.
 """
 
 from __future__ import annotations
@@ -47,6 +48,24 @@ def _image(block: ContentBlock, where: str) -> ImagePart:
     raise RequestError("an image block needs a base64 or url source", param=where)
 
 
+def _tool_result(blocks: str | list[ContentBlock] | None, param: str, images: list[ImagePart]) -> Any:
+    """A tool result's content: its text, or text and image parts (a screenshot tool's)."""
+    if blocks is None or isinstance(blocks, str):
+        return blocks or ""
+    texts: list[str | None] = []
+    for j, block in enumerate(blocks):
+        if block.type == "text":
+            texts.append(block.text or "")
+        elif block.type == "image":
+            images.append(_image(block, f"{param}[{j}]"))
+            texts.append(None)
+        else:
+            raise RequestError(
+                f"{block.type!r} blocks are not accepted in a tool result", param=f"{param}[{j}]"
+            )
+    return content(texts)
+
+
 def _turn(
     role: str, blocks: str | list[ContentBlock], i: int, images: list[ImagePart]
 ) -> list[dict[str, Any]]:
@@ -59,6 +78,7 @@ def _turn(
     out: list[dict[str, Any]] = []
     texts: list[str | None] = []
     calls: list[dict[str, Any]] = []
+    shown: list[ImagePart] = []  # the turn's own images, after its tool results' in the prompt
     for j, block in enumerate(blocks):
         where = f"{param}[{j}]"
         if block.type == "text":
@@ -68,13 +88,14 @@ def _turn(
         elif block.type == "tool_use" and role == "assistant":
             calls.append(past_call(block.id, block.name, block.input or {}, where))
         elif block.type == "tool_result" and role == "user":
-            result = _text(block.content, f"{where}.content")
+            result = _tool_result(block.content, f"{where}.content", images)
             out.append({"role": "tool", "tool_call_id": block.tool_use_id or "", "content": result})
         elif block.type == "image" and role == "user":
-            images.append(_image(block, where))
+            shown.append(_image(block, where))
             texts.append(None)
         else:
             raise RequestError(f"{block.type!r} blocks are not accepted in a {role} turn", param=where)
+    images.extend(shown)
     if texts or calls or not out:
         message: dict[str, Any] = {"role": role, "content": content(texts)}
         if calls:
