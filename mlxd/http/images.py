@@ -63,10 +63,17 @@ def content(texts: Sequence[str | None]) -> str | list[dict[str, Any]]:
 
 def _bytes(part: ImagePart, config: MlxdConfig) -> bytes:
     limit = config.limits.max_image_bytes
-    if len(part.value) > limit * 4 // 3 + 4:  # refuse before decoding a huge string
-        raise RequestError(f"the image is larger than {limit} bytes", param=part.param)
+    encoded = limit * 4 // 3 + 4
+    # Refuse before decoding a huge string; base64 wrapped in lines (as the ``base64`` command
+    # writes it, 76 characters and a line break) is accepted, as Ollama's own decoder does.
+    too_large = RequestError(f"the image is larger than {limit} bytes", param=part.param)
+    if len(part.value) > encoded * 2:
+        raise too_large
+    value = part.value.replace("\r", "").replace("\n", "").strip()
+    if len(value) > encoded:
+        raise too_large
     try:
-        return base64.b64decode(part.value.strip(), validate=True)
+        return base64.b64decode(value, validate=True)
     except (binascii.Error, ValueError):
         raise RequestError("the image is not valid base64", param=part.param) from None
 

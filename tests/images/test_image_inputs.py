@@ -162,6 +162,26 @@ def test_bad_images_are_400s_and_the_daemon_keeps_serving(
         assert http.post("/v1/chat/completions", json=_chat(data_url(png(8, 8)))).status_code == 200
 
 
+def test_base64_wrapped_in_lines_is_accepted(vision_daemon: RunningDaemon) -> None:
+    """As the ``base64`` command writes it: 76 characters, then a line break."""
+    encoded = b64(png(32, 24))
+    wrapped = "\n".join(encoded[i : i + 76] for i in range(0, len(encoded), 76)) + "\n"
+    assert "\n" in wrapped.strip()
+    with vision_daemon.client() as http:
+        chat = http.post("/v1/chat/completions", json=_chat(f"data:image/png;base64,{wrapped}"))
+        assert chat.status_code == 200, chat.text
+        body = {
+            "model": "vision",
+            "stream": False,
+            "messages": [{"role": "user", "content": "x", "images": [wrapped]}],
+        }
+        assert http.post("/api/chat", json=body).status_code == 200
+        broken = http.post(
+            "/v1/chat/completions", json=_chat(f"data:image/png;base64,{wrapped[:40]} {wrapped[40:]}")
+        )
+        assert broken.status_code == 400  # a space inside is still not base64
+
+
 def test_an_image_in_a_tool_result_counts_as_one_of_the_turn(vision_daemon: RunningDaemon) -> None:
     image = {"type": "image", "source": {"type": "base64", "media_type": "image/png", "data": b64(png(8, 8))}}
     use = {"type": "tool_use", "id": "t1", "name": "screenshot", "input": {}}
