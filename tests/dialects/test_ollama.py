@@ -142,6 +142,8 @@ def test_list_show_and_ps_describe_the_aliases(llama: ollama.Client) -> None:
     assert shown.details.parameter_size.endswith("K")
     assert shown.modelinfo is not None
     assert shown.modelinfo["llama.context_length"] == 2048
+    assert shown.modelinfo["llama.embedding_length"] == 64  # the tiny model's hidden size
+    assert shown.modelinfo["llama.block_count"] == 2
     assert shown.modelinfo["general.parameter_count"] > 0
     assert llama.show("tiny:latest").template == shown.template  # the tag Ollama apps add
     llama.chat(model="tiny", messages=HI, options={"num_predict": 1})

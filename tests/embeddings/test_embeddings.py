@@ -139,6 +139,8 @@ def test_ollama_embed_and_embeddings(served: RunningDaemon, oai: openai.OpenAI) 
     assert np.allclose(np.array(reply.embeddings), expected, atol=1e-5)
     legacy = client.embeddings(model="embed:latest", prompt=TEXTS[0])
     assert np.allclose(np.array(legacy.embedding), expected[0], atol=1e-5)
+    shown = client.show("embed").modelinfo or {}
+    assert shown["qwen3.embedding_length"] == len(reply.embeddings[0])  # where apps read a vector's length
     # truncate (Ollama's default) cuts an over-long input to the context instead of refusing it
     long = "word " * 5000
     assert len(client.embed(model="embed", input=long).embeddings) == 1

@@ -19,7 +19,7 @@ from mlxd.errors import ContextLengthError, MlxdError, ModelNotFoundError, Reque
 from mlxd.http.body import StrictBody
 from mlxd.http.dialects.ollama import translate
 from mlxd.http.dialects.ollama.encode import OllamaEncoder, now_iso
-from mlxd.http.dialects.ollama.models import ModelFacts, details, digest, model_facts
+from mlxd.http.dialects.ollama.models import ModelFacts, details, digest, model_facts, model_info
 from mlxd.http.embeddings import as_floats, resolve_embeddings
 from mlxd.http.errors import Refused
 from mlxd.http.generation import CLIENT_CLOSED, STREAM_HEADERS, Generation, start, streamed, whole
@@ -161,18 +161,13 @@ def ollama_router(state: DaemonState) -> Router:
         if alias is None:
             raise ModelNotFoundError(f"model {name!r} not found")
         facts = await _facts(config, alias)
-        info = {
-            "general.architecture": facts.family,
-            "general.parameter_count": facts.parameters,
-            f"{facts.family or 'model'}.context_length": facts.context_length,
-        }
         return _json(
             {
                 "modelfile": "",
                 "parameters": "",
                 "template": facts.template,
                 "details": details(facts),
-                "model_info": info,
+                "model_info": model_info(facts),
                 "capabilities": list(facts.capabilities),
                 "modified_at": now_iso(),
             }

@@ -34,6 +34,9 @@ class ModelFacts:
     parameters: int = 0
     quantization: str = ""
     context_length: int = 0
+    #: The width of the model's hidden states: its vectors' length, for an embedding model.
+    embedding_length: int = 0
+    layers: int = 0
     template: str = ""
     capabilities: tuple[str, ...] = ("completion",)
     size: int = 0
@@ -129,15 +132,39 @@ def model_facts(config: MlxdConfig, alias: str) -> ModelFacts:
         model_capabilities(directory, pooling=model.pooling, split=config.distributed is not None)
     )
     context = model.context_length or settings.get("max_position_embeddings") or 0
+    text = settings.get("text_config")
+    text = text if isinstance(text, dict) else settings  # a vision model's language half
     return ModelFacts(
         family=str(settings.get("model_type") or ""),
         parameters=_parameters(directory, bits if isinstance(bits, int) and bits > 0 else None),
         quantization=_quantization(settings),
         context_length=int(context),
+        embedding_length=_count(text.get("hidden_size")),
+        layers=_count(text.get("num_hidden_layers")),
         template=str(template),
         capabilities=tuple(capabilities),
         size=sum(p.stat().st_size for p in directory.glob("*.safetensors")),
     )
+
+
+def _count(value: Any) -> int:
+    return value if isinstance(value, int) and value > 0 else 0
+
+
+def model_info(facts: ModelFacts) -> dict[str, Any]:
+    """Ollama's ``model_info``: the keys apps read (a vector's length from
+    ``<family>.embedding_length``), those this model's files say."""
+    family = facts.family or "model"
+    info: dict[str, Any] = {
+        "general.architecture": facts.family,
+        "general.parameter_count": facts.parameters,
+        f"{family}.context_length": facts.context_length,
+    }
+    if facts.embedding_length:
+        info[f"{family}.embedding_length"] = facts.embedding_length
+    if facts.layers:
+        info[f"{family}.block_count"] = facts.layers
+    return info
 
 
 def details(facts: ModelFacts) -> dict[str, Any]:
