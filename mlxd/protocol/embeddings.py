@@ -20,7 +20,7 @@ class EmbeddingRequest(msgspec.Struct, forbid_unknown_fields=False, kw_only=True
 
     input: str | list[Any]
     model: str | None = None
-    encoding_format: Literal["float", "base64"] = "float"
+    encoding_format: Literal["float", "base64"] | None = None  # null: float, as OpenAI takes it
     dimensions: PositiveInt | None = None
     user: str | None = None
 

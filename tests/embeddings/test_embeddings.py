@@ -197,6 +197,24 @@ def test_bad_input_is_a_400_and_the_daemon_keeps_serving(
     assert len(oai.embeddings.create(model="embed", input="still here").data) == 1
 
 
+def test_null_options_take_their_defaults(served: RunningDaemon) -> None:
+    body = {"model": "embed", "input": "hi", "encoding_format": None, "dimensions": None, "user": None}
+    with served.client() as http:
+        reply = http.post("/v1/embeddings", json=body)
+    assert reply.status_code == 200, reply.text
+    assert isinstance(reply.json()["data"][0]["embedding"], list)  # float
+
+
+def test_ollamas_older_form_names_its_prompt_in_errors(served: RunningDaemon) -> None:
+    with served.client() as http:
+        empty = http.post("/api/embeddings", json={"model": "embed", "prompt": ""})
+        long = http.post("/api/embed", json={"model": "embed", "input": "word " * 5000, "truncate": False})
+    assert empty.status_code == 400
+    assert "the prompt is an empty string" in empty.json()["error"]
+    assert long.status_code == 400
+    assert "input 0 has" in long.json()["error"]  # the newer form's field is input
+
+
 def test_unknown_model_is_a_404(oai: openai.OpenAI) -> None:
     with pytest.raises(openai.NotFoundError):
         oai.embeddings.create(model="nope", input="hi")

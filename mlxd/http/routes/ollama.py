@@ -252,14 +252,19 @@ def ollama_router(state: DaemonState) -> Router:
     async def embeddings(data: OllamaEmbeddingsRequest) -> Response[bytes]:
         """Ollama's older form: one ``prompt``, one ``embedding``."""
         config = state.configs.current
-        request = resolve_embeddings(
-            config,
-            translate.model_name(data.model, config),
-            data.prompt,
-            keep_alive=translate.keep_alive(data.keep_alive),
-            truncate=True,
-        )
-        result = await state.engine.embed(request)
+        try:
+            request = resolve_embeddings(
+                config,
+                translate.model_name(data.model, config),
+                data.prompt,
+                keep_alive=translate.keep_alive(data.keep_alive),
+                truncate=True,
+            )
+            result = await state.engine.embed(request)
+        except RequestError as exc:  # its one input is this form's ``prompt``
+            if exc.param is not None and exc.param.startswith("input"):
+                exc.param, exc.message = "prompt", exc.message.replace("input 0", "the prompt")
+            raise
         return _json({"embedding": as_floats(result.vectors)[0]})
 
     return Router(
