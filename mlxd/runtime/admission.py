@@ -22,7 +22,7 @@ from mlxd.output.reasoning import ReasoningFormat
 from mlxd.output.tool_calls import ToolFormat
 from mlxd.runtime.formats import compile_grammar, reasoning_format, tool_format
 from mlxd.runtime.pooling import PoolingSpec
-from mlxd.runtime.prompts import cut_to_context, encode_inputs, encode_prompt, vision_prompt
+from mlxd.runtime.prompts import closing_tokens, cut_to_context, encode_inputs, encode_prompt, vision_prompt
 from mlxd.runtime.requests import (
     ChatPrompt,
     EmbeddingRequest,
@@ -178,12 +178,12 @@ class Admission:
         else:
             tokens = await self._off_loop(encode_inputs, model.tokenizer, inputs)
         context, vocab = model.context_length, model.vocab_size
+        closing = closing_tokens(model.tokenizer)
         for i, ids in enumerate(tokens):
             if not ids:
                 raise RequestError(f"input {i} is empty", param=f"input[{i}]")
             if len(ids) > context and request.truncate:
-                special = frozenset(getattr(model.tokenizer, "all_special_ids", None) or ())
-                cut_to_context(ids, context, special)
+                cut_to_context(ids, context, closing)
             elif len(ids) > context:
                 raise ContextLengthError(
                     f"input {i} has {len(ids)} tokens but {request.alias!r} has a context of {context}",

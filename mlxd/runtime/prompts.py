@@ -61,15 +61,21 @@ def encode_inputs(tokenizer: Any, inputs: Sequence[str | Sequence[int]]) -> list
     return [next(encoded) if isinstance(x, str) else [int(t) for t in x] for x in inputs]
 
 
-def cut_to_context(ids: list[int], context: int, special: Collection[int]) -> None:
+def closing_tokens(tokenizer: Any) -> frozenset[int]:
+    """The ids a tokenizer may close an input with: its separator (BERT's ``[SEP]``,
+    XLM-RoBERTa's ``</s>``) and its end of sequence."""
+    ids = (getattr(tokenizer, name, None) for name in ("sep_token_id", "eos_token_id"))
+    return frozenset(i for i in ids if isinstance(i, int))
+
+
+def cut_to_context(ids: list[int], context: int, closing: Collection[int]) -> None:
     """Cut an over-long input to ``context`` tokens in place, as sentence-transformers
-    truncates: from the end of its text, keeping the special tokens the tokenizer closed it
-    with (BERT's ``[SEP]``, a decoder's end of sequence), which the model was trained to see
-    last and which last-token pooling reads."""
-    closing = 0
-    while closing < min(len(ids), context - 1) and ids[len(ids) - 1 - closing] in special:
-        closing += 1
-    del ids[context - closing : len(ids) - closing]
+    truncates: from the end of its text, keeping the ``closing`` tokens it ends with, which
+    the model was trained to see last and which last-token pooling reads."""
+    kept = 0
+    while kept < min(len(ids), context - 1) and ids[len(ids) - 1 - kept] in closing:
+        kept += 1
+    del ids[context - kept : len(ids) - kept]
 
 
 #: The tokenizer methods a batch call and ``encode`` share; a class that overrides any of them

@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 from mlxd.runtime.demo_tokenizer import write_tokenizer
-from mlxd.runtime.prompts import _apply_template, _rust_encoder, cut_to_context, encode_prompt
+from mlxd.runtime.prompts import _apply_template, _rust_encoder, closing_tokens, cut_to_context, encode_prompt
 from mlxd.runtime.requests import ChatPrompt
 
 pytestmark = pytest.mark.mlx
@@ -134,10 +134,21 @@ def test_the_encoding_lets_go_of_the_gil(tokenizer: Any, monkeypatch: pytest.Mon
         ([1, 2, 3, 4, 5], 3, [1, 2, 3]),  # nothing closes it: a plain cut
         ([1, 2, 102, 0, 0], 3, [1, 0, 0]),  # the last closing tokens, leaving one of the text
         ([1, 102, 0], 1, [1]),
+        ([101, 5, 6, 7, 100, 102], 4, [101, 5, 6, 102]),  # [UNK] (100) ends the text: it goes
     ],
 )
 def test_an_over_long_input_keeps_its_closing_special_tokens(
     ids: list[int], context: int, cut: list[int]
 ) -> None:
-    cut_to_context(ids, context, frozenset({0, 101, 102}))
+    cut_to_context(ids, context, frozenset({0, 102}))
     assert ids == cut
+
+
+def test_the_closing_tokens_are_the_separator_and_the_end_of_sequence(tmp_path: Path) -> None:
+    from mlx_lm.utils import load_tokenizer
+
+    from mlxd.runtime.demo_embedders import build_encoder_model
+
+    tokenizer = load_tokenizer(build_encoder_model(tmp_path / "bert"), {"trust_remote_code": False})
+    assert closing_tokens(tokenizer) == {tokenizer.sep_token_id}  # BERT has no end of sequence
+    assert tokenizer.encode("hello")[-1] == tokenizer.sep_token_id
