@@ -517,7 +517,8 @@ prefill_step_size = {PREFILL_STEP}
     alone_gaps = [gap for stream in alone for gap in stream.gaps]
     print(
         f"\nOne decoder stream's gap between tokens (ms, p50 / p99 / max, over {args.streams} streams of "
-        f"{args.tokens} tokens; each stream's own p99; embedding batches per token of the stream):\n"
+        f"{args.tokens} tokens; each stream's own p99; embedding batches per token of the stream, from "
+        "its request on, so a first batch run before it decoded counts too):\n"
     )
     print("| | gaps | p99 / alone | each stream's p99 | batches per token |")
     print("|---|---|---|---|---|")

@@ -85,16 +85,19 @@ def test_kept_connections_one_level_and_the_daemons_timeline(tiny_model_dir: Pat
         encoding="utf-8"
     ).strip() == ""  # no sampling
     summary = subprocess.run(
-        [sys.executable, "-m", "bench.timeline", str(timeline), "4"], cwd=REPO, capture_output=True, text=True
+        [sys.executable, "-m", "bench.timeline", str(timeline), "2"], cwd=REPO, capture_output=True, text=True
     )
     assert summary.returncode == 0, summary.stderr[-3000:]
-    # A timed round is a burst of its own: the two processes sent their shares within 0.1 s
-    # of one another. How many prefills took them depends on when each process got a core
-    # (one, on an idle machine), and a prompt the cache holds whole needs none.
-    rounds = [b for b in summary.stdout.split("burst ")[1:] if "\n  4 requests arrived over" in b]
-    assert rounds, summary.stdout
-    for burst in rounds:
-        rows = re.search(r"prefills: [1-4], rows \[([\d, ]+)\]", burst)
+    # Each burst's requests were prefilled in its own window. How many prefills took them
+    # depends on when each client process got a core (one, on an idle machine), and a
+    # prompt the cache holds whole needs none; which requests make a burst (those within
+    # 0.1 s of one another) depends on it too.
+    bursts = summary.stdout.split("burst ")[1:]
+    assert bursts, summary.stdout
+    for burst in bursts:
+        requests = re.search(r"(\d+) requests arrived over", burst)
+        rows = re.search(r"prefills: \d+, rows \[([\d, ]*)\]", burst)
+        assert requests is not None, burst
         assert rows is not None, burst
-        assert sum(int(n) for n in rows.group(1).split(",")) <= 4, burst
+        assert sum(int(n) for n in rows.group(1).split(",") if n.strip()) <= int(requests.group(1)), burst
     assert "cache stores of " in summary.stdout

@@ -208,9 +208,12 @@ def test_null_options_take_their_defaults(served: RunningDaemon) -> None:
 def test_ollamas_older_form_names_its_prompt_in_errors(served: RunningDaemon) -> None:
     with served.client() as http:
         empty = http.post("/api/embeddings", json={"model": "embed", "prompt": ""})
+        null = http.post("/api/embeddings", json={"model": "embed", "prompt": None})
         long = http.post("/api/embed", json={"model": "embed", "input": "word " * 5000, "truncate": False})
     assert empty.status_code == 400
     assert "the prompt is an empty string" in empty.json()["error"]
+    assert null.status_code == 400
+    assert "the prompt must not be empty" in null.json()["error"]
     assert long.status_code == 400
     assert "input 0 has" in long.json()["error"]  # the newer form's field is input
 

@@ -45,6 +45,22 @@ def test_a_truncated_png_passes_the_header_check_and_fails_to_decode_as_a_400() 
     assert failed.value.param == "images[0]"
 
 
+def test_the_byte_cap_counts_base64_without_its_line_breaks() -> None:
+    from mlxd.config.schema import MlxdConfig
+    from mlxd.http.images import ImagePart, resolve_images
+
+    picture = png(64, 64)
+    encoded = b64(picture)
+    wrapped = "\n".join(encoded[i : i + 76] for i in range(0, len(encoded), 76))
+    at_limit = MlxdConfig(limits={"max_image_bytes": len(picture)})  # type: ignore[arg-type]
+    assert len(resolve_images([ImagePart("base64", wrapped, "images[0]")], at_limit)) == 1
+    below = MlxdConfig(limits={"max_image_bytes": len(picture) - 16})  # type: ignore[arg-type]
+    with pytest.raises(RequestError, match="larger than"):
+        resolve_images([ImagePart("base64", wrapped, "images[0]")], below)
+    with pytest.raises(RequestError, match="larger than"):  # refused before it is copied
+        resolve_images([ImagePart("base64", "\n" * (3 * len(encoded)), "images[0]")], at_limit)
+
+
 def test_each_image_gets_its_own_id_in_the_cache_key() -> None:
     from mlxd.runtime.mlx.vision import cache_key, image_id
 
@@ -207,7 +223,7 @@ def test_an_image_in_a_tool_result_counts_as_one_of_the_turn(vision_daemon: Runn
         assert "'tiny' is a text model" in refused.json()["error"]["message"]
         odd = http.post("/v1/messages", json=body("vision", [{"type": "document", "source": {}}]))
         assert odd.status_code == 400
-        assert "not accepted in a tool result" in odd.json()["error"]["message"]
+        assert "not accepted here" in odd.json()["error"]["message"]
 
 
 def test_too_many_images_and_each_dialects_envelope(vision_daemon: RunningDaemon) -> None:

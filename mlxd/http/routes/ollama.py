@@ -262,9 +262,10 @@ def ollama_router(state: DaemonState) -> Router:
             )
             result = await state.engine.embed(request)
         except RequestError as exc:  # its one input is this form's ``prompt``
-            if exc.param is not None and exc.param.startswith("input"):
-                exc.param, exc.message = "prompt", exc.message.replace("input 0", "the prompt")
-            raise
+            if exc.param is None or not exc.param.startswith("input"):
+                raise
+            message = exc.message.replace("input 0", "the prompt").replace("input must", "the prompt must")
+            raise type(exc)(message, param="prompt", code=exc.code, hint=exc.hint) from None
         return _json({"embedding": as_floats(result.vectors)[0]})
 
     return Router(

@@ -38,7 +38,8 @@ class Pacer:
     token costs about a decode step in kernel launches) a batch stays at one token, the
     smallest unit of work, and the share holds on average instead: each pass banks its share,
     a batch spends what it took, and no batch runs while the bank is in debt. Embeddings
-    still advance, every second or third pass, and the stream keeps its pace in between.
+    still advance, on as many passes as keep the share on average (every second or third
+    on the H100), and the stream keeps its pace in between.
 
     With nothing decoding, batches are sized apart (``idle``): to what the model ran in
     ``IDLE_BATCH_S`` at the last batch's pace, between the idle bounds, at most doubling."""
@@ -56,7 +57,8 @@ class Pacer:
         self._credit = 0.0  # seconds: shares banked, less what batches beside decoding took
 
     def budget(self, decoding: bool, step: float | None, cap: int) -> int:
-        """Tokens (padding included) for the next embedding batch; 0: none this pass."""
+        """Tokens (padding included) for the next embedding batch; 0: none this pass. Each
+        call beside decoding banks a pass's share: call it once a pass."""
         if not decoding:
             self._credit = 0.0
             return max(self._idle, cap)

@@ -24,19 +24,23 @@ from mlxd.runtime.requests import GenerationRequest
 NAMES = {"stop": "stop_sequences", "chat_template_kwargs": "thinking"}
 
 
-def _text(blocks: str | list[ContentBlock] | None, param: str) -> str:
-    """Text blocks joined; any other block is refused with its position."""
+def _text(blocks: str | list[ContentBlock] | None, param: str, images: list[ImagePart] | None = None) -> Any:
+    """Text blocks joined; with ``images``, image blocks too (text and image parts, each
+    image added to ``images``). Any other block is refused with its position."""
     if blocks is None:
         return ""
     if isinstance(blocks, str):
         return blocks
-    texts = []
+    texts: list[str | None] = []
     for j, block in enumerate(blocks):
         if block.type == "text":
             texts.append(block.text or "")
+        elif block.type == "image" and images is not None:
+            images.append(_image(block, f"{param}[{j}]"))
+            texts.append(None)
         else:
             raise RequestError(f"{block.type!r} blocks are not accepted here", param=f"{param}[{j}]")
-    return "".join(texts)
+    return content(texts)
 
 
 def _image(block: ContentBlock, where: str) -> ImagePart:
@@ -46,24 +50,6 @@ def _image(block: ContentBlock, where: str) -> ImagePart:
     if source.get("type") == "url":
         return from_url(source.get("url"), where)
     raise RequestError("an image block needs a base64 or url source", param=where)
-
-
-def _tool_result(blocks: str | list[ContentBlock] | None, param: str, images: list[ImagePart]) -> Any:
-    """A tool result's content: its text, or text and image parts (a screenshot tool's)."""
-    if blocks is None or isinstance(blocks, str):
-        return blocks or ""
-    texts: list[str | None] = []
-    for j, block in enumerate(blocks):
-        if block.type == "text":
-            texts.append(block.text or "")
-        elif block.type == "image":
-            images.append(_image(block, f"{param}[{j}]"))
-            texts.append(None)
-        else:
-            raise RequestError(
-                f"{block.type!r} blocks are not accepted in a tool result", param=f"{param}[{j}]"
-            )
-    return content(texts)
 
 
 def _turn(
@@ -88,7 +74,7 @@ def _turn(
         elif block.type == "tool_use" and role == "assistant":
             calls.append(past_call(block.id, block.name, block.input or {}, where))
         elif block.type == "tool_result" and role == "user":
-            result = _tool_result(block.content, f"{where}.content", images)
+            result = _text(block.content, f"{where}.content", images)  # a screenshot tool's images
             out.append({"role": "tool", "tool_call_id": block.tool_use_id or "", "content": result})
         elif block.type == "image" and role == "user":
             shown.append(_image(block, where))
