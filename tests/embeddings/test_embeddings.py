@@ -205,17 +205,21 @@ def test_null_options_take_their_defaults(served: RunningDaemon) -> None:
     assert isinstance(reply.json()["data"][0]["embedding"], list)  # float
 
 
-def test_ollamas_older_form_names_its_prompt_in_errors(served: RunningDaemon) -> None:
+def test_ollamas_empty_input_loads_the_model_as_ollama_does(served: RunningDaemon) -> None:
+    """Apps warm an embedding model with an empty request; keep_alive 0 unloads it."""
+    client = ollama.Client(host=served.url)
+
+    def loaded() -> set[str]:
+        return {m.model for m in client.ps().models}
+
+    assert client.embed(model="embed-mean", input=[], keep_alive=0).embeddings == []
+    assert "embed-mean" not in loaded()
+    assert client.embed(model="embed-mean", input="").embeddings == []
+    assert "embed-mean" in loaded()
+    assert client.embeddings(model="embed-mean", prompt="", keep_alive=0).embedding == []
+    assert "embed-mean" not in loaded()
     with served.client() as http:
-        empty = http.post("/api/embeddings", json={"model": "embed", "prompt": ""})
-        null = http.post("/api/embeddings", json={"model": "embed", "prompt": None})
-        long = http.post("/api/embed", json={"model": "embed", "input": "word " * 5000, "truncate": False})
-    assert empty.status_code == 400
-    assert "the prompt is an empty string" in empty.json()["error"]
-    assert null.status_code == 400
-    assert "the prompt must not be empty" in null.json()["error"]
-    assert long.status_code == 400
-    assert "input 0 has" in long.json()["error"]  # the newer form's field is input
+        assert http.post("/api/embed", json={"model": "nope", "input": []}).status_code == 404
 
 
 def test_unknown_model_is_a_404(oai: openai.OpenAI) -> None:

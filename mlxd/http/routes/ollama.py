@@ -90,21 +90,26 @@ def ollama_router(state: DaemonState) -> Router:
         encoder.first = generation.meter.first if generation.meter is not None else None
         return _json(encoder.whole(outputs[0], generation.usage()))
 
-    async def load_or_unload(name: str | None, keep_alive: float | None, chat: bool) -> Response[bytes]:
-        """An empty prompt loads the model; with ``keep_alive: 0`` it unloads it (Ollama's way)."""
+    async def load_or_unload_model(name: str | None, keep_alive: float | None) -> tuple[str, str]:
+        """Load an alias's model, or unload it with ``keep_alive: 0``; its alias and which."""
         config = state.configs.current
         alias = resolve_alias(config, name)
+        if keep_alive == 0:
+            await state.engine.unload(alias)
+            return alias, "unload"
+        kept = keep_alive if keep_alive is not None else keep_alive_for(config, alias)
+        await state.engine.load(alias, spec_for(config.models[alias]), kept)
+        return alias, "load"
+
+    async def load_or_unload(name: str | None, keep_alive: float | None, chat: bool) -> Response[bytes]:
+        """An empty prompt loads the model; with ``keep_alive: 0`` it unloads it (Ollama's way)."""
+        alias, done = await load_or_unload_model(name, keep_alive)
         body: dict[str, Any] = {"model": alias, "created_at": now_iso()}
         if chat:
             body["message"] = {"role": "assistant", "content": ""}
         else:
             body["response"] = ""
-        if keep_alive == 0:
-            await state.engine.unload(alias)
-            return _json({**body, "done": True, "done_reason": "unload"})
-        kept = keep_alive if keep_alive is not None else keep_alive_for(config, alias)
-        await state.engine.load(alias, spec_for(config.models[alias]), kept)
-        return _json({**body, "done": True, "done_reason": "load"})
+        return _json({**body, "done": True, "done_reason": done})
 
     @post("/chat", status_code=200, dto=StrictBody[ChatRequest], return_dto=None)
     async def chat(request: Request[Any, Any, Any], data: ChatRequest) -> Response[bytes] | Stream:
@@ -228,6 +233,11 @@ def ollama_router(state: DaemonState) -> Router:
         """Vectors for a string or strings (``truncate``, on by default, cuts long inputs)."""
         started = time.perf_counter()
         config = state.configs.current
+        if not data.input:  # no input: load the model (unload it with keep_alive 0), as Ollama does
+            alias, _ = await load_or_unload_model(
+                translate.model_name(data.model, config), translate.keep_alive(data.keep_alive)
+            )
+            return _json({"model": alias, "embeddings": []})
         request = resolve_embeddings(
             config,
             translate.model_name(data.model, config),
@@ -252,20 +262,19 @@ def ollama_router(state: DaemonState) -> Router:
     async def embeddings(data: OllamaEmbeddingsRequest) -> Response[bytes]:
         """Ollama's older form: one ``prompt``, one ``embedding``."""
         config = state.configs.current
-        try:
-            request = resolve_embeddings(
-                config,
-                translate.model_name(data.model, config),
-                data.prompt,
-                keep_alive=translate.keep_alive(data.keep_alive),
-                truncate=True,
+        if not data.prompt:  # as /api/embed: load the model (or unload it)
+            await load_or_unload_model(
+                translate.model_name(data.model, config), translate.keep_alive(data.keep_alive)
             )
-            result = await state.engine.embed(request)
-        except RequestError as exc:  # its one input is this form's ``prompt``
-            if exc.param is None or not exc.param.startswith("input"):
-                raise
-            message = exc.message.replace("input 0", "the prompt").replace("input must", "the prompt must")
-            raise type(exc)(message, param="prompt", code=exc.code, hint=exc.hint) from None
+            return _json({"embedding": []})
+        request = resolve_embeddings(
+            config,
+            translate.model_name(data.model, config),
+            data.prompt,
+            keep_alive=translate.keep_alive(data.keep_alive),
+            truncate=True,
+        )
+        result = await state.engine.embed(request)
         return _json({"embedding": as_floats(result.vectors)[0]})
 
     return Router(
