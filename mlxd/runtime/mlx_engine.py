@@ -25,7 +25,7 @@ from mlxd.runtime.cluster import ClusterSpec
 from mlxd.runtime.engine_core import EngineCore
 from mlxd.runtime.mlx.commands import Cancel, Choice, Command, Configure, Embed, Insert, Load, Unload
 from mlxd.runtime.mlx.handle import WorkerHandle
-from mlxd.runtime.requests import GenerationRequest
+from mlxd.runtime.requests import GenerationRequest, TextPrompt
 from mlxd.runtime.specs import ModelSpec, RuntimeSettings, UnitKey
 from mlxd.runtime.streams import Stream
 from mlxd.runtime.units import LoadPlan, Unit
@@ -207,6 +207,7 @@ class MlxEngine(EngineCore["LoadedModel"]):
             reasoning_format=admitted.reasoning_format,
             num_draft_tokens=request.num_draft_tokens,
             vision=admitted.vision,
+            continues_text=isinstance(request.prompt, TextPrompt),
         )
         self._gate.send(insert, hold=True)  # with the rest of its burst
         return streams

@@ -7,6 +7,8 @@ limits, never meaning.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import openai
 import pytest
 
@@ -207,6 +209,27 @@ def test_context_length_is_enforced(client: openai.OpenAI) -> None:
 def test_echo_prepends_the_prompt(client: openai.OpenAI) -> None:
     response = client.completions.create(model="tiny", prompt="Echo me", max_tokens=3, echo=True)
     assert response.choices[0].text.startswith("Echo me")
+
+
+def test_a_text_completion_keeps_the_space_its_first_token_starts_with(
+    client: openai.OpenAI, tiny_model_dir: Path
+) -> None:
+    """The output continues the prompt: "Once upon a" + " time", as OpenAI returns it. A chat
+    reply drops that space, as mlx-lm's detokenizers do."""
+    from transformers import AutoTokenizer
+
+    (time,) = AutoTokenizer.from_pretrained(tiny_model_dir).encode(" time", add_special_tokens=False)
+    forced = {"max_tokens": 3, "temperature": 0, "logit_bias": {str(time): 100}}
+    text = client.completions.create(model="tiny", prompt="Once upon a", logprobs=0, **forced)  # type: ignore[arg-type]
+    assert text.choices[0].text == " time time time"
+    assert text.choices[0].logprobs is not None
+    assert "".join(text.choices[0].logprobs.tokens or []) == text.choices[0].text
+    echoed = client.completions.create(model="tiny", prompt="Once upon a", echo=True, **forced)  # type: ignore[arg-type]
+    assert echoed.choices[0].text == "Once upon a time time time"
+    streamed = client.completions.create(model="tiny", prompt="Once upon a", stream=True, **forced)  # type: ignore[arg-type]
+    assert "".join(chunk.choices[0].text for chunk in streamed if chunk.choices) == " time time time"
+    chat = client.chat.completions.create(model="tiny", messages=HELLO, **forced)  # type: ignore[arg-type]
+    assert chat.choices[0].message.content == "time time time"
 
 
 def test_logprob_bytes_rebuild_the_exact_output(client: openai.OpenAI) -> None:

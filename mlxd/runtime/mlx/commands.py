@@ -70,6 +70,9 @@ class Insert:
     num_draft_tokens: int = 0
     #: A prompt with images (``vision.VisionPrompt``): prefilled as embeddings, then batched.
     vision: Any | None = None
+    #: A raw prompt the output continues (a text completion): a space its first token starts
+    #: with is part of the text, where a chat reply drops it.
+    continues_text: bool = False
 
 
 @dataclass(slots=True)

@@ -55,6 +55,8 @@ class Sequence:
         cls, command: Insert, choice: Choice, detokenizer: Any, eos: frozenset[int], pieces: TokenPieces
     ) -> Sequence:
         """The sequence of one choice of an inserted request, with its own output parser."""
+        if command.continues_text:
+            keep_leading_space(detokenizer)
         return cls(
             seq_id=choice.seq_id,
             uid=-1,
@@ -130,3 +132,17 @@ class Sequence:
         pieces = self.pieces
         top = [(i, *pieces(i), v) for i, v in top_logprobs(logprobs, k)]
         return TokenInfo(token, *pieces(token), float(logprobs[token].item()), top)
+
+
+def keep_leading_space(detokenizer: Any) -> None:
+    """Keep the space the first token starts with (" time" after "Once upon a", as OpenAI's
+    completions return it). mlx-lm's SentencePiece and byte-level BPE detokenizers drop it,
+    as suits a chat reply; the naive one decodes as the tokenizer does."""
+    if hasattr(detokenizer, "trim_space"):  # SentencePiece
+        detokenizer.trim_space = False
+    elif hasattr(detokenizer, "_maybe_trim_space"):  # byte-level BPE: trims only at the start
+        detokenizer._maybe_trim_space = _as_is
+
+
+def _as_is(text: str) -> str:
+    return text
