@@ -41,8 +41,8 @@ class ResponsesRequest(msgspec.Struct, forbid_unknown_fields=False, kw_only=True
     parallel_tool_calls: bool | None = None
     text: TextConfig | None = None
     reasoning: ReasoningConfig | None = None
-    stream: bool = False
-    store: bool = True
+    stream: bool | None = False  # null, as OpenAI's types allow: the default
+    store: bool | None = True
     previous_response_id: str | None = None
     metadata: dict[str, str] | None = None
     user: str | None = None

@@ -46,7 +46,7 @@ class ChatMessage(msgspec.Struct, forbid_unknown_fields=False):
 class StreamOptions(msgspec.Struct, forbid_unknown_fields=False):
     """``stream_options``: ask for a final usage chunk."""
 
-    include_usage: bool = False
+    include_usage: bool | None = False  # null, as OpenAI's types allow: the default
 
 
 class ResponseFormat(msgspec.Struct, forbid_unknown_fields=False):
@@ -68,7 +68,7 @@ class _Sampling(msgspec.Struct, forbid_unknown_fields=False, kw_only=True):
     response_format: ResponseFormat | None = None
     seed: Seed | None = None
     stop: str | list[str] | None = None
-    stream: bool = False
+    stream: bool | None = False
     stream_options: StreamOptions | None = None
     temperature: Temperature | None = None
     top_p: Probability | None = None
@@ -110,7 +110,7 @@ class CompletionRequest(_Sampling, kw_only=True):
 
     prompt: str | list[str | int]
     logprobs: Annotated[int, msgspec.Meta(ge=0, le=10)] | None = None
-    echo: bool = False
+    echo: bool | None = False
     best_of: PositiveInt | None = None
     suffix: str | None = None
 

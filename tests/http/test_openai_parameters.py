@@ -249,3 +249,33 @@ def test_logprob_bytes_rebuild_the_exact_output(client: openai.OpenAI) -> None:
         for entry in content:
             for alternative in entry.top_logprobs:
                 assert alternative.bytes is not None
+
+
+def test_null_for_a_nullable_flag_takes_its_default(daemon: RunningDaemon) -> None:
+    """The openai package types ``stream``, ``echo`` and ``store`` as optional and sends a
+    null it is given as it is."""
+    with daemon.client() as http:
+        chat = http.post(
+            "/v1/chat/completions",
+            json={
+                "model": "tiny",
+                "messages": HELLO,
+                "max_tokens": 2,
+                "stream": None,
+                "stream_options": None,
+            },
+        )
+        text = http.post(
+            "/v1/completions", json={"model": "tiny", "prompt": "x", "max_tokens": 2, "echo": None}
+        )
+        stored = http.post(
+            "/v1/responses",
+            json={"model": "tiny", "input": "x", "max_output_tokens": 2, "store": None, "stream": None},
+        )
+        assert chat.status_code == 200, chat.text
+        assert chat.json()["object"] == "chat.completion"  # not streamed
+        assert text.status_code == 200, text.text
+        assert text.json()["object"] == "text_completion"
+        assert stored.status_code == 200, stored.text
+        assert stored.json()["store"] is True
+        assert http.get(f"/v1/responses/{stored.json()['id']}").status_code == 200  # stored: the default

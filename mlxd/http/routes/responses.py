@@ -41,7 +41,7 @@ def responses_router(state: DaemonState) -> Router:
         body: dict[str, Any],
         conversation: list[dict[str, Any]],
     ) -> None:
-        if not data.store:
+        if data.store is False:  # null: the default, stored
             return
         answer = encoder.assistant_message()
         history = [*conversation, answer] if answer is not None else conversation

@@ -188,7 +188,7 @@ def translate(
         tool_choice=_tool_choice(request.tool_choice),
         parallel_tool_calls=request.parallel_tool_calls,
         response_format=_format(text_format),
-        stream=request.stream,
+        stream=bool(request.stream),
         images=tuple(images),
         names=NAMES,
     )

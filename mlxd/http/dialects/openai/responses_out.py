@@ -135,7 +135,7 @@ class ResponseEncoder:
             "parallel_tool_calls": request.parallel_tool_calls is not False,
             "previous_response_id": request.previous_response_id,
             "reasoning": {"effort": effort, "summary": None},
-            "store": request.store,
+            "store": request.store is not False,
             "temperature": request.temperature,
             "text": {"format": text_format or {"type": "text"}},
             "tool_choice": request.tool_choice if request.tool_choice is not None else "auto",

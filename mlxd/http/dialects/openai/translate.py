@@ -149,7 +149,7 @@ def translate(request: AnyRequest, config: MlxdConfig) -> tuple[GenerationReques
             seed=request.seed,
             logprobs=top,
             response_format=request.response_format,
-            stream=request.stream,
+            stream=bool(request.stream),
             **common,
         ),
         config,
