@@ -110,8 +110,27 @@ def stop_timeout(target: Target) -> float:
     return spec_for(target).stop_timeout_s
 
 
+def _refuse_another_config(target: Target) -> None:
+    """Raise when the running daemon runs another config file than ``target`` names: one
+    daemon runs per state directory, so the target's is not running, and the command must
+    not act on (or wait for) the other one."""
+    if target.record is not None:
+        return
+    record = supervision.read_run_record()
+    if record is None or supervision.config_key(record.config_path) == supervision.config_key(
+        target.config_path
+    ):
+        return
+    runs = record.config or "built-in defaults"
+    raise MlxdError(
+        f"mlxd (pid {record.pid}) runs {runs}, not {target.config_path or 'built-in defaults'}",
+        hint="one daemon runs at a time: `mlxd stop` (without --config) stops it",
+    )
+
+
 def start(target: Target, *, demo: bool, timeout_s: float, warn: Callable[[str], None]) -> Outcome:
     """Start the daemon unless it already answers; raise ``StartFailed`` with its log."""
+    _refuse_another_config(target)
     client = target.client(timeout=2.0)
     if client.is_healthy():
         return Outcome(target.url, service_name(), daemon_pid(client), already_running=True)
@@ -230,6 +249,7 @@ def stop(target: Target) -> bool:
     did not exit within the stop timeout: its open streams were cut, and the caller must
     not report a clean stop.
     """
+    _refuse_another_config(target)
     timeout_s = stop_timeout(target)
     running = target.record
     stopped = False

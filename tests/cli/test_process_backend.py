@@ -132,6 +132,19 @@ def test_start_status_request_logs_stop(stops_daemon: Home) -> None:
     assert logs.returncode == 0
     assert 1 <= len(logs.stdout.splitlines()) <= 5
 
+    # One daemon runs at a time: another config file names one that is not running, and
+    # start, stop and restart with it leave this one alone, at once.
+    other = home.config.parent / "other.toml"
+    other.write_text(f"[server]\nport = {home.port + 1}\n", encoding="utf-8")
+    for command in (["stop"], ["start", "--timeout", "90"], ["restart", "--timeout", "90"]):
+        began = time.monotonic()
+        refused = run_mlxd(*command, "--config", str(other))
+        assert refused.returncode == 1, (command, refused.stdout, refused.stderr)
+        assert f"runs {home.config.resolve()}, not {other}" in refused.stderr
+        assert time.monotonic() - began < 45  # it did not wait out the 90 s for the other to answer
+        assert supervision.is_alive(pid)
+    assert health(home.url) == 200
+
     stopped = run_mlxd("stop")
     assert stopped.returncode == 0
     assert "stopped" in stopped.stdout
