@@ -7,7 +7,8 @@ stream opens with ``response.created`` and ``response.in_progress``; each item i
 (``response.reasoning_text.delta``, ``response.output_text.delta``,
 ``response.function_call_arguments.delta``), their ``…done`` events and
 ``response.output_item.done``; then ``response.completed`` carries the whole response
-(``response.failed`` when generation fails after the start). Item ids are the same in
+(``response.incomplete`` when it stopped at ``max_output_tokens``, ``response.failed`` when
+generation fails after the start). Item ids are the same in
 the events and the final response, as the SDK's stream accumulator requires.
 """
 
@@ -216,7 +217,8 @@ class ResponseEncoder:
         return "".join(done)
 
     def ending(self, finish: Finish, usage: dict[str, Any]) -> bytes:
-        """``response.completed`` (or ``response.failed``) after the last open item closes."""
+        """``response.completed`` (``response.incomplete`` at ``max_output_tokens``, as OpenAI
+        sends it; ``response.failed``) after the last open item closes."""
         out: list[bytes] = []
         if finish.reason == "error":
             self._open = None
@@ -224,9 +226,8 @@ class ResponseEncoder:
             out.append(self._event({"type": "response.failed", "response": failed}))
             return b"".join(out)
         self._close(out, "incomplete" if finish.reason == "length" else "completed")
-        out.append(
-            self._event({"type": "response.completed", "response": self.response("completed", usage, finish)})
-        )
+        response = self.response("completed", usage, finish)
+        out.append(self._event({"type": f"response.{response['status']}", "response": response}))
         return b"".join(out)
 
     def _where(self, kind: str, **fields: Any) -> dict[str, Any]:
