@@ -92,11 +92,15 @@ def _log_offsets() -> dict[Path, int]:
 
 
 def _failure_lines(offsets: dict[Path, int]) -> list[str]:
-    """What the daemon wrote since the attempt began: its console first, else its log."""
+    """What the daemon wrote since the attempt began: its console first, else its log;
+    none when it wrote nothing yet (an earlier run's lines would read as this one's cause)."""
     for path, offset in offsets.items():
         if lines := logfiles.tail(path, FAILURE_LINES, since=offset):
             return lines
-    return logfiles.tail(logfiles.daemon_log(), FAILURE_LINES)
+    for path, offset in offsets.items():
+        if logfiles.size(path) < offset:  # rotated meanwhile: the new file is all this attempt's
+            return logfiles.tail(path, FAILURE_LINES)
+    return []
 
 
 def spec_for(target: Target, *, demo: bool = False) -> ServiceSpec:

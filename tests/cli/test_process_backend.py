@@ -241,3 +241,18 @@ def test_stop_also_stops_a_foreground_daemon(stops_daemon: Home) -> None:
     finally:
         serve.kill()
         serve.wait()
+
+
+def test_a_failed_start_shows_only_what_this_attempt_wrote(home: Home) -> None:
+    from mlxd.cli import lifecycle, logfiles
+
+    log = logfiles.daemon_log()
+    log.parent.mkdir(parents=True, exist_ok=True)
+    log.write_text("port 8080 is in use by pid 1: an earlier run's cause\n", encoding="utf-8")
+    offsets = lifecycle._log_offsets()
+    assert lifecycle._failure_lines(offsets) == []  # nothing new: no earlier run's lines
+    with log.open("a", encoding="utf-8") as file:
+        file.write("the MLX runtime failed to load: this attempt\n")
+    assert lifecycle._failure_lines(offsets) == ["the MLX runtime failed to load: this attempt"]
+    log.write_text("rotated: a new file\n", encoding="utf-8")  # smaller than the offset
+    assert lifecycle._failure_lines(offsets) == ["rotated: a new file"]
