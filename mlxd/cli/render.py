@@ -56,7 +56,13 @@ def status_table(report: StatusReport) -> Table:
     """``mlxd status`` for people."""
     data = report.data
     table = _grid()
-    if not report.running:
+    if report.silent:
+        pid = data["pid"]
+        state = Text(
+            f"not answering (pid {pid} is alive: stopped, hung or swamped; `mlxd restart` replaces it)",
+            style="red",
+        )
+    elif not report.running:
         state = Text("not running", style="red")
     elif report.config_error:
         state = Text.assemble(("running", "green"), ", ", ("config error: ", "yellow"), report.config_error)

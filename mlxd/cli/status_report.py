@@ -37,6 +37,8 @@ class StatusReport:
     #: Why the supervised daemon last failed to start, while it is down and has not given up
     #: (launchd or systemd relaunch it: the next try may work).
     failed: str | None = None
+    #: The daemon's process is alive but did not answer (stopped, hung, or swamped).
+    silent: bool = False
 
     @property
     def running(self) -> bool:
@@ -98,6 +100,10 @@ def collect(target: Target) -> StatusReport:
     pid = info.pid if info else None
     if running and pid is None:
         pid = target.record.pid if target.record else manager_state.pid if manager_state else None
+    record = target.record
+    silent = not running and record is not None and supervision.is_mlxd_process(record.pid)
+    if silent and record is not None:
+        pid = record.pid
     path = info.config.path if info else None
     data: dict[str, Any] = {
         "running": running,
@@ -129,7 +135,7 @@ def collect(target: Target) -> StatusReport:
     # systemd by Restart=): not after a stop or an uninstall, nor for a detached daemon.
     relaunching = manager_state is not None and manager_state.loaded and not manager_state.running
     failed = _recent_failure(target) if relaunching and not (running or gave_up) else None
-    return StatusReport(data, detail, gave_up, failed)
+    return StatusReport(data, detail, gave_up, failed, silent)
 
 
 def _recent_failure(target: Target) -> str | None:

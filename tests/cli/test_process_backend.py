@@ -8,6 +8,7 @@ pin down the pid logic on its own; the ``server`` tests run the real ``mlxd star
 from __future__ import annotations
 
 import json
+import os
 import signal
 import socket
 import subprocess
@@ -131,6 +132,18 @@ def test_start_status_request_logs_stop(stops_daemon: Home) -> None:
     logs = run_mlxd("logs", "-n", "5")
     assert logs.returncode == 0
     assert 1 <= len(logs.stdout.splitlines()) <= 5
+
+    # A daemon that is alive but does not answer (here: stopped) is not "not running".
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        silent = run_mlxd("status")
+        silent_json = run_mlxd("status", "--json")
+    finally:
+        os.kill(pid, signal.SIGCONT)
+    assert silent.returncode == 1, silent.stdout
+    assert f"not answering (pid {pid} is alive" in " ".join(silent.stdout.split())
+    assert (json.loads(silent_json.stdout)["running"], json.loads(silent_json.stdout)["pid"]) == (False, pid)
+    assert run_mlxd("status").returncode == 0  # answering again
 
     # One daemon runs at a time: another config file names one that is not running, and
     # start, stop and restart with it leave this one alone, at once.
