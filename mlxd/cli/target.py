@@ -14,6 +14,7 @@ wrong; commands that start one (``strict``) refuse it.
 
 from __future__ import annotations
 
+import re
 import tomllib
 from dataclasses import dataclass
 from pathlib import Path
@@ -85,8 +86,8 @@ def _server_section_only(path: Path | None, error: ConfigError) -> MlxdConfig:
     server: object = None
     if path is not None:
         try:
-            server = tomllib.loads(path.read_text(encoding="utf-8")).get("server")
-        except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError):
+            server = _server_table(path.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError):
             server = None
     attempts = [{"server": server}] if isinstance(server, dict) else []
     for overrides in [*attempts, {}]:
@@ -95,3 +96,26 @@ def _server_section_only(path: Path | None, error: ConfigError) -> MlxdConfig:
         except ConfigError:
             continue
     raise error
+
+
+_TABLE_HEADER = re.compile(r"\s*\[")
+_SERVER_HEADER = re.compile(r"\s*\[\s*server\s*\]\s*(#.*)?$")
+
+
+def _server_table(text: str) -> object:
+    """The file's ``[server]`` table; when the file is not valid TOML, the table's own lines
+    read alone, so a typo elsewhere (a half-written alias) still leaves the port and API key
+    the running daemon took from it."""
+    try:
+        return tomllib.loads(text).get("server")
+    except tomllib.TOMLDecodeError:
+        pass
+    lines = text.splitlines()
+    start = next((i for i, line in enumerate(lines) if _SERVER_HEADER.match(line)), None)
+    if start is None:
+        return None
+    end = next((i for i in range(start + 1, len(lines)) if _TABLE_HEADER.match(lines[i])), len(lines))
+    try:
+        return tomllib.loads("\n".join(lines[start:end])).get("server")
+    except tomllib.TOMLDecodeError:
+        return None
