@@ -209,6 +209,10 @@ def test_context_length_is_enforced(client: openai.OpenAI) -> None:
 def test_echo_prepends_the_prompt(client: openai.OpenAI) -> None:
     response = client.completions.create(model="tiny", prompt="Echo me", max_tokens=3, echo=True)
     assert response.choices[0].text.startswith("Echo me")
+    with pytest.raises(openai.BadRequestError) as refused:  # not silently left out
+        client.completions.create(model="tiny", prompt=[375, 69, 71], max_tokens=3, echo=True)
+    assert refused.value.code == "unsupported_parameter"
+    assert "token ids" in refused.value.message
 
 
 def test_a_text_completion_keeps_the_space_its_first_token_starts_with(
