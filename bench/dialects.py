@@ -35,7 +35,7 @@ def _chat(payload: dict[str, Any]) -> int | None:
 
 
 def _responses(payload: dict[str, Any]) -> int | None:
-    if payload.get("type") == "response.completed":
+    if payload.get("type") in ("response.completed", "response.incomplete"):  # at max_output_tokens
         return int(payload["response"]["usage"]["output_tokens"])
     return None
 
