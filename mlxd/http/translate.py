@@ -350,3 +350,17 @@ def _resolve(request: CommonRequest, config: MlxdConfig) -> GenerationRequest:
         delivery_interval=config.server.stream_interval if request.stream else None,
         num_draft_tokens=_num_draft_tokens(request, alias, model),
     )
+
+
+def thinking(effort: str | None, param: str) -> dict[str, Any] | None:
+    """OpenAI's reasoning effort as chat-template arguments: ``none`` and ``minimal`` turn a
+    reasoning model's thinking off, ``low`` to ``xhigh`` on (the template gets the effort too)."""
+    if effort is None:
+        return None
+    if effort in ("none", "minimal"):
+        return {"enable_thinking": False}
+    if effort in ("low", "medium", "high", "xhigh"):
+        return {"enable_thinking": True, "reasoning_effort": effort}
+    raise RequestError(
+        f"reasoning effort {effort!r} is not one of none, minimal, low, medium, high", param=param
+    )

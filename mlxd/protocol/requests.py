@@ -101,6 +101,11 @@ class ChatCompletionRequest(_Sampling, kw_only=True):
     functions: list[dict[str, Any]] | None = None
     function_call: str | dict[str, Any] | None = None
     chat_template_kwargs: dict[str, Any] | None = None
+    reasoning_effort: str | None = None
+    # Known fields mlxd does not serve: a 400 naming them when set.
+    modalities: list[str] | None = None
+    audio: dict[str, Any] | None = None
+    web_search_options: dict[str, Any] | None = None
     # mlx_lm.server's extra
     role_mapping: dict[str, str] | None = None
 

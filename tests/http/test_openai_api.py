@@ -296,3 +296,41 @@ def test_enable_thinking_off_per_request_and_per_alias(client: openai.OpenAI) ->
         assert reply.choices[0].message.content
         assert getattr(reply.choices[0].message, "reasoning_content", None) is None
     assert per_request.choices[0].message.content == per_alias.choices[0].message.content
+    # OpenAI's reasoning_effort: none turns thinking off; a template argument sent beside it wins.
+    effort = client.chat.completions.create(
+        model="thinker", messages=HELLO, max_tokens=12, reasoning_effort="none"
+    )
+    assert effort.choices[0].message.content == per_request.choices[0].message.content
+    assert getattr(effort.choices[0].message, "reasoning_content", None) is None
+    overruled = client.chat.completions.create(
+        model="thinker",
+        messages=HELLO,
+        max_tokens=12,
+        reasoning_effort="none",
+        extra_body={"chat_template_kwargs": {"enable_thinking": True}},
+    )
+    assert getattr(overruled.choices[0].message, "reasoning_content", None)
+    with pytest.raises(openai.BadRequestError) as refused:
+        client.chat.completions.create(model="thinker", messages=HELLO, reasoning_effort="max")  # type: ignore[arg-type]
+    assert refused.value.body["param"] == "reasoning_effort"  # type: ignore[index]
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [
+        ("modalities", ["text", "audio"]),
+        ("audio", {"voice": "alloy", "format": "wav"}),
+        ("web_search_options", {}),
+    ],
+)
+def test_output_mlxd_cannot_give_is_refused_not_ignored(
+    client: openai.OpenAI, field: str, value: object
+) -> None:
+    with pytest.raises(openai.BadRequestError) as refused:
+        client.chat.completions.create(model="tiny", messages=HELLO, max_tokens=2, extra_body={field: value})
+    assert refused.value.code == "unsupported_parameter"
+    assert refused.value.body["param"] == field  # type: ignore[index]
+    text = client.chat.completions.create(
+        model="tiny", messages=HELLO, max_tokens=2, extra_body={"modalities": ["text"]}
+    )
+    assert text.choices[0].message is not None

@@ -16,7 +16,7 @@ from typing import Any
 from mlxd.config.schema import MlxdConfig
 from mlxd.errors import RequestError
 from mlxd.http.images import ImagePart, content, from_url
-from mlxd.http.translate import CommonRequest, past_call, resolve
+from mlxd.http.translate import CommonRequest, past_call, resolve, thinking
 from mlxd.protocol.openai_responses import ResponsesRequest
 from mlxd.protocol.requests import ResponseFormat
 from mlxd.runtime.requests import GenerationRequest
@@ -144,18 +144,6 @@ def _format(format_: Mapping[str, Any] | None) -> ResponseFormat | None:
     return ResponseFormat(str(kind))
 
 
-def _effort(effort: str | None) -> dict[str, Any] | None:
-    if effort is None:
-        return None
-    if effort in ("none", "minimal"):
-        return {"enable_thinking": False}
-    if effort in ("low", "medium", "high", "xhigh"):
-        return {"enable_thinking": True, "reasoning_effort": effort}
-    raise RequestError(
-        f"reasoning.effort {effort!r} is not one of none, minimal, low, medium, high", param="reasoning"
-    )
-
-
 def _unsupported(request: ResponsesRequest) -> None:
     for name, value in (
         ("background", request.background),
@@ -180,7 +168,7 @@ def translate(
     common = CommonRequest(
         model=request.model,
         messages=tuple(system + conversation),
-        chat_template_kwargs=_effort(request.reasoning.effort if request.reasoning else None),
+        chat_template_kwargs=thinking(request.reasoning.effort if request.reasoning else None, "reasoning"),
         max_tokens=request.max_output_tokens,
         temperature=request.temperature,
         top_p=request.top_p,

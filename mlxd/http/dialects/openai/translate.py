@@ -13,7 +13,7 @@ from mlxd.config.schema import MlxdConfig
 from mlxd.errors import RequestError
 from mlxd.http.dialects.openai.logprobs import LogprobShape
 from mlxd.http.images import ImagePart, content, from_url
-from mlxd.http.translate import CommonRequest, past_calls, resolve
+from mlxd.http.translate import CommonRequest, past_calls, resolve, thinking
 from mlxd.protocol.requests import AnyRequest, ChatCompletionRequest, ChatMessage, CompletionRequest
 from mlxd.runtime.requests import GenerationRequest
 
@@ -36,6 +36,12 @@ def _unsupported(request: AnyRequest) -> None:
             reject("functions", "functions")
         if request.function_call not in (None, "none"):
             reject("function_call", "function_call")
+        if request.modalities is not None and set(request.modalities) - {"text"}:
+            reject("modalities", "output other than text")
+        if request.audio is not None:
+            reject("audio", "audio output")
+        if request.web_search_options is not None:
+            reject("web_search_options", "web search")
     else:
         if request.best_of not in (None, 1):
             reject("best_of", "best_of > 1")
@@ -114,7 +120,12 @@ def translate(request: AnyRequest, config: MlxdConfig) -> tuple[GenerationReques
             messages=tuple(_message(m, i, images) for i, m in enumerate(request.messages)),
             images=tuple(images),
             role_mapping=request.role_mapping,
-            chat_template_kwargs=request.chat_template_kwargs,
+            # The request's own template arguments win over what its effort implies.
+            chat_template_kwargs={
+                **(thinking(request.reasoning_effort, "reasoning_effort") or {}),
+                **(request.chat_template_kwargs or {}),
+            }
+            or None,
             max_tokens=request.max_completion_tokens or request.max_tokens,
             tools=request.tools,
             tool_choice=request.tool_choice,
