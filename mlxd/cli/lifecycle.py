@@ -16,7 +16,7 @@ from pathlib import Path
 from mlxd import supervision
 from mlxd.cli import logfiles
 from mlxd.cli.client import DaemonClient
-from mlxd.cli.errors import StartFailed
+from mlxd.cli.errors import Interrupted, StartFailed
 from mlxd.cli.managers import LoginService, ServiceManager, installed_login_service
 from mlxd.cli.managers.base import ServiceSpec, build_spec
 from mlxd.cli.managers.process import ProcessManager, terminate
@@ -165,7 +165,11 @@ def start(target: Target, *, demo: bool, timeout_s: float, warn: Callable[[str],
             )
         return Outcome(target.url, manager.name, pid, already_running=True)
     process = manager.spawn(spec)
-    failure = wait_healthy(client, timeout_s, config=target.config_path, exit_code=process.poll)
+    try:
+        failure = wait_healthy(client, timeout_s, config=target.config_path, exit_code=process.poll)
+    except KeyboardInterrupt:
+        _abandon(process, manager, target)
+        raise Interrupted("the start was cancelled; the daemon it launched is stopped") from None
     if failure is not None:
         _abandon(process, manager, target)
         _raise_unless_healthy(failure, offsets)

@@ -269,3 +269,26 @@ def test_a_failed_start_shows_only_what_this_attempt_wrote(home: Home) -> None:
     assert lifecycle._failure_lines(offsets) == ["the MLX runtime failed to load: this attempt"]
     log.write_text("rotated: a new file\n", encoding="utf-8")  # smaller than the offset
     assert lifecycle._failure_lines(offsets) == ["rotated: a new file"]
+
+
+@pytest.mark.server
+def test_ctrl_c_during_start_stops_the_daemon_it_launched(stops_daemon: Home) -> None:
+    home = stops_daemon
+    starting = subprocess.Popen(
+        [sys.executable, "-m", "mlxd", "start", "--demo", "--timeout", "120"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),  # Python's own handler
+    )
+    deadline = time.monotonic() + 30
+    while (pid := supervision.read_pid_file(home.state_dir)) is None and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert pid is not None
+    starting.send_signal(signal.SIGINT)  # before the daemon answers: it loads MLX first
+    _, stderr = starting.communicate(timeout=120)
+    assert starting.returncode == 130, stderr
+    assert "the start was cancelled; the daemon it launched is stopped" in stderr
+    assert not supervision.is_alive(pid)
+    assert not supervision.pid_file(home.state_dir).exists()
+    assert run_mlxd("status").returncode == 3
