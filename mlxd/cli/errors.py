@@ -87,8 +87,25 @@ def exit_code_for(error: MlxdError) -> int:
 
 
 def hint_for(error: MlxdError) -> str | None:
-    """What to do about an error: its own hint, else the table's."""
-    return error.hint or _entry(error)[1]
+    """What to do about an error: its own hint, else the table's (for a config error, one
+    that names where its problems come from when none is the file)."""
+    if error.hint:
+        return error.hint
+    if isinstance(error, ConfigError) and (hint := _config_hint(error)) is not None:
+        return hint
+    return _entry(error)[1]
+
+
+def _config_hint(error: ConfigError) -> str | None:
+    """A config error's hint when the file is not where its problems come from."""
+    if error.message.startswith("config file not found"):
+        return "create one with `mlxd config init`, or pass the file you meant with --config"
+    problems = error.problems
+    if problems and all("(command line)" in p for p in problems):
+        return "fix the option on the command line (`mlxd serve --help` lists them)"
+    if problems and all("(from MLXD_" in p for p in problems):
+        return "fix or unset the environment variable it names"
+    return None
 
 
 def report(error: MlxdError) -> int:

@@ -15,8 +15,8 @@ from typer.testing import CliRunner
 
 import mlxd
 from mlxd.cli.app import app
-from mlxd.cli.errors import exit_code_for, report
-from mlxd.errors import MlxdError, error_for_code
+from mlxd.cli.errors import exit_code_for, hint_for, report
+from mlxd.errors import ConfigError, MlxdError, error_for_code
 from tests.cli.conftest import Home
 
 
@@ -120,3 +120,19 @@ def test_an_unexpected_exception_is_one_line_too(home: Home, monkeypatch: pytest
         "error: unexpected error: ValueError: something nobody planned for",
         "hint: run it again as `mlxd --verbose …` to see the traceback",
     ]
+
+
+@pytest.mark.parametrize(
+    ("error", "hint"),
+    [
+        (ConfigError("config file not found: /x.toml"), "mlxd config init"),
+        (ConfigError("invalid config", problems=["server.port (command line): too big"]), "command line"),
+        (
+            ConfigError("invalid config", problems=["server.port (from MLXD_SERVER__PORT): not an int"]),
+            "environment",
+        ),
+        (ConfigError("invalid config", problems=["server.port (line 2): too big"]), "fix the file"),
+    ],
+)
+def test_a_config_errors_hint_names_where_it_comes_from(error: ConfigError, hint: str) -> None:
+    assert hint in (hint_for(error) or "")
