@@ -251,7 +251,7 @@ def _print_table(rows: list[_Row]) -> None:
         console.print("no models configured or cached; pull one with `mlxd models pull org/name`")
         return
     table = Table(box=None, header_style="bold")
-    for column in ("ALIAS", "SOURCE", "REVISION", "ADAPTER", "DOWNLOADED", "SIZE", "LOADED", "CAN"):
+    for column in ("ALIAS", "SOURCE", "REVISION", "ADAPTER", "DOWNLOADED", "SIZE", "LOADED", "CAPABILITIES"):
         table.add_column(column, justify="right" if column == "SIZE" else "left")
     for row in rows:
         downloaded = "yes" if row.downloaded else ("incomplete" if row.problem else "no")

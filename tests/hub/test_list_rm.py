@@ -159,7 +159,16 @@ def test_list_json_table_and_loaded(
     assert {alias for alias, row in with_daemon.items() if row["loaded"]} == {"tiny"}
     assert table.returncode == 0, table.stderr
     header, *lines = table.stdout.splitlines()
-    assert header.split() == ["ALIAS", "SOURCE", "REVISION", "ADAPTER", "DOWNLOADED", "SIZE", "LOADED", "CAN"]
+    assert header.split() == [
+        "ALIAS",
+        "SOURCE",
+        "REVISION",
+        "ADAPTER",
+        "DOWNLOADED",
+        "SIZE",
+        "LOADED",
+        "CAPABILITIES",
+    ]
     assert lines[0].split()[:5] == ["tiny", repo_a, "main", "-", "yes"]
     assert lines[2].split()[:5] == ["never", "org/never-pulled", "main", "-", "no"]
     assert lines[4].split()[:5] == ["-", repo_b, "main", "-", "yes"]
