@@ -137,6 +137,8 @@ def start(target: Target, *, demo: bool, timeout_s: float, warn: Callable[[str],
     _refuse_another_config(target)
     client = target.client(timeout=2.0)
     if client.is_healthy():
+        if demo and not (target.record is not None and target.record.demo):
+            warn("--demo is ignored: mlxd is already running without it (`mlxd restart --demo` adds it)")
         return Outcome(target.url, service_name(), daemon_pid(client), already_running=True)
     target = _as_configured(target)
     client = target.client(timeout=2.0)

@@ -175,7 +175,11 @@ def test_start_twice_is_idempotent(stops_daemon: Home) -> None:
     second = run_mlxd("start")
     assert second.returncode == 0
     assert "already running" in second.stdout
+    assert "warning" not in second.stderr
     assert supervision.read_pid_file(stops_daemon.state_dir) == pid
+    demo = run_mlxd("start", "--demo")  # not silently: the running daemon has no demo alias
+    assert demo.returncode == 0
+    assert "--demo is ignored: mlxd is already running without it" in demo.stderr
 
 
 @pytest.mark.server
