@@ -14,6 +14,8 @@ from mlxd.errors import HubError
 
 _NETWORK_MODULES = frozenset({"httpx", "httpx2", "httpcore", "requests", "urllib3"})
 _AUTH_HINT = "set HF_TOKEN to a token that can read it (and accept the model's terms on the Hub)"
+#: A cache path that is a file, or one this user may not write.
+_UNWRITABLE = frozenset({errno.ENOTDIR, errno.EEXIST, errno.EACCES, errno.EPERM, errno.EROFS})
 
 
 def _names(exc: BaseException) -> set[str]:
@@ -71,6 +73,14 @@ def translate(exc: BaseException, repo_id: str, revision: str, endpoint: str) ->
         )
     if isinstance(exc, OSError) and exc.errno in {errno.ENOSPC, errno.EDQUOT}:
         return disk_full()
+    if "JSONDecodeError" in names:
+        return HubError(
+            f"{endpoint} did not answer as a Hugging Face Hub (its reply is not JSON)",
+            code="hub_protocol_error",
+            hint="check HF_ENDPOINT: the Hub (https://huggingface.co) or a mirror of it",
+        )
+    if isinstance(exc, OSError) and exc.errno in _UNWRITABLE:
+        return cache_unwritable(exc)
     if is_network_error(exc):
         first = (str(exc).strip().splitlines() or [""])[0]
         what = re.sub(r"^\[Errno -?\d+\]\s*", "", first).strip().lower() or type(exc).__name__
@@ -99,4 +109,14 @@ def disk_full() -> HubError:
         "disk full while downloading; the partial file is kept for resuming",
         code="disk_full",
         hint="free some space (or point HF_HUB_CACHE at a bigger volume), then pull again",
+    )
+
+
+def cache_unwritable(exc: OSError) -> HubError:
+    """The Hugging Face cache cannot take the download (a path in it is a file, or read-only)."""
+    where = f": {exc.filename}" if exc.filename else ""
+    return HubError(
+        f"cannot write to the Hugging Face cache ({(exc.strerror or type(exc).__name__).lower()}{where})",
+        code="cache_unwritable",
+        hint="check HF_HUB_CACHE (or HF_HOME): it must be a directory you can write",
     )

@@ -32,7 +32,7 @@ from mlxd.hub.cache import (
 )
 from mlxd.hub.download import Target, describe, fetch_file, partial_bytes
 from mlxd.hub.env import HubEnv
-from mlxd.hub.errors import is_network_error, revision_not_found, translate
+from mlxd.hub.errors import cache_unwritable, is_network_error, revision_not_found, translate
 from mlxd.hub.files import CONFIG_FILE, RemoteFile, select_files
 from mlxd.hub.progress import NullReporter, PullReporter, human_size
 from mlxd.hub.validate import check_config, read_json, validate_model_dir
@@ -195,10 +195,10 @@ def pull_model(
     snapshot = storage / "snapshots" / commit
     created = not snapshot.exists()
     lock_path = env.cache_dir / ".locks" / storage.name / "mlxd-pull.lock"
-    lock_path.parent.mkdir(parents=True, exist_ok=True)
+    _make_dir(lock_path.parent)
     try:
         with FileLock(lock_path, timeout=1):
-            snapshot.mkdir(parents=True, exist_ok=True)
+            _make_dir(snapshot)
             try:
                 counts = _fetch_all(target, wanted, report, env)
                 validate_model_dir(snapshot, name=repo_id)
@@ -225,6 +225,13 @@ def pull_model(
         restarted=counts["restarted"],
         reused_bytes=counts["reused_bytes"],
     )
+
+
+def _make_dir(path: Path) -> None:
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise cache_unwritable(exc) from None
 
 
 def _fetch_all(target: Target, wanted: list[RemoteFile], report: PullReporter, env: HubEnv) -> dict[str, int]:

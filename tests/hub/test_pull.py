@@ -213,6 +213,52 @@ def test_unreachable_endpoint(mlxd_env: MlxdEnv) -> None:
     assert one_error_line(result) == f"error: cannot reach the Hub at {endpoint} (connection refused)"
 
 
+def test_an_endpoint_that_is_no_hub(mlxd_env: MlxdEnv) -> None:
+    """A web page answering 200 (a captive portal, a mistyped HF_ENDPOINT)."""
+    import http.server
+    import threading
+
+    class Page(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            body = b"<html><body>Sign in to the hotel Wi-Fi</body></html>"
+            self.send_response(200)
+            self.send_header("Content-Type", "text/html")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *_: object) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Page)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    endpoint = f"http://127.0.0.1:{server.server_address[1]}"
+    try:
+        result = mlxd_env.run("models", "pull", "org/anything", HF_ENDPOINT=endpoint)
+    finally:
+        server.shutdown()
+    assert (
+        one_error_line(result)
+        == f"error: {endpoint} did not answer as a Hugging Face Hub (its reply is not JSON)"
+    )
+
+
+def test_a_cache_that_is_not_a_directory(
+    mlxd_env: MlxdEnv,
+    make_hub_repo: MakeRepo,
+    tiny_model_files: dict[str, bytes],
+    repo_name: str,
+    tmp_path: Path,
+) -> None:
+    make_hub_repo("org", repo_name, tiny_model_files)
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a directory\n", encoding="utf-8")
+    result = mlxd_env.run("models", "pull", f"org/{repo_name}", HF_HUB_CACHE=str(blocker / "hub"))
+    line = one_error_line(result)
+    assert line.startswith("error: cannot write to the Hugging Face cache (not a directory: "), line
+    assert "HF_HUB_CACHE" in result.stderr  # the hint
+
+
 def test_not_enough_disk_space_is_refused_before_the_weights(
     mlxd_env: MlxdEnv,
     make_hub_repo: MakeRepo,
