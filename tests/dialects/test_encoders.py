@@ -143,6 +143,8 @@ def test_responses_stream_items_have_one_identity_from_added_to_completed() -> N
     added = [d["item"] for n, d in events if n == "response.output_item.added"]
     done = [d["item"] for n, d in events if n == "response.output_item.done"]
     final = events[-1][1]["response"]
+    assert final["completed_at"] >= final["created_at"]  # completed: it says when
+    assert events[0][1]["response"]["completed_at"] is None
     assert [i["type"] for i in added] == ["reasoning", "message", "function_call"]
     assert [i["id"] for i in added] == [i["id"] for i in done] == [i["id"] for i in final["output"]]
     assert final["output"][0]["content"][0]["text"] == "let me think"

@@ -79,6 +79,7 @@ def test_stream_sends_the_semantic_events_in_order(oai: openai.OpenAI) -> None:
     assert last.type == "response.incomplete"
     final = last.response
     assert final.status == "incomplete"
+    assert final.completed_at is None  # only a completed response says when it completed
     assert final.incomplete_details is not None
     assert final.incomplete_details.reason == "max_output_tokens"
     kinds = [event.type for event in events]

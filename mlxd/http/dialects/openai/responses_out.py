@@ -122,11 +122,14 @@ class ResponseEncoder:
         text_format = request.text.format if request.text is not None and request.text.format else None
         effort = request.reasoning.effort if request.reasoning is not None else None
         tools = request.tools or []
+        status = "incomplete" if incomplete and status == "completed" else status
         return {
             "id": self.id,
             "object": "response",
             "created_at": self.created_at,
-            "status": "incomplete" if incomplete and status == "completed" else status,
+            # When it completed; OpenAI leaves it out of any other status.
+            "completed_at": int(time.time()) if status == "completed" else None,
+            "status": status,
             "error": {"code": "server_error", "message": error} if error is not None else None,
             "incomplete_details": incomplete,
             "instructions": request.instructions,
