@@ -114,16 +114,23 @@ class MlxdConfig(BaseSettings):
         return None
 
     def find_alias(self, name: str) -> str | None:
-        """The alias a request's ``model`` names: an alias, one of its ``aliases``, or its repo id."""
+        """The alias a request's ``model`` names: an alias, one of its ``aliases``, or its repo
+        id; else the one name of those that differs from it only in case (as the Hub's repo ids
+        and Ollama's model names match), never a guess between two."""
         if name in self.models:
             return name
+        names: dict[str, str] = {}  # each name an alias answers to -> the alias
         for alias, model in self.models.items():
             if name in model.aliases:
                 return alias
+            names.update(dict.fromkeys((alias, *model.aliases), alias))
         for alias, model in self.models.items():
             if not model.is_local and model.model == name and model.adapter is None:
                 return alias
-        return None
+            if not model.is_local and model.adapter is None:
+                names[model.model] = alias
+        folded = {names[other] for other in names if other.casefold() == name.casefold()}
+        return folded.pop() if len(folded) == 1 else None
 
     def generation_defaults(self, alias: str) -> GenerationDefaults:
         """Merged defaults for an alias: alias ``defaults`` > ``[defaults]`` > built-in."""

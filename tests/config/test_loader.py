@@ -381,3 +381,21 @@ def test_a_missing_local_model_directory_is_an_error(tmp_path: Path) -> None:
     text = '[models.local]\nmodel = "./models/gone"\n[models.hub]\nmodel = "org/not-pulled-yet"\n'
     [problem] = problems_of(write(tmp_path / "mlxd.toml", text))
     assert problem == "models.local.model (line 2): model directory not found: ./models/gone"
+
+
+def test_a_model_name_matches_in_any_case_unless_two_would(tmp_path: Path) -> None:
+    """As the Hub's repo ids and Ollama's model names match; never a guess between two."""
+    path = tmp_path / "mlxd.toml"
+    path.write_text(
+        '[models.qwen]\nmodel = "mlx-community/Qwen2.5-7B-Instruct-4bit"\naliases = ["GPT-4o-mini"]\n'
+        '[models.Llama]\nmodel = "org/llama"\n[models.LLAMA]\nmodel = "org/llama-big"\n',
+        encoding="utf-8",
+    )
+    config = load_config(path)
+    assert config.find_alias("qwen") == "qwen"
+    assert config.find_alias("QWEN") == "qwen"
+    assert config.find_alias("gpt-4o-mini") == "qwen"
+    assert config.find_alias("mlx-community/qwen2.5-7b-instruct-4bit") == "qwen"
+    assert config.find_alias("Llama") == "Llama"  # exact first
+    assert config.find_alias("llama") is None  # two aliases differ only in case: no guess
+    assert config.find_alias("mistral") is None
