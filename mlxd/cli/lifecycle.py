@@ -92,14 +92,12 @@ def _log_offsets() -> dict[Path, int]:
 
 
 def _failure_lines(offsets: dict[Path, int]) -> list[str]:
-    """What the daemon wrote since the attempt began: its console first, else its log;
-    none when it wrote nothing yet (an earlier run's lines would read as this one's cause)."""
+    """What the daemon wrote since the attempt began: its console first, else its log (a
+    log rotated meanwhile is read whole); none when it wrote nothing yet (an earlier run's
+    lines would read as this one's cause)."""
     for path, offset in offsets.items():
         if lines := logfiles.tail(path, FAILURE_LINES, since=offset):
             return lines
-    for path, offset in offsets.items():
-        if logfiles.size(path) < offset:  # rotated meanwhile: the new file is all this attempt's
-            return logfiles.tail(path, FAILURE_LINES)
     return []
 
 
@@ -126,9 +124,10 @@ def _refuse_another_config(target: Target) -> None:
     ):
         return
     runs = record.config or "built-in defaults"
+    stop = f"`mlxd stop --config {record.config}`" if record.config else "`mlxd stop` (with no config)"
     raise MlxdError(
         f"mlxd (pid {record.pid}) runs {runs}, not {target.config_path or 'built-in defaults'}",
-        hint="one daemon runs at a time: `mlxd stop` (without --config) stops it",
+        hint=f"one daemon runs at a time: {stop} stops it",
     )
 
 
@@ -138,7 +137,7 @@ def start(target: Target, *, demo: bool, timeout_s: float, warn: Callable[[str],
     client = target.client(timeout=2.0)
     if client.is_healthy():
         if demo and not (target.record is not None and target.record.demo):
-            warn("--demo is ignored: mlxd is already running without it (`mlxd restart --demo` adds it)")
+            warn("--demo is ignored: mlxd is already running without the demo alias")
         return Outcome(target.url, service_name(), daemon_pid(client), already_running=True)
     target = _as_configured(target)
     client = target.client(timeout=2.0)
@@ -314,6 +313,7 @@ def restart(target: Target, *, demo: bool, timeout_s: float) -> Outcome:
     reported (``ServiceManagerError``) rather than passed over. (A service manager stops
     and relaunches the daemon out of the CLI's sight, killing it only at its stop timeout.)
     """
+    _refuse_another_config(target)
     service = installed_login_service()
     if service is None:
         again = demo or (target.record is not None and target.record.demo)

@@ -56,7 +56,9 @@ def status_table(report: StatusReport) -> Table:
     """``mlxd status`` for people."""
     data = report.data
     table = _grid()
-    if report.silent:
+    if report.stopping:
+        state = Text(f"stopping (pid {data['pid']} is finishing its requests)", style="yellow")
+    elif report.silent:
         pid = data["pid"]
         state = Text(
             f"not answering (pid {pid} is alive: stopped, hung or swamped; `mlxd restart` replaces it)",

@@ -103,7 +103,7 @@ def restart(
 def status(as_json: JsonOption = False, config: ConfigOption = None) -> None:
     """Show whether the daemon runs and what it has loaded.
 
-    Exit status 3 means it is not running; 1, that its process is alive but does not answer.
+    Exit status 3 means it is not running (or not answering).
     """
     from mlxd.cli.render import console, status_table
     from mlxd.cli.status_report import collect
@@ -113,8 +113,6 @@ def status(as_json: JsonOption = False, config: ConfigOption = None) -> None:
         typer.echo(json.dumps(report_.data, indent=2))
     else:
         console().print(status_table(report_))
-    if report_.silent:
-        raise typer.Exit(1)
     if not report_.running:
         raise typer.Exit(EXIT_NOT_RUNNING)
 

@@ -37,8 +37,10 @@ class StatusReport:
     #: Why the supervised daemon last failed to start, while it is down and has not given up
     #: (launchd or systemd relaunch it: the next try may work).
     failed: str | None = None
-    #: The daemon's process is alive but did not answer (stopped, hung, or swamped).
+    #: The daemon's process is alive but did not answer (stopped, hung, or swamped)...
     silent: bool = False
+    #: ... or answered that it is stopping (draining its requests).
+    stopping: bool = False
 
     @property
     def running(self) -> bool:
@@ -73,6 +75,18 @@ def _manager_state(manager: ServiceManager | None) -> tuple[ServiceState | None,
         return None, error.message
 
 
+def _answers(target: Target) -> bool:
+    """Whether the daemon answers ``/health`` at all (a stopping one answers 503)."""
+    client = target.client(timeout=3.0)
+    try:
+        client.request("GET", "/health")
+    except MlxdError:
+        return False
+    finally:
+        client.close()
+    return True
+
+
 def _ask(target: Target) -> tuple[bool, DaemonStatus | None]:
     """Whether the daemon answers, and its status when it gives one."""
     client = target.client(timeout=3.0)
@@ -101,8 +115,9 @@ def collect(target: Target) -> StatusReport:
     if running and pid is None:
         pid = target.record.pid if target.record else manager_state.pid if manager_state else None
     record = target.record
-    silent = not running and record is not None and supervision.is_mlxd_process(record.pid)
-    if silent and record is not None:
+    alive = not running and record is not None and supervision.is_mlxd_process(record.pid)
+    stopping = alive and _answers(target)
+    if alive and record is not None:
         pid = record.pid
     path = info.config.path if info else None
     data: dict[str, Any] = {
@@ -135,7 +150,7 @@ def collect(target: Target) -> StatusReport:
     # systemd by Restart=): not after a stop or an uninstall, nor for a detached daemon.
     relaunching = manager_state is not None and manager_state.loaded and not manager_state.running
     failed = _recent_failure(target) if relaunching and not (running or gave_up) else None
-    return StatusReport(data, detail, gave_up, failed, silent)
+    return StatusReport(data, detail, gave_up, failed, alive and not stopping, stopping)
 
 
 def _recent_failure(target: Target) -> str | None:

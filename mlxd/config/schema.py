@@ -115,22 +115,32 @@ class MlxdConfig(BaseSettings):
 
     def find_alias(self, name: str) -> str | None:
         """The alias a request's ``model`` names: an alias, one of its ``aliases``, or its repo
-        id; else the one name of those that differs from it only in case (as the Hub's repo ids
+        id; else the one alias whose names differ from it only in case (as the Hub's repo ids
         and Ollama's model names match), never a guess between two."""
         if name in self.models:
             return name
-        names: dict[str, str] = {}  # each name an alias answers to -> the alias
         for alias, model in self.models.items():
             if name in model.aliases:
                 return alias
-            names.update(dict.fromkeys((alias, *model.aliases), alias))
-        for alias, model in self.models.items():
-            if not model.is_local and model.model == name and model.adapter is None:
-                return alias
-            if not model.is_local and model.adapter is None:
-                names[model.model] = alias
-        folded = {names[other] for other in names if other.casefold() == name.casefold()}
-        return folded.pop() if len(folded) == 1 else None
+        by_repo = [
+            alias
+            for alias, model in self.models.items()
+            if not model.is_local and model.model == name and model.adapter is None
+        ]
+        if by_repo:
+            return by_repo[0]
+        folded = name.casefold()
+        matches = {
+            alias
+            for alias, model in self.models.items()
+            for other in (
+                alias,
+                *model.aliases,
+                *([model.model] if not model.is_local and model.adapter is None else []),
+            )
+            if other.casefold() == folded
+        }
+        return matches.pop() if len(matches) == 1 else None
 
     def generation_defaults(self, alias: str) -> GenerationDefaults:
         """Merged defaults for an alias: alias ``defaults`` > ``[defaults]`` > built-in."""

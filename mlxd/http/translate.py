@@ -362,5 +362,5 @@ def thinking(effort: str | None, param: str) -> dict[str, Any] | None:
     if effort in ("low", "medium", "high", "xhigh"):
         return {"enable_thinking": True, "reasoning_effort": effort}
     raise RequestError(
-        f"reasoning effort {effort!r} is not one of none, minimal, low, medium, high", param=param
+        f"reasoning effort {effort!r} is not one of none, minimal, low, medium, high, xhigh", param=param
     )

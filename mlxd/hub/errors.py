@@ -14,8 +14,9 @@ from mlxd.errors import HubError
 
 _NETWORK_MODULES = frozenset({"httpx", "httpx2", "httpcore", "requests", "urllib3"})
 _AUTH_HINT = "set HF_TOKEN to a token that can read it (and accept the model's terms on the Hub)"
-#: A cache path that is a file, or one this user may not write.
-_UNWRITABLE = frozenset({errno.ENOTDIR, errno.EEXIST, errno.EACCES, errno.EPERM, errno.EROFS})
+#: While a file is written into the cache: a path in it is a file, or its volume is read-only
+#: (a permission error could be about a token or certificate file, so it is not mapped).
+_UNWRITABLE = frozenset({errno.ENOTDIR, errno.EROFS})
 
 
 def _names(exc: BaseException) -> set[str]:

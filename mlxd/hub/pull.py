@@ -16,6 +16,7 @@ Interrupted pulls keep complete files and partial blobs; the next pull resumes t
 
 from __future__ import annotations
 
+import errno
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,7 +33,7 @@ from mlxd.hub.cache import (
 )
 from mlxd.hub.download import Target, describe, fetch_file, partial_bytes
 from mlxd.hub.env import HubEnv
-from mlxd.hub.errors import cache_unwritable, is_network_error, revision_not_found, translate
+from mlxd.hub.errors import cache_unwritable, disk_full, is_network_error, revision_not_found, translate
 from mlxd.hub.files import CONFIG_FILE, RemoteFile, select_files
 from mlxd.hub.progress import NullReporter, PullReporter, human_size
 from mlxd.hub.validate import check_config, read_json, validate_model_dir
@@ -228,10 +229,11 @@ def pull_model(
 
 
 def _make_dir(path: Path) -> None:
+    """A directory of the cache, or the one-line error of a cache that cannot take it."""
     try:
         path.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
-        raise cache_unwritable(exc) from None
+        raise (disk_full() if exc.errno in {errno.ENOSPC, errno.EDQUOT} else cache_unwritable(exc)) from None
 
 
 def _fetch_all(target: Target, wanted: list[RemoteFile], report: PullReporter, env: HubEnv) -> dict[str, int]:

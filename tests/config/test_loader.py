@@ -388,7 +388,8 @@ def test_a_model_name_matches_in_any_case_unless_two_would(tmp_path: Path) -> No
     path = tmp_path / "mlxd.toml"
     path.write_text(
         '[models.qwen]\nmodel = "mlx-community/Qwen2.5-7B-Instruct-4bit"\naliases = ["GPT-4o-mini"]\n'
-        '[models.Llama]\nmodel = "org/llama"\n[models.LLAMA]\nmodel = "org/llama-big"\n',
+        '[models.Llama]\nmodel = "org/llama"\n[models.LLAMA]\nmodel = "org/llama-big"\n'
+        '[models.fast]\nmodel = "org/Model"\n[models.slow]\nmodel = "org/Model"\n',
         encoding="utf-8",
     )
     config = load_config(path)
@@ -399,3 +400,5 @@ def test_a_model_name_matches_in_any_case_unless_two_would(tmp_path: Path) -> No
     assert config.find_alias("Llama") == "Llama"  # exact first
     assert config.find_alias("llama") is None  # two aliases differ only in case: no guess
     assert config.find_alias("mistral") is None
+    assert config.find_alias("org/Model") == "fast"  # exactly: the first alias of that repo
+    assert config.find_alias("org/model") is None  # in another case: two aliases, no guess

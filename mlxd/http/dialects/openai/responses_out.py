@@ -104,6 +104,7 @@ class ResponseEncoder:
         self._id = ""
         self._text: list[str] = []
         self._call: tuple[str, str] = ("", "")
+        self._completed_at: int | None = None
 
     # --- the response object -------------------------------------------------------------
 
@@ -122,14 +123,15 @@ class ResponseEncoder:
         text_format = request.text.format if request.text is not None and request.text.format else None
         effort = request.reasoning.effort if request.reasoning is not None else None
         tools = request.tools or []
-        status = "incomplete" if incomplete and status == "completed" else status
+        state = "incomplete" if incomplete and status == "completed" else status
+        if state == "completed" and self._completed_at is None:
+            self._completed_at = int(time.time())  # once: the stream's and the stored one agree
         return {
             "id": self.id,
             "object": "response",
             "created_at": self.created_at,
-            # When it completed; OpenAI leaves it out of any other status.
-            "completed_at": int(time.time()) if status == "completed" else None,
-            "status": status,
+            "completed_at": self._completed_at if state == "completed" else None,
+            "status": state,
             "error": {"code": "server_error", "message": error} if error is not None else None,
             "incomplete_details": incomplete,
             "instructions": request.instructions,
