@@ -256,7 +256,9 @@ def serving(
         process.communicate(timeout=60)
 
 
-def test_a_bare_sigterm_ends_streams_properly_and_exits_0(serving: tuple[Setup, Any]) -> None:
+def test_a_bare_sigterm_ends_streams_properly_and_exits_0(
+    serving: tuple[Setup, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
     setup, process = serving
     clients = [Client().start(raw_stream(setup.url)), Client().start(whole(setup.url))]
     for client in clients:
@@ -264,6 +266,16 @@ def test_a_bare_sigterm_ends_streams_properly_and_exits_0(serving: tuple[Setup, 
     assert eventually(lambda: _active(setup.url) == len(clients), 30)
     began = time.monotonic()
     process.send_signal(signal.SIGTERM)
+    # While it drains, `mlxd status` reads "stopping", not "not answering" (asked in this
+    # process: a CLI subprocess could start after the drain).
+    assert eventually(lambda: httpx.get(f"{setup.url}/health").status_code == 503, 5)
+    for key, value in setup.env.items():
+        monkeypatch.setenv(key, value)
+    from mlxd.cli.status_report import collect
+    from mlxd.cli.target import resolve
+
+    draining = collect(resolve(setup.config, strict=False))
+    assert (draining.stopping, draining.silent, draining.running) == (True, False, False)
     assert process.wait(30) == 0
     took = time.monotonic() - began
     for client in clients:
