@@ -75,34 +75,26 @@ def _manager_state(manager: ServiceManager | None) -> tuple[ServiceState | None,
         return None, error.message
 
 
-def _answers(target: Target) -> bool:
-    """Whether the daemon answers ``/health`` at all (a stopping one answers 503)."""
+def _ask(target: Target) -> tuple[bool, bool, DaemonStatus | None]:
+    """Whether the daemon is up (``/health`` 200), whether it answered at all (a stopping one
+    answers 503), and its status when it gives one."""
     client = target.client(timeout=3.0)
     try:
-        client.request("GET", "/health")
-    except MlxdError:
-        return False
-    finally:
-        client.close()
-    return True
-
-
-def _ask(target: Target) -> tuple[bool, DaemonStatus | None]:
-    """Whether the daemon answers, and its status when it gives one."""
-    client = target.client(timeout=3.0)
-    try:
-        return True, client.status()
+        return True, True, client.status()
     except DaemonNotRunningError:
-        return False, None
-    except MlxdError:
-        return client.is_healthy(), None  # e.g. a wrong API key: alive, but no details
+        return False, False, None
+    except MlxdError:  # e.g. a wrong API key: alive, but no details
+        try:
+            return client.request("GET", "/health").status_code == 200, True, None
+        except MlxdError:
+            return False, False, None
     finally:
         client.close()
 
 
 def collect(target: Target) -> StatusReport:
     """Ask the daemon and the service manager; never raises for "not running"."""
-    running, info = _ask(target)
+    running, answered, info = _ask(target)
     manager = running_manager()
     manager_state, manager_problem = _manager_state(manager)
     file_problem = _config_problem(target.error) if target.error else None
@@ -116,7 +108,7 @@ def collect(target: Target) -> StatusReport:
         pid = target.record.pid if target.record else manager_state.pid if manager_state else None
     record = target.record
     alive = not running and record is not None and supervision.is_mlxd_process(record.pid)
-    stopping = alive and _answers(target)
+    stopping = alive and answered
     if alive and record is not None:
         pid = record.pid
     path = info.config.path if info else None
