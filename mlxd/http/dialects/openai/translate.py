@@ -134,13 +134,13 @@ def translate(request: AnyRequest, config: MlxdConfig) -> tuple[GenerationReques
     else:
         prompt = _text_prompt(request)
         common.update(prompt=prompt, max_tokens=request.max_tokens)
-        if request.echo and not isinstance(prompt, str):
-            raise RequestError(
-                "echo of a prompt given as token ids is not supported yet",
-                param="echo",
-                code="unsupported_parameter",
-            )
-        if request.echo and isinstance(prompt, str):
+        if request.echo:
+            if not isinstance(prompt, str):
+                raise RequestError(
+                    "echo of a prompt given as token ids is not supported yet",
+                    param="echo",
+                    code="unsupported_parameter",
+                )
             echo = prompt
     generation = resolve(
         CommonRequest(
