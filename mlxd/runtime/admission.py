@@ -178,12 +178,11 @@ class Admission:
         else:
             tokens = await self._off_loop(encode_inputs, model.tokenizer, inputs)
         context, vocab = model.context_length, model.vocab_size
-        closing = closing_tokens(model.tokenizer)
         for i, ids in enumerate(tokens):
             if not ids:
                 raise RequestError(f"input {i} is empty", param=f"input[{i}]")
             if len(ids) > context and request.truncate:
-                cut_to_context(ids, context, closing)
+                cut_to_context(ids, context, closing_tokens(model.tokenizer))
             elif len(ids) > context:
                 raise ContextLengthError(
                     f"input {i} has {len(ids)} tokens but {request.alias!r} has a context of {context}",
