@@ -200,6 +200,12 @@ class ModelConfig(Section):
             self._base_dir is not None and _is_dir(self._base_dir / self.model)
         )
 
+    @property
+    def repo_name(self) -> str | None:
+        """The Hub repo id a request may name this alias by: none for a local model, nor for
+        an adapter (its base's repo names the base)."""
+        return None if self.is_local or self.adapter is not None else self.model
+
     def bind(self, base_dir: Path) -> None:
         """Remember the config file's directory, against which relative paths resolve."""
         self._base_dir = base_dir

@@ -122,22 +122,14 @@ class MlxdConfig(BaseSettings):
         for alias, model in self.models.items():
             if name in model.aliases:
                 return alias
-        by_repo = [
-            alias
-            for alias, model in self.models.items()
-            if not model.is_local and model.model == name and model.adapter is None
-        ]
-        if by_repo:
-            return by_repo[0]
+        for alias, model in self.models.items():
+            if model.repo_name == name:
+                return alias
         folded = name.casefold()
         matches = {
             alias
             for alias, model in self.models.items()
-            for other in (
-                alias,
-                *model.aliases,
-                *([model.model] if not model.is_local and model.adapter is None else []),
-            )
+            for other in (alias, *model.aliases, *([model.repo_name] if model.repo_name else []))
             if other.casefold() == folded
         }
         return matches.pop() if len(matches) == 1 else None
